@@ -1,0 +1,22 @@
+# midshift: `make demo` runs the simulated shift, `make test` runs the whole default suite.
+PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
+
+.PHONY: setup test lint unit demo scenarios bench clean
+
+setup:
+	bash .ci/setup
+
+lint:
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest -q -p no:cacheprovider
+
+unit:
+	$(PY) -m pytest -q tests/unit
+
+bench:
+	$(PY) -m bench journal --json
+
+clean:
+	rm -rf .pytest_cache build *.egg-info
