@@ -1,0 +1,502 @@
+"""The journal: a ring of fixed-size segments on flash holding every event until the
+ledger has acknowledged it.
+
+Layout over a storage (see storage.py and docs/journal-format.md):
+
+    [0, 512)        superblock: geometry, epoch, gateway id (written once, at format)
+    [512, 1024)     cursor slot A  } commit points, written alternately, each with a CRC
+    [1024, 1536)    cursor slot B  } and a generation: the newest valid one wins
+    [4096, ...)     segment_count segments of segment_size bytes, used as a ring
+
+Positions are logical byte counts that only grow; a position maps to
+``DATA_START + pos % data_size``. A frame never crosses a segment end: the rest of a
+segment is marked by a pad frame, or skipped when too small to hold a header.
+
+Two cursors: ``durable`` (everything appended and synced) and ``tail`` (the first
+record the ledger has not acknowledged, persisted in the cursor slots). Space behind the
+tail is reclaimed; nothing ahead of it is overwritten, except that telemetry may give up
+its own oldest records to make room (each one counted). Appends are buffered and become
+durable together at ``flush()``: that is the group commit, paced by the caller.
+
+Recovery scans from the tail, accepting only frames whose CRC holds, whose seq is the
+next expected one and whose ``prev_crc`` chains to the frame before; it stops at the
+first frame that fails, which is the torn tail, and reports what it cut.
+"""
+
+import struct
+
+from firmware.core import record as rec
+from firmware.core.errors import JournalCorrupt, JournalFull, JournalUnformatted, RecordTooLarge
+
+SUPER = struct.Struct("<4sHHIIQ32sQ")  # magic, version, flags, seg size, seg count, epoch, gw, created
+SUPER_MAGIC = b"MSJ1"
+JOURNAL_VERSION = 1
+SLOT_OFFSETS = (512, 1024)
+# magic, gen, tail_pos, tail_seq, committed, dropped, hlc, hint_pos, hint_seq
+CURSOR = struct.Struct("<4sQQQQQQQQ")
+CURSOR_MAGIC = b"MSCP"
+DATA_START = 4096
+MIN_SEGMENT = 4096
+
+
+def storage_size(segment_size, segment_count):
+    return DATA_START + segment_size * segment_count
+
+
+def _crc(data, seed=0):
+    import binascii
+    return binascii.crc32(data, seed) & 0xFFFFFFFF
+
+
+class Recovery:
+    """What opening the journal found: how many records, and what was cut and why."""
+
+    def __init__(self):
+        self.records = 0
+        self.first_seq = 0
+        self.last_seq = 0
+        self.cut_pos = None      # position of the torn tail, if any
+        self.cut_bytes = 0       # bytes of the torn frame that were discarded
+        self.cut_reason = None   # "bad crc", "short frame", "broken chain", "bad header"
+        self.corrupt_seqs = []   # records skipped mid-log because their CRC failed
+        self.cursor_slot = None  # which slot held the newest valid commit point
+        self.cursor_fallback = False  # newest slot was torn; the older one was used
+
+    def as_dict(self):
+        return {"records": self.records, "first_seq": self.first_seq, "last_seq": self.last_seq,
+                "cut_pos": self.cut_pos, "cut_bytes": self.cut_bytes,
+                "cut_reason": self.cut_reason, "corrupt_seqs": list(self.corrupt_seqs),
+                "cursor_slot": self.cursor_slot, "cursor_fallback": self.cursor_fallback}
+
+
+class Journal:
+    """Open with ``Journal.open(storage)`` after ``Journal.format(storage, ...)`` once."""
+
+    def __init__(self, storage, segment_size, segment_count, epoch, gateway_id, max_body):
+        self.storage = storage
+        self.segment_size = segment_size
+        self.segment_count = segment_count
+        self.data_size = segment_size * segment_count
+        self.epoch = epoch
+        self.gateway_id = gateway_id
+        self.max_body = max_body
+        self._seed = rec.epoch_seed(epoch)
+        self._hint_pos = 0        # durable position last recorded in a commit point
+        self._cache_off = -1      # read window: storage offset and bytes
+        self._cache = b""
+        self._gen = 0
+        self._slot = 0
+        self.tail_pos = 0
+        self.tail_seq = 1
+        self.committed_seq = 0
+        self.dropped = 0          # telemetry records given up to make room (persisted)
+        self.refused = 0          # appends refused with JournalFull (this run)
+        self.lost_to_damage = 0   # durable records found unreadable when read (bit rot)
+        self.damaged = []         # [(first seq, last seq)] of those
+        self.head_pos = 0         # where the next frame goes (pending included)
+        self.next_seq = 1
+        self.durable_pos = 0
+        self.durable_seq = 0
+        self.last_hlc = 0
+        self._last_crc = 0
+        self._pending = []        # [(pos, frame bytes)] appended, not yet written
+        self.recovery = None
+
+    # ---- format and open -------------------------------------------------------------
+
+    @staticmethod
+    def format(storage, segment_size, epoch, gateway_id="", created_ms=0):
+        """Write a fresh superblock and commit point. Data from an earlier format cannot be
+        mistaken for new records: frames are CRC-seeded with the epoch."""
+        if segment_size < MIN_SEGMENT or segment_size % 512:
+            raise ValueError("segment_size %d must be a multiple of 512, at least %d" % (
+                segment_size, MIN_SEGMENT))
+        room = storage.size() - DATA_START
+        if room < 2 * segment_size or room % segment_size:
+            raise ValueError("storage of %d bytes is not %d + N x %d with N >= 2" % (
+                storage.size(), DATA_START, segment_size))
+        if not 0 < epoch < (1 << 64):
+            raise ValueError("epoch must be a non-zero 64-bit integer")
+        gw = gateway_id.encode()
+        if len(gw) > 32:
+            raise ValueError("gateway_id %r is longer than 32 bytes" % gateway_id)
+        head = SUPER.pack(SUPER_MAGIC, JOURNAL_VERSION, 0, segment_size,
+                          room // segment_size, epoch, gw, created_ms)
+        storage.write(0, head + struct.pack("<I", _crc(head)))
+        blank = bytes(512)
+        storage.write(SLOT_OFFSETS[1], blank)
+        storage.write(SLOT_OFFSETS[0], _cursor_bytes(rec.epoch_seed(epoch), 1, 0, 1, 0, 0, 0, 0, 1))
+        storage.sync()
+
+    @classmethod
+    def open(cls, storage, max_body=16384, repair=True):
+        raw = storage.read(0, SUPER.size + 4)
+        if raw == bytes(len(raw)):
+            raise JournalUnformatted("journal storage is blank: format it first")
+        fields = SUPER.unpack_from(raw, 0)
+        if fields[0] != SUPER_MAGIC or _crc(raw[:SUPER.size]) != struct.unpack_from(
+                "<I", raw, SUPER.size)[0]:
+            raise JournalCorrupt("journal superblock is damaged (magic %r); refusing to guess "
+                                 "its geometry" % (bytes(fields[0]),))
+        if fields[1] != JOURNAL_VERSION:
+            raise JournalCorrupt("journal version %d is not supported (want %d)" % (
+                fields[1], JOURNAL_VERSION))
+        seg_size, seg_count, epoch = fields[3], fields[4], fields[5]
+        if storage.size() < storage_size(seg_size, seg_count):
+            raise JournalCorrupt("storage of %d bytes is smaller than the journal's %d" % (
+                storage.size(), storage_size(seg_size, seg_count)))
+        gw = bytes(fields[6]).rstrip(b"\0").decode()
+        j = cls(storage, seg_size, seg_count, epoch, gw, max_body)
+        j._recover(repair)
+        return j
+
+    def _recover(self, repair):
+        r = Recovery()
+        best, torn = None, False
+        for i in (0, 1):
+            raw = self.storage.read(SLOT_OFFSETS[i], CURSOR.size + 4)
+            c = _parse_cursor(raw, self._seed)
+            if c is None:
+                torn = torn or raw != bytes(len(raw))
+            elif best is None or c[0] > best[0]:
+                best = c
+                r.cursor_slot = i
+        if best is None:  # format was cut before its commit point became durable
+            best = (0, 0, 1, 0, 0, 0, 0, 1)
+        r.cursor_fallback = torn and best[0] > 0
+        (self._gen, self.tail_pos, self.tail_seq, self.committed_seq, self.dropped,
+         cursor_hlc, hint_pos, hint_seq) = best
+        self._slot = r.cursor_slot if r.cursor_slot is not None else 1
+
+        pos, seq, prev = self.tail_pos, self.tail_seq, None
+        r.first_seq = seq
+        if hint_seq > seq and hint_pos > pos:
+            # Frames before the hint were durable when it was written: they are CRC-checked
+            # when read, not here, so opening costs at most about a segment of scanning.
+            r.records = hint_seq - seq
+            pos, seq = hint_pos, hint_seq
+        self._hint_pos = pos
+        last_hlc = 0
+        while True:
+            step = self._walk(pos, seq, prev)
+            kind = step[0]
+            if kind == "end":
+                if step[2] is not None:
+                    r.cut_pos, r.cut_bytes, r.cut_reason = pos, step[1], step[2]
+                break
+            if kind == "pad":
+                prev, pos = step[1], step[2]
+                continue
+            if kind == "corrupt":
+                r.corrupt_seqs.append(seq)
+                prev, pos, seq = step[1], step[2], seq + 1
+                continue
+            record = step[1]
+            last_hlc = record.hlc
+            prev, pos, seq = step[2], record.end_pos, seq + 1
+            r.records += 1
+        r.last_seq = seq - 1
+        self.head_pos = self.durable_pos = pos
+        self.next_seq = seq
+        self.durable_seq = seq - 1
+        self._last_crc = prev if prev is not None else 0
+        self.last_hlc = max(last_hlc, cursor_hlc)
+        if repair and r.cut_bytes:
+            # Zero the torn frame so a later open does not report it again.
+            self._write_span(pos, bytes(r.cut_bytes))
+            self.storage.sync()
+            self._cache_off = -1
+        self.recovery = r
+
+    # ---- the ring ----------------------------------------------------------------
+
+    def _phys(self, pos):
+        return DATA_START + pos % self.data_size
+
+    def _seg_room(self, pos):
+        return self.segment_size - pos % self.segment_size
+
+    def _read(self, offset, n, seg_left):
+        """Read through a window of up to 64 KiB (never past the segment end, ``seg_left``
+        bytes away), so scanning many small frames costs few storage reads."""
+        start = offset - self._cache_off
+        if self._cache_off < 0 or start < 0 or start + n > len(self._cache):
+            want = max(n, min(seg_left, 65536))
+            self._cache = self.storage.read(offset, want)
+            self._cache_off = offset
+            start = 0
+        return self._cache[start:start + n]
+
+    def _write_span(self, pos, data):
+        room = self._seg_room(pos)
+        self.storage.write(self._phys(pos), data[:room])
+
+    def _walk(self, pos, seq, prev, resync=True):
+        """Examine the frame at ``pos`` expecting ``seq`` after a frame whose CRC was
+        ``prev`` (None: don't check the chain). Returns one of
+        ("record", Record, crc), ("pad", crc, next_pos), ("corrupt", crc, next_pos),
+        ("end", cut_bytes, reason or None)."""
+        if pos - self.tail_pos >= self.data_size:
+            return ("end", 0, None)
+        room = self._seg_room(pos)
+        if room < rec.HEADER_SIZE:
+            return ("pad", prev, pos + room)  # implicit skip: no room for a pad header
+        raw = self._read(self._phys(pos), rec.HEADER_SIZE, room)
+        h = rec.FrameHeader(raw)
+        if h.magic != rec.MAGIC:
+            # Zeros, or the middle of an older lap's frame: the clean end of the log.
+            return ("end", 0, None)
+        if not h.plausible() or h.length > room - rec.HEADER_SIZE or h.length > self.max_body:
+            return ("end", min(room, rec.HEADER_SIZE), "bad header")
+        body = self._read(self._phys(pos) + rec.HEADER_SIZE, h.length, room - rec.HEADER_SIZE)
+        if not h.crc_ok(self._seed, body):
+            end = pos + rec.HEADER_SIZE + h.length
+            if resync and h.ftype == rec.TYPE_RECORD and h.seq == seq and self._chains(
+                    end, seq + 1, h.crc):
+                return ("corrupt", h.crc, end)
+            return ("end", rec.HEADER_SIZE + h.length, "bad crc")
+        if h.seq != seq:
+            return ("end", 0, None)  # an older lap's frame: the clean end of the log
+        if prev is not None and h.prev_crc != prev:
+            return ("end", 0, None)  # a ghost from before an earlier crash
+        if h.ftype == rec.TYPE_PAD:
+            return ("pad", h.crc, pos + room)
+        return ("record", rec.Record(seq, h.cls, h.hlc, h.flags, body, pos,
+                                     pos + rec.HEADER_SIZE + h.length), h.crc)
+
+    def _chains(self, pos, seq, prev):
+        """After a frame whose CRC failed, is the next frame whole and chained to it? Then
+        the damage was a flipped bit inside one record, not a torn tail."""
+        return self._walk(pos, seq, prev, resync=False)[0] in ("record", "pad")
+
+    # ---- append and group commit ----------------------------------------------------
+
+    def free_bytes(self):
+        return self.data_size - (self.head_pos - self.tail_pos)
+
+    def append(self, body, cls=rec.TXN, hlc=0, flags=0):
+        """Queue a record; returns its seq. It is durable only once ``flush()`` has
+        returned a durable seq at or beyond it. Raises JournalFull or RecordTooLarge."""
+        if len(body) > self.max_body or rec.HEADER_SIZE + len(body) > self.segment_size:
+            raise RecordTooLarge("record body of %d bytes exceeds the limit of %d" % (
+                len(body), min(self.max_body, self.segment_size - rec.HEADER_SIZE)))
+        size = rec.HEADER_SIZE + len(body)
+        room = self._seg_room(self.head_pos)
+        pad = room if size > room else 0
+        if self.free_bytes() < pad + size:
+            if cls != rec.TELEMETRY or not self._drop_telemetry(pad + size):
+                self.refused += 1
+                raise JournalFull(rec.CLASS_NAMES[cls], pad + size, self.free_bytes())
+        seq = self.next_seq
+        if pad:
+            if pad >= rec.HEADER_SIZE:
+                frame = rec.encode_frame(self._seed, rec.TYPE_PAD, 0, seq, 0, self._last_crc, b"")
+                self._pending.append((self.head_pos, frame))
+                self._last_crc = _frame_crc(frame)
+            self.head_pos += pad
+        frame = rec.encode_frame(self._seed, rec.TYPE_RECORD, cls, seq, hlc, self._last_crc,
+                                 body, flags)
+        self._pending.append((self.head_pos, frame))
+        self._last_crc = _frame_crc(frame)
+        self.head_pos += size
+        self.next_seq = seq + 1
+        if hlc > self.last_hlc:
+            self.last_hlc = hlc
+        return seq
+
+    def pending(self):
+        return len(self._pending)
+
+    def flush(self):
+        """Write every queued frame, then one sync; returns the durable seq."""
+        runs, seq, pos = self.take_pending()
+        if runs:
+            for offset, data in runs:
+                self.storage.write(offset, data)
+            self.storage.sync()
+            self.mark_durable(seq, pos)
+        return self.durable_seq
+
+    def take_pending(self):
+        """Hand the queued frames to a flusher that writes and syncs them outside any lock:
+        returns ([(storage offset, bytes)], last seq, end pos). Frames that sit next to each
+        other in a segment become one write. Call ``mark_durable`` after the sync."""
+        if not self._pending:
+            return [], self.durable_seq, self.durable_pos
+        runs = []
+        run_pos, run = self._pending[0][0], bytearray()
+        for pos, frame in self._pending:
+            if pos != run_pos + len(run) or self._seg_room(run_pos) < len(run) + len(frame):
+                runs.append((self._phys(run_pos), bytes(run)))
+                run_pos, run = pos, bytearray()
+            run += frame
+        runs.append((self._phys(run_pos), bytes(run)))
+        self._pending = []
+        return runs, self.next_seq - 1, self.head_pos
+
+    def mark_durable(self, seq, pos):
+        """The frames handed out by ``take_pending`` are synced. Once a segment's worth has
+        become durable since the last commit point, write one (with the new head hint)."""
+        self._cache_off = -1
+        if seq > self.durable_seq:
+            self.durable_seq = seq
+            self.durable_pos = pos
+            if pos - self._hint_pos >= self.segment_size:
+                self._persist_cursor(self.tail_pos, self.tail_seq, self.committed_seq, self.dropped)
+
+    # ---- acknowledgement and reclaim ------------------------------------------------
+
+    def commit(self, seq, next_pos=None):
+        """The ledger has acknowledged everything up to ``seq``: persist the commit point
+        (alternate slot, then sync) and reclaim the space. ``next_pos`` (the end of record
+        ``seq``, known to the reader) saves a scan."""
+        if seq < self.tail_seq:
+            if seq > self.committed_seq:
+                self.committed_seq = seq
+            return
+        if seq > self.durable_seq:
+            raise ValueError("cannot commit seq %d: only %d is durable" % (seq, self.durable_seq))
+        if next_pos is None:
+            next_pos = self._find_end(seq)
+        self._persist_cursor(next_pos, seq + 1, seq, self.dropped)
+
+    def _find_end(self, seq):
+        pos, s, prev = self.tail_pos, self.tail_seq, None
+        while s <= seq:
+            step = self._walk(pos, s, prev)
+            if step[0] == "record":
+                prev, pos, s = step[2], step[1].end_pos, s + 1
+            elif step[0] in ("pad", "corrupt"):
+                prev, pos = step[1], step[2]
+                if step[0] == "corrupt":
+                    s += 1
+            else:
+                raise ValueError("seq %d is not in the journal (stopped at %d)" % (seq, s))
+        return pos
+
+    def _persist_cursor(self, tail_pos, tail_seq, committed_seq, dropped):
+        slot = 1 - self._slot
+        self.storage.write(SLOT_OFFSETS[slot], _cursor_bytes(
+            self._seed, self._gen + 1, tail_pos, tail_seq, committed_seq, dropped, self.last_hlc,
+            self.durable_pos, self.durable_seq + 1))
+        self.storage.sync()
+        self._gen += 1
+        self._slot = slot
+        self._hint_pos = self.durable_pos
+        self.tail_pos, self.tail_seq = tail_pos, tail_seq
+        self.committed_seq = max(self.committed_seq, committed_seq)
+        self.dropped = dropped
+
+    def _drop_telemetry(self, need):
+        """Give up the oldest records while they are telemetry, until ``need`` bytes are
+        free; the new tail is made durable before anything is overwritten."""
+        # Only durable records are walked: queued or in-flight frames are never dropped.
+        pos, seq, prev, dropped = self.tail_pos, self.tail_seq, None, 0
+        slack = need + self.segment_size // 4  # amortise the cursor sync over many drops
+        while self.data_size - (self.head_pos - pos) < slack and pos < self.durable_pos:
+            step = self._walk(pos, seq, prev)
+            if step[0] == "record":
+                if step[1].cls != rec.TELEMETRY:
+                    break
+                prev, pos, seq, dropped = step[2], step[1].end_pos, seq + 1, dropped + 1
+            elif step[0] in ("pad", "corrupt"):
+                prev, pos = step[1], step[2]
+                if step[0] == "corrupt":
+                    seq += 1
+            else:
+                break
+        if pos == self.tail_pos:
+            return False
+        self._persist_cursor(pos, seq, self.committed_seq, self.dropped + dropped)
+        return self.free_bytes() >= need
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def read(self, pos=None, seq=None, max_records=256, max_bytes=1 << 20):
+        """Durable records from (pos, seq), default the tail; returns (records, pos, seq)
+        to continue from. A position behind the tail restarts at the tail."""
+        if pos is None or seq is None or seq < self.tail_seq:
+            pos, seq = self.tail_pos, self.tail_seq
+        out, size, prev = [], 0, None
+        while seq <= self.durable_seq and len(out) < max_records and size < max_bytes:
+            step = self._walk(pos, seq, prev)
+            if step[0] == "record":
+                out.append(step[1])
+                size += len(step[1].body)
+                prev, pos, seq = step[2], step[1].end_pos, seq + 1
+            elif step[0] in ("pad", "corrupt"):
+                prev, pos = step[1], step[2]
+                if step[0] == "corrupt":
+                    seq += 1
+            else:
+                skipped = self._skip_damage(pos, seq)
+                if skipped is None:
+                    break
+                pos, seq, prev = skipped[0], skipped[1], None
+        return out, pos, seq
+
+    def _skip_damage(self, pos, seq):
+        """A frame that should be durable is unreadable and the next one does not chain to
+        it: look for the next segment that starts with a later record, count what was lost
+        and go on from there, so one damaged spot does not stall everything behind it."""
+        p = pos - pos % self.segment_size + self.segment_size
+        while p < self.durable_pos:
+            raw = self._read(self._phys(p), rec.HEADER_SIZE, self.segment_size)
+            h = rec.FrameHeader(raw)
+            if h.plausible() and seq < h.seq <= self.durable_seq + 1:
+                step = self._walk(p, h.seq, None, resync=False)
+                if step[0] in ("record", "pad"):
+                    self.damaged.append((seq, h.seq - 1))
+                    self.lost_to_damage += h.seq - seq
+                    return p, h.seq
+            p += self.segment_size
+        return None
+
+    def records(self, from_seq=None):
+        """Iterate every durable unacknowledged record (from ``from_seq`` if given)."""
+        pos, seq = None, None
+        while True:
+            batch, pos, seq = self.read(pos, seq)
+            for r in batch:
+                if from_seq is None or r.seq >= from_seq:
+                    yield r
+            if not batch:
+                return
+
+    def backlog(self):
+        """(records, bytes) durable but not yet acknowledged."""
+        return self.durable_seq - self.tail_seq + 1, self.durable_pos - self.tail_pos
+
+    def stats(self):
+        n, b = self.backlog()
+        return {"epoch": self.epoch, "next_seq": self.next_seq, "durable_seq": self.durable_seq,
+                "committed_seq": self.committed_seq, "tail_seq": self.tail_seq,
+                "backlog_records": n, "backlog_bytes": b, "free_bytes": self.free_bytes(),
+                "dropped": self.dropped, "refused": self.refused,
+                "lost_to_damage": self.lost_to_damage}
+
+    def close(self):
+        if self._pending:
+            self.flush()
+        self.storage.close()
+
+
+def _frame_crc(frame):
+    return struct.unpack_from("<I", frame, 32)[0]
+
+
+def _cursor_bytes(seed, gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos, hint_seq):
+    body = CURSOR.pack(CURSOR_MAGIC, gen, tail_pos, tail_seq, committed_seq, dropped, hlc,
+                       hint_pos, hint_seq)
+    return body + struct.pack("<I", _crc(body, seed))
+
+
+def _parse_cursor(raw, seed):
+    if len(raw) < CURSOR.size + 4:
+        return None
+    (magic, gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos,
+     hint_seq) = CURSOR.unpack_from(raw, 0)
+    if magic != CURSOR_MAGIC or _crc(raw[:CURSOR.size], seed) != struct.unpack_from(
+            "<I", raw, CURSOR.size)[0]:
+        return None
+    return (gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos, hint_seq)
