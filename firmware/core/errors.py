@@ -32,8 +32,7 @@ class JournalFull(JournalError):
     code = "journal_full"
 
     def __init__(self, cls_name, need_bytes, free_bytes):
-        JournalError.__init__(
-            self,
+        super().__init__(
             "journal full: %s record of %d bytes refused, %d bytes free; "
             "waiting for the ledger to acknowledge older records" % (cls_name, need_bytes, free_bytes),
         )

@@ -28,12 +28,14 @@ import struct
 from firmware.core import record as rec
 from firmware.core.errors import JournalCorrupt, JournalFull, JournalUnformatted, RecordTooLarge
 
-SUPER = struct.Struct("<4sHHIIQ32sQ")  # magic, version, flags, seg size, seg count, epoch, gw, created
+SUPER = "<4sHHIIQ32sQ"  # magic, version, flags, seg size, seg count, epoch, gw, created
+SUPER_SIZE = struct.calcsize(SUPER)
 SUPER_MAGIC = b"MSJ1"
 JOURNAL_VERSION = 1
 SLOT_OFFSETS = (512, 1024)
-# magic, gen, tail_pos, tail_seq, committed, dropped, hlc, hint_pos, hint_seq
-CURSOR = struct.Struct("<4sQQQQQQQQ")
+# magic, gen, tail_pos, tail_seq, committed, dropped, hlc, hint_pos, hint_seq, hint_prev_crc
+CURSOR = "<4sQQQQQQQQI"
+CURSOR_SIZE = struct.calcsize(CURSOR)
 CURSOR_MAGIC = b"MSCP"
 DATA_START = 4096
 MIN_SEGMENT = 4096
@@ -72,7 +74,8 @@ class Recovery:
 class Journal:
     """Open with ``Journal.open(storage)`` after ``Journal.format(storage, ...)`` once."""
 
-    def __init__(self, storage, segment_size, segment_count, epoch, gateway_id, max_body):
+    def __init__(self, storage, segment_size, segment_count, epoch, gateway_id, max_body,
+                 read_window=4096):
         self.storage = storage
         self.segment_size = segment_size
         self.segment_count = segment_count
@@ -80,8 +83,11 @@ class Journal:
         self.epoch = epoch
         self.gateway_id = gateway_id
         self.max_body = max_body
+        self.read_window = read_window
         self._seed = rec.epoch_seed(epoch)
         self._hint_pos = 0        # durable position last recorded in a commit point
+        self._durable_crc = 0     # CRC of the last durable frame (chains the next one)
+        self._inflight_crc = 0    # CRC of the last frame handed to a flusher
         self._cache_off = -1      # read window: storage offset and bytes
         self._cache = b""
         self._gen = 0
@@ -92,7 +98,8 @@ class Journal:
         self.dropped = 0          # telemetry records given up to make room (persisted)
         self.refused = 0          # appends refused with JournalFull (this run)
         self.lost_to_damage = 0   # durable records found unreadable when read (bit rot)
-        self.damaged = []         # [(first seq, last seq)] of those
+        self.damaged = []         # [(first seq, last seq)] of those, the latest 64
+        self._damage_mark = 0     # highest seq already counted as damaged
         self.head_pos = 0         # where the next frame goes (pending included)
         self.next_seq = 1
         self.durable_pos = 0
@@ -120,22 +127,22 @@ class Journal:
         gw = gateway_id.encode()
         if len(gw) > 32:
             raise ValueError("gateway_id %r is longer than 32 bytes" % gateway_id)
-        head = SUPER.pack(SUPER_MAGIC, JOURNAL_VERSION, 0, segment_size,
+        head = struct.pack(SUPER, SUPER_MAGIC, JOURNAL_VERSION, 0, segment_size,
                           room // segment_size, epoch, gw, created_ms)
         storage.write(0, head + struct.pack("<I", _crc(head)))
         blank = bytes(512)
         storage.write(SLOT_OFFSETS[1], blank)
-        storage.write(SLOT_OFFSETS[0], _cursor_bytes(rec.epoch_seed(epoch), 1, 0, 1, 0, 0, 0, 0, 1))
+        storage.write(SLOT_OFFSETS[0], _cursor_bytes(rec.epoch_seed(epoch), 1, 0, 1, 0, 0, 0, 0, 1, 0))
         storage.sync()
 
     @classmethod
-    def open(cls, storage, max_body=16384, repair=True):
-        raw = storage.read(0, SUPER.size + 4)
+    def open(cls, storage, max_body=16384, repair=True, read_window=4096):
+        raw = storage.read(0, SUPER_SIZE + 4)
         if raw == bytes(len(raw)):
             raise JournalUnformatted("journal storage is blank: format it first")
-        fields = SUPER.unpack_from(raw, 0)
-        if fields[0] != SUPER_MAGIC or _crc(raw[:SUPER.size]) != struct.unpack_from(
-                "<I", raw, SUPER.size)[0]:
+        fields = struct.unpack_from(SUPER, raw, 0)
+        if fields[0] != SUPER_MAGIC or _crc(raw[:SUPER_SIZE]) != struct.unpack_from(
+                "<I", raw, SUPER_SIZE)[0]:
             raise JournalCorrupt("journal superblock is damaged (magic %r); refusing to guess "
                                  "its geometry" % (bytes(fields[0]),))
         if fields[1] != JOURNAL_VERSION:
@@ -146,7 +153,7 @@ class Journal:
             raise JournalCorrupt("storage of %d bytes is smaller than the journal's %d" % (
                 storage.size(), storage_size(seg_size, seg_count)))
         gw = bytes(fields[6]).rstrip(b"\0").decode()
-        j = cls(storage, seg_size, seg_count, epoch, gw, max_body)
+        j = cls(storage, seg_size, seg_count, epoch, gw, max_body, read_window)
         j._recover(repair)
         return j
 
@@ -154,7 +161,7 @@ class Journal:
         r = Recovery()
         best, torn = None, False
         for i in (0, 1):
-            raw = self.storage.read(SLOT_OFFSETS[i], CURSOR.size + 4)
+            raw = self.storage.read(SLOT_OFFSETS[i], CURSOR_SIZE + 4)
             c = _parse_cursor(raw, self._seed)
             if c is None:
                 torn = torn or raw != bytes(len(raw))
@@ -162,10 +169,10 @@ class Journal:
                 best = c
                 r.cursor_slot = i
         if best is None:  # format was cut before its commit point became durable
-            best = (0, 0, 1, 0, 0, 0, 0, 1)
+            best = (0, 0, 1, 0, 0, 0, 0, 1, 0)
         r.cursor_fallback = torn and best[0] > 0
         (self._gen, self.tail_pos, self.tail_seq, self.committed_seq, self.dropped,
-         cursor_hlc, hint_pos, hint_seq) = best
+         cursor_hlc, hint_pos, hint_seq, hint_crc) = best
         self._slot = r.cursor_slot if r.cursor_slot is not None else 1
 
         pos, seq, prev = self.tail_pos, self.tail_seq, None
@@ -173,8 +180,9 @@ class Journal:
         if hint_seq > seq and hint_pos > pos:
             # Frames before the hint were durable when it was written: they are CRC-checked
             # when read, not here, so opening costs at most about a segment of scanning.
+            # The hint carries the CRC of the frame before it, so the chain holds across it.
             r.records = hint_seq - seq
-            pos, seq = hint_pos, hint_seq
+            pos, seq, prev = hint_pos, hint_seq, hint_crc
         self._hint_pos = pos
         last_hlc = 0
         while True:
@@ -189,6 +197,7 @@ class Journal:
                 continue
             if kind == "corrupt":
                 r.corrupt_seqs.append(seq)
+                self._note_damage(seq, seq)
                 prev, pos, seq = step[1], step[2], seq + 1
                 continue
             record = step[1]
@@ -199,7 +208,7 @@ class Journal:
         self.head_pos = self.durable_pos = pos
         self.next_seq = seq
         self.durable_seq = seq - 1
-        self._last_crc = prev if prev is not None else 0
+        self._last_crc = self._durable_crc = prev if prev is not None else 0
         self.last_hlc = max(last_hlc, cursor_hlc)
         if repair and r.cut_bytes:
             # Zero the torn frame so a later open does not report it again.
@@ -217,11 +226,11 @@ class Journal:
         return self.segment_size - pos % self.segment_size
 
     def _read(self, offset, n, seg_left):
-        """Read through a window of up to 64 KiB (never past the segment end, ``seg_left``
-        bytes away), so scanning many small frames costs few storage reads."""
+        """Read through a window of ``read_window`` bytes (never past the segment end,
+        ``seg_left`` bytes away), so scanning many small frames costs few storage reads."""
         start = offset - self._cache_off
         if self._cache_off < 0 or start < 0 or start + n > len(self._cache):
-            want = max(n, min(seg_left, 65536))
+            want = max(n, min(seg_left, self.read_window))
             self._cache = self.storage.read(offset, want)
             self._cache_off = offset
             start = 0
@@ -332,6 +341,7 @@ class Journal:
             run += frame
         runs.append((self._phys(run_pos), bytes(run)))
         self._pending = []
+        self._inflight_crc = self._last_crc
         return runs, self.next_seq - 1, self.head_pos
 
     def mark_durable(self, seq, pos):
@@ -341,6 +351,7 @@ class Journal:
         if seq > self.durable_seq:
             self.durable_seq = seq
             self.durable_pos = pos
+            self._durable_crc = self._inflight_crc
             if pos - self._hint_pos >= self.segment_size:
                 self._persist_cursor(self.tail_pos, self.tail_seq, self.committed_seq, self.dropped)
 
@@ -378,7 +389,7 @@ class Journal:
         slot = 1 - self._slot
         self.storage.write(SLOT_OFFSETS[slot], _cursor_bytes(
             self._seed, self._gen + 1, tail_pos, tail_seq, committed_seq, dropped, self.last_hlc,
-            self.durable_pos, self.durable_seq + 1))
+            self.durable_pos, self.durable_seq + 1, self._durable_crc))
         self.storage.sync()
         self._gen += 1
         self._slot = slot
@@ -427,6 +438,7 @@ class Journal:
             elif step[0] in ("pad", "corrupt"):
                 prev, pos = step[1], step[2]
                 if step[0] == "corrupt":
+                    self._note_damage(seq, seq)
                     seq += 1
             else:
                 skipped = self._skip_damage(pos, seq)
@@ -446,11 +458,21 @@ class Journal:
             if h.plausible() and seq < h.seq <= self.durable_seq + 1:
                 step = self._walk(p, h.seq, None, resync=False)
                 if step[0] in ("record", "pad"):
-                    self.damaged.append((seq, h.seq - 1))
-                    self.lost_to_damage += h.seq - seq
+                    self._note_damage(seq, h.seq - 1)
                     return p, h.seq
             p += self.segment_size
         return None
+
+    def _note_damage(self, first, last):
+        """Count records lost to damage found while reading, once each however often the
+        same stretch is read again (a resend re-reads it)."""
+        if last > self._damage_mark:
+            first = max(first, self._damage_mark + 1)
+            self.damaged.append((first, last))
+            if len(self.damaged) > 64:  # bounded: the counter keeps the total
+                self.damaged.pop(0)
+            self.lost_to_damage += last - first + 1
+            self._damage_mark = last
 
     def records(self, from_seq=None):
         """Iterate every durable unacknowledged record (from ``from_seq`` if given)."""
@@ -485,18 +507,19 @@ def _frame_crc(frame):
     return struct.unpack_from("<I", frame, 32)[0]
 
 
-def _cursor_bytes(seed, gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos, hint_seq):
-    body = CURSOR.pack(CURSOR_MAGIC, gen, tail_pos, tail_seq, committed_seq, dropped, hlc,
-                       hint_pos, hint_seq)
+def _cursor_bytes(seed, gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos, hint_seq,
+                  hint_crc):
+    body = struct.pack(CURSOR, CURSOR_MAGIC, gen, tail_pos, tail_seq, committed_seq, dropped, hlc,
+                       hint_pos, hint_seq, hint_crc)
     return body + struct.pack("<I", _crc(body, seed))
 
 
 def _parse_cursor(raw, seed):
-    if len(raw) < CURSOR.size + 4:
+    if len(raw) < CURSOR_SIZE + 4:
         return None
     (magic, gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos,
-     hint_seq) = CURSOR.unpack_from(raw, 0)
-    if magic != CURSOR_MAGIC or _crc(raw[:CURSOR.size], seed) != struct.unpack_from(
-            "<I", raw, CURSOR.size)[0]:
+     hint_seq, hint_crc) = struct.unpack_from(CURSOR, raw, 0)
+    if magic != CURSOR_MAGIC or _crc(raw[:CURSOR_SIZE], seed) != struct.unpack_from(
+            "<I", raw, CURSOR_SIZE)[0]:
         return None
-    return (gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos, hint_seq)
+    return (gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos, hint_seq, hint_crc)

@@ -25,8 +25,8 @@ import struct
 
 MAGIC = b"MR"
 FRAME_VERSION = 1
-HEADER = struct.Struct("<2sBBBBHIQQII")
-HEADER_SIZE = HEADER.size  # 36
+HEADER = "<2sBBBBHIQQII"  # format strings: MicroPython has no struct.Struct
+HEADER_SIZE = struct.calcsize(HEADER)  # 36
 TYPE_RECORD = 1
 TYPE_PAD = 2
 
@@ -49,7 +49,7 @@ def epoch_seed(epoch):
 
 def encode_frame(seed, ftype, cls, seq, hlc, prev_crc, body, flags=0):
     """Frame bytes for one record (or pad, with an empty body)."""
-    head = HEADER.pack(MAGIC, FRAME_VERSION, ftype, cls, flags, 0, len(body), seq, hlc, prev_crc, 0)
+    head = struct.pack(HEADER, MAGIC, FRAME_VERSION, ftype, cls, flags, 0, len(body), seq, hlc, prev_crc, 0)
     crc = binascii.crc32(body, binascii.crc32(head[:32], seed)) & 0xFFFFFFFF
     return head[:32] + struct.pack("<I", crc) + body
 
@@ -59,7 +59,7 @@ class FrameHeader:
 
     def __init__(self, raw):
         (magic, self.version, self.ftype, self.cls, self.flags, _r, self.length, self.seq,
-         self.hlc, self.prev_crc, self.crc) = HEADER.unpack_from(raw, 0)
+         self.hlc, self.prev_crc, self.crc) = struct.unpack_from(HEADER, raw, 0)
         self.magic = bytes(magic)
         self.raw = raw
 

@@ -22,7 +22,7 @@ class MemoryStorage:
     def read(self, offset, n):
         if offset < 0 or offset + n > len(self._buf):
             raise ValueError("read %d+%d outside storage of %d bytes" % (offset, n, len(self._buf)))
-        return bytes(self._buf[offset:offset + n])
+        return bytes(memoryview(self._buf)[offset:offset + n])
 
     def write(self, offset, data):
         if offset < 0 or offset + len(data) > len(self._buf):
