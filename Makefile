@@ -5,7 +5,7 @@ PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
 # The simulated shift arrives with issue 8; until then the demo runs the journal end to end.
 demo: setup
-	$(PY) -m bench journal
+	.venv/bin/python -m bench journal
 
 setup:
 	bash .ci/setup

@@ -160,7 +160,7 @@ def test_torn_commit_point_falls_back_to_the_older_slot() -> None:
 @given(st.lists(st.tuples(st.sampled_from(["append", "append", "append", "flush", "commit",
                                            "crash"]),
                           st.integers(0, 900), st.booleans(), st.integers(0, 10**6)),
-                min_size=1, max_size=120))
+                min_size=30, max_size=150))
 def test_random_interleavings_keep_every_durable_record(steps) -> None:
     base = _formatted(3)
     storage = CrashStorage(len(base), base=base)
