@@ -253,15 +253,18 @@ class Journal:
         raw = self._read(self._phys(pos), rec.HEADER_SIZE, room)
         h = rec.FrameHeader(raw)
         if h.magic != rec.MAGIC:
-            # Zeros, or the middle of an older lap's frame: the clean end of the log.
-            return ("end", 0, None)
+            return self._damaged_magic(pos, seq, raw, room, resync)
         if not h.plausible() or h.length > room - rec.HEADER_SIZE or h.length > self.max_body:
             return ("end", min(room, rec.HEADER_SIZE), "bad header")
         body = self._read(self._phys(pos) + rec.HEADER_SIZE, h.length, room - rec.HEADER_SIZE)
-        if not h.crc_ok(self._seed, body):
+        computed = h.computed_crc(self._seed, body)
+        if computed != h.crc:
+            # Torn tail, or one damaged record? The next frame chaining to this one (to its
+            # stored CRC, or to its computed one when the CRC field itself is damaged) says
+            # the log goes on past it.
             end = pos + rec.HEADER_SIZE + h.length
-            if resync and h.ftype == rec.TYPE_RECORD and h.seq == seq and self._chains(
-                    end, seq + 1, h.crc):
+            if resync and h.ftype == rec.TYPE_RECORD and h.seq == seq and (
+                    self._chains(end, seq + 1, h.crc) or self._chains(end, seq + 1, computed)):
                 return ("corrupt", h.crc, end)
             return ("end", rec.HEADER_SIZE + h.length, "bad crc")
         if h.seq != seq:
@@ -272,6 +275,21 @@ class Journal:
             return ("pad", h.crc, pos + room)
         return ("record", rec.Record(seq, h.cls, h.hlc, h.flags, body, pos,
                                      pos + rec.HEADER_SIZE + h.length), h.crc)
+
+    def _damaged_magic(self, pos, seq, raw, room, resync):
+        """No magic here: normally zeros or the middle of an older lap's frame, the clean
+        end of the log. But if the frame is whole once the magic is restored (its CRC holds
+        and it carries the expected seq), a bit flipped in the magic: report the damage."""
+        h = rec.FrameHeader(rec.MAGIC + bytes(raw[2:]))
+        if not h.plausible() or h.seq != seq or h.length > room - rec.HEADER_SIZE:
+            return ("end", 0, None)
+        body = self._read(self._phys(pos) + rec.HEADER_SIZE, h.length, room - rec.HEADER_SIZE)
+        if not h.crc_ok(self._seed, body):
+            return ("end", 0, None)
+        end = pos + rec.HEADER_SIZE + h.length
+        if resync and self._chains(end, seq + 1, h.crc):
+            return ("corrupt", h.crc, end)
+        return ("end", rec.HEADER_SIZE + h.length, "bad magic")
 
     def _chains(self, pos, seq, prev):
         """After a frame whose CRC failed, is the next frame whole and chained to it? Then
@@ -441,16 +459,15 @@ class Journal:
                     self._note_damage(seq, seq)
                     seq += 1
             else:
-                skipped = self._skip_damage(pos, seq)
-                if skipped is None:
-                    break
-                pos, seq, prev = skipped[0], skipped[1], None
+                pos, seq = self._skip_damage(pos, seq)
+                prev = None
         return out, pos, seq
 
     def _skip_damage(self, pos, seq):
         """A frame that should be durable is unreadable and the next one does not chain to
         it: look for the next segment that starts with a later record, count what was lost
-        and go on from there, so one damaged spot does not stall everything behind it."""
+        and go on from there, so one damaged spot does not stall everything behind it.
+        Returns the (pos, seq) to continue from."""
         p = pos - pos % self.segment_size + self.segment_size
         while p < self.durable_pos:
             raw = self._read(self._phys(p), rec.HEADER_SIZE, self.segment_size)
@@ -461,7 +478,9 @@ class Journal:
                     self._note_damage(seq, h.seq - 1)
                     return p, h.seq
             p += self.segment_size
-        return None
+        # Nothing readable up to the head: count the rest as lost rather than stall on it.
+        self._note_damage(seq, self.durable_seq)
+        return self.durable_pos, self.durable_seq + 1
 
     def _note_damage(self, first, last):
         """Count records lost to damage found while reading, once each however often the

@@ -67,9 +67,11 @@ class FrameHeader:
         return (self.magic == MAGIC and self.version == FRAME_VERSION
                 and self.ftype in (TYPE_RECORD, TYPE_PAD) and self.cls in (TXN, TELEMETRY))
 
+    def computed_crc(self, seed, body):
+        return binascii.crc32(body, binascii.crc32(bytes(self.raw[:32]), seed)) & 0xFFFFFFFF
+
     def crc_ok(self, seed, body):
-        crc = binascii.crc32(body, binascii.crc32(bytes(self.raw[:32]), seed)) & 0xFFFFFFFF
-        return crc == self.crc
+        return self.computed_crc(seed, body) == self.crc
 
 
 class Record:
