@@ -29,6 +29,8 @@ class GroupCommitJournal:
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
         self.lock = threading.Lock()
+        # Two conditions on one lock: appends wake only the flusher, syncs wake the waiters.
+        self._queued = threading.Condition(self.lock)
         self._changed = threading.Condition(self.lock)
         self._error: BaseException | None = None
         self._closing = False
@@ -45,7 +47,7 @@ class GroupCommitJournal:
             if self._error is not None:
                 raise StorageError(f"journal storage failed: {self._error}")
             seq = self.journal.append(body, cls, hlc)
-            self._changed.notify_all()
+            self._queued.notify()
             return seq
 
     def wait_durable(self, seq: int, timeout_s: float = 5.0) -> bool:
@@ -102,25 +104,27 @@ class GroupCommitJournal:
             self._error = exc
             self._flushing = False
             self._changed.notify_all()
+            self._queued.notify_all()
             raise StorageError(f"journal storage failed: {exc}") from exc
         self.lock.acquire()
         self._flushing = False
         self.journal.mark_durable(seq, pos)
         self.syncs += 1
         self._changed.notify_all()
+        self._queued.notify()  # the flusher may take what queued during this sync
 
     def _run(self) -> None:
         with self.lock:
             while True:
                 while (not self.journal.pending() or self._flushing) and not self._closing:
-                    self._changed.wait()
+                    self._queued.wait()
                 if self.window_s and not self._closing:
                     deadline = time.monotonic() + self.window_s
                     while self.journal.pending() < self.max_batch and not self._closing:
                         left = deadline - time.monotonic()
                         if left <= 0:
                             break
-                        self._changed.wait(left)
+                        self._queued.wait(left)
                 if self._flushing:
                     continue
                 try:
@@ -151,6 +155,7 @@ class GroupCommitJournal:
         with self.lock:
             self._closing = True
             self._changed.notify_all()
+            self._queued.notify_all()
         self._thread.join(timeout=10)
         with self.lock:
             if self._error is None and self.journal.pending() and not self._flushing:
