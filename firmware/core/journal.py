@@ -23,6 +23,7 @@ next expected one and whose ``prev_crc`` chains to the frame before; it stops at
 first frame that fails, which is the torn tail, and reports what it cut.
 """
 
+import binascii
 import struct
 
 from firmware.core import record as rec
@@ -46,7 +47,6 @@ def storage_size(segment_size, segment_count):
 
 
 def _crc(data, seed=0):
-    import binascii
     return binascii.crc32(data, seed) & 0xFFFFFFFF
 
 
