@@ -1,29 +1,60 @@
-"""`python -m simulator`: the lab's parts from the command line.
+"""python -m simulator: the lab's parts from the command line.
 
-    python -m simulator proxy LISTEN UPSTREAM [--name NAME] [--mode MODE]
-    python -m simulator proxy-set NAME MODE [--ms N] [--jitter-ms N] [--bytes-per-s N] ...
-    python -m simulator broker [--port N] [--persistence]
+  proxy LISTEN UPSTREAM [--name NAME] [--mode MODE]   a TCP fault proxy, until Ctrl-C
+  proxy-set NAME MODE [--ms N] [--jitter-ms N] ...    switch a running proxy's mode
+  proxy-show NAME                                     a running proxy's mode and counters
+  broker [--port N] [--persistence]                   a local mosquitto, until Ctrl-C
+  devices --config FILE                               device emulators from a TOML file
+
+Fault proxies are found by name through control sockets in $MIDSHIFT_RUNTIME_DIR
+(default: <tmp>/midshift-sim).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
 import threading
+import tomllib
+from pathlib import Path
+from typing import Any
 
-from simulator.network import MODES, FaultProxy, send_control
+from simulator.network import MODES, PARAMS, FaultProxy, runtime_dir, send_control
+
+# ---- devices: type name -> "module:Class" (the emulators live in simulator/devices/) -------
+# Each class provides from_config(name, cfg_dict, ground_truth_dir), start(), stop() and
+# describe() -> dict. cfg_dict is the [devices.NAME] table without its "type" key.
+DEVICE_TYPES = {
+    "scanner": "simulator.devices.scanner:BarcodeScanner",
+    "scale": "simulator.devices.scale:Scale",
+    "modbus": "simulator.devices.modbus_plc:ModbusPLC",
+    "opcua": "simulator.devices.opcua_plc:OpcUaPLC",
+}
+
+
+class UsageError(Exception):
+    """Bad input from the person at the keyboard: printed as one line, exit status 2."""
 
 
 def _hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:1883)")
     return host or "127.0.0.1", int(port)
 
 
-def _wait_for_signal() -> None:
+def _number(text: str) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return int(value) if value.is_integer() else value
+
+
+def _wait_for_ctrl_c() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
     signal.signal(signal.SIGINT, lambda *a: stop.set())
@@ -32,76 +63,210 @@ def _wait_for_signal() -> None:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    proxy = FaultProxy(args.upstream, listen=args.listen, name=args.name).start()
+    try:
+        proxy = FaultProxy(args.upstream, listen=args.listen, name=args.name).start()
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise UsageError(str(exc)) from None
     try:
         if args.mode != "pass":
             proxy.set_mode(args.mode)
-        print(json.dumps(proxy.describe()), flush=True)
-        _wait_for_signal()
+        if args.json:
+            print(json.dumps(proxy.describe()), flush=True)
+        else:
+            d = proxy.describe()
+            print(f"fault proxy {d['name']}: listening on {d['listen']}, forwarding to "
+                  f"{d['upstream']}, mode {d['mode']}\ncontrol socket: {d['control']}\n"
+                  f"switch with: python -m simulator proxy-set {d['name']} MODE ...  "
+                  "(Ctrl-C stops)", flush=True)
+        _wait_for_ctrl_c()
     finally:
         proxy.stop()
     return 0
 
 
+def _ask_proxy(name: str, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        reply = send_control(name, request)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    if not reply.pop("ok", False):
+        raise UsageError(str(reply.get("error")))
+    return reply
+
+
 def cmd_proxy_set(args: argparse.Namespace) -> int:
-    req: dict = {"mode": args.mode}
-    for key in ("ms", "jitter_ms", "bytes_per_s", "every_ms", "up_ms", "down_ms", "down_mode"):
+    request: dict[str, Any] = {"mode": args.mode}
+    for key in ("ms", "jitter_ms", "bytes_per_s", "every_ms", "probability", "up_ms",
+                "down_ms", "down_mode"):
         value = getattr(args, key)
         if value is not None:
-            req[key] = value
-    try:
-        reply = send_control(args.name, req)
-    except (ValueError, OSError) as exc:
-        print(f"proxy-set: {exc}", file=sys.stderr)
-        return 2
-    if not reply.get("ok"):
-        print(f"proxy-set: {reply.get('error')}", file=sys.stderr)
-        return 2
-    reply.pop("ok")
-    print(json.dumps(reply))
+            request[key] = value
+    print(json.dumps(_ask_proxy(args.name, request)))
+    return 0
+
+
+def cmd_proxy_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_ask_proxy(args.name, {})))
     return 0
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from simulator.broker import Broker
-    broker = Broker(port=args.port, persistence=args.persistence).start()
+    from simulator.broker import Broker, BrokerUnavailable
+
     try:
-        print(json.dumps({"url": broker.url, "config": str(broker.config_path),
-                          "log": str(broker.log_path)}), flush=True)
-        _wait_for_signal()
+        broker = Broker(args.dir, port=args.port, persistence=args.persistence,
+                        backend="amqtt" if args.amqtt else "auto").start()
+    except (BrokerUnavailable, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        if args.json:
+            print(json.dumps(broker.describe()), flush=True)
+        else:
+            print(f"{broker.backend} broker at {broker.url} (persistence "
+                  f"{'on' if broker.persistence else 'off'}), files in {broker.directory}; "
+                  "Ctrl-C stops", flush=True)
+        _wait_for_ctrl_c()
     finally:
         broker.close()
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def load_devices(config: Path, ground_truth_dir: Path,
+                 registry: dict[str, str] | None = None) -> dict[str, Any]:
+    """Build (not start) the devices a TOML file describes, by name, in file order;
+    UsageError says what is wrong."""
+    registry = DEVICE_TYPES if registry is None else registry
+    try:
+        doc = tomllib.loads(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{config}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{config}: not valid TOML: {exc}") from None
+    tables = doc.get("devices")
+    if not isinstance(tables, dict) or not tables:
+        raise UsageError(f"{config}: no [devices.NAME] tables")
+    devices: dict[str, Any] = {}
+    for name, table in tables.items():
+        where = f"{config}: devices.{name}"
+        if not isinstance(table, dict):
+            raise UsageError(f"{where}: is not a table")
+        cfg = dict(table)
+        kind = cfg.pop("type", None)
+        if kind not in registry:
+            raise UsageError(f"{where}.type: {kind!r} is not one of {', '.join(registry)}")
+        module_name, _, class_name = registry[kind].partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            raise UsageError(f"{where}: device type {kind!r} is not available "
+                             f"({registry[kind]}): {exc}") from None
+        try:
+            devices[name] = cls.from_config(name, cfg, ground_truth_dir)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UsageError(f"{where}: {exc}") from None
+    return devices
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    ground_truth = args.ground_truth or runtime_dir() / "ground-truth"
+    ground_truth.mkdir(parents=True, exist_ok=True)
+    devices = load_devices(args.config, ground_truth)
+    started: list[Any] = []
+    try:
+        for name, device in devices.items():
+            try:
+                device.start()
+            except Exception as exc:  # one line for the operator; the others are stopped below
+                raise UsageError(f"device {name} did not start: {exc}") from None
+            started.append(device)
+            print(json.dumps(device.describe()), flush=True)
+        print(f"{len(started)} device(s) running; ground truth in {ground_truth}; Ctrl-C stops",
+              flush=True)
+        _wait_for_ctrl_c()
+    finally:
+        for device in reversed(started):
+            device.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m simulator", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sp = sub.add_parser("proxy", help="run one TCP fault proxy in the foreground")
-    sp.add_argument("listen", type=_hostport, help="HOST:PORT to listen on (port 0: any free)")
-    sp.add_argument("upstream", type=_hostport, help="HOST:PORT to forward to")
-    sp.add_argument("--name", help="name for proxy-set (default: generated)")
-    sp.add_argument("--mode", default="pass", choices=[m for m in MODES if m != "reset"])
+    mode_help = "\n".join(
+        f"  {m:10} {', '.join(f'{k}={v}' for k, v in PARAMS[m].items())}".rstrip()
+        for m in MODES)
+    sp = sub.add_parser("proxy", help="run one TCP fault proxy in the foreground",
+                        description="Forward LISTEN to UPSTREAM with switchable faults, until "
+                        "Ctrl-C. Switch it from another shell with proxy-set.")
+    sp.add_argument("listen", type=_hostport, metavar="LISTEN",
+                    help="HOST:PORT to listen on (port 0: any free port)")
+    sp.add_argument("upstream", type=_hostport, metavar="UPSTREAM",
+                    help="HOST:PORT to forward to, e.g. the broker")
+    sp.add_argument("--name", help="name used by proxy-set (default: generated, printed)")
+    sp.add_argument("--mode", default="pass", choices=[m for m in MODES if m != "reset"],
+                    help="starting mode, with default parameters (default: pass)")
+    sp.add_argument("--json", action="store_true", help="print the description as JSON")
     sp.set_defaults(func=cmd_proxy)
 
-    ss = sub.add_parser("proxy-set", help="switch a running proxy's mode")
-    ss.add_argument("name")
-    ss.add_argument("mode", choices=MODES)
-    for flag, kind in (("--ms", float), ("--jitter-ms", float), ("--bytes-per-s", float),
-                       ("--every-ms", float), ("--up-ms", float), ("--down-ms", float)):
-        ss.add_argument(flag, type=kind)
-    ss.add_argument("--down-mode", choices=("blackhole", "refuse"))
+    ss = sub.add_parser("proxy-set", help="switch a running proxy's mode",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Switch a running fault proxy's mode. Modes, and their "
+                        f"parameters with defaults:\n{mode_help}\n(reset cuts every open "
+                        "connection with an RST and keeps the mode)")
+    ss.add_argument("name", metavar="NAME", help="the proxy's --name")
+    ss.add_argument("mode", metavar="MODE", choices=MODES,
+                    help=f"one of {', '.join(MODES)}")
+    for flag, what in (("--ms", "latency delay, or stall length (ms)"),
+                       ("--jitter-ms", "latency spread, +/- ms"),
+                       ("--bytes-per-s", "bandwidth cap per direction"),
+                       ("--every-ms", "stall: mean time between stall chances (ms)"),
+                       ("--probability", "stall: chance of a stall at each chance, 0..1"),
+                       ("--up-ms", "flap: time up (ms)"), ("--down-ms", "flap: time down (ms)")):
+        ss.add_argument(flag, type=_number, metavar="N", help=what)
+    ss.add_argument("--down-mode", choices=("blackhole", "refuse"),
+                    help="flap: what down means (default blackhole)")
     ss.set_defaults(func=cmd_proxy_set)
 
-    sb = sub.add_parser("broker", help="run a local mosquitto in the foreground")
-    sb.add_argument("--port", type=int, default=0)
-    sb.add_argument("--persistence", action="store_true")
+    sw = sub.add_parser("proxy-show", help="print a running proxy's mode and counters")
+    sw.add_argument("name", metavar="NAME")
+    sw.set_defaults(func=cmd_proxy_show)
+
+    sb = sub.add_parser("broker", help="run a local mosquitto in the foreground",
+                        description="Run mosquitto on loopback from a generated config "
+                        "(an in-process amqtt broker where mosquitto is not installed).")
+    sb.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    sb.add_argument("--persistence", action="store_true",
+                    help="keep sessions, queued and retained messages across restarts")
+    sb.add_argument("--dir", type=Path, help="config, log and database directory "
+                    "(default: a temporary one, removed on exit)")
+    sb.add_argument("--amqtt", action="store_true", help="use the amqtt fallback even if "
+                    "mosquitto is installed (MQTT 3.1.1 only)")
+    sb.add_argument("--json", action="store_true", help="print the description as JSON")
     sb.set_defaults(func=cmd_broker)
 
-    args = p.parse_args(argv)
-    return args.func(args)
+    # The device emulators arrive with their own issue; this dispatches to them by type.
+    sd = sub.add_parser("devices", help="run device emulators from a TOML file",
+                        description="Start every [devices.NAME] table's emulator (type: "
+                        f"{', '.join(DEVICE_TYPES)}), print what each serves, run until "
+                        "Ctrl-C, then stop them all.")
+    sd.add_argument("--config", type=Path, required=True, metavar="FILE",
+                    help="TOML file with [devices.NAME] tables, each with a 'type' key")
+    sd.add_argument("--ground-truth", type=Path, metavar="DIR",
+                    help="where devices log what they produced (default: "
+                    "$MIDSHIFT_RUNTIME_DIR/ground-truth)")
+    sd.set_defaults(func=cmd_devices)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"python -m simulator {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

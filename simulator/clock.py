@@ -1,0 +1,101 @@
+"""Clock faults: a wall clock the simulator skews, jumps and drifts, here or in an agent.
+
+``SimClock`` is a time source (``now_ms()``, ``monotonic_ms()``) an in-process agent can
+be given directly. With a ``control_path`` it also writes every change to a JSON control
+file (atomically: temporary file, then rename) that an agent in another process follows
+through ``firmware.edges.clock.FileControlledClock``; both evaluate the same formula
+(``ClockControl.apply``) against the same host clock, so they read the same time.
+
+Controls:
+
+- ``skew(offset_ms)``: the clock reads host time plus ``offset_ms`` from now on (a gateway
+  whose RTC was set wrong); drift accumulated so far is discarded.
+- ``jump(delta_ms)``: the reading moves by ``delta_ms`` at once, forward or back (an NTP
+  step, an RTC battery swap).
+- ``drift(ppm)``: from now on the clock gains ``ppm`` microseconds per second (negative:
+  loses), continuing from its current reading (a crystal off its nominal frequency).
+- ``reset()``: back to the host clock.
+
+Not modelled: monotonic time never changes (a real drifting crystal would stretch it too);
+leap seconds; the host's own clock steps (they move every process equally); clock faults
+inside the simulator's own devices (their ground-truth log uses the host clock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from firmware.edges.clock import ClockControl, host_monotonic_ms, host_wall_ms
+
+
+def write_control(path: str | Path, control: ClockControl) -> None:
+    """Write a clock control file atomically, so a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(control.to_json(), f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # no stray temporary files beside the control file
+        raise
+
+
+class SimClock:
+    """A steerable wall clock over the host's clocks; see the module docstring."""
+
+    def __init__(self, control_path: str | Path | None = None,
+                 host_wall: Callable[[], int] = host_wall_ms,
+                 host_monotonic: Callable[[], int] = host_monotonic_ms) -> None:
+        """``host_wall``/``host_monotonic`` are injectable so drift can be tested exactly."""
+        self.control_path = Path(control_path) if control_path is not None else None
+        self._host_wall = host_wall
+        self._host_monotonic = host_monotonic
+        self.control = ClockControl(since_ms=host_wall())
+        self._publish()
+
+    def now_ms(self) -> int:
+        return self.control.apply(self._host_wall())
+
+    def monotonic_ms(self) -> int:
+        return self._host_monotonic()
+
+    @property
+    def offset_ms(self) -> float:
+        """How far this clock is from the host's right now (ms, drift included)."""
+        host = self._host_wall()
+        return self.control.apply(host) - host
+
+    def skew(self, offset_ms: float) -> None:
+        self.control = ClockControl(offset_ms, self.control.drift_ppm, self._host_wall())
+        self._publish()
+
+    def jump(self, delta_ms: float) -> None:
+        self._rebase()
+        self.control.offset_ms += delta_ms
+        self._publish()
+
+    def drift(self, ppm: float) -> None:
+        self._rebase()
+        self.control.drift_ppm = ppm
+        self._publish()
+
+    def reset(self) -> None:
+        self.control = ClockControl(since_ms=self._host_wall())
+        self._publish()
+
+    def _rebase(self) -> None:
+        """Fold the drift accumulated so far into the offset and restart drift from now."""
+        host = self._host_wall()
+        c = self.control
+        drifted_ms = c.drift_ppm * (host - c.since_ms) / 1e6
+        self.control = ClockControl(c.offset_ms + drifted_ms, c.drift_ppm, host)
+
+    def _publish(self) -> None:
+        if self.control_path is not None:
+            write_control(self.control_path, self.control)
