@@ -19,7 +19,32 @@ class MidshiftError(Exception):
 
 
 class ConfigError(MidshiftError):
+    """``FILE: KEY: PROBLEM; allowed: ALLOWED``: names the file, the key, what is wrong, what is allowed.
+
+    ``key`` is the dotted path inside the merged config (``devices.plc1.registers[2].type``);
+    ``file`` may be filled in later by the loader, which knows where the key came from.
+    """
+
     code = "config"
+
+    def __init__(self, key, problem, allowed=None, file=None):
+        self.key = key
+        self.problem = problem
+        self.allowed = allowed
+        self.file = file
+        super().__init__(self._text())
+
+    def _text(self):
+        text = "%s: %s" % (self.key, self.problem)
+        if self.allowed:
+            text += "; allowed: %s" % self.allowed
+        if self.file:
+            text = "%s: %s" % (self.file, text)
+        return text
+
+    def in_file(self, file):
+        """The same error, naming ``file``."""
+        return ConfigError(self.key, self.problem, self.allowed, file)
 
 
 class JournalError(MidshiftError):

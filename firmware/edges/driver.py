@@ -1,0 +1,106 @@
+"""The shape every device driver shares: one thread, a status, and a guarded hand-off.
+
+A concrete driver sets ``kind``, provides ``validate_config(name, table, path)`` (a
+staticmethod returning the normalized table or raising ``ConfigError``) and implements
+``_run()``, a loop that returns soon after ``self._stopping.is_set()``. ``_interrupt()``
+may close a port or socket to wake a blocking read when the driver is stopped.
+
+``emit(event)`` is the only way an event leaves a driver: it stamps nothing itself (the
+pipeline does), counts what happened, and never lets a refusal kill the driver's loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from firmware.core.errors import MidshiftError
+from firmware.core.event import Event
+from firmware.edges.device_status import DeviceStatus
+
+log = logging.getLogger(__name__)
+
+
+class Clock(Protocol):
+    def now_ms(self) -> int: ...
+
+    def monotonic_ms(self) -> int: ...
+
+
+Emit = Callable[[Event], Any]
+
+
+class Driver:
+    kind = "device"
+
+    def __init__(self, name: str, cfg: dict[str, Any], emit: Emit, clock: Clock) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.clock = clock
+        self._emit_fn = emit
+        self.status = DeviceStatus(name, self.kind, clock.now_ms())
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def start(self) -> Driver:
+        if self._thread is not None:
+            raise RuntimeError(f"driver {self.name} already started")
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._main, name=f"driver-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping.set()
+        try:
+            self._interrupt()
+        except Exception:  # noqa: BLE001 - closing a half-dead port must not stop the stop
+            log.debug("%s: interrupt failed", self.name, exc_info=True)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("%s: driver thread did not stop within %.1f s", self.name, timeout_s)
+            self._thread = None
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # noqa: BLE001 - a driver bug must be visible, not silent
+            log.exception("%s: driver loop crashed", self.name)
+            self.set_state("error", f"driver crashed: {exc!r}")
+            self.status.count("crashes")
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _interrupt(self) -> None:
+        """Wake a blocking read so ``_run`` sees the stop flag; default: nothing to wake."""
+
+    def set_state(self, state: str, error: str | None = None) -> None:
+        if self.status.set(state, self.clock.now_ms(), error):
+            level = logging.INFO if state == "ok" else logging.WARNING
+            log.log(level, "%s: %s%s", self.name, state, f" ({error})" if error else "")
+
+    def emit(self, event: Event) -> bool:
+        """Hand ``event`` to the pipeline; False (counted, logged) if it was refused."""
+        try:
+            self._emit_fn(event)
+        except MidshiftError as exc:
+            self.status.count("refused")
+            self.status.count(f"refused_{exc.code}")
+            self.status.set(self.status.state, self.clock.now_ms(), f"event refused: {exc}")
+            log.error("%s: event refused: %s", self.name, exc)
+            return False
+        self.status.count("events")
+        return True
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if the driver is being stopped."""
+        return self._stopping.wait(seconds)
