@@ -99,7 +99,6 @@ class Journal:
         self.refused = 0          # appends refused with JournalFull (this run)
         self.lost_to_damage = 0   # durable records found unreadable when read (bit rot)
         self.damaged = []         # [(first seq, last seq)] of those, the latest 64
-        self._damage_mark = 0     # highest seq already counted as damaged
         self.head_pos = 0         # where the next frame goes (pending included)
         self.next_seq = 1
         self.durable_pos = 0
@@ -210,11 +209,16 @@ class Journal:
         self.durable_seq = seq - 1
         self._last_crc = self._durable_crc = prev if prev is not None else 0
         self.last_hlc = max(last_hlc, cursor_hlc)
-        if repair and r.cut_bytes:
-            # Zero the torn frame so a later open does not report it again.
-            self._write_span(pos, bytes(r.cut_bytes))
-            self.storage.sync()
-            self._cache_off = -1
+        if repair:
+            if r.cut_bytes:
+                # Zero the torn frame so a later open does not report it again.
+                self._write_span(pos, bytes(r.cut_bytes))
+                self.storage.sync()
+                self._cache_off = -1
+            # A new generation per life: pads carry it, so a pad this life writes is never
+            # byte-identical to one an earlier life wrote at the same place and lost, and a
+            # frame left behind that chained to that one cannot chain to this one.
+            self._persist_cursor(self.tail_pos, self.tail_seq, self.committed_seq, self.dropped)
         self.recovery = r
 
     # ---- the ring ----------------------------------------------------------------
@@ -252,49 +256,78 @@ class Journal:
             return ("pad", prev, pos + room)  # implicit skip: no room for a pad header
         raw = self._read(self._phys(pos), rec.HEADER_SIZE, room)
         h = rec.FrameHeader(raw)
+        computed = None
+        if h.plausible() and h.length <= room - rec.HEADER_SIZE:
+            body = self._read(self._phys(pos) + rec.HEADER_SIZE, h.length, room - rec.HEADER_SIZE)
+            computed = h.computed_crc(self._seed, body)
+            if computed == h.crc:
+                if h.seq != seq:
+                    return ("end", 0, None)  # an older lap's frame: the clean end of the log
+                if prev is not None and h.prev_crc != prev:
+                    return ("end", 0, None)  # a ghost from before an earlier crash
+                if h.ftype == rec.TYPE_PAD:
+                    return ("pad", h.crc, pos + room)
+                return ("record", rec.Record(seq, h.cls, h.hlc, h.flags, body, pos,
+                                             pos + rec.HEADER_SIZE + h.length), h.crc)
+        if raw == bytes(rec.HEADER_SIZE):
+            return ("end", 0, None)  # never written: the clean end
+        # Not a whole frame. Torn tail, or one frame damaged in place? If a later frame
+        # is whole and chains to this one (to its stored CRC, or to the computed one when
+        # the CRC field itself is hit), the log goes on past it: a flipped bit, not the end.
+        if resync:
+            found = self._resync(pos, seq, room, h, computed)
+            if found is not None:
+                return found
+        return self._cut(pos, seq, room, raw, h, computed)
+
+    def _cut(self, pos, seq, room, raw, h, computed):
+        """The end of the log at a frame that is not whole: how many bytes to clear, why."""
+        limit = self.tail_pos + self.data_size - pos  # never past the tail: that is live data
         if h.magic != rec.MAGIC:
-            return self._damaged_magic(pos, seq, raw, room, resync)
-        if not h.plausible() or h.length > room - rec.HEADER_SIZE or h.length > self.max_body:
-            return ("end", min(room, rec.HEADER_SIZE), "bad header")
-        body = self._read(self._phys(pos) + rec.HEADER_SIZE, h.length, room - rec.HEADER_SIZE)
-        computed = h.computed_crc(self._seed, body)
-        if computed != h.crc:
-            # Torn tail, or one damaged record? The next frame chaining to this one (to its
-            # stored CRC, or to its computed one when the CRC field itself is damaged) says
-            # the log goes on past it.
-            end = pos + rec.HEADER_SIZE + h.length
-            if resync and h.ftype == rec.TYPE_RECORD and h.seq == seq and (
-                    self._chains(end, seq + 1, h.crc) or self._chains(end, seq + 1, computed)):
-                return ("corrupt", h.crc, end)
-            return ("end", rec.HEADER_SIZE + h.length, "bad crc")
-        if h.seq != seq:
-            return ("end", 0, None)  # an older lap's frame: the clean end of the log
-        if prev is not None and h.prev_crc != prev:
-            return ("end", 0, None)  # a ghost from before an earlier crash
-        if h.ftype == rec.TYPE_PAD:
-            return ("pad", h.crc, pos + room)
-        return ("record", rec.Record(seq, h.cls, h.hlc, h.flags, body, pos,
-                                     pos + rec.HEADER_SIZE + h.length), h.crc)
+            # Normally zeros or the middle of an older lap's frame (the clean end); but a
+            # frame that is whole once its magic is restored lost a bit there.
+            f = rec.FrameHeader(rec.MAGIC + bytes(raw[2:]))
+            if not f.plausible() or f.seq != seq or f.length > room - rec.HEADER_SIZE:
+                return ("end", 0, None)
+            body = self._read(self._phys(pos) + rec.HEADER_SIZE, f.length, room - rec.HEADER_SIZE)
+            if not f.crc_ok(self._seed, body):
+                return ("end", 0, None)
+            return ("end", min(rec.HEADER_SIZE + f.length, limit), "bad magic")
+        if computed is None:
+            return ("end", min(rec.HEADER_SIZE, room, limit), "bad header")
+        return ("end", min(rec.HEADER_SIZE + h.length, limit), "bad crc")
 
-    def _damaged_magic(self, pos, seq, raw, room, resync):
-        """No magic here: normally zeros or the middle of an older lap's frame, the clean
-        end of the log. But if the frame is whole once the magic is restored (its CRC holds
-        and it carries the expected seq), a bit flipped in the magic: report the damage."""
-        h = rec.FrameHeader(rec.MAGIC + bytes(raw[2:]))
-        if not h.plausible() or h.seq != seq or h.length > room - rec.HEADER_SIZE:
-            return ("end", 0, None)
-        body = self._read(self._phys(pos) + rec.HEADER_SIZE, h.length, room - rec.HEADER_SIZE)
+    def _resync(self, pos, seq, room, h, computed):
+        """Find the whole frame that follows a damaged one at ``pos``: later in the same
+        segment (any byte offset, since the damaged length cannot be trusted) or at the
+        start of the next. It must chain to the damaged frame and carry ``seq + 1`` (the
+        damaged frame was record ``seq``) or ``seq`` at a segment start (it was a pad).
+        Returns ("corrupt", link, pos) or ("pad", link, pos), or None: the torn tail."""
+        links = (h.crc, computed) if computed is not None else (h.crc,)
+        span = bytes(self.storage.read(self._phys(pos), room))
+        i = span.find(rec.MAGIC, 1)
+        while 0 < i <= room - rec.HEADER_SIZE:
+            found = self._successor(pos + i, seq, links)
+            if found is not None:
+                return found
+            i = span.find(rec.MAGIC, i + 1)
+        nxt = pos + room
+        if nxt - self.tail_pos < self.data_size:
+            return self._successor(nxt, seq, links)
+        return None
+
+    def _successor(self, pos, seq, links):
+        room = self._seg_room(pos)
+        h = rec.FrameHeader(self.storage.read(self._phys(pos), rec.HEADER_SIZE))
+        if not h.plausible() or h.prev_crc not in links or h.length > room - rec.HEADER_SIZE:
+            return None
+        at_start = pos % self.segment_size == 0
+        if h.seq != seq + 1 and not (h.seq == seq and at_start):
+            return None
+        body = self.storage.read(self._phys(pos) + rec.HEADER_SIZE, h.length)
         if not h.crc_ok(self._seed, body):
-            return ("end", 0, None)
-        end = pos + rec.HEADER_SIZE + h.length
-        if resync and self._chains(end, seq + 1, h.crc):
-            return ("corrupt", h.crc, end)
-        return ("end", rec.HEADER_SIZE + h.length, "bad magic")
-
-    def _chains(self, pos, seq, prev):
-        """After a frame whose CRC failed, is the next frame whole and chained to it? Then
-        the damage was a flipped bit inside one record, not a torn tail."""
-        return self._walk(pos, seq, prev, resync=False)[0] in ("record", "pad")
+            return None
+        return ("corrupt" if h.seq == seq + 1 else "pad", h.prev_crc, pos)
 
     # ---- append and group commit ----------------------------------------------------
 
@@ -317,7 +350,8 @@ class Journal:
         seq = self.next_seq
         if pad:
             if pad >= rec.HEADER_SIZE:
-                frame = rec.encode_frame(self._seed, rec.TYPE_PAD, 0, seq, 0, self._last_crc, b"")
+                frame = rec.encode_frame(self._seed, rec.TYPE_PAD, 0, seq, self._gen,
+                                         self._last_crc, b"")
                 self._pending.append((self.head_pos, frame))
                 self._last_crc = _frame_crc(frame)
             self.head_pos += pad
@@ -472,7 +506,7 @@ class Journal:
         while p < self.durable_pos:
             raw = self._read(self._phys(p), rec.HEADER_SIZE, self.segment_size)
             h = rec.FrameHeader(raw)
-            if h.plausible() and seq < h.seq <= self.durable_seq + 1:
+            if h.plausible() and seq <= h.seq <= self.durable_seq + 1:
                 step = self._walk(p, h.seq, None, resync=False)
                 if step[0] in ("record", "pad"):
                     self._note_damage(seq, h.seq - 1)
@@ -484,14 +518,24 @@ class Journal:
 
     def _note_damage(self, first, last):
         """Count records lost to damage found while reading, once each however often the
-        same stretch is read again (a resend re-reads it)."""
-        if last > self._damage_mark:
-            first = max(first, self._damage_mark + 1)
-            self.damaged.append((first, last))
-            if len(self.damaged) > 64:  # bounded: the counter keeps the total
-                self.damaged.pop(0)
-            self.lost_to_damage += last - first + 1
-            self._damage_mark = last
+        same stretch is read again (a resend re-reads it), in whatever order found."""
+        fresh = [(first, last)]
+        for a, b in self.damaged:  # cut the already-counted ranges out of the new one
+            nxt = []
+            for lo, hi in fresh:
+                if hi < a or lo > b:
+                    nxt.append((lo, hi))
+                    continue
+                if lo < a:
+                    nxt.append((lo, a - 1))
+                if hi > b:
+                    nxt.append((b + 1, hi))
+            fresh = nxt
+        for lo, hi in fresh:
+            self.damaged.append((lo, hi))
+            self.lost_to_damage += hi - lo + 1
+        while len(self.damaged) > 64:  # bounded: the counter keeps the total
+            self.damaged.pop(0)
 
     def records(self, from_seq=None):
         """Iterate every durable unacknowledged record (from ``from_seq`` if given)."""
