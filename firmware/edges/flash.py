@@ -110,7 +110,8 @@ class FileStorage:
 
 
 def open_or_create_journal(directory: str | Path, segment_size: int, segment_count: int,
-                           gateway_id: str, epoch_source=None, wall_ms=None) -> Journal:
+                           gateway_id: str, epoch_source=None, wall_ms=None,
+                           max_body: int = 16384) -> Journal:
     """Open the journal in ``directory``, formatting a new one (fresh random epoch) when the
     directory holds none. ``epoch_source`` returns 8 random bytes (default ``os.urandom``)."""
     d = Path(directory)
@@ -125,7 +126,11 @@ def open_or_create_journal(directory: str | Path, segment_size: int, segment_cou
                  segment_size, epoch)
     else:
         storage = FileStorage(d)
-    journal = Journal.open(storage)
+    journal = Journal.open(storage, max_body=max_body)
+    if (journal.segment_size, journal.segment_count) != (segment_size, segment_count):
+        log.warning("journal %s keeps its geometry %d x %d bytes; the config asks for %d x %d "
+                    "(reformat to change it)", d, journal.segment_count, journal.segment_size,
+                    segment_count, segment_size)
     r = journal.recovery
     if r.cut_reason or r.corrupt_seqs:
         log.warning("journal %s recovered with damage: %s", d, r.as_dict())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from firmware.core.errors import StorageError
 from firmware.core.journal import Journal
@@ -24,8 +25,11 @@ from firmware.core.record import TXN
 class GroupCommitJournal:
     """Thread-safe facade over a Journal; the only object the agent's threads share."""
 
-    def __init__(self, journal: Journal, window_ms: float = 0.0, max_batch: int = 1024) -> None:
+    def __init__(self, journal: Journal, window_ms: float = 0.0, max_batch: int = 1024,
+                 stamp: Callable[[], int] | None = None) -> None:
         self.journal = journal
+        # Stamping under the append lock keeps HLC order and seq order the same.
+        self._stamp = stamp
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
         self.lock = threading.Lock()
@@ -41,11 +45,14 @@ class GroupCommitJournal:
 
     # producers -----------------------------------------------------------------------
 
-    def append(self, body: bytes, cls: int = TXN, hlc: int = 0) -> int:
-        """Queue a record; durable once ``wait_durable(seq)`` returns True."""
+    def append(self, body: bytes, cls: int = TXN, hlc: int | None = None) -> int:
+        """Queue a record; durable once ``wait_durable(seq)`` returns True. ``hlc`` None:
+        stamped now by ``stamp`` (0 without one)."""
         with self.lock:
             if self._error is not None:
                 raise StorageError(f"journal storage failed: {self._error}")
+            if hlc is None:
+                hlc = self._stamp() if self._stamp is not None else 0
             seq = self.journal.append(body, cls, hlc)
             self._queued.notify()
             return seq
@@ -65,7 +72,7 @@ class GroupCommitJournal:
                 self._changed.wait(left)
             return True
 
-    def append_durable(self, body: bytes, cls: int = TXN, hlc: int = 0,
+    def append_durable(self, body: bytes, cls: int = TXN, hlc: int | None = None,
                        timeout_s: float = 5.0) -> int:
         """Append and return only once the record is on flash (the device may be told OK)."""
         seq = self.append(body, cls, hlc)

@@ -182,3 +182,54 @@ def test_bit_flip_is_detected():
     assert j2.damaged == [(4, 4)] and j2.lost_to_damage == 1
     for r in j2.records():
         assert r.body == body_for(r.seq - 1, 120)
+
+
+def test_card_numbers_are_masked_and_product_codes_kept():
+    from firmware.core.redact import gtin_ok, redact_text
+    # A Luhn-valid 16-digit PAN inside a scan: first 6 and last 4 kept.
+    assert redact_text("PAY4111111111111111;") == ("PAY411111******1111;", 1)
+    # 13 and 19 digits are cards too; 12 and 20 are not; a failed Luhn check is not.
+    assert redact_text("4222222222222")[1] == 1
+    assert redact_text("6011000990139424")[0] == "601100******9424"
+    assert redact_text("4111111111111111000")[1] == (1 if _luhn("4111111111111111000") else 0)
+    assert redact_text("41111111111111110000") == ("41111111111111110000", 0)
+    assert redact_text("411111111111") == ("411111111111", 0)
+    assert redact_text("4111111111111112") == ("4111111111111112", 0)
+    # An EAN-13 that also passes Luhn: kept only when the symbology says EAN.
+    ean = "4006381333924"  # a valid GTIN-13 that passes Luhn too
+    assert _luhn(ean) and gtin_ok(ean)
+    assert redact_text(ean, True) == (ean, 0)
+    assert redact_text(ean, False)[0] == "400638***3924"
+
+
+def _luhn(digits):
+    from firmware.core.redact import luhn_ok
+    return luhn_ok(digits)
+
+
+def test_pipeline_validates_redacts_and_classifies():
+    from firmware.core.errors import MidshiftError
+    from firmware.core.pipeline import InvalidEvent, Pipeline
+    p = Pipeline({"scanner1": "txn", "plc1": "telemetry"}, 512)
+    body, cls = p.prepare(Event("scanner1", "scan", 1700000000123,
+                                {"code": "4111111111111111", "symbology": "]C0"}))
+    doc = decode_body(body)
+    assert (cls, doc["data"]["code"], doc["read_ms"]) == (rec.TXN, "411111******1111", 1700000000123)
+    body, cls = p.prepare(Event("plc1", "register", 1700000000124, {"tag": "t", "value": 3}))
+    assert cls == rec.TELEMETRY and decode_body(body)["data"]["value"] == 3
+    bad = [Event("ghost", "scan", 1700000000123, {}),
+           Event("scanner1", "", 1700000000123, {}),
+           Event("scanner1", "scan", 1700000000, {}),
+           Event("scanner1", "scan", 1700000000123, [1]),
+           Event("scanner1", "scan", 1700000000123, {"n": 4111111111111111}),
+           Event("scanner1", "scan", 1700000000123, {"x": "y" * 600})]
+    reasons = []
+    for e in bad:
+        try:
+            p.prepare(e)
+        except InvalidEvent as exc:
+            assert isinstance(exc, MidshiftError) and str(exc)
+            reasons.append(exc.reason)
+    assert reasons == ["unknown_source", "bad_kind", "bad_time", "bad_data", "bad_data",
+                       "too_large"]
+    assert p.stats()["accepted"] == 2 and p.stats()["masked"] == 1

@@ -1,0 +1,114 @@
+"""python -m firmware: the gateway agent.
+
+  run   --config SITE [--board FILE]   start the agent until SIGTERM or Ctrl-C
+  check --config SITE [--board FILE]   validate the config and print what would run
+
+Exit status: 0 ok, 2 a bad config or command line (one line naming file, key, problem and
+what is allowed), 1 a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from firmware.core.errors import ConfigError, MidshiftError
+from firmware.core.site_config import SiteConfig
+from firmware.edges.config_file import load_config
+
+
+def _describe(cfg: SiteConfig) -> dict[str, Any]:
+    j = cfg.journal
+    return {
+        "gateway": cfg.gateway_id, "site": cfg.site, "board": cfg.board,
+        "journal": {"path": j.path, "segment_size": j.segment_size,
+                    "segment_count": j.segment_count,
+                    "size_mib": round(j.segment_size * j.segment_count / 2**20, 1),
+                    "max_body": j.max_body},
+        "pins": cfg.pins,
+        "devices": [{"name": d.name, "type": d.type, "class": d.cls, **d.settings}
+                    for d in cfg.devices],
+        "uplinks": [{"name": u.name, "broker": f"{'mqtts' if u.tls else 'mqtt'}://{u.host}:{u.port}",
+                     "priority": u.priority, "interface": u.interface,
+                     "source_address": u.source_address, "metered": u.metered}
+                    for u in cfg.uplinks],
+    }
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.board)
+    if args.json:
+        print(json.dumps(_describe(cfg), indent=2, default=str))
+        return 0
+    d = _describe(cfg)
+    print(f"config ok: gateway {d['gateway']} at site {d['site']} on {d['board']['name']}")
+    j = d["journal"]
+    print(f"  journal  {j['path']}  {j['segment_count']} x {j['segment_size']} bytes "
+          f"({j['size_mib']} MiB), records up to {j['max_body']} bytes")
+    for dev in d["devices"]:
+        where = dev.get("port") or dev.get("endpoint") or (
+            f"{dev.get('host')}:{dev.get('port')}" if dev.get("host") else "")
+        state = "" if dev.get("enabled", True) else "  (disabled)"
+        print(f"  device   {dev['name']:<12} {dev['type']:<8} {dev['class']:<9} {where}{state}")
+    for u in d["uplinks"]:
+        via = u["interface"] or u["source_address"] or "default route"
+        print(f"  uplink   {u['name']:<12} {u['broker']}  priority {u['priority']}  via {via}"
+              f"{'  metered' if u['metered'] else ''}")
+    if not d["uplinks"]:
+        print("  uplinks  none: events stay in the journal")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from firmware.agent import Agent  # drivers and journal only when running
+
+    cfg = load_config(args.config, args.board)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    agent = Agent(cfg)
+    agent.start()
+    try:
+        while not done.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m firmware",
+                                     description="midshift gateway agent: reads devices, "
+                                     "journals every event, forwards it to the ledger.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "start the agent until SIGTERM or Ctrl-C"),
+                       ("check", "validate a config and print what would run")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--config", required=True, metavar="SITE",
+                       help="site config (TOML); it names its board with board_config")
+        p.add_argument("--board", metavar="FILE", help="board config, overriding board_config")
+        if name == "check":
+            p.add_argument("--json", action="store_true", help="print the merged config as JSON")
+        else:
+            p.add_argument("--log-level", default="INFO",
+                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(args, "log_level", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _check(args) if args.command == "check" else _run(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except MidshiftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The agent's runtime: wires the edges to the core from a validated config.
+
+Input side (issue 5): drivers read devices and hand Events to ``emit``, which runs the
+pipeline (validate, redact, classify), appends to the journal with an HLC stamp under the
+journal's lock, and returns only once the record is durable, so a driver (and the POS
+behind it) is told OK only then. A refused ``txn`` record (journal full) comes back to the
+driver as an error and lights the red LED until the journal takes transactions again.
+
+The status loop refreshes the LEDs and logs a status line on change; the forwarder and
+uplinks (issue 6) plug in here too. This is the only module that knows both core and
+edges.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from firmware.core import record as rec
+from firmware.core.errors import JournalFull
+from firmware.core.event import Event
+from firmware.core.hlc import HybridLogicalClock
+from firmware.core.pipeline import Pipeline
+from firmware.core.site_config import SiteConfig
+from firmware.edges.clock import SystemClock
+from firmware.edges.config_file import driver_class
+from firmware.edges.driver import Clock, Driver
+from firmware.edges.flash import open_or_create_journal
+from firmware.edges.group_commit import GroupCommitJournal
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(self, cfg: SiteConfig, clock: Clock | None = None,
+                 pin_factory: Any = None, durable_timeout_s: float = 5.0) -> None:
+        self.cfg = cfg
+        self.clock = clock or SystemClock()
+        self._pin_factory = pin_factory  # tests pass a gpiozero MockFactory
+        self.durable_timeout_s = durable_timeout_s
+        self.journal: GroupCommitJournal | None = None
+        self.pipeline = Pipeline({d.name: d.cls for d in cfg.devices}, cfg.journal.max_body)
+        self.drivers: list[Driver] = []
+        self.lights: Any = None
+        self._refusing_need = 0        # bytes the last refused txn needed; 0: not refusing
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._status_thread: threading.Thread | None = None
+        self._last_status: str | None = None
+
+    # ---- life ---------------------------------------------------------------------------
+
+    def start(self) -> Agent:
+        jc = self.cfg.journal
+        journal = open_or_create_journal(jc.path, jc.segment_size, jc.segment_count,
+                                         self.cfg.gateway_id, wall_ms=self.clock.now_ms,
+                                         max_body=jc.max_body)
+        hlc = HybridLogicalClock(self.clock.now_ms, journal.last_hlc)
+        self.journal = GroupCommitJournal(journal, jc.window_ms, stamp=hlc.now)
+        self.lights = self._open_lights()
+        for d in self.cfg.devices:
+            if d.settings.get("enabled", True):
+                settings = {k: v for k, v in d.settings.items() if k != "enabled"}
+                self.drivers.append(driver_class(d.type)(d.name, settings, self.emit, self.clock))
+        for drv in self.drivers:
+            drv.start()
+        self._status_thread = threading.Thread(target=self._status_loop, name="agent-status",
+                                               daemon=True)
+        self._status_thread.start()
+        log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",
+                 self.cfg.gateway_id, len(self.drivers), jc.path, journal.epoch, journal.next_seq)
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for drv in self.drivers:
+            drv.stop()
+        if self._status_thread is not None:
+            self._status_thread.join(5)
+        if self.lights is not None:
+            self.lights.close()
+        if self.journal is not None:
+            self.journal.close()
+        log.info("agent %s stopped", self.cfg.gateway_id)
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _open_lights(self) -> Any:
+        if not self.cfg.pins:
+            return None
+        from firmware.edges.gpio import StatusLights  # gpiozero only when pins are configured
+        factory = self._pin_factory or self.cfg.board.get("pin_factory", "mock")
+        return StatusLights(self.cfg.pins, factory)
+
+    # ---- the input side ---------------------------------------------------------------------
+
+    def emit(self, event: Event) -> int:
+        """Pipeline, journal, durable: returns the seq. Raises InvalidEvent, JournalFull,
+        StorageError; the driver counts them and goes on."""
+        if self.journal is None:
+            raise RuntimeError("agent not started")
+        body, cls = self.pipeline.prepare(event)
+        try:
+            seq = self.journal.append_durable(body, cls, timeout_s=self.durable_timeout_s)
+        except JournalFull as exc:
+            if cls == rec.TXN:
+                with self._lock:
+                    first = not self._refusing_need
+                    self._refusing_need = exc.need_bytes
+                if first:
+                    log.error("journal refuses transactions: %s", exc)
+                    self._refresh_lights()
+            raise
+        if cls == rec.TXN and self._refusing_need:
+            with self._lock:
+                self._refusing_need = 0
+            log.warning("journal takes transactions again")
+            self._refresh_lights()
+        return seq
+
+    # ---- state ------------------------------------------------------------------------------
+
+    def refusing_txn(self) -> bool:
+        """True while the journal refuses transactions: until one is taken again, or the
+        ledger's acknowledgements free the room the refused one needed."""
+        with self._lock:
+            need = self._refusing_need
+        if need and self.journal is not None and self.journal.journal.free_bytes() >= need:
+            with self._lock:
+                self._refusing_need = 0
+            return False
+        return bool(need)
+
+    def snapshot(self) -> dict[str, Any]:
+        devices = [d.status.as_dict() for d in self.drivers]
+        stats = self.journal.stats() if self.journal is not None else {}
+        return {
+            "gateway": self.cfg.gateway_id,
+            "uplink": "none",  # uplinks arrive with the forwarder (issue 6)
+            "backlog_records": stats.get("backlog_records", 0),
+            "backlog_bytes": stats.get("backlog_bytes", 0),
+            "journal": stats,
+            "journal_refusing_txn": self.refusing_txn(),
+            "devices": devices,
+            "devices_in_error": sum(1 for d in devices if d["state"] == "error"),
+            "pipeline": self.pipeline.stats(),
+        }
+
+    def _refresh_lights(self) -> None:
+        if self.lights is not None:
+            self.lights.update(self.snapshot())
+
+    def _status_loop(self) -> None:
+        period = min(self.cfg.status_period_s, 1.0)
+        while not self._stopping.wait(period):
+            snap = self.snapshot()
+            if self.lights is not None:
+                self.lights.update(snap)
+            line = json.dumps({k: snap[k] for k in ("backlog_records", "journal_refusing_txn",
+                                                    "devices_in_error")} |
+                              {"devices": {d["name"]: d["state"] for d in snap["devices"]}},
+                              sort_keys=True)
+            if line != self._last_status:
+                log.info("status %s", line)
+                self._last_status = line

@@ -1,0 +1,235 @@
+"""The agent's configuration: board file + site file, merged, checked once, then read-only.
+
+A board file (``board_configs/<board>.toml``) says what the hardware has: ``[board]``
+(name, GPIO pin factory), ``[pins]`` (status LEDs, button), ``[serial]`` (named ports),
+``[interfaces]`` (named network interfaces) and ``[journal]`` (where and how big). A site
+file says what this gateway does: ``[gateway]`` (id, site), ``[devices.NAME]`` and
+``[uplinks.NAME]``; it may override ``[journal]`` keys. The site file wins where both set
+a key. Nothing starts until every key has been checked; the first problem is raised as a
+``ConfigError`` naming the key path, what is wrong and what is allowed (the loader adds
+the file it came from).
+
+This module does no I/O: it gets the merged dict and, for the device tables, a map from
+device type to that driver's ``validate_config(name, table, path)``.
+"""
+
+from firmware.core.config_fields import field, no_unknown_keys, positive
+from firmware.core.errors import ConfigError
+
+DEVICE_TYPES = ("scanner", "scale", "modbus", "opcua")
+DEFAULT_CLASS = {"scanner": "txn", "scale": "txn", "modbus": "telemetry", "opcua": "telemetry"}
+PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock")
+SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
+            "status")
+NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+
+def _name_ok(text):
+    if not text or len(text) > 32:
+        return False
+    for ch in text:
+        if ch not in NAME_CHARS:
+            return False
+    return True
+
+
+NAME_RULE = "1 to 32 letters, digits, '_' or '-'"
+
+
+class DeviceConfig:
+    def __init__(self, name, dtype, cls, settings):
+        self.name = name
+        self.type = dtype
+        self.cls = cls
+        self.settings = settings
+
+
+class UplinkConfig:
+    def __init__(self, name, host, port, tls, priority, interface, source_address, metered):
+        self.name = name
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.priority = priority
+        self.interface = interface
+        self.source_address = source_address
+        self.metered = metered
+
+
+class JournalConfig:
+    def __init__(self, path, segment_size, segment_count, max_body, window_ms):
+        self.path = path
+        self.segment_size = segment_size
+        self.segment_count = segment_count
+        self.max_body = max_body
+        self.window_ms = window_ms
+
+
+class SiteConfig:
+    def __init__(self):
+        self.gateway_id = ""
+        self.site = ""
+        self.board = {}
+        self.pins = {}
+        self.serial = {}
+        self.interfaces = {}
+        self.journal = None
+        self.devices = []
+        self.uplinks = []
+        self.status_period_s = 5.0
+
+    def device(self, name):
+        for d in self.devices:
+            if d.name == name:
+                return d
+        return None
+
+
+def merge(board, site):
+    """Board tables overlaid by the site's, key by key, one level deep."""
+    out = {}
+    for doc in (board, site):
+        for key, value in doc.items():
+            if isinstance(value, dict):
+                both = dict(out[key]) if isinstance(out.get(key), dict) else {}
+                both.update(value)
+                out[key] = both
+            else:
+                out[key] = value
+    return out
+
+
+def _table(doc, key, required=True):
+    if key not in doc:
+        if required:
+            raise ConfigError(key, "is required", "a [%s] table" % key)
+        return {}
+    value = doc[key]
+    if not isinstance(value, dict):
+        raise ConfigError(key, "%r is not a table" % (value,), "a [%s] table" % key)
+    return value
+
+
+def validate(doc, validators):
+    """A ``SiteConfig`` from the merged dict; ``validators``: device type -> callable
+    ``(name, table, path) -> normalized table``. Raises ConfigError."""
+    no_unknown_keys(doc, "(top level)", SECTIONS)
+    cfg = SiteConfig()
+    gw = _table(doc, "gateway")
+    no_unknown_keys(gw, "gateway", ("id", "site"))
+    cfg.gateway_id = field(gw, "id", "gateway", str, check=_name_ok, allowed=NAME_RULE)
+    cfg.site = field(gw, "site", "gateway", str, check=_name_ok, allowed=NAME_RULE)
+
+    board = _table(doc, "board")
+    no_unknown_keys(board, "board", ("name", "pin_factory"))
+    cfg.board = {"name": field(board, "name", "board", str),
+                 "pin_factory": field(board, "pin_factory", "board", str, default="mock",
+                                      choices=PIN_FACTORIES)}
+    cfg.pins = dict(_table(doc, "pins", False))
+    for section in ("serial", "interfaces"):
+        table = _table(doc, section, False)
+        for key in table:
+            field(table, key, section, str)
+        setattr(cfg, section, dict(table))
+
+    cfg.journal = _journal(_table(doc, "journal"))
+    status = _table(doc, "status", False)
+    no_unknown_keys(status, "status", ("period_s",))
+    cfg.status_period_s = field(status, "period_s", "status", float, default=5.0, check=positive)
+
+    devices = _table(doc, "devices")
+    if not devices:
+        raise ConfigError("devices", "has no device", "one [devices.NAME] table per device")
+    for name in devices:
+        cfg.devices.append(_device(name, devices[name], cfg, validators))
+
+    uplinks = _table(doc, "uplinks", False)
+    for name in uplinks:
+        cfg.uplinks.append(_uplink(name, uplinks[name], cfg))
+    cfg.uplinks.sort(key=lambda u: u.priority)
+    return cfg
+
+
+def _journal(table):
+    p = "journal"
+    no_unknown_keys(table, p, ("path", "segment_size", "segment_count", "max_body",
+                               "window_ms"))
+    seg = field(table, "segment_size", p, int, default=1 << 20,
+                check=lambda v: v >= 4096 and v % 512 == 0,
+                allowed="a multiple of 512, at least 4096")
+    count = field(table, "segment_count", p, int, default=64, check=lambda v: 2 <= v <= 65536,
+                  allowed="2 to 65536")
+    max_body = field(table, "max_body", p, int, default=4096,
+                     check=lambda v: 64 <= v <= seg - 36,
+                     allowed="64 to segment_size - 36 (%d)" % (seg - 36))
+    return JournalConfig(field(table, "path", p, str, check=lambda v: len(v) > 0,
+                               allowed="a directory path"),
+                         seg, count, max_body,
+                         field(table, "window_ms", p, float, default=0.0,
+                               check=lambda v: 0 <= v <= 100, allowed="0 to 100"))
+
+
+def _device(name, table, cfg, validators):
+    p = "devices.%s" % name
+    if not _name_ok(name):
+        raise ConfigError(p, "is not a valid device name", NAME_RULE)
+    if not isinstance(table, dict):
+        raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
+    dtype = field(table, "type", p, str, choices=DEVICE_TYPES)
+    cls = field(table, "class", p, str, default=DEFAULT_CLASS[dtype],
+                choices=("txn", "telemetry"))
+    enabled = field(table, "enabled", p, bool, default=True)
+    rest = {}
+    for k, v in table.items():
+        if k not in ("type", "class", "enabled"):
+            rest[k] = v
+    port = rest.get("port")
+    if isinstance(port, str) and port in cfg.serial:
+        rest["port"] = cfg.serial[port]  # a name from the board's [serial] table
+    check = validators.get(dtype)
+    if check is None:
+        raise ConfigError(p + ".type", "%r has no driver on this build" % dtype,
+                          ", ".join(sorted(validators)))
+    settings = check(name, rest, p)
+    settings = dict(settings) if settings is not None else rest
+    settings["enabled"] = enabled
+    return DeviceConfig(name, dtype, cls, settings)
+
+
+def _uplink(name, table, cfg):
+    p = "uplinks.%s" % name
+    if not isinstance(table, dict):
+        raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
+    no_unknown_keys(table, p, ("broker", "priority", "interface", "source_address", "metered"))
+    broker = field(table, "broker", p, str, allowed="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    host, port, tls = _broker_url(broker, p + ".broker")
+    interface = field(table, "interface", p, str, default=None)
+    if interface is not None and interface in cfg.interfaces:
+        interface = cfg.interfaces[interface]
+    return UplinkConfig(name, host, port, tls,
+                        field(table, "priority", p, int, default=100,
+                              check=lambda v: 0 <= v <= 1000, allowed="0 to 1000"),
+                        interface, field(table, "source_address", p, str, default=None),
+                        field(table, "metered", p, bool, default=False))
+
+
+def _broker_url(url, key):
+    allowed = "mqtt://HOST:PORT or mqtts://HOST:PORT"
+    if url.startswith("mqtt://"):
+        rest, tls, default_port = url[7:], False, 1883
+    elif url.startswith("mqtts://"):
+        rest, tls, default_port = url[8:], True, 8883
+    else:
+        raise ConfigError(key, "%r has no mqtt:// or mqtts:// scheme" % url, allowed)
+    host, _, port = rest.partition(":")
+    if not host or "/" in host:
+        raise ConfigError(key, "%r has no host" % url, allowed)
+    if not port:
+        return host, default_port, tls
+    try:
+        n = int(port)
+    except ValueError:
+        raise ConfigError(key, "port %r is not a number" % port, allowed)
+    if not 0 < n < 65536:
+        raise ConfigError(key, "port %d is out of range" % n, "1 to 65535")
+    return host, n, tls

@@ -1,0 +1,108 @@
+"""Reading the agent's configuration from TOML: a site file and the board file it names.
+
+The site file names its board with a top-level ``board_config = "NAME"`` (a file in
+``board_configs/``) or a path (relative to the site file); ``--board`` overrides it.
+Relative paths inside the files (journal directory) are taken relative to the file that
+set them. Errors name the file the offending key came from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from firmware.core.errors import ConfigError
+from firmware.core.site_config import SiteConfig, merge, validate
+
+BOARD_DIR = Path(__file__).resolve().parents[2] / "board_configs"
+
+# device type -> the driver class (module:Class), imported only when a config uses it
+DRIVERS = {
+    "scanner": "firmware.edges.serial_scanner:BarcodeScannerDriver",
+    "scale": "firmware.edges.scale:ScaleDriver",
+    "modbus": "firmware.edges.modbus:ModbusDriver",
+    "opcua": "firmware.edges.opcua:OpcUaDriver",
+}
+
+
+def driver_class(dtype: str) -> type:
+    module, _, cls = DRIVERS[dtype].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("(file)", f"{what} {path} does not exist", None, str(path)) from None
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot read {what}: {exc.strerror}", None,
+                          str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(file)", f"not valid TOML: {exc}", None, str(path)) from None
+
+
+def _board_path(ref: str, site_path: Path) -> Path:
+    p = Path(ref)
+    if p.suffix != ".toml" and "/" not in ref:
+        return BOARD_DIR / f"{ref}.toml"
+    return p if p.is_absolute() else site_path.parent / p
+
+
+def _validators(doc: dict[str, Any]) -> dict[str, Callable[..., Any]]:
+    """Validators for the device types the config uses (importing only those drivers)."""
+    used = {t.get("type") for t in (doc.get("devices") or {}).values() if isinstance(t, dict)}
+    out = {}
+    for dtype in DRIVERS:
+        if dtype in used:
+            out[dtype] = driver_class(dtype).validate_config
+        else:
+            out[dtype] = _unused
+    return out
+
+
+def _unused(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
+    return table
+
+
+def load_config(site_path: str | Path, board_path: str | Path | None = None) -> SiteConfig:
+    site_path = Path(site_path)
+    site = _read_toml(site_path, "site config")
+    ref = site.pop("board_config", None)
+    if board_path is None:
+        if not isinstance(ref, str):
+            raise ConfigError("board_config", "is required (or pass --board FILE)",
+                              "a board name from board_configs/ "
+                              f"({', '.join(sorted(p.stem for p in BOARD_DIR.glob('*.toml')))}) "
+                              "or a path", str(site_path))
+        board_path = _board_path(ref, site_path)
+    board_path = Path(board_path)
+    board = _read_toml(board_path, "board config")
+    _relative_journal(board, board_path)
+    _relative_journal(site, site_path)
+    doc = merge(board, site)
+    try:
+        return validate(doc, _validators(doc))
+    except ConfigError as exc:
+        raise exc.in_file(str(_origin(exc.key, site_path, site, board_path))) from None
+
+
+def _relative_journal(doc: dict[str, Any], path: Path) -> None:
+    j = doc.get("journal")
+    if isinstance(j, dict) and isinstance(j.get("path"), str) and j["path"] and not Path(
+            j["path"]).is_absolute():
+        j["path"] = str((path.parent / j["path"]).resolve())
+
+
+def _origin(key: str, site_path: Path, site: dict[str, Any], board_path: Path) -> Path:
+    """Which file set ``key`` (the site file wins where both did)."""
+    parts = key.replace("[", ".").split(".")
+    top = parts[0]
+    if top not in site:
+        return board_path
+    if len(parts) > 1 and isinstance(site[top], dict) and parts[1] not in site[top]:
+        return board_path
+    return site_path

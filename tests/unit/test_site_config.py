@@ -1,0 +1,123 @@
+"""The config checker: every bad key named with what is allowed; defaults filled in."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from firmware.core.config_fields import field, no_unknown_keys
+from firmware.core.errors import ConfigError
+from firmware.core.site_config import merge, validate
+
+BOARD = {
+    "board": {"name": "test board", "pin_factory": "mock"},
+    "pins": {"uplink_led": 17},
+    "serial": {"scanner": "/dev/ttyACM0"},
+    "interfaces": {"primary": "eth0", "secondary": "wwan0"},
+    "journal": {"path": "/var/lib/midshift/journal", "segment_size": 65536, "segment_count": 8},
+}
+SITE = {
+    "gateway": {"id": "gw-01", "site": "store-7"},
+    "devices": {"scan1": {"type": "scanner", "port": "scanner", "baudrate": 9600},
+                "plc1": {"type": "modbus", "host": "127.0.0.1"}},
+    "uplinks": {"lte": {"broker": "mqtts://ledger.example:8883", "interface": "secondary",
+                        "priority": 20, "metered": True},
+                "eth": {"broker": "mqtt://127.0.0.1", "interface": "primary", "priority": 10}},
+}
+
+
+def scanner_check(name, table, path):
+    no_unknown_keys(table, path, ("port", "baudrate"))
+    return {"port": field(table, "port", path, str),
+            "baudrate": field(table, "baudrate", path, int, choices=(9600, 19200))}
+
+
+def modbus_check(name, table, path):
+    no_unknown_keys(table, path, ("host", "port"))
+    return {"host": field(table, "host", path, str), "port": field(table, "port", path, int,
+                                                                   default=502)}
+
+
+CHECKS = {"scanner": scanner_check, "modbus": modbus_check}
+
+
+def doc(**changes):
+    d = merge(copy.deepcopy(BOARD), copy.deepcopy(SITE))
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        t = d
+        for p in parents:
+            t = t[p]
+        if value is DELETE:
+            del t[key]
+        else:
+            t[key] = value
+    return d
+
+
+DELETE = object()
+
+
+def test_a_good_config_is_merged_normalized_and_ordered():
+    cfg = validate(doc(), CHECKS)
+    assert (cfg.gateway_id, cfg.site, cfg.board["pin_factory"]) == ("gw-01", "store-7", "mock")
+    scan = cfg.device("scan1")
+    assert (scan.cls, scan.settings["port"], scan.settings["enabled"]) == ("txn", "/dev/ttyACM0", True)
+    plc = cfg.device("plc1")
+    assert (plc.cls, plc.settings["port"]) == ("telemetry", 502)
+    assert [u.name for u in cfg.uplinks] == ["eth", "lte"]
+    eth, lte = cfg.uplinks
+    assert (eth.host, eth.port, eth.tls, eth.interface) == ("127.0.0.1", 1883, False, "eth0")
+    assert (lte.port, lte.tls, lte.metered, lte.interface) == (8883, True, True, "wwan0")
+    assert (cfg.journal.segment_size, cfg.journal.max_body) == (65536, 4096)
+
+
+def test_the_site_overrides_the_board_key_by_key():
+    merged = merge(BOARD, {"journal": {"segment_count": 4}})
+    assert merged["journal"]["segment_count"] == 4
+    assert merged["journal"]["segment_size"] == 65536
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    ({"gateway__id": "gw 01"}, "gateway.id", "letters"),
+    ({"gateway": DELETE}, "gateway", "required"),
+    ({"gateway__colour": "red"}, "gateway.colour", "id, site"),
+    ({"bogus": {}}, "(top level).bogus", "devices"),
+    ({"board__pin_factory": "wiringpi"}, "board.pin_factory", "lgpio, rpigpio"),
+    ({"journal__segment_size": 5000}, "journal.segment_size", "multiple of 512"),
+    ({"journal__segment_count": 1}, "journal.segment_count", "2 to 65536"),
+    ({"journal__max_body": 70000}, "journal.max_body", "segment_size - 36"),
+    ({"journal__path": 7}, "journal.path", "a string"),
+    ({"devices": {}}, "devices", "one [devices.NAME]"),
+    ({"devices__scan1__type": "printer"}, "devices.scan1.type", "scanner, scale, modbus, opcua"),
+    ({"devices__scan1__class": "gold"}, "devices.scan1.class", "txn, telemetry"),
+    ({"devices__scan1__baudrate": 9601}, "devices.scan1.baudrate", "9600, 19200"),
+    ({"devices__scan1__baudrate": True}, "devices.scan1.baudrate", None),
+    ({"devices__scan1__parity": "E"}, "devices.scan1.parity", "baudrate, port"),
+    ({"devices__scan1__enabled": "yes"}, "devices.scan1.enabled", None),
+    ({"uplinks__eth__broker": "http://x"}, "uplinks.eth.broker", "mqtt://HOST:PORT"),
+    ({"uplinks__eth__broker": "mqtt://x:99999"}, "uplinks.eth.broker", "1 to 65535"),
+    ({"uplinks__eth__broker": "mqtt://x:abc"}, "uplinks.eth.broker", "mqtt://HOST:PORT"),
+    ({"uplinks__eth__priority": -1}, "uplinks.eth.priority", "0 to 1000"),
+    ({"uplinks__eth__qos": 2}, "uplinks.eth.qos", "broker"),
+])
+def test_each_bad_value_names_its_key_and_what_is_allowed(changes, key, words):
+    with pytest.raises(ConfigError) as err:
+        validate(doc(**changes), CHECKS)
+    assert err.value.key == key, str(err.value)
+    text = str(err.value)
+    assert text.startswith(key + ": ")
+    if words:
+        assert words in text
+
+
+def test_a_device_type_without_a_driver_on_this_build_is_refused():
+    with pytest.raises(ConfigError) as err:
+        validate(doc(devices__plc1__type="opcua"), CHECKS)
+    assert err.value.key == "devices.plc1.type" and "modbus, scanner" in str(err.value)
+
+
+def test_the_loader_can_name_the_file():
+    e = ConfigError("devices.scale.baudrate", "9601 is not allowed", "1200, 9600").in_file("site.toml")
+    assert str(e) == "site.toml: devices.scale.baudrate: 9601 is not allowed; allowed: 1200, 9600"
