@@ -1,0 +1,180 @@
+"""Batch and acknowledgement codecs: the bytes between a gateway and the ledger.
+
+``docs/wire-format.md`` is the specification; in short, a batch is
+
+    "MSB1" | version | flags | len(gw) | gw | epoch | first_seq | last_seq | count
+           | sent_ms | len(payload) | payload | HMAC-SHA256(key, everything before it)
+
+and the payload (zlib-compressed when flag bit 0 is set) holds ``count`` records, each
+``seq | class | hlc | len(body) | body``, in ascending seq. Seqs inside a batch need not
+be contiguous (a record lost to flash damage leaves a visible gap); ``first_seq`` and
+``last_seq`` bound them. An acknowledgement is a small JSON object on the ``ack`` topic.
+
+Decoding checks the MAC before it trusts any length inside, and every length against the
+bytes actually there, so a forged or truncated batch is a ``WireError`` with a reason,
+never an exception from deep inside struct.
+"""
+
+import json
+import struct
+
+from firmware.core.errors import MidshiftError
+from firmware.core.signing import DIGEST_SIZE
+
+MAGIC = b"MSB1"
+VERSION = 1
+FLAG_ZLIB = 1
+FIXED = "<QQQHQI"  # epoch, first, last, count, sent_ms, payload length
+FIXED_SIZE = struct.calcsize(FIXED)  # 42
+RECORD = "<QBQI"  # seq, class, hlc, body length
+RECORD_SIZE = struct.calcsize(RECORD)  # 21
+MAX_COUNT = 65535
+ACK_VERSION = 1
+
+
+class WireError(MidshiftError):
+    code = "wire"
+
+    def __init__(self, reason, text):
+        super().__init__(text)
+        self.reason = reason
+
+
+class Batch:
+    def __init__(self, gateway, epoch, records, sent_ms):
+        """``records``: [(seq, cls, hlc, body)] in ascending seq."""
+        self.gateway = gateway
+        self.epoch = epoch
+        self.records = records
+        self.sent_ms = sent_ms
+
+    @property
+    def first_seq(self):
+        return self.records[0][0]
+
+    @property
+    def last_seq(self):
+        return self.records[-1][0]
+
+
+def payload_size(bodies_bytes, count):
+    """Bytes a batch of ``count`` records with ``bodies_bytes`` of bodies takes, uncompressed."""
+    return 4 + 1 + 1 + 1 + 32 + FIXED_SIZE + count * RECORD_SIZE + bodies_bytes + DIGEST_SIZE
+
+
+def encode_batch(signer, batch, compress=None):
+    """Batch bytes; ``compress`` (bytes -> bytes, e.g. zlib.compress) is used when it
+    makes the payload smaller."""
+    recs = batch.records
+    if not recs or len(recs) > MAX_COUNT:
+        raise ValueError("a batch holds 1 to %d records, not %d" % (MAX_COUNT, len(recs)))
+    gw = batch.gateway.encode()
+    if not 0 < len(gw) <= 32:
+        raise ValueError("gateway id must be 1 to 32 bytes")
+    parts = []
+    last = -1
+    for seq, cls, hlc, body in recs:
+        if seq <= last:
+            raise ValueError("records must be in ascending seq")
+        last = seq
+        parts.append(struct.pack(RECORD, seq, cls, hlc, len(body)))
+        parts.append(bytes(body))
+    payload = b"".join(parts)
+    flags = 0
+    if compress is not None:
+        packed = compress(payload)
+        if len(packed) < len(payload):
+            payload, flags = packed, FLAG_ZLIB
+    head = (MAGIC + bytes((VERSION, flags, len(gw))) + gw
+            + struct.pack(FIXED, batch.epoch, recs[0][0], recs[-1][0], len(recs),
+                          batch.sent_ms, len(payload)))
+    return head + payload + signer.sign(head, payload)
+
+
+def peek_gateway(data):
+    """The gateway id a batch claims (to look up its key before verifying); WireError."""
+    if len(data) < 7 or bytes(data[:4]) != MAGIC:
+        raise WireError("bad_magic", "not a midshift batch (magic %r)" % (bytes(data[:4]),))
+    if data[4] != VERSION:
+        raise WireError("bad_version", "batch version %d is not supported (want %d)" % (
+            data[4], VERSION))
+    n = data[6]
+    if not 0 < n <= 32 or len(data) < 7 + n:
+        raise WireError("truncated", "batch too short for its gateway id")
+    try:
+        return bytes(data[7:7 + n]).decode()
+    except UnicodeError:
+        raise WireError("bad_gateway", "gateway id is not UTF-8")
+
+
+def decode_batch(data, signer, decompress=None, max_payload=16 << 20):
+    """A verified Batch from bytes; raises WireError (reason: bad_magic, bad_version,
+    truncated, bad_mac, bad_payload, compressed)."""
+    gw = peek_gateway(data)
+    start = 7 + len(gw.encode())
+    if len(data) < start + FIXED_SIZE + DIGEST_SIZE:
+        raise WireError("truncated", "batch of %d bytes is shorter than its header" % len(data))
+    epoch, first, last, count, sent_ms, plen = struct.unpack_from(FIXED, data, start)
+    end = start + FIXED_SIZE + plen
+    if plen > max_payload or len(data) != end + DIGEST_SIZE:
+        raise WireError("truncated", "batch length %d does not match its header (%d)" % (
+            len(data), end + DIGEST_SIZE))
+    head = bytes(data[:start + FIXED_SIZE])
+    payload = bytes(data[start + FIXED_SIZE:end])
+    if not signer.verify(bytes(data[end:]), head, payload):
+        raise WireError("bad_mac", "batch from %s fails its HMAC: forged, damaged or "
+                        "signed with another key" % gw)
+    if data[5] & FLAG_ZLIB:
+        if decompress is None:
+            raise WireError("compressed", "batch is compressed and no decompressor is set")
+        try:
+            payload = decompress(payload)
+        except Exception as exc:  # noqa: BLE001 - any codec failure is a bad batch
+            raise WireError("bad_payload", "batch payload does not decompress: %s" % exc)
+    records = []
+    off = 0
+    prev = -1
+    for _ in range(count):
+        if off + RECORD_SIZE > len(payload):
+            raise WireError("bad_payload", "record header past the payload's end")
+        seq, cls, hlc, n = struct.unpack_from(RECORD, payload, off)
+        off += RECORD_SIZE
+        if off + n > len(payload) or seq <= prev or cls > 1:
+            raise WireError("bad_payload", "record %d is malformed" % seq)
+        records.append((seq, cls, hlc, payload[off:off + n]))
+        off += n
+        prev = seq
+    if off != len(payload) or not records or records[0][0] != first or prev != last:
+        raise WireError("bad_payload", "records do not match the header's count and seq range")
+    return Batch(gw, epoch, records, sent_ms)
+
+
+def encode_ack(epoch, first, last, ledger_ms, status="ok", reason=None, duplicates=0):
+    doc = {"v": ACK_VERSION, "epoch": epoch, "first": first, "last": last,
+           "ledger_ms": ledger_ms, "status": status, "dup": duplicates}
+    if reason:
+        doc["reason"] = reason
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def decode_ack(data):
+    """(epoch, first, last, ledger_ms, status) from an ack; WireError if malformed."""
+    try:
+        doc = json.loads(bytes(data).decode())
+    except (ValueError, UnicodeError):
+        raise WireError("bad_ack", "ack is not JSON")
+    if not isinstance(doc, dict) or doc.get("v") != ACK_VERSION:
+        raise WireError("bad_ack", "ack version is not %d" % ACK_VERSION)
+    out = []
+    for key in ("epoch", "first", "last", "ledger_ms"):
+        v = doc.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise WireError("bad_ack", "ack field %s is %r" % (key, v))
+        out.append(v)
+    if out[1] > out[2]:
+        raise WireError("bad_ack", "ack range %d..%d is empty" % (out[1], out[2]))
+    status = doc.get("status")
+    if status not in ("ok", "rejected"):
+        raise WireError("bad_ack", "ack status %r" % (status,))
+    out.append(status)
+    return tuple(out)
