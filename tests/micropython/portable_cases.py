@@ -291,3 +291,25 @@ def test_batch_round_trip_and_every_forgery_refused():
             raise AssertionError("bad ack accepted")
         except WireError as exc:
             assert exc.reason == "bad_ack"
+
+
+def test_uplink_failover_and_failback_after_hold():
+    from firmware.core.uplink_selector import UplinkSelector
+    s = UplinkSelector(["eth", "lte"], hold_ms=30000, metered=["lte"])
+    assert s.select(0) == (None, None)
+    s.report("lte", True, 0)
+    assert s.select(0) == ("lte", ("up", None, "lte"))
+    s.report("eth", True, 1000)  # the primary comes up: not taken back before the hold
+    assert s.select(30999) == ("lte", None)
+    assert s.next_failback_ms(30999) == 31000
+    assert s.select(31000) == ("eth", ("failback", "lte", "eth"))
+    s.report("eth", False, 40000)  # primary fails: the secondary takes over at once
+    assert s.select(40000) == ("lte", ("failover", "eth", "lte"))
+    for t in range(41000, 100000, 5000):  # the primary flaps: up 2 s, down 3 s
+        s.report("eth", True, t)
+        assert s.select(t + 1999)[0] == "lte"
+        s.report("eth", False, t + 2000)
+    s.report("lte", False, 100000)
+    assert s.select(100000) == (None, ("down", "lte", None))
+    assert (s.failovers, s.failbacks) == (1, 1)
+    assert s.carries("eth", 1) and s.carries("lte", 0) and not s.carries("lte", 1)
