@@ -41,16 +41,15 @@ class WireError(MidshiftError):
 
 
 class Batch:
-    def __init__(self, gateway, epoch, records, sent_ms):
-        """``records``: [(seq, cls, hlc, body)] in ascending seq."""
+    def __init__(self, gateway, epoch, records, sent_ms, first_seq=None):
+        """``records``: [(seq, cls, hlc, body)] in ascending seq. ``first_seq`` may be
+        below the first record's seq: the batch then also accounts for seqs lost to
+        flash damage just before it, so the ledger's acknowledgement covers them."""
         self.gateway = gateway
         self.epoch = epoch
         self.records = records
         self.sent_ms = sent_ms
-
-    @property
-    def first_seq(self):
-        return self.records[0][0]
+        self.first_seq = records[0][0] if first_seq is None else first_seq
 
     @property
     def last_seq(self):
@@ -68,6 +67,8 @@ def encode_batch(signer, batch, compress=None):
     recs = batch.records
     if not recs or len(recs) > MAX_COUNT:
         raise ValueError("a batch holds 1 to %d records, not %d" % (MAX_COUNT, len(recs)))
+    if batch.first_seq > recs[0][0]:
+        raise ValueError("first_seq %d is past the first record" % batch.first_seq)
     gw = batch.gateway.encode()
     if not 0 < len(gw) <= 32:
         raise ValueError("gateway id must be 1 to 32 bytes")
@@ -86,7 +87,7 @@ def encode_batch(signer, batch, compress=None):
         if len(packed) < len(payload):
             payload, flags = packed, FLAG_ZLIB
     head = (MAGIC + bytes((VERSION, flags, len(gw))) + gw
-            + struct.pack(FIXED, batch.epoch, recs[0][0], recs[-1][0], len(recs),
+            + struct.pack(FIXED, batch.epoch, batch.first_seq, recs[-1][0], len(recs),
                           batch.sent_ms, len(payload)))
     return head + payload + signer.sign(head, payload)
 
@@ -144,9 +145,9 @@ def decode_batch(data, signer, decompress=None, max_payload=16 << 20):
         records.append((seq, cls, hlc, payload[off:off + n]))
         off += n
         prev = seq
-    if off != len(payload) or not records or records[0][0] != first or prev != last:
+    if off != len(payload) or not records or records[0][0] < first or prev != last:
         raise WireError("bad_payload", "records do not match the header's count and seq range")
-    return Batch(gw, epoch, records, sent_ms)
+    return Batch(gw, epoch, records, sent_ms, first)
 
 
 def encode_ack(epoch, first, last, ledger_ms, status="ok", reason=None, duplicates=0):

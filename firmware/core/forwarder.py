@@ -1,0 +1,246 @@
+"""The forwarder: journal records into signed batches, in flight until the ledger acks.
+
+Sans-I/O: it reads the journal (itself I/O-free over an injected storage), is told the
+time, the active uplink and the acks, and returns what to publish and what to commit.
+The agent's edge loop does the publishing (paho) and the journal commit.
+
+Rules, each for a failure peers have shipped:
+
+- A batch leaves the window only when the ledger acknowledges it on the ``ack`` topic; a
+  broker PUBACK means nothing here. The commit point (and ring space) advances only over
+  a contiguous run of acknowledged seqs.
+- A batch not acknowledged within ``ack_timeout_ms`` is sent again (same records, new
+  ``sent_ms``), as is everything in flight when the uplink changes: the resend starts at
+  what the ledger has acknowledged, skipping ranges acked out of order, not at the head.
+- Live first: when an uplink comes up with a backlog of more than one batch, the backlog
+  becomes its own lane, drained beside the live one and capped by a token bucket (per
+  uplink, records per second), while new events go out at once in the live lane.
+- Bounded memory: in flight are (seq range, positions) only; records are re-read from
+  the journal for a resend. A two-hour outage costs flash, not RAM.
+"""
+
+from firmware.core.wire import Batch, encode_batch
+
+LIVE = "live"
+BACKLOG = "backlog"
+
+
+class TokenBucket:
+    """``rate`` tokens per second up to ``burst``; rate 0 or less: unlimited."""
+
+    def __init__(self, rate, burst, now_ms):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.at_ms = now_ms
+
+    def available(self, now_ms):
+        if self.rate <= 0:
+            return 1 << 30
+        self.tokens = min(self.burst, self.tokens + (now_ms - self.at_ms) * self.rate / 1000.0)
+        self.at_ms = now_ms
+        return int(self.tokens)
+
+    def take(self, n):
+        if self.rate > 0:
+            self.tokens -= n
+
+
+class InFlight:
+    def __init__(self, lane, first, last, pos, end_pos, count, sent_ms, uplink):
+        self.lane = lane
+        self.first = first
+        self.last = last
+        self.pos = pos          # where its first record starts (to re-read it)
+        self.end_pos = end_pos  # just past its last record (the commit position)
+        self.count = count
+        self.sent_ms = sent_ms
+        self.uplink = uplink
+        self.attempts = 1
+
+
+class Lane:
+    def __init__(self, name, pos, seq, end_seq=None):
+        self.name = name
+        self.pos = pos
+        self.seq = seq
+        self.end_seq = end_seq  # last seq this lane carries; None: follows the head
+
+    def done(self):
+        return self.end_seq is not None and self.seq > self.end_seq
+
+
+class Forwarder:
+    def __init__(self, journal, gateway, signer, compress=None, max_events=500,
+                 max_bytes=256 * 1024, linger_ms=5, window=8, ack_timeout_ms=5000,
+                 drain_rate=0, now_ms=0):
+        self.journal = journal
+        self.gateway = gateway
+        self.signer = signer
+        self.compress = compress
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.linger_ms = linger_ms
+        self.window = window
+        self.ack_timeout_ms = ack_timeout_ms
+        self.bucket = TokenBucket(drain_rate, max(drain_rate, max_events), now_ms)
+        self.inflight = []
+        self.acked = []   # [(first, last, end_pos)] acknowledged beyond the commit point
+        self.commit_seq = journal.tail_seq - 1
+        self.lanes = [Lane(LIVE, journal.tail_pos, journal.tail_seq)]
+        self.uplink = None
+        self._waiting_since = None
+        self.counters = {"batches": 0, "sent": 0, "acked": 0, "resent": 0, "stale_acks": 0,
+                         "rejected": 0}
+
+    # ---- events from the edge ------------------------------------------------------------
+
+    def set_uplink(self, name, now_ms):
+        """The active uplink changed (None: none is up). What was in flight is resent from
+        the ledger's acknowledged point, and a backlog gets its own lane."""
+        if name == self.uplink:
+            return
+        self.uplink = name
+        if name is None:
+            return
+        self.inflight = []
+        j = self.journal
+        start_pos, start_seq = j.tail_pos, j.tail_seq
+        self.lanes = [Lane(LIVE, start_pos, start_seq)]
+        if j.durable_seq - start_seq + 1 > self.max_events:
+            # Everything durable now is the backlog; what comes after is live.
+            self.lanes = [Lane(LIVE, j.durable_pos, j.durable_seq + 1),
+                          Lane(BACKLOG, start_pos, start_seq, j.durable_seq)]
+        self._waiting_since = None
+
+    def on_ack(self, first, last, status, now_ms):
+        """The ledger acknowledged ``first..last``: returns (seq, pos) to commit, or None."""
+        match = None
+        for f in self.inflight:
+            if f.first == first and f.last == last:
+                match = f
+                break
+        if match is None:
+            self.counters["stale_acks"] += 1  # a resent batch acked twice, or an old life's
+            return None
+        self.inflight.remove(match)
+        if status != "ok":
+            self.counters["rejected"] += 1
+            return None
+        self.counters["acked"] += 1
+        self.acked.append((first, last, match.end_pos))
+        return self._advance_commit()
+
+    def _advance_commit(self):
+        self.acked.sort()
+        seq, pos = self.commit_seq, None
+        while self.acked and self.acked[0][0] <= seq + 1:
+            f, last, end = self.acked.pop(0)
+            if last > seq:
+                seq, pos = last, end
+        if pos is None:
+            return None
+        self.commit_seq = seq
+        return seq, pos
+
+    # ---- what to send ------------------------------------------------------------------
+
+    def poll(self, now_ms):
+        """Batches to publish now: [(lane, first, last, bytes)]."""
+        out = []
+        if self.uplink is None:
+            return out
+        for f in list(self.inflight):
+            if now_ms - f.sent_ms >= self.ack_timeout_ms:
+                data = self._reencode(f, now_ms)
+                if data is None:
+                    self.inflight.remove(f)
+                    continue
+                f.sent_ms = now_ms
+                f.attempts += 1
+                self.counters["resent"] += 1
+                out.append((f.lane, f.first, f.last, data))
+        for lane in list(self.lanes):
+            while len(self.inflight) < self.window:
+                b = self._next_batch(lane, now_ms)
+                if b is None:
+                    break
+                out.append(b)
+            if lane.done():
+                self.lanes.remove(lane)
+        return out
+
+    def next_deadline_ms(self):
+        """The earliest time ``poll`` has something to do by the clock alone, or None."""
+        times = [f.sent_ms + self.ack_timeout_ms for f in self.inflight]
+        if self._waiting_since is not None:
+            times.append(self._waiting_since + self.linger_ms)
+        return min(times) if times else None
+
+    def _next_batch(self, lane, now_ms):
+        j = self.journal
+        if lane.done() or lane.seq > j.durable_seq:
+            return None
+        limit = self.max_events
+        if lane.name == BACKLOG:
+            limit = min(limit, self.bucket.available(now_ms))
+            if limit <= 0:
+                return None
+        elif lane.seq + limit - 1 > j.durable_seq:  # not a full batch yet: linger
+            if self._waiting_since is None:
+                self._waiting_since = now_ms
+            if now_ms - self._waiting_since < self.linger_ms:
+                return None
+        while True:  # skip stretches the ledger already acknowledged (out of order)
+            n = limit if lane.end_seq is None else min(limit, lane.end_seq - lane.seq + 1)
+            if n <= 0 or lane.seq > j.durable_seq:
+                return None
+            first, start_pos = lane.seq, lane.pos
+            records, pos, seq = j.read(lane.pos, lane.seq, n, self.max_bytes)
+            lane.pos, lane.seq = pos, seq
+            if lane.name == LIVE:
+                self._waiting_since = None
+            recs = [r for r in records if not self._is_acked(r.seq)]
+            if recs:
+                break
+            if not records and seq == first:
+                return None  # nothing readable here yet
+        last = recs[-1].seq
+        # Seqs the read skipped just before the first record were lost to flash damage:
+        # the batch accounts for them, so the ledger's ack covers (and records) the gap.
+        bfirst = first if first < recs[0].seq and not self._is_acked(first) else recs[0].seq
+        data = self._encode(bfirst, recs, now_ms)
+        self.inflight.append(InFlight(lane.name, bfirst, last, start_pos, recs[-1].end_pos,
+                                      len(recs), now_ms, self.uplink))
+        if lane.name == BACKLOG:
+            self.bucket.take(len(recs))
+        self.counters["batches"] += 1
+        self.counters["sent"] += len(recs)
+        return (lane.name, bfirst, last, data)
+
+    def _is_acked(self, seq):
+        if seq <= self.commit_seq:
+            return True
+        for f, last, _ in self.acked:
+            if f <= seq <= last:
+                return True
+        return False
+
+    def _encode(self, first, recs, now_ms):
+        batch = Batch(self.gateway, self.journal.epoch,
+                      [(r.seq, r.cls, r.hlc, r.body) for r in recs], now_ms, first)
+        return encode_batch(self.signer, batch, self.compress)
+
+    def _reencode(self, f, now_ms):
+        records, _, _ = self.journal.read(f.pos, f.first, f.count + 64, self.max_bytes * 2)
+        recs = [r for r in records if f.first <= r.seq <= f.last]
+        if not recs:
+            return None
+        return self._encode(f.first, recs, now_ms)
+
+    def backlog(self):
+        """(records, bytes) durable and not yet acknowledged."""
+        return self.journal.backlog()
+
+    def oldest_unacked_seq(self):
+        return self.commit_seq + 1
