@@ -16,10 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 from firmware.core import record as rec
-from firmware.core.errors import JournalFull
+from firmware.core.errors import ConfigError, JournalFull
 from firmware.core.event import Event
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.pipeline import Pipeline
@@ -31,6 +32,23 @@ from firmware.edges.flash import open_or_create_journal
 from firmware.edges.group_commit import GroupCommitJournal
 
 log = logging.getLogger(__name__)
+
+
+def read_key(path: str | None) -> bytes:
+    """The gateway's HMAC key: a file holding it as hex (0600, never logged)."""
+    if path is None:
+        raise ConfigError("gateway.key_file", "is required when uplinks are configured")
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+        key = bytes.fromhex(text)
+    except OSError as exc:
+        raise ConfigError("gateway.key_file", f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise ConfigError("gateway.key_file", f"{path} does not hold a hex key") from None
+    if len(key) < 16:
+        raise ConfigError("gateway.key_file", f"{path}: key of {len(key)} bytes is too short",
+                          "at least 16 bytes (32 recommended)")
+    return key
 
 
 class Agent:
@@ -49,6 +67,8 @@ class Agent:
         self._stopping = threading.Event()
         self._status_thread: threading.Thread | None = None
         self._last_status: str | None = None
+        self.forwarding: Any = None
+        self.forwarding_options: dict[str, Any] = {}  # tests shorten timers here
 
     # ---- life ---------------------------------------------------------------------------
 
@@ -60,6 +80,12 @@ class Agent:
         hlc = HybridLogicalClock(self.clock.now_ms, journal.last_hlc)
         self.journal = GroupCommitJournal(journal, jc.window_ms, stamp=hlc.now)
         self.lights = self._open_lights()
+        if self.cfg.uplinks:
+            from firmware.forwarding import ForwardingLoop  # paho only when uplinks are set
+            self.forwarding = ForwardingLoop(self.cfg, self.journal, self.clock,
+                                             read_key(self.cfg.key_file), self.snapshot,
+                                             **self.forwarding_options)
+            self.forwarding.start()
         for d in self.cfg.devices:
             if d.settings.get("enabled", True):
                 settings = {k: v for k, v in d.settings.items() if k != "enabled"}
@@ -77,6 +103,8 @@ class Agent:
         self._stopping.set()
         for drv in self.drivers:
             drv.stop()
+        if self.forwarding is not None:
+            self.forwarding.stop()
         if self._status_thread is not None:
             self._status_thread.join(5)
         if self.lights is not None:
@@ -117,6 +145,8 @@ class Agent:
                     log.error("journal refuses transactions: %s", exc)
                     self._refresh_lights()
             raise
+        if self.forwarding is not None:
+            self.forwarding.wake()
         if cls == rec.TXN and self._refusing_need:
             with self._lock:
                 self._refusing_need = 0
@@ -140,9 +170,14 @@ class Agent:
     def snapshot(self) -> dict[str, Any]:
         devices = [d.status.as_dict() for d in self.drivers]
         stats = self.journal.stats() if self.journal is not None else {}
+        fwd = self.forwarding.snapshot() if self.forwarding is not None else {}
+        active = fwd.get("active_uplink")
+        uplink = "none" if active is None else (
+            "primary" if active == self.cfg.uplinks[0].name else "secondary")
         return {
             "gateway": self.cfg.gateway_id,
-            "uplink": "none",  # uplinks arrive with the forwarder (issue 6)
+            "uplink": uplink,
+            "forwarding": fwd,
             "backlog_records": stats.get("backlog_records", 0),
             "backlog_bytes": stats.get("backlog_bytes", 0),
             "journal": stats,

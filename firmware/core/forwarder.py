@@ -90,6 +90,7 @@ class Forwarder:
         self.lanes = [Lane(LIVE, journal.tail_pos, journal.tail_seq)]
         self.uplink = None
         self._waiting_since = None
+        self._wall_ms = now_ms
         self.counters = {"batches": 0, "sent": 0, "acked": 0, "resent": 0, "stale_acks": 0,
                          "rejected": 0}
 
@@ -145,8 +146,10 @@ class Forwarder:
 
     # ---- what to send ------------------------------------------------------------------
 
-    def poll(self, now_ms):
-        """Batches to publish now: [(lane, first, last, bytes)]."""
+    def poll(self, now_ms, wall_ms=None):
+        """Batches to publish now: [(lane, first, last, bytes)]. ``now_ms`` runs the timers
+        (monotonic); ``wall_ms`` (default ``now_ms``) is the send time the batches carry."""
+        self._wall_ms = now_ms if wall_ms is None else wall_ms
         out = []
         if self.uplink is None:
             return out
@@ -228,7 +231,7 @@ class Forwarder:
 
     def _encode(self, first, recs, now_ms):
         batch = Batch(self.gateway, self.journal.epoch,
-                      [(r.seq, r.cls, r.hlc, r.body) for r in recs], now_ms, first)
+                      [(r.seq, r.cls, r.hlc, r.body) for r in recs], self._wall_ms, first)
         return encode_batch(self.signer, batch, self.compress)
 
     def _reencode(self, f, now_ms):

@@ -77,6 +77,7 @@ class SiteConfig:
         self.devices = []
         self.uplinks = []
         self.status_period_s = 5.0
+        self.key_file = None
 
     def device(self, name):
         for d in self.devices:
@@ -116,9 +117,10 @@ def validate(doc, validators):
     no_unknown_keys(doc, "(top level)", SECTIONS)
     cfg = SiteConfig()
     gw = _table(doc, "gateway")
-    no_unknown_keys(gw, "gateway", ("id", "site"))
+    no_unknown_keys(gw, "gateway", ("id", "site", "key_file"))
     cfg.gateway_id = field(gw, "id", "gateway", str, check=_name_ok, allowed=NAME_RULE)
     cfg.site = field(gw, "site", "gateway", str, check=_name_ok, allowed=NAME_RULE)
+    cfg.key_file = field(gw, "key_file", "gateway", str, default=None)
 
     board = _table(doc, "board")
     no_unknown_keys(board, "board", ("name", "pin_factory"))
@@ -147,6 +149,9 @@ def validate(doc, validators):
     for name in uplinks:
         cfg.uplinks.append(_uplink(name, uplinks[name], cfg))
     cfg.uplinks.sort(key=lambda u: u.priority)
+    if cfg.uplinks and not cfg.key_file:
+        raise ConfigError("gateway.key_file", "is required when uplinks are configured",
+                          "the path of the gateway's key (python -m host_tools provision)")
     return cfg
 
 

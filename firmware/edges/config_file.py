@@ -91,10 +91,12 @@ def load_config(site_path: str | Path, board_path: str | Path | None = None) -> 
 
 
 def _relative_journal(doc: dict[str, Any], path: Path) -> None:
-    j = doc.get("journal")
-    if isinstance(j, dict) and isinstance(j.get("path"), str) and j["path"] and not Path(
-            j["path"]).is_absolute():
-        j["path"] = str((path.parent / j["path"]).resolve())
+    """Relative paths (journal directory, key file) are relative to the file setting them."""
+    for section, key in (("journal", "path"), ("gateway", "key_file")):
+        t = doc.get(section)
+        if isinstance(t, dict) and isinstance(t.get(key), str) and t[key] and not Path(
+                t[key]).is_absolute():
+            t[key] = str((path.parent / t[key]).resolve())
 
 
 def _origin(key: str, site_path: Path, site: dict[str, Any], board_path: Path) -> Path:

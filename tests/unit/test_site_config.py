@@ -18,7 +18,7 @@ BOARD = {
     "journal": {"path": "/var/lib/midshift/journal", "segment_size": 65536, "segment_count": 8},
 }
 SITE = {
-    "gateway": {"id": "gw-01", "site": "store-7"},
+    "gateway": {"id": "gw-01", "site": "store-7", "key_file": "/etc/midshift/gw.key"},
     "devices": {"scan1": {"type": "scanner", "port": "scanner", "baudrate": 9600},
                 "plc1": {"type": "modbus", "host": "127.0.0.1"}},
     "uplinks": {"lte": {"broker": "mqtts://ledger.example:8883", "interface": "secondary",
@@ -82,7 +82,7 @@ def test_the_site_overrides_the_board_key_by_key():
 @pytest.mark.parametrize("changes, key, words", [
     ({"gateway__id": "gw 01"}, "gateway.id", "letters"),
     ({"gateway": DELETE}, "gateway", "required"),
-    ({"gateway__colour": "red"}, "gateway.colour", "id, site"),
+    ({"gateway__colour": "red"}, "gateway.colour", "id, key_file, site"),
     ({"bogus": {}}, "(top level).bogus", "devices"),
     ({"board__pin_factory": "wiringpi"}, "board.pin_factory", "lgpio, rpigpio"),
     ({"journal__segment_size": 5000}, "journal.segment_size", "multiple of 512"),
@@ -121,3 +121,9 @@ def test_a_device_type_without_a_driver_on_this_build_is_refused():
 def test_the_loader_can_name_the_file():
     e = ConfigError("devices.scale.baudrate", "9601 is not allowed", "1200, 9600").in_file("site.toml")
     assert str(e) == "site.toml: devices.scale.baudrate: 9601 is not allowed; allowed: 1200, 9600"
+
+
+def test_uplinks_need_the_gateway_key():
+    with pytest.raises(ConfigError) as err:
+        validate(doc(gateway__key_file=DELETE), CHECKS)
+    assert err.value.key == "gateway.key_file"

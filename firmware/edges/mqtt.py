@@ -1,0 +1,142 @@
+"""One uplink: a paho-mqtt client to one broker, leaving through one interface.
+
+Health is MQTT's own ping on a short keepalive (default 1 s: a silent partition is found
+in about two keepalives, not the 90 s of a 60 s keepalive), plus ``TCP_USER_TIMEOUT`` on
+the socket so unacknowledged TCP data fails the connection in seconds too. A down link
+is retried on a short interval (0.25 s growing to ``max_retry_s``, default 2 s), so the
+first batch after a restore goes out within about two seconds, not minutes.
+
+Everything the client hears is put on the agent's queue as ``(kind, uplink, ...)``
+tuples: ``("up", name)``, ``("down", name, reason)``, ``("message", name, topic,
+payload)``. The forwarder loop is the only consumer; paho's callbacks do nothing else.
+
+Subscriptions (``ack`` and ``cmd``) are made on every connect: the broker may have
+restarted without persistence and forgotten them. The last will marks the gateway
+``offline`` on the retained status topic.
+
+Not done here: the interface binding is by source address (the interface's IPv4
+address); SO_BINDTODEVICE would need root on the gateway.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import queue
+import socket
+import ssl
+import struct
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from firmware.core.site_config import UplinkConfig
+
+log = logging.getLogger(__name__)
+SIOCGIFADDR = 0x8915
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+
+
+def interface_address(ifname: str) -> str:
+    """The IPv4 address of a network interface (to bind an uplink's socket to it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", ifname[:15].encode()))
+        except OSError as exc:
+            raise OSError(f"interface {ifname}: no IPv4 address ({exc.strerror})") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
+class MqttUplink:
+    def __init__(self, cfg: UplinkConfig, client_id: str, events: queue.Queue[tuple[Any, ...]],
+                 subscriptions: list[str], will: tuple[str, bytes] | None = None,
+                 keepalive_s: int = 1, max_retry_s: float = 2.0, user_timeout_ms: int = 3000,
+                 tls_files: dict[str, str] | None = None) -> None:
+        self.name = cfg.name
+        self.cfg = cfg
+        self.events = events
+        self.subscriptions = subscriptions
+        self.keepalive_s = keepalive_s
+        self.user_timeout_ms = user_timeout_ms
+        self.connected = False
+        self.counters = {"connects": 0, "disconnects": 0, "published": 0, "publish_errors": 0}
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  clean_session=True, protocol=mqtt.MQTTv311)
+        self.client.reconnect_delay_set(min_delay=0.25, max_delay=max_retry_s)
+        # Unacked QoS 1 publishes are not kept across a reconnect by us: the forwarder
+        # resends from the journal, which is the durable copy.
+        self.client.max_inflight_messages_set(64)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        if cfg.tls:
+            files = tls_files or {}
+            self.client.tls_set(ca_certs=files.get("ca"), certfile=files.get("cert"),
+                                keyfile=files.get("key"), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.on_socket_open = self._on_socket_open
+
+    def bind_address(self) -> str:
+        if self.cfg.source_address:
+            return self.cfg.source_address
+        if self.cfg.interface:
+            return interface_address(self.cfg.interface)
+        return ""
+
+    def start(self) -> MqttUplink:
+        try:
+            bind = self.bind_address()
+        except OSError as exc:
+            log.error("uplink %s: %s; using the default route", self.name, exc)
+            bind = ""
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.keepalive_s,
+                                  bind_address=bind)
+        self.client.loop_start()
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Hand a message to paho; False if the link cannot take it now (not connected)."""
+        if not self.connected:
+            return False
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.counters["publish_errors"] += 1
+            return False
+        self.counters["published"] += 1
+        return True
+
+    # ---- paho callbacks (network thread): queue and return ------------------------------
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, self.user_timeout_ms)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # TLS-wrapped or not a TCP socket: the ping still guards the link
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    props: Any = None) -> None:
+        if reason.is_failure:
+            self.events.put(("down", self.name, f"broker refused: {reason}"))
+            return
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self.connected = True
+        self.counters["connects"] += 1
+        self.events.put(("up", self.name))
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                       props: Any = None) -> None:
+        was = self.connected
+        self.connected = False
+        if was:
+            self.counters["disconnects"] += 1
+        self.events.put(("down", self.name, str(reason)))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self.events.put(("message", self.name, msg.topic, msg.payload))

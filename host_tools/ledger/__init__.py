@@ -1,0 +1,1 @@
+"""The reference ledger: verifies batches, stores each event once, acknowledges."""

@@ -1,0 +1,143 @@
+"""The ledger worker: subscribe to every gateway's batches, verify, store, acknowledge.
+
+One paho-mqtt client subscribes (QoS 1) to ``midshift/v1/+/+/events`` or, as one of
+several workers, to the MQTT 5 shared subscription ``$share/<group>/midshift/v1/+/+/events``.
+For each batch: the gateway in the topic must be the one the batch claims; its key comes
+from the key registry; the HMAC is checked before anything else is trusted; the events
+are inserted in one transaction; then the ack goes to ``.../ack`` with the ledger's time.
+The broker's PUBACK for the batch is sent only after that (paho ``manual_ack``), so a
+worker that dies mid-batch leaves the batch to be redelivered, not lost.
+
+A forged, truncated or unknown-gateway batch is rejected: counted, logged, stored in the
+``rejections`` table, and answered with a ``rejected`` ack when the gateway is known.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import tomllib
+import zlib
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from firmware.core.signing import Signer
+from firmware.core.wire import WireError, decode_batch, encode_ack, peek_gateway
+from host_tools.ledger.store import LedgerStore
+
+log = logging.getLogger(__name__)
+TOPIC_ROOT = "midshift/v1"
+
+
+def load_keys(path: str | Path) -> dict[str, bytes]:
+    """The key registry: a TOML file ``[gateways] gw-01 = "<hex key>"``."""
+    doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    table = doc.get("gateways")
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: no [gateways] table of gateway = \"hex key\"")
+    keys = {}
+    for gw, hexkey in table.items():
+        try:
+            keys[gw] = bytes.fromhex(hexkey)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: gateways.{gw}: not a hex key") from None
+    return keys
+
+
+def parse_broker(url: str) -> tuple[str, int]:
+    if not url.startswith("mqtt://"):
+        raise ValueError(f"--broker {url!r}: expected mqtt://HOST:PORT")
+    host, _, port = url[7:].partition(":")
+    return host, int(port or 1883)
+
+
+class LedgerService:
+    def __init__(self, store: LedgerStore, keys: dict[str, bytes], broker: str,
+                 shared_group: str | None = None, client_id: str = "") -> None:
+        self.store = store
+        self.signers = {gw: Signer(k) for gw, k in keys.items()}
+        self.host, self.port = parse_broker(broker)
+        self.shared_group = shared_group
+        self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0}
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        protocol = mqtt.MQTTv5 if shared_group else mqtt.MQTTv311
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=protocol, manual_ack=True,
+                                  **({} if shared_group else {"clean_session": not client_id}))
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+
+    @property
+    def topic(self) -> str:
+        t = f"{TOPIC_ROOT}/+/+/events"
+        return f"$share/{self.shared_group}/{t}" if self.shared_group else t
+
+    def start(self, timeout_s: float = 10.0) -> LedgerService:
+        self.client.reconnect_delay_set(0.1, 2)
+        self.client.connect_async(self.host, self.port, keepalive=10)
+        self.client.loop_start()
+        if not self._subscribed.wait(timeout_s):
+            self.client.loop_stop()
+            raise RuntimeError(f"ledger: no subscription at {self.host}:{self.port} "
+                               f"within {timeout_s} s")
+        return self
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                    props: Any = None) -> None:
+        if reason.is_failure:
+            log.error("ledger: broker refused the connection: %s", reason)
+            return
+        client.subscribe(self.topic, qos=1)
+        log.info("ledger: subscribed to %s on %s:%d", self.topic, self.host, self.port)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.handle(msg.topic, msg.payload)
+        except Exception:  # noqa: BLE001 - one bad batch must not stop the worker
+            log.exception("ledger: failed on a batch from %s; not acknowledged", msg.topic)
+            return  # no PUBACK: the broker redelivers it to this or another worker
+        client.ack(msg.mid, msg.qos)
+
+    def handle(self, topic: str, payload: bytes) -> bytes | None:
+        """Verify, store and acknowledge one batch; returns the ack sent (None if none)."""
+        now = int(time.time() * 1000)
+        parts = topic.split("/")
+        if len(parts) != 5 or parts[4] != "events":
+            self._reject(None, "bad_topic", f"topic {topic}", now)
+            return None
+        site, gw_topic = parts[2], parts[3]
+        ack_topic = f"{TOPIC_ROOT}/{site}/{gw_topic}/ack"
+        try:
+            gw = peek_gateway(payload)
+            if gw != gw_topic:
+                raise WireError("wrong_topic", f"batch from {gw} published under {gw_topic}")
+            signer = self.signers.get(gw)
+            if signer is None:
+                raise WireError("unknown_gateway", f"gateway {gw} is not registered")
+            batch = decode_batch(payload, signer, zlib.decompress)
+        except WireError as exc:
+            self._reject(gw_topic, exc.reason, str(exc), now)
+            return None  # no ack: a forger learns nothing, the real gateway resends
+        new, dup = self.store.store(batch, now)
+        with self._lock:
+            self.counters["batches"] += 1
+            self.counters["events"] += new
+            self.counters["duplicates"] += dup
+        ack = encode_ack(batch.epoch, batch.first_seq, batch.last_seq, now, duplicates=dup)
+        self.client.publish(ack_topic, ack, qos=1)
+        return ack
+
+    def _reject(self, gateway: str | None, reason: str, detail: str, now: int) -> None:
+        with self._lock:
+            self.counters["rejected"] += 1
+        log.warning("ledger: rejected a batch (%s): %s", reason, detail)
+        self.store.reject(gateway, reason, detail, now)

@@ -1,0 +1,92 @@
+"""Out to the ledger, end to end: agent -> fault proxy -> mosquitto -> ledger -> ack."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.forwarding_rig import Rig, wait_for
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def _exactly_once(rig: Rig, n: int) -> None:
+    codes = [json.loads(d)["code"] for d in rig.ledger_codes()]
+    assert codes == [f"C{i:08d}" for i in range(1, n + 1)]
+
+
+def test_steady_flow_reaches_the_ledger_once_and_commits(rig: Rig) -> None:
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    rig.emit(200)
+    assert wait_for(lambda: rig.ledger_count() == 200, 10), rig.ledger_count()
+    _exactly_once(rig, 200)
+    assert wait_for(lambda: agent.journal.journal.tail_seq == 201, 5)  # ring space reclaimed
+    assert agent.snapshot()["uplink"] == "primary"
+
+
+def test_primary_blackholed_fails_over_and_nothing_is_lost(rig: Rig) -> None:
+    """Stands for the 2-minute primary blackhole: the switch must come within 3 s."""
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    rig.emit(50)
+    assert wait_for(lambda: rig.ledger_count() == 50, 10)
+    rig.proxies[0].set_mode("blackhole")
+    import time
+    t0 = time.monotonic()
+    rig.emit(50)  # journaled while the primary is silently dead
+    assert wait_for(lambda: agent.forwarding.active == "up1", 5)
+    assert wait_for(lambda: rig.ledger_count() == 100, 10)
+    took = time.monotonic() - t0
+    assert took <= 4.5, f"failover and delivery took {took:.1f} s"
+    _exactly_once(rig, 100)
+    assert agent.snapshot()["uplink"] == "secondary"
+    rig.proxies[0].set_mode("pass")  # fail back after the hold time
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    rig.emit(10)
+    assert wait_for(lambda: rig.ledger_count() == 110, 10)
+    _exactly_once(rig, 110)
+
+
+def test_both_uplinks_down_then_restored_drains_everything(rig: Rig) -> None:
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    for p in rig.proxies:
+        p.set_mode("refuse")
+    assert wait_for(lambda: agent.forwarding.active is None, 6)
+    rig.emit(3000)  # nothing read while the link is down is dropped
+    assert rig.ledger_count() == 0
+    for p in rig.proxies:
+        p.set_mode("pass")
+    assert wait_for(lambda: rig.ledger_count() == 3000, 20), rig.ledger_count()
+    _exactly_once(rig, 3000)
+
+
+def test_broker_restart_without_persistence_resends_from_committed(rig: Rig) -> None:
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    rig.emit(100)
+    assert wait_for(lambda: rig.ledger_count() == 100, 10)
+    rig.broker.crash()
+    rig.emit(100)  # journaled while the broker is dead
+    rig.broker.restart()
+    assert wait_for(lambda: rig.ledger_count() == 200, 20), rig.ledger_count()
+    _exactly_once(rig, 200)
+
+
+def test_a_forged_batch_is_rejected_by_the_ledger(rig: Rig) -> None:
+    from firmware.core.signing import Signer
+    from firmware.core.wire import Batch, encode_batch
+    forged = encode_batch(Signer(b"x" * 32), Batch("gw-t", 1, [(1, 0, 0, b"{}")], 0))
+    assert rig.ledger.handle("midshift/v1/lab/gw-t/events", forged) is None
+    assert rig.ledger.counters["rejected"] == 1 and rig.ledger_count() == 0
+    rows = rig.store.query("SELECT reason FROM rejections")
+    assert rows == [("bad_mac",)]
