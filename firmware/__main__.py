@@ -71,14 +71,22 @@ def _run(args: argparse.Namespace) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    agent = Agent(cfg)
-    agent.start()
-    try:
-        while not done.wait(1.0):
-            pass
-    finally:
-        agent.stop()
-    return 0
+    while True:
+        agent = Agent(cfg)
+        agent.start()
+        try:
+            while not done.wait(1.0) and not agent.reload_requested.is_set():
+                pass
+        finally:
+            agent.stop()
+        if done.is_set():
+            return 0
+        try:  # a reload-config command: the new config must be valid, else keep the old
+            cfg = load_config(args.config, args.board)
+            logging.getLogger("firmware").warning("config reloaded from %s", args.config)
+        except ConfigError as exc:
+            logging.getLogger("firmware").error("reload refused, keeping the running config: "
+                                                "%s", exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,19 +34,19 @@ from firmware.edges.group_commit import GroupCommitJournal
 log = logging.getLogger(__name__)
 
 
-def read_key(path: str | None) -> bytes:
-    """The gateway's HMAC key: a file holding it as hex (0600, never logged)."""
+def read_key(path: str | None, key_name: str = "gateway.key_file") -> bytes:
+    """An HMAC key from a file holding it as hex (0600, never logged)."""
     if path is None:
-        raise ConfigError("gateway.key_file", "is required when uplinks are configured")
+        raise ConfigError(key_name, "is required when uplinks are configured")
     try:
         text = Path(path).read_text(encoding="ascii").strip()
         key = bytes.fromhex(text)
     except OSError as exc:
-        raise ConfigError("gateway.key_file", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(key_name, f"cannot read {path}: {exc.strerror}") from None
     except ValueError:
-        raise ConfigError("gateway.key_file", f"{path} does not hold a hex key") from None
+        raise ConfigError(key_name, f"{path} does not hold a hex key") from None
     if len(key) < 16:
-        raise ConfigError("gateway.key_file", f"{path}: key of {len(key)} bytes is too short",
+        raise ConfigError(key_name, f"{path}: key of {len(key)} bytes is too short",
                           "at least 16 bytes (32 recommended)")
     return key
 
@@ -68,6 +68,7 @@ class Agent:
         self._status_thread: threading.Thread | None = None
         self._last_status: str | None = None
         self.forwarding: Any = None
+        self.reload_requested = threading.Event()  # set by a reload-config command
         self.forwarding_options: dict[str, Any] = {}  # tests shorten timers here
 
     # ---- life ---------------------------------------------------------------------------
@@ -82,9 +83,13 @@ class Agent:
         self.lights = self._open_lights()
         if self.cfg.uplinks:
             from firmware.forwarding import ForwardingLoop  # paho only when uplinks are set
+            command_key = (read_key(self.cfg.command_key_file, "gateway.command_key_file")
+                           if self.cfg.command_key_file else None)
             self.forwarding = ForwardingLoop(self.cfg, self.journal, self.clock,
                                              read_key(self.cfg.key_file), self.snapshot,
+                                             command_key=command_key,
                                              **self.forwarding_options)
+            self.forwarding.on_reload = self.reload_requested.set
             self.forwarding.start()
         for d in self.cfg.devices:
             if d.settings.get("enabled", True):

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import zlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from firmware.core.commands import CommandGate, CommandRejected
 from firmware.core.forwarder import Forwarder
 from firmware.core.signing import Signer
 from firmware.core.site_config import SiteConfig
@@ -53,7 +56,8 @@ class ForwardingLoop:
     def __init__(self, cfg: SiteConfig, journal: GroupCommitJournal, clock: Clock, key: bytes,
                  status: Callable[[], dict[str, Any]], hold_ms: int = 30000,
                  ack_timeout_ms: int = 3000, keepalive_s: int = 1, max_events: int = 500,
-                 linger_ms: int = 2, window: int = 8, drain_rate: int = 0) -> None:
+                 linger_ms: int = 2, window: int = 8, drain_rate: int = 0,
+                 command_key: bytes | None = None) -> None:
         self.cfg = cfg
         self.journal = journal
         self.clock = clock
@@ -75,7 +79,17 @@ class ForwardingLoop:
                                    drain_rate=drain_rate, now_ms=now)
         self.clock_offset_ms: float | None = None
         self.alarms: set[str] = set()
-        self.counters = {"bad_acks": 0, "publish_refused": 0}
+        self.counters = {"bad_acks": 0, "publish_refused": 0, "commands_rejected": 0,
+                         "ignored_inactive": 0}
+        self.on_reload: Callable[[], None] | None = None
+        self.last_command: dict[str, Any] | None = None
+        self.command_state = Path(cfg.journal.path) / "last-command-id"
+        self.gate: CommandGate | None = None
+        if command_key is not None:
+            last = 0
+            if self.command_state.exists():
+                last = int(self.command_state.read_text().strip() or 0)
+            self.gate = CommandGate(Signer(command_key), last)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._status_due = 0
@@ -134,7 +148,12 @@ class ForwardingLoop:
             sync_log.info(json.dumps({"event": "uplink_down", "uplink": item[1],
                                       "reason": item[2]}))
         elif kind == "message":
-            self._on_message(item[2], item[3])
+            # Every connected uplink subscribes, and they usually reach the same broker: take
+            # acks and commands from the active one only, or each would arrive twice.
+            if item[1] == self.selector.active:
+                self._on_message(item[2], item[3])
+            else:
+                self.counters["ignored_inactive"] += 1
 
     def _step(self) -> None:
         now = self.clock.monotonic_ms()
@@ -158,6 +177,9 @@ class ForwardingLoop:
             self._status_due = now + int(self.cfg.status_period_s * 1000)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/cmd"):
+            self._on_command(payload)
+            return
         if topic.endswith("/ack"):
             try:
                 epoch, first, last, ledger_ms, status = decode_ack(payload)
@@ -178,6 +200,43 @@ class ForwardingLoop:
                                       "first": first, "last": last}))
             if commit is not None:
                 self.journal.commit(*commit)
+
+    def _on_command(self, payload: bytes) -> None:
+        if self.gate is None:
+            self.counters["commands_rejected"] += 1
+            log.warning("command ignored: no command key configured (gateway.command_key_file)")
+            return
+        try:
+            cmd_id, cmd, args = self.gate.check(payload)
+        except CommandRejected as exc:
+            self.counters["commands_rejected"] += 1
+            log.warning("command rejected (%s): %s", exc.reason, exc)
+            sync_log.info(json.dumps({"event": "command_rejected", "reason": exc.reason}))
+            return
+        self._save_last_command_id(cmd_id)
+        result: Any = "ok"
+        if cmd == "drain-now":
+            self.forwarder.drain_now()
+        elif cmd == "replay-from":
+            result = {"from_seq": self.forwarder.replay_from(args["seq"])}
+        elif cmd == "set-log-level":
+            logging.getLogger("firmware").setLevel(args["level"])
+        elif cmd == "reload-config":
+            if self.on_reload is None:
+                result = "not supported here"
+            else:
+                self.on_reload()
+        self.last_command = {"id": cmd_id, "cmd": cmd, "result": result}
+        log.info("command %d %s: %s", cmd_id, cmd, result)
+        sync_log.info(json.dumps({"event": "command", "id": cmd_id, "cmd": cmd}))
+        self._status_due = 0  # answer (ping included) with a fresh status at once
+
+    def _save_last_command_id(self, cmd_id: int) -> None:
+        if self.command_state is None:
+            return
+        tmp = self.command_state.with_suffix(".tmp")
+        tmp.write_text(str(cmd_id))
+        os.replace(tmp, self.command_state)  # a replay stays rejected after a restart
 
     def _estimate_offset(self, ledger_ms: int, rtt_ms: int) -> None:
         # The ledger stamped between send and receipt: assume the middle of the round trip.
@@ -201,7 +260,10 @@ class ForwardingLoop:
                 "counters": dict(self.forwarder.counters) | self.counters,
                 "failovers": self.selector.failovers, "failbacks": self.selector.failbacks,
                 "clock_offset_ms": None if self.clock_offset_ms is None else round(
-                    self.clock_offset_ms), "alarms": sorted(self.alarms)}
+                    self.clock_offset_ms), "alarms": sorted(self.alarms),
+                "last_command": self.last_command,
+                "commands": {"accepted": self.gate.accepted if self.gate else 0,
+                             "rejected": dict(self.gate.rejected) if self.gate else {}}}
 
     def _publish_status(self, active: str | None) -> None:
         if active is None:

@@ -114,6 +114,22 @@ class Forwarder:
                           Lane(BACKLOG, start_pos, start_seq, j.durable_seq)]
         self._waiting_since = None
 
+    def replay_from(self, seq):
+        """The ledger lost what it acknowledged from ``seq`` on: forget those acks and
+        send everything unacknowledged again from the commit point (records before
+        ``seq`` that were never acked go too). Returns the first seq replayed."""
+        j = self.journal
+        start = max(seq, j.tail_seq)
+        self.inflight = []
+        self.acked = [a for a in self.acked if a[1] < start]
+        self.lanes = [Lane(LIVE, j.durable_pos, j.durable_seq + 1),
+                      Lane(BACKLOG, j.tail_pos, j.tail_seq, j.durable_seq)]
+        return start
+
+    def drain_now(self):
+        """Lift the backlog's rate cap (an operator's order to catch up now)."""
+        self.bucket.rate = 0
+
     def on_ack(self, first, last, status, now_ms):
         """The ledger acknowledged ``first..last``: returns (seq, pos) to commit, or None."""
         match = None

@@ -78,6 +78,7 @@ class SiteConfig:
         self.uplinks = []
         self.status_period_s = 5.0
         self.key_file = None
+        self.command_key_file = None
 
     def device(self, name):
         for d in self.devices:
@@ -117,10 +118,11 @@ def validate(doc, validators):
     no_unknown_keys(doc, "(top level)", SECTIONS)
     cfg = SiteConfig()
     gw = _table(doc, "gateway")
-    no_unknown_keys(gw, "gateway", ("id", "site", "key_file"))
+    no_unknown_keys(gw, "gateway", ("id", "site", "key_file", "command_key_file"))
     cfg.gateway_id = field(gw, "id", "gateway", str, check=_name_ok, allowed=NAME_RULE)
     cfg.site = field(gw, "site", "gateway", str, check=_name_ok, allowed=NAME_RULE)
     cfg.key_file = field(gw, "key_file", "gateway", str, default=None)
+    cfg.command_key_file = field(gw, "command_key_file", "gateway", str, default=None)
 
     board = _table(doc, "board")
     no_unknown_keys(board, "board", ("name", "pin_factory"))

@@ -20,6 +20,7 @@ from simulator.broker import Broker
 from simulator.network import FaultProxy
 
 KEY = bytes(range(32))
+COMMAND_KEY = bytes(range(100, 132))
 
 
 def wait_for(cond: Any, timeout_s: float, step_s: float = 0.02) -> bool:
@@ -40,8 +41,10 @@ class Rig:
         self.store = LedgerStore(f"sqlite:///{tmp / 'ledger.db'}")
         self.ledger = LedgerService(self.store, {"gw-t": KEY}, f"mqtt://{host}:{port}").start()
         (tmp / "gw.key").write_text(KEY.hex())
+        (tmp / "host-cmd.key").write_text(COMMAND_KEY.hex())
         doc = {
-            "gateway": {"id": "gw-t", "site": "lab", "key_file": str(tmp / "gw.key")},
+            "gateway": {"id": "gw-t", "site": "lab", "key_file": str(tmp / "gw.key"),
+                        "command_key_file": str(tmp / "host-cmd.key")},
             "board": {"name": "test"},
             "journal": {"path": str(tmp / "journal"), "segment_size": 65536,
                         "segment_count": 64},

@@ -90,3 +90,29 @@ def test_a_forged_batch_is_rejected_by_the_ledger(rig: Rig) -> None:
     assert rig.ledger.counters["rejected"] == 1 and rig.ledger_count() == 0
     rows = rig.store.query("SELECT reason FROM rejections")
     assert rows == [("bad_mac",)]
+
+
+def test_a_replayed_command_is_rejected_and_changes_nothing(rig: Rig) -> None:
+    import paho.mqtt.publish as publish
+
+    from firmware.core.commands import sign_command
+    from firmware.core.signing import Signer
+    from tests.integration.forwarding_rig import COMMAND_KEY
+
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    host = Signer(COMMAND_KEY)
+    topic = "midshift/v1/lab/gw-t/cmd"
+    port = rig.broker.port
+    fwd = agent.forwarding
+    publish.single(topic, sign_command(host, 1, "set-log-level", {"level": "DEBUG"}), qos=1,
+                   hostname="127.0.0.1", port=port)
+    assert wait_for(lambda: (fwd.last_command or {}).get("id") == 1, 5)
+    replay = sign_command(host, 1, "drain-now")  # a recorded id, replayed
+    publish.single(topic, replay, qos=1, hostname="127.0.0.1", port=port)
+    forged = sign_command(Signer(b"z" * 32), 2, "drain-now")
+    publish.single(topic, forged, qos=1, hostname="127.0.0.1", port=port)
+    assert wait_for(lambda: fwd.counters["commands_rejected"] == 2, 5)
+    assert fwd.gate.rejected == {"replayed": 1, "bad_signature": 1}
+    assert fwd.last_command["cmd"] == "set-log-level"  # nothing else happened
+    assert (rig.tmp / "journal" / "last-command-id").read_text() == "1"

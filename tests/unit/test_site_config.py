@@ -82,7 +82,7 @@ def test_the_site_overrides_the_board_key_by_key():
 @pytest.mark.parametrize("changes, key, words", [
     ({"gateway__id": "gw 01"}, "gateway.id", "letters"),
     ({"gateway": DELETE}, "gateway", "required"),
-    ({"gateway__colour": "red"}, "gateway.colour", "id, key_file, site"),
+    ({"gateway__colour": "red"}, "gateway.colour", "command_key_file, id, key_file, site"),
     ({"bogus": {}}, "(top level).bogus", "devices"),
     ({"board__pin_factory": "wiringpi"}, "board.pin_factory", "lgpio, rpigpio"),
     ({"journal__segment_size": 5000}, "journal.segment_size", "multiple of 512"),
