@@ -13,6 +13,7 @@ import sys
 
 BENCHMARKS = {
     "journal": "bench.journal_bench",
+    "forward": "bench.forward_bench",
 }
 
 

@@ -8,22 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.forwarding_rig import Rig, wait_for
+from simulator.lab import Lab, wait_for
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    r = Rig(tmp_path)
+def rig(tmp_path: Path) -> Iterator[Lab]:
+    r = Lab(tmp_path)
     yield r
     r.close()
 
 
-def _exactly_once(rig: Rig, n: int) -> None:
+def _exactly_once(rig: Lab, n: int) -> None:
     codes = [json.loads(d)["code"] for d in rig.ledger_codes()]
     assert codes == [f"C{i:08d}" for i in range(1, n + 1)]
 
 
-def test_steady_flow_reaches_the_ledger_once_and_commits(rig: Rig) -> None:
+def test_steady_flow_reaches_the_ledger_once_and_commits(rig: Lab) -> None:
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
     rig.emit(200)
@@ -33,7 +33,7 @@ def test_steady_flow_reaches_the_ledger_once_and_commits(rig: Rig) -> None:
     assert agent.snapshot()["uplink"] == "primary"
 
 
-def test_primary_blackholed_fails_over_and_nothing_is_lost(rig: Rig) -> None:
+def test_primary_blackholed_fails_over_and_nothing_is_lost(rig: Lab) -> None:
     """Stands for the 2-minute primary blackhole: the switch must come within 3 s."""
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
@@ -56,7 +56,7 @@ def test_primary_blackholed_fails_over_and_nothing_is_lost(rig: Rig) -> None:
     _exactly_once(rig, 110)
 
 
-def test_both_uplinks_down_then_restored_drains_everything(rig: Rig) -> None:
+def test_both_uplinks_down_then_restored_drains_everything(rig: Lab) -> None:
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
     for p in rig.proxies:
@@ -70,7 +70,7 @@ def test_both_uplinks_down_then_restored_drains_everything(rig: Rig) -> None:
     _exactly_once(rig, 3000)
 
 
-def test_broker_restart_without_persistence_resends_from_committed(rig: Rig) -> None:
+def test_broker_restart_without_persistence_resends_from_committed(rig: Lab) -> None:
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
     rig.emit(100)
@@ -82,7 +82,7 @@ def test_broker_restart_without_persistence_resends_from_committed(rig: Rig) -> 
     _exactly_once(rig, 200)
 
 
-def test_a_forged_batch_is_rejected_by_the_ledger(rig: Rig) -> None:
+def test_a_forged_batch_is_rejected_by_the_ledger(rig: Lab) -> None:
     from firmware.core.signing import Signer
     from firmware.core.wire import Batch, encode_batch
     forged = encode_batch(Signer(b"x" * 32), Batch("gw-t", 1, [(1, 0, 0, b"{}")], 0))
@@ -92,12 +92,12 @@ def test_a_forged_batch_is_rejected_by_the_ledger(rig: Rig) -> None:
     assert rows == [("bad_mac",)]
 
 
-def test_a_replayed_command_is_rejected_and_changes_nothing(rig: Rig) -> None:
+def test_a_replayed_command_is_rejected_and_changes_nothing(rig: Lab) -> None:
     import paho.mqtt.publish as publish
 
     from firmware.core.commands import sign_command
     from firmware.core.signing import Signer
-    from tests.integration.forwarding_rig import COMMAND_KEY
+    from simulator.lab import COMMAND_KEY
 
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)

@@ -1,8 +1,14 @@
-"""A gateway, two uplinks through fault proxies, a real mosquitto and the reference ledger.
+"""A lab in one process: a gateway agent, its uplinks through fault proxies, a real
+mosquitto and the reference ledger on SQLite.
 
-The agent runs in-process with its forwarding loop and shortened timers; events are
-handed to ``agent.emit`` directly (the drivers have their own tests), so each test
-controls exactly what was produced and can check the ledger holds each event once.
+Tests and benchmarks use it to drive the output side end to end. The agent runs
+in-process with its forwarding loop (timers can be shortened through ``forwarding``);
+its devices are configured but disabled, and events are handed to ``agent.emit``
+directly, so the caller knows exactly what was produced and can check that the ledger
+holds each event once. Scenarios with emulated devices build on the same parts.
+
+Not modelled: separate machines (everything is on loopback, so "interfaces" are fault
+proxies), a ledger under its own load (it runs in this process).
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ def wait_for(cond: Any, timeout_s: float, step_s: float = 0.02) -> bool:
     return bool(cond())
 
 
-class Rig:
-    def __init__(self, tmp: Path, uplinks: int = 2, **forwarding: Any) -> None:
+class Lab:
+    def __init__(self, tmp: Path, uplinks: int = 2, journal_segments: int = 64,
+                 **forwarding: Any) -> None:
         self.tmp = tmp
         self.broker = Broker(tmp / "broker").start()
         host, port = "127.0.0.1", self.broker.port
@@ -47,7 +54,7 @@ class Rig:
                         "command_key_file": str(tmp / "host-cmd.key")},
             "board": {"name": "test"},
             "journal": {"path": str(tmp / "journal"), "segment_size": 65536,
-                        "segment_count": 64},
+                        "segment_count": journal_segments},
             # Disabled: no driver runs; the test hands events to agent.emit itself.
             "devices": {"dev1": {"type": "scanner", "enabled": False},
                         "plc1": {"type": "modbus", "class": "telemetry", "enabled": False}},
@@ -66,7 +73,8 @@ class Rig:
         return self.agent.start()
 
     def emit(self, count: int, source: str = "dev1") -> list[int]:
-        assert self.agent is not None
+        if self.agent is None:
+            raise RuntimeError("start_agent() first")
         seqs = []
         for _ in range(count):
             self.n += 1
