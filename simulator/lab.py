@@ -40,7 +40,7 @@ def wait_for(cond: Any, timeout_s: float, step_s: float = 0.02) -> bool:
 
 class Lab:
     def __init__(self, tmp: Path, uplinks: int = 2, journal_segments: int = 64,
-                 **forwarding: Any) -> None:
+                 direct: bool = False, **forwarding: Any) -> None:
         self.tmp = tmp
         self.broker = Broker(tmp / "broker").start()
         host, port = "127.0.0.1", self.broker.port
@@ -58,7 +58,9 @@ class Lab:
             # Disabled: no driver runs; the test hands events to agent.emit itself.
             "devices": {"dev1": {"type": "scanner", "enabled": False},
                         "plc1": {"type": "modbus", "class": "telemetry", "enabled": False}},
-            "uplinks": {f"up{i}": {"broker": f"mqtt://127.0.0.1:{p.address[1]}",
+            # direct: the first uplink goes straight to the broker (no proxy in the path)
+            "uplinks": {f"up{i}": {"broker": f"mqtt://127.0.0.1:"
+                                   f"{port if direct and i == 0 else p.address[1]}",
                                    "priority": 10 * (i + 1)}
                         for i, p in enumerate(self.proxies)},
         }
@@ -83,7 +85,7 @@ class Lab:
         return seqs
 
     def ledger_codes(self) -> list[str]:
-        rows = self.store.query("SELECT data FROM events WHERE gateway='gw-t' ORDER BY seq")
+        rows = self.store.query("SELECT data FROM event_fields WHERE gateway='gw-t' ORDER BY seq")
         return [r[0] for r in rows]
 
     def ledger_count(self) -> int:

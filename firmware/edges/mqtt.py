@@ -3,8 +3,8 @@
 Health is MQTT's own ping on a short keepalive (default 1 s: a silent partition is found
 in about two keepalives, not the 90 s of a 60 s keepalive), plus ``TCP_USER_TIMEOUT`` on
 the socket so unacknowledged TCP data fails the connection in seconds too. A down link
-is retried on a short interval (0.25 s growing to ``max_retry_s``, default 2 s), so the
-first batch after a restore goes out within about two seconds, not minutes.
+is retried on a short interval (0.25 s growing to ``max_retry_s``, default 0.5 s), so the
+first batch after a restore goes out within about a second, not minutes.
 
 Everything the client hears is put on the agent's queue as ``(kind, uplink, ...)``
 tuples: ``("up", name)``, ``("down", name, reason)``, ``("message", name, topic,
@@ -50,7 +50,7 @@ def interface_address(ifname: str) -> str:
 class MqttUplink:
     def __init__(self, cfg: UplinkConfig, client_id: str, events: queue.Queue[tuple[Any, ...]],
                  subscriptions: list[str], will: tuple[str, bytes] | None = None,
-                 keepalive_s: int = 1, max_retry_s: float = 2.0, user_timeout_ms: int = 3000,
+                 keepalive_s: int = 1, max_retry_s: float = 0.5, user_timeout_ms: int = 3000,
                  tls_files: dict[str, str] | None = None) -> None:
         self.name = cfg.name
         self.cfg = cfg

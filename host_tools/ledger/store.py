@@ -12,20 +12,23 @@ returns, so an acknowledged event survives a ledger power cut.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-from firmware.core.event import decode_body
 from firmware.core.wire import Batch
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     gateway TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
-    cls INTEGER NOT NULL, hlc INTEGER NOT NULL, source TEXT, kind TEXT, read_ms INTEGER,
-    data TEXT, body BLOB NOT NULL, sent_ms INTEGER NOT NULL, ledger_ms INTEGER NOT NULL,
+    cls INTEGER NOT NULL, hlc INTEGER NOT NULL, body TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL, ledger_ms INTEGER NOT NULL,
     PRIMARY KEY (gateway, epoch, seq)) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS event_fields AS
+    SELECT gateway, epoch, seq, cls, hlc, sent_ms, ledger_ms,
+           json_extract(body, '$.src') AS source, json_extract(body, '$.k') AS kind,
+           json_extract(body, '$.t') AS read_ms, json_extract(body, '$.d') AS data
+    FROM events WHERE json_valid(body);
 CREATE TABLE IF NOT EXISTS receipts (
     gateway TEXT NOT NULL, epoch TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
     records INTEGER NOT NULL, duplicates INTEGER NOT NULL, sent_ms INTEGER NOT NULL,
@@ -56,21 +59,16 @@ class LedgerStore:
     def store(self, batch: Batch, ledger_ms: int) -> tuple[int, int]:
         """Insert the batch's events; returns (new, duplicates)."""
         epoch = f"{batch.epoch:016x}"
-        rows = []
-        for seq, cls, hlc, body in batch.records:
-            try:
-                doc = decode_body(body)
-                source, kind, read_ms = doc["source"], doc["kind"], doc["read_ms"]
-                data = json.dumps(doc["data"], separators=(",", ":"))
-            except ValueError:
-                source = kind = read_ms = data = None  # kept raw: the body is what counts
-            rows.append((batch.gateway, epoch, seq, cls, hlc, source, kind, read_ms, data,
-                         bytes(body), batch.sent_ms, ledger_ms))
+        gw, sent = batch.gateway, batch.sent_ms
+        # Bodies are stored as sent; fields are read with json_extract (view event_fields)
+        # when a report needs them, so ingest does no JSON work per event.
+        rows = [(gw, epoch, seq, cls, hlc, bytes(body).decode("utf-8", "replace"), sent,
+                 ledger_ms) for seq, cls, hlc, body in batch.records]
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
             before = self.db.total_changes
-            cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+            cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
             new = self.db.total_changes - before
             cur.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
                         (batch.gateway, epoch, batch.first_seq, batch.last_seq, len(rows),
