@@ -62,7 +62,9 @@ PARAMS: dict[str, dict[str, Any]] = {  # allowed parameters and their defaults, 
 }
 CHUNK = 16384
 QUEUE_CHUNKS = 16
-SOCKET_BUFFER = 16384  # small, so a paused proxy pushes back on the sender soon
+# Small, so a paused proxy pushes back on the sender soon; TCP_NODELAY beside it, or
+# Nagle and delayed ACKs on such small windows cap loopback at ~200 KB/s.
+SOCKET_BUFFER = 65536
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -109,6 +111,8 @@ def _small_buffers(writer: asyncio.StreamWriter) -> None:
         for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class _Link:
