@@ -3,6 +3,10 @@
   ledger serve --db sqlite:///PATH --broker mqtt://HOST:PORT --keys FILE [--shared GROUP]
       run the reference ledger until Ctrl-C: verify, store once, acknowledge
 
+  reconcile --db sqlite:///PATH [--ground-truth FILE ...] [--json]
+      the reconciliation report: events, gaps, duplicates, late arrivals, latency, and
+      lost/unexpected events against the devices' ground-truth logs
+
 Exit status: 0 ok, 2 bad input (one line saying what and what is expected), 1 a failure.
 """
 
@@ -13,6 +17,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 
 def _ledger_serve(args: argparse.Namespace) -> int:
@@ -52,6 +57,33 @@ def _ledger_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    import json
+
+    from host_tools.ledger.store import LedgerStore, sqlite_path
+    from host_tools.reconcile import format_report, reconcile
+
+    try:
+        path = sqlite_path(args.db)
+    except ValueError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return 2
+    if not path.exists():
+        print(f"reconcile: no ledger database at {path}", file=sys.stderr)
+        return 2
+    for f in args.ground_truth:
+        if not Path(f).exists():
+            print(f"reconcile: ground-truth file {f} does not exist", file=sys.stderr)
+            return 2
+    store = LedgerStore(args.db)
+    try:
+        report = reconcile(store, args.ground_truth)
+    finally:
+        store.close()
+    print(json.dumps(report, sort_keys=True) if args.json else format_report(report))
+    return 1 if report.get("lost") or report.get("unexpected") else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m host_tools",
                                      description="midshift host tools: ledger, reconcile")
@@ -66,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--shared", metavar="GROUP",
                        help="join the MQTT 5 shared subscription $share/GROUP/... as one worker")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
+    rec = sub.add_parser("reconcile", help="the reconciliation report")
+    rec.add_argument("--db", required=True, help="sqlite:///PATH")
+    rec.add_argument("--ground-truth", nargs="*", default=[], metavar="FILE",
+                     help="device ground-truth logs (JSON lines) from the simulator")
+    rec.add_argument("--json", action="store_true", help="one JSON object")
     args = parser.parse_args(argv)
+    if args.command == "reconcile":
+        return _reconcile(args)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return _ledger_serve(args)

@@ -116,3 +116,30 @@ def test_a_replayed_command_is_rejected_and_changes_nothing(rig: Lab) -> None:
     assert fwd.gate.rejected == {"replayed": 1, "bad_signature": 1}
     assert fwd.last_command["cmd"] == "set-log-level"  # nothing else happened
     assert (rig.tmp / "journal" / "last-command-id").read_text() == "1"
+
+
+def test_reconcile_reports_once_delivery_against_ground_truth(rig: Lab) -> None:
+    from host_tools.__main__ import main as host_main
+    from host_tools.reconcile import reconcile
+    from simulator.ground_truth import GroundTruthLog
+
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    truth = GroundTruthLog(rig.tmp / "dev1.jsonl", "dev1")
+    for i in range(1, 31):
+        truth.record("scan", f"C{i:08d}")
+    truth.record("scan", "C99999999")  # produced, never delivered: must show as lost
+    truth.record("fault", "ff00", expect=False)
+    truth.close()
+    rig.emit(30)
+    rig.broker.crash()  # a resend after the restart makes duplicates the ledger discards
+    rig.broker.restart()
+    assert wait_for(lambda: rig.ledger_count() == 30, 15)
+    r = reconcile(rig.store, [rig.tmp / "dev1.jsonl"])
+    assert (r["events"], r["gaps"], r["lost"], r["unexpected"]) == (30, 0, 1, 0)
+    assert r["ground_truth"]["dev1"]["lost_examples"] == ["C99999999"]
+    g = r["gateways"]["gw-t"]
+    assert g["devices"]["dev1"]["events"] == 30 and g["latency_ms"]["p50"] is not None
+    assert host_main(["reconcile", "--db", f"sqlite:///{rig.tmp / 'ledger.db'}",
+                      "--ground-truth", str(rig.tmp / "dev1.jsonl"), "--json"]) == 1
+    assert host_main(["reconcile", "--db", "sqlite:///nowhere/x.db"]) == 2

@@ -1,0 +1,151 @@
+"""The reconciliation report: what the ledger holds, per gateway and device, against
+what the devices produced.
+
+Per gateway (and journal epoch): events, gaps (seqs missing between the lowest and the
+highest stored, with the ranges), duplicates received and discarded (from the receipts
+of resent batches), late arrivals (events committed after an event with a higher seq of
+the same epoch: the backlog drained beside live traffic, or a resend), and edge-to-ledger
+latency percentiles (ledger commit time minus the time the device value was read).
+
+Per device: events and latency; and, given the simulator's ground-truth logs, ``lost``
+(a value the device produced and a correct agent must deliver, not in the ledger) and
+``unexpected`` (a ledger event no device produced). Values are compared as the ledger
+stores them: card numbers in the ground truth are masked the same way first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from firmware.core.redact import redact_text
+from host_tools.ledger.store import LedgerStore
+from simulator.ground_truth import read_ground_truth
+
+VALUE_FIELDS = {"scan": "code", "weight": "weight"}  # other kinds carry "value"
+
+
+def _pct(values: list[int], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    return float(v[min(len(v) - 1, int(q * len(v)))])
+
+
+def _latency(values: list[int]) -> dict[str, float | None]:
+    return {"p50": _pct(values, 0.5), "p99": _pct(values, 0.99),
+            "max": float(max(values)) if values else None}
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    """Missing seqs between the first and the last of a sorted list, as [first, last]."""
+    gaps = []
+    for a, b in zip(seqs, seqs[1:], strict=False):
+        if b > a + 1:
+            gaps.append([a + 1, b - 1])
+    return gaps
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)[0]
+    if isinstance(value, float):
+        return round(value, 6)
+    return value
+
+
+def event_value(kind: str, data: dict[str, Any]) -> Any:
+    return _norm(data.get(VALUE_FIELDS.get(kind, "value")))
+
+
+def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> dict[str, Any]:
+    report: dict[str, Any] = {"gateways": {}}
+    rows = store.query("SELECT gateway, epoch, seq, ledger_ms, source, kind, read_ms, data "
+                       "FROM event_fields ORDER BY gateway, epoch, seq")
+    dups = dict(((g, e), n) for g, e, n in store.query(
+        "SELECT gateway, epoch, SUM(duplicates) FROM receipts GROUP BY gateway, epoch"))
+    by_epoch: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
+    for r in rows:
+        by_epoch[(r[0], r[1])].append(r)
+    device_values: dict[str, list[Any]] = defaultdict(list)
+    for (gw, epoch), evs in by_epoch.items():
+        g = report["gateways"].setdefault(gw, {"events": 0, "epochs": {}, "devices": {}})
+        seqs = [e[2] for e in evs]
+        late, min_later = 0, None
+        for e in reversed(evs):  # committed after some higher seq: a late arrival
+            if min_later is not None and e[3] > min_later:
+                late += 1
+            min_later = e[3] if min_later is None else min(min_later, e[3])
+        gaps = _ranges(seqs)
+        g["epochs"][epoch] = {"events": len(evs), "first_seq": seqs[0], "last_seq": seqs[-1],
+                              "gaps": sum(b - a + 1 for a, b in gaps), "gap_ranges": gaps[:50],
+                              "duplicates_discarded": dups.get((gw, epoch), 0) or 0,
+                              "late_arrivals": late}
+        g["events"] += len(evs)
+        lat_by_dev: dict[str, list[int]] = defaultdict(list)
+        for _, _, _, ledger_ms, source, kind, read_ms, data in evs:
+            dev = source or "(unreadable body)"
+            if read_ms is not None:
+                lat_by_dev[dev].append(ledger_ms - read_ms)
+            try:
+                device_values[dev].append(event_value(kind, json.loads(data or "{}")))
+            except ValueError:
+                device_values[dev].append(None)
+        for dev, lat in lat_by_dev.items():
+            d = g["devices"].setdefault(dev, {"events": 0, "latency_ms": {}})
+            d["events"] += len(lat)
+            d["latency_ms"] = _latency(lat)
+        all_lat = [x for v in lat_by_dev.values() for x in v]
+        g["latency_ms"] = _latency(all_lat)
+    truth_files = list(ground_truth)
+    if truth_files:
+        expected: dict[str, list[Any]] = defaultdict(list)
+        for path in truth_files:
+            for entry in read_ground_truth(path):
+                if entry.get("expect"):
+                    expected[entry["device"]].append(_norm(entry.get("value")))
+        truth: dict[str, Any] = {}
+        for dev in sorted(set(expected) | set(device_values)):
+            want, got = Counter(expected.get(dev, [])), Counter(device_values.get(dev, []))
+            truth[dev] = {"expected": sum(want.values()), "in_ledger": sum(got.values()),
+                          "lost": sum((want - got).values()),
+                          "unexpected": sum((got - want).values()),
+                          "lost_examples": list((want - got).elements())[:5],
+                          "unexpected_examples": list((got - want).elements())[:5]}
+        report["ground_truth"] = truth
+        report["lost"] = sum(t["lost"] for t in truth.values())
+        report["unexpected"] = sum(t["unexpected"] for t in truth.values())
+    report["events"] = sum(g["events"] for g in report["gateways"].values())
+    report["gaps"] = sum(e["gaps"] for g in report["gateways"].values()
+                         for e in g["epochs"].values())
+    report["duplicates_discarded"] = sum(e["duplicates_discarded"]
+                                         for g in report["gateways"].values()
+                                         for e in g["epochs"].values())
+    report["rejected_batches"] = store.query("SELECT COUNT(*) FROM rejections")[0][0]
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"ledger: {r['events']} events, {r['gaps']} missing seqs, "
+             f"{r['duplicates_discarded']} duplicates discarded, "
+             f"{r['rejected_batches']} batches rejected"]
+    for gw, g in sorted(r["gateways"].items()):
+        lat = g["latency_ms"]
+        lines.append(f"gateway {gw}: {g['events']} events; latency p50 {lat['p50']} ms, "
+                     f"p99 {lat['p99']} ms")
+        for epoch, e in sorted(g["epochs"].items()):
+            lines.append(f"  epoch {epoch}: seq {e['first_seq']}..{e['last_seq']}, "
+                         f"{e['gaps']} missing, {e['duplicates_discarded']} duplicates, "
+                         f"{e['late_arrivals']} late")
+        for dev, d in sorted(g["devices"].items()):
+            lines.append(f"  device {dev}: {d['events']} events, latency p99 "
+                         f"{d['latency_ms']['p99']} ms")
+    if "ground_truth" in r:
+        lines.append(f"against ground truth: {r['lost']} lost, {r['unexpected']} unexpected")
+        for dev, t in sorted(r["ground_truth"].items()):
+            lines.append(f"  {dev}: expected {t['expected']}, in ledger {t['in_ledger']}, "
+                         f"lost {t['lost']}, unexpected {t['unexpected']}")
+    return "\n".join(lines)
