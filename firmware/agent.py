@@ -30,6 +30,8 @@ from firmware.edges.config_file import driver_class
 from firmware.edges.driver import Clock, Driver
 from firmware.edges.flash import open_or_create_journal
 from firmware.edges.group_commit import GroupCommitJournal
+from firmware.edges.sync_log import close_sync_log, open_sync_log
+from firmware.edges.watchdog import SystemdNotifier
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +71,16 @@ class Agent:
         self._last_status: str | None = None
         self.forwarding: Any = None
         self.reload_requested = threading.Event()  # set by a reload-config command
+        self.notifier = SystemdNotifier()
+        self._sync_handler: Any = None
         self.forwarding_options: dict[str, Any] = {}  # tests shorten timers here
 
     # ---- life ---------------------------------------------------------------------------
 
     def start(self) -> Agent:
         jc = self.cfg.journal
+        self._sync_handler = open_sync_log(
+            self.cfg.sync_log or Path(jc.path).parent / "sync.log", self.cfg.sync_log_max_bytes)
         journal = open_or_create_journal(jc.path, jc.segment_size, jc.segment_count,
                                          self.cfg.gateway_id, wall_ms=self.clock.now_ms,
                                          max_body=jc.max_body)
@@ -100,11 +106,13 @@ class Agent:
         self._status_thread = threading.Thread(target=self._status_loop, name="agent-status",
                                                daemon=True)
         self._status_thread.start()
+        self.notifier.ready(f"{len(self.drivers)} devices, {len(self.cfg.uplinks)} uplinks")
         log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",
                  self.cfg.gateway_id, len(self.drivers), jc.path, journal.epoch, journal.next_seq)
         return self
 
     def stop(self) -> None:
+        self.notifier.stopping()
         self._stopping.set()
         for drv in self.drivers:
             drv.stop()
@@ -116,6 +124,8 @@ class Agent:
             self.lights.close()
         if self.journal is not None:
             self.journal.close()
+        if self._sync_handler is not None:
+            close_sync_log(self._sync_handler)
         log.info("agent %s stopped", self.cfg.gateway_id)
 
     def __enter__(self) -> Agent:
@@ -196,9 +206,18 @@ class Agent:
         if self.lights is not None:
             self.lights.update(self.snapshot())
 
+    def alive(self) -> bool:
+        """What the systemd watchdog vouches for: the loops that must never stop."""
+        fwd = self.forwarding
+        return self.journal is not None and (fwd is None or fwd.alive())
+
     def _status_loop(self) -> None:
         period = min(self.cfg.status_period_s, 1.0)
+        if self.notifier.watchdog_interval_s:
+            period = min(period, self.notifier.watchdog_interval_s)
         while not self._stopping.wait(period):
+            if self.alive():
+                self.notifier.watchdog()
             snap = self.snapshot()
             if self.lights is not None:
                 self.lights.update(snap)

@@ -31,9 +31,9 @@ from firmware.core.wire import WireError, decode_ack
 from firmware.edges.driver import Clock
 from firmware.edges.group_commit import GroupCommitJournal
 from firmware.edges.mqtt import MqttUplink
+from firmware.edges.sync_log import sync_event
 
 log = logging.getLogger(__name__)
-sync_log = logging.getLogger("midshift.sync")
 TOPIC_ROOT = "midshift/v1"
 OFFSET_ALARM_MS = 500
 
@@ -112,6 +112,9 @@ class ForwardingLoop:
         for u in self.uplinks.values():
             u.stop()
 
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def wake(self) -> None:
         self.events.put(("wake",))
 
@@ -142,11 +145,10 @@ class ForwardingLoop:
         now = self.clock.monotonic_ms()
         if kind == "up":
             self.selector.report(item[1], True, now)
-            sync_log.info(json.dumps({"event": "uplink_up", "uplink": item[1]}))
+            sync_event("uplink_up", uplink=item[1])
         elif kind == "down":
             self.selector.report(item[1], False, now)
-            sync_log.info(json.dumps({"event": "uplink_down", "uplink": item[1],
-                                      "reason": item[2]}))
+            sync_event("uplink_down", uplink=item[1], reason=item[2])
         elif kind == "message":
             # Every connected uplink subscribes, and they usually reach the same broker: take
             # acks and commands from the active one only, or each would arrive twice.
@@ -161,7 +163,7 @@ class ForwardingLoop:
         if change is not None:
             what, old, new = change
             log.warning("uplink %s: %s -> %s", what, old, new)
-            sync_log.info(json.dumps({"event": what, "from": old, "to": new}))
+            sync_event(what, **{"from": old, "to": new})
             self.forwarder.set_uplink(active, now)
             self._status_due = now
         if active is not None:
@@ -169,9 +171,8 @@ class ForwardingLoop:
             for lane, first, last, data in self.forwarder.poll(now, self.clock.now_ms()):
                 if not uplink.publish(f"{self.base}/events", data):
                     self.counters["publish_refused"] += 1  # resent after the ack timeout
-                sync_log.debug(json.dumps({"event": "sent", "lane": lane, "first": first,
-                                           "last": last, "bytes": len(data),
-                                           "uplink": active}))
+                sync_event("resent" if lane == "resend" else "sent", lane=lane, first=first, last=last, bytes=len(data),
+                           uplink=active)
         if now >= self._status_due:
             self._publish_status(active)
             self._status_due = now + int(self.cfg.status_period_s * 1000)
@@ -196,8 +197,7 @@ class ForwardingLoop:
             commit = self.forwarder.on_ack(first, last, status, now)
             if sent is not None:
                 self._estimate_offset(ledger_ms, now - sent)
-            sync_log.info(json.dumps({"event": "acked" if status == "ok" else "rejected",
-                                      "first": first, "last": last}))
+            sync_event("acked" if status == "ok" else "rejected", first=first, last=last)
             if commit is not None:
                 self.journal.commit(*commit)
 
@@ -211,7 +211,7 @@ class ForwardingLoop:
         except CommandRejected as exc:
             self.counters["commands_rejected"] += 1
             log.warning("command rejected (%s): %s", exc.reason, exc)
-            sync_log.info(json.dumps({"event": "command_rejected", "reason": exc.reason}))
+            sync_event("command_rejected", reason=exc.reason)
             return
         self._save_last_command_id(cmd_id)
         result: Any = "ok"
@@ -228,7 +228,7 @@ class ForwardingLoop:
                 self.on_reload()
         self.last_command = {"id": cmd_id, "cmd": cmd, "result": result}
         log.info("command %d %s: %s", cmd_id, cmd, result)
-        sync_log.info(json.dumps({"event": "command", "id": cmd_id, "cmd": cmd}))
+        sync_event("command", id=cmd_id, cmd=cmd)
         self._status_due = 0  # answer (ping included) with a fresh status at once
 
     def _save_last_command_id(self, cmd_id: int) -> None:

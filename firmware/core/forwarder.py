@@ -163,7 +163,8 @@ class Forwarder:
     # ---- what to send ------------------------------------------------------------------
 
     def poll(self, now_ms, wall_ms=None):
-        """Batches to publish now: [(lane, first, last, bytes)]. ``now_ms`` runs the timers
+        """Batches to publish now: [(lane, first, last, bytes)]; lane is "live", "backlog"
+        or "resend". ``now_ms`` runs the timers
         (monotonic); ``wall_ms`` (default ``now_ms``) is the send time the batches carry."""
         self._wall_ms = now_ms if wall_ms is None else wall_ms
         out = []
@@ -178,7 +179,7 @@ class Forwarder:
                 f.sent_ms = now_ms
                 f.attempts += 1
                 self.counters["resent"] += 1
-                out.append((f.lane, f.first, f.last, data))
+                out.append(("resend", f.first, f.last, data))
         for lane in list(self.lanes):
             while len(self.inflight) < self.window:
                 b = self._next_batch(lane, now_ms)

@@ -77,6 +77,8 @@ class SiteConfig:
         self.devices = []
         self.uplinks = []
         self.status_period_s = 5.0
+        self.sync_log = None
+        self.sync_log_max_bytes = 5 << 20
         self.key_file = None
         self.command_key_file = None
 
@@ -138,8 +140,12 @@ def validate(doc, validators):
 
     cfg.journal = _journal(_table(doc, "journal"))
     status = _table(doc, "status", False)
-    no_unknown_keys(status, "status", ("period_s",))
+    no_unknown_keys(status, "status", ("period_s", "sync_log", "sync_log_max_bytes"))
     cfg.status_period_s = field(status, "period_s", "status", float, default=5.0, check=positive)
+    cfg.sync_log = field(status, "sync_log", "status", str, default=None)
+    cfg.sync_log_max_bytes = field(status, "sync_log_max_bytes", "status", int,
+                                   default=5 << 20, check=lambda v: v >= 4096,
+                                   allowed="at least 4096")
 
     devices = _table(doc, "devices")
     if not devices:

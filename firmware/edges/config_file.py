@@ -93,7 +93,7 @@ def load_config(site_path: str | Path, board_path: str | Path | None = None) -> 
 def _relative_journal(doc: dict[str, Any], path: Path) -> None:
     """Relative paths (journal directory, key file) are relative to the file setting them."""
     for section, key in (("journal", "path"), ("gateway", "key_file"),
-                         ("gateway", "command_key_file")):
+                         ("gateway", "command_key_file"), ("status", "sync_log")):
         t = doc.get(section)
         if isinstance(t, dict) and isinstance(t.get(key), str) and t[key] and not Path(
                 t[key]).is_absolute():

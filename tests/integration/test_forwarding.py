@@ -143,3 +143,53 @@ def test_reconcile_reports_once_delivery_against_ground_truth(rig: Lab) -> None:
     assert host_main(["reconcile", "--db", f"sqlite:///{rig.tmp / 'ledger.db'}",
                       "--ground-truth", str(rig.tmp / "dev1.jsonl"), "--json"]) == 1
     assert host_main(["reconcile", "--db", "sqlite:///nowhere/x.db"]) == 2
+
+
+def test_status_retained_will_sync_log_and_systemd_notify(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(5)
+    lab = Lab(tmp_path, uplinks=1)  # before the env: mosquitto speaks sd_notify too
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    seen: list[dict] = []
+    got = threading.Condition()
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        with got:
+            seen.append(json.loads(msg.payload))
+            got.notify_all()
+
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher.on_message = on_message
+    watcher.connect("127.0.0.1", lab.broker.port)
+    watcher.subscribe("midshift/v1/lab/gw-t/status", qos=1)
+    watcher.loop_start()
+    try:
+        agent = lab.start_agent()
+        assert notify.recv(256).startswith(b"READY=1")
+        assert notify.recv(256) == b"WATCHDOG=1"
+        assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+        lab.emit(5)
+        assert wait_for(lambda: lab.ledger_count() == 5, 10)
+        assert wait_for(lambda: any(s.get("state") == "online" for s in seen), 10)
+        online = [s for s in seen if s.get("state") == "online"][-1]
+        assert online["gateway"] == "gw-t" and online["uplink"] == "primary"
+        assert {"backlog_records", "devices", "forwarding", "journal"} <= set(online)
+        lab.proxies[0].set_mode("reset")  # the gateway vanishes without a DISCONNECT
+        assert wait_for(lambda: any(s.get("state") == "offline" for s in seen), 10)
+        lines = [json.loads(x) for x in (tmp_path / "sync.log").read_text().splitlines()]
+        events = {x["event"] for x in lines}
+        assert {"uplink_up", "up", "sent", "acked"} <= events, events
+        assert all("ts_ms" in x for x in lines)
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+        lab.close()
+        notify.close()
