@@ -19,7 +19,7 @@ from typing import Any
 
 from firmware.agent import Agent
 from firmware.core.event import Event
-from firmware.core.site_config import validate
+from firmware.core.site_config import SiteConfig, validate
 from host_tools.ledger.service import LedgerService
 from host_tools.ledger.store import LedgerStore
 from simulator.broker import Broker
@@ -38,6 +38,25 @@ def wait_for(cond: Any, timeout_s: float, step_s: float = 0.02) -> bool:
     return bool(cond())
 
 
+def lab_config(tmp: Path, uplink_ports: list[int], journal_segments: int = 64) -> SiteConfig:
+    """The lab gateway's config: keys in ``tmp``, one uplink per port (by priority)."""
+    (tmp / "gw.key").write_text(KEY.hex())
+    (tmp / "host-cmd.key").write_text(COMMAND_KEY.hex())
+    doc = {
+        "gateway": {"id": "gw-t", "site": "lab", "key_file": str(tmp / "gw.key"),
+                    "command_key_file": str(tmp / "host-cmd.key")},
+        "board": {"name": "test"},
+        "journal": {"path": str(tmp / "journal"), "segment_size": 65536,
+                    "segment_count": journal_segments},
+        # Disabled: no driver runs; events are handed to agent.emit by the caller.
+        "devices": {"dev1": {"type": "scanner", "enabled": False},
+                    "plc1": {"type": "modbus", "class": "telemetry", "enabled": False}},
+        "uplinks": {f"up{i}": {"broker": f"mqtt://127.0.0.1:{port}", "priority": 10 * (i + 1)}
+                    for i, port in enumerate(uplink_ports)},
+    }
+    return validate(doc, {"scanner": lambda n, t, p: t, "modbus": lambda n, t, p: t})
+
+
 class Lab:
     def __init__(self, tmp: Path, uplinks: int = 2, journal_segments: int = 64,
                  direct: bool = False, **forwarding: Any) -> None:
@@ -47,24 +66,8 @@ class Lab:
         self.proxies = [FaultProxy((host, port)).start() for _ in range(uplinks)]
         self.store = LedgerStore(f"sqlite:///{tmp / 'ledger.db'}")
         self.ledger = LedgerService(self.store, {"gw-t": KEY}, f"mqtt://{host}:{port}").start()
-        (tmp / "gw.key").write_text(KEY.hex())
-        (tmp / "host-cmd.key").write_text(COMMAND_KEY.hex())
-        doc = {
-            "gateway": {"id": "gw-t", "site": "lab", "key_file": str(tmp / "gw.key"),
-                        "command_key_file": str(tmp / "host-cmd.key")},
-            "board": {"name": "test"},
-            "journal": {"path": str(tmp / "journal"), "segment_size": 65536,
-                        "segment_count": journal_segments},
-            # Disabled: no driver runs; the test hands events to agent.emit itself.
-            "devices": {"dev1": {"type": "scanner", "enabled": False},
-                        "plc1": {"type": "modbus", "class": "telemetry", "enabled": False}},
-            # direct: the first uplink goes straight to the broker (no proxy in the path)
-            "uplinks": {f"up{i}": {"broker": f"mqtt://127.0.0.1:"
-                                   f"{port if direct and i == 0 else p.address[1]}",
-                                   "priority": 10 * (i + 1)}
-                        for i, p in enumerate(self.proxies)},
-        }
-        self.cfg = validate(doc, {"scanner": lambda n, t, p: t, "modbus": lambda n, t, p: t})
+        ports = [port if direct and i == 0 else p.address[1] for i, p in enumerate(self.proxies)]
+        self.cfg = lab_config(tmp, ports, journal_segments)
         self.forwarding = {"hold_ms": 2000, "ack_timeout_ms": 1500, "keepalive_s": 1} | forwarding
         self.agent: Agent | None = None
         self.n = 0
