@@ -193,3 +193,97 @@ def test_status_retained_will_sync_log_and_systemd_notify(tmp_path: Path,
         watcher.disconnect()
         lab.close()
         notify.close()
+
+
+def _emit_for(rig: Lab, seconds: float, per_s: int) -> None:
+    import time
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        rig.emit(1)
+        time.sleep(1 / per_s)
+
+
+def test_a_flapping_primary_loses_and_duplicates_nothing(rig: Lab) -> None:
+    """Stands for a primary flapping every few seconds for a minute (here 15 s)."""
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    rig.proxies[0].set_mode("flap", up_ms=2000, down_ms=3000, down_mode="blackhole")
+    _emit_for(rig, 15, 50)
+    rig.proxies[0].set_mode("pass")
+    n = rig.n
+    assert wait_for(lambda: rig.ledger_count() == n, 20), (rig.ledger_count(), n)
+    _exactly_once(rig, n)
+    assert agent.forwarding.selector.failovers >= 1
+
+
+def test_live_events_do_not_wait_behind_a_draining_backlog(tmp_path: Path) -> None:
+    """After an outage the backlog drains at a capped rate while live events go at once."""
+    import time
+    lab = Lab(tmp_path, uplinks=1, drain_rate=2000, max_events=200)
+    try:
+        agent = lab.start_agent()
+        assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+        lab.proxies[0].set_mode("refuse")
+        assert wait_for(lambda: agent.forwarding.active is None, 6)
+        lab.emit(10000)  # five seconds of backlog at the capped drain rate
+        lab.proxies[0].set_mode("pass")
+        assert wait_for(lambda: agent.forwarding.active == "up0", 5)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        (seq,) = lab.emit(1)
+        assert wait_for(lambda: lab.store.query(
+            "SELECT 1 FROM events WHERE seq=?", (seq,)) != [], 5)
+        live_s = time.monotonic() - t0
+        assert live_s < 0.5, f"a live event took {live_s:.2f} s behind the backlog"
+        assert lab.ledger_count() < 10001, "the backlog was not capped, nothing to show"
+        assert wait_for(lambda: lab.ledger_count() == 10001, 20)
+        _exactly_once(lab, 10001)
+    finally:
+        lab.close()
+
+
+def test_ledger_down_nothing_is_committed_on_a_broker_puback(rig: Lab) -> None:
+    """Peers counted a batch delivered on the broker's PUBACK and dropped it from the store.
+    Here the ledger is stopped: the broker acks every publish, the journal keeps all."""
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    rig.ledger.stop()
+    rig.emit(100)
+    import time
+    time.sleep(2.5)  # longer than the ack timeout: batches were resent, none committed
+    j = agent.journal.journal
+    assert j.tail_seq == 1 and j.backlog()[0] == 100
+    assert agent.forwarding.forwarder.counters["resent"] >= 1
+    rig.ledger.client.reconnect()
+    rig.ledger.client.loop_start()
+    assert wait_for(lambda: rig.ledger_count() == 100, 15)
+    _exactly_once(rig, 100)
+    assert wait_for(lambda: j.tail_seq == 101, 5)
+
+
+def test_first_batch_after_a_restore_is_acked_within_two_seconds(rig: Lab) -> None:
+    import time
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    for p in rig.proxies:
+        p.set_mode("refuse")
+    assert wait_for(lambda: agent.forwarding.active is None, 6)
+    time.sleep(5)  # long enough for an exponential back-off to have grown
+    rig.emit(1)
+    t0 = time.monotonic()
+    for p in rig.proxies:
+        p.set_mode("pass")
+    assert wait_for(lambda: rig.ledger_count() == 1, 5)
+    assert time.monotonic() - t0 <= 2.0
+
+
+def test_two_readings_in_one_millisecond_stay_two_events_with_their_read_time(rig: Lab) -> None:
+    from firmware.core.event import Event
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    t = 1_700_000_000_123
+    agent.emit(Event("dev1", "scan", t, {"code": "SAME"}))
+    agent.emit(Event("dev1", "scan", t, {"code": "SAME"}))
+    assert wait_for(lambda: rig.ledger_count() == 2, 10)
+    rows = rig.store.query("SELECT read_ms, data FROM event_fields ORDER BY seq")
+    assert rows == [(t, '{"code":"SAME"}')] * 2  # stamped with the read time, not a later one
