@@ -164,7 +164,8 @@ class ForwardingLoop:
             what, old, new = change
             log.warning("uplink %s: %s -> %s", what, old, new)
             sync_event(what, **{"from": old, "to": new})
-            self.forwarder.set_uplink(active, now)
+            self.forwarder.set_uplink(active, now, txn_only=active is not None and
+                                      not self.selector.carries(active, 1))
             self._status_due = now
         if active is not None:
             uplink = self.uplinks[active]

@@ -21,6 +21,7 @@ Rules, each for a failure peers have shipped:
 
 from firmware.core.wire import Batch, encode_batch
 
+TXN = 0
 LIVE = "live"
 BACKLOG = "backlog"
 
@@ -57,6 +58,7 @@ class InFlight:
         self.sent_ms = sent_ms
         self.uplink = uplink
         self.attempts = 1
+        self.runs = None        # [(first, last, end_pos)] when the batch skipped records
 
 
 class Lane:
@@ -91,17 +93,20 @@ class Forwarder:
         self.uplink = None
         self._waiting_since = None
         self._wall_ms = now_ms
+        self.txn_only = False
         self.counters = {"batches": 0, "sent": 0, "acked": 0, "resent": 0, "stale_acks": 0,
                          "rejected": 0}
 
     # ---- events from the edge ------------------------------------------------------------
 
-    def set_uplink(self, name, now_ms):
+    def set_uplink(self, name, now_ms, txn_only=False):
         """The active uplink changed (None: none is up). What was in flight is resent from
-        the ledger's acknowledged point, and a backlog gets its own lane."""
+        the ledger's acknowledged point, and a backlog gets its own lane. ``txn_only``: a
+        metered uplink; telemetry waits in the journal for an unmetered one."""
         if name == self.uplink:
             return
         self.uplink = name
+        self.txn_only = txn_only
         if name is None:
             return
         self.inflight = []
@@ -145,7 +150,10 @@ class Forwarder:
             self.counters["rejected"] += 1
             return None
         self.counters["acked"] += 1
-        self.acked.append((first, last, match.end_pos))
+        if match.runs is not None:
+            self.acked.extend(match.runs)
+        else:
+            self.acked.append((first, last, match.end_pos))
         return self._advance_commit()
 
     def _advance_commit(self):
@@ -220,7 +228,8 @@ class Forwarder:
             lane.pos, lane.seq = pos, seq
             if lane.name == LIVE:
                 self._waiting_since = None
-            recs = [r for r in records if not self._is_acked(r.seq)]
+            recs = [r for r in records if not self._is_acked(r.seq)
+                    and not (self.txn_only and r.cls != TXN)]
             if recs:
                 break
             if not records and seq == first:
@@ -229,9 +238,15 @@ class Forwarder:
         # Seqs the read skipped just before the first record were lost to flash damage:
         # the batch accounts for them, so the ledger's ack covers (and records) the gap.
         bfirst = first if first < recs[0].seq and not self._is_acked(first) else recs[0].seq
+        if self.txn_only:
+            bfirst = recs[0].seq
         data = self._encode(bfirst, recs, now_ms)
-        self.inflight.append(InFlight(lane.name, bfirst, last, start_pos, recs[-1].end_pos,
-                                      len(recs), now_ms, self.uplink))
+        f = InFlight(lane.name, bfirst, last, start_pos, recs[-1].end_pos, len(recs), now_ms,
+                     self.uplink)
+        if len(recs) != recs[-1].seq - recs[0].seq + 1:  # records skipped: ack runs only
+            f.runs = _runs(recs)
+            f.first = bfirst = recs[0].seq
+        self.inflight.append(f)
         if lane.name == BACKLOG:
             self.bucket.take(len(recs))
         self.counters["batches"] += 1
@@ -253,7 +268,8 @@ class Forwarder:
 
     def _reencode(self, f, now_ms):
         records, _, _ = self.journal.read(f.pos, f.first, f.count + 64, self.max_bytes * 2)
-        recs = [r for r in records if f.first <= r.seq <= f.last]
+        recs = [r for r in records if f.first <= r.seq <= f.last
+                and (f.runs is None or any(a <= r.seq <= b for a, b, _ in f.runs))]
         if not recs:
             return None
         return self._encode(f.first, recs, now_ms)
@@ -264,3 +280,14 @@ class Forwarder:
 
     def oldest_unacked_seq(self):
         return self.commit_seq + 1
+
+
+def _runs(recs):
+    """[(first, last, end_pos)] of the consecutive seqs among ``recs``."""
+    runs = []
+    for r in recs:
+        if runs and runs[-1][1] == r.seq - 1:
+            runs[-1] = (runs[-1][0], r.seq, r.end_pos)
+        else:
+            runs.append((r.seq, r.seq, r.end_pos))
+    return runs

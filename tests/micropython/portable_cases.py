@@ -406,3 +406,25 @@ def test_commands_signed_fresh_or_rejected():
                        "bad_signature", "malformed"]
     assert gate.last_id == 11 and gate.accepted == 1
     assert gate.check(sign_command(host, 12, "ping"))[1] == "ping"
+
+
+def test_forwarder_on_a_metered_uplink_sends_txn_only_and_never_commits_past_telemetry():
+    from firmware.core.forwarder import Forwarder
+    from firmware.core.signing import Signer
+    st, j = fresh(8)
+    for i in range(10):  # txn, telemetry alternating from seq 1
+        j.append(body_for(i + 1, 40), rec.TXN if i % 2 == 0 else rec.TELEMETRY)
+    j.flush()
+    signer = Signer(b"s" * 32)
+    f = Forwarder(j, "gw-1", signer, max_events=100, linger_ms=0)
+    f.set_uplink("lte", 0, txn_only=True)
+    out = f.poll(0)
+    assert len(out) == 1 and _seqs(signer, out[0][3]) == [1, 3, 5, 7, 9]
+    commit = f.on_ack(out[0][1], out[0][2], "ok", 1)
+    assert commit[0] == 1 and f.commit_seq == 1  # 2 (telemetry) not sent: commit stops
+    f.set_uplink("eth", 2)  # unmetered again: the telemetry goes, the txn do not repeat
+    out = f.poll(2)
+    assert [s for o in out for s in _seqs(signer, o[3])] == [2, 4, 6, 8, 10]
+    for o in out:
+        last = f.on_ack(o[1], o[2], "ok", 3)
+    assert f.commit_seq == 10 and last[0] == 10
