@@ -72,8 +72,8 @@ class Lab:
         self.agent: Agent | None = None
         self.n = 0
 
-    def start_agent(self) -> Agent:
-        self.agent = Agent(self.cfg)
+    def start_agent(self, clock: Any = None) -> Agent:
+        self.agent = Agent(self.cfg, clock=clock)
         self.agent.forwarding_options = self.forwarding
         return self.agent.start()
 

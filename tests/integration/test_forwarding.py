@@ -31,6 +31,7 @@ def test_steady_flow_reaches_the_ledger_once_and_commits(rig: Lab) -> None:
     _exactly_once(rig, 200)
     assert wait_for(lambda: agent.journal.journal.tail_seq == 201, 5)  # ring space reclaimed
     assert agent.snapshot()["uplink"] == "primary"
+    assert agent.snapshot()["forwarding"]["alarms"] == []  # same clock: no offset alarm
 
 
 def test_primary_blackholed_fails_over_and_nothing_is_lost(rig: Lab) -> None:
@@ -287,3 +288,20 @@ def test_two_readings_in_one_millisecond_stay_two_events_with_their_read_time(ri
     assert wait_for(lambda: rig.ledger_count() == 2, 10)
     rows = rig.store.query("SELECT read_ms, data FROM event_fields ORDER BY seq")
     assert rows == [(t, '{"code":"SAME"}')] * 2  # stamped with the read time, not a later one
+
+
+def test_a_gateway_clock_800_ms_fast_raises_the_offset_alarm(rig: Lab) -> None:
+    from firmware.edges.clock import SystemClock
+
+    class FastClock(SystemClock):
+        def now_ms(self) -> int:
+            return super().now_ms() + 800
+
+    agent = rig.start_agent(FastClock())
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    for _ in range(10):
+        rig.emit(5)
+        wait_for(lambda: not agent.forwarding.forwarder.inflight, 2)
+    snap = agent.snapshot()["forwarding"]
+    assert snap["alarms"] == ["clock_offset"]
+    assert -900 < snap["clock_offset_ms"] < -700
