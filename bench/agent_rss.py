@@ -18,6 +18,14 @@ from typing import Any
 from simulator.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[1]
+IDLE_AGENT = """
+import sys, time
+from pathlib import Path
+from firmware.agent import Agent
+from simulator.lab import lab_config
+agent = Agent(lab_config(Path(sys.argv[1]), [int(sys.argv[2])] * 2)).start()
+time.sleep(60)
+"""
 
 
 def _rss_kb(pid: int) -> int:
@@ -32,8 +40,14 @@ def measure_rss_mb(tmp: Path, settle_s: float = 5.0) -> dict[str, Any]:
             for m in ("serial_scanner", "modbus")}
     (tmp / "gw.key").write_text("11" * 32)
     with Broker(tmp / "broker") as broker:
-        site = tmp / "site.toml"
-        site.write_text(f"""
+        devices = ""
+        if have["serial_scanner"]:
+            devices += f'[devices.scanner1]\ntype = "scanner"\nport = "{tmp / "no-such-tty"}"\n'
+        if have["modbus"]:
+            devices += '[devices.plc1]\ntype = "modbus"\nhost = "127.0.0.1"\nport = 1\n'
+        if devices:
+            site = tmp / "site.toml"
+            site.write_text(f"""
 board_config = "{ROOT / 'board_configs' / 'sim.toml'}"
 [gateway]
 id = "gw-rss"
@@ -41,15 +55,7 @@ site = "bench"
 key_file = "gw.key"
 [journal]
 path = "journal"
-[devices.scanner1]
-type = "scanner"
-port = "{tmp / 'no-such-tty'}"
-enabled = {str(have['serial_scanner']).lower()}
-[devices.plc1]
-type = "modbus"
-host = "127.0.0.1"
-port = 1
-enabled = {str(have['modbus']).lower()}
+{devices}
 [uplinks.eth]
 broker = "mqtt://127.0.0.1:{broker.port}"
 priority = 10
@@ -57,9 +63,11 @@ priority = 10
 broker = "mqtt://127.0.0.1:{broker.port}"
 priority = 20
 """)
-        proc = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config", str(site),
-                                 "--log-level", "WARNING"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            cmd = [sys.executable, "-m", "firmware", "run", "--config", str(site),
+                   "--log-level", "WARNING"]
+        else:  # no driver on this build yet: the same agent, devices disabled
+            cmd = [sys.executable, "-c", IDLE_AGENT, str(tmp), str(broker.port)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             time.sleep(settle_s)
             if proc.poll() is not None:
