@@ -77,6 +77,7 @@ class ForwardingLoop:
                                    zlib.compress, max_events=max_events, linger_ms=linger_ms,
                                    window=window, ack_timeout_ms=ack_timeout_ms,
                                    drain_rate=drain_rate, now_ms=now)
+        self.default_drain_rate = drain_rate
         self.clock_offset_ms: float | None = None
         self.alarms: set[str] = set()
         self.counters = {"bad_acks": 0, "publish_refused": 0, "commands_rejected": 0,
@@ -166,6 +167,9 @@ class ForwardingLoop:
             sync_event(what, **{"from": old, "to": new})
             self.forwarder.set_uplink(active, now, txn_only=active is not None and
                                       not self.selector.carries(active, 1))
+            if active is not None:
+                rate = self.uplinks[active].cfg.drain_rate or self.default_drain_rate
+                self.forwarder.bucket.rate = rate
             self._status_due = now
         if active is not None:
             uplink = self.uplinks[active]

@@ -45,7 +45,8 @@ class DeviceConfig:
 
 
 class UplinkConfig:
-    def __init__(self, name, host, port, tls, priority, interface, source_address, metered):
+    def __init__(self, name, host, port, tls, priority, interface, source_address, metered,
+                 ca=None, cert=None, key=None, drain_rate=0):
         self.name = name
         self.host = host
         self.port = port
@@ -54,6 +55,10 @@ class UplinkConfig:
         self.interface = interface
         self.source_address = source_address
         self.metered = metered
+        self.ca = ca                  # TLS: the site CA, this gateway's certificate and key
+        self.cert = cert
+        self.key = key
+        self.drain_rate = drain_rate  # backlog records per second on this uplink; 0: no cap
 
 
 class JournalConfig:
@@ -213,17 +218,30 @@ def _uplink(name, table, cfg):
     p = "uplinks.%s" % name
     if not isinstance(table, dict):
         raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
-    no_unknown_keys(table, p, ("broker", "priority", "interface", "source_address", "metered"))
+    no_unknown_keys(table, p, ("broker", "priority", "interface", "source_address", "metered",
+                               "ca", "cert", "key", "drain_rate"))
     broker = field(table, "broker", p, str, allowed="mqtt://HOST:PORT or mqtts://HOST:PORT")
     host, port, tls = _broker_url(broker, p + ".broker")
     interface = field(table, "interface", p, str, default=None)
     if interface is not None and interface in cfg.interfaces:
         interface = cfg.interfaces[interface]
+    files = {}
+    for k in ("ca", "cert", "key"):
+        files[k] = field(table, k, p, str, default=None)
+        if files[k] is not None and not tls:
+            raise ConfigError(p + "." + k, "is set but the broker URL is not mqtts://",
+                              "mqtts://HOST:PORT with ca, cert and key")
+    if tls and (files["cert"] is None) != (files["key"] is None):
+        raise ConfigError(p + ".key" if files["key"] is None else p + ".cert",
+                          "is required with the other", "both cert and key, or neither")
     return UplinkConfig(name, host, port, tls,
                         field(table, "priority", p, int, default=100,
                               check=lambda v: 0 <= v <= 1000, allowed="0 to 1000"),
                         interface, field(table, "source_address", p, str, default=None),
-                        field(table, "metered", p, bool, default=False))
+                        field(table, "metered", p, bool, default=False),
+                        files["ca"], files["cert"], files["key"],
+                        field(table, "drain_rate", p, int, default=0,
+                              check=lambda v: v >= 0, allowed="0 (no cap) or more"))
 
 
 def _broker_url(url, key):

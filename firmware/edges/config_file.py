@@ -81,8 +81,8 @@ def load_config(site_path: str | Path, board_path: str | Path | None = None) -> 
         board_path = _board_path(ref, site_path)
     board_path = Path(board_path)
     board = _read_toml(board_path, "board config")
-    _relative_journal(board, board_path)
-    _relative_journal(site, site_path)
+    _relative_paths(board, board_path)
+    _relative_paths(site, site_path)
     doc = merge(board, site)
     try:
         return validate(doc, _validators(doc))
@@ -90,14 +90,21 @@ def load_config(site_path: str | Path, board_path: str | Path | None = None) -> 
         raise exc.in_file(str(_origin(exc.key, site_path, site, board_path))) from None
 
 
-def _relative_journal(doc: dict[str, Any], path: Path) -> None:
-    """Relative paths (journal directory, key file) are relative to the file setting them."""
+def _relative_paths(doc: dict[str, Any], path: Path) -> None:
+    """Relative paths (journal, keys, sync log, TLS files) are relative to the file
+    setting them."""
     for section, key in (("journal", "path"), ("gateway", "key_file"),
                          ("gateway", "command_key_file"), ("status", "sync_log")):
         t = doc.get(section)
         if isinstance(t, dict) and isinstance(t.get(key), str) and t[key] and not Path(
                 t[key]).is_absolute():
             t[key] = str((path.parent / t[key]).resolve())
+    uplinks = doc.get("uplinks")
+    for table in (uplinks.values() if isinstance(uplinks, dict) else ()):
+        for key in ("ca", "cert", "key"):
+            if isinstance(table, dict) and isinstance(table.get(key), str) and not Path(
+                    table[key]).is_absolute():
+                table[key] = str((path.parent / table[key]).resolve())
 
 
 def _origin(key: str, site_path: Path, site: dict[str, Any], board_path: Path) -> Path:

@@ -50,8 +50,8 @@ def interface_address(ifname: str) -> str:
 class MqttUplink:
     def __init__(self, cfg: UplinkConfig, client_id: str, events: queue.Queue[tuple[Any, ...]],
                  subscriptions: list[str], will: tuple[str, bytes] | None = None,
-                 keepalive_s: int = 1, max_retry_s: float = 0.5, user_timeout_ms: int = 3000,
-                 tls_files: dict[str, str] | None = None) -> None:
+                 keepalive_s: int = 1, max_retry_s: float = 0.5,
+                 user_timeout_ms: int = 3000) -> None:
         self.name = cfg.name
         self.cfg = cfg
         self.events = events
@@ -68,10 +68,12 @@ class MqttUplink:
         self.client.max_inflight_messages_set(64)
         if will is not None:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
-        if cfg.tls:
-            files = tls_files or {}
-            self.client.tls_set(ca_certs=files.get("ca"), certfile=files.get("cert"),
-                                keyfile=files.get("key"), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if cfg.tls:  # TLS 1.2 at least, the broker verified against the site CA
+            ctx = ssl.create_default_context(cafile=cfg.ca)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            if cfg.cert:
+                ctx.load_cert_chain(cfg.cert, cfg.key)
+            self.client.tls_set_context(ctx)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message

@@ -127,3 +127,14 @@ def test_uplinks_need_the_gateway_key():
     with pytest.raises(ConfigError) as err:
         validate(doc(gateway__key_file=DELETE), CHECKS)
     assert err.value.key == "gateway.key_file"
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"uplinks__eth__ca": "/ca.crt"}, "uplinks.eth.ca"),  # TLS files on a plain URL
+    ({"uplinks__lte__cert": "/gw.crt"}, "uplinks.lte.key"),  # a cert without its key
+    ({"uplinks__lte__drain_rate": -5}, "uplinks.lte.drain_rate"),
+])
+def test_uplink_tls_and_rate_options_are_checked(changes, key):
+    with pytest.raises(ConfigError) as err:
+        validate(doc(**changes), CHECKS)
+    assert err.value.key == key, str(err.value)
