@@ -38,19 +38,20 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]) -> dict[str, Any]:
-    lab = Lab(tmp, uplinks=1)
+    lab = Lab(tmp, uplinks=1, direct=True)  # no fault proxy in the path: steady state
     committed: dict[int, float] = {}
     store = lab.ledger.store
-    original = store.store
+    original = store.store_many
 
-    def timed_store(batch: Any, ledger_ms: int) -> tuple[int, int]:
-        out = original(batch, ledger_ms)
+    def timed_store(batches: Any, ledger_ms: int) -> Any:
+        out = original(batches, ledger_ms)
         t = time.perf_counter()
-        for seq, *_ in batch.records:
-            committed.setdefault(seq, t)
+        for batch in batches:
+            for seq, *_ in batch.records:
+                committed.setdefault(seq, t)
         return out
 
-    store.store = timed_store  # type: ignore[method-assign]
+    store.store_many = timed_store  # type: ignore[method-assign]
     try:
         agent = lab.start_agent()
         wait_for(lambda: agent.forwarding.active is not None, 10)

@@ -57,7 +57,7 @@ class ForwardingLoop:
                  status: Callable[[], dict[str, Any]], hold_ms: int = 30000,
                  ack_timeout_ms: int = 3000, keepalive_s: int = 1, max_events: int = 500,
                  linger_ms: int = 2, window: int = 8, drain_rate: int = 0,
-                 command_key: bytes | None = None) -> None:
+                 command_key: bytes | None = None, commit_every_ms: int = 500) -> None:
         self.cfg = cfg
         self.journal = journal
         self.clock = clock
@@ -78,6 +78,9 @@ class ForwardingLoop:
                                    window=window, ack_timeout_ms=ack_timeout_ms,
                                    drain_rate=drain_rate, now_ms=now)
         self.default_drain_rate = drain_rate
+        self.commit_every_ms = commit_every_ms
+        self._pending_commit: tuple[int, int] | None = None
+        self._last_commit_ms = 0
         self.clock_offset_ms: float | None = None
         self.alarms: set[str] = set()
         self.counters = {"bad_acks": 0, "publish_refused": 0, "commands_rejected": 0,
@@ -110,6 +113,7 @@ class ForwardingLoop:
         self.events.put(("wake",))
         if self._thread is not None:
             self._thread.join(5)
+        self._commit_if_due(self.clock.monotonic_ms(), force=True)
         for u in self.uplinks.values():
             u.stop()
 
@@ -130,7 +134,9 @@ class ForwardingLoop:
             now = self.clock.monotonic_ms()
             deadline = self.forwarder.next_deadline_ms()
             fb = self.selector.next_failback_ms(now)
-            times = [t for t in (deadline, fb, self._status_due) if t is not None]
+            commit_due = (self._last_commit_ms + self.commit_every_ms
+                          if self._pending_commit is not None else None)
+            times = [t for t in (deadline, fb, self._status_due, commit_due) if t is not None]
             wait_ms = max(0, min(times) - now) if times else 1000
             try:
                 item = self.events.get(timeout=min(wait_ms, 1000) / 1000.0)
@@ -160,6 +166,7 @@ class ForwardingLoop:
 
     def _step(self) -> None:
         now = self.clock.monotonic_ms()
+        self._commit_if_due(now)
         active, change = self.selector.select(now)
         if change is not None:
             what, old, new = change
@@ -204,7 +211,22 @@ class ForwardingLoop:
                 self._estimate_offset(ledger_ms, now - sent)
             sync_event("acked" if status == "ok" else "rejected", first=first, last=last)
             if commit is not None:
-                self.journal.commit(*commit)
+                self._pending_commit = commit
+                self._commit_if_due(now)
+
+    def _commit_if_due(self, now: int, force: bool = False) -> None:
+        """Persist the commit point (a sync under the journal's lock) at most every
+        ``commit_every_ms``, sooner when the ring runs short of room: a commit per ack
+        would put one more fsync beside every batch. A crash before it costs only a
+        resend of acknowledged batches, which the ledger discards as duplicates."""
+        if self._pending_commit is None:
+            return
+        j = self.journal.journal
+        tight = j.free_bytes() < j.data_size // 4
+        if force or tight or now - self._last_commit_ms >= self.commit_every_ms:
+            self.journal.commit(*self._pending_commit)
+            self._pending_commit = None
+            self._last_commit_ms = now
 
     def _on_command(self, payload: bytes) -> None:
         if self.gate is None:

@@ -4,7 +4,8 @@ One paho-mqtt client subscribes (QoS 1) to ``midshift/v1/+/+/events`` or, as one
 several workers, to the MQTT 5 shared subscription ``$share/<group>/midshift/v1/+/+/events``.
 For each batch: the gateway in the topic must be the one the batch claims; its key comes
 from the key registry; the HMAC is checked before anything else is trusted; the events
-are inserted in one transaction; then the ack goes to ``.../ack`` with the ledger's time.
+are inserted in one transaction (with every other batch waiting: group commit); then the
+ack goes to ``.../ack`` with the ledger's time.
 The broker's PUBACK for the batch is sent only after that (paho ``manual_ack``), so a
 worker that dies mid-batch leaves the batch to be redelivered, not lost.
 
@@ -15,6 +16,7 @@ A forged, truncated or unknown-gateway batch is rejected: counted, logged, store
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 import tomllib
@@ -25,11 +27,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from firmware.core.signing import Signer
-from firmware.core.wire import WireError, decode_batch, encode_ack, peek_gateway
+from firmware.core.wire import Batch, WireError, decode_batch, encode_ack, peek_gateway
 from host_tools.ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
 TOPIC_ROOT = "midshift/v1"
+MAX_GROUP = 64  # batches stored in one transaction at most
 
 
 def load_keys(path: str | Path) -> dict[str, bytes]:
@@ -64,6 +67,9 @@ class LedgerService:
         self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
+        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._writer, name="ledger-writer", daemon=True)
         protocol = mqtt.MQTTv5 if shared_group else mqtt.MQTTv311
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=protocol, manual_ack=True,
@@ -78,6 +84,7 @@ class LedgerService:
         return f"$share/{self.shared_group}/{t}" if self.shared_group else t
 
     def start(self, timeout_s: float = 10.0) -> LedgerService:
+        self._thread.start()
         self.client.reconnect_delay_set(0.1, 2)
         self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
@@ -90,6 +97,9 @@ class LedgerService:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     props: Any = None) -> None:
@@ -100,22 +110,61 @@ class LedgerService:
         log.info("ledger: subscribed to %s on %s:%d", self.topic, self.host, self.port)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.handle(msg.topic, msg.payload)
-        except Exception:  # noqa: BLE001 - one bad batch must not stop the worker
-            log.exception("ledger: failed on a batch from %s; not acknowledged", msg.topic)
-            return  # no PUBACK: the broker redelivers it to this or another worker
-        client.ack(msg.mid, msg.qos)
+        self._inbox.put(msg)  # the writer thread stores, acks and PUBACKs
+
+    def _writer(self) -> None:
+        """Group commit: every batch waiting is verified and stored in one transaction,
+        then each is acknowledged, so the ledger's fsync rate does not cap its rate."""
+        while not self._closing.is_set():
+            try:
+                first = self._inbox.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            msgs = [first]
+            while len(msgs) < MAX_GROUP:
+                try:
+                    msgs.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._process([(m.topic, m.payload) for m in msgs])
+            except Exception:  # noqa: BLE001 - a bad group must not stop the worker
+                log.exception("ledger: failed to store %d batches; not acknowledged", len(msgs))
+                continue  # no PUBACK: the broker redelivers them after a reconnect
+            for m in msgs:
+                self.client.ack(m.mid, m.qos)
 
     def handle(self, topic: str, payload: bytes) -> bytes | None:
         """Verify, store and acknowledge one batch; returns the ack sent (None if none)."""
+        return self._process([(topic, payload)])[0]
+
+    def _process(self, items: list[tuple[str, bytes]]) -> list[bytes | None]:
         now = int(time.time() * 1000)
+        verified = []
+        acks: list[bytes | None] = [None] * len(items)
+        for i, (topic, payload) in enumerate(items):
+            batch = self._verify(topic, payload, now)
+            if batch is not None:
+                verified.append((i, topic, batch))
+        if not verified:
+            return acks
+        results = self.store.store_many([b for _, _, b in verified], now)
+        for (i, topic, batch), (new, dup) in zip(verified, results, strict=True):
+            with self._lock:
+                self.counters["batches"] += 1
+                self.counters["events"] += new
+                self.counters["duplicates"] += dup
+            ack = encode_ack(batch.epoch, batch.first_seq, batch.last_seq, now, duplicates=dup)
+            self.client.publish(topic.rsplit("/", 1)[0] + "/ack", ack, qos=1)
+            acks[i] = ack
+        return acks
+
+    def _verify(self, topic: str, payload: bytes, now: int) -> Batch | None:
         parts = topic.split("/")
         if len(parts) != 5 or parts[4] != "events":
             self._reject(None, "bad_topic", f"topic {topic}", now)
             return None
-        site, gw_topic = parts[2], parts[3]
-        ack_topic = f"{TOPIC_ROOT}/{site}/{gw_topic}/ack"
+        gw_topic = parts[3]
         try:
             gw = peek_gateway(payload)
             if gw != gw_topic:
@@ -123,18 +172,10 @@ class LedgerService:
             signer = self.signers.get(gw)
             if signer is None:
                 raise WireError("unknown_gateway", f"gateway {gw} is not registered")
-            batch = decode_batch(payload, signer, zlib.decompress)
+            return decode_batch(payload, signer, zlib.decompress)
         except WireError as exc:
             self._reject(gw_topic, exc.reason, str(exc), now)
             return None  # no ack: a forger learns nothing, the real gateway resends
-        new, dup = self.store.store(batch, now)
-        with self._lock:
-            self.counters["batches"] += 1
-            self.counters["events"] += new
-            self.counters["duplicates"] += dup
-        ack = encode_ack(batch.epoch, batch.first_seq, batch.last_seq, now, duplicates=dup)
-        self.client.publish(ack_topic, ack, qos=1)
-        return ack
 
     def _reject(self, gateway: str | None, reason: str, detail: str, now: int) -> None:
         with self._lock:

@@ -58,26 +58,33 @@ class LedgerStore:
 
     def store(self, batch: Batch, ledger_ms: int) -> tuple[int, int]:
         """Insert the batch's events; returns (new, duplicates)."""
-        epoch = f"{batch.epoch:016x}"
-        gw, sent = batch.gateway, batch.sent_ms
-        # Bodies are stored as sent; fields are read with json_extract (view event_fields)
-        # when a report needs them, so ingest does no JSON work per event.
-        rows = [(gw, epoch, seq, cls, hlc, bytes(body).decode("utf-8", "replace"), sent,
-                 ledger_ms) for seq, cls, hlc, body in batch.records]
+        return self.store_many([batch], ledger_ms)[0]
+
+    def store_many(self, batches: list[Batch], ledger_ms: int) -> list[tuple[int, int]]:
+        """Insert several batches in one transaction (one sync); (new, duplicates) each."""
         cur = self.db.cursor()
+        out = []
         cur.execute("BEGIN IMMEDIATE")
         try:
-            before = self.db.total_changes
-            cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
-            new = self.db.total_changes - before
-            cur.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
-                        (batch.gateway, epoch, batch.first_seq, batch.last_seq, len(rows),
-                         len(rows) - new, batch.sent_ms, ledger_ms))
+            for batch in batches:
+                epoch = f"{batch.epoch:016x}"
+                gw, sent = batch.gateway, batch.sent_ms
+                # Bodies are stored as sent; fields are read with json_extract (view
+                # event_fields) when a report needs them: no JSON work per event at ingest.
+                rows = [(gw, epoch, seq, cls, hlc, bytes(body).decode("utf-8", "replace"),
+                         sent, ledger_ms) for seq, cls, hlc, body in batch.records]
+                before = self.db.total_changes
+                cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
+                new = self.db.total_changes - before
+                cur.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
+                            (gw, epoch, batch.first_seq, batch.last_seq, len(rows),
+                             len(rows) - new, sent, ledger_ms))
+                out.append((new, len(rows) - new))
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
-        return new, len(rows) - new
+        return out
 
     def reject(self, gateway: str | None, reason: str, detail: str, ledger_ms: int) -> None:
         self.db.execute("INSERT INTO rejections VALUES (?,?,?,?)",

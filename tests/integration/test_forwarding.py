@@ -255,8 +255,9 @@ def test_ledger_down_nothing_is_committed_on_a_broker_puback(rig: Lab) -> None:
     j = agent.journal.journal
     assert j.tail_seq == 1 and j.backlog()[0] == 100
     assert agent.forwarding.forwarder.counters["resent"] >= 1
-    rig.ledger.client.reconnect()
-    rig.ledger.client.loop_start()
+    from host_tools.ledger.service import LedgerService
+    from simulator.lab import KEY
+    rig.ledger = LedgerService(rig.store, {"gw-t": KEY}, rig.broker.url).start()
     assert wait_for(lambda: rig.ledger_count() == 100, 15)
     _exactly_once(rig, 100)
     assert wait_for(lambda: j.tail_seq == 101, 5)
