@@ -27,7 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from simulator.lab import Lab, wait_for
+from simulator.lab import KEY, Lab, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -38,21 +40,23 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]) -> dict[str, Any]:
+    """The ledger runs as its own process (``python -m host_tools ledger serve``), as it
+    is deployed; latency is its commit time (``receipts.ledger_ms``, wall clock, 1 ms
+    resolution) minus the wall time the event was handed to the pipeline."""
+    import subprocess
+    import sys
+
     lab = Lab(tmp, uplinks=1, direct=True)  # no fault proxy in the path: steady state
-    committed: dict[int, float] = {}
-    store = lab.ledger.store
-    original = store.store_many
-
-    def timed_store(batches: Any, ledger_ms: int) -> Any:
-        out = original(batches, ledger_ms)
-        t = time.perf_counter()
-        for batch in batches:
-            for seq, *_ in batch.records:
-                committed.setdefault(seq, t)
-        return out
-
-    store.store_many = timed_store  # type: ignore[method-assign]
+    lab.ledger.stop()  # replaced by a ledger process on the same database
+    keys = tmp / "keys.toml"
+    keys.write_text(f'[gateways]\n"gw-t" = "{KEY.hex()}"\n')
+    ledger = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
+                               f"sqlite:///{tmp / 'ledger.db'}", "--broker", lab.broker.url,
+                               "--keys", str(keys), "--log-level", "WARNING"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
+        assert ledger.stdout is not None
+        ledger.stdout.readline()  # "ledger: serving ..." once subscribed
         agent = lab.start_agent()
         wait_for(lambda: agent.forwarding.active is not None, 10)
         emitted: dict[int, float] = {}
@@ -63,11 +67,16 @@ def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]
             due = start + i / rate
             while (d := due - time.perf_counter()) > 0:
                 time.sleep(d)
-            t0 = time.perf_counter()
+            t0 = time.time() * 1000
             seq = lab.emit(1)[0]
             emitted[seq] = t0
-        wait_for(lambda: len(committed) >= n, 30)
-        lat = [(committed[s] - t) * 1000 for s, t in emitted.items() if s in committed]
+        wait_for(lambda: lab.ledger_count() >= n, 30)
+        committed = {}
+        for first, last, ledger_ms in lab.store.query(
+                "SELECT first, last, ledger_ms FROM receipts ORDER BY ledger_ms DESC"):
+            for seq in range(first, last + 1):
+                committed[seq] = ledger_ms  # earliest receipt wins (descending order)
+        lat = [committed[s] - t for s, t in emitted.items() if s in committed]
         rtt = _broker_rtt(lab)
         return {"latency_p50_ms": round(_percentile(lat, 0.5), 2),
                 "latency_p99_ms": round(_percentile(lat, 0.99), 2),
@@ -75,6 +84,8 @@ def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]
                 "latency_lost": n - len(lat), "rate_per_s": rate, "duration_s": duration_s,
                 "broker_rtt_p99_ms": round(_percentile(rtt, 0.99), 2)}
     finally:
+        ledger.terminate()
+        ledger.wait(10)
         lab.close()
 
 
