@@ -5,8 +5,8 @@ A body is compact JSON (UTF-8) with short keys, versioned by ``v``:
     {"v":1,"src":"scanner1","k":"scan","t":1700000000123,"d":{...}}
 
 ``t`` is the wall time (ms) at which the value was *read* from the device, not when it
-was converted or journaled; ``d`` holds the kind's fields (``code`` for a scan, ``g`` and
-``unit`` for a weight, ``value`` for a register). Identity (gateway, epoch, seq), class
+was converted or journaled; ``d`` holds the kind's fields (``code`` for a scan, ``weight``,
+``unit`` and ``stable`` for a weight, ``tag`` and ``value`` for a register or OPC UA node). Identity (gateway, epoch, seq), class
 and HLC live in the frame header, not here.
 """
 

@@ -1,0 +1,230 @@
+"""The scanner line framer, bytes in and results out: framing, every rejection reason,
+split reads, the inter-character timeout, and properties over arbitrary bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firmware.core.scan_line import REASONS, TERMINATORS, ScanLineFramer, charset_table
+
+T = 200  # inter-character timeout (ms) used throughout
+
+
+def codes(results):
+    return [(r.code, r.symbology) for r in results if r.ok]
+
+
+def reasons(results):
+    return [r.reason for r in results if not r.ok]
+
+
+def framer(**kw):
+    kw.setdefault("inter_char_timeout_ms", T)
+    return ScanLineFramer(**kw)
+
+
+@pytest.mark.parametrize("name", ["CR", "LF", "CRLF"])
+def test_lines_with_each_terminator(name):
+    term = TERMINATORS[name]
+    f = framer(terminator=term)
+    out = f.feed(b"4006381333931" + term + b"ABC-123" + term, 0)
+    assert codes(out) == [("4006381333931", None), ("ABC-123", None)]
+    assert not f.pending()
+
+
+def test_prefix_suffix_and_aim_are_stripped():
+    f = framer(terminator=b"\r\n", prefix=b"\x02", suffix=b"\x03", aim_id=True, charset="digits")
+    out = f.feed(b"\x02]E04006381333931\x03\r\n", 0)
+    assert codes(out) == [("4006381333931", "]E0")]
+
+
+def test_one_line_split_over_many_reads():
+    f = framer(terminator=b"\r\n")
+    line = b"SCN]C0MS1234-00000001\r\n"
+    out = []
+    for i in range(len(line)):  # one byte per read, the CR and LF in different reads
+        out += f.feed(line[i:i + 1], i)
+    assert codes(out) == [("SCN]C0MS1234-00000001", None)]
+
+
+@pytest.mark.parametrize(("cfg", "line", "reason"), [
+    ({}, b"", "empty"),
+    ({"max_length": 8}, b"123456789", "overlong"),
+    ({"charset": "digits"}, b"12a4", "charset"),
+    ({"charset": "chars:0123456789-"}, b"12 34", "charset"),
+    ({}, b"12\x0034", "noise"),
+    ({}, b"\xff\xfe\x80", "noise"),
+    ({"prefix": b">"}, b"1234", "prefix"),
+    ({"prefix": b">"}, b"\xff\x00", "noise"),
+    ({"suffix": b"<"}, b"1234", "suffix"),
+    ({"prefix": b"ab", "suffix": b"ab"}, b"ab", "suffix"),
+    ({"aim_id": True}, b"1234", "aim"),
+    ({"aim_id": True}, b"]E", "aim"),
+    ({"aim_id": True}, b"]0E1234", "aim"),
+    ({"min_length": 8}, b"1234567", "short"),
+    ({"aim_id": True}, b"]E0", "short"),
+])
+def test_rejections(cfg, line, reason):
+    f = framer(**cfg)
+    out = f.feed(line + b"\r", 0)
+    assert [(r.reason, r.length) for r in out] == [(reason, len(line))]
+    assert reason in REASONS
+    good = (cfg.get("prefix", b"") + (b"]E0" if cfg.get("aim_id") else b"") + b"12345678"
+            + cfg.get("suffix", b"") + b"\r")
+    assert codes(f.feed(good, 1)) == [("12345678", "]E0" if cfg.get("aim_id") else None)]
+
+
+def test_rejected_line_keeps_no_bytes():
+    f = framer(charset="digits")
+    [r] = f.feed(b"4111 1111 1111 1111\r", 0)  # a card number with spaces: rejected
+    assert r.reason == "charset" and r.code is None and "4111" not in repr(r)
+
+
+def test_overlong_line_is_dropped_while_it_arrives():
+    f = framer(max_length=10)
+    out = f.feed(b"X" * 100, 0)
+    assert out == [] and f.pending()
+    assert len(f._buf) == 0  # nothing buffered past the limit
+    out = f.feed(b"Y" * 1000 + b"\r1234\r", 1)
+    assert reasons(out) == ["overlong"] and out[0].length == 1100
+    assert codes(out) == [("1234", None)]
+
+
+def test_overlong_then_crlf_split_between_reads():
+    f = framer(max_length=4, terminator=b"\r\n")
+    out = f.feed(b"123456789\r", 0) + f.feed(b"\n42\r\n", 1)
+    assert reasons(out) == ["overlong"] and codes(out) == [("42", None)]
+
+
+def test_partial_line_expires_and_is_not_glued():
+    f = framer()
+    assert f.feed(b"40063", 0) == []
+    assert f.deadline_ms() == T
+    assert f.expire(T) == []  # not yet: the timeout is strictly exceeded
+    [r] = f.expire(T + 1)
+    assert (r.reason, r.length) == ("partial", 5)
+    assert codes(f.feed(b"1234\r", T + 50)) == [("1234", None)]
+
+
+def test_partial_line_dropped_when_next_bytes_come_late():
+    f = framer()
+    f.feed(b"40063", 0)
+    out = f.feed(b"1234\r", T + 1)  # nobody called expire(): feed does it first
+    assert reasons(out) == ["partial"] and codes(out) == [("1234", None)]
+
+
+def test_wrong_baud_noise_without_terminator_expires_as_noise():
+    f = framer()
+    f.feed(b"\x00\x00\xff\xff\x93\xa1", 0)
+    assert reasons(f.expire(T + 1)) == ["noise"]
+
+
+def test_reset_reports_the_cut_line():
+    f = framer()
+    f.feed(b"123", 0)
+    assert reasons(f.reset()) == ["partial"]
+    assert f.reset() == []
+
+
+def test_bytes_within_the_timeout_are_one_line():
+    f = framer()
+    out = []
+    for i, b in enumerate(b"1234567\r"):
+        out += f.feed(bytes([b]), i * (T - 1))
+    assert codes(out) == [("1234567", None)]
+
+
+@pytest.mark.parametrize(("spec", "yes", "no"), [
+    ("digits", "0189", "a /"),
+    ("alphanumeric", "09azAZ", " -_"),
+    ("ascii_printable", " ~A", "\x1d\x7f"),
+    ("gs1", " ~\x1d", "\x1e\x7f"),
+    ("chars:AB-", "AB-", "Ca"),
+])
+def test_charsets(spec, yes, no):
+    table = charset_table(spec)
+    assert all(table[ord(c)] for c in yes)
+    assert not any(table[ord(c)] for c in no)
+
+
+@pytest.mark.parametrize("spec", ["", "hex", "chars:", "chars:\u00e9", "chars:a\r", 5])
+def test_bad_charsets(spec):
+    with pytest.raises(ValueError):
+        charset_table(spec)
+
+
+def test_prefix_with_the_terminator_is_refused():
+    with pytest.raises(ValueError):
+        ScanLineFramer(terminator=b"\n", prefix=b"a\n")
+
+
+# -- properties ----------------------------------------------------------------------
+
+CONFIGS = st.fixed_dictionaries({
+    "terminator": st.sampled_from(list(TERMINATORS.values())),
+    "prefix": st.sampled_from([b"", b"\x02", b"SCN:", b"\xaa"]),
+    "suffix": st.sampled_from([b"", b"\x03", b"#"]),
+    "min_length": st.integers(1, 4),
+    "max_length": st.integers(4, 20),
+    "charset": st.sampled_from(["digits", "alphanumeric", "ascii_printable", "gs1", "chars:0-9"]),
+    "aim_id": st.booleans(),
+})
+
+
+def well_formed(r, cfg):
+    code = r.code
+    table = charset_table(cfg["charset"])
+    return (isinstance(code, str) and cfg["min_length"] <= len(code) <= cfg["max_length"]
+            and all(ord(c) < 128 and table[ord(c)] for c in code)
+            and (r.symbology is None) == (not cfg["aim_id"])
+            and (r.symbology is None or (len(r.symbology) == 3 and r.symbology[0] == "]")))
+
+
+@settings(max_examples=300, deadline=None)
+@given(cfg=CONFIGS, chunks=st.lists(st.tuples(st.binary(max_size=40), st.integers(0, 500)),
+                                    max_size=20))
+def test_arbitrary_bytes_never_raise_and_scans_are_well_formed(cfg, chunks):
+    f = framer(**cfg)
+    now = 0
+    stream = b""
+    for data, gap in chunks:
+        now += gap
+        stream += data
+        out = f.feed(data, now) + f.expire(now + gap // 2)
+        for r in out:
+            if r.ok:
+                assert well_formed(r, cfg), r
+                framed = (cfg["prefix"] + (r.symbology or "").encode() + r.code.encode()
+                          + cfg["suffix"] + cfg["terminator"])
+                assert framed in stream  # it was on the wire, whole
+            else:
+                assert r.reason in REASONS and r.code is None
+        assert len(f._buf) <= f.limit + len(cfg["terminator"])  # memory stays bounded
+
+
+@settings(max_examples=200, deadline=None)
+@given(cfg=CONFIGS, items=st.lists(st.one_of(
+    st.tuples(st.just("scan"), st.text(alphabet="0123456789", min_size=4, max_size=20)),
+    st.tuples(st.just("junk"), st.binary(min_size=1, max_size=60))), max_size=12))
+def test_good_lines_survive_junk_separated_by_silence(cfg, items):
+    """Each scan comes whole after junk that was followed by silence: every scan comes
+    out, in order, and junk never turns a good scan into a bad one."""
+    cfg = dict(cfg, charset="digits", max_length=20, min_length=4)
+    f = framer(**cfg)
+    now = 0
+    sent, got = [], []
+    for kind, value in items:
+        if kind == "scan":
+            aim = b"]E0" if cfg["aim_id"] else b""
+            data = cfg["prefix"] + aim + value.encode() + cfg["suffix"] + cfg["terminator"]
+            sent.append(value)
+        else:
+            data = value
+        out = f.feed(data, now) + f.expire(now + T + 1)
+        got += [r.code for r in out if r.ok]
+        now += T + 2
+    # Junk may itself contain framed digit lines; the scans are still all there, in order.
+    it = iter(got)
+    assert all(any(g == s for g in it) for s in sent), (sent, got)
