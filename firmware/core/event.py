@@ -6,8 +6,8 @@ A body is compact JSON (UTF-8) with short keys, versioned by ``v``:
 
 ``t`` is the wall time (ms) at which the value was *read* from the device, not when it
 was converted or journaled; ``d`` holds the kind's fields (``code`` for a scan, ``weight``,
-``unit`` and ``stable`` for a weight, ``tag`` and ``value`` for a register or OPC UA node). Identity (gateway, epoch, seq), class
-and HLC live in the frame header, not here.
+``unit`` and ``stable`` for a weight, ``tag`` and ``value`` for a register or OPC UA
+node). Identity (gateway, epoch, seq), class and HLC live in the frame header, not here.
 """
 
 import json
