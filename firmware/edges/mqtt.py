@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import queue
+import random
 import socket
 import ssl
 import struct
@@ -62,7 +63,9 @@ class MqttUplink:
         self.counters = {"connects": 0, "disconnects": 0, "published": 0, "publish_errors": 0}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=True, protocol=mqtt.MQTTv311)
-        self.client.reconnect_delay_set(min_delay=0.25, max_delay=max_retry_s)
+        # Jittered per client, so a fleet that lost the same broker does not return in step.
+        jitter = random.uniform(0.8, 1.25)
+        self.client.reconnect_delay_set(min_delay=0.25 * jitter, max_delay=max_retry_s * jitter)
         # Unacked QoS 1 publishes are not kept across a reconnect by us: the forwarder
         # resends from the journal, which is the durable copy.
         self.client.max_inflight_messages_set(64)
