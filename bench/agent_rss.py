@@ -46,9 +46,16 @@ def measure_rss_mb(tmp: Path, settle_s: float = 5.0) -> dict[str, Any]:
         if have["modbus"]:
             devices += '[devices.plc1]\ntype = "modbus"\nhost = "127.0.0.1"\nport = 1\n'
         if devices:
+            have_gpio = importlib.util.find_spec("firmware.edges.gpio") is not None
+            board = (ROOT / "board_configs" / "sim.toml").read_text()
+            if not have_gpio:  # no status lights on this build yet: a board without pins
+                board = board.replace("[pins]", "[unused_pins]").replace("[unused_pins]\n", "")
+                board = "\n".join(x for x in board.splitlines()
+                                   if not x.split("=")[0].strip().endswith(("_led", "_button")))
+            (tmp / "board.toml").write_text(board)
             site = tmp / "site.toml"
             site.write_text(f"""
-board_config = "{ROOT / 'board_configs' / 'sim.toml'}"
+board_config = "board.toml"
 [gateway]
 id = "gw-rss"
 site = "bench"
