@@ -5,11 +5,13 @@ most PCI DSS allows to be shown; the digits between become ``*``. A run is a max
 sequence of ASCII digits: a longer run is not a card number and is left alone, and so is
 a run whose Luhn check fails.
 
-One exception, because a shop floor scans product codes all day: a 13-digit run that is a
-valid GTIN-13 (EAN-13) in a scan whose symbology identifier says EAN/UPC (``]E``) is a
-product code by construction (no card is printed as an EAN symbol), and about one EAN in
-ten also passes Luhn. Without a symbology identifier the run is masked: a wrong mask costs
-a re-scan, a leaked card number costs the store its PCI compliance.
+One exception, because a shop floor scans product codes all day and about one EAN-13 in
+ten also passes Luhn: a 13-digit run that is a valid GTIN-13 is a product code, not a
+card, when the scan's symbology identifier says EAN/UPC (``]E``: no card is printed as an
+EAN symbol) or when it does not start with 4 (the only brand that ever issued 13-digit
+card numbers is Visa, whose numbers start with 4). A valid GTIN-13 starting with 4 and
+passing Luhn, read without a symbology identifier, is masked: a wrong mask costs a
+re-scan, a leaked card number costs the store its PCI compliance.
 """
 
 
@@ -59,7 +61,7 @@ def redact_text(text, product_code_ok=False):
             j += 1
         run = text[i:j]
         if 13 <= len(run) <= 19 and luhn_ok(run) and not (
-                product_code_ok and len(run) == 13 and gtin_ok(run)):
+                len(run) == 13 and gtin_ok(run) and (product_code_ok or run[0] != "4")):
             out.append(mask_pan(run))
             masked += 1
         else:

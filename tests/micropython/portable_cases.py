@@ -199,7 +199,10 @@ def test_card_numbers_are_masked_and_product_codes_kept():
     ean = "4006381333924"  # a valid GTIN-13 that passes Luhn too
     assert _luhn(ean) and gtin_ok(ean)
     assert redact_text(ean, True) == (ean, 0)
-    assert redact_text(ean, False)[0] == "400638***3924"
+    assert redact_text(ean, False)[0] == "400638***3924"  # starts with 4: could be Visa
+    store_code = "2028700000036"  # a GS1 in-store code passing Luhn: no card starts so
+    assert _luhn(store_code) and gtin_ok(store_code)
+    assert redact_text(store_code) == (store_code, 0)
 
 
 def _luhn(digits):

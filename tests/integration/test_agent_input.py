@@ -1,0 +1,131 @@
+"""The agent's input side from a TOML config: emulated scanner and scale on ptys, the real
+drivers, the pipeline and the journal. Every proper scan and stable weight is journaled
+exactly once, card numbers are masked before they reach flash, a full journal refuses
+transactions and says so, and `python -m firmware check` names the file and key of a bad
+config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from firmware.agent import Agent
+from firmware.core.event import decode_body
+from firmware.edges.config_file import load_config
+from simulator.devices.scale import Scale
+from simulator.devices.scanner import BarcodeScanner
+from simulator.lab import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _site(tmp: Path, extra: str = "", segments: int = 64) -> Path:
+    board = tmp / "board.toml"
+    board.write_text(f"""
+[board]
+name = "test board"
+[serial]
+scanner = "{tmp / 'scanner1'}"
+scale = "{tmp / 'scale1'}"
+[journal]
+path = "journal"
+segment_size = 4096
+segment_count = {segments}
+""")
+    site = tmp / "site.toml"
+    site.write_text(f"""
+board_config = "board.toml"
+[gateway]
+id = "gw-in"
+site = "lab"
+[devices.scanner1]
+type = "scanner"
+port = "scanner"
+inter_char_timeout_ms = 80
+[devices.scale1]
+type = "scale"
+port = "scale"
+poll_ms = 50
+{extra}
+""")
+    return site
+
+
+def _journaled(agent: Agent) -> list[dict]:
+    assert agent.journal is not None
+    return [decode_body(r.body) for r in agent.journal.journal.records()]
+
+
+def test_scans_and_stable_weights_are_journaled_once_with_cards_masked(tmp_path: Path) -> None:
+    cfg = load_config(_site(tmp_path))
+    with BarcodeScanner("scanner1", tmp_path / "scanner1") as scanner, \
+            Scale("scale1", tmp_path / "scale1") as scale:
+        agent = Agent(cfg).start()
+        try:
+            assert scanner.wait_client(5) and scale.wait_client(5)
+            sent = [scanner.scan() for _ in range(20)]
+            sent.append(scanner.scan("4111111111111111"))  # a card number typed as a scan
+            scanner.garbage(12)  # rejected, never journaled
+            scale.place(1234.5)
+            assert wait_for(lambda: sum(e["kind"] == "scan" for e in _journaled(agent)) == 21
+                            and any(e["kind"] == "weight" for e in _journaled(agent)), 10)
+            events = _journaled(agent)
+            codes = [e["data"]["code"] for e in events if e["kind"] == "scan"]
+            assert codes == sent[:-1] + ["411111******1111"]
+            raw = b"".join((tmp_path / "journal").glob("seg-*.dat") and
+                           [p.read_bytes() for p in (tmp_path / "journal").glob("seg-*.dat")])
+            assert b"4111111111111111" not in raw  # never written to flash
+            weights = [e["data"] for e in events if e["kind"] == "weight"]
+            assert len(weights) == 1 and weights[0]["stable"] is True
+            snap = agent.snapshot()
+            states = {d["name"]: d for d in snap["devices"]}
+            assert states["scanner1"]["counters"]["events"] == 21
+            assert states["scanner1"]["counters"].get("rejected", 0) >= 1
+            assert snap["pipeline"]["masked"] == 1
+        finally:
+            agent.stop()
+
+
+def test_a_full_journal_refuses_scans_and_reports_it(tmp_path: Path) -> None:
+    cfg = load_config(_site(tmp_path, segments=2))  # 8 KiB of ring: fills quickly
+    with BarcodeScanner("scanner1", tmp_path / "scanner1") as scanner, \
+            Scale("scale1", tmp_path / "scale1"):
+        agent = Agent(cfg).start()
+        try:
+            assert scanner.wait_client(5)
+            for _ in range(120):
+                scanner.scan()
+            drv = next(d for d in agent.drivers if d.name == "scanner1")
+            assert wait_for(lambda: drv.status.counter("refused_journal_full") > 0, 10)
+            assert agent.snapshot()["journal_refusing_txn"] is True
+            assert "journal full" in (drv.status.last_error or "")
+        finally:
+            agent.stop()
+
+
+@pytest.mark.parametrize("extra, key", [
+    ("baudrate = 9601", "devices.scale1.baudrate"),
+    ("colour = 'red'", "devices.scale1.colour"),
+    ("[devices.plc9]\ntype = 'printer'", "devices.plc9.type"),
+])
+def test_check_names_the_file_and_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    site = _site(tmp_path, extra)
+    r = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"config error: {site}: {key}: "), r.stderr
+
+
+def test_check_prints_what_would_run(tmp_path: Path) -> None:
+    site = _site(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site),
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [(d["name"], d["type"], d["class"]) for d in doc["devices"]] == [
+        ("scanner1", "scanner", "txn"), ("scale1", "scale", "txn")]
+    assert doc["devices"][0]["port"] == str(tmp_path / "scanner1")
