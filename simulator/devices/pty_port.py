@@ -43,6 +43,9 @@ import threading
 import time
 import tty
 from pathlib import Path
+from typing import Any
+
+from simulator.runtime_dir import runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -297,3 +300,29 @@ class PtyPort:
                     # The client writes, so its open() (and its input flush) is over.
                     self._client_ready.set()
                 return data
+
+
+def pty_device_config(name: str, kind: str, cfg: dict[str, Any], config_keys: tuple[str, ...],
+                      ground_truth_dir: str | Path | None
+                      ) -> tuple[str | Path, dict[str, Any], Path | None]:
+    """The shared part of a pty device's ``from_config``: checks the keys and ``kind``, and
+    returns (link path, the remaining keyword arguments, ground-truth file or None)."""
+    unknown = sorted(set(cfg) - set(config_keys))
+    if unknown:
+        raise ValueError(f"devices.{name}: unknown key(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(config_keys)}")
+    if cfg.get("kind", kind) != kind:
+        raise config_error(name, "kind", cfg["kind"], f"{kind!r}")
+    path = cfg.get("path", runtime_dir() / name)
+    if not isinstance(path, str | Path) or not str(path):
+        raise config_error(name, "path", path, "a file path for the port's link")
+    kwargs = {k: v for k, v in cfg.items() if k not in ("kind", "path")}
+    gt = None
+    if ground_truth_dir is not None:
+        Path(ground_truth_dir).mkdir(parents=True, exist_ok=True)
+        gt = Path(ground_truth_dir) / f"{name}.jsonl"
+    return path, kwargs, gt
+
+
+def config_error(name: str, key: str, value: Any, expected: str) -> ValueError:
+    return ValueError(f"devices.{name}.{key}: {value!r} is not {expected}")

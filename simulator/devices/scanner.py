@@ -39,9 +39,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from simulator.devices.pty_port import PtyPort
+from simulator.devices.pty_port import PtyPort, config_error, pty_device_config
 from simulator.ground_truth import GroundTruthLog
-from simulator.runtime_dir import runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,6 @@ def ean13_check_digit(first12: str) -> str:
     return str((10 - total % 10) % 10)
 
 
-def _config_error(name: str, key: str, value: Any, expected: str) -> ValueError:
-    return ValueError(f"devices.{name}.{key}: {value!r} is not {expected}")
 
 
 class BarcodeScanner:
@@ -72,7 +69,7 @@ class BarcodeScanner:
                  burst: int = 1, ground_truth_path: str | Path | None = None) -> None:
         def check(key: str, ok: bool, value: Any, expected: str) -> None:
             if not ok:
-                raise _config_error(name, key, value, expected)
+                raise config_error(name, key, value, expected)
 
         check("seed", isinstance(seed, int) and not isinstance(seed, bool), seed, "an integer")
         check("symbology", symbology in AIM_IDS, symbology, f"one of {', '.join(AIM_IDS)}")
@@ -111,20 +108,8 @@ class BarcodeScanner:
     def from_config(cls, name: str, cfg: dict[str, Any],
                     ground_truth_dir: str | Path | None) -> BarcodeScanner:
         """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``."""
-        unknown = sorted(set(cfg) - set(CONFIG_KEYS))
-        if unknown:
-            raise ValueError(f"devices.{name}: unknown key(s) {', '.join(unknown)}; "
-                             f"allowed: {', '.join(CONFIG_KEYS)}")
-        if cfg.get("kind", cls.kind) != cls.kind:
-            raise _config_error(name, "kind", cfg["kind"], f"{cls.kind!r}")
-        path = cfg.get("path", runtime_dir() / name)
-        if not isinstance(path, str | Path) or not str(path):
-            raise _config_error(name, "path", path, "a file path for the port's link")
-        kwargs = {k: v for k, v in cfg.items() if k not in ("kind", "path")}
-        gt = None
-        if ground_truth_dir is not None:
-            Path(ground_truth_dir).mkdir(parents=True, exist_ok=True)
-            gt = Path(ground_truth_dir) / f"{name}.jsonl"
+        path, kwargs, gt = pty_device_config(name, cls.kind, cfg, CONFIG_KEYS,
+                                             ground_truth_dir)
         return cls(name, path, ground_truth_path=gt, **kwargs)
 
     # -- life cycle ------------------------------------------------------------------
