@@ -61,7 +61,7 @@ from firmware.core.errors import ConfigError
 from firmware.core.event import Event
 from firmware.core.mtsics import MtReply, MtSicsReader, command
 from firmware.edges.driver import Clock, Driver, Emit
-from firmware.edges.serial_scanner import (
+from firmware.edges.serial_port import (
     READ_SLICE_S,
     SerialLink,
     baudrate_field,
