@@ -85,7 +85,11 @@ def load_config(site_path: str | Path, board_path: str | Path | None = None) -> 
     _relative_paths(site, site_path)
     doc = merge(board, site)
     try:
-        return validate(doc, _validators(doc))
+        cfg = validate(doc, _validators(doc))
+        if cfg.pins:
+            from firmware.edges.gpio import validate_pins  # gpiozero only for boards with pins
+            cfg.pins = validate_pins(cfg.pins)
+        return cfg
     except ConfigError as exc:
         raise exc.in_file(str(_origin(exc.key, site_path, site, board_path))) from None
 

@@ -23,9 +23,10 @@ from simulator.lab import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _site(tmp: Path, extra: str = "", segments: int = 64) -> Path:
+def _site(tmp: Path, extra: str = "", segments: int = 64, pins: str = "") -> Path:
     board = tmp / "board.toml"
     board.write_text(f"""
+{pins}
 [board]
 name = "test board"
 [serial]
@@ -90,11 +91,22 @@ def test_scans_and_stable_weights_are_journaled_once_with_cards_masked(tmp_path:
             agent.stop()
 
 
-def test_a_full_journal_refuses_scans_and_reports_it(tmp_path: Path) -> None:
-    cfg = load_config(_site(tmp_path, segments=2))  # 8 KiB of ring: fills quickly
+PINS = """[pins]
+uplink_led = 17
+backlog_amber_led = 27
+backlog_red_led = 22
+fault_led = 23
+"""
+
+
+def test_a_full_journal_refuses_scans_and_lights_the_red_led(tmp_path: Path) -> None:
+    from gpiozero.pins.mock import MockFactory
+
+    cfg = load_config(_site(tmp_path, segments=2, pins=PINS))  # 8 KiB of ring: fills fast
+    factory = MockFactory()
     with BarcodeScanner("scanner1", tmp_path / "scanner1") as scanner, \
             Scale("scale1", tmp_path / "scale1"):
-        agent = Agent(cfg).start()
+        agent = Agent(cfg, pin_factory=factory).start()
         try:
             assert scanner.wait_client(5)
             for _ in range(120):
@@ -103,6 +115,9 @@ def test_a_full_journal_refuses_scans_and_reports_it(tmp_path: Path) -> None:
             assert wait_for(lambda: drv.status.counter("refused_journal_full") > 0, 10)
             assert agent.snapshot()["journal_refusing_txn"] is True
             assert "journal full" in (drv.status.last_error or "")
+            assert wait_for(lambda: factory.pin(22).state, 3)  # red: refusing transactions
+            assert factory.pin(27).state  # amber: records wait for the ledger
+            assert not factory.pin(17).state  # no uplink configured
         finally:
             agent.stop()
 
@@ -129,3 +144,12 @@ def test_check_prints_what_would_run(tmp_path: Path) -> None:
     assert [(d["name"], d["type"], d["class"]) for d in doc["devices"]] == [
         ("scanner1", "scanner", "txn"), ("scale1", "scale", "txn")]
     assert doc["devices"][0]["port"] == str(tmp_path / "scanner1")
+
+
+def test_a_bad_pin_in_the_board_file_names_that_file(tmp_path: Path) -> None:
+    site = _site(tmp_path, pins=PINS.replace("fault_led = 23", "fault_led = 22"))
+    r = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"config error: {tmp_path / 'board.toml'}: pins.fault_led: 22 "
+                               "is already pins.backlog_red_led"), r.stderr
