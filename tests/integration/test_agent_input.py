@@ -153,3 +153,38 @@ def test_a_bad_pin_in_the_board_file_names_that_file(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.startswith(f"config error: {tmp_path / 'board.toml'}: pins.fault_led: 22 "
                                "is already pins.backlog_red_led"), r.stderr
+
+
+def test_a_modbus_plc_from_the_site_file_is_journaled_as_telemetry(tmp_path: Path) -> None:
+    from firmware.core.record import TELEMETRY
+    from simulator.devices.modbus_plc import ModbusPLC
+
+    regs = [{"tag": "count", "address": 0, "type": "uint32", "behaviour": "counter",
+             "period_ms": 100}]
+    with ModbusPLC("plc1", regs) as plc, BarcodeScanner("scanner1", tmp_path / "scanner1"), \
+            Scale("scale1", tmp_path / "scale1"):
+        site = _site(tmp_path, f"""
+[devices.plc1]
+type = "modbus"
+host = "127.0.0.1"
+port = {plc.port}
+poll_ms = 30
+[[devices.plc1.registers]]
+tag = "count"
+address = 0
+type = "uint32"
+""")
+        agent = Agent(load_config(site)).start()
+        try:
+            assert wait_for(lambda: sum(e["kind"] == "register"
+                                        for e in _journaled(agent)) >= 5, 10)
+            assert agent.journal is not None
+            recs = [r for r in agent.journal.journal.records()
+                    if decode_body(r.body)["source"] == "plc1"]
+        finally:
+            agent.stop()
+        values = [decode_body(r.body)["data"]["value"] for r in recs]
+        assert values == sorted(set(values))  # a counter: each change once, rising
+        assert all(r.cls == TELEMETRY for r in recs)
+        served = [e["value"] for e in plc.truth() if e["kind"] == "register"]
+        assert values == served[:len(values)]
