@@ -431,3 +431,33 @@ def test_forwarder_on_a_metered_uplink_sends_txn_only_and_never_commits_past_tel
     for o in out:
         last = f.on_ack(o[1], o[2], "ok", 3)
     assert f.commit_seq == 10 and last[0] == 10
+
+
+def test_scan_line_framing_and_rejections():
+    from firmware.core.scan_line import ScanLineFramer
+    f = ScanLineFramer(terminator=b"\r", prefix=b"<", suffix=b">", max_length=16)
+    out = f.feed(b"<12345>\r<99", 0) + f.feed(b"9>\r\x00\xff\r" + b"7" * 40 + b"\r", 5)
+    assert [(r.code, r.reason) for r in out] == [("12345", None), ("999", None),
+                                                 (None, "noise"), (None, "overlong")]
+    assert f.feed(b"<12", 10) == []
+    late = f.feed(b"3>\r", 10000)  # the partial line went stale: dropped, not glued
+    assert [r.reason for r in late][0] == "partial"
+
+
+def test_mtsics_replies():
+    from firmware.core.mtsics import parse_reply
+    r = parse_reply(b"S S     100.00 g\r\n")
+    assert (r.kind, r.status, r.weight, r.unit) == ("weight", "S", 100.0, "g")
+    assert parse_reply(b"S D      12.5 kg").status == "D"
+    assert parse_reply(b"S +").kind == "overload" and parse_reply(b"S -").kind == "underload"
+    assert parse_reply(b"\xff\xfe").kind == "malformed" and parse_reply(b"S").kind != "weight"
+
+
+def test_status_lights_policy():
+    from firmware.core.indicators import desired_leds
+    quiet = desired_leds({"uplink": "primary"})
+    assert quiet["uplink"] == "on" and quiet["backlog_red"] == "off"
+    busy = desired_leds({"uplink": "secondary", "backlog_records": 5,
+                         "journal_refusing_txn": True, "devices_in_error": 1})
+    assert (busy["uplink"], busy["backlog_amber"], busy["backlog_red"]) == ("blink", "on", "on")
+    assert desired_leds({"uplink": "none"})["uplink"] == "off"
