@@ -14,12 +14,12 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from firmware.core.errors import ConfigError, JournalFull
-from firmware.core.event import Event
+from firmware.core.errors import ConfigError
 from firmware.edges.clock import SystemClock
 from firmware.edges.modbus import ModbusDriver, plan_blocks
 from simulator.devices.modbus_plc import ModbusPLC
 from simulator.lab import wait_for
+from tests.integration.event_sink import Sink
 
 REGS = [
     {"tag": "count", "address": 0, "type": "uint32", "behaviour": "counter", "period_ms": 150},
@@ -107,24 +107,6 @@ def test_stop_frees_the_port() -> None:
 
 
 # ---- the driver ---------------------------------------------------------------------------
-
-class Sink:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.refuse = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, event: Event) -> None:
-        with self.lock:
-            if self.refuse:
-                self.refuse -= 1
-                raise JournalFull("telemetry", 100, 0)
-            self.events.append(event)
-
-    def values(self, tag: str) -> list[Any]:
-        with self.lock:
-            return [e.data["value"] for e in self.events if e.data["tag"] == tag]
-
 
 def _driver(plc: ModbusPLC, sink: Sink, **over: Any) -> ModbusDriver:
     table = {"host": "127.0.0.1", "port": plc.port, "poll_ms": 40, "timeout_s": 0.3,

@@ -13,50 +13,16 @@ from typing import Any
 
 import pytest
 
-from firmware.core.errors import ConfigError, JournalFull
+from firmware.core.errors import ConfigError
 from firmware.core.event import Event
 from firmware.edges.clock import SystemClock
 from firmware.edges.scale import ScaleDriver
 from simulator.devices.pty_port import PtyPort
 from simulator.devices.scale import Scale
+from tests.integration.event_sink import Sink, wait_until
 
 WAIT_S = 5.0
 GRAMS = {"g": 1.0, "kg": 1000.0}
-
-
-class Sink:
-    """The pipeline's place: collects events, can refuse the next ones with JournalFull."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.refuse = 0
-        self.cond = threading.Condition()
-
-    def __call__(self, event: Event) -> None:
-        with self.cond:
-            if self.refuse:
-                self.refuse -= 1
-                raise JournalFull("txn", 100, 0)
-            self.events.append(event)
-            self.cond.notify_all()
-
-    def wait_count(self, n: int, timeout_s: float = WAIT_S) -> list[Event]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.events) >= n, timeout_s), \
-                f"{len(self.events)} events, wanted {n}: {self.events}"
-            return list(self.events)
-
-    def snapshot(self) -> list[Event]:
-        with self.cond:
-            return list(self.events)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    """Poll a condition another thread makes true (a counter, a state), bounded."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def expected_g(scale: Scale) -> list[float]:

@@ -14,49 +14,14 @@ from typing import Any
 
 import pytest
 
-from firmware.core.errors import ConfigError, JournalFull
-from firmware.core.event import Event
+from firmware.core.errors import ConfigError
 from firmware.edges.clock import SystemClock
 from firmware.edges.serial_scanner import BarcodeScannerDriver
 from simulator.devices.scanner import BarcodeScanner
+from tests.integration.event_sink import Sink, wait_until
 
 WAIT_S = 5.0
 ICT_MS = 80  # inter-character timeout for the tests: partial lines go after 80 ms
-
-
-class Sink:
-    """The pipeline's place: collects events, can refuse the next ones with JournalFull."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.refuse = 0
-        self.cond = threading.Condition()
-
-    def __call__(self, event: Event) -> None:
-        with self.cond:
-            if self.refuse:
-                self.refuse -= 1
-                raise JournalFull("txn", 100, 0)
-            self.events.append(event)
-            self.cond.notify_all()
-
-    def wait_count(self, n: int, timeout_s: float = WAIT_S) -> list[Event]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.events) >= n, timeout_s), \
-                f"{len(self.events)} events, wanted {n}"
-            return list(self.events)
-
-    def codes(self) -> list[str]:
-        with self.cond:
-            return [e.data["code"] for e in self.events]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
-    """Poll a condition another thread makes true (a counter, a state), bounded."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
 
 
 def expected(scanner: BarcodeScanner) -> list[str]:
