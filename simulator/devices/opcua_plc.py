@@ -14,6 +14,18 @@ Node ids are strings and stable across restarts: ``ns=<idx>;s=<name>`` for the o
 namespace ``urn:midshift:sim:<name>`` (or ``namespace``) is the first one registered, so
 its index is 2 on every start.
 
+Config (``[devices.NAME]`` with ``type = "opcua"``; defaults shown)::
+
+    endpoint = "opc.tcp://127.0.0.1:4840/midshift/plc"   # or host / port / path; port 0: any
+    namespace = "urn:midshift:sim:NAME"
+    period_ms = 500            # how often values move
+    seed = 0                   # same seed and name: same temperatures and states
+    certificate = "plc.der"    # optional, with private_key: offer Basic256Sha256 too
+    [[devices.NAME.variables]]  # default: counter, temperature, status
+    tag = "counter"            # type "counter": start = 0, step = 1
+    type = "counter"           # "temperature": start = 20.0, noise = 0.3, min = -40, max = 150
+                               # "status": states = [...], change_every = 5 (periods)
+
 A value is written only when it differs from the last one: a data-change subscription
 (trigger StatusValue, asyncua's default) reports only changes, so every write is one
 notification, and one ground-truth entry. Each write carries a SourceTimestamp (the
@@ -36,7 +48,10 @@ Ground truth (``GroundTruthLog``): every value written is kind ``opcua`` with
 client has seen is in ``truth()``. Bad status, Good again, method calls, power off and on
 are kind ``fault`` with ``expect=False``.
 
-Not modelled: security (only the None policy is offered), users, history, events and
+Security: the None policy always; with ``certificate`` and ``private_key`` (the server's)
+also Basic256Sha256 with Sign and SignAndEncrypt. Any client certificate is accepted.
+
+Not modelled: certificate trust lists and rejection, other policies, users, history, events and
 alarms, a source clock different from the host's, sampling (writes are reported as they
 happen; a client's sampling interval is ignored by asyncua), values changing while the
 server is off (a powered-off PLC produces nothing), ``set_value`` on a Bad variable
@@ -51,7 +66,7 @@ import random
 import re
 import threading
 from collections.abc import Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -65,7 +80,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CONFIG_KEYS = ("endpoint", "host", "port", "path", "namespace", "period_ms", "seed",
-               "variables")
+               "variables", "certificate", "private_key")
 VARIABLE_KEYS = {
     "counter": ("tag", "type", "start", "step"),
     "temperature": ("tag", "type", "start", "noise", "min", "max"),
@@ -91,8 +106,12 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ms(ts: datetime) -> int:
-    return int(ts.timestamp() * 1000)
+    """Milliseconds since the Unix epoch, exact: the same number a client computes."""
+    return (ts - EPOCH) // timedelta(milliseconds=1)
 
 
 class PlcVariable:
@@ -186,6 +205,7 @@ class OpcUaPLC:
                  path: str = "/midshift/plc", namespace: str | None = None,
                  period_ms: int = 500, seed: int = 0,
                  variables: list[dict[str, Any]] | None = None,
+                 certificate: str | Path | None = None, private_key: str | Path | None = None,
                  ground_truth_path: str | Path | None = None) -> None:
         def check(key: str, ok: bool, value: Any, expected: str) -> None:
             if not ok:
@@ -202,6 +222,13 @@ class OpcUaPLC:
         check("period_ms", _is_int(period_ms) and 10 <= period_ms <= 3_600_000, period_ms,
               "an integer from 10 to 3600000")
         check("seed", _is_int(seed), seed, "an integer")
+        for key, file in (("certificate", certificate), ("private_key", private_key)):
+            check(key, file is None or (isinstance(file, str | Path) and Path(file).is_file()),
+                  file, "a readable file (the server's own, PEM or DER)")
+        if (certificate is None) != (private_key is None):
+            missing = "certificate" if certificate is None else "private_key"
+            raise ValueError(f"devices.{name}.{missing}: is missing; certificate and "
+                             "private_key go together")
         specs = DEFAULT_VARIABLES if variables is None else variables
         check("variables", isinstance(specs, list) and len(specs) >= 1, specs,
               "a list of one or more [[variables]] tables")
@@ -218,6 +245,8 @@ class OpcUaPLC:
         self.namespace = namespace
         self.period_ms = period_ms
         self.seed = seed
+        self.certificate = certificate
+        self.private_key = private_key
         self.ground_truth = GroundTruthLog(ground_truth_path, name)
         self.ns_index: int | None = None
         self._server: Server | None = None
@@ -256,6 +285,15 @@ class OpcUaPLC:
     @property
     def endpoint(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}{self.path}"
+
+    @property
+    def security_policies(self) -> list[ua.SecurityPolicyType]:
+        """None always; Basic256Sha256 (Sign, SignAndEncrypt) with a certificate and key."""
+        offered = [ua.SecurityPolicyType.NoSecurity]
+        if self.certificate is not None:
+            offered += [ua.SecurityPolicyType.Basic256Sha256_Sign,
+                        ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
+        return offered
 
     def start(self) -> OpcUaPLC:
         if self._thread is not None or self._stopped:
@@ -342,6 +380,7 @@ class OpcUaPLC:
             "nodes": {t: f"ns={ns};s={self.name}.{t}" for t in self.variables} if ns is not None else {},
             "types": {t: v.kind for t, v in self.variables.items()},
             "methods": {"ResetCounter": f"ns={ns};s={self.name}.ResetCounter"} if ns is not None else {},
+            "security": [p.name for p in self.security_policies],
             "period_ms": self.period_ms, "running": running, "paused": self._paused,
             "bad": {t: v.bad for t, v in self.variables.items() if v.bad},
             "ground_truth": str(self.ground_truth.path) if self.ground_truth.path else None,
@@ -405,7 +444,10 @@ class OpcUaPLC:
         await server.init()
         server.set_endpoint(self.endpoint)
         server.set_server_name(f"midshift simulated PLC {self.name}")
-        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_security_policy(self.security_policies)
+        if self.certificate is not None and self.private_key is not None:
+            await server.load_certificate(str(self.certificate))
+            await server.load_private_key(str(self.private_key))
         server.set_identity_tokens([ua.AnonymousIdentityToken])  # users are not modelled
         idx = await server.register_namespace(self.namespace)
         obj = await server.nodes.objects.add_object(ua.NodeId(self.name, idx),

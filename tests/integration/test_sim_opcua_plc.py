@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -55,8 +56,9 @@ async def wait_read(client: Client, node_id: str, pred: Callable[[ua.DataValue],
         await asyncio.sleep(0.02)
 
 
-def ms(ts: Any) -> int:
-    return int(ts.timestamp() * 1000)
+def ms(ts: datetime) -> int:
+    """Milliseconds since the Unix epoch, computed apart from the emulator's."""
+    return round(ts.replace(tzinfo=UTC).timestamp() * 1e6) // 1000
 
 
 def values_of(plc: OpcUaPLC, tag: str) -> list[tuple[Any, int]]:
@@ -301,6 +303,9 @@ def test_ground_truth_file_and_endpoint_config(tmp_path: Path) -> None:
     ({"period_ms": 5}, "devices.bad.period_ms: 5 is not an integer from 10"),
     ({"period_ms": True}, "devices.bad.period_ms: True"),
     ({"speed": 1}, "devices.bad: unknown key(s) speed"),
+    ({"certificate": "/nonexistent/plc.der", "private_key": "/nonexistent/plc.pem"},
+     "devices.bad.certificate: '/nonexistent/plc.der' is not a readable file"),
+    ({"certificate": __file__}, "devices.bad.private_key: is missing"),
     ({"endpoint": "http://127.0.0.1:4840/"}, "devices.bad.endpoint: 'http://127.0.0.1:4840/' is not"),
     ({"endpoint": "opc.tcp://127.0.0.1/x"}, "devices.bad.endpoint:"),
     ({"endpoint": "opc.tcp://127.0.0.1:0/", "port": 1}, "either endpoint or port"),
