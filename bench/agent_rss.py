@@ -39,12 +39,19 @@ def measure_rss_mb(tmp: Path, settle_s: float = 5.0) -> dict[str, Any]:
     have = {m: importlib.util.find_spec(f"firmware.edges.{m}") is not None
             for m in ("serial_scanner", "modbus")}
     (tmp / "gw.key").write_text("11" * 32)
+    from simulator.devices.modbus_plc import ModbusPLC
+    plc = ModbusPLC("plc1", [{"tag": "count", "address": 0, "type": "uint32",
+                              "behaviour": "counter", "period_ms": 200}]).start()
+    plc_port = plc.port
     with Broker(tmp / "broker") as broker:
         devices = ""
         if have["serial_scanner"]:
             devices += f'[devices.scanner1]\ntype = "scanner"\nport = "{tmp / "no-such-tty"}"\n'
         if have["modbus"]:
-            devices += '[devices.plc1]\ntype = "modbus"\nhost = "127.0.0.1"\nport = 1\n'
+            devices += ('[devices.plc1]\ntype = "modbus"\nhost = "127.0.0.1"\n'
+                        f'port = {plc_port}\npoll_ms = 100\n'
+                        '[[devices.plc1.registers]]\ntag = "count"\naddress = 0\n'
+                        'type = "uint32"\n')
         if devices:
             have_gpio = importlib.util.find_spec("firmware.edges.gpio") is not None
             board = (ROOT / "board_configs" / "sim.toml").read_text()
@@ -79,10 +86,12 @@ priority = 20
             time.sleep(settle_s)
             if proc.poll() is not None:
                 err = proc.stderr.read().decode() if proc.stderr else ""
+                plc.stop()
                 return {"rss_mb": None, "rss_error": err.strip()[-300:]}
             rss = _rss_kb(proc.pid) / 1024
         finally:
             proc.terminate()
             proc.wait(10)
+    plc.stop()
     return {"rss_mb": round(rss, 1),
             "rss_devices": {"scanner": have["serial_scanner"], "modbus": have["modbus"]}}
