@@ -26,7 +26,10 @@ def _ledger_serve(args: argparse.Namespace) -> int:
 
     try:
         keys = load_keys(args.keys)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        print(f"ledger: --keys {args.keys}: cannot read: {exc.strerror}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # not TOML, or no [gateways] table of hex keys
         print(f"ledger: {exc}", file=sys.stderr)
         return 2
     try:

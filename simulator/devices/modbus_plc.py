@@ -212,10 +212,10 @@ class _PlcDevice(ModbusBaseDeviceContext):
     def reset(self) -> None:
         """Nothing to reset: the PLC's registers are its own state."""
 
-    def getValues(self, func_code: int, address: int, count: int = 1) -> Any:  # noqa: N802
+    def getValues(self, func_code: int, address: int, count: int = 1) -> Any:
         return self.plc._serve(self.decode(func_code), address, count)
 
-    def setValues(self, func_code: int, address: int, values: Any) -> Any:  # noqa: N802
+    def setValues(self, func_code: int, address: int, values: Any) -> Any:
         return None
 
 
