@@ -306,3 +306,31 @@ def test_a_gateway_clock_800_ms_fast_raises_the_offset_alarm(rig: Lab) -> None:
     snap = agent.snapshot()["forwarding"]
     assert snap["alarms"] == ["clock_offset"]
     assert -900 < snap["clock_offset_ms"] < -700
+
+
+def test_two_ledger_workers_on_a_shared_subscription_store_each_event_once(tmp_path: Path) -> None:
+    """Past one site: stateless workers on an MQTT 5 shared subscription, one database."""
+    from host_tools.ledger.service import LedgerService
+    from host_tools.ledger.store import LedgerStore
+    from simulator.lab import KEY
+
+    lab = Lab(tmp_path, uplinks=1)
+    lab.ledger.stop()  # replaced by two workers sharing the subscription
+    stores = [LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}") for _ in range(2)]
+    workers = [LedgerService(st, {"gw-t": KEY}, lab.broker.url, shared_group="ledger",
+                             client_id=f"ledger-{i}").start() for i, st in enumerate(stores)]
+    try:
+        agent = lab.start_agent()
+        assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+        for _ in range(40):
+            lab.emit(25)
+        assert wait_for(lambda: lab.ledger_count() == 1000, 15)
+        _exactly_once(lab, 1000)
+        batches = [w.counters["batches"] for w in workers]
+        assert all(b > 0 for b in batches), f"one worker did all the work: {batches}"
+    finally:
+        for w in workers:
+            w.stop()
+        for st in stores:
+            st.close()
+        lab.close()
