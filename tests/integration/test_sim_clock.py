@@ -110,13 +110,14 @@ def test_file_controlled_clock_follows_the_sim_clocks_file(tmp_path: Path) -> No
         host = host_wall_ms()
         return c.now_ms() - host
 
-    assert abs(offset(agent)) <= 1
+    tol = 25  # ms between the two reads on a loaded 2-core machine; the offsets are hours
+    assert abs(offset(agent)) <= tol
     sim.skew(90_000)
-    assert 89_999 <= offset(agent) <= 90_001 and 89_999 <= offset(other) <= 90_001
+    assert abs(offset(agent) - 90_000) <= tol and abs(offset(other) - 90_000) <= tol
     mono_host, mono_agent = host_monotonic_ms(), agent.monotonic_ms()
     sim.jump(-7_200_000)  # two hours back
-    assert -7_110_001 <= offset(agent) <= -7_109_999
-    assert abs(agent.monotonic_ms() - mono_agent - (host_monotonic_ms() - mono_host)) <= 1
+    assert abs(offset(agent) + 7_110_000) <= tol
+    assert abs(agent.monotonic_ms() - mono_agent - (host_monotonic_ms() - mono_host)) <= tol
     assert list(tmp_path.iterdir()) == [path], "the atomic write left a temporary file"
 
 
