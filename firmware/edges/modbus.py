@@ -264,6 +264,8 @@ class ModbusDriver(Driver):
             try:
                 rr = self._read(block)
             except (ModbusException, OSError) as exc:
+                if self._stopping.is_set():
+                    return  # our own stop() shut the socket: not the PLC's doing
                 client = self._client
                 if isinstance(exc, ConnectionException | OSError) or client is None or \
                         not client.connected:
