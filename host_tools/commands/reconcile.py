@@ -1,0 +1,42 @@
+"""``reconcile``: the reconciliation report of a ledger, against ground-truth logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    rec = sub.add_parser("reconcile", help="the reconciliation report")
+    rec.add_argument("--db", required=True, help="sqlite:///PATH")
+    rec.add_argument("--ground-truth", nargs="*", default=[], metavar="FILE",
+                     help="device ground-truth logs (JSON lines) from the simulator")
+    rec.add_argument("--json", action="store_true", help="one JSON object")
+    rec.set_defaults(run=run_reconcile)
+
+
+def run_reconcile(args: argparse.Namespace) -> int:
+    from host_tools.ledger.store import LedgerStore, sqlite_path
+    from host_tools.reconcile import format_report, reconcile
+
+    try:
+        path = sqlite_path(args.db)
+    except ValueError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return 2
+    if not path.exists():
+        print(f"reconcile: no ledger database at {path}", file=sys.stderr)
+        return 2
+    for f in args.ground_truth:
+        if not Path(f).exists():
+            print(f"reconcile: ground-truth file {f} does not exist", file=sys.stderr)
+            return 2
+    store = LedgerStore(args.db)
+    try:
+        report = reconcile(store, args.ground_truth)
+    finally:
+        store.close()
+    print(json.dumps(report, sort_keys=True) if args.json else format_report(report))
+    return 1 if report.get("lost") or report.get("unexpected") else 0
