@@ -64,6 +64,7 @@ class TlsListener:
     require_certificate: bool = True
     use_identity_as_username: bool = False
     port: int = 0  # 0: a free port, kept across restarts
+    crlfile: str | Path | None = None  # a CRL from the CA: revoked client certs are refused
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -174,6 +175,8 @@ class Broker:
                       f"require_certificate {'true' if t.require_certificate else 'false'}",
                       "use_identity_as_username "
                       f"{'true' if t.use_identity_as_username else 'false'}"]
+            if t.crlfile is not None:  # read at start: restart() after the CRL changes
+                lines.append(f"crlfile {t.crlfile}")
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
 
