@@ -2,7 +2,9 @@
 
 A board file (``board_configs/<board>.toml``) says what the hardware has: ``[board]``
 (name, GPIO pin factory), ``[pins]`` (status LEDs, button), ``[serial]`` (named ports),
-``[interfaces]`` (named network interfaces) and ``[journal]`` (where and how big). A site
+``[interfaces]`` (named network interfaces) and ``[journal]`` (where and how big); a
+MicroPython node's board file (``firmware/mpy/``) has ``[uart.NAME]`` (UART id, pins, receive
+buffer) where a gateway has ``[serial]``, and its site file ``[wifi]``. A site
 file says what this gateway does: ``[gateway]`` (id, site), ``[devices.NAME]`` and
 ``[uplinks.NAME]``; it may override ``[journal]`` keys. The site file wins where both set
 a key. Nothing starts until every key has been checked; the first problem is raised as a
@@ -18,9 +20,10 @@ from firmware.core.errors import ConfigError
 
 DEVICE_TYPES = ("scanner", "scale", "modbus", "opcua")
 DEFAULT_CLASS = {"scanner": "txn", "scale": "txn", "modbus": "telemetry", "opcua": "telemetry"}
-PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock")
+PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock", "machine")  # machine: MicroPython node
 SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
-            "status")
+            "status", "uart", "wifi")
+UART_KEYS = ("id", "tx", "rx", "rxbuf")  # [uart.NAME] on a MicroPython board (machine.UART)
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
 
@@ -86,6 +89,8 @@ class SiteConfig:
         self.sync_log_max_bytes = 5 << 20
         self.key_file = None
         self.command_key_file = None
+        self.uart = {}    # MicroPython boards: name -> {"id", "tx", "rx", "rxbuf"}
+        self.wifi = None  # MicroPython boards: {"ssid", "key_file"}
 
     def device(self, name):
         for d in self.devices:
@@ -143,6 +148,8 @@ def validate(doc, validators):
             field(table, key, section, str)
         setattr(cfg, section, dict(table))
 
+    cfg.uart = _uarts(_table(doc, "uart", False))
+    cfg.wifi = _wifi(_table(doc, "wifi", False))
     cfg.journal = _journal(_table(doc, "journal"))
     status = _table(doc, "status", False)
     no_unknown_keys(status, "status", ("period_s", "sync_log", "sync_log_max_bytes"))
@@ -166,6 +173,45 @@ def validate(doc, validators):
         raise ConfigError("gateway.key_file", "is required when uplinks are configured",
                           "the path of the gateway's key (python -m host_tools provision)")
     return cfg
+
+
+def _uarts(table):
+    """``[uart.NAME]`` tables of a MicroPython board: UART id, TX/RX GPIO pins, RX buffer."""
+    out = {}
+    ids = {}
+    for name in table:
+        p = "uart.%s" % name
+        t = table[name]
+        if not _name_ok(name):
+            raise ConfigError(p, "is not a valid UART name", NAME_RULE)
+        if not isinstance(t, dict):
+            raise ConfigError(p, "%r is not a table" % (t,), "a [%s] table" % p)
+        no_unknown_keys(t, p, UART_KEYS)
+        u = {"id": field(t, "id", p, int, check=lambda v: 0 <= v <= 7, allowed="0 to 7"),
+             "tx": field(t, "tx", p, int, default=None, check=lambda v: 0 <= v <= 63,
+                         allowed="a GPIO number, 0 to 63"),
+             "rx": field(t, "rx", p, int, default=None, check=lambda v: 0 <= v <= 63,
+                         allowed="a GPIO number, 0 to 63"),
+             # Bytes the UART holds while the node waits on the network (bounded by the
+             # uplink's timeout): 9600 baud is 960 bytes a second.
+             "rxbuf": field(t, "rxbuf", p, int, default=2048, check=lambda v: 256 <= v <= 65536,
+                            allowed="256 to 65536 bytes")}
+        if u["id"] in ids:
+            raise ConfigError(p + ".id", "%d is also uart.%s's" % (u["id"], ids[u["id"]]),
+                              "one table per UART")
+        ids[u["id"]] = name
+        out[name] = u
+    return out
+
+
+def _wifi(table):
+    """``[wifi]`` of a MicroPython board: the SSID; the passphrase lives in ``key_file``."""
+    if not table:
+        return None
+    no_unknown_keys(table, "wifi", ("ssid", "key_file"))
+    return {"ssid": field(table, "ssid", "wifi", str, check=lambda v: 0 < len(v) <= 32,
+                          allowed="1 to 32 characters"),
+            "key_file": field(table, "key_file", "wifi", str, default=None)}
 
 
 def _journal(table):
