@@ -25,6 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     h.set_defaults(run=_head)
     s = ps.add_parser("show", help="print the log, one line per action")
     s.set_defaults(run=_show)
+    r = ps.add_parser("record", help="append an action done outside Python (flash.sh uses it)")
+    r.add_argument("--action", required=True)
+    r.add_argument("--subject", required=True)
+    r.add_argument("--detail", default="", help="free text, no secrets")
+    r.set_defaults(run=_record)
+
+
+def _record(args: argparse.Namespace) -> int:
+    entry = _log(args).append(args.action, args.subject,
+                              {"detail": args.detail} if args.detail else {})
+    print(f"audit: recorded as entry {entry['seq']}")
+    return 0
 
 
 def _log(args: argparse.Namespace):  # type: ignore[no-untyped-def]

