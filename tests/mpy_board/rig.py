@@ -48,16 +48,23 @@ def wait_for(cond: Callable[[], Any], timeout_s: float, step_s: float = 0.01) ->
     return bool(cond())
 
 
+def _forget_board_imports() -> None:
+    """The stand-ins, and node modules that bound them (or, imported elsewhere, bound
+    CPython's ``socket`` or no ``network``) at import time."""
+    for name in list(sys.modules):
+        if name in SHIM_MODULES or name.startswith("firmware.mpy"):
+            del sys.modules[name]
+
+
 @contextmanager
 def board_modules() -> Iterator[None]:
+    _forget_board_imports()
     sys.path.insert(0, str(HERE))
     try:
         yield
     finally:
         sys.path.remove(str(HERE))
-        for name in list(sys.modules):
-            if name in SHIM_MODULES or name.startswith("firmware.mpy"):
-                del sys.modules[name]
+        _forget_board_imports()
 
 
 def site_doc(scanner: bool = True, scale: bool = False,
