@@ -1,0 +1,171 @@
+"""Reading a journal pulled from a gateway, offline, without changing a byte of it.
+
+The journal is opened by the core (``Journal.open`` with ``repair=False``) over the agent's
+own segment-file layout, opened read-only here: recovery, CRC checks, the chain, the
+torn-tail cut and damage skipping are exactly the agent's (docs/journal-format.md), not a
+second implementation. A copy on a read-only mount or write-protected card works; a
+write attempt would raise.
+
+What a report holds: the journal's identity (gateway, epoch, geometry), the commit point,
+the records still held (the unacknowledged ones from the commit point on: acknowledged
+records are reclaimed space, not history), the torn tail (position, bytes, reason), the
+records lost to CRC failures or unreadable stretches, and the resulting seq gaps.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from firmware.core import record as rec
+from firmware.core.errors import JournalCorrupt, JournalUnformatted, StorageError
+from firmware.core.event import decode_body
+from firmware.core.journal import DATA_START, Journal
+from firmware.edges.flash import HEAD_NAME, FileStorage, _segment_name
+
+
+class JournalUnreadable(ValueError):
+    """Not a journal, or one whose superblock cannot be trusted; the message says why."""
+
+
+class ReadOnlyFileStorage(FileStorage):
+    """The agent's segment files (``firmware/edges/flash.py``), opened O_RDONLY."""
+
+    def __init__(self, directory: str | Path) -> None:  # noqa: D107 - same checks, no writes
+        self.directory = Path(directory)
+        if not (self.directory / HEAD_NAME).exists():
+            raise StorageError(f"{self.directory}: no journal here (missing {HEAD_NAME})")
+        segs = sorted(self.directory.glob("seg-*.dat"))
+        if not segs:
+            raise StorageError(f"{self.directory}: journal has no segment files")
+        self.segment_size = segs[0].stat().st_size
+        for i, p in enumerate(segs):
+            if p.name != _segment_name(i) or p.stat().st_size != self.segment_size:
+                raise StorageError(f"{p}: segment files must be seg-00000.dat... of equal size "
+                                   f"({self.segment_size} bytes)")
+        self._fds = [os.open(self.directory / HEAD_NAME, os.O_RDONLY)]
+        self._fds += [os.open(p, os.O_RDONLY) for p in segs]
+        self._dirty: set[int] = set()
+        self._size = DATA_START + self.segment_size * len(segs)
+
+    def write(self, offset: int, data: bytes) -> None:
+        raise StorageError("the journal is opened read-only for inspection")
+
+    def sync(self) -> None:
+        pass
+
+
+def open_journal(path: str | Path) -> Journal:
+    try:
+        storage = ReadOnlyFileStorage(path)
+    except (StorageError, OSError) as exc:
+        raise JournalUnreadable(str(exc)) from None
+    try:
+        return Journal.open(storage, max_body=storage.segment_size, repair=False)
+    except (JournalCorrupt, JournalUnformatted, StorageError) as exc:
+        storage.close()
+        raise JournalUnreadable(f"{path}: {exc}") from None
+
+
+def record_row(r: rec.Record) -> dict[str, Any]:
+    """One record as a flat dict: seq, class, HLC split into ms and counter, the body
+    decoded (or ``body_error`` and the raw text when it does not decode)."""
+    row: dict[str, Any] = {"seq": r.seq, "class": rec.CLASS_NAMES[r.cls] if r.cls < 2 else r.cls,
+                           "hlc_ms": r.hlc >> 16, "hlc_counter": r.hlc & 0xFFFF,
+                           "flags": r.flags}
+    try:
+        row.update(decode_body(r.body))
+    except ValueError as exc:
+        row.update({"source": None, "kind": None, "read_ms": None, "data": None,
+                    "body_error": str(exc), "raw": bytes(r.body).decode("utf-8", "replace")})
+    return row
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _ranges(ranges: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in ranges)
+
+
+class JournalReport:
+    """Open, read everything once, and hold the rows and the integrity findings."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        j = open_journal(path)
+        try:
+            self.rows = [record_row(r) for r in j.records()]
+            r = j.recovery
+            self.info: dict[str, Any] = {
+                "path": str(self.path), "gateway": j.gateway_id, "epoch": f"{j.epoch:016x}",
+                "segment_size": j.segment_size, "segment_count": j.segment_count,
+                "tail_seq": j.tail_seq, "committed_seq": j.committed_seq,
+                "durable_seq": j.durable_seq, "telemetry_dropped": j.dropped,
+                "cursor_slot": r.cursor_slot, "cursor_fallback": r.cursor_fallback}
+            self.torn_tail = None if r.cut_reason is None else {
+                "pos": r.cut_pos, "bytes": r.cut_bytes, "reason": r.cut_reason,
+                "seq": r.last_seq + 1}
+            # Damage is found at open (after the last commit point's hint) or while reading
+            # (before it, where open trusts the frames): both land in ``damaged``.
+            self.crc_failures = _merge([(s, s) for s in r.corrupt_seqs] + list(j.damaged))
+        finally:
+            j.storage.close()
+        self.gaps = self._gaps()
+
+    def _gaps(self) -> list[tuple[int, int]]:
+        out, expect = [], self.info["tail_seq"]
+        for row in self.rows:
+            if row["seq"] > expect:
+                out.append((expect, row["seq"] - 1))
+            expect = row["seq"] + 1
+        if expect <= self.info["durable_seq"]:
+            out.append((expect, self.info["durable_seq"]))
+        return out
+
+    @property
+    def clean(self) -> bool:
+        return not (self.torn_tail or self.crc_failures or self.gaps
+                    or self.info["cursor_fallback"] or self.undecodable)
+
+    @property
+    def undecodable(self) -> list[int]:
+        return [row["seq"] for row in self.rows if "body_error" in row]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.info, "records": len(self.rows),
+                "first_seq": self.rows[0]["seq"] if self.rows else None,
+                "last_seq": self.rows[-1]["seq"] if self.rows else None,
+                "torn_tail": self.torn_tail,
+                "crc_failures": [list(x) for x in self.crc_failures],
+                "gaps": [list(x) for x in self.gaps], "undecodable": self.undecodable,
+                "clean": self.clean}
+
+    def lines(self) -> Iterator[str]:
+        d = self.as_dict()
+        yield (f"journal {d['path']}: gateway {d['gateway']}, epoch {d['epoch']}, "
+               f"{d['segment_count']} x {d['segment_size']} bytes")
+        yield (f"  commit point: tail seq {d['tail_seq']}, committed {d['committed_seq']} "
+               f"(cursor slot {d['cursor_slot']}"
+               f"{', newest slot torn: the older one was used' if d['cursor_fallback'] else ''})")
+        span = f"seq {d['first_seq']}..{d['last_seq']}" if d["records"] else "none"
+        yield f"  records held: {d['records']} ({span}); telemetry dropped: {d['telemetry_dropped']}"
+        t = self.torn_tail
+        yield ("  torn tail: none" if t is None else
+               f"  torn tail: at byte {t['pos']}, {t['bytes']} bytes cut ({t['reason']}): the "
+               f"write of seq {t['seq']} never completed")
+        yield ("  CRC failures: none" if not self.crc_failures else
+               "  CRC failures (records unreadable, lost): seq " + _ranges(self.crc_failures))
+        yield "  gaps: none" if not self.gaps else "  gaps: seq " + _ranges(self.gaps)
+        if self.undecodable:
+            yield "  bodies that do not decode: seq " + ", ".join(map(str, self.undecodable))
+        yield "  verdict: " + ("clean" if self.clean else "DAMAGED or torn (see above)")
