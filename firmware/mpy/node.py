@@ -73,6 +73,7 @@ class Node:
         self.last_command = None
         self._last_device_ms = now
         self._ntp_due = now
+        self._wifi_up = False
 
     # ---- the input side ---------------------------------------------------------------------
 
@@ -117,6 +118,7 @@ class Node:
         self.flush()
         now = self.clock.monotonic_ms()
         wifi_up = self.wifi.check(now) if self.wifi is not None else True
+        self._wifi_up = wifi_up
         up = self.uplink
         if wifi_up and now >= self._ntp_due and not self.clock.synced():
             self._ntp_due = now + NTP_RETRY_MS
@@ -217,17 +219,23 @@ class Node:
             sleep_ms(self._idle_for())
 
     def _idle_for(self):
+        """How long to pause: until the next thing due, at most ``idle_ms``. Network
+        deadlines count only while the network can act on them (no spinning offline)."""
         now = self.clock.monotonic_ms()
-        times = [self._status_due]
-        t = self.forwarder.next_deadline_ms()
-        if t is not None:
-            times.append(t)
+        times = [now + self.idle_ms]
+        up = self.uplink
+        if self._wifi_up:
+            times.append(up.deadline_ms())
+        if up.connected:
+            times.append(self._status_due)
+            t = self.forwarder.next_deadline_ms()
+            if t is not None:
+                times.append(t)
         for dev in self.devices:
             t = dev.deadline_ms()
             if t is not None:
                 times.append(t)
-        wait = min(times) - now
-        return max(0, min(self.idle_ms, wait))
+        return max(0, min(times) - now)
 
     def status(self):
         stats = self.journal.stats()

@@ -147,7 +147,10 @@ class UartScale:
         self.counters[key] = self.counters.get(key, 0) + 1
 
     def deadline_ms(self):
-        if self._poll and self._awaiting_since is None:
+        """When ``poll`` next has something to do by the clock (a poll or a timeout)."""
+        if self._awaiting_since is not None:
+            return self._awaiting_since + self.settings["timeout_ms"]
+        if self._poll:
             return self._next_poll_ms
         return None
 

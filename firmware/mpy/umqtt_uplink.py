@@ -216,6 +216,14 @@ class UmqttUplink:
             return False
         return True
 
+    def deadline_ms(self):
+        """When ``service`` or ``connect`` next has something to do by the clock."""
+        if not self.connected:
+            return self._next_try_ms
+        if self._ping_sent_ms is not None:
+            return self._ping_sent_ms + self.timeout_ms
+        return self._last_ping_ms + self.ping_ms
+
     def _on_message(self, topic, payload):
         self.counters["messages"] += 1
         self.inbox.append((bytes(topic).decode(), bytes(payload)))
