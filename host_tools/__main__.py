@@ -13,7 +13,7 @@ import importlib
 import sys
 
 # One module per command, in the order --help lists them.
-COMMANDS = ("ledger", "reconcile", "provision", "bundle", "journal", "audit")
+COMMANDS = ("ledger", "reconcile", "provision", "bundle", "journal", "audit", "status")
 
 
 def main(argv: list[str] | None = None) -> int:
