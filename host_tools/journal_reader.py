@@ -98,57 +98,85 @@ def _ranges(ranges: list[tuple[int, int]]) -> str:
 
 
 class JournalReport:
-    """Open, read everything once, and hold the rows and the integrity findings."""
+    """One pass over a journal: ``rows()`` yields each record as it is read (a 256 MiB
+    ring is never held in memory), noting gaps and undecodable bodies on the way; the
+    findings (``as_dict``, ``lines``, ``clean``) are complete once ``rows()`` is exhausted
+    (``scan()`` does that without keeping the rows)."""
+
+    MAX_LISTED = 100  # undecodable seqs listed by number; the count is always whole
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        j = open_journal(path)
-        try:
-            self.rows = [record_row(r) for r in j.records()]
-            r = j.recovery
-            self.info: dict[str, Any] = {
-                "path": str(self.path), "gateway": j.gateway_id, "epoch": f"{j.epoch:016x}",
-                "segment_size": j.segment_size, "segment_count": j.segment_count,
-                "tail_seq": j.tail_seq, "committed_seq": j.committed_seq,
-                "durable_seq": j.durable_seq, "telemetry_dropped": j.dropped,
-                "cursor_slot": r.cursor_slot, "cursor_fallback": r.cursor_fallback}
-            self.torn_tail = None if r.cut_reason is None else {
-                "pos": r.cut_pos, "bytes": r.cut_bytes, "reason": r.cut_reason,
-                "seq": r.last_seq + 1}
-            # Damage is found at open (after the last commit point's hint) or while reading
-            # (before it, where open trusts the frames): both land in ``damaged``.
-            self.crc_failures = _merge([(s, s) for s in r.corrupt_seqs] + list(j.damaged))
-        finally:
-            j.storage.close()
-        self.gaps = self._gaps()
+        self._journal = open_journal(path)
+        j, r = self._journal, self._journal.recovery
+        self.info: dict[str, Any] = {
+            "path": str(self.path), "gateway": j.gateway_id, "epoch": f"{j.epoch:016x}",
+            "segment_size": j.segment_size, "segment_count": j.segment_count,
+            "tail_seq": j.tail_seq, "committed_seq": j.committed_seq,
+            "durable_seq": j.durable_seq, "telemetry_dropped": j.dropped,
+            "cursor_slot": r.cursor_slot, "cursor_fallback": r.cursor_fallback}
+        self.torn_tail = None if r.cut_reason is None else {
+            "pos": r.cut_pos, "bytes": r.cut_bytes, "reason": r.cut_reason,
+            "seq": r.last_seq + 1}
+        self.records = 0
+        self.first_seq: int | None = None
+        self.last_seq: int | None = None
+        self.gaps: list[tuple[int, int]] = []
+        self.undecodable: list[int] = []
+        self.undecodable_count = 0
+        self.crc_failures: list[tuple[int, int]] = []
+        self.done = False
 
-    def _gaps(self) -> list[tuple[int, int]]:
-        out, expect = [], self.info["tail_seq"]
-        for row in self.rows:
-            if row["seq"] > expect:
-                out.append((expect, row["seq"] - 1))
-            expect = row["seq"] + 1
-        if expect <= self.info["durable_seq"]:
-            out.append((expect, self.info["durable_seq"]))
-        return out
+    def rows(self) -> Iterator[dict[str, Any]]:
+        j = self._journal
+        expect = j.tail_seq
+        for r in j.records():
+            row = record_row(r)
+            if r.seq > expect:
+                self.gaps.append((expect, r.seq - 1))
+            expect = r.seq + 1
+            self.records += 1
+            self.first_seq = r.seq if self.first_seq is None else self.first_seq
+            self.last_seq = r.seq
+            if "body_error" in row:
+                self.undecodable_count += 1
+                if len(self.undecodable) < self.MAX_LISTED:
+                    self.undecodable.append(r.seq)
+            yield row
+        if expect <= j.durable_seq:
+            self.gaps.append((expect, j.durable_seq))
+        # Damage is found at open (after the last commit point's hint) or while reading
+        # (before it, where open trusts the frames): both land in ``damaged``.
+        self.crc_failures = _merge([(s, s) for s in j.recovery.corrupt_seqs] + list(j.damaged))
+        self.done = True
+
+    def scan(self) -> JournalReport:
+        for _ in self.rows():
+            pass
+        return self
+
+    def close(self) -> None:
+        self._journal.storage.close()
+
+    def __enter__(self) -> JournalReport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def clean(self) -> bool:
         return not (self.torn_tail or self.crc_failures or self.gaps
-                    or self.info["cursor_fallback"] or self.undecodable)
-
-    @property
-    def undecodable(self) -> list[int]:
-        return [row["seq"] for row in self.rows if "body_error" in row]
+                    or self.info["cursor_fallback"] or self.undecodable_count)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.info, "records": len(self.rows),
-                "first_seq": self.rows[0]["seq"] if self.rows else None,
-                "last_seq": self.rows[-1]["seq"] if self.rows else None,
-                "torn_tail": self.torn_tail,
+        if not self.done:
+            raise RuntimeError("read every row (rows() or scan()) before asking for findings")
+        return {**self.info, "records": self.records, "first_seq": self.first_seq,
+                "last_seq": self.last_seq, "torn_tail": self.torn_tail,
                 "crc_failures": [list(x) for x in self.crc_failures],
                 "gaps": [list(x) for x in self.gaps], "undecodable": self.undecodable,
-                "clean": self.clean}
+                "undecodable_count": self.undecodable_count, "clean": self.clean}
 
     def lines(self) -> Iterator[str]:
         d = self.as_dict()
@@ -166,6 +194,8 @@ class JournalReport:
         yield ("  CRC failures: none" if not self.crc_failures else
                "  CRC failures (records unreadable, lost): seq " + _ranges(self.crc_failures))
         yield "  gaps: none" if not self.gaps else "  gaps: seq " + _ranges(self.gaps)
-        if self.undecodable:
-            yield "  bodies that do not decode: seq " + ", ".join(map(str, self.undecodable))
+        if self.undecodable_count:
+            yield (f"  bodies that do not decode: {self.undecodable_count}, seq "
+                   + ", ".join(map(str, self.undecodable))
+                   + (" ..." if self.undecodable_count > len(self.undecodable) else ""))
         yield "  verdict: " + ("clean" if self.clean else "DAMAGED or torn (see above)")

@@ -66,17 +66,19 @@ def _dump(args: argparse.Namespace) -> int:
     report = _report(args)
     if report is None:
         return 2
-    if not args.json:
-        for line in report.lines():
-            print(line)
-    for row in report.rows:
-        if args.json:
-            print(json.dumps(row, sort_keys=True))
-        else:
+    with report:
+        for row in report.rows():
+            if args.json:
+                print(json.dumps(row, sort_keys=True))
+                continue
             what = (json.dumps(row["data"], sort_keys=True) if "body_error" not in row
                     else f"<{row['body_error']}> {row['raw'][:80]!r}")
-            print(f"{row['seq']:>8} {row['class']:<9} {_iso_ms(row['hlc_ms'])}+{row['hlc_counter']:<3} "
-                  f"{row['source'] or '-':<12} {row['kind'] or '-':<10} {what}")
+            print(f"{row['seq']:>8} {row['class']:<9} {_iso_ms(row['hlc_ms'])}+"
+                  f"{row['hlc_counter']:<3} {row['source'] or '-':<12} {row['kind'] or '-':<10} "
+                  f"{what}")
+        if not args.json:  # the summary after the records: it is known only then
+            for line in report.lines():
+                print(line)
     return 0
 
 
@@ -84,6 +86,8 @@ def _verify(args: argparse.Namespace) -> int:
     report = _report(args)
     if report is None:
         return 2
+    with report:
+        report.scan()
     if args.json:
         print(json.dumps(report.as_dict(), sort_keys=True))
     else:
@@ -98,19 +102,20 @@ def _export(args: argparse.Namespace) -> int:
         return 2
     out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
     try:
-        if args.format == "jsonl":
-            for row in report.rows:
-                out.write(json.dumps(row, sort_keys=True) + "\n")
-        else:
-            w = csv.writer(out)
-            w.writerow(CSV_COLUMNS)
-            for row in report.rows:
-                w.writerow([json.dumps(row.get(c)) if c == "data" else row.get(c, "")
-                            for c in CSV_COLUMNS])
+        with report:
+            if args.format == "jsonl":
+                for row in report.rows():
+                    out.write(json.dumps(row, sort_keys=True) + "\n")
+            else:
+                w = csv.writer(out)
+                w.writerow(CSV_COLUMNS)
+                for row in report.rows():
+                    w.writerow([json.dumps(row.get(c)) if c == "data" else row.get(c, "")
+                                for c in CSV_COLUMNS])
     finally:
         if args.out:
             out.close()
-    if args.out:
-        print(f"journal: {len(report.rows)} records to {args.out} ({args.format})",
-              file=sys.stderr)
+    verdict = "clean" if report.clean else "NOT clean: run `journal verify` for the findings"
+    print(f"journal: {report.records} records exported ({args.format}); journal {verdict}",
+          file=sys.stderr)
     return 0

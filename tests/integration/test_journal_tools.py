@@ -148,3 +148,18 @@ def test_a_directory_that_is_not_a_journal_is_one_line_and_exit_2(
         assert host_tools(["journal", action, str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()
         assert "no journal here (missing journal.head)" in err and "\n" not in err
+
+
+def test_a_body_that_does_not_decode_is_dumped_raw_and_reported(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    j = open_or_create_journal(tmp_path / "j", SEGMENT, 4, "gw-02")
+    j.append(encode_body("plc1", "value", 1, {"t": 21.5}), 1, 1 << 16)
+    j.append(b"\xffnot json", 1, 2 << 16)  # written whole (CRC good), but not an event
+    j.flush()
+    j.close()
+    rc, doc, text = verify(tmp_path / "j", capsys)
+    assert rc == 1 and doc["undecodable"] == [2] and doc["crc_failures"] == []
+    assert "bodies that do not decode: 1, seq 2" in text
+    assert host_tools(["journal", "dump", str(tmp_path / "j")]) == 0
+    out = capsys.readouterr().out
+    assert "telemetry" in out and "<record body is not JSON" in out and "not json" in out
