@@ -26,6 +26,7 @@ import importlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import tomllib
@@ -60,6 +61,23 @@ def _copy(src: Path, dst: Path, mode: int) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(src.read_bytes())
     os.chmod(dst, mode)
+
+
+def source_version() -> str:
+    """The commit the agent's files come from, ``+dirty`` when the working tree differs
+    there (a bundle built from uncommitted code should say so), or ``unknown``."""
+    repo = FIRMWARE_DIR.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--",
+                                "firmware", "board_configs"], capture_output=True, text=True,
+                               timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _firmware_files() -> list[Path]:
@@ -161,7 +179,8 @@ def _manifest(staging: Path, gateway: str, site: str, board: str,
     cert = next(c for c in entry["certs"] if c["state"] == "active")
     manifest = {"format": 1, "gateway": gateway, "site": site, "board": board,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "created_by": os_user(), "certificate_serial": cert["serial"],
+                "created_by": os_user(), "source": source_version(),
+                "certificate_serial": cert["serial"],
                 "key_on_device": cert["key_origin"] == "device", "files": files}
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     sums = [f"{v['sha256']}  {k}" for k, v in files.items()]

@@ -18,14 +18,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--log", type=Path, help="an audit log elsewhere (default SITE_DIR/audit.log)")
     ps = p.add_subparsers(dest="action", required=True)
     v = ps.add_parser("verify", help="check the chain; exit 1 naming each broken line")
+    v.add_argument("--site-dir", type=Path, default=argparse.SUPPRESS,
+                   help="the site directory (also accepted here)")
     v.add_argument("--expect-head", metavar="SEQ:HASH",
                    help="the head recorded outside this machine (as `audit head` printed it)")
     v.set_defaults(run=_verify)
     h = ps.add_parser("head", help="print SEQ:HASH of the last line, to record elsewhere")
+    h.add_argument("--site-dir", type=Path, default=argparse.SUPPRESS,
+                   help="the site directory (also accepted here)")
     h.set_defaults(run=_head)
     s = ps.add_parser("show", help="print the log, one line per action")
+    s.add_argument("--site-dir", type=Path, default=argparse.SUPPRESS,
+                   help="the site directory (also accepted here)")
     s.set_defaults(run=_show)
     r = ps.add_parser("record", help="append an action done outside Python (flash.sh uses it)")
+    r.add_argument("--site-dir", type=Path, default=argparse.SUPPRESS,
+                   help="the site directory (also accepted here)")
     r.add_argument("--action", required=True)
     r.add_argument("--subject", required=True)
     r.add_argument("--detail", default="", help="free text, no secrets")

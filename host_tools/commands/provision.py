@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       description="Create a site: CA (EC P-256), host command-signing key, "
                       "empty ledger key registry, ACL and CRL. Lifetimes default to NIST SP "
                       "800-57 cryptoperiods (docs/provisioning.md).")
+    _site_dir_here(a)
     a.add_argument("site", metavar="SITE", help="site name as in the gateways' [gateway] site")
     a.add_argument("--cert-days", type=int, help="gateway certificate validity (default 730)")
     a.add_argument("--rotate-days", type=int, help="rotation period shown by list (default 365)")
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = ps.add_parser("gateway", help="key, certificate, batch key and ACL entry for a gateway",
                       description="Provision GW: private key (or sign --csr), certificate "
                       "from the site CA, batch HMAC key, ledger key registry entry, ACL block.")
+    _site_dir_here(g)
     g.add_argument("gateway", metavar="GW")
     g.add_argument("--board", required=True, help="board name from board_configs/")
     g.add_argument("--csr", type=Path, metavar="FILE",
@@ -49,27 +51,38 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     r = ps.add_parser("rotate", help="new key and certificate; the old one works for the "
                       "overlap window")
+    _site_dir_here(r)
     r.add_argument("gateway", metavar="GW")
     r.add_argument("--csr", type=Path, metavar="FILE", help="the device's new request")
     r.set_defaults(run=_rotate)
 
     v = ps.add_parser("revoke", help="put the gateway's certificates on the CRL and drop its "
                       "ACL block and ledger key")
+    _site_dir_here(v)
     v.add_argument("gateway", metavar="GW")
     v.add_argument("--reason", default="", help="recorded in the registry and audit log")
     v.set_defaults(run=_revoke)
 
     c = ps.add_parser("crl", help="re-issue the CRL (cron it well inside --crl-days)")
+    _site_dir_here(c)
     c.set_defaults(run=_crl)
 
     b = ps.add_parser("broker", help="the broker's server certificate and mosquitto config")
+    _site_dir_here(b)
     b.add_argument("--host", action="append", default=[], required=True,
                    help="DNS name or IP address the gateways use (repeatable)")
     b.add_argument("--force", action="store_true", help="replace the broker's key")
     b.set_defaults(run=_broker)
 
     ls = ps.add_parser("list", help="gateways, certificate serials, expiry and rotation dates")
+    _site_dir_here(ls)
     ls.set_defaults(run=_list)
+
+
+def _site_dir_here(parser: argparse.ArgumentParser) -> None:
+    """``--site-dir`` also after the subcommand (``provision gateway GW --site-dir D``);
+    SUPPRESS keeps the value given before it when it is not repeated here."""
+    parser.add_argument("--site-dir", type=Path, default=argparse.SUPPRESS, help=SITE_DIR_HELP)
 
 
 def _fail(exc: Exception) -> int:
@@ -117,6 +130,8 @@ def _read_csr(path: Path | None) -> bytes | None:
 @_guarded
 def _gateway(args: argparse.Namespace) -> int:
     from host_tools.provision.issuer import add_gateway
+    if args.days is not None and args.days <= 0:
+        return _fail(f"--days {args.days}: expected a positive number of days")
     csr = _read_csr(args.csr)
     with _site(args) as site:
         entry = add_gateway(site.load(), args.gateway, args.board, csr, args.days, args.force)
