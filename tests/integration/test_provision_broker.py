@@ -1,8 +1,8 @@
 """Provisioning against a real mosquitto configured from the generated material (CA,
 server certificate, ACL, CRL) and the real ledger fed from the generated key registry.
 
-One site serves the module: gw-01, gw-02 and gw-03 provisioned (gw-03 is revoked by its
-test, which then restarts the broker, so it runs after the others), and a second site whose CA no one trusts issued its own "gw-01". What each test proves
+One site serves the module: gw-01 to gw-04 provisioned (gw-04 is rotated and gw-03
+revoked by their tests, which restart the broker, so they run last), and a second site whose CA no one trusts issued its own "gw-01". What each test proves
 is in its name; every wait is on a condition with a bound.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
 
 from firmware.agent import Agent
 from firmware.core.event import Event
@@ -81,6 +82,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     site, rogue = tmp / "site", tmp / "rogue-site"
     for argv in (["init-site", SITE], ["gateway", "gw-01", "--board", "sim"],
                  ["gateway", "gw-02", "--board", "sim"], ["gateway", "gw-03", "--board", "sim"],
+                 ["gateway", "gw-04", "--board", "sim"],
                  ["broker", "--host", "127.0.0.1", "--host", "localhost"]):
         assert host_tools(["provision", "--site-dir", str(site), *argv]) == 0
     for argv in (["init-site", SITE], ["gateway", "gw-01", "--board", "sim"]):
@@ -101,11 +103,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         broker.close()
 
 
-def _peer(lab: dict[str, Any], gw: str, site_dir: Path | None = None, cert: str = "gateway.crt",
+def _peer(lab: dict[str, Any], gw: str, site_dir: Path | None = None, name: str = "gateway",
           ) -> Peer:
     g = (site_dir or lab["site"]) / "gateways" / gw
-    return Peer(lab["broker"].tls_port, lab["site"] / "ca/ca.crt", g / cert, g / "gateway.key",
-                f"{gw}-probe-{time.monotonic_ns()}").start()
+    return Peer(lab["broker"].tls_port, lab["site"] / "ca/ca.crt", g / f"{name}.crt",
+                g / f"{name}.key", f"{gw}-probe-{time.monotonic_ns()}").start()
 
 
 def _agent(lab: dict[str, Any], gw: str) -> Agent:
@@ -197,6 +199,32 @@ def test_a_certificate_from_a_foreign_ca_is_refused(lab: dict[str, Any]) -> None
         assert peer.outcome() == "refused"
     finally:
         peer.close()
+
+
+def _outcomes(lab: dict[str, Any], gw: str, names: list[str]) -> list[str]:
+    peers = [_peer(lab, gw, name=n) for n in names]
+    try:
+        return [p.outcome() for p in peers]
+    finally:
+        for p in peers:
+            p.close()
+
+
+def test_a_rotated_out_certificate_works_during_the_overlap_and_is_refused_after(
+        lab: dict[str, Any]) -> None:
+    site = lab["site"]
+    pem = (site / "gateways/gw-04/gateway.crt").read_bytes()
+    old = f"{x509.load_pem_x509_certificate(pem).serial_number:x}"
+    assert host_tools(["provision", "--site-dir", str(site), "rotate", "gw-04"]) == 0
+    lab["broker"].restart()  # as after any provisioning change
+    assert _outcomes(lab, "gw-04", ["gateway", f"retired/{old}"]) == ["connected", "connected"]
+    reg = json.loads((site / "site.json").read_text())  # the overlap window has passed
+    next(c for c in reg["gateways"]["gw-04"]["certs"] if c["serial"] == old)[
+        "retire_at"] = "2000-01-01T00:00:00Z"
+    (site / "site.json").write_text(json.dumps(reg))
+    assert host_tools(["provision", "--site-dir", str(site), "crl"]) == 0
+    lab["broker"].restart()
+    assert _outcomes(lab, "gw-04", ["gateway", f"retired/{old}"]) == ["connected", "refused"]
 
 
 def test_a_revoked_certificate_is_refused_once_mosquitto_has_read_the_new_crl(
