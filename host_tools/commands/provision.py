@@ -116,10 +116,13 @@ def _init_site(args: argparse.Namespace) -> int:
               if (v := getattr(args, k)) is not None}
     if any(v <= 0 for v in policy.values()):
         return _fail("day counts must be positive")
-    with _site(args) as site:
+    site = _site(args).lock(create=True)
+    try:
         init_site(site, args.site, policy, args.force)
         print(f"site {args.site} created in {site.dir}: CA {site.ca_cert}, "
               f"CRL {site.crl}, ACL {site.acl}")
+    finally:
+        site.unlock()
     return 0
 
 

@@ -65,8 +65,13 @@ class Site:
 
     # ---- lock and registry ------------------------------------------------------------
 
-    def lock(self) -> Site:
-        self.dir.mkdir(parents=True, exist_ok=True)
+    def lock(self, create: bool = False) -> Site:
+        """Take the site lock; only ``init-site`` (``create``) makes the directory."""
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        elif not self.dir.is_dir():
+            raise ProvisionError(f"{self.dir} does not exist; run `python -m host_tools "
+                                 "provision init-site SITE` first, or pass --site-dir")
         self._lock_fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         return self

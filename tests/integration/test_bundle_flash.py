@@ -269,3 +269,21 @@ def test_a_plain_mqtt_uplink_and_a_non_empty_output_are_refused(
     assert host_tools(["bundle", "gw-01", "--board", "sim", "--site-dir", str(site["site"]),
                        "--config", str(site["template"]), "-o", str(site["bundle"])]) == 2
     assert "is not empty: refusing to overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_owner_is_applied_and_then_nothing_changes(site: dict[str, Any]) -> None:
+    card = site["tmp"] / "owned"
+    card.mkdir()
+    first = flash("--bundle", str(site["bundle"]), "--target", str(card), "--owner", "4321:4321")
+    assert first.returncode == 0, first.stderr
+    key = card / "etc/midshift/keys/batch.key"
+    assert (key.stat().st_uid, key.stat().st_gid) == (4321, 4321)
+    assert (card / "etc/midshift/keys").stat().st_uid == 4321
+    again = flash("--bundle", str(site["bundle"]), "--target", str(card), "--owner", "4321:4321")
+    assert "0 file(s) changed" in again.stdout
+    other = flash("--bundle", str(site["bundle"]), "--target", str(card), "--owner", "4321:99",
+                  "--dry-run")
+    assert "would write etc/midshift/keys/batch.key (owner)" in other.stdout
+    bad = flash("--bundle", str(site["bundle"]), "--target", str(card), "--owner", "midshift")
+    assert bad.returncode == 2 and "expected numeric UID:GID" in bad.stderr
