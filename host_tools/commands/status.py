@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "silent), uplink, backlog, in-flight batches, devices in error, clock "
                        "offset, alarms. Redrawn in place every --refresh-s on a terminal; "
                        "with --once (or when not a terminal) printed once after --wait-s.")
-    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT (the loopback listener) "
-                   "or mqtts://HOST:PORT with --ca/--cert/--key")
+    p.add_argument("--broker", required=True, help="mqtt://HOST:PORT: the broker's loopback "
+                   "listener, which the generated ACL lets read every status; mqtts://HOST:PORT "
+                   "with --ca/--cert/--key needs an ACL entry for that certificate's CN")
     p.add_argument("--gateway", metavar="GW", help="only this gateway")
     p.add_argument("--site", default="+", help="only this site (default: all)")
     p.add_argument("--ca", help="CA file for mqtts://")
@@ -48,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     sub.start()
     try:
         if not sub.connected.wait(10):
-            why = sub.refused or "no answer"
+            why = sub.refused or "no connection: is the broker running, is the port right?"
             print(f"status: cannot reach {args.broker} within 10 s ({why})", file=sys.stderr)
             return 1
         if args.once or not sys.stdout.isatty():
