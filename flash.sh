@@ -3,7 +3,7 @@
 #
 #   flash.sh --bundle DIR --target PATH [--require-mount] [--owner UID:GID] [--dry-run]
 #   flash.sh --bundle DIR --target ssh://USER@HOST[:PORT] [--dry-run]
-#   flash.sh --bundle DIR --target mpy:PORT          (MicroPython: host_tools/mpy_bundle.py)
+#   flash.sh --bundle DIR --target mpy:PORT [--dry-run]   (MicroPython: host_tools/mpy_flash.py)
 #
 # PATH is the root of the card's file system: a mounted SD card, an image mounted with
 # losetup, or any directory. The bundle's manifest is verified first (every file's
@@ -44,15 +44,30 @@ done
 [ -n "$bundle" ] || die "--bundle DIR is required (python -m host_tools bundle GW ... -o DIR)"
 [ -n "$target" ] || die "--target is required: PATH, ssh://USER@HOST[:PORT] or mpy:PORT"
 
+audit() {  # action subject detail: one line in the site's audit log, when asked for
+  [ -n "$site_dir" ] || return 0
+  local py="$here/.venv/bin/python"; [ -x "$py" ] || py=python3
+  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m host_tools audit --site-dir "$site_dir" \
+    record --action "$1" --subject "$2" --detail "$3" >/dev/null
+}
+
 case "$target" in
-  mpy:*)
+  mpy:*)  # a MicroPython node: its bundle and its flashing (mpremote) are its own tool's
+    port=${target#mpy:}
+    [ -n "$port" ] || die "--target mpy:PORT needs a serial port (mpy:/dev/ttyACM0)"
     if [ -f "$here/host_tools/mpy_flash.py" ]; then
-      die "MicroPython boards are written by host_tools/mpy_flash.py (python -m host_tools.mpy_flash), not flash.sh; their bundles come from host_tools/mpy_bundle.py"
+      py="$here/.venv/bin/python"; [ -x "$py" ] || py=python3
+      extra=(); [ "$dry_run" = 1 ] && extra=(--dry-run)
+      echo "MicroPython target: handing over to python -m host_tools.mpy_flash" >&2
+      set +e
+      PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m host_tools.mpy_flash \
+        --bundle "$bundle" --port "$port" "${extra[@]}"
+      rc=$?
+      set -e
+      [ "$rc" != 0 ] || [ "$dry_run" = 1 ] || audit flash "$bundle" "mpy:$port" 2>/dev/null || true
+      exit "$rc"
     fi
-    if [ -f "$here/host_tools/mpy_bundle.py" ]; then
-      die "MicroPython boards are written by host_tools/mpy_bundle.py, not flash.sh (python -m host_tools bundle GW --board pico-w ...)"
-    fi
-    die "MicroPython targets are not supported by this build: host_tools/mpy_bundle.py is missing"
+    die "MicroPython targets need host_tools/mpy_flash.py, which is not in this build (bundles for them come from host_tools/mpy_bundle.py)"
     ;;
 esac
 
@@ -72,12 +87,6 @@ if [ "$listed" != "$present" ]; then
 fi
 gateway=$(sed -n 's/^ *"gateway": "\(.*\)",*$/\1/p' "$bundle/manifest.json" | head -n 1)
 
-audit() {  # action subject detail: one line in the site's audit log, when asked for
-  [ -n "$site_dir" ] || return 0
-  local py="$here/.venv/bin/python"; [ -x "$py" ] || py=python3
-  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m host_tools audit --site-dir "$site_dir" \
-    record --action "$1" --subject "$2" --detail "$3" >/dev/null
-}
 
 # ---- ssh ------------------------------------------------------------------------------
 if [[ "$target" == ssh://* ]]; then
