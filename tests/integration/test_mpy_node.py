@@ -30,6 +30,16 @@ def rig(tmp_path: Path) -> Iterator[NodeRig]:
             r.close()
 
 
+def _state(rig: NodeRig) -> dict:
+    """What a failed wait prints: the node's journal, uplink and Wi-Fi, the ledger."""
+    out: dict = {"ledger": rig.ledger_count(), "ledger_counters": dict(rig.ledger.counters)}
+    if rig.node is not None:
+        st = rig.node.status()
+        out.update(journal=st["journal"], uplink=st["uplink"], wifi=st.get("wifi"),
+                   forwarder=st["forwarder"], devices=st["devices"])
+    return out
+
+
 def _capture_batches(port: int) -> tuple[mqtt.Client, list[bytes]]:
     seen: list[bytes] = []
     ready = threading.Event()
@@ -46,25 +56,25 @@ def _capture_batches(port: int) -> tuple[mqtt.Client, list[bytes]]:
 def test_scans_reach_the_ledger_once_in_the_wire_format(rig: NodeRig) -> None:
     spy, batches = _capture_batches(rig.broker.port)
     node = rig.start()
-    assert wait_for(lambda: node.uplink.connected, WAIT_S)
+    assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
     for _ in range(5):
         rig.scanner.burst(6)
     want = rig.expected_scans()
     assert len(want) == 30
-    assert wait_for(lambda: rig.ledger_count() == 30, WAIT_S), rig.ledger_count()
+    assert wait_for(lambda: rig.ledger_count() == 30, WAIT_S), _state(rig)
     assert rig.ledger_values() == want  # once each, in scan order
     rows = rig.store.query("SELECT DISTINCT source, kind FROM event_fields WHERE gateway=?",
                            (GATEWAY,))
     assert rows == [("scanner1", "scan")]
     # The bytes on the wire: the versioned batch format, uncompressed, signed with the key.
-    assert wait_for(lambda: batches, 5)
+    assert wait_for(lambda: batches, 5), _state(rig)
     signer = Signer(KEY)
     decoded = [decode_batch(b, signer) for b in batches]
     assert all(b[5] & FLAG_ZLIB == 0 for b in batches)
     assert {d.gateway for d in decoded} == {GATEWAY}
     assert {d.epoch for d in decoded} == {node.journal.epoch}
     # Acked, so the ring space is reclaimed, and nothing was counted twice.
-    assert wait_for(lambda: node.journal.tail_seq == 31, 5), node.journal.stats()
+    assert wait_for(lambda: node.journal.tail_seq == 31, 5), _state(rig)
     assert rig.ledger.counters["duplicates"] == 0
     spy.loop_stop()
     rig.stop()
@@ -73,22 +83,22 @@ def test_scans_reach_the_ledger_once_in_the_wire_format(rig: NodeRig) -> None:
 def test_wifi_drop_mid_flow_loses_nothing_and_holds_the_journal(rig: NodeRig) -> None:
     import network
     node = rig.start()
-    assert wait_for(lambda: node.uplink.connected, WAIT_S)
+    assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
     rig.scanner.burst(10)
-    assert wait_for(lambda: rig.ledger_count() == 10, WAIT_S)
-    assert wait_for(lambda: node.journal.tail_seq == 11, WAIT_S)  # acked and reclaimed
+    assert wait_for(lambda: rig.ledger_count() == 10, WAIT_S), _state(rig)
+    assert wait_for(lambda: node.journal.tail_seq == 11, WAIT_S), _state(rig)  # acked and reclaimed
     network.drop()
-    assert wait_for(lambda: not node.uplink.connected, WAIT_S)
+    assert wait_for(lambda: not node.uplink.connected, WAIT_S), _state(rig)
     rig.scanner.burst(10)
     rig.scanner.burst(10)
     # Journaled (durable) while the link is down; not acknowledged, so not reclaimed.
-    assert wait_for(lambda: node.journal.durable_seq == 30, WAIT_S), node.journal.stats()
+    assert wait_for(lambda: node.journal.durable_seq == 30, WAIT_S), _state(rig)
     assert rig.ledger_count() == 10
     assert node.journal.tail_seq == 11 and node.journal.backlog()[0] == 20
     network.restore()
-    assert wait_for(lambda: rig.ledger_count() == 30, WAIT_S), rig.ledger_count()
+    assert wait_for(lambda: rig.ledger_count() == 30, WAIT_S), _state(rig)
     assert rig.ledger_values() == rig.expected_scans()
-    assert wait_for(lambda: node.journal.tail_seq == 31, 5)
+    assert wait_for(lambda: node.journal.tail_seq == 31, 5), _state(rig)
     assert node.wifi.counters["drops"] == 1 and node.wifi.counters["ups"] == 2
     rig.stop()
 
@@ -108,33 +118,34 @@ def test_space_is_reclaimed_only_after_the_ack_and_the_ledger_drops_the_resend(
 
     rig.ledger.client.publish = lossy_publish  # type: ignore[method-assign]
     node = rig.start(ack_timeout_ms=1000)
-    assert wait_for(lambda: node.uplink.connected, WAIT_S)
+    assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
     rig.scanner.burst(5)
-    assert wait_for(lambda: rig.ledger_count() == 5 and lost, WAIT_S)
+    assert wait_for(lambda: rig.ledger_count() == 5 and lost, WAIT_S), _state(rig)
     # Stored in the ledger, not acknowledged to the node: nothing is reclaimed.
     assert node.journal.tail_seq == 1 and node.journal.backlog() == (5, node.journal.durable_pos)
-    assert wait_for(lambda: node.forwarder.counters["resent"] >= 1, WAIT_S)
-    assert wait_for(lambda: node.journal.tail_seq == 6, WAIT_S), node.journal.stats()
+    assert wait_for(lambda: node.forwarder.counters["resent"] >= 1, WAIT_S), _state(rig)
+    assert wait_for(lambda: node.journal.tail_seq == 6, WAIT_S), _state(rig)
     assert rig.ledger_count() == 5  # the resend was a duplicate, stored once
-    assert rig.ledger.counters["duplicates"] >= 5
+    assert rig.ledger.counters["duplicates"] >= 1  # the resent batch (5 scans, or the
+    # first of two batches when the burst was read in two pieces)
     assert rig.ledger_values() == rig.expected_scans()
     rig.stop()
 
 
 def test_broker_killed_and_restarted_loses_nothing(rig: NodeRig) -> None:
     node = rig.start()
-    assert wait_for(lambda: node.uplink.connected, WAIT_S)
+    assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
     rig.scanner.burst(10)
-    assert wait_for(lambda: rig.ledger_count() == 10, WAIT_S)
+    assert wait_for(lambda: rig.ledger_count() == 10, WAIT_S), _state(rig)
     rig.broker.crash()  # SIGKILL, no persistence: sessions and queued messages are gone
     rig.scanner.burst(10)
-    assert wait_for(lambda: node.journal.durable_seq == 20, WAIT_S)
-    assert wait_for(lambda: not node.uplink.connected, WAIT_S)
+    assert wait_for(lambda: node.journal.durable_seq == 20, WAIT_S), _state(rig)
+    assert wait_for(lambda: not node.uplink.connected, WAIT_S), _state(rig)
     rig.broker.restart()
     rig.scanner.burst(10)
-    assert wait_for(lambda: rig.ledger_count() == 30, WAIT_S), rig.ledger_count()
+    assert wait_for(lambda: rig.ledger_count() == 30, WAIT_S), _state(rig)
     assert rig.ledger_values() == rig.expected_scans()
-    assert wait_for(lambda: node.journal.tail_seq == 31, 5)
+    assert wait_for(lambda: node.journal.tail_seq == 31, 5), _state(rig)
     assert node.uplink.counters["connects"] >= 2
     rig.stop()
 
@@ -144,9 +155,9 @@ def test_a_silent_broker_does_not_stall_the_scanner(rig: NodeRig) -> None:
     each network call gives up after the 0.5 s timeout and the UART keeps being read,
     every scan is journaled meanwhile, and all reach the ledger once the path is back."""
     node = rig.start(timeout_s=0.5)
-    assert wait_for(lambda: node.uplink.connected, WAIT_S)
+    assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
     rig.scanner.burst(3)
-    assert wait_for(lambda: rig.ledger_count() == 3, WAIT_S)
+    assert wait_for(lambda: rig.ledger_count() == 3, WAIT_S), _state(rig)
     node.counters["max_device_gap_ms"] = 0
     rig.proxy.set_mode("blackhole")
     t_end = time.monotonic() + 3.0
@@ -155,21 +166,21 @@ def test_a_silent_broker_does_not_stall_the_scanner(rig: NodeRig) -> None:
         rig.scanner.burst(2)
         sent += 2
         time.sleep(0.1)  # the scanner's pace, not a synchronisation
-    assert wait_for(lambda: node.journal.durable_seq == sent, 5), (node.journal.stats(), sent)
+    assert wait_for(lambda: node.journal.durable_seq == sent, 5), _state(rig)
     assert node.uplink.counters["ping_timeouts"] + node.uplink.counters["publish_errors"] \
         + node.uplink.counters["connect_failures"] >= 1
     assert rig.ledger_count() < sent
     # Never more than about one timeout between two reads of the UART.
     assert node.counters["max_device_gap_ms"] < 1000, node.counters
     rig.proxy.set_mode("pass")
-    assert wait_for(lambda: rig.ledger_count() == sent, WAIT_S), (rig.ledger_count(), sent)
+    assert wait_for(lambda: rig.ledger_count() == sent, WAIT_S), _state(rig)
     assert rig.ledger_values() == rig.expected_scans()
     rig.stop()
 
 
 def test_garbage_from_the_scanner_is_rejected_and_counted(rig: NodeRig) -> None:
     node = rig.start()
-    assert wait_for(lambda: node.uplink.connected, WAIT_S)
+    assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
     scanner = node.devices[0]
 
     def settled(rejected: int) -> bool:  # every line so far framed, none half-read
@@ -186,7 +197,7 @@ def test_garbage_from_the_scanner_is_rejected_and_counted(rig: NodeRig) -> None:
     assert wait_for(lambda: settled(4), 5), scanner.counters
     second = rig.scanner.scan()
     rig.scanner.scan("4111111111111111")  # a card number: masked before it is journaled
-    assert wait_for(lambda: rig.ledger_count() == 3, WAIT_S), rig.ledger_values()
+    assert wait_for(lambda: rig.ledger_count() == 3, WAIT_S), _state(rig)
     assert rig.ledger_values() == [first, second, "411111******1111"]
     c = scanner.counters
     assert c["rejected_noise"] >= 1 and c["rejected_overlong"] == 1 and c["rejected_short"] == 1
@@ -225,7 +236,7 @@ def test_power_cut_loses_nothing_that_was_journaled(rig: NodeRig) -> None:
     rig.spawn()
     assert rig.scanner.wait_client(WAIT_S)
     rig.scanner.burst(12)
-    assert wait_for(lambda: _durable_on_flash(rig.node_dir) == 12, WAIT_S)
+    assert wait_for(lambda: _durable_on_flash(rig.node_dir) == 12, WAIT_S), _state(rig)
     rig.kill()
     storage = FlashStorage(str(rig.node_dir / "journal"))
     j = Journal.open(storage)
@@ -235,7 +246,7 @@ def test_power_cut_loses_nothing_that_was_journaled(rig: NodeRig) -> None:
     rig.proxy.set_mode("pass")
     rig.spawn()
     assert rig.scanner.wait_client(WAIT_S)
-    assert wait_for(lambda: rig.ledger_count() == 12, WAIT_S), rig.ledger_count()
+    assert wait_for(lambda: rig.ledger_count() == 12, WAIT_S), _state(rig)
     rig.scanner.burst(8)
     # All 8 read off the UART and journaled (a power cut also loses what sits unread in a
     # UART's buffer), some of them already in the ledger:
@@ -244,7 +255,7 @@ def test_power_cut_loses_nothing_that_was_journaled(rig: NodeRig) -> None:
     rig.kill()  # mid-flow: some of the 8 may be sent and stored but not yet acked
     rig.spawn()
     assert rig.scanner.wait_client(WAIT_S)
-    assert wait_for(lambda: rig.ledger_count() == 20, WAIT_S), rig.ledger_count()
+    assert wait_for(lambda: rig.ledger_count() == 20, WAIT_S), _state(rig)
     assert rig.ledger_values() == rig.expected_scans()
     rig.kill()
 
@@ -254,14 +265,14 @@ def test_weights_from_the_scale_reach_the_ledger_once(tmp_path: Path) -> None:
         rig = NodeRig(tmp_path, scanner=False, scale=True)
         try:
             node = rig.start()
-            assert wait_for(lambda: node.uplink.connected, WAIT_S)
+            assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
             rig.scale.place(250.0)
-            assert wait_for(lambda: rig.ledger_count() == 1, WAIT_S)
+            assert wait_for(lambda: rig.ledger_count() == 1, WAIT_S), _state(rig)
             rig.scale.remove()
             scale = node.devices[0]
-            assert wait_for(lambda: scale.counters.get("zero_readings", 0) >= 1, WAIT_S)
+            assert wait_for(lambda: scale.counters.get("zero_readings", 0) >= 1, WAIT_S), _state(rig)
             rig.scale.place(120.5)
-            assert wait_for(lambda: rig.ledger_count() == 2, WAIT_S)
+            assert wait_for(lambda: rig.ledger_count() == 2, WAIT_S), _state(rig)
             rows = rig.store.query("SELECT data FROM event_fields WHERE gateway=? ORDER BY seq",
                                    (GATEWAY,))
             got = [json.loads(r[0]) for r in rows]
@@ -269,7 +280,9 @@ def test_weights_from_the_scale_reach_the_ledger_once(tmp_path: Path) -> None:
                            {"weight": 120.5, "unit": "g", "stable": True}]
             truth = [e for e in rig.scale.truth() if e["kind"] == "weight" and e["expect"]]
             assert [e["value"] for e in truth] == [250.0, 120.5]
-            assert scale.counters["repeated_readings"] >= 1  # polled again, emitted once
+            # Polled again and again, emitted once:
+            assert wait_for(lambda: scale.counters.get("repeated_readings", 0) >= 1, WAIT_S)
+            assert rig.ledger_count() == 2
             rig.stop()
         finally:
             rig.close()

@@ -89,7 +89,7 @@ class NodeRig:
         from simulator.devices.scanner import BarcodeScanner
         self.tmp = tmp
         self.broker = Broker(tmp / "broker").start()
-        self.proxy = FaultProxy(("127.0.0.1", self.broker.port)).start()
+        self.proxy = FaultProxy(("127.0.0.1", self.broker.port), control=False).start()
         self.store = LedgerStore(f"sqlite:///{tmp / 'ledger.db'}")
         self.ledger = LedgerService(self.store, {GATEWAY: KEY},
                                     f"mqtt://127.0.0.1:{self.broker.port}").start()
