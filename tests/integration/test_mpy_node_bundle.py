@@ -83,6 +83,8 @@ sys.path.insert(0, '/input')
 import json
 from firmware.mpy import node_config, node, umqtt_uplink, uart_scanner, uart_scale
 from firmware.mpy import flash_storage, wifi, board_clock
+import main  # the boot file imports (as a module it does not start the loop)
+assert main.EDGES['scanner'] is uart_scanner.UartScanner
 with open('/input/node.json') as f:
     doc = json.loads(f.read())
 cfg = node_config.validate(doc)
@@ -197,3 +199,15 @@ def test_flash_refuses_a_tampered_bundle_before_touching_the_board(
     assert proc.returncode == 2 and "not in the manifest" in proc.stderr
     assert not (tmp_path / "mpremote.log").exists()
     assert flash_main(["--bundle", str(tmp_path / "nowhere"), "--port", "x", "--dry-run"]) == 2
+
+
+def test_the_node_refuses_to_start_on_a_bad_node_json(bundle: Path, tmp_path: Path) -> None:
+    from firmware.mpy import main
+    doc = json.loads((bundle / "node.json").read_text())
+    doc["journal"]["segment_size"] = 5000
+    (tmp_path / "node.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError) as err:
+        main.build(str(tmp_path) + "/")
+    assert err.value.key == "journal.segment_size"
+    assert err.value.file == str(tmp_path / "node.json")
+    assert not (tmp_path / "journal").exists()  # nothing was formatted
