@@ -57,16 +57,29 @@ def _norm(value: Any) -> Any:
     return value
 
 
+def _fields(body: str) -> tuple[Any, Any, Any, Any] | None:
+    """(src, k, t, d) of an event body; None when the body is not JSON (such an event is
+    left out of the report, as SQLite's ``event_fields`` view leaves it out)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return (None, None, None, None)
+    return doc.get("src"), doc.get("k"), doc.get("t"), doc.get("d")
+
+
 def event_value(kind: str, data: dict[str, Any]) -> Any:
     return _norm(data.get(VALUE_FIELDS.get(kind, "value")))
 
 
 def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> dict[str, Any]:
     report: dict[str, Any] = {"gateways": {}}
-    rows = store.query("SELECT gateway, epoch, seq, ledger_ms, source, kind, read_ms, data "
-                       "FROM event_fields ORDER BY gateway, epoch, seq")
-    dups = dict(((g, e), n) for g, e, n in store.query(
-        "SELECT gateway, epoch, SUM(duplicates) FROM receipts GROUP BY gateway, epoch"))
+    # Bodies are parsed here, not in SQL (json_extract, jsonb), so the same report comes
+    # out of SQLite and PostgreSQL.
+    rows = [(g, e, s, ms, *f) for g, e, s, ms, body in store.event_rows()
+            if (f := _fields(body)) is not None]
+    dups = store.duplicates_by_epoch()
     by_epoch: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
     for r in rows:
         by_epoch[(r[0], r[1])].append(r)
@@ -87,13 +100,11 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
         g["events"] += len(evs)
         lat_by_dev: dict[str, list[int]] = defaultdict(list)
         for _, _, _, ledger_ms, source, kind, read_ms, data in evs:
-            dev = source or "(unreadable body)"
-            if read_ms is not None:
+            dev = source if isinstance(source, str) and source else "(unreadable body)"
+            if isinstance(read_ms, int | float) and not isinstance(read_ms, bool):
                 lat_by_dev[dev].append(ledger_ms - read_ms)
-            try:
-                device_values[dev].append(event_value(kind, json.loads(data or "{}")))
-            except ValueError:
-                device_values[dev].append(None)
+            device_values[dev].append(event_value(kind, data) if isinstance(data, dict)
+                                      else None)
         for dev, lat in lat_by_dev.items():
             d = g["devices"].setdefault(dev, {"events": 0, "latency_ms": {}})
             d["events"] += len(lat)
@@ -124,7 +135,7 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
     report["duplicates_discarded"] = sum(e["duplicates_discarded"]
                                          for g in report["gateways"].values()
                                          for e in g["epochs"].values())
-    report["rejected_batches"] = store.query("SELECT COUNT(*) FROM rejections")[0][0]
+    report["rejected_batches"] = store.rejection_count()
     return report
 
 

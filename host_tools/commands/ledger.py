@@ -1,46 +1,95 @@
-"""``ledger serve``: the reference ledger until Ctrl-C (verify, store once, acknowledge)."""
+"""``ledger serve`` and ``ledger migrate``: the reference ledger and its schema.
+
+``serve --workers N`` starts N worker processes on the MQTT 5 shared subscription
+``$share/GROUP/midshift/v1/+/+/events`` (GROUP ``ledger`` unless ``--shared`` says), so the
+broker spreads gateways over them; N processes on N machines started with ``--shared``
+do the same. On PostgreSQL a worker does not migrate: run ``ledger migrate`` first (or
+pass ``--migrate`` to a single serve), so that workers starting together never race DDL.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import subprocess
 import sys
 import threading
 
+DB_HELP = "sqlite:///PATH (embedded, the default kind) or postgresql://USER@HOST:PORT/DB"
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ledger = sub.add_parser("ledger", help="the reference ledger")
+    ledger = sub.add_parser("ledger", help="the reference ledger",
+                            description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     lsub = ledger.add_subparsers(dest="action", required=True)
     serve = lsub.add_parser("serve", help="verify, store and acknowledge batches until Ctrl-C")
-    serve.add_argument("--db", required=True, help="sqlite:///PATH")
+    serve.add_argument("--db", required=True, help=DB_HELP)
     serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
     serve.add_argument("--keys", required=True,
                        help='gateway key registry (TOML: [gateways] gw-01 = "hex")')
     serve.add_argument("--shared", metavar="GROUP",
                        help="join the MQTT 5 shared subscription $share/GROUP/... as one worker")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="run N worker processes on a shared subscription (PostgreSQL only; "
+                            "group 'ledger' unless --shared says)")
+    serve.add_argument("--migrate", action="store_true",
+                       help="bring a PostgreSQL schema up to date before serving")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     serve.set_defaults(run=serve_ledger)
+    migrate = lsub.add_parser("migrate", help="apply the schema migrations not yet applied")
+    migrate.add_argument("--db", required=True, help=DB_HELP)
+    migrate.set_defaults(run=migrate_ledger)
+
+
+def _open(db: str, migrate: bool, who: str):  # -> LedgerStore | None, after one line
+    from host_tools.ledger.store import StoreError, open_store
+    try:
+        return open_store(db, migrate=migrate)
+    except (ValueError, StoreError) as exc:
+        print(f"{who}: {exc}", file=sys.stderr)
+        return None
+
+
+def migrate_ledger(args: argparse.Namespace) -> int:
+    store = _open(args.db, True, "ledger migrate")
+    if store is None:
+        return 2
+    try:
+        version = store.schema_version()
+    finally:
+        store.close()
+    print(f"ledger migrate: {store.description} is at schema version {version}")
+    return 0
 
 
 def serve_ledger(args: argparse.Namespace) -> int:
     from host_tools.ledger.service import LedgerService, load_keys
-    from host_tools.ledger.store import LedgerStore
+    from host_tools.ledger.store import backend_of
 
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         keys = load_keys(args.keys)
+        backend = backend_of(args.db)
     except OSError as exc:
         print(f"ledger: --keys {args.keys}: cannot read: {exc.strerror}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # not TOML, or no [gateways] table of hex keys
+    except ValueError as exc:  # not TOML, no [gateways] table, or a --db of another kind
         print(f"ledger: {exc}", file=sys.stderr)
         return 2
-    try:
-        store = LedgerStore(args.db)
-    except ValueError as exc:
-        print(f"ledger: {exc}", file=sys.stderr)
+    if args.workers < 1:
+        print(f"ledger: --workers {args.workers}: must be 1 or more", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        if backend != "postgresql":
+            print("ledger: --workers N > 1 needs --db postgresql://... (a SQLite file has "
+                  "one writer)", file=sys.stderr)
+            return 2
+        return _supervise(args)
+    store = _open(args.db, args.migrate, "ledger")
+    if store is None:
         return 2
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -49,12 +98,15 @@ def serve_ledger(args: argparse.Namespace) -> int:
         service = LedgerService(store, keys, args.broker, args.shared).start()
     except ValueError as exc:
         print(f"ledger: {exc}", file=sys.stderr)
+        store.close()
         return 2
     except RuntimeError as exc:
         print(f"ledger: {exc}", file=sys.stderr)
+        store.close()
         return 1
-    print(f"ledger: serving {len(keys)} gateway(s) from {args.broker} into {store.path}",
-          flush=True)
+    print(f"ledger: serving {len(keys)} gateway(s) from {args.broker} into "
+          f"{store.description}" + (f" as a worker of $share/{args.shared}" if args.shared
+                                    else ""), flush=True)
     try:
         while not done.wait(5):
             logging.getLogger("ledger").info("counters %s", service.counters)
@@ -63,3 +115,50 @@ def serve_ledger(args: argparse.Namespace) -> int:
         store.close()
     print(f"ledger: stopped; {service.counters}")
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """N worker processes; a worker that dies is started again (the broker has already
+    given its unacknowledged batches to the others)."""
+    group = args.shared or "ledger"
+    if args.migrate:
+        store = _open(args.db, True, "ledger")
+        if store is None:
+            return 2
+        store.close()
+    argv = [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", args.db,
+            "--broker", args.broker, "--keys", args.keys, "--shared", group,
+            "--log-level", args.log_level]
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    workers = [subprocess.Popen(argv) for _ in range(args.workers)]
+    print(f"ledger: {args.workers} workers on $share/{group} (pids "
+          f"{', '.join(str(w.pid) for w in workers)})", flush=True)
+    status = 0
+    try:
+        while not done.wait(0.5):
+            for i, w in enumerate(workers):
+                code = w.poll()
+                if code is None:
+                    continue
+                if code == 2:  # bad configuration: every restart would fail the same way
+                    print(f"ledger: worker pid {w.pid} refused to start; stopping",
+                          file=sys.stderr)
+                    done.set()
+                    status = 2
+                    break
+                print(f"ledger: worker pid {w.pid} exited ({code}); starting another",
+                      file=sys.stderr, flush=True)
+                workers[i] = subprocess.Popen(argv)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.terminate()
+        for w in workers:
+            try:
+                w.wait(10)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait(10)
+    return status

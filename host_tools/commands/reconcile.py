@@ -10,7 +10,8 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     rec = sub.add_parser("reconcile", help="the reconciliation report")
-    rec.add_argument("--db", required=True, help="sqlite:///PATH")
+    rec.add_argument("--db", required=True,
+                     help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
     rec.add_argument("--ground-truth", nargs="*", default=[], metavar="FILE",
                      help="device ground-truth logs (JSON lines) from the simulator")
     rec.add_argument("--json", action="store_true", help="one JSON object")
@@ -18,22 +19,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from host_tools.ledger.store import LedgerStore, sqlite_path
+    from host_tools.ledger.store import StoreError, backend_of, open_store, sqlite_path
     from host_tools.reconcile import format_report, reconcile
 
     try:
-        path = sqlite_path(args.db)
+        if backend_of(args.db) == "sqlite" and not sqlite_path(args.db).exists():
+            # opening would create an empty ledger and report nothing lost
+            print(f"reconcile: no ledger database at {sqlite_path(args.db)}", file=sys.stderr)
+            return 2
     except ValueError as exc:
         print(f"reconcile: {exc}", file=sys.stderr)
-        return 2
-    if not path.exists():
-        print(f"reconcile: no ledger database at {path}", file=sys.stderr)
         return 2
     for f in args.ground_truth:
         if not Path(f).exists():
             print(f"reconcile: ground-truth file {f} does not exist", file=sys.stderr)
             return 2
-    store = LedgerStore(args.db)
+    try:
+        store = open_store(args.db)
+    except StoreError as exc:
+        print(f"reconcile: {exc}", file=sys.stderr)
+        return 2
     try:
         report = reconcile(store, args.ground_truth)
     finally:

@@ -1,42 +1,40 @@
-"""The ledger's SQLite store: each event once, keyed by (gateway, epoch, seq).
+"""The ledger's store: what the worker and the reconciliation report need from a database.
 
-A batch is stored in one transaction with ``INSERT OR IGNORE``: a resent batch (the
-gateway did not see the ack, or failed over) costs nothing but a duplicate count. Each
-batch received leaves a receipt row (range, records, duplicates, the gateway's send time
-and the ledger's commit time), which the reconciliation report reads for latency, late
-arrivals and duplicates. Epochs are 64-bit unsigned, so they are stored as 16 hex digits.
+Two backends behind one interface:
 
-SQLite in WAL mode with ``synchronous=FULL``: an ack is published only after the commit
-returns, so an acknowledged event survives a ledger power cut.
+- ``sqlite:///PATH`` (or a bare path): ``sqlite_store.SqliteStore``, the embedded default,
+  one file, one writer process. It migrates itself when opened.
+- ``postgresql://...`` (or ``postgres://``): ``pg_store.PgStore`` on psycopg 3, for several
+  workers on several machines. It never changes a schema on its own: ``python -m host_tools
+  ledger migrate --db URL`` does, once, so that N workers starting together do not race
+  each other's DDL; a worker on an unmigrated database stops with one line saying so.
+
+``LedgerStore(url)`` picks the backend from the URL (as ``pathlib.Path`` picks its flavour),
+so existing callers keep writing ``LedgerStore("sqlite:///ledger.db")``; ``open_store`` is
+the same with the migration choice spelled out.
+
+Every event is stored once under the unique key ``(gateway, epoch, seq)``; a batch is
+stored in one transaction and ``store_many`` returns only after it has committed, so the
+caller acknowledges only what is durable. Epochs are stored as 16 hex digits on both
+backends, so reports are byte-identical.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from firmware.core.wire import Batch
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    gateway TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
-    cls INTEGER NOT NULL, hlc INTEGER NOT NULL, body TEXT NOT NULL,
-    sent_ms INTEGER NOT NULL, ledger_ms INTEGER NOT NULL,
-    PRIMARY KEY (gateway, epoch, seq)) WITHOUT ROWID;
-CREATE VIEW IF NOT EXISTS event_fields AS
-    SELECT gateway, epoch, seq, cls, hlc, sent_ms, ledger_ms,
-           json_extract(body, '$.src') AS source, json_extract(body, '$.k') AS kind,
-           json_extract(body, '$.t') AS read_ms, json_extract(body, '$.d') AS data
-    FROM events WHERE json_valid(body);
-CREATE TABLE IF NOT EXISTS receipts (
-    gateway TEXT NOT NULL, epoch TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
-    records INTEGER NOT NULL, duplicates INTEGER NOT NULL, sent_ms INTEGER NOT NULL,
-    ledger_ms INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS rejections (
-    ledger_ms INTEGER NOT NULL, gateway TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL);
-"""
+# One row of ``event_rows``: gateway, epoch (hex), seq, ledger_ms, body (JSON text as sent).
+# Bodies are parsed by the one caller that needs their fields (the reconciliation report),
+# in Python, so both backends give it exactly the same input.
+EventRow = tuple[str, str, int, int, str]
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as asked (bad URL, unreachable, not migrated); one line."""
 
 
 def sqlite_path(url: str) -> Path:
@@ -44,82 +42,89 @@ def sqlite_path(url: str) -> Path:
     if url.startswith("sqlite:///"):  # sqlite:///rel.db, sqlite:////abs/path.db
         return Path(url[len("sqlite:///"):])
     if "://" in url:
-        raise ValueError(f"--db {url!r}: only sqlite:///PATH is supported by this store")
+        raise ValueError(f"--db {url!r}: expected sqlite:///PATH or postgresql://...")
     return Path(url)
 
 
+def backend_of(url: str) -> str:
+    """``sqlite`` or ``postgresql``; ValueError with the accepted forms otherwise."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql"
+    sqlite_path(url)  # raises for any other scheme (mysql://, ...)
+    return "sqlite"
+
+
 class LedgerStore:
-    def __init__(self, url: str) -> None:
-        self.path = sqlite_path(url)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
-        # Checkpoints copy the WAL into the database and sync it: tens of milliseconds that
-        # would stall the writer (and every ack) when SQLite runs them inline. A separate
-        # connection runs them passively once a second instead.
-        self.db.execute("PRAGMA wal_autocheckpoint=0")
-        self._stop = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
-                                              name="ledger-checkpoint", daemon=True)
-        self._checkpointer.start()
+    """The interface; ``LedgerStore(url)`` returns the backend's store for ``url``."""
 
-    def _checkpoint_loop(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        try:
-            while not self._stop.wait(1.0):
-                try:
-                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.OperationalError:
-                    pass  # busy: the next second's turn
-        finally:
-            db.close()
+    backend = ""
+    description = ""  # where the data lives, for people (a path, or a URL without password)
 
+    def __new__(cls, url: str, *args: Any, **kwargs: Any) -> LedgerStore:
+        if cls is LedgerStore:
+            if backend_of(url) == "postgresql":
+                from host_tools.ledger.pg_store import PgStore
+                cls = PgStore
+            else:
+                from host_tools.ledger.sqlite_store import SqliteStore
+                cls = SqliteStore
+        return super().__new__(cls)
+
+    # -- ingest ------------------------------------------------------------------------
     def store(self, batch: Batch, ledger_ms: int) -> tuple[int, int]:
-        """Insert the batch's events; returns (new, duplicates)."""
+        """Insert one batch's events; returns (new, duplicates)."""
         return self.store_many([batch], ledger_ms)[0]
 
     def store_many(self, batches: list[Batch], ledger_ms: int) -> list[tuple[int, int]]:
-        """Insert several batches in one transaction (one sync); (new, duplicates) each."""
-        cur = self.db.cursor()
-        out = []
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            for batch in batches:
-                epoch = f"{batch.epoch:016x}"
-                gw, sent = batch.gateway, batch.sent_ms
-                # Bodies are stored as sent; fields are read with json_extract (view
-                # event_fields) when a report needs them: no JSON work per event at ingest.
-                rows = [(gw, epoch, seq, cls, hlc, bytes(body).decode("utf-8", "replace"),
-                         sent, ledger_ms) for seq, cls, hlc, body in batch.records]
-                before = self.db.total_changes
-                cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
-                new = self.db.total_changes - before
-                cur.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
-                            (gw, epoch, batch.first_seq, batch.last_seq, len(rows),
-                             len(rows) - new, sent, ledger_ms))
-                out.append((new, len(rows) - new))
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        return out
+        """Insert several batches in one transaction; (new, duplicates) for each, returned
+        only after the commit."""
+        raise NotImplementedError
 
     def reject(self, gateway: str | None, reason: str, detail: str, ledger_ms: int) -> None:
-        self.db.execute("INSERT INTO rejections VALUES (?,?,?,?)",
-                        (ledger_ms, gateway, reason, detail))
+        raise NotImplementedError
 
+    # -- reading -------------------------------------------------------------------------
     def count(self, gateway: str | None = None) -> int:
-        if gateway is None:
-            return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        return self.db.execute("SELECT COUNT(*) FROM events WHERE gateway=?",
-                               (gateway,)).fetchone()[0]
+        raise NotImplementedError
+
+    def event_rows(self) -> Iterator[EventRow]:
+        """Every event, ordered by gateway, epoch, seq (see ``EventRow``)."""
+        raise NotImplementedError
+
+    def duplicates_by_epoch(self) -> dict[tuple[str, str], int]:
+        """Duplicates discarded per (gateway, epoch), from the receipts."""
+        raise NotImplementedError
+
+    def rejection_count(self) -> int:
+        raise NotImplementedError
+
+    def keys(self) -> list[tuple[str, str, int]]:
+        """Every stored (gateway, epoch, seq), sorted: for tests that compare stores."""
+        raise NotImplementedError
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        return self.db.execute(sql, args).fetchall()
+        """Raw SQL in the backend's dialect and placeholder style (``?`` / ``%s``)."""
+        raise NotImplementedError
+
+    # -- schema ----------------------------------------------------------------------------
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
+    def migrate(self) -> list[int]:
+        """Apply every migration not yet applied; returns the versions applied now."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        self._stop.set()
-        self._checkpointer.join(5)
-        self.db.close()
+        raise NotImplementedError
+
+    def __enter__(self) -> LedgerStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(url: str, migrate: bool = False) -> LedgerStore:
+    """The store for ``url``. SQLite always migrates; PostgreSQL only when ``migrate``
+    (else it raises ``StoreError`` on an unmigrated or older schema)."""
+    return LedgerStore(url, migrate=migrate)

@@ -1,0 +1,75 @@
+"""Versioned schema migrations, one list per backend.
+
+A migration is (version, SQL). The applied versions are rows of ``schema_version``; a
+migration runs in the transaction that records it, so a crash leaves it either applied
+and recorded or neither. Never edit a released migration: append the next version.
+
+Version 1 uses ``IF NOT EXISTS`` so that a SQLite ledger created before migrations
+existed (same tables, no ``schema_version``) is adopted as it is.
+
+PostgreSQL specifics: ``gateway`` and ``epoch`` use the ``C`` collation, so the unique
+index compares bytes instead of running the database's locale rules on every insert (the
+epoch is hex, gateway ids are ASCII by convention; order is only used by reports). The
+body is text as sent; ``midshift_try_jsonb`` reads it as JSON when a report asks, and
+yields NULL for a body that is not JSON (as SQLite's ``json_valid`` filter does).
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION_TABLE = ("CREATE TABLE IF NOT EXISTS schema_version "
+                        "(version INTEGER PRIMARY KEY, applied_ms BIGINT NOT NULL)")
+
+SQLITE: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE IF NOT EXISTS events (
+    gateway TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
+    cls INTEGER NOT NULL, hlc INTEGER NOT NULL, body TEXT NOT NULL,
+    sent_ms INTEGER NOT NULL, ledger_ms INTEGER NOT NULL,
+    PRIMARY KEY (gateway, epoch, seq)) WITHOUT ROWID;
+CREATE VIEW IF NOT EXISTS event_fields AS
+    SELECT gateway, epoch, seq, cls, hlc, sent_ms, ledger_ms,
+           json_extract(body, '$.src') AS source, json_extract(body, '$.k') AS kind,
+           json_extract(body, '$.t') AS read_ms, json_extract(body, '$.d') AS data
+    FROM events WHERE json_valid(body);
+CREATE TABLE IF NOT EXISTS receipts (
+    gateway TEXT NOT NULL, epoch TEXT NOT NULL, first INTEGER NOT NULL, last INTEGER NOT NULL,
+    records INTEGER NOT NULL, duplicates INTEGER NOT NULL, sent_ms INTEGER NOT NULL,
+    ledger_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rejections (
+    ledger_ms INTEGER NOT NULL, gateway TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL);
+"""),
+]
+
+POSTGRESQL: list[tuple[int, str]] = [
+    (1, """
+CREATE TABLE IF NOT EXISTS events (
+    gateway TEXT COLLATE "C" NOT NULL, epoch TEXT COLLATE "C" NOT NULL, seq BIGINT NOT NULL,
+    cls SMALLINT NOT NULL, hlc BIGINT NOT NULL, body TEXT NOT NULL,
+    sent_ms BIGINT NOT NULL, ledger_ms BIGINT NOT NULL,
+    PRIMARY KEY (gateway, epoch, seq));
+CREATE OR REPLACE FUNCTION midshift_try_jsonb(t text) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RETURN t::jsonb;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE VIEW event_fields AS
+    SELECT gateway, epoch, seq, cls, hlc, sent_ms, ledger_ms,
+           j ->> 'src' AS source, j ->> 'k' AS kind,
+           CASE WHEN jsonb_typeof(j -> 't') = 'number' THEN j -> 't' END AS read_ms,
+           -- as SQLite's json_extract: an object or array as JSON text, a scalar as itself
+           CASE WHEN jsonb_typeof(j -> 'd') IN ('object', 'array') THEN (j -> 'd')::text
+                ELSE j ->> 'd' END AS data
+    FROM (SELECT *, midshift_try_jsonb(body) AS j FROM events) e
+    WHERE j IS NOT NULL;
+CREATE TABLE IF NOT EXISTS receipts (
+    gateway TEXT COLLATE "C" NOT NULL, epoch TEXT COLLATE "C" NOT NULL,
+    first BIGINT NOT NULL, last BIGINT NOT NULL, records INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL, sent_ms BIGINT NOT NULL, ledger_ms BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS rejections (
+    ledger_ms BIGINT NOT NULL, gateway TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL);
+"""),
+]
+
+LATEST = {"sqlite": SQLITE[-1][0], "postgresql": POSTGRESQL[-1][0]}
