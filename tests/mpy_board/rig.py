@@ -33,6 +33,7 @@ ROOT = HERE.parents[1]
 GATEWAY = "node-1"
 SITE = "door3"
 KEY = bytes(range(40, 72))
+COMMAND_KEY = bytes(range(140, 172))
 SHIM_MODULES = ("machine", "network", "usocket", "ustruct", "ubinascii", "umqtt",
                 "umqtt.simple")
 FAST = {"timeout_s": 0.5, "ping_ms": 500, "max_retry_ms": 500, "ack_timeout_ms": 3000,
@@ -84,7 +85,7 @@ def site_doc(scanner: bool = True, scale: bool = False,
 
 class NodeRig:
     def __init__(self, tmp: Path, scanner: bool = True, scale: bool = False,
-                 board: str = "pico-w") -> None:
+                 board: str = "pico-w", commands: bool = False) -> None:
         from simulator.devices.scale import Scale
         from simulator.devices.scanner import BarcodeScanner
         self.tmp = tmp
@@ -104,9 +105,12 @@ class NodeRig:
             self.uarts[1] = str(tmp / "scale1")
         self.node_dir = tmp / "node"
         self.node_dir.mkdir()
-        doc, _ = node_document(board, site_doc(scanner, scale, self.proxy.address[1]))
+        doc, _ = node_document(board, site_doc(scanner, scale, self.proxy.address[1]),
+                               command_key=commands)
         (self.node_dir / "node.json").write_text(json.dumps(doc))
         (self.node_dir / KEY_FILES["hmac"]).write_text(KEY.hex())
+        if commands:
+            (self.node_dir / KEY_FILES["command"]).write_text(COMMAND_KEY.hex())
         self.node: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
