@@ -68,7 +68,8 @@ class Node:
         self._status_due = now
         self.counters = {"steps": 0, "journaled": 0, "journal_full": 0, "storage_errors": 0,
                          "bad_acks": 0, "acks": 0, "commits": 0, "commands_rejected": 0,
-                         "max_device_gap_ms": 0}
+                         "max_device_gap_ms": 0, "loop_errors": 0}
+        self.last_loop_error = None
         self.invalid = self.pipeline.invalid  # reason -> count (bad_time, unknown_source...)
         self.last_command = None
         self._last_device_ms = now
@@ -98,6 +99,9 @@ class Node:
             self.journal.append(body, cls, self.hlc.now())
         except JournalFull:
             self.counters["journal_full"] += 1
+            return
+        except MidshiftError:  # the storage failed under a telemetry drop
+            self.counters["storage_errors"] += 1
             return
         self.counters["journaled"] += 1
 
@@ -213,9 +217,15 @@ class Node:
     # ---- run ---------------------------------------------------------------------------------
 
     def run(self, sleep_ms, should_stop=None):
-        """Step until ``should_stop()`` says so; ``sleep_ms(n)`` pauses while nothing is due."""
+        """Step until ``should_stop()`` says so; ``sleep_ms(n)`` pauses while nothing is due.
+        An unexpected exception in a step is counted (``loop_errors``, ``last_loop_error``)
+        and the loop goes on: a node that stops reading its scanner loses scans."""
         while should_stop is None or not should_stop():
-            self.step()
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - see docstring; the status shows it
+                self.counters["loop_errors"] += 1
+                self.last_loop_error = repr(exc)
             sleep_ms(self._idle_for())
 
     def _idle_for(self):
@@ -245,7 +255,7 @@ class Node:
                "forwarder": dict(self.forwarder.counters), "counters": dict(self.counters),
                "pipeline": self.pipeline.stats(), "uplink": self.uplink.status(),
                "devices": [d.status() for d in self.devices],
-               "last_command": self.last_command}
+               "last_command": self.last_command, "last_loop_error": self.last_loop_error}
         if self.wifi is not None:
             out["wifi"] = self.wifi.status()
         return out

@@ -149,6 +149,8 @@ class NodeRig:
             self._thread = None
             self.node.close()
         assert not self.errors, self.errors
+        assert self.node is None or self.node.counters["loop_errors"] == 0, \
+            self.node.last_loop_error
 
     # ---- the node in its own process -----------------------------------------------------
 
