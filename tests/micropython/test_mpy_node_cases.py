@@ -321,3 +321,58 @@ def test_node_config_is_checked_on_the_board_too():
         assert exc.key == "devices.plc1.type"
     else:
         raise AssertionError("a Modbus device was accepted on the node")
+
+
+def test_board_clock_counts_on_through_a_ticks_wrap():
+    from firmware.mpy import board_clock
+    period = 1 << 30  # ticks_ms wraps here on most ports
+    t = [period - 5]
+    saved = (board_clock.ticks_ms, board_clock.ticks_diff)
+    board_clock.ticks_ms = lambda: t[0]
+    board_clock.ticks_diff = lambda a, b: ((a - b + period // 2) % period) - period // 2
+    try:
+        clock = board_clock.BoardClock()
+        t[0] = (t[0] + 10) % period  # past the wrap
+        assert clock.monotonic_ms() == 10
+        t[0] = (t[0] + 100000) % period
+        assert clock.monotonic_ms() == 100010
+    finally:
+        board_clock.ticks_ms, board_clock.ticks_diff = saved
+
+
+class FakeWlan:
+    def __init__(self):
+        self.in_range = True
+        self.associated = False
+        self.connects = 0
+
+    def active(self, on=None):
+        return True
+
+    def connect(self, ssid, key):
+        self.connects += 1
+        self.associated = self.in_range
+
+    def disconnect(self):
+        self.associated = False
+
+    def isconnected(self):
+        return self.associated and self.in_range
+
+
+def test_wifi_station_rejoins_after_a_drop_with_a_growing_backoff():
+    from firmware.mpy.wifi import WifiStation
+    wlan = FakeWlan()
+    wifi = WifiStation("goods-in", "pw", wlan=wlan, max_retry_ms=2000, join_timeout_ms=1000)
+    assert not wifi.check(0)  # the first join starts
+    assert wifi.check(10) and wifi.counters["ups"] == 1
+    wlan.in_range = False
+    wlan.associated = False
+    assert not wifi.check(20) and wifi.counters["drops"] == 1
+    assert wlan.connects == 2  # rejoined at once after the drop
+    for now, joins in ((500, 2), (1020, 2), (1600, 3), (2700, 3), (3700, 4)):
+        wifi.check(now)  # abandoned after 1 s, retried after 0.5 s, then 1 s, then 2 s
+        assert wlan.connects == joins, (now, wlan.connects)
+    wlan.in_range = True
+    wlan.connect("goods-in", "pw")
+    assert wifi.check(3800) and wifi.counters["ups"] == 2
