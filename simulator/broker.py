@@ -95,7 +95,8 @@ class Broker:
                  persistence: bool = False, acl_file: str | Path | None = None,
                  allow_anonymous: bool = True, tls: TlsListener | None = None,
                  autosave_changes: int = 1, backend: str = "auto",
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", bridge_to: str | None = None,
+                 bridge_topics: tuple[str, ...] = ("midshift/v1/#",)) -> None:
         if backend not in ("auto", "mosquitto", "amqtt"):
             raise ValueError(f"broker backend {backend!r} is not one of auto, mosquitto, amqtt")
         self.binary = find_mosquitto() if backend != "amqtt" else None
@@ -122,6 +123,12 @@ class Broker:
         self.autosave_changes = autosave_changes
         self.acl_file = Path(acl_file) if acl_file else None
         self.allow_anonymous = allow_anonymous
+        # A mosquitto bridge to another broker ("HOST:PORT"), as a site broker bridged to a
+        # cloud broker: each topic pattern both ways at QoS 1. mosquitto keeps the bridge
+        # from echoing a message back where it came from (try_private), so one publish
+        # reaches a subscriber on either side once.
+        self.bridge_to = bridge_to
+        self.bridge_topics = bridge_topics
         self.process: subprocess.Popen | None = None
         self.config_path = self.directory / "mosquitto.conf"
         self.log_path = self.directory / "mosquitto.log"
@@ -177,6 +184,11 @@ class Broker:
                       f"{'true' if t.use_identity_as_username else 'false'}"]
             if t.crlfile is not None:  # read at start: restart() after the CRL changes
                 lines.append(f"crlfile {t.crlfile}")
+        if self.bridge_to:  # a bridge section comes last: its options end the file
+            lines += [f"connection bridge-{self.port}", f"address {self.bridge_to}",
+                      "try_private true", "cleansession true", "restart_timeout 1 2",
+                      "bridge_protocol_version mqttv311"]
+            lines += [f"topic {t} both 1" for t in self.bridge_topics]
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
 
