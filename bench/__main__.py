@@ -14,6 +14,7 @@ import sys
 BENCHMARKS = {
     "journal": "bench.journal_bench",
     "forward": "bench.forward_bench",
+    "ledger": "bench.ledger_bench",
 }
 
 

@@ -84,7 +84,9 @@ class Fleet:
         self.gateways = [self._make_gateway(f"{prefix}-{i:05d}", rnd) for i in range(gateways)]
         self.by_name = {g.name: g for g in self.gateways}
         self.connections = min(connections or min(gateways, 32), gateways)
-        self.counters = {"batches": 0, "resends": 0, "acks": 0, "rejected_acks": 0}
+        self.counters = {"batches": 0, "resends": 0, "acks": 0, "rejected_acks": 0,
+                         "max_inflight_per_gateway": 0}
+        self.backlog_batches: list[tuple[str, bytes]] = []  # (gateway, batch) as prepared
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._expected = 0
@@ -133,6 +135,7 @@ class Fleet:
             while left > 0:
                 n = min(left, self.batch_events)
                 g.queued.append(self._encode(g, self._records(g, n, now_ms)))
+                self.backlog_batches.append((g.name, g.queued[-1][2]))
                 left -= n
         self._expected = self.backlog * len(self.gateways)
         return self
@@ -278,6 +281,8 @@ class Fleet:
                 g.inflight[first] = (n, now, data)
                 out.append(data)
                 self.counters["batches"] += 1
+            if len(g.inflight) > self.counters["max_inflight_per_gateway"]:
+                self.counters["max_inflight_per_gateway"] = len(g.inflight)
         for data in out:
             client.publish(self.topic(g, "events"), data, qos=1)
 

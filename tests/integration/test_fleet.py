@@ -1,0 +1,89 @@
+"""The virtual gateway fleet against mosquitto and PostgreSQL ledger workers.
+
+A reconnect storm in miniature (the benchmark runs 1,000 x 1,000): every gateway comes
+back at once with a backlog, each after its own jittered delay, never more than its
+window of batches in flight, and a per-gateway drain rate that really holds it back;
+live events join the backlog. The whole fleet drains, and the ledger holds each event
+once. (Worker processes and faults: ``test_ledger_workers.py``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from host_tools.ledger.service import LedgerService
+from host_tools.ledger.store import LedgerStore, open_store
+from simulator.broker import Broker
+from simulator.fleet import Fleet
+from simulator.postgres import ThrowawayPostgres
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[ThrowawayPostgres]:
+    with ThrowawayPostgres() as cluster:
+        yield cluster
+
+
+def workers(store_url: str, fleet: Fleet, broker: Broker, n: int) -> list[LedgerService]:
+    return [LedgerService(open_store(store_url), fleet.keys(), broker.url,
+                          shared_group="ledger", client_id=f"w{i}").start() for i in range(n)]
+
+
+def close(services: list[LedgerService]) -> None:
+    for s in services:
+        s.stop()
+        s.store.close()
+
+
+def exactly_once(store: LedgerStore, fleet: Fleet) -> None:
+    want = sorted((gw, epoch, seq) for gw, (epoch, last) in fleet.expected().items()
+                  for seq in range(1, last + 1))
+    assert store.keys() == want
+
+
+def test_a_reconnect_storm_drains_inside_the_caps(pg: ThrowawayPostgres) -> None:
+    url = pg.create_database("storm")
+    open_store(url, migrate=True).close()
+    with Broker() as broker:
+        fleet = Fleet(broker.url, gateways=300, backlog=100, batch_events=25, window=2,
+                      jitter_s=1.0, connections=30, site="storm").prepare()
+        services = workers(url, fleet, broker, 2)
+        try:
+            result = fleet.run(timeout_s=60)
+        finally:
+            close(services)
+        assert result["drained"] and result["acked_events"] == 30_000, result
+        assert result["max_inflight_per_gateway"] <= 2  # the window held under the storm
+        assert result["drain_s"] >= 0.9  # the last gateway came back near the jitter's end
+        assert all(s.counters["batches"] > 0 for s in services)
+        with open_store(url) as store:
+            exactly_once(store, fleet)
+
+
+def test_a_drain_cap_holds_each_gateway_back_and_live_events_join_the_backlog(
+        pg: ThrowawayPostgres) -> None:
+    url = pg.create_database("capped")
+    open_store(url, migrate=True).close()
+    with Broker() as broker:
+        # 1,000 events at 2,000 events/s per gateway in batches of 100: at least 0.45 s
+        fleet = Fleet(broker.url, gateways=10, backlog=1000, batch_events=100, window=8,
+                      drain_events_per_s=2000, rate_per_s=1000, live_s=0.5,
+                      site="capped").prepare()
+        services = workers(url, fleet, broker, 1)
+        try:
+            result = fleet.run(timeout_s=60)
+        finally:
+            close(services)
+        assert result["drained"] and result["events"] == 10_000 + 500, result
+        assert result["drain_s"] >= 0.45
+        with open_store(url) as store:
+            exactly_once(store, fleet)
+
+
+def test_bad_fleet_arguments_are_one_line() -> None:
+    with pytest.raises(ValueError, match="expected mqtt://HOST:PORT"):
+        Fleet("tcp://127.0.0.1:1883", gateways=1)
+    with pytest.raises(ValueError, match="1 or more"):
+        Fleet("mqtt://127.0.0.1:1883", gateways=0)
