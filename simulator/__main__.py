@@ -5,6 +5,7 @@
   proxy-show NAME                                     a running proxy's mode and counters
   broker [--port N] [--persistence]                   a local mosquitto, until Ctrl-C
   devices --config FILE                               device emulators from a TOML file
+  fleet [--gateways N] [--backlog N] [--keys-out F]  virtual gateways against a broker
 
 Fault proxies are found by name through control sockets in $MIDSHIFT_RUNTIME_DIR
 (default: <tmp>/midshift-sim).
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where devices log what they produced (default: "
                     "$MIDSHIFT_RUNTIME_DIR/ground-truth)")
     sd.set_defaults(func=cmd_devices)
+
+    from simulator.fleet_cli import register as register_fleet  # virtual gateways (issue 10)
+    register_fleet(sub)
     return p
 
 

@@ -101,14 +101,26 @@ class ThrowawayPostgres:
             opts = " ".join([f"-c {k}={v}" for k, v in self.settings.items()]
                             + ["-c listen_addresses=127.0.0.1", f"-p {self.port}",
                                f"-k {self.directory}"])
-            self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.directory / "pg.log"),
-                      "-o", opts, "-w", "-t", "60", "start")
+            self._opts = opts
+            self._pg_ctl_start()
             self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.role,
                       self.database)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _pg_ctl_start(self) -> None:
+        assert self.directory is not None
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.directory / "pg.log"),
+                  "-o", self._opts, "-w", "-t", "60", "start")
+
+    def restart(self, immediate: bool = True) -> None:
+        """Stop (``immediate``: no checkpoint, as a crash; recovery replays the WAL) and
+        start again on the same port."""
+        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate" if immediate
+                  else "fast", "-w", "stop")
+        self._pg_ctl_start()
 
     def create_database(self, name: str) -> str:
         """A new empty database in this cluster (one per test keeps tests apart); its URL."""

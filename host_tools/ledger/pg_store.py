@@ -130,24 +130,46 @@ class PgStore(LedgerStore):
         return applied
 
     # -- ingest ----------------------------------------------------------------------------
+    def _connection(self) -> Any:
+        """The connection, opened again if the server restarted or the link broke (the
+        failed group was never acknowledged: its batches come again)."""
+        if self.conn.closed or self.conn.broken:
+            self.conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=5)
+        return self.conn
+
     def store_many(self, batches: list[Batch], ledger_ms: int) -> list[tuple[int, int]]:
         if not batches:
             return []
-        receipts_rows = [(b, len(b.records)) for b in batches]
+        # Rows go in key order, so two workers holding overlapping resends lock the same
+        # keys in the same order and wait for each other instead of deadlocking.
+        order = sorted(range(len(batches)), key=lambda i: (
+            batches[i].gateway, batches[i].epoch, batches[i].first_seq))
+        ordered = [batches[i] for i in order]
+        errors = self._psycopg.errors
         with self._lock:
+            conn = self._connection()
             try:
-                with self.conn.transaction(), self.conn.cursor() as cur:
+                with conn.transaction(), conn.cursor() as cur:
                     with cur.copy("COPY events FROM STDIN") as cp:
-                        cp.write(copy_text(batches, ledger_ms))
-                    self._copy_receipts(cur, [(b, n, 0) for b, n in receipts_rows], ledger_ms)
-                return [(n, 0) for _, n in receipts_rows]
-            except self._psycopg.errors.UniqueViolation:
+                        cp.write(copy_text(ordered, ledger_ms))
+                    self._copy_receipts(cur, [(b, len(b.records), 0) for b in ordered],
+                                        ledger_ms)
+                return [(len(b.records), 0) for b in batches]
+            except (errors.UniqueViolation, errors.DeadlockDetected):
                 pass  # some were stored before: the slow path counts them per batch
-            with self.conn.transaction(), self.conn.cursor() as cur:
-                counts = self._store_with_duplicates(cur, batches, ledger_ms)
-                self._copy_receipts(cur, [(b, n, n - new) for (b, n), (new, _) in
-                                          zip(receipts_rows, counts, strict=True)], ledger_ms)
-            return counts
+            for attempt in range(3):  # a deadlock with another worker's resend: again
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        counts = self._store_with_duplicates(cur, ordered, ledger_ms)
+                        self._copy_receipts(cur, [(b, len(b.records), dup) for b, (_, dup)
+                                                  in zip(ordered, counts, strict=True)],
+                                            ledger_ms)
+                    break
+                except errors.DeadlockDetected:
+                    if attempt == 2:
+                        raise
+        by_index = dict(zip(order, counts, strict=True))
+        return [by_index[i] for i in range(len(batches))]
 
     def _store_with_duplicates(self, cur: Any, batches: list[Batch],
                                ledger_ms: int) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ once. (Worker processes and faults: ``test_ledger_workers.py``.)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,31 @@ def test_bad_fleet_arguments_are_one_line() -> None:
         Fleet("tcp://127.0.0.1:1883", gateways=1)
     with pytest.raises(ValueError, match="1 or more"):
         Fleet("mqtt://127.0.0.1:1883", gateways=0)
+
+
+def test_the_cli_writes_the_keys_then_drains_the_same_fleet(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from host_tools.ledger.service import load_keys
+
+    root = Path(__file__).resolve().parents[2]
+    keys = tmp_path / "keys.toml"
+    common = ["--gateways", "5", "--seed", "7", "--site", "cli"]
+
+    def simulator(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "simulator", "fleet", *common, *argv],
+                              cwd=root, capture_output=True, text=True, timeout=60)
+
+    assert simulator("--keys-out", str(keys)).returncode == 0
+    with Broker() as broker, LedgerStore(f"sqlite:///{tmp_path / 'l.db'}") as store:
+        ledger = LedgerService(store, load_keys(keys), broker.url).start()
+        try:
+            done = simulator("--broker", broker.url, "--backlog", "300")
+        finally:
+            ledger.stop()
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["acked_events"] == 1500 == store.count()
+    bad = simulator("--broker", "tcp://x")
+    assert bad.returncode == 2 and "expected mqtt://HOST:PORT" in bad.stderr

@@ -143,3 +143,22 @@ def test_a_worker_killed_mid_copy_leaves_nothing_behind(pg: ThrowawayPostgres) -
         child.wait(10)
         assert store.count() == 0
         assert store.store_many(big, 3) == [(5000, 0)]
+
+
+def test_after_a_server_crash_the_group_in_flight_fails_and_the_next_reconnects(
+        pg: ThrowawayPostgres) -> None:
+    """What was committed survives; the group that met the dead connection raises (so the
+    worker does not acknowledge it) and the next group opens a new connection."""
+    import psycopg
+
+    url = pg.create_database("server_crash")
+    first = [Batch("gw-c", 1, [(s, 0, s, body("s", s, "c")) for s in range(1, 101)], 1)]
+    second = [Batch("gw-c", 1, [(s, 0, s, body("s", s, "c")) for s in range(101, 201)], 1)]
+    with open_store(url, migrate=True) as store:
+        assert store.store_many(first, 1) == [(100, 0)]
+        pg.restart(immediate=True)
+        with pytest.raises(psycopg.OperationalError):
+            store.store_many(second, 2)
+        assert store.store_many(second, 3) == [(100, 0)]
+        assert store.store_many(first + second, 4) == [(0, 100), (0, 100)]
+        assert store.count() == 200
