@@ -116,3 +116,40 @@ def test_the_cli_writes_the_keys_then_drains_the_same_fleet(tmp_path: Path) -> N
         assert json.loads(done.stdout)["acked_events"] == 1500 == store.count()
     bad = simulator("--broker", "tcp://x")
     assert bad.returncode == 2 and "expected mqtt://HOST:PORT" in bad.stderr
+
+
+def test_a_real_agent_drains_beside_the_fleet_into_the_same_workers(
+        pg: ThrowawayPostgres, tmp_path: Path) -> None:
+    """The fleet scenario's shape: a real agent process's forwarding (journal, forwarder,
+    uplink) and 200 virtual gateways share one broker and two PostgreSQL workers."""
+    import threading
+
+    from simulator.lab import KEY, Lab, wait_for
+
+    url = pg.create_database("with_agent")
+    open_store(url, migrate=True).close()
+    lab = Lab(tmp_path, uplinks=1, direct=True)
+    lab.ledger.stop()  # the lab's SQLite ledger steps aside for the PostgreSQL workers
+    fleet = Fleet(lab.broker.url, gateways=200, backlog=200, batch_events=50, window=4,
+                  jitter_s=0.5, site="beside").prepare()
+    services = [LedgerService(open_store(url), {"gw-t": KEY, **fleet.keys()}, lab.broker.url,
+                              shared_group="ledger", client_id=f"w{i}").start()
+                for i in range(2)]
+    try:
+        agent = lab.start_agent()
+        assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(fleet.run(60)), daemon=True)
+        runner.start()
+        for _ in range(20):
+            lab.emit(25)
+        runner.join(70)
+        with open_store(url) as store:
+            assert wait_for(lambda: store.count("gw-t") == 500, 20)
+            keys = store.keys()
+        agent_seqs = [seq for gw, _, seq in keys if gw == "gw-t"]
+        assert agent_seqs == list(range(1, 501))
+        assert result.get("drained") and len(keys) == 500 + 40_000, result
+    finally:
+        close(services)
+        lab.close()
