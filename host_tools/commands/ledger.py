@@ -15,6 +15,10 @@ import signal
 import subprocess
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from host_tools.ledger.store import LedgerStore
 
 DB_HELP = "sqlite:///PATH (embedded, the default kind) or postgresql://USER@HOST:PORT/DB"
 
@@ -43,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     migrate.set_defaults(run=migrate_ledger)
 
 
-def _open(db: str, migrate: bool, who: str):  # -> LedgerStore | None, after one line
+def _open(db: str, migrate: bool, who: str) -> LedgerStore | None:
+    """The store, or None after one line on stderr saying why not."""
     from host_tools.ledger.store import StoreError, open_store
     try:
         return open_store(db, migrate=migrate)
