@@ -163,3 +163,14 @@ def test_after_a_server_crash_the_group_in_flight_fails_and_the_next_reconnects(
         assert store.store_many(second, 3) == [(100, 0)]
         assert store.store_many(first + second, 4) == [(0, 100), (0, 100)]
         assert store.count() == 200
+
+
+def test_two_migrations_at_once_apply_each_version_once(pg: ThrowawayPostgres) -> None:
+    url = pg.create_database("race")
+    runs = [subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "migrate", "--db",
+                              url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    outs = [r.communicate(timeout=60) for r in runs]
+    assert [r.returncode for r in runs] == [0, 0], outs
+    with open_store(url) as store:
+        assert store.query("SELECT version FROM schema_version") == [(1,)]
