@@ -68,11 +68,15 @@ def _run(args: argparse.Namespace) -> int:
     from firmware.agent import Agent  # drivers and journal only when running
 
     cfg = load_config(args.config, args.board)
+    clock = None
+    if args.clock_control:  # the simulator steers this agent's wall clock (skew, jumps)
+        from firmware.edges.clock import FileControlledClock
+        clock = FileControlledClock(args.clock_control)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     while True:
-        agent = Agent(cfg)
+        agent = Agent(cfg, clock=clock)
         agent.start()
         try:
             while not done.wait(1.0) and not agent.reload_requested.is_set():
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--log-level", default="INFO",
                            choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+            p.add_argument("--clock-control", metavar="FILE",
+                           help="simulation only: follow the wall-clock offset and drift the "
+                           "simulator writes to FILE (see firmware/edges/clock.py)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(args, "log_level", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

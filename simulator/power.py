@@ -20,6 +20,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +85,28 @@ def kill_randomly(process: subprocess.Popen, rng: random.Random, min_s: float, m
     if not 0 <= min_s <= max_s:
         raise ValueError(f"power cut window [{min_s}, {max_s}] s is not 0 <= min_s <= max_s")
     return PowerCut(process, rng.uniform(min_s, max_s), group)
+
+
+def tear_journal_tail(directory: str | Path, rng: random.Random) -> dict[str, int]:
+    """After a SIGKILL, leave what a power cut mid-write leaves: the first bytes of the
+    next frame (a real header for the next seq, chained to the last frame, and part of a
+    body) after the journal's last record, never over it. Those bytes were never reported
+    durable, so nothing a device was told is lost; the agent must find the torn frame on
+    its next start, report it and cut it off. Returns where and how much was written."""
+    from firmware.core import record as rec
+    from firmware.core.journal import DATA_START, Journal
+    from firmware.edges.flash import FileStorage
+
+    storage = FileStorage(directory)
+    try:
+        j = Journal.open(storage, repair=False)  # read only: no repair, no commit point
+        body = b'{"v":1,"src":"torn","k":"scan","t":0,"d":{"code":"' + b"9" * 40 + b'"}}'
+        frame = rec.encode_frame(rec.epoch_seed(j.epoch), rec.TYPE_RECORD, rec.TXN,
+                                 j.next_seq, j.last_hlc + 1, j._last_crc, body)
+        room = j.segment_size - j.head_pos % j.segment_size
+        n = min(room, rng.randint(rec.HEADER_SIZE // 2, len(frame) - 1))
+        storage.write(DATA_START + j.head_pos % j.data_size, frame[:n])
+        storage.sync()
+        return {"pos": j.head_pos, "bytes": n, "next_seq": j.next_seq}
+    finally:
+        storage.close()

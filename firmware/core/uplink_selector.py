@@ -8,7 +8,8 @@ error); ``select(now_ms)`` returns the uplink to use and the change, if any:
 - when it fails, the most preferred healthy uplink takes over at once (failover);
 - a more preferred uplink takes the traffic back only after it has been healthy without
   interruption for ``hold_ms`` (fail-back), so a flapping primary does not drag the
-  traffic back and forth;
+  traffic back and forth; one that has never failed (at start-up the LTE modem may
+  connect a few milliseconds before the Ethernet) takes it at once, as a fail-back;
 - with nothing healthy, there is no active uplink and batches wait in the journal.
 
 A metered uplink carries only ``txn`` records (``carries(name, cls)``).
@@ -25,6 +26,7 @@ class UplinkSelector:
         self.hold_ms = hold_ms
         self.metered = set(metered)
         self._healthy_since = {}  # name -> ms it last became healthy; absent: unhealthy
+        self._failed = set()  # names that were healthy once and then failed
         self.active = None
         self.failovers = 0
         self.failbacks = 0
@@ -35,8 +37,8 @@ class UplinkSelector:
         if healthy:
             if name not in self._healthy_since:
                 self._healthy_since[name] = now_ms
-        else:
-            self._healthy_since.pop(name, None)
+        elif self._healthy_since.pop(name, None) is not None:
+            self._failed.add(name)
 
     def healthy(self, name):
         return name in self._healthy_since
@@ -56,7 +58,8 @@ class UplinkSelector:
             rank = self.names.index(old)
             for name in self.names[:rank]:
                 since = self._healthy_since.get(name)
-                if since is not None and now_ms - since >= self.hold_ms:
+                if since is not None and (now_ms - since >= self.hold_ms
+                                          or name not in self._failed):
                     new = name
                     break
         if new == old:
@@ -83,6 +86,6 @@ class UplinkSelector:
         for name in self.names[:self.names.index(self.active)]:
             since = self._healthy_since.get(name)
             if since is not None:
-                at = since + self.hold_ms
+                at = since + self.hold_ms if name in self._failed else now_ms
                 best = at if best is None else min(best, at)
         return best

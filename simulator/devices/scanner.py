@@ -221,10 +221,13 @@ class BarcodeScanner:
                                  sent_bytes=sent, **extra)
         return data
 
-    def garbage(self, n: int = 16) -> bytes:
-        """``n`` random bytes (any value, CR and LF included): line noise, a loose ground."""
+    def garbage(self, n: int = 16, end_line: bool = False) -> bytes:
+        """``n`` random bytes (any value, CR and LF included): line noise, a loose ground.
+        Without ``end_line`` the noise may run into the next scan's line (which a correct
+        client must then reject with it); with it, a terminator closes the noise's line."""
         with self._lock:
-            return self._send_fault("garbage", self._fault_rng.randbytes(n))
+            data = self._fault_rng.randbytes(n) + (self.terminator if end_line else b"")
+            return self._send_fault("garbage", data)
 
     def partial_then_silence(self, silence_s: float = 2.0) -> bytes:
         """The first half of the next scan line, no terminator, then no background scans

@@ -302,10 +302,15 @@ def test_uplink_failover_and_failback_after_hold():
     assert s.select(0) == (None, None)
     s.report("lte", True, 0)
     assert s.select(0) == ("lte", ("up", None, "lte"))
-    s.report("eth", True, 1000)  # the primary comes up: not taken back before the hold
-    assert s.select(30999) == ("lte", None)
-    assert s.next_failback_ms(30999) == 31000
-    assert s.select(31000) == ("eth", ("failback", "lte", "eth"))
+    s.report("eth", True, 5)  # the primary's first connection at start-up: no hold
+    assert s.next_failback_ms(5) == 5
+    assert s.select(5) == ("eth", ("failback", "lte", "eth"))
+    s.report("eth", False, 1000)  # it fails: the secondary takes over at once
+    assert s.select(1000) == ("lte", ("failover", "eth", "lte"))
+    s.report("eth", True, 2000)  # back, but it has failed before: not before the hold
+    assert s.select(31999) == ("lte", None)
+    assert s.next_failback_ms(31999) == 32000
+    assert s.select(32000) == ("eth", ("failback", "lte", "eth"))
     s.report("eth", False, 40000)  # primary fails: the secondary takes over at once
     assert s.select(40000) == ("lte", ("failover", "eth", "lte"))
     for t in range(41000, 100000, 5000):  # the primary flaps: up 2 s, down 3 s
@@ -314,7 +319,7 @@ def test_uplink_failover_and_failback_after_hold():
         s.report("eth", False, t + 2000)
     s.report("lte", False, 100000)
     assert s.select(100000) == (None, ("down", "lte", None))
-    assert (s.failovers, s.failbacks) == (1, 1)
+    assert (s.failovers, s.failbacks) == (2, 2)
     assert s.carries("eth", 1) and s.carries("lte", 0) and not s.carries("lte", 1)
 
 

@@ -1,0 +1,263 @@
+"""Runs one scenario end to end: bring the site up, wait until every gateway reports its
+devices, play the timeline with progress lines, end the shift, let the backlog drain,
+stop everything cleanly, then judge the ledger against the ground truth.
+
+Phases and their bounds (every wait here ends by itself):
+
+1. up: broker, ledger process, devices, fault proxies, agent processes; then until each
+   gateway's status shows every device ok (at most 60 s; a gateway that never gets there
+   is reported, and the run goes on so the report says why).
+2. shift: ``duration_s / speed`` wall seconds; faults and the scales' items on time.
+3. end of shift: the devices stop; the run waits until the ledger stops growing and every
+   gateway reports an empty backlog (at most ``settle_s``).
+4. down: agents SIGTERM, ledger SIGTERM, broker stopped; then the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from host_tools.ledger.store import LedgerStore
+from host_tools.reconcile import reconcile
+from simulator.ground_truth import read_ground_truth
+from simulator.outcome import evaluate, ledger_rows
+from simulator.scenario import Scenario
+from simulator.site import SimulatedSite
+from simulator.status_monitor import StatusMonitor
+from simulator.timeline import Timeline
+
+UP_TIMEOUT_S = 60.0
+
+
+class Progress:
+    """One line per step or every few seconds, to ``out`` (stderr when stdout is JSON)."""
+
+    def __init__(self, out: TextIO, quiet: bool = False) -> None:
+        self.out, self.quiet, self.t0 = out, quiet, time.monotonic()
+
+    def __call__(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:6.1f} s] {text}", file=self.out, flush=True)
+
+
+def _ledger_count(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return -1  # busy or not created yet: try again at the next tick
+
+
+def _produced(site: SimulatedSite) -> int:
+    n = 0
+    for g in site.gateways:
+        for f in g.ground_truth_dir.glob("*.jsonl"):
+            n += sum(1 for e in read_ground_truth(f) if e.get("expect"))
+    return n
+
+
+def _all_devices_ok(monitor: StatusMonitor, site: SimulatedSite) -> list[str]:
+    """Gateways not yet reporting every device ok."""
+    latest = monitor.latest()
+    waiting = []
+    for g in site.gateways:
+        doc = latest.get(g.gw_id) or {}
+        devs = doc.get("devices") or []
+        if len(devs) < len(g.devices) or any(d.get("state") != "ok" for d in devs):
+            waiting.append(g.gw_id)
+    return waiting
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float, step_s: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step_s)
+    return cond()
+
+
+def _status_line(monitor: StatusMonitor, site: SimulatedSite, timeline: Timeline) -> str:
+    latest = monitor.latest()
+    backlog = sum((latest.get(g.gw_id) or {}).get("backlog_records", 0) for g in site.gateways)
+    ups: dict[str, int] = {}
+    for g in site.gateways:
+        u = (latest.get(g.gw_id) or {}).get("uplink", "?")
+        ups[u] = ups.get(u, 0) + 1
+    active = [w.label for w in timeline.windows if w.end_ms is None]
+    return (f"produced {_produced(site)}  committed {_ledger_count(site.db_path)}  "
+            f"backlog {backlog}  uplinks {', '.join(f'{k}:{v}' for k, v in sorted(ups.items()))}"
+            f"  faults: {', '.join(active) or 'none'}")
+
+
+def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
+        report_dir: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    say = progress or Progress(sys.stderr, quiet=True)
+    speed = min(speed, scenario.max_speed)
+    n_gw = gateways or scenario.gateway_count
+    tmp = None
+    if report_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="midshift-scenario-")
+        run_dir = Path(tmp.name)
+    else:
+        run_dir = report_dir / "run"
+        if run_dir.exists():  # an earlier run's files: its ledger and logs are not this one's
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True)
+    site = SimulatedSite(scenario, run_dir, n_gw, speed)
+    monitor: StatusMonitor | None = None
+    stop = threading.Event()
+    wall_t0 = time.monotonic()
+    notes: list[str] = []
+    try:
+        say(f"scenario {scenario.name}: {n_gw} gateway(s), {len(scenario.devices)} device(s) "
+            f"each, {len(scenario.faults)} fault(s), {scenario.duration_s:g} s at speed "
+            f"{speed:g} ({scenario.duration_s / speed:.0f} s of wall time); files in {run_dir}")
+        site.start()
+        if not site.wait_ledger_ready():
+            raise RuntimeError(f"the ledger did not start; see {run_dir / 'ledger.log'}")
+        monitor = StatusMonitor("127.0.0.1", site.broker.port).start()
+        say("broker, ledger, devices and agents started; waiting for every device to be ok")
+        if not _wait(lambda: not _all_devices_ok(monitor, site), UP_TIMEOUT_S):
+            late = _all_devices_ok(monitor, site)
+            notes.append(f"not every device was ok after {UP_TIMEOUT_S:.0f} s: {late}")
+            say(f"warning: {notes[-1]}")
+        timeline = Timeline(site, speed)
+        timeline.plan()
+        start_ms = int(time.time() * 1000)
+        t0 = time.monotonic()
+        player = threading.Thread(target=timeline.run, args=(t0, stop.is_set), daemon=True,
+                                  name="timeline")
+        player.start()
+        shift_s = scenario.duration_s / speed
+        say("shift started")
+        seen = 0
+        while (left := t0 + shift_s - time.monotonic()) > 0:
+            time.sleep(min(left, 5.0))
+            for w in timeline.windows[seen:]:
+                say(f"fault: {w.label} on {', '.join(w.gateways)}")
+            seen = len(timeline.windows)
+            say(f"t={(time.monotonic() - t0) * speed:5.0f}/{scenario.duration_s:g} s  "
+                + _status_line(monitor, site, timeline))
+        stop.set()
+        player.join(30)
+        site.stop_devices()
+        traffic_end_ms = int(time.time() * 1000)
+        say("shift over: devices stopped; waiting for the backlog to drain")
+        last = [-2, time.monotonic()]
+
+        def drained() -> bool:
+            n = _ledger_count(site.db_path)
+            if n != last[0]:
+                last[:] = [n, time.monotonic()]
+            latest = monitor.latest()
+            empty = all((latest.get(g.gw_id) or {}).get("backlog_records", 1) == 0
+                        for g in site.gateways)
+            return empty and time.monotonic() - last[1] >= 2.0
+        if not _wait(drained, scenario.settle_s, 0.5):
+            notes.append(f"the backlog had not drained {scenario.settle_s:g} s after the shift")
+            say(f"warning: {notes[-1]}")
+        say(_status_line(monitor, site, timeline))
+        end_ms = int(time.time() * 1000)
+        samples = monitor.snapshot()
+        monitor.stop()
+        monitor = None
+        site.close()
+        say("everything stopped; reconciling")
+        store = LedgerStore(f"sqlite:///{site.db_path}")
+        try:
+            rec = reconcile(store, [])
+            outcome = evaluate({g.gw_id: g.ground_truth_dir for g in site.gateways},
+                               scenario.devices, ledger_rows(site.db_path), timeline.windows,
+                               samples, start_ms,
+                               traffic_end_ms, rec)
+        finally:
+            store.close()
+        torn = sum(_count_in_log(g.directory / "agent.log", b"recovered with damage")
+                   for g in site.gateways)
+        delivered = outcome.pop("_delivered")
+        result = {
+            "scenario": scenario.name, "speed": speed, "gateways": n_gw,
+            **outcome,
+            "torn_tails_repaired": torn,
+            "wall_s": round(time.monotonic() - wall_t0, 1),
+            "faults": [w.as_dict() for w in timeline.windows],
+            "notes": notes + timeline.notes,
+            "run_dir": str(run_dir) if tmp is None else None,
+            "start_ms": start_ms, "traffic_end_ms": traffic_end_ms, "end_ms": end_ms,
+        }
+        result["assertions"] = [{"expect": e.text(),
+                                 "actual": result.get(e.metric if e.metric != "alarms_raised"
+                                                      else "alarms"),
+                                 "passed": e.holds(_actual(result, e.metric))}
+                                for e in scenario.expect]
+        for a in result["assertions"]:
+            if a["expect"].startswith("alarms raised"):
+                a["actual"] = sorted({x["alarm"] for x in result["alarms"]})
+        result["passed"] = all(a["passed"] for a in result["assertions"]) and not notes
+        if report_dir is not None:
+            from simulator.shift_report import write_report
+            write_report(report_dir, result, scenario, samples, delivered)
+        return result
+    finally:
+        stop.set()
+        if monitor is not None:
+            monitor.stop()
+        site.close()
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _actual(result: dict[str, Any], metric: str) -> Any:
+    if metric == "alarms_raised":
+        return {a["alarm"] for a in result["alarms"]}
+    return result.get(metric)
+
+
+def _count_in_log(path: Path, needle: bytes) -> int:
+    return path.read_bytes().count(needle) if path.exists() else 0
+
+
+def summary_table(r: dict[str, Any]) -> str:
+    lines = [f"scenario {r['scenario']}: {'PASSED' if r['passed'] else 'FAILED'} "
+             f"({r['gateways']} gateway(s), speed {r['speed']:g}, {r['wall_s']} s)",
+             f"  produced {r['produced']}, committed {r['committed']} (ledger: {r['events']} "
+             f"events), lost {r['lost']}, duplicates {r['duplicates']}, corrupt {r['corrupt']}",
+             f"  unobserved while powered off {r['unobserved']}, telemetry re-read "
+             f"{r['reobserved']}, duplicates discarded by the ledger {r['duplicates_discarded']}",
+             f"  recovery_s_max {r['recovery_s_max']}, latency p50 {r['latency_p50_ms']} ms, "
+             f"p99 {r['latency_p99_ms']} ms (steady state), failovers {r['failovers']}, "
+             f"rejected lines {r['rejected_lines']}, torn tails repaired "
+             f"{r['torn_tails_repaired']}",
+             "  faults:"]
+    for rec in r["recoveries"]:
+        lines.append(f"    {rec['label']:<28} {rec['events_during']:>6} events during, "
+                     f"recovered in {rec['recovery_s']} s")
+    if r["alarms"]:
+        lines.append("  alarms: " + ", ".join(sorted({f"{a['gateway']} {a['alarm']}"
+                                                      for a in r["alarms"]})))
+    lines.append("  assertions:")
+    for a in r["assertions"]:
+        lines.append(f"    [{'ok' if a['passed'] else 'FAIL'}] {a['expect']} "
+                     f"(actual {a['actual']})")
+    for n in r["notes"]:
+        lines.append(f"  note: {n}")
+    return "\n".join(lines)
+
+
+def to_json(r: dict[str, Any]) -> str:
+    return json.dumps(r, sort_keys=True, default=str)

@@ -1,0 +1,299 @@
+"""A scenario file (``simulator/scenarios/<name>.toml``): gateways, their devices and
+traffic, a timeline of faults, and what must hold afterwards.
+
+Times are *scenario seconds*. ``--speed X`` plays them X times faster (waits shrink, device
+rates grow by X, so a shift produces the same events in less wall time) up to the file's
+``max_speed``; the agents themselves are never sped up, so their keepalives, failover and
+reconnects run at real speed inside the compressed timeline. ``--short`` plays the file's
+``[short]`` version: every time multiplied by ``time_scale`` (device rates unchanged, so
+fewer events), which is what ``make test`` runs.
+
+Layout (every key is checked; an unknown key or a bad value is one line naming it)::
+
+    [scenario]  name, description, duration_s, max_speed, settle_s
+    [short]     time_scale
+    [broker]    persistence
+    [gateways]  count, status_period_s, uplinks = ["primary", "secondary"],
+                metered = ["secondary"]
+    [devices.NAME]  type = scanner | scale | modbus | opcua, and its traffic
+    [[fault]]   at_s, kind, ... (see FAULT_KEYS)
+    [expect]    metric = number (equal) or "OP number" (<=, <, >=, >, ==),
+                alarms_raised = ["clock_offset", ...]
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
+
+DEVICE_KEYS: dict[str, tuple[str, ...]] = {
+    # rate_per_s: scans per scenario second; bad_every_s: a garbage line that often.
+    "scanner": ("type", "rate_per_s", "burst", "symbology", "aim_id", "terminator"),
+    # loads_per_min: items weighed per scenario minute; each is placed, settles, is removed.
+    "scale": ("type", "loads_per_min", "min_g", "max_g", "poll_ms"),
+    # registers as in simulator.devices.modbus_plc; the agent's map is derived from them.
+    "modbus": ("type", "poll_ms", "registers"),
+    "opcua": ("type", "period_ms", "variables", "publishing_ms"),
+}
+FAULT_KEYS: dict[str, tuple[str, ...]] = {
+    # link: a fault proxy's mode on one uplink (or "all") of the chosen gateways.
+    "link": ("at_s", "kind", "for_s", "uplink", "mode", "gateways", "ms", "jitter_ms",
+             "bytes_per_s", "up_ms", "down_ms", "every_ms"),
+    # broker: crash (SIGKILL) or stop (SIGTERM), back after for_s.
+    "broker": ("at_s", "kind", "for_s", "action"),
+    # power_cut: SIGKILL the agent, optionally tear its journal tail, power back after for_s.
+    "power_cut": ("at_s", "kind", "for_s", "gateways", "torn_tail"),
+    # clock: jump_s (a step) or skew_s (set the offset) or drift_ppm on the agent's clock.
+    "clock": ("at_s", "kind", "gateways", "jump_s", "skew_s", "drift_ppm"),
+    # bad_input: garbage | overlong | partial | noise from a scanner; overload from a scale.
+    # (a scale's overload/underload/unstable lasts for_s).
+    "bad_input": ("at_s", "kind", "device", "input", "count", "gateways", "for_s"),
+}
+LINK_MODES = ("blackhole", "refuse", "reset", "latency", "bandwidth", "stall", "flap")
+BAD_INPUTS = {"scanner": ("garbage", "overlong", "partial", "noise"),
+              "scale": ("overload", "underload", "unstable")}
+METRICS = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency_p99_ms",
+           "failovers", "unobserved", "rejected_lines", "torn_tails_repaired")
+_OPS = ("<=", ">=", "==", "<", ">")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot run: the message names the file, the key and the fix."""
+
+
+@dataclass
+class Fault:
+    at_s: float
+    kind: str
+    for_s: float = 0.0
+    params: dict[str, Any] = field(default_factory=dict)
+    gateways: list[int] | None = None  # indices; None: all
+
+    @property
+    def window(self) -> bool:
+        """Whether the fault lasts (an outage to recover from) rather than being a moment."""
+        return self.for_s > 0
+
+
+@dataclass
+class Expectation:
+    metric: str
+    op: str
+    value: float | list[str]
+
+    def holds(self, actual: Any) -> bool:
+        if self.metric == "alarms_raised":
+            return set(self.value) <= set(actual)  # type: ignore[arg-type]
+        if actual is None:
+            return False
+        v = float(self.value)  # type: ignore[arg-type]
+        return {"<=": actual <= v, ">=": actual >= v, "==": actual == v, "<": actual < v,
+                ">": actual > v}[self.op]
+
+    def text(self) -> str:
+        if self.metric == "alarms_raised":
+            return f"alarms raised include {', '.join(self.value)}"  # type: ignore[arg-type]
+        return f"{self.metric} {self.op} {self.value:g}"  # type: ignore[str-format]
+
+
+@dataclass
+class Scenario:
+    name: str
+    path: Path
+    description: str
+    duration_s: float
+    max_speed: float
+    settle_s: float
+    short_scale: float
+    persistence: bool
+    gateway_count: int
+    status_period_s: float
+    uplinks: list[str]
+    metered: list[str]
+    devices: dict[str, dict[str, Any]]
+    faults: list[Fault]
+    expect: list[Expectation]
+
+    def shortened(self) -> Scenario:
+        """The ``[short]`` version: every scenario time multiplied by ``time_scale``."""
+        k = self.short_scale
+        faults = [Fault(f.at_s * k, f.kind, f.for_s * k, dict(f.params), f.gateways)
+                  for f in self.faults]
+        return Scenario(**{**self.__dict__, "duration_s": self.duration_s * k,
+                           "faults": faults, "name": self.name + " (short)"})
+
+
+def _err(path: Path, key: str, problem: str) -> ScenarioError:
+    return ScenarioError(f"{path.name}: {key}: {problem}")
+
+
+def _num(path: Path, table: dict[str, Any], key: str, where: str, default: Any = None,
+         lo: float = 0.0, hi: float = 1e9) -> float:
+    v = table.get(key, default)
+    if v is None:
+        raise _err(path, f"{where}.{key}", "is required (a number)")
+    if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
+        raise _err(path, f"{where}.{key}", f"{v!r} is not a number from {lo:g} to {hi:g}")
+    return float(v)
+
+
+def _only(path: Path, table: dict[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise _err(path, f"{where}.{unknown[0]}", f"not a known key; allowed: {', '.join(allowed)}")
+
+
+def find(name_or_path: str) -> Path:
+    """``shift`` or ``shift.toml`` (from ``simulator/scenarios/``) or a path to a file."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" and p.exists():
+        return p
+    candidate = SCENARIO_DIR / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+    if candidate.exists():
+        return candidate
+    known = ", ".join(sorted(q.stem for q in SCENARIO_DIR.glob("*.toml")))
+    raise ScenarioError(f"scenario {name_or_path!r}: no such file; shipped scenarios: {known}")
+
+
+def load(name_or_path: str) -> Scenario:
+    path = find(name_or_path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(f"{path.name}: not valid TOML: {exc}") from None
+    _only(path, doc, "(top)", ("scenario", "short", "broker", "gateways", "devices", "fault",
+                               "expect"))
+    sc = doc.get("scenario", {})
+    _only(path, sc, "scenario", ("name", "description", "duration_s", "max_speed", "settle_s"))
+    short = doc.get("short", {})
+    _only(path, short, "short", ("time_scale",))
+    broker = doc.get("broker", {})
+    _only(path, broker, "broker", ("persistence",))
+    gws = doc.get("gateways", {})
+    _only(path, gws, "gateways", ("count", "status_period_s", "uplinks", "metered"))
+    uplinks = gws.get("uplinks", ["primary", "secondary"])
+    if not (isinstance(uplinks, list) and 1 <= len(uplinks) <= 4
+            and all(isinstance(u, str) and re.fullmatch(r"[a-z][a-z0-9_]*", u) for u in uplinks)):
+        raise _err(path, "gateways.uplinks", f"{uplinks!r} is not a list of 1 to 4 names")
+    metered = gws.get("metered", [])
+    if not isinstance(metered, list) or not set(metered) <= set(uplinks):
+        raise _err(path, "gateways.metered", f"{metered!r} must name uplinks from {uplinks}")
+    duration = _num(path, sc, "duration_s", "scenario", lo=1, hi=86400)
+    scenario = Scenario(
+        name=str(sc.get("name", path.stem)), path=path,
+        description=str(sc.get("description", "")), duration_s=duration,
+        max_speed=_num(path, sc, "max_speed", "scenario", 1, 1, 100),
+        settle_s=_num(path, sc, "settle_s", "scenario", 30, 1, 3600),
+        short_scale=_num(path, short, "time_scale", "short", 1.0, 0.001, 1),
+        persistence=bool(broker.get("persistence", True)),
+        gateway_count=int(_num(path, gws, "count", "gateways", 1, 1, 500)),
+        status_period_s=_num(path, gws, "status_period_s", "gateways", 1, 0.1, 60),
+        uplinks=uplinks, metered=metered,
+        devices=_devices(path, doc.get("devices", {})),
+        faults=[], expect=_expect(path, doc.get("expect", {})))
+    scenario.faults = [_fault(path, i, f, scenario) for i, f in enumerate(doc.get("fault", []))]
+    return scenario
+
+
+def _devices(path: Path, tables: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    if not isinstance(tables, dict) or not tables:
+        raise _err(path, "devices", "at least one [devices.NAME] table is required")
+    out = {}
+    for name, t in tables.items():
+        where = f"devices.{name}"
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
+            raise _err(path, where, "a device name is 1-32 lower-case letters, digits, '_'")
+        if not isinstance(t, dict) or t.get("type") not in DEVICE_KEYS:
+            raise _err(path, f"{where}.type", f"must be one of {', '.join(DEVICE_KEYS)}")
+        _only(path, t, where, DEVICE_KEYS[t["type"]])
+        if t["type"] == "scanner":
+            _num(path, t, "rate_per_s", where, 1, 0, 200)
+        if t["type"] == "scale":
+            _num(path, t, "loads_per_min", where, 4, 0, 120)
+        out[name] = dict(t)
+    return out
+
+
+def _gateway_list(path: Path, where: str, v: Any, count: int) -> list[int] | None:
+    if v is None or v == "all":
+        return None
+    if isinstance(v, list) and v and all(isinstance(i, int) and 1 <= i <= count for i in v):
+        return [i - 1 for i in v]
+    raise _err(path, f"{where}.gateways", f"{v!r} is not \"all\" or a list of gateway numbers "
+               f"from 1 to {count}")
+
+
+def _fault(path: Path, i: int, t: Any, sc: Scenario) -> Fault:
+    where = f"fault[{i}]"
+    if not isinstance(t, dict) or t.get("kind") not in FAULT_KEYS:
+        raise _err(path, f"{where}.kind", f"must be one of {', '.join(FAULT_KEYS)}")
+    kind = t["kind"]
+    _only(path, t, where, FAULT_KEYS[kind])
+    at = _num(path, t, "at_s", where, hi=sc.duration_s)
+    for_s = _num(path, t, "for_s", where, 0.0, 0, 86400)
+    if at + for_s > sc.duration_s:
+        raise _err(path, where, f"at_s {at:g} + for_s {for_s:g} ends after the scenario's "
+                   f"duration_s {sc.duration_s:g}")
+    params = {k: v for k, v in t.items() if k not in ("at_s", "kind", "for_s", "gateways")}
+    if kind == "link":
+        if params.get("mode") not in LINK_MODES:
+            raise _err(path, f"{where}.mode", f"must be one of {', '.join(LINK_MODES)}")
+        up = params.setdefault("uplink", "all")
+        if up != "all" and up not in sc.uplinks:
+            raise _err(path, f"{where}.uplink", f"{up!r} is not \"all\" or one of {sc.uplinks}")
+        if not for_s:
+            raise _err(path, f"{where}.for_s", "a link fault needs a duration")
+    elif kind == "broker":
+        if params.setdefault("action", "crash") not in ("crash", "stop"):
+            raise _err(path, f"{where}.action", "must be crash or stop")
+        if not for_s:
+            raise _err(path, f"{where}.for_s", "how long the broker stays down is required")
+    elif kind == "power_cut":
+        params.setdefault("torn_tail", False)
+        if not for_s:
+            raise _err(path, f"{where}.for_s", "how long the power stays off is required")
+    elif kind == "clock":
+        given = [k for k in ("jump_s", "skew_s", "drift_ppm") if k in params]
+        if len(given) != 1:
+            raise _err(path, where, "give exactly one of jump_s, skew_s, drift_ppm")
+        _num(path, params, given[0], where, lo=-1e8, hi=1e8)
+    elif kind == "bad_input":
+        dev = params.get("device")
+        if dev not in sc.devices:
+            raise _err(path, f"{where}.device", f"{dev!r} is not one of {', '.join(sc.devices)}")
+        dtype = sc.devices[dev]["type"]
+        allowed = BAD_INPUTS.get(dtype, ())
+        if params.get("input") not in allowed:
+            raise _err(path, f"{where}.input", f"a {dtype} can send: "
+                       f"{', '.join(allowed) or 'nothing bad here'}")
+        params["count"] = int(_num(path, params, "count", where, 1, 1, 1000))
+    return Fault(at, kind, for_s, params, _gateway_list(path, where, t.get("gateways"),
+                                                        sc.gateway_count))
+
+
+def _expect(path: Path, t: dict[str, Any]) -> list[Expectation]:
+    out = []
+    for metric, v in t.items():
+        where = f"expect.{metric}"
+        if metric == "alarms_raised":
+            if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
+                raise _err(path, where, "must be a list of alarm names")
+            out.append(Expectation(metric, "includes", v))
+            continue
+        if metric not in METRICS:
+            raise _err(path, where, f"not a known metric; known: {', '.join(METRICS)}, "
+                       "alarms_raised")
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out.append(Expectation(metric, "==", float(v)))
+            continue
+        m = re.fullmatch(r"\s*(<=|>=|==|<|>)\s*(-?[0-9.]+)\s*", str(v))
+        if not m:
+            raise _err(path, where, f"{v!r} is not a number or \"OP number\" with OP one of "
+                       f"{' '.join(_OPS)}")
+        out.append(Expectation(metric, m.group(1), float(m.group(2))))
+    return out

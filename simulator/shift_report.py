@@ -1,0 +1,287 @@
+"""The scenario report: one self-contained HTML page (inline SVG charts, no scripts, no
+files beside it) and the same figures as ``result.json``, for a store manager or an
+auditor to read the next morning.
+
+Charts share one time axis (seconds since the shift started) with the fault windows
+shaded: events produced and committed per second, backlog depth per gateway, active
+uplink per gateway; then the latency distribution, the reconciliation and per-device
+tables, faults with their recovery, alarms and the assertions.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from simulator.scenario import Scenario
+
+W, H, LEFT, RIGHT, TOP, BOTTOM = 1000, 220, 60, 20, 16, 30
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+UPLINK_LANES = ["none", "secondary", "primary"]
+LAT_BINS = [5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 120000]
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+class _Axis:
+    """Maps (seconds, value) onto the plot area."""
+
+    def __init__(self, t_max: float, y_max: float, height: int = H) -> None:
+        self.t_max, self.y_max, self.h = max(t_max, 1e-9), max(y_max, 1e-9), height
+
+    def x(self, t: float) -> float:
+        return LEFT + (W - LEFT - RIGHT) * max(0.0, min(t, self.t_max)) / self.t_max
+
+    def y(self, v: float) -> float:
+        return self.h - BOTTOM - (self.h - TOP - BOTTOM) * v / self.y_max
+
+
+def _frame(ax: _Axis, windows: list[dict[str, Any]], t0_ms: int, y_label: str,
+           y_ticks: list[tuple[float, str]] | None = None) -> list[str]:
+    out = [f'<svg viewBox="0 0 {W} {ax.h}" width="{W}" height="{ax.h}" '
+           'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
+    for w in windows:
+        a = (w["start_ms"] - t0_ms) / 1000
+        b = ((w["end_ms"] or w["start_ms"]) - t0_ms) / 1000
+        x0, x1 = ax.x(a), ax.x(b)
+        out.append(f'<rect x="{x0:.1f}" y="{TOP}" width="{max(x1 - x0, 2):.1f}" '
+                   f'height="{ax.h - TOP - BOTTOM}" fill="#f4a6a6" opacity="0.35">'
+                   f'<title>{_e(w["label"])}</title></rect>')
+        out.append(f'<text x="{x0 + 2:.1f}" y="{TOP + 10}" fill="#a33">{_e(w["label"])}</text>')
+    out.append(f'<line x1="{LEFT}" y1="{ax.h - BOTTOM}" x2="{W - RIGHT}" y2="{ax.h - BOTTOM}" '
+               'stroke="#444"/>')
+    out.append(f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{ax.h - BOTTOM}" stroke="#444"/>')
+    step = _nice(ax.t_max / 8)
+    t = 0.0
+    while t <= ax.t_max + 1e-9:
+        out.append(f'<text x="{ax.x(t):.1f}" y="{ax.h - 12}" text-anchor="middle">{t:g}</text>')
+        t += step
+    out.append(f'<text x="{W - RIGHT}" y="{ax.h - 1}" text-anchor="end">seconds since the '
+               'shift started</text>')
+    ticks = y_ticks or [(v, f"{v:g}") for v in _ticks(ax.y_max)]
+    for v, label in ticks:
+        out.append(f'<text x="{LEFT - 4}" y="{ax.y(v) + 4:.1f}" text-anchor="end">{_e(label)}'
+                   '</text>')
+    out.append(f'<text x="4" y="{TOP - 4}">{_e(y_label)}</text>')
+    return out
+
+
+def _nice(x: float) -> float:
+    for m in (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600):
+        if x <= m:
+            return float(m)
+    return 3600.0
+
+
+def _ticks(y_max: float) -> list[float]:
+    step = max(1.0, _nice(y_max / 4))
+    return [i * step for i in range(int(y_max / step) + 1)]
+
+
+def _polyline(ax: _Axis, pts: list[tuple[float, float]], color: str, step: bool = False) -> str:
+    coords = []
+    for i, (t, v) in enumerate(pts):
+        if step and i:
+            coords.append(f"{ax.x(t):.1f},{ax.y(pts[i - 1][1]):.1f}")
+        coords.append(f"{ax.x(t):.1f},{ax.y(v):.1f}")
+    return (f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
+            f'points="{" ".join(coords)}"/>')
+
+
+def _legend(items: list[tuple[str, str]]) -> str:
+    return "<p class='legend'>" + " ".join(
+        f"<span style='color:{c}'>&#9632;</span> {_e(n)}" for n, c in items) + "</p>"
+
+
+def _rate_chart(r: dict[str, Any], delivered: list[tuple[str, int, int]], t0: int,
+                t_max: float) -> str:
+    produced = Counter(int((t - t0) / 1000) for _, t, _ in delivered)
+    committed = Counter(int((c - t0) / 1000) for _, _, c in delivered)
+    secs = range(int(t_max) + 1)
+    p = [(s, produced.get(s, 0)) for s in secs]
+    c = [(s, committed.get(s, 0)) for s in secs]
+    ax = _Axis(t_max, max([v for _, v in p + c] + [1]) * 1.1)
+    out = _frame(ax, r["faults"], t0, "events per second")
+    out += [_polyline(ax, p, COLORS[0], True), _polyline(ax, c, COLORS[2], True), "</svg>"]
+    return "".join(out) + _legend([("produced by the devices", COLORS[0]),
+                                   ("committed in the ledger", COLORS[2])])
+
+
+def _series(samples: list[tuple[int, str, dict[str, Any]]], t0: int
+            ) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+    by_gw: dict[str, list[tuple[float, dict[str, Any]]]] = defaultdict(list)
+    for t, gw, doc in samples:
+        by_gw[gw].append(((t - t0) / 1000, doc))
+    return by_gw
+
+
+def _backlog_chart(r: dict[str, Any], series: dict[str, list[tuple[float, dict[str, Any]]]],
+                   t0: int, t_max: float) -> str:
+    shown = sorted(series)[:len(COLORS)]
+    lines = {gw: [(t, float(d.get("backlog_records") or 0)) for t, d in series[gw] if t >= 0]
+             for gw in shown}
+    y_max = max([v for pts in lines.values() for _, v in pts] + [1]) * 1.1
+    ax = _Axis(t_max, y_max)
+    out = _frame(ax, r["faults"], t0, "records waiting in the journal (backlog)")
+    out += [_polyline(ax, pts, COLORS[i], True) for i, (gw, pts) in enumerate(lines.items())]
+    out.append("</svg>")
+    return "".join(out) + _legend([(gw, COLORS[i]) for i, gw in enumerate(shown)])
+
+
+def _uplink_chart(r: dict[str, Any], series: dict[str, list[tuple[float, dict[str, Any]]]],
+                  t0: int, t_max: float) -> str:
+    shown = sorted(series)[:len(COLORS)]
+    ax = _Axis(t_max, len(UPLINK_LANES) - 0.5, height=170)
+    out = _frame(ax, r["faults"], t0, "active uplink (from the gateways' status)",
+                 [(i, lane) for i, lane in enumerate(UPLINK_LANES)])
+    for i, gw in enumerate(shown):
+        pts = [(t, UPLINK_LANES.index(d.get("uplink", "none")) + 0.06 * i
+                if d.get("uplink") in UPLINK_LANES else 0.06 * i) for t, d in series[gw] if t >= 0]
+        if pts:
+            out.append(_polyline(ax, pts, COLORS[i], True))
+    out.append("</svg>")
+    return "".join(out) + _legend([(gw, COLORS[i]) for i, gw in enumerate(shown)]) + (
+        "<p class='note'>No status arrives while every uplink is down: the line holds its "
+        "last value through such a gap.</p>")
+
+
+def _latency_chart(delivered: list[tuple[str, int, int]]) -> str:
+    counts = [0] * (len(LAT_BINS) + 1)
+    for _, t, c in delivered:
+        lat = c - t
+        counts[next((i for i, b in enumerate(LAT_BINS) if lat < b), len(LAT_BINS))] += 1
+    labels = [f"&lt;{b} ms" if b < 1000 else f"&lt;{b / 1000:g} s" for b in LAT_BINS]
+    labels.append(f"&#8805;{LAT_BINS[-1] / 1000:g} s")
+    h, bw = 200, (W - LEFT - RIGHT) / len(counts)
+    top = max(counts + [1])
+    out = [f'<svg viewBox="0 0 {W} {h}" width="{W}" height="{h}" '
+           'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
+    for i, n in enumerate(counts):
+        bh = (h - 50) * n / top
+        x = LEFT + i * bw
+        out.append(f'<rect x="{x + 2:.1f}" y="{h - 30 - bh:.1f}" width="{bw - 4:.1f}" '
+                   f'height="{bh:.1f}" fill="{COLORS[0]}"><title>{n}</title></rect>')
+        out.append(f'<text x="{x + bw / 2:.1f}" y="{h - 30 - bh - 3:.1f}" '
+                   f'text-anchor="middle">{n}</text>')
+        out.append(f'<text x="{x + bw / 2:.1f}" y="{h - 14}" text-anchor="middle">'
+                   f'{labels[i]}</text>')
+    out.append(f'<text x="{LEFT}" y="12">events by time from the device to the ledger '
+               '(backlogged events make the long tail)</text></svg>')
+    return "".join(out)
+
+
+def _table(head: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    out = [f"<table class='{cls}'><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{'' if v is None else _e(v)}</td>" for v in row)
+                   + "</tr>")
+    return "".join(out) + "</table>"
+
+
+def _verdict(r: dict[str, Any]) -> str:
+    tx = sum(d["produced"] for d in r["devices"] if d["type"] in ("scanner", "scale"))
+    if r["lost"] == 0 and r["duplicates"] == 0 and r["corrupt"] == 0:
+        return (f"Every one of the {r['produced']:,} readings the devices produced for the "
+                f"ledger ({tx:,} of them scans and weights) is in the ledger exactly once. "
+                f"Nothing was lost, duplicated or altered.")
+    return (f"Attention: {r['lost']} lost, {r['duplicates']} duplicated and {r['corrupt']} "
+            f"altered or unknown records out of {r['produced']:,} produced. See the tables "
+            "below.")
+
+
+CSS = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1060px}
+h1{margin-bottom:4px}.pass{color:#176317}.fail{color:#b00}
+table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+.legend,.note{font-size:12px;color:#555;margin:2px 0 16px}.figures td{min-width:80px}"""
+
+
+def render(r: dict[str, Any], scenario: Scenario,
+           samples: list[tuple[int, str, dict[str, Any]]],
+           delivered: list[tuple[str, int, int]]) -> str:
+    t0 = r["start_ms"]
+    t_max = (r["end_ms"] - t0) / 1000
+    series = _series(samples, t0)
+    ok = r["passed"]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>midshift: "
+             f"{_e(r['scenario'])}</title><style>{CSS}</style></head><body>",
+             f"<h1>Shift report: {_e(r['scenario'])}</h1>",
+             f"<p>{_e(scenario.description)}</p>",
+             f"<h2 class='{'pass' if ok else 'fail'}'>{'PASSED' if ok else 'FAILED'}</h2>",
+             f"<p id='verdict'>{_e(_verdict(r))}</p>",
+             _table(["produced", "committed", "lost", "duplicates", "corrupt",
+                     "recovery_s_max", "latency p99 ms", "failovers", "alarms"],
+                    [[r["produced"], r["committed"], r["lost"], r["duplicates"], r["corrupt"],
+                      r["recovery_s_max"], r["latency_p99_ms"], r["failovers"],
+                      len(r["alarms"])]], "figures"),
+             f"<p class='note'>{r['gateways']} gateway(s); speed {r['speed']:g}; "
+             f"{r['wall_s']} s of wall time.</p>",
+             "<h2>Events per second</h2>", _rate_chart(r, delivered, t0, t_max),
+             "<h2>Backlog</h2>", _backlog_chart(r, series, t0, t_max),
+             "<h2>Active uplink</h2>", _uplink_chart(r, series, t0, t_max),
+             "<h2>Latency</h2>",
+             f"<p>Steady state (outside faults and their recovery): p50 "
+             f"{r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms over "
+             f"{r['latency_steady_events']} events. All events: p99 "
+             f"{r['latency_p99_ms_all']} ms.</p>", _latency_chart(delivered)]
+    per_gw: dict[str, Counter] = defaultdict(Counter)
+    for d in r["devices"]:
+        per_gw[d["gateway"]].update({k: d[k] for k in ("produced", "committed", "lost",
+                                                       "duplicates", "unobserved")})
+    parts += ["<h2>Reconciliation</h2>",
+              _table(["gateway", "produced", "committed", "lost", "duplicates in ledger",
+                      "unobserved (powered off)"],
+                     [[gw, c["produced"], c["committed"], c["lost"], c["duplicates"],
+                       c["unobserved"]] for gw, c in sorted(per_gw.items())]),
+              f"<p>The ledger discarded {r['duplicates_discarded']} resent copies (the "
+              f"unique key on gateway, epoch and sequence absorbed them); missing sequence "
+              f"numbers: {r['gaps']}; batches rejected: {r['rejected_batches']}.</p>",
+              "<h2>Devices</h2>",
+              _table(["gateway", "device", "type", "produced", "committed", "lost",
+                      "duplicates", "unobserved", "re-read", "corrupt", "p50 ms", "p99 ms"],
+                     [[d["gateway"], d["device"], d["type"], d["produced"], d["committed"],
+                       d["lost"], d["duplicates"], d["unobserved"], d["reobserved"],
+                       d["corrupt"], d["latency_p50_ms"], d["latency_p99_ms"]]
+                      for d in r["devices"][:200]]),
+              "<h2>Faults and recovery</h2>",
+              _table(["fault", "gateways", "from s", "to s", "events during", "recovery s"],
+                     [[f["label"], ", ".join(f["gateways"])[:60],
+                       round((f["start_ms"] - t0) / 1000, 1),
+                       round(((f["end_ms"] or f["start_ms"]) - t0) / 1000, 1),
+                       next((x["events_during"] for x in r["recoveries"]
+                             if x["start_ms"] == f["start_ms"] and x["label"] == f["label"]), ""),
+                       next((x["recovery_s"] for x in r["recoveries"]
+                             if x["start_ms"] == f["start_ms"] and x["label"] == f["label"]), "")]
+                      for f in r["faults"]]),
+              "<h2>Alarms</h2>",
+              _table(["gateway", "alarm", "first s", "last s", "detail"],
+                     [[a["gateway"], a["alarm"], round((a["first_ms"] - t0) / 1000, 1),
+                       round((a["last_ms"] - t0) / 1000, 1), a["detail"][:80]]
+                      for a in r["alarms"]]) if r["alarms"] else "<p>No alarms.</p>",
+              f"<p>Scanner lines refused by the agents (garbage, overlong, partial): "
+              f"{r['rejected_lines']}; torn journal tails found and cut at power-on: "
+              f"{r['torn_tails_repaired']}.</p>",
+              "<h2>Assertions</h2>",
+              _table(["assertion", "actual", "result"],
+                     [[a["expect"], a["actual"], "ok" if a["passed"] else "FAILED"]
+                      for a in r["assertions"]])]
+    if r["notes"]:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in r["notes"])
+                     + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(directory: Path, r: dict[str, Any], scenario: Scenario,
+                 samples: list[tuple[int, str, dict[str, Any]]],
+                 delivered: list[tuple[str, int, int]]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "result.json").write_text(json.dumps(r, indent=1, sort_keys=True, default=str))
+    path = directory / "report.html"
+    path.write_text(render(r, scenario, samples, delivered), encoding="utf-8")
+    return path

@@ -1,0 +1,254 @@
+"""A simulated site for a scenario: one mosquitto, the reference ledger as its own process,
+and per gateway its emulated devices, a fault proxy per uplink and a real agent process
+(``python -m firmware run``) with its own config, keys, journal and steerable clock.
+
+Everything is on loopback. The devices run in this process (they are real protocol peers:
+ptys, pymodbus's server, asyncua's server) so the timeline can reach them directly; the
+agents, the broker and the ledger are processes of their own, so a power cut is a SIGKILL.
+
+Not modelled: separate machines and their own clocks (only the agents' wall clocks are
+steered), interfaces (each uplink is a fault proxy in front of the one broker).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simulator.broker import Broker, free_port
+from simulator.clock import SimClock
+from simulator.devices.modbus_plc import ModbusPLC
+from simulator.devices.opcua_plc import OpcUaPLC
+from simulator.devices.scale import Scale
+from simulator.devices.scanner import BarcodeScanner
+from simulator.network import FaultProxy
+from simulator.scenario import Scenario
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+SITE = "sim"
+
+
+@dataclass
+class Gateway:
+    """One gateway of the site: its files, devices, proxies (by uplink) and agent process."""
+
+    index: int
+    gw_id: str
+    directory: Path
+    key: bytes
+    devices: dict[str, Any] = field(default_factory=dict)
+    proxies: dict[str, FaultProxy] = field(default_factory=dict)
+    clock: SimClock | None = None
+    process: subprocess.Popen | None = None
+    log_file: Any = None
+    lives: int = 0
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.directory / "journal"
+
+    @property
+    def ground_truth_dir(self) -> Path:
+        return self.directory / "ground-truth"
+
+    def start_agent(self) -> None:
+        """Power on: a new agent process on the same config, journal and clock."""
+        self.lives += 1
+        if self.log_file is None:
+            self.log_file = open(self.directory / "agent.log", "ab")  # noqa: SIM115
+        self.log_file.write(f"---- power on, life {self.lives} ----\n".encode())
+        self.log_file.flush()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "firmware", "run", "--config",
+             str(self.directory / "site.toml"), "--clock-control",
+             str(self.directory / "clock.json"), "--log-level", "INFO"],
+            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def kill_agent(self) -> None:
+        """Power cut: SIGKILL, nothing flushed, sockets reset by the kernel."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop_agent(self, timeout_s: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s: agent ignored SIGTERM for %.0f s; killed", self.gw_id, timeout_s)
+            self.kill_agent()
+
+
+class SimulatedSite:
+    def __init__(self, scenario: Scenario, directory: Path, gateways: int, speed: float) -> None:
+        self.scenario = scenario
+        self.directory = directory
+        self.speed = speed
+        # Saved every 200 changes, not on each: a save per message makes mosquitto rewrite
+        # its database thousands of times a second, and those writes stall every other
+        # fsync on the disk (the journals' included). Agents resend what a crash loses.
+        self.broker = Broker(directory / "broker", persistence=scenario.persistence,
+                             autosave_changes=200)
+        self.db_path = directory / "ledger.db"
+        self.ledger: subprocess.Popen | None = None
+        self._closed = False
+        self.gateways = [Gateway(i, f"gw-{i + 1:02d}", directory / f"gw-{i + 1:02d}",
+                                 secrets.token_bytes(32)) for i in range(gateways)]
+
+    # ---- bring up --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.broker.start()
+        keys = self.directory / "ledger-keys.toml"
+        keys.write_text("[gateways]\n" + "".join(f'"{g.gw_id}" = "{g.key.hex()}"\n'
+                                                  for g in self.gateways))
+        os.chmod(keys, 0o600)
+        self.ledger = subprocess.Popen(
+            [sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
+             f"sqlite:///{self.db_path}", "--broker", self.broker.url, "--keys", str(keys),
+             "--log-level", "WARNING"],
+            cwd=ROOT, stdout=open(self.directory / "ledger.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT, start_new_session=True)
+        for g in self.gateways:
+            self._prepare(g)
+        for g in self.gateways:
+            g.start_agent()
+
+    def _prepare(self, g: Gateway) -> None:
+        g.directory.mkdir(parents=True, exist_ok=True)
+        g.ground_truth_dir.mkdir(exist_ok=True)
+        for name in self.scenario.uplinks:
+            g.proxies[name] = FaultProxy(("127.0.0.1", self.broker.port), control=False,
+                                         seed=g.index).start()
+        g.clock = SimClock(g.directory / "clock.json")
+        for name, spec in self.scenario.devices.items():
+            g.devices[name] = self._device(g, name, spec)
+        (g.directory / "gw.key").write_text(g.key.hex())
+        (g.directory / "host-cmd.key").write_text(secrets.token_hex(32))
+        for f in ("gw.key", "host-cmd.key"):
+            os.chmod(g.directory / f, 0o600)
+        (g.directory / "board.toml").write_text(self._board(g))
+        (g.directory / "site.toml").write_text(self._site(g))
+
+    def _device(self, g: Gateway, name: str, spec: dict[str, Any]) -> Any:
+        gt = g.ground_truth_dir / f"{name}.jsonl"
+        seed = g.index * 1000 + sum(map(ord, name))
+        kind = spec["type"]
+        if kind == "scanner":
+            return BarcodeScanner(name, g.directory / name, seed=seed,
+                                  rate_per_s=spec.get("rate_per_s", 1) * self.speed,
+                                  burst=spec.get("burst", 1),
+                                  symbology=spec.get("symbology", "ean13"),
+                                  aim_id=spec.get("aim_id", False),
+                                  terminator=spec.get("terminator", "CR"),
+                                  ground_truth_path=gt).start()
+        if kind == "scale":
+            return Scale(name, g.directory / name, seed=seed, reading_interval_s=0.05,
+                         ground_truth_path=gt).start()
+        if kind == "modbus":
+            regs = [dict(r) for r in spec.get("registers", [])] or None
+            for r in regs or []:
+                if "period_ms" in r:
+                    r["period_ms"] = max(1, int(r["period_ms"] / self.speed))
+            return ModbusPLC(name, regs, "127.0.0.1", 0, 1, seed, gt).start()
+        plc = OpcUaPLC(name, port=free_port(), seed=seed,
+                       period_ms=max(20, int(spec.get("period_ms", 1000) / self.speed)),
+                       ground_truth_path=gt, **({"variables": spec["variables"]}
+                                                if "variables" in spec else {}))
+        return plc.start()
+
+    def _board(self, g: Gateway) -> str:
+        serial = "".join(f'{n} = "{g.directory / n}"\n' for n, s in self.scenario.devices.items()
+                         if s["type"] in ("scanner", "scale"))
+        return ('[board]\nname = "midshift simulator (virtual board)"\n'
+                f"[serial]\n{serial}"
+                '[journal]\npath = "journal"\nsegment_size = 65536\nsegment_count = 64\n')
+
+    def _site(self, g: Gateway) -> str:
+        sc = self.scenario
+        out = ['board_config = "board.toml"',
+               f'[gateway]\nid = "{g.gw_id}"\nsite = "{SITE}"\nkey_file = "gw.key"\n'
+               'command_key_file = "host-cmd.key"',
+               f"[status]\nperiod_s = {sc.status_period_s}\nsync_log = \"sync.log\""]
+        for i, name in enumerate(sc.uplinks):
+            out.append(f"[uplinks.{name}]\nbroker = \"mqtt://127.0.0.1:{g.proxies[name].port}\"\n"
+                       f"priority = {10 * (i + 1)}\n"
+                       + ("metered = true\n" if name in sc.metered else ""))
+        for name, spec in sc.devices.items():
+            dev = g.devices[name]
+            kind = spec["type"]
+            lines = [f"[devices.{name}]", f'type = "{kind}"']
+            if kind == "scanner":
+                lines += [f'port = "{name}"', f'terminator = "{spec.get("terminator", "CR")}"']
+            elif kind == "scale":
+                lines += [f'port = "{name}"', f"poll_ms = {spec.get('poll_ms', 100)}"]
+            elif kind == "modbus":
+                d = dev.describe()
+                lines += ['host = "127.0.0.1"', f"port = {d['port']}",
+                          f"poll_ms = {spec.get('poll_ms', 200)}"]
+                for r in d["registers"]:
+                    lines.append(f"[[devices.{name}.registers]]\n" + "".join(
+                        f'{k} = "{r[k]}"\n' for k in ("tag", "table", "type", "word_order")
+                        if r.get(k) is not None) + f"address = {r['address']}")
+            else:
+                d = dev.describe()
+                lines += [f'endpoint = "{d["endpoint"]}"',
+                          f"publishing_ms = {spec.get('publishing_ms', 50)}"]
+                for tag, node in d["nodes"].items():
+                    lines.append(f'[[devices.{name}.nodes]]\ntag = "{tag}"\nnode_id = "{node}"')
+            out.append("\n".join(lines))
+        return "\n\n".join(out) + "\n"
+
+    # ---- tear down ---------------------------------------------------------------------
+
+    def stop_devices(self) -> None:
+        """The end of the shift: the devices stop producing (and their ports go)."""
+        for g in self.gateways:
+            for dev in g.devices.values():
+                try:
+                    dev.stop()
+                except Exception:  # noqa: BLE001 - one stuck emulator must not stop the rest
+                    log.exception("%s: stopping %s failed", g.gw_id, getattr(dev, "name", dev))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for g in self.gateways:
+            g.stop_agent()
+        if self.ledger is not None and self.ledger.poll() is None:
+            self.ledger.send_signal(signal.SIGTERM)
+            try:
+                self.ledger.wait(15)
+            except subprocess.TimeoutExpired:
+                self.ledger.kill()
+        for g in self.gateways:
+            for p in g.proxies.values():
+                p.stop()
+            if g.log_file is not None:
+                g.log_file.close()
+        self.broker.close()
+
+    def wait_ledger_ready(self, timeout_s: float = 20.0) -> bool:
+        """The ledger prints "serving" once subscribed."""
+        deadline = time.monotonic() + timeout_s
+        log_path = self.directory / "ledger.log"
+        while time.monotonic() < deadline:
+            if log_path.exists() and b"serving" in log_path.read_bytes():
+                return True
+            if self.ledger is not None and self.ledger.poll() is not None:
+                return False
+            time.sleep(0.1)
+        return False

@@ -1,0 +1,178 @@
+"""Plays a scenario's timeline on a running site: faults on and off, the scales' items,
+at scenario times divided by the speed.
+
+Every action happens on this one thread, in time order, so two faults never race. Each
+fault that lasts leaves a window (kind, label, gateways, wall-clock start and end in ms)
+for the outcome and the report; moments (a clock jump, garbage from a scanner) leave a
+window with start == end.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from simulator.power import tear_journal_tail
+from simulator.scenario import Fault
+from simulator.site import Gateway, SimulatedSite
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FaultWindow:
+    kind: str
+    label: str
+    gateways: list[str]
+    start_ms: int
+    end_ms: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "label": self.label, "gateways": self.gateways,
+                "start_ms": self.start_ms, "end_ms": self.end_ms, **self.detail}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _label(f: Fault) -> str:
+    p = f.params
+    if f.kind == "link":
+        return f"{p['uplink']} {p['mode']}"
+    if f.kind == "broker":
+        return f"broker {p['action']}"
+    if f.kind == "power_cut":
+        return "power cut" + (" (torn tail)" if p.get("torn_tail") else "")
+    if f.kind == "clock":
+        k = next(k for k in ("jump_s", "skew_s", "drift_ppm") if k in p)
+        return f"clock {k.removesuffix('_s').replace('_', ' ')} {p[k]:+g}"
+    return f"{p['device']} {p['input']}"
+
+
+class Timeline:
+    def __init__(self, site: SimulatedSite, speed: float, seed: int = 1) -> None:
+        self.site = site
+        self.speed = speed
+        self.rng = random.Random(seed)
+        self.windows: list[FaultWindow] = []
+        self.notes: list[str] = []
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._n = 0
+
+    def at(self, scenario_s: float, action: Callable[[], None]) -> None:
+        self._n += 1
+        heapq.heappush(self._queue, (scenario_s / self.speed, self._n, action))
+
+    def plan(self) -> None:
+        sc = self.site.scenario
+        for f in sc.faults:
+            gws = [self.site.gateways[i] for i in (f.gateways if f.gateways is not None
+                                                   else range(len(self.site.gateways)))]
+            self.at(f.at_s, lambda f=f, gws=gws: self._start(f, gws))
+        for name, spec in sc.devices.items():
+            if spec["type"] == "scale" and spec.get("loads_per_min", 4) > 0:
+                self._plan_scale(name, spec, sc.duration_s)
+
+    def _plan_scale(self, name: str, spec: dict[str, Any], duration_s: float) -> None:
+        """Items placed, weighed and removed; none while the gateway is powered off (nobody
+        weighs at a dead till), so an item is never on the plate when an agent restarts."""
+        every_s = 60.0 / spec.get("loads_per_min", 4)
+        lo, hi = spec.get("min_g", 50), spec.get("max_g", 5000)
+        sc = self.site.scenario
+        for g in self.site.gateways:
+            off = [(f.at_s - 2, f.at_s + f.for_s + 10) for f in sc.faults
+                   if f.kind == "power_cut" and (f.gateways is None or g.index in f.gateways)]
+            scale = g.devices[name]
+            t = every_s * self.rng.uniform(0.2, 1.0)
+            while t + every_s / 2 < duration_s:
+                if not any(a < t + every_s / 2 and t < b for a, b in off):
+                    w = round(self.rng.uniform(lo, hi), 1)
+                    self.at(t, lambda s=scale, w=w: s.place(w))
+                    self.at(t + every_s / 2, scale.remove)
+                t += every_s
+
+    def run(self, start_monotonic: float, stop: Callable[[], bool]) -> None:
+        """Play every action at its time; ``stop()`` ends early (Ctrl-C)."""
+        while self._queue and not stop():
+            due, _, action = self._queue[0]
+            wait = start_monotonic + due - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, 0.2))  # the timeline's own clock, not a sync
+                continue
+            heapq.heappop(self._queue)
+            try:
+                action()
+            except Exception as exc:  # noqa: BLE001 - a failed action is reported, not fatal
+                log.exception("timeline action failed")
+                self.notes.append(f"a timeline action failed: {exc}")
+
+    # ---- faults ------------------------------------------------------------------------
+
+    def _start(self, f: Fault, gws: list[Gateway]) -> None:
+        w = FaultWindow(f.kind, _label(f), [g.gw_id for g in gws], _now_ms())
+        self.windows.append(w)
+        p = f.params
+        if f.kind == "link":
+            names = self.site.scenario.uplinks if p["uplink"] == "all" else [p["uplink"]]
+            mode_params = {k: p[k] for k in ("ms", "jitter_ms", "bytes_per_s", "up_ms",
+                                             "down_ms", "every_ms") if k in p}
+            for g in gws:
+                for n in names:
+                    g.proxies[n].set_mode(p["mode"], **mode_params)
+            undo = lambda: [g.proxies[n].set_mode("pass") for g in gws for n in names]  # noqa: E731
+        elif f.kind == "broker":
+            (self.site.broker.crash if p["action"] == "crash" else self.site.broker.stop)()
+            undo = self.site.broker.start
+        elif f.kind == "power_cut":
+            for g in gws:
+                g.kill_agent()
+                if p.get("torn_tail"):
+                    w.detail.setdefault("torn", {})[g.gw_id] = tear_journal_tail(
+                        g.journal_dir, self.rng)
+            undo = lambda: [g.start_agent() for g in gws]  # noqa: E731
+        elif f.kind == "clock":
+            for g in gws:
+                assert g.clock is not None
+                if "jump_s" in p:
+                    g.clock.jump(p["jump_s"] * 1000)
+                elif "skew_s" in p:
+                    g.clock.skew(p["skew_s"] * 1000)
+                else:
+                    g.clock.drift(p["drift_ppm"])
+            undo = None
+        else:
+            undo = self._bad_input(f, gws)
+        if f.for_s > 0 and undo is not None:
+            def end(w: FaultWindow = w, undo: Callable[[], Any] = undo) -> None:
+                undo()
+                w.end_ms = _now_ms()
+            self.at(f.at_s + f.for_s, end)
+        else:
+            w.end_ms = w.start_ms
+
+    def _bad_input(self, f: Fault, gws: list[Gateway]) -> Callable[[], Any] | None:
+        p = f.params
+        devices = [g.devices[p["device"]] for g in gws]
+        for d in devices:
+            for _ in range(p["count"]):
+                if p["input"] == "garbage":
+                    d.garbage(24, end_line=True)  # a noise burst between two scans
+                elif p["input"] == "overlong":
+                    d.overlong(600)
+                elif p["input"] == "partial":
+                    d.partial_then_silence(0.3)
+                elif p["input"] == "noise":
+                    d.wrong_baud_noise(32)
+        if p["input"] in ("overload", "underload", "unstable"):
+            for d in devices:
+                {"overload": d.overload, "underload": d.underload,
+                 "unstable": d.unstable_forever}[p["input"]]()
+            return lambda: [d.clear_faults() for d in devices]
+        return None
