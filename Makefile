@@ -3,9 +3,19 @@ PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
 .PHONY: setup test lint unit demo scenarios bench clean
 
-# The simulated shift arrives with issue 8; until then the demo runs the journal end to end.
+SCENARIOS := $(basename $(notdir $(wildcard simulator/scenarios/*.toml)))
+
+# The simulated shift at 4x: devices, broker, ledger, agent, faults; summary and report.
 demo: setup
-	.venv/bin/python -m bench journal
+	.venv/bin/python -m simulator run shift --speed 4 --report build/shift-report
+
+# Every scenario at full length (the default test run plays their short versions), at
+# real speed unless told otherwise: make scenarios SPEED=4 (about 25 min at 1).
+SPEED ?= 1
+scenarios:
+	@set -e; for s in $(SCENARIOS); do \
+	  echo "== $$s"; $(PY) -m simulator run $$s --speed $(SPEED) --report build/scenarios/$$s; \
+	done
 
 setup:
 	bash .ci/setup

@@ -17,9 +17,10 @@ the pipeline masks card numbers), a weight in grams, a register's or node's (tag
 - ``corrupt``: a ledger event no device ever produced (garbage that got through, a
   mangled value) or whose body cannot be read.
 
-``recovery_s`` per fault that lasts: from the end of the fault until the last event
-produced during it was committed (0 when everything was committed before the end, as
-when the secondary uplink carried the traffic). ``latency_*``: device to ledger commit
+``recovery_s`` per fault that lasts: from the end of the fault until the last event it
+held was committed (0 when everything was committed before the end, as when the
+secondary uplink carried the traffic). Held: produced before the fault ended and
+committed after it began, so the journal's unacknowledged events at a power cut count. ``latency_*``: device to ledger commit
 (the host's clock on both sides) for events produced in steady state, i.e. outside every
 fault window and its recovery.
 """
@@ -40,6 +41,7 @@ from simulator.timeline import FaultWindow
 TRANSACTION_KINDS = ("scan", "weight")
 GRAMS = {"g": 1.0, "kg": 1000.0}
 UNOBSERVED_LEAD_MS = 500
+HELD_LOOKBACK_MS = 30_000  # an event older than this at the fault's start was not held by it
 CLOCK_SLACK_MS = 50  # ground truth is stamped just after the write; a reader may be quicker
 
 
@@ -200,16 +202,19 @@ def evaluate(gateways: dict[str, Path], devices: dict[str, dict[str, Any]],
             table.append(row)
     recoveries = []
     for w in windows:
-        if w.end_ms is None or w.end_ms == w.start_ms:
+        if w.end_ms is None or w.end_ms == w.start_ms or w.kind == "fleet":
             continue
-        during = [c for gw, t, c in delivered if gw in w.gateways and w.start_ms <= t <= w.end_ms]
+        # Held by the fault: produced before it ended and committed after it began (those
+        # in flight or in the journal at a power cut count, as do those produced during it).
+        during = [c for gw, t, c in delivered if gw in w.gateways and t <= w.end_ms
+                  and c >= w.start_ms and t >= w.start_ms - HELD_LOOKBACK_MS]
         rec = max(0.0, (max(during) - w.end_ms) / 1000) if during else 0.0
         recoveries.append({"label": w.label, "kind": w.kind, "start_ms": w.start_ms,
                            "end_ms": w.end_ms, "events_during": len(during),
                            "recovery_s": round(rec, 3)})
     busy = [(w.start_ms, w.end_ms + int(r["recovery_s"] * 1000) + 1000)
-            for w, r in zip([w for w in windows if w.end_ms and w.end_ms != w.start_ms],
-                            recoveries, strict=True)]
+            for w, r in zip([w for w in windows if w.end_ms and w.end_ms != w.start_ms
+                             and w.kind != "fleet"], recoveries, strict=True)]
     busy += [(w.start_ms - 1000, w.start_ms + 5000) for w in windows if w.end_ms == w.start_ms]
     steady = [c - t for _, t, c in delivered if t > start_ms + 5000
               and not any(a <= t <= b for a, b in busy)]

@@ -156,6 +156,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         stop.set()
         player.join(30)
         site.stop_devices()
+        timeline.join_fleet(scenario.settle_s)
         traffic_end_ms = int(time.time() * 1000)
         say("shift over: devices stopped; waiting for the backlog to drain")
         last = [-2, time.monotonic()]
@@ -181,18 +182,21 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         store = LedgerStore(f"sqlite:///{site.db_path}")
         try:
             rec = reconcile(store, [])
+            rows = ledger_rows(site.db_path)
+            fleet = _fleet_outcome(site, timeline, rows)
             outcome = evaluate({g.gw_id: g.ground_truth_dir for g in site.gateways},
-                               scenario.devices, ledger_rows(site.db_path), timeline.windows,
-                               samples, start_ms,
+                               scenario.devices, [r for r in rows if r[0] not in fleet["names"]],
+                               timeline.windows, samples, start_ms,
                                traffic_end_ms, rec)
         finally:
             store.close()
         torn = sum(_count_in_log(g.directory / "agent.log", b"recovered with damage")
                    for g in site.gateways)
         delivered = outcome.pop("_delivered")
+        fleet.pop("names")
         result = {
             "scenario": scenario.name, "speed": speed, "gateways": n_gw,
-            **outcome,
+            **outcome, **fleet,
             "torn_tails_repaired": torn,
             "wall_s": round(time.monotonic() - wall_t0, 1),
             "faults": [w.as_dict() for w in timeline.windows],
@@ -222,6 +226,26 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             tmp.cleanup()
 
 
+def _fleet_outcome(site: SimulatedSite, timeline: Timeline,
+                   rows: list[tuple[str, Any, Any, int, Any]]) -> dict[str, Any]:
+    """The virtual fleet: every seq each virtual gateway sent must be in the ledger."""
+    if site.fleet is None:
+        return {"names": set()}
+    expected = {name: last for name, (_, last) in site.fleet.expected().items()}
+    stored: dict[str, int] = {}
+    for r in rows:
+        if r[0] in expected:
+            stored[r[0]] = stored.get(r[0], 0) + 1
+    fr = timeline.fleet_result or {}
+    return {"names": set(expected),
+            "fleet_gateways": len(expected),
+            "fleet_events": sum(expected.values()),
+            "fleet_lost": sum(max(0, n - stored.get(g, 0)) for g, n in expected.items()),
+            "fleet_drained": bool(fr.get("drained")),
+            "fleet_drain_s": fr.get("drain_s"),
+            "fleet_resends": fr.get("resends")}
+
+
 def _actual(result: dict[str, Any], metric: str) -> Any:
     if metric == "alarms_raised":
         return {a["alarm"] for a in result["alarms"]}
@@ -244,8 +268,12 @@ def summary_table(r: dict[str, Any]) -> str:
              f"rejected lines {r['rejected_lines']}, torn tails repaired "
              f"{r['torn_tails_repaired']}",
              "  faults:"]
+    if "fleet_gateways" in r:
+        lines.insert(-1, f"  virtual fleet: {r['fleet_gateways']} gateways, {r['fleet_events']} "
+                     f"events, lost {r['fleet_lost']}, drained in {r['fleet_drain_s']} s "
+                     f"({r['fleet_resends']} resends)")
     for rec in r["recoveries"]:
-        lines.append(f"    {rec['label']:<28} {rec['events_during']:>6} events during, "
+        lines.append(f"    {rec['label']:<28} {rec['events_during']:>6} events held, "
                      f"recovered in {rec['recovery_s']} s")
     if r["alarms"]:
         lines.append("  alarms: " + ", ".join(sorted({f"{a['gateway']} {a['alarm']}"

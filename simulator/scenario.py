@@ -11,11 +11,13 @@ fewer events), which is what ``make test`` runs.
 Layout (every key is checked; an unknown key or a bad value is one line naming it)::
 
     [scenario]  name, description, duration_s, max_speed, settle_s
-    [short]     time_scale
+    [short]     time_scale, gateways, virtual_gateways
     [broker]    persistence
     [gateways]  count, status_period_s, uplinks = ["primary", "secondary"],
                 metered = ["secondary"]
     [devices.NAME]  type = scanner | scale | modbus | opcua, and its traffic
+    [fleet]     virtual_gateways, backlog, at_s, jitter_s, rate_per_s, live_s: virtual
+                gateways (simulator/fleet.py) that come back at at_s with a backlog each
     [[fault]]   at_s, kind, ... (see FAULT_KEYS)
     [expect]    metric = number (equal) or "OP number" (<=, <, >=, >, ==),
                 alarms_raised = ["clock_offset", ...]
@@ -58,7 +60,8 @@ LINK_MODES = ("blackhole", "refuse", "reset", "latency", "bandwidth", "stall", "
 BAD_INPUTS = {"scanner": ("garbage", "overlong", "partial", "noise"),
               "scale": ("overload", "underload", "unstable")}
 METRICS = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency_p99_ms",
-           "failovers", "unobserved", "rejected_lines", "torn_tails_repaired")
+           "failovers", "unobserved", "rejected_lines", "torn_tails_repaired",
+           "fleet_lost", "fleet_drain_s")
 _OPS = ("<=", ">=", "==", "<", ">")
 
 
@@ -115,6 +118,8 @@ class Scenario:
     status_period_s: float
     uplinks: list[str]
     metered: list[str]
+    fleet: dict[str, Any]
+    short: dict[str, Any]
     devices: dict[str, dict[str, Any]]
     faults: list[Fault]
     expect: list[Expectation]
@@ -124,8 +129,14 @@ class Scenario:
         k = self.short_scale
         faults = [Fault(f.at_s * k, f.kind, f.for_s * k, dict(f.params), f.gateways)
                   for f in self.faults]
+        fleet = dict(self.fleet)
+        if fleet:
+            fleet["at_s"] *= k
+            fleet["virtual_gateways"] = self.short.get("virtual_gateways",
+                                                       fleet["virtual_gateways"])
         return Scenario(**{**self.__dict__, "duration_s": self.duration_s * k,
-                           "faults": faults, "name": self.name + " (short)"})
+                           "faults": faults, "name": self.name + " (short)", "fleet": fleet,
+                           "gateway_count": self.short.get("gateways", self.gateway_count)})
 
 
 def _err(path: Path, key: str, problem: str) -> ScenarioError:
@@ -167,11 +178,14 @@ def load(name_or_path: str) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path.name}: not valid TOML: {exc}") from None
     _only(path, doc, "(top)", ("scenario", "short", "broker", "gateways", "devices", "fault",
-                               "expect"))
+                               "expect", "fleet"))
     sc = doc.get("scenario", {})
     _only(path, sc, "scenario", ("name", "description", "duration_s", "max_speed", "settle_s"))
     short = doc.get("short", {})
-    _only(path, short, "short", ("time_scale",))
+    _only(path, short, "short", ("time_scale", "gateways", "virtual_gateways"))
+    for key in ("gateways", "virtual_gateways"):
+        if key in short:
+            short[key] = int(_num(path, short, key, "short", lo=1, hi=100000))
     broker = doc.get("broker", {})
     _only(path, broker, "broker", ("persistence",))
     gws = doc.get("gateways", {})
@@ -193,11 +207,25 @@ def load(name_or_path: str) -> Scenario:
         persistence=bool(broker.get("persistence", True)),
         gateway_count=int(_num(path, gws, "count", "gateways", 1, 1, 500)),
         status_period_s=_num(path, gws, "status_period_s", "gateways", 1, 0.1, 60),
-        uplinks=uplinks, metered=metered,
+        uplinks=uplinks, metered=metered, fleet={}, short=short,
         devices=_devices(path, doc.get("devices", {})),
         faults=[], expect=_expect(path, doc.get("expect", {})))
     scenario.faults = [_fault(path, i, f, scenario) for i, f in enumerate(doc.get("fault", []))]
+    scenario.fleet = _fleet(path, doc.get("fleet", {}), duration)
     return scenario
+
+
+def _fleet(path: Path, t: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    if not t:
+        return {}
+    _only(path, t, "fleet", ("virtual_gateways", "backlog", "at_s", "jitter_s", "rate_per_s",
+                             "live_s"))
+    return {"virtual_gateways": int(_num(path, t, "virtual_gateways", "fleet", lo=1, hi=100000)),
+            "backlog": int(_num(path, t, "backlog", "fleet", 100, 0, 100000)),
+            "at_s": _num(path, t, "at_s", "fleet", 0, 0, duration_s),
+            "jitter_s": _num(path, t, "jitter_s", "fleet", 2, 0, 600),
+            "rate_per_s": _num(path, t, "rate_per_s", "fleet", 0, 0, 1e6),
+            "live_s": _num(path, t, "live_s", "fleet", 0, 0, 86400)}
 
 
 def _devices(path: Path, tables: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -45,14 +45,16 @@ def _frame(ax: _Axis, windows: list[dict[str, Any]], t0_ms: int, y_label: str,
            y_ticks: list[tuple[float, str]] | None = None) -> list[str]:
     out = [f'<svg viewBox="0 0 {W} {ax.h}" width="{W}" height="{ax.h}" '
            'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
-    for w in windows:
+    for i, w in enumerate(windows):
         a = (w["start_ms"] - t0_ms) / 1000
         b = ((w["end_ms"] or w["start_ms"]) - t0_ms) / 1000
         x0, x1 = ax.x(a), ax.x(b)
         out.append(f'<rect x="{x0:.1f}" y="{TOP}" width="{max(x1 - x0, 2):.1f}" '
                    f'height="{ax.h - TOP - BOTTOM}" fill="#f4a6a6" opacity="0.35">'
                    f'<title>{_e(w["label"])}</title></rect>')
-        out.append(f'<text x="{x0 + 2:.1f}" y="{TOP + 10}" fill="#a33">{_e(w["label"])}</text>')
+        # Labels on three staggered rows, so neighbouring faults stay readable.
+        out.append(f'<text x="{x0 + 2:.1f}" y="{TOP + 10 + 12 * (i % 3)}" fill="#a33">'
+                   f'{_e(w["label"])}</text>')
     out.append(f'<line x1="{LEFT}" y1="{ax.h - BOTTOM}" x2="{W - RIGHT}" y2="{ax.h - BOTTOM}" '
                'stroke="#444"/>')
     out.append(f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{ax.h - BOTTOM}" stroke="#444"/>')
@@ -107,7 +109,10 @@ def _rate_chart(r: dict[str, Any], delivered: list[tuple[str, int, int]], t0: in
     c = [(s, committed.get(s, 0)) for s in secs]
     ax = _Axis(t_max, max([v for _, v in p + c] + [1]) * 1.1)
     out = _frame(ax, r["faults"], t0, "events per second")
-    out += [_polyline(ax, p, COLORS[0], True), _polyline(ax, c, COLORS[2], True), "</svg>"]
+    # Committed underneath, produced dashed on top: where they part, the backlog grows.
+    out += [_polyline(ax, c, COLORS[2], True),
+            _polyline(ax, p, COLORS[0], True).replace("/>", ' stroke-dasharray="4 3"/>'),
+            "</svg>"]
     return "".join(out) + _legend([("produced by the devices", COLORS[0]),
                                    ("committed in the ledger", COLORS[2])])
 
@@ -162,7 +167,7 @@ def _latency_chart(delivered: list[tuple[str, int, int]]) -> str:
     out = [f'<svg viewBox="0 0 {W} {h}" width="{W}" height="{h}" '
            'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
     for i, n in enumerate(counts):
-        bh = (h - 50) * n / top
+        bh = (h - 70) * n / top
         x = LEFT + i * bw
         out.append(f'<rect x="{x + 2:.1f}" y="{h - 30 - bh:.1f}" width="{bw - 4:.1f}" '
                    f'height="{bh:.1f}" fill="{COLORS[0]}"><title>{n}</title></rect>')
@@ -241,6 +246,10 @@ def render(r: dict[str, Any], scenario: Scenario,
               f"<p>The ledger discarded {r['duplicates_discarded']} resent copies (the "
               f"unique key on gateway, epoch and sequence absorbed them); missing sequence "
               f"numbers: {r['gaps']}; batches rejected: {r['rejected_batches']}.</p>",
+              (f"<p>Virtual fleet: {r['fleet_gateways']} gateways sent {r['fleet_events']:,} "
+               f"events after the outage, all at once with their backlogs; lost "
+               f"{r['fleet_lost']}; drained in {r['fleet_drain_s']} s with "
+               f"{r['fleet_resends']} resends.</p>" if "fleet_gateways" in r else ""),
               "<h2>Devices</h2>",
               _table(["gateway", "device", "type", "produced", "committed", "lost",
                       "duplicates", "unobserved", "re-read", "corrupt", "p50 ms", "p99 ms"],
@@ -249,7 +258,7 @@ def render(r: dict[str, Any], scenario: Scenario,
                        d["corrupt"], d["latency_p50_ms"], d["latency_p99_ms"]]
                       for d in r["devices"][:200]]),
               "<h2>Faults and recovery</h2>",
-              _table(["fault", "gateways", "from s", "to s", "events during", "recovery s"],
+              _table(["fault", "gateways", "from s", "to s", "events held", "recovery s"],
                      [[f["label"], ", ".join(f["gateways"])[:60],
                        round((f["start_ms"] - t0) / 1000, 1),
                        round(((f["end_ms"] or f["start_ms"]) - t0) / 1000, 1),

@@ -104,6 +104,14 @@ class SimulatedSite:
         self.db_path = directory / "ledger.db"
         self.ledger: subprocess.Popen | None = None
         self._closed = False
+        self.fleet = None
+        if scenario.fleet:
+            from simulator.fleet import Fleet
+            f = scenario.fleet
+            self.fleet = Fleet(self.broker.url, f["virtual_gateways"], backlog=f["backlog"],
+                               rate_per_s=f["rate_per_s"], live_s=f["live_s"],
+                               jitter_s=f["jitter_s"], site=SITE, batch_events=100,
+                               window=4, ack_timeout_s=5.0)
         self.gateways = [Gateway(i, f"gw-{i + 1:02d}", directory / f"gw-{i + 1:02d}",
                                  secrets.token_bytes(32)) for i in range(gateways)]
 
@@ -113,7 +121,9 @@ class SimulatedSite:
         self.broker.start()
         keys = self.directory / "ledger-keys.toml"
         keys.write_text("[gateways]\n" + "".join(f'"{g.gw_id}" = "{g.key.hex()}"\n'
-                                                  for g in self.gateways))
+                                                  for g in self.gateways)
+                        + ("".join(f'"{n}" = "{k.hex()}"\n' for n, k in self.fleet.keys().items())
+                           if self.fleet else ""))
         os.chmod(keys, 0o600)
         self.ledger = subprocess.Popen(
             [sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
@@ -191,7 +201,8 @@ class SimulatedSite:
             kind = spec["type"]
             lines = [f"[devices.{name}]", f'type = "{kind}"']
             if kind == "scanner":
-                lines += [f'port = "{name}"', f'terminator = "{spec.get("terminator", "CR")}"']
+                lines += [f'port = "{name}"', f'terminator = "{spec.get("terminator", "CR")}"',
+                          f"aim_id = {'true' if spec.get('aim_id') else 'false'}"]
             elif kind == "scale":
                 lines += [f'port = "{name}"', f"poll_ms = {spec.get('poll_ms', 100)}"]
             elif kind == "modbus":

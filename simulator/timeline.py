@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -63,6 +64,8 @@ class Timeline:
         self.rng = random.Random(seed)
         self.windows: list[FaultWindow] = []
         self.notes: list[str] = []
+        self.fleet_result: dict[str, Any] | None = None
+        self._fleet_thread: threading.Thread | None = None
         self._queue: list[tuple[float, int, Callable[[], None]]] = []
         self._n = 0
 
@@ -76,6 +79,9 @@ class Timeline:
             gws = [self.site.gateways[i] for i in (f.gateways if f.gateways is not None
                                                    else range(len(self.site.gateways)))]
             self.at(f.at_s, lambda f=f, gws=gws: self._start(f, gws))
+        if self.site.fleet is not None:
+            self.site.fleet.prepare()  # encoded now, so the storm times sending, not JSON
+            self.at(sc.fleet["at_s"], self._storm)
         for name, spec in sc.devices.items():
             if spec["type"] == "scale" and spec.get("loads_per_min", 4) > 0:
                 self._plan_scale(name, spec, sc.duration_s)
@@ -112,6 +118,24 @@ class Timeline:
             except Exception as exc:  # noqa: BLE001 - a failed action is reported, not fatal
                 log.exception("timeline action failed")
                 self.notes.append(f"a timeline action failed: {exc}")
+
+    def _storm(self) -> None:
+        """The virtual fleet comes back at once with its backlog, on a thread of its own."""
+        fleet = self.site.fleet
+        assert fleet is not None
+        w = FaultWindow("fleet", f"fleet storm: {len(fleet.gateways)} virtual gateways", [],
+                        _now_ms())
+        self.windows.append(w)
+
+        def run() -> None:
+            self.fleet_result = fleet.run(timeout_s=300)
+            w.end_ms = _now_ms()
+        self._fleet_thread = threading.Thread(target=run, name="fleet", daemon=True)
+        self._fleet_thread.start()
+
+    def join_fleet(self, timeout_s: float) -> None:
+        if self._fleet_thread is not None:
+            self._fleet_thread.join(timeout_s)
 
     # ---- faults ------------------------------------------------------------------------
 

@@ -1,0 +1,68 @@
+"""Scenario files: every shipped one loads; a mistake names the file, the key and the fix;
+--short scales every time; expectations compare as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simulator import scenario as sc
+
+
+@pytest.mark.parametrize("path", sorted(sc.SCENARIO_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_shipped_scenarios_load_and_shorten(path: Path) -> None:
+    s = sc.load(str(path))
+    short = s.shortened()
+    assert short.duration_s == pytest.approx(s.duration_s * s.short_scale)
+    for f, g in zip(s.faults, short.faults, strict=True):
+        assert g.at_s == pytest.approx(f.at_s * s.short_scale)
+        assert g.for_s == pytest.approx(f.for_s * s.short_scale)
+    assert s.expect, "a scenario states what must hold"
+
+
+BASE = """
+[scenario]
+duration_s = 60
+[devices.scanner1]
+type = "scanner"
+"""
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("[[fault]]\nat_s = 10\nkind = \"meteor\"\n", "fault[0].kind: must be one of link"),
+    ("[[fault]]\nat_s = 10\nkind = \"link\"\nmode = \"blackhole\"\nfor_s = 100\n",
+     "ends after the scenario's duration_s 60"),
+    ("[[fault]]\nat_s = 10\nkind = \"link\"\nmode = \"cut\"\nfor_s = 5\n",
+     "fault[0].mode: must be one of blackhole"),
+    ("[[fault]]\nat_s = 10\nkind = \"bad_input\"\ndevice = \"scanner1\"\ninput = \"overload\"\n",
+     "a scanner can send: garbage, overlong, partial, noise"),
+    ("[[fault]]\nat_s = 10\nkind = \"clock\"\njump_s = 5\nskew_s = 3\n",
+     "give exactly one of jump_s, skew_s, drift_ppm"),
+    ("[expect]\nlots = 0\n", "expect.lots: not a known metric"),
+    ("[expect]\nlost = \"about none\"\n", "is not a number or \"OP number\""),
+    ("[devices.s2]\ntype = \"scanner\"\nrate = 3\n", "devices.s2.rate: not a known key"),
+    ("[gateways]\ncount = 0\n", "gateways.count: 0 is not a number from 1"),
+])
+def test_a_mistake_names_file_key_and_fix(tmp_path: Path, extra: str, message: str) -> None:
+    f = tmp_path / "mine.toml"
+    f.write_text(BASE + extra)
+    with pytest.raises(sc.ScenarioError) as err:
+        sc.load(str(f))
+    assert str(err.value).startswith("mine.toml: ") and message in str(err.value)
+
+
+def test_unknown_scenario_lists_the_shipped_ones() -> None:
+    with pytest.raises(sc.ScenarioError, match="shipped scenarios: .*partition-2min.*shift"):
+        sc.load("no-such-shift")
+
+
+@pytest.mark.parametrize("text, actual, holds", [
+    ("<= 5", 5.0, True), ("<= 5", 5.01, False), ("> 0", 0, False), (">= 1", 3, True),
+    ("== 0", 0, True), ("< 120", None, False),
+])
+def test_expectations_compare_as_written(tmp_path: Path, text: str, actual, holds) -> None:
+    f = tmp_path / "e.toml"
+    f.write_text(BASE + f'[expect]\nrecovery_s_max = "{text}"\n')
+    (e,) = sc.load(str(f)).expect
+    assert e.holds(actual) is holds
