@@ -22,13 +22,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 from host_tools.ledger.store import LedgerStore
 from host_tools.reconcile import reconcile
 from simulator.ground_truth import read_ground_truth
+from simulator.lab import wait_for
 from simulator.outcome import evaluate, ledger_rows
 from simulator.scenario import Scenario
 from simulator.site import SimulatedSite
@@ -82,13 +82,6 @@ def _all_devices_ok(monitor: StatusMonitor, site: SimulatedSite) -> list[str]:
     return waiting
 
 
-def _wait(cond: Callable[[], bool], timeout_s: float, step_s: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step_s)
-    return cond()
 
 
 def _status_line(monitor: StatusMonitor, site: SimulatedSite, timeline: Timeline) -> str:
@@ -132,7 +125,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             raise RuntimeError(f"the ledger did not start; see {run_dir / 'ledger.log'}")
         monitor = StatusMonitor("127.0.0.1", site.broker.port).start()
         say("broker, ledger, devices and agents started; waiting for every device to be ok")
-        if not _wait(lambda: not _all_devices_ok(monitor, site), UP_TIMEOUT_S):
+        if not wait_for(lambda: not _all_devices_ok(monitor, site), UP_TIMEOUT_S, 0.25):
             late = _all_devices_ok(monitor, site)
             notes.append(f"not every device was ok after {UP_TIMEOUT_S:.0f} s: {late}")
             say(f"warning: {notes[-1]}")
@@ -169,7 +162,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             empty = all((latest.get(g.gw_id) or {}).get("backlog_records", 1) == 0
                         for g in site.gateways)
             return empty and time.monotonic() - last[1] >= 2.0
-        if not _wait(drained, scenario.settle_s, 0.5):
+        if not wait_for(drained, scenario.settle_s, 0.5):
             notes.append(f"the backlog had not drained {scenario.settle_s:g} s after the shift")
             say(f"warning: {notes[-1]}")
         say(_status_line(monitor, site, timeline))

@@ -15,7 +15,8 @@ import pytest
 
 from firmware.core.signing import Signer
 from firmware.core.wire import FLAG_ZLIB, decode_batch
-from tests.mpy_board.rig import GATEWAY, KEY, SITE, NodeRig, board_modules, wait_for
+from simulator.lab import wait_for
+from tests.mpy_board.rig import GATEWAY, KEY, SITE, NodeRig, board_modules
 
 WAIT_S = 15
 

@@ -16,8 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,6 @@ FAST = {"timeout_s": 0.5, "ping_ms": 500, "max_retry_ms": 500, "ack_timeout_ms":
         "idle_ms": 5, "status_period_ms": 1000}
 
 
-def wait_for(cond: Callable[[], Any], timeout_s: float, step_s: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step_s)
-    return bool(cond())
 
 
 def _forget_board_imports() -> None:
