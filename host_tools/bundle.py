@@ -221,8 +221,18 @@ def build_mpy(site: Site, gateway: str, board: str, template_path: Path | None,
         raise BundleError("--config TEMPLATE is required: the node's site file")
     hmac_key = bytes.fromhex((site.gateway_dir(gateway) / "batch.key").read_text().strip())
     command_key = bytes.fromhex(site.command_key.read_text().strip())
+    # The gateway's identity comes from the registry, as for Linux gateways: a template
+    # need not repeat the site's name (nor, relative to itself, where the Wi-Fi key is).
     try:
-        path = Path(mpy_bundle.build_mpy_bundle(gateway, board, out, site_config=template_path,
+        doc = tomllib.loads(template_path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BundleError(f"--config {template_path}: {exc}") from None
+    doc.setdefault("gateway", {}).setdefault("site", site.name)
+    wifi = doc.get("wifi")
+    if isinstance(wifi, dict) and isinstance(wifi.get("key_file"), str):
+        wifi["key_file"] = str((template_path.parent / wifi["key_file"]).resolve())
+    try:
+        path = Path(mpy_bundle.build_mpy_bundle(gateway, board, out, site_config=doc,
                                                 hmac_key=hmac_key, command_key=command_key))
     except (ConfigError, mpy_bundle.BundleError) as exc:
         raise BundleError(f"MicroPython bundle (host_tools/mpy_bundle.py): {exc}") from None

@@ -211,3 +211,38 @@ def test_the_node_refuses_to_start_on_a_bad_node_json(bundle: Path, tmp_path: Pa
     assert err.value.key == "journal.segment_size"
     assert err.value.file == str(tmp_path / "node.json")
     assert not (tmp_path / "journal").exists()  # nothing was formatted
+
+
+def test_host_tools_bundle_for_a_provisioned_pico_w(tmp_path: Path) -> None:
+    """The whole host path: provision a site and a Pico W node, then `host_tools bundle`
+    from a template that names neither the site nor the gateway (the registry does), with
+    the Wi-Fi passphrase beside the template."""
+    site_dir = tmp_path / "site"
+
+    def host_tools(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "host_tools", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+
+    assert host_tools("provision", "init-site", "door3", "--site-dir", str(site_dir)
+                      ).returncode == 0
+    assert host_tools("provision", "gateway", "node-7", "--board", "pico-w", "--site-dir",
+                      str(site_dir)).returncode == 0
+    tdir = tmp_path / "templates"
+    tdir.mkdir()
+    (tdir / "wifi.pass").write_text("correct horse battery staple\n")
+    (tdir / "node.toml").write_text(
+        '[wifi]\nssid = "goods-in"\nkey_file = "wifi.pass"\n'
+        '[devices.scanner1]\ntype = "scanner"\nport = "scanner"\n'
+        '[uplinks.wifi]\nbroker = "mqtt://192.168.4.2:1883"\n')
+    out = tmp_path / "bundle"
+    done = host_tools("bundle", "node-7", "--board", "pico-w", "--config",
+                      str(tdir / "node.toml"), "-o", str(out), "--site-dir", str(site_dir))
+    assert done.returncode == 0, done.stderr
+    node = json.loads(next(out.rglob("node.json")).read_text())
+    assert node["gateway"]["id"] == "node-7" and node["gateway"]["site"] == "door3"
+    # The provisioned batch key went onto the node, byte for byte; no secret was printed.
+    batch_key = (site_dir / "gateways" / "node-7" / "batch.key").read_text().strip()
+    assert (out / "gw.key").read_text().strip() == batch_key
+    assert (out / "gw.key").stat().st_mode & 0o077 == 0
+    assert "correct horse" not in done.stdout + done.stderr
+    assert batch_key not in done.stdout + done.stderr
