@@ -187,6 +187,12 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
                    for g in site.gateways)
         delivered = outcome.pop("_delivered")
         fleet.pop("names")
+        outcome["ledger_by_gateway"] = {
+            gw: {"gaps": sum(e["gaps"] for e in g["epochs"].values()),
+                 "duplicates_discarded": sum(e["duplicates_discarded"]
+                                             for e in g["epochs"].values()),
+                 "epochs": len(g["epochs"])}
+            for gw, g in rec["gateways"].items() if gw in {x.gw_id for x in site.gateways}}
         result = {
             "scenario": scenario.name, "speed": speed, "gateways": n_gw,
             **outcome, **fleet,

@@ -46,8 +46,10 @@ FAULT_KEYS: dict[str, tuple[str, ...]] = {
     # link: a fault proxy's mode on one uplink (or "all") of the chosen gateways.
     "link": ("at_s", "kind", "for_s", "uplink", "mode", "gateways", "ms", "jitter_ms",
              "bytes_per_s", "up_ms", "down_ms", "every_ms"),
-    # broker: crash (SIGKILL) or stop (SIGTERM), back after for_s.
-    "broker": ("at_s", "kind", "for_s", "action"),
+    # broker: crash (SIGKILL) or stop (SIGTERM), back after for_s; keep_state = false
+    # brings it back without its persisted sessions and retained messages (a broker on
+    # tmpfs, or one replaced by a fresh instance).
+    "broker": ("at_s", "kind", "for_s", "action", "keep_state"),
     # power_cut: SIGKILL the agent, optionally tear its journal tail, power back after for_s.
     "power_cut": ("at_s", "kind", "for_s", "gateways", "torn_tail"),
     # clock: jump_s (a step) or skew_s (set the offset) or drift_ppm on the agent's clock.
@@ -279,6 +281,8 @@ def _fault(path: Path, i: int, t: Any, sc: Scenario) -> Fault:
     elif kind == "broker":
         if params.setdefault("action", "crash") not in ("crash", "stop"):
             raise _err(path, f"{where}.action", "must be crash or stop")
+        if not isinstance(params.setdefault("keep_state", True), bool):
+            raise _err(path, f"{where}.keep_state", "must be true or false")
         if not for_s:
             raise _err(path, f"{where}.for_s", "how long the broker stays down is required")
     elif kind == "power_cut":

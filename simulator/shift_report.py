@@ -240,8 +240,10 @@ def render(r: dict[str, Any], scenario: Scenario,
                                                        "duplicates", "unobserved")})
     parts += ["<h2>Reconciliation</h2>",
               _table(["gateway", "produced", "committed", "lost", "duplicates in ledger",
-                      "unobserved (powered off)"],
+                      "resent copies discarded", "missing seqs", "unobserved (powered off)"],
                      [[gw, c["produced"], c["committed"], c["lost"], c["duplicates"],
+                       r["ledger_by_gateway"].get(gw, {}).get("duplicates_discarded", 0),
+                       r["ledger_by_gateway"].get(gw, {}).get("gaps", 0),
                        c["unobserved"]] for gw, c in sorted(per_gw.items())]),
               f"<p>The ledger discarded {r['duplicates_discarded']} resent copies (the "
               f"unique key on gateway, epoch and sequence absorbed them); missing sequence "

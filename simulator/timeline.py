@@ -48,7 +48,7 @@ def _label(f: Fault) -> str:
     if f.kind == "link":
         return f"{p['uplink']} {p['mode']}"
     if f.kind == "broker":
-        return f"broker {p['action']}"
+        return f"broker {p['action']}" + ("" if p.get("keep_state", True) else " (state lost)")
     if f.kind == "power_cut":
         return "power cut" + (" (torn tail)" if p.get("torn_tail") else "")
     if f.kind == "clock":
@@ -152,8 +152,11 @@ class Timeline:
                     g.proxies[n].set_mode(p["mode"], **mode_params)
             undo = lambda: [g.proxies[n].set_mode("pass") for g in gws for n in names]  # noqa: E731
         elif f.kind == "broker":
-            (self.site.broker.crash if p["action"] == "crash" else self.site.broker.stop)()
-            undo = self.site.broker.start
+            broker = self.site.broker
+            (broker.crash if p["action"] == "crash" else broker.stop)()
+            if not p.get("keep_state", True):
+                broker.db_path.unlink(missing_ok=True)  # back empty: no sessions, no retained
+            undo = broker.start
         elif f.kind == "power_cut":
             for g in gws:
                 g.kill_agent()

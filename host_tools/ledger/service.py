@@ -85,7 +85,9 @@ class LedgerService:
 
     def start(self, timeout_s: float = 10.0) -> LedgerService:
         self._thread.start()
-        self.client.reconnect_delay_set(0.1, 2)
+        # A handful of workers, not a fleet: back within half a second of the broker, or
+        # every batch the gateways send meanwhile waits for their ack timeout.
+        self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
         if not self._subscribed.wait(timeout_s):
