@@ -14,7 +14,6 @@ records lost to CRC failures or unreadable stretches, and the resulting seq gaps
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,44 +21,17 @@ from typing import Any
 from firmware.core import record as rec
 from firmware.core.errors import JournalCorrupt, JournalUnformatted, StorageError
 from firmware.core.event import decode_body
-from firmware.core.journal import DATA_START, Journal
-from firmware.edges.flash import HEAD_NAME, FileStorage, _segment_name
+from firmware.core.journal import Journal
+from firmware.edges.flash import FileStorage
 
 
 class JournalUnreadable(ValueError):
     """Not a journal, or one whose superblock cannot be trusted; the message says why."""
 
 
-class ReadOnlyFileStorage(FileStorage):
-    """The agent's segment files (``firmware/edges/flash.py``), opened O_RDONLY."""
-
-    def __init__(self, directory: str | Path) -> None:  # noqa: D107 - same checks, no writes
-        self.directory = Path(directory)
-        if not (self.directory / HEAD_NAME).exists():
-            raise StorageError(f"{self.directory}: no journal here (missing {HEAD_NAME})")
-        segs = sorted(self.directory.glob("seg-*.dat"))
-        if not segs:
-            raise StorageError(f"{self.directory}: journal has no segment files")
-        self.segment_size = segs[0].stat().st_size
-        for i, p in enumerate(segs):
-            if p.name != _segment_name(i) or p.stat().st_size != self.segment_size:
-                raise StorageError(f"{p}: segment files must be seg-00000.dat... of equal size "
-                                   f"({self.segment_size} bytes)")
-        self._fds = [os.open(self.directory / HEAD_NAME, os.O_RDONLY)]
-        self._fds += [os.open(p, os.O_RDONLY) for p in segs]
-        self._dirty: set[int] = set()
-        self._size = DATA_START + self.segment_size * len(segs)
-
-    def write(self, offset: int, data: bytes) -> None:
-        raise StorageError("the journal is opened read-only for inspection")
-
-    def sync(self) -> None:
-        pass
-
-
 def open_journal(path: str | Path) -> Journal:
     try:
-        storage = ReadOnlyFileStorage(path)
+        storage = FileStorage(path, read_only=True)
     except (StorageError, OSError) as exc:
         raise JournalUnreadable(str(exc)) from None
     try:

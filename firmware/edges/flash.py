@@ -28,8 +28,11 @@ def _segment_name(i: int) -> str:
 class FileStorage:
     """The journal storage interface (read, write, sync, size) over segment files."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, read_only: bool = False) -> None:
+        """``read_only``: open the files O_RDONLY (a journal pulled from a dead gateway,
+        inspected by host_tools); a write then raises ``StorageError``."""
         self.directory = Path(directory)
+        self.read_only = read_only
         head = self.directory / HEAD_NAME
         if not head.exists():
             raise StorageError(f"{self.directory}: no journal here (missing {HEAD_NAME})")
@@ -41,8 +44,9 @@ class FileStorage:
             if p.name != _segment_name(i) or p.stat().st_size != self.segment_size:
                 raise StorageError(f"{p}: segment files must be seg-00000.dat... of equal size "
                                    f"({self.segment_size} bytes)")
-        self._fds = [os.open(head, os.O_RDWR)]
-        self._fds += [os.open(p, os.O_RDWR) for p in segs]
+        mode = os.O_RDONLY if read_only else os.O_RDWR
+        self._fds = [os.open(head, mode)]
+        self._fds += [os.open(p, mode) for p in segs]
         self._dirty: set[int] = set()
         self._size = DATA_START + self.segment_size * len(segs)
 
@@ -89,6 +93,8 @@ class FileStorage:
         return data
 
     def write(self, offset: int, data: bytes) -> None:
+        if self.read_only:
+            raise StorageError(f"{self.directory}: the journal is opened read-only")
         f, off = self._locate(offset, len(data))
         mv, done = memoryview(data), 0
         while done < len(data):
