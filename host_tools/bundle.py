@@ -90,21 +90,31 @@ def _firmware_files() -> list[Path]:
     return out
 
 
-def build_bundle(site: Site, gateway: str, board: str, template_path: Path, out: Path,
-                 force: bool = False, allow_plain: bool = False) -> dict[str, Any]:
-    """Build the bundle in ``out``; returns the manifest. ``site`` is loaded and locked."""
+def _check_provisioned(site: Site, gateway: str, board: str) -> dict[str, Any]:
+    """A bundle only for a gateway provisioned for this board and not revoked; its entry."""
     entry = site.gateway(gateway)
     if entry.get("revoked"):
         raise BundleError(f"gateway {gateway} is revoked: no bundle")
     if entry["board"] != board:
         raise BundleError(f"--board {board}: gateway {gateway} was provisioned for "
                           f"{entry['board']}")
+    return entry
+
+
+def _read_template(path: Path) -> dict[str, Any]:
     try:
-        template = tomllib.loads(template_path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise BundleError(f"--config {template_path}: cannot read ({exc.strerror})") from None
+        raise BundleError(f"--config {path}: cannot read ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
-        raise BundleError(f"--config {template_path}: not valid TOML ({exc})") from None
+        raise BundleError(f"--config {path}: not valid TOML ({exc})") from None
+
+
+def build_bundle(site: Site, gateway: str, board: str, template_path: Path, out: Path,
+                 force: bool = False, allow_plain: bool = False) -> dict[str, Any]:
+    """Build the bundle in ``out``; returns the manifest. ``site`` is loaded and locked."""
+    entry = _check_provisioned(site, gateway, board)
+    template = _read_template(template_path)
     try:
         doc = render_site(template, gateway, site.name, board, allow_plain)
         text = to_toml(doc, f"# site file of gateway {gateway} at site {site.name}: "
@@ -211,22 +221,14 @@ def build_mpy(site: Site, gateway: str, board: str, template_path: Path | None,
         raise BundleError(f"--board {board} is a MicroPython board; its bundles are built by "
                           "host_tools/mpy_bundle.py, which is not in this build") from None
     from firmware.core.errors import ConfigError
-    entry = site.gateway(gateway)
-    if entry.get("revoked"):
-        raise BundleError(f"gateway {gateway} is revoked: no bundle")
-    if entry["board"] != board:
-        raise BundleError(f"--board {board}: gateway {gateway} was provisioned for "
-                          f"{entry['board']}")
+    _check_provisioned(site, gateway, board)
     if template_path is None:
         raise BundleError("--config TEMPLATE is required: the node's site file")
     hmac_key = bytes.fromhex((site.gateway_dir(gateway) / "batch.key").read_text().strip())
     command_key = bytes.fromhex(site.command_key.read_text().strip())
     # The gateway's identity comes from the registry, as for Linux gateways: a template
     # need not repeat the site's name (nor, relative to itself, where the Wi-Fi key is).
-    try:
-        doc = tomllib.loads(template_path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise BundleError(f"--config {template_path}: {exc}") from None
+    doc = _read_template(template_path)
     doc.setdefault("gateway", {}).setdefault("site", site.name)
     wifi = doc.get("wifi")
     if isinstance(wifi, dict) and isinstance(wifi.get("key_file"), str):

@@ -57,7 +57,7 @@ def _norm(value: Any) -> Any:
     return value
 
 
-def _fields(body: str) -> tuple[Any, Any, Any, Any] | None:
+def body_fields(body: str) -> tuple[Any, Any, Any, Any] | None:
     """(src, k, t, d) of an event body; None when the body is not JSON (such an event is
     left out of the report, as SQLite's ``event_fields`` view leaves it out)."""
     try:
@@ -78,7 +78,7 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
     # Bodies are parsed here, not in SQL (json_extract, jsonb), so the same report comes
     # out of SQLite and PostgreSQL.
     rows = [(g, e, s, ms, *f) for g, e, s, ms, body in store.event_rows()
-            if (f := _fields(body)) is not None]
+            if (f := body_fields(body)) is not None]
     dups = store.duplicates_by_epoch()
     by_epoch: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
     for r in rows:

@@ -27,18 +27,17 @@ fault window and its recovery.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from firmware.core.redact import redact_text
+from host_tools.reconcile import body_fields
 from simulator.ground_truth import read_ground_truth
 from simulator.status_monitor import alarms, failovers, rejected_lines
 from simulator.timeline import FaultWindow
 
-TRANSACTION_KINDS = ("scan", "weight")
+TRANSACTIONS = ("scanner", "scale")  # device types whose readings are transactions
 GRAMS = {"g": 1.0, "kg": 1000.0}
 UNOBSERVED_LEAD_MS = 500
 HELD_LOOKBACK_MS = 30_000  # an event older than this at the fault's start was not held by it
@@ -74,21 +73,14 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(v[min(len(v) - 1, int(q * len(v)))]), 2)
 
 
-def ledger_rows(db_path: Path) -> list[tuple[str, Any, Any, int, Any]]:
-    """(gateway, source, kind, ledger_ms, data) of every event in a SQLite ledger; an
-    unreadable body gives source None (counted as corrupt)."""
-    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        raw = con.execute("SELECT gateway, body, ledger_ms FROM events").fetchall()
-    finally:
-        con.close()
+def ledger_rows(store: Any) -> list[tuple[str, Any, Any, int, Any]]:
+    """(gateway, source, kind, ledger_ms, data) of every event in the ledger, bodies read
+    as the reconciliation reads them; an unreadable body gives source None (corrupt)."""
     out = []
-    for gw, body, ledger_ms in raw:
-        try:
-            doc = json.loads(body)
-            out.append((gw, doc.get("src"), doc.get("k"), ledger_ms, doc.get("d") or {}))
-        except (ValueError, AttributeError):
-            out.append((gw, None, None, ledger_ms, None))
+    for gw, _epoch, _seq, ledger_ms, body in store.event_rows():
+        f = body_fields(body)
+        src, kind, _t, data = f if f is not None else (None, None, None, None)
+        out.append((gw, src, kind, ledger_ms, data if isinstance(data, dict) else {}))
     return out
 
 
@@ -184,11 +176,11 @@ def evaluate(gateways: dict[str, Path], devices: dict[str, dict[str, Any]],
                     else:
                         row["lost"] += 1
                 if extra:
-                    kind = "duplicates" if spec["type"] in ("scanner", "scale") else "reobserved"
+                    kind = "duplicates" if spec["type"] in TRANSACTIONS else "reobserved"
                     row[kind] += extra
             for key, commits in got.items():
                 if key not in want:
-                    if key in seen_keys and spec["type"] not in ("scanner", "scale"):
+                    if key in seen_keys and spec["type"] not in TRANSACTIONS:
                         row["reobserved"] += len(commits)  # served before, read again
                     elif key in seen_keys:
                         row["duplicates"] += len(commits)  # produced, not for delivery

@@ -175,7 +175,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         store = LedgerStore(f"sqlite:///{site.db_path}")
         try:
             rec = reconcile(store, [])
-            rows = ledger_rows(site.db_path)
+            rows = ledger_rows(store)
             fleet = _fleet_outcome(site, timeline, rows)
             outcome = evaluate({g.gw_id: g.ground_truth_dir for g in site.gateways},
                                scenario.devices, [r for r in rows if r[0] not in fleet["names"]],
@@ -203,14 +203,9 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             "run_dir": str(run_dir) if tmp is None else None,
             "start_ms": start_ms, "traffic_end_ms": traffic_end_ms, "end_ms": end_ms,
         }
-        result["assertions"] = [{"expect": e.text(),
-                                 "actual": result.get(e.metric if e.metric != "alarms_raised"
-                                                      else "alarms"),
+        result["assertions"] = [{"expect": e.text(), "actual": _actual(result, e.metric),
                                  "passed": e.holds(_actual(result, e.metric))}
                                 for e in scenario.expect]
-        for a in result["assertions"]:
-            if a["expect"].startswith("alarms raised"):
-                a["actual"] = sorted({x["alarm"] for x in result["alarms"]})
         result["passed"] = all(a["passed"] for a in result["assertions"]) and not notes
         if report_dir is not None:
             from simulator.shift_report import write_report
@@ -247,7 +242,7 @@ def _fleet_outcome(site: SimulatedSite, timeline: Timeline,
 
 def _actual(result: dict[str, Any], metric: str) -> Any:
     if metric == "alarms_raised":
-        return {a["alarm"] for a in result["alarms"]}
+        return sorted({a["alarm"] for a in result["alarms"]})
     return result.get(metric)
 
 
