@@ -85,14 +85,14 @@ class Agent:
                                          self.cfg.gateway_id, wall_ms=self.clock.now_ms,
                                          max_body=jc.max_body)
         hlc = HybridLogicalClock(self.clock.now_ms, journal.last_hlc)
-        self.journal = GroupCommitJournal(journal, jc.window_ms, stamp=hlc.now)
+        self.journal = GroupCommitJournal(journal, jc.window_ms, hlc=hlc)
         self.lights = self._open_lights()
         if self.cfg.uplinks:
             from firmware.forwarding import ForwardingLoop  # paho only when uplinks are set
             command_key = (read_key(self.cfg.command_key_file, "gateway.command_key_file")
                            if self.cfg.command_key_file else None)
             self.forwarding = ForwardingLoop(self.cfg, self.journal, self.clock,
-                                             read_key(self.cfg.key_file), self.snapshot,
+                                             read_key(self.cfg.key_file), self.local_status,
                                              command_key=command_key,
                                              **self.forwarding_options)
             self.forwarding.on_reload = self.reload_requested.set
@@ -176,31 +176,31 @@ class Agent:
         ledger's acknowledgements free the room the refused one needed."""
         with self._lock:
             need = self._refusing_need
-        if need and self.journal is not None and self.journal.journal.free_bytes() >= need:
+        if need and self.journal is not None and self.journal.free_bytes() >= need:
             with self._lock:
                 self._refusing_need = 0
             return False
         return bool(need)
 
+    def local_status(self) -> dict[str, Any]:
+        """The parts of the status document only the agent knows (the link session
+        writes the rest)."""
+        return {"devices": [d.status.as_dict() for d in self.drivers],
+                "pipeline": self.pipeline.stats(),
+                "journal_refusing_txn": self.refusing_txn()}
+
     def snapshot(self) -> dict[str, Any]:
-        devices = [d.status.as_dict() for d in self.drivers]
+        """The status document (``docs/wire-format.md``); without uplinks, its local part."""
+        if self.forwarding is not None:
+            return self.forwarding.status()
+        doc = self.local_status()
         stats = self.journal.stats() if self.journal is not None else {}
-        fwd = self.forwarding.snapshot() if self.forwarding is not None else {}
-        active = fwd.get("active_uplink")
-        uplink = "none" if active is None else (
-            "primary" if active == self.cfg.uplinks[0].name else "secondary")
-        return {
-            "gateway": self.cfg.gateway_id,
-            "uplink": uplink,
-            "forwarding": fwd,
-            "backlog_records": stats.get("backlog_records", 0),
-            "backlog_bytes": stats.get("backlog_bytes", 0),
-            "journal": stats,
-            "journal_refusing_txn": self.refusing_txn(),
-            "devices": devices,
-            "devices_in_error": sum(1 for d in devices if d["state"] == "error"),
-            "pipeline": self.pipeline.stats(),
-        }
+        doc.update(gateway=self.cfg.gateway_id, site=self.cfg.site, state="online",
+                   runtime="cpython", uplink="none", journal=stats,
+                   backlog_records=stats.get("backlog_records", 0),
+                   backlog_bytes=stats.get("backlog_bytes", 0),
+                   devices_in_error=sum(1 for d in doc["devices"] if d["state"] == "error"))
+        return doc
 
     def _refresh_lights(self) -> None:
         if self.lights is not None:

@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firmware.core import topics
+
 log = logging.getLogger(__name__)
 
 MOSQUITTO_FALLBACK_PATH = "/usr/sbin/mosquitto"  # Debian installs it outside a user's PATH
@@ -96,7 +98,7 @@ class Broker:
                  allow_anonymous: bool = True, tls: TlsListener | None = None,
                  autosave_changes: int = 1, backend: str = "auto",
                  host: str = "127.0.0.1", bridge_to: str | None = None,
-                 bridge_topics: tuple[str, ...] = ("midshift/v1/#",)) -> None:
+                 bridge_topics: tuple[str, ...] = (topics.ROOT + "/#",)) -> None:
         if backend not in ("auto", "mosquitto", "amqtt"):
             raise ValueError(f"broker backend {backend!r} is not one of auto, mosquitto, amqtt")
         self.binary = find_mosquitto() if backend != "amqtt" else None

@@ -33,10 +33,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from firmware.core import topics
 from firmware.core.signing import Signer
 from firmware.core.wire import Batch, WireError, decode_ack, encode_batch
-
-TOPIC_ROOT = "midshift/v1"
 
 
 @dataclass
@@ -111,7 +110,7 @@ class Fleet:
         return {g.name: (f"{g.epoch:016x}", g.next_seq - 1) for g in self.gateways}
 
     def topic(self, g: _Gateway, leaf: str) -> str:
-        return f"{TOPIC_ROOT}/{self.site}/{g.name}/{leaf}"
+        return topics.topic(self.site, g.name, leaf)
 
     # -- preparing ------------------------------------------------------------------------
     def _records(self, g: _Gateway, n: int, now_ms: int) -> list[tuple[int, int, int, bytes]]:

@@ -18,7 +18,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-TOPIC = "midshift/v1/+/+/status"
+from firmware.core import topics
+
+TOPIC = topics.every(topics.STATUS)
 
 
 class StatusMonitor:

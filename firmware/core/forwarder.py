@@ -19,9 +19,9 @@ Rules, each for a failure peers have shipped:
   the journal for a resend. A two-hour outage costs flash, not RAM.
 """
 
+from firmware.core.record import TXN
 from firmware.core.wire import Batch, encode_batch
 
-TXN = 0
 LIVE = "live"
 BACKLOG = "backlog"
 
@@ -88,8 +88,9 @@ class Forwarder:
         self.bucket = TokenBucket(drain_rate, max(drain_rate, max_events), now_ms)
         self.inflight = []
         self.acked = []   # [(first, last, end_pos)] acknowledged beyond the commit point
-        self.commit_seq = journal.tail_seq - 1
-        self.lanes = [Lane(LIVE, journal.tail_pos, journal.tail_seq)]
+        tail_pos, tail_seq = journal.tail()
+        self.commit_seq = tail_seq - 1
+        self.lanes = [Lane(LIVE, tail_pos, tail_seq)]
         self.uplink = None
         self._waiting_since = None
         self._wall_ms = now_ms
@@ -110,25 +111,26 @@ class Forwarder:
         if name is None:
             return
         self.inflight = []
-        j = self.journal
-        start_pos, start_seq = j.tail_pos, j.tail_seq
+        start_pos, start_seq = self.journal.tail()
+        durable_pos, durable_seq = self.journal.durable()
         self.lanes = [Lane(LIVE, start_pos, start_seq)]
-        if j.durable_seq - start_seq + 1 > self.max_events:
+        if durable_seq - start_seq + 1 > self.max_events:
             # Everything durable now is the backlog; what comes after is live.
-            self.lanes = [Lane(LIVE, j.durable_pos, j.durable_seq + 1),
-                          Lane(BACKLOG, start_pos, start_seq, j.durable_seq)]
+            self.lanes = [Lane(LIVE, durable_pos, durable_seq + 1),
+                          Lane(BACKLOG, start_pos, start_seq, durable_seq)]
         self._waiting_since = None
 
     def replay_from(self, seq):
         """The ledger lost what it acknowledged from ``seq`` on: forget those acks and
         send everything unacknowledged again from the commit point (records before
         ``seq`` that were never acked go too). Returns the first seq replayed."""
-        j = self.journal
-        start = max(seq, j.tail_seq)
+        tail_pos, tail_seq = self.journal.tail()
+        durable_pos, durable_seq = self.journal.durable()
+        start = max(seq, tail_seq)
         self.inflight = []
         self.acked = [a for a in self.acked if a[1] < start]
-        self.lanes = [Lane(LIVE, j.durable_pos, j.durable_seq + 1),
-                      Lane(BACKLOG, j.tail_pos, j.tail_seq, j.durable_seq)]
+        self.lanes = [Lane(LIVE, durable_pos, durable_seq + 1),
+                      Lane(BACKLOG, tail_pos, tail_seq, durable_seq)]
         return start
 
     def drain_now(self):

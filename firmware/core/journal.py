@@ -548,6 +548,14 @@ class Journal:
             if not batch:
                 return
 
+    def tail(self):
+        """(pos, seq) of the oldest unacknowledged record: where a resend starts."""
+        return self.tail_pos, self.tail_seq
+
+    def durable(self):
+        """(pos, seq): the end of the durable records and the last durable seq."""
+        return self.durable_pos, self.durable_seq
+
     def backlog(self):
         """(records, bytes) durable but not yet acknowledged."""
         return self.durable_seq - self.tail_seq + 1, self.durable_pos - self.tail_pos

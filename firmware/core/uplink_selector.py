@@ -15,7 +15,7 @@ error); ``select(now_ms)`` returns the uplink to use and the change, if any:
 A metered uplink carries only ``txn`` records (``carries(name, cls)``).
 """
 
-TXN = 0
+from firmware.core.record import TXN
 
 
 class UplinkSelector:

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from firmware.core.errors import StorageError
+from firmware.core.hlc import HybridLogicalClock
 from firmware.core.journal import Journal
 from firmware.core.record import TXN
 
@@ -26,10 +26,10 @@ class GroupCommitJournal:
     """Thread-safe facade over a Journal; the only object the agent's threads share."""
 
     def __init__(self, journal: Journal, window_ms: float = 0.0, max_batch: int = 1024,
-                 stamp: Callable[[], int] | None = None) -> None:
+                 hlc: HybridLogicalClock | None = None) -> None:
         self.journal = journal
         # Stamping under the append lock keeps HLC order and seq order the same.
-        self._stamp = stamp
+        self._hlc = hlc
         self.window_s = window_ms / 1000.0
         self.max_batch = max_batch
         self.lock = threading.Lock()
@@ -47,12 +47,12 @@ class GroupCommitJournal:
 
     def append(self, body: bytes, cls: int = TXN, hlc: int | None = None) -> int:
         """Queue a record; durable once ``wait_durable(seq)`` returns True. ``hlc`` None:
-        stamped now by ``stamp`` (0 without one)."""
+        stamped now by the HLC (0 without one)."""
         with self.lock:
             if self._error is not None:
                 raise StorageError(f"journal storage failed: {self._error}")
             if hlc is None:
-                hlc = self._stamp() if self._stamp is not None else 0
+                hlc = self._hlc.now() if self._hlc is not None else 0
             seq = self.journal.append(body, cls, hlc)
             self._queued.notify()
             return seq
@@ -146,6 +146,44 @@ class GroupCommitJournal:
     def read(self, pos=None, seq=None, max_records: int = 256, max_bytes: int = 1 << 20):
         with self.lock:
             return self.journal.read(pos, seq, max_records, max_bytes)
+
+    # Read-only state for the link session, each under the lock: the producers and the
+    # flusher move it meanwhile (a telemetry drop moves the tail, a sync the durable end).
+    @property
+    def epoch(self) -> int:
+        return self.journal.epoch  # fixed when the journal was formatted
+
+    @property
+    def data_size(self) -> int:
+        return self.journal.data_size
+
+    @property
+    def durable_seq(self) -> int:
+        with self.lock:
+            return self.journal.durable_seq
+
+    def tail(self) -> tuple[int, int]:
+        with self.lock:
+            return self.journal.tail()
+
+    def durable(self) -> tuple[int, int]:
+        with self.lock:
+            return self.journal.durable()
+
+    def backlog(self) -> tuple[int, int]:
+        with self.lock:
+            return self.journal.backlog()
+
+    def free_bytes(self) -> int:
+        with self.lock:
+            return self.journal.free_bytes()
+
+    def observe(self, remote_hlc: int) -> None:
+        """Merge a peer's HLC timestamp (the ledger's, from an ack) under the lock that
+        stamps appends, so seq order and HLC order stay the same."""
+        with self.lock:
+            if self._hlc is not None:
+                self._hlc.observe(remote_hlc)
 
     def commit(self, seq: int, next_pos: int | None = None) -> None:
         with self.lock:

@@ -6,9 +6,9 @@ the socket so unacknowledged TCP data fails the connection in seconds too. A dow
 is retried on a short interval (0.25 s growing to ``max_retry_s``, default 0.5 s), so the
 first batch after a restore goes out within about a second, not minutes.
 
-Everything the client hears is put on the agent's queue as ``(kind, uplink, ...)``
-tuples: ``("up", name)``, ``("down", name, reason)``, ``("message", name, topic,
-payload)``. The forwarder loop is the only consumer; paho's callbacks do nothing else.
+Everything the client hears is put on the agent's queue as a small event: ``LinkUp``,
+``LinkDown`` (with the reason) or ``Received`` (topic and payload), each naming the
+uplink. The forwarding loop is the only consumer; paho's callbacks do nothing else.
 
 Subscriptions (``ack`` and ``cmd``) are made on every connect: the broker may have
 restarted without persistence and forgotten them. The last will marks the gateway
@@ -38,6 +38,24 @@ SIOCGIFADDR = 0x8915
 TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 
 
+class LinkUp:
+    def __init__(self, uplink: str) -> None:
+        self.uplink = uplink
+
+
+class LinkDown:
+    def __init__(self, uplink: str, reason: str) -> None:
+        self.uplink = uplink
+        self.reason = reason
+
+
+class Received:
+    def __init__(self, uplink: str, topic: str, payload: bytes) -> None:
+        self.uplink = uplink
+        self.topic = topic
+        self.payload = payload
+
+
 def interface_address(ifname: str) -> str:
     """The IPv4 address of a network interface (to bind an uplink's socket to it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -49,7 +67,7 @@ def interface_address(ifname: str) -> str:
 
 
 class MqttUplink:
-    def __init__(self, cfg: UplinkConfig, client_id: str, events: queue.Queue[tuple[Any, ...]],
+    def __init__(self, cfg: UplinkConfig, client_id: str, events: queue.Queue[Any],
                  subscriptions: list[str], will: tuple[str, bytes] | None = None,
                  keepalive_s: int = 1, max_retry_s: float = 0.5,
                  user_timeout_ms: int = 3000) -> None:
@@ -127,13 +145,13 @@ class MqttUplink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     props: Any = None) -> None:
         if reason.is_failure:
-            self.events.put(("down", self.name, f"broker refused: {reason}"))
+            self.events.put(LinkDown(self.name, f"broker refused: {reason}"))
             return
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected = True
         self.counters["connects"] += 1
-        self.events.put(("up", self.name))
+        self.events.put(LinkUp(self.name))
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                        props: Any = None) -> None:
@@ -141,7 +159,7 @@ class MqttUplink:
         self.connected = False
         if was:
             self.counters["disconnects"] += 1
-        self.events.put(("down", self.name, str(reason)))
+        self.events.put(LinkDown(self.name, str(reason)))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.events.put(("message", self.name, msg.topic, msg.payload))
+        self.events.put(Received(self.name, msg.topic, msg.payload))

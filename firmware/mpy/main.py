@@ -13,6 +13,7 @@ board modules in ``tests/mpy_board/``.
 
 import time
 
+from firmware.core import session
 from firmware.core.commands import CommandGate
 from firmware.core.signing import Signer
 from firmware.mpy import node_config
@@ -72,16 +73,13 @@ def build(base="", options=None):
         if d.settings.get("enabled", True):
             uart = open_uart(cfg.uart[d.settings["port"]], d.settings["baudrate"])
             devices.append(EDGES[d.type](d.name, uart, d.settings))
-    base_topic = "midshift/v1/%s/%s" % (cfg.site, cfg.gateway_id)
     gate = None
-    subscriptions = [base_topic + "/ack"]
     if cfg.command_key_file:
         key = node_config.read_key(base + cfg.command_key_file, "gateway.command_key_file")
         gate = CommandGate(Signer(key), _last_command_id(base + "last-command-id"))
-        subscriptions.append(base_topic + "/cmd")
+    subscriptions = session.subscriptions(cfg.site, cfg.gateway_id, gate is not None)
+    will = session.last_will(cfg.site, cfg.gateway_id)
     u = cfg.uplinks[0]
-    will = (base_topic + "/status",
-            ('{"gateway":"%s","state":"offline"}' % cfg.gateway_id).encode())
     uplink = UmqttUplink(u.host, u.port, cfg.gateway_id + "-" + u.name, subscriptions,
                          timeout_s=opts["timeout_s"], ping_ms=opts["ping_ms"],
                          keepalive_s=opts["keepalive_s"], max_retry_ms=opts["max_retry_ms"],

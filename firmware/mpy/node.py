@@ -1,18 +1,20 @@
 """The node's main loop: devices -> pipeline -> journal -> forwarder -> umqtt -> ledger.
 
 The MicroPython counterpart of ``firmware/agent.py`` and ``firmware/forwarding.py``,
-single-threaded. One ``step()``:
+single-threaded, around the same link session (``firmware/core/session.py``), which
+decides what to send, what an ack commits, what a command does and when the status is
+due; this loop carries out its actions. One ``step()``:
 
 1. read every device (UART, non-blocking) and journal what they produced: pipeline
    (validate, redact, classify), HLC stamp, append, then one ``flush()`` for the step (the
    group commit: records are durable when it returns);
 2. check Wi-Fi; when it is up and the uplink is down and due, one bounded connect; the
-   forwarder learns of every change (``set_uplink``) and resends everything
+   session learns of every change (``uplink_changed``) and resends everything
    unacknowledged from the journal after a reconnect;
-3. read what the broker sent (acks, commands), each ack moving the forwarder's window and,
+3. hand the session what the broker sent (acks, commands): each ack moves the window and,
    over a contiguous run, the journal's commit point (ring space is reclaimed only then);
-4. publish the batches the forwarder hands out, reading the devices again between every
-   two network calls, and the retained status every ``status_period_s``.
+4. publish what the session's ``poll`` hands out, reading the devices again between every
+   two network calls, and the retained status when it is due.
 
 Every network call is bounded by the uplink's ``timeout_s``, so a silent broker delays
 the UART reads by at most that, and the UARTs' receive buffers hold the bytes meanwhile.
@@ -29,16 +31,11 @@ refuses new transactions (``journal_full``, counted); nothing acknowledged is lo
 Counters are in ``status()``, published on the ``status`` topic.
 """
 
-import json
-
-from firmware.core.commands import CommandRejected
+from firmware.core import session as s
 from firmware.core.errors import JournalFull, MidshiftError
-from firmware.core.forwarder import Forwarder
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.pipeline import InvalidEvent, Pipeline
-from firmware.core.wire import WireError, decode_ack
 
-TOPIC_ROOT = "midshift/v1"
 UPLINK_NAME = "wifi"
 NTP_RETRY_MS = 10000
 
@@ -53,28 +50,36 @@ class Node:
         self.uplink = uplink
         self.wifi = wifi
         self.clock = clock
-        self.base = "%s/%s/%s" % (TOPIC_ROOT, cfg.site, cfg.gateway_id)
         self.pipeline = Pipeline(_classes(cfg), journal.max_body)
         self.hlc = HybridLogicalClock(clock.now_ms, journal.last_hlc)
         now = clock.monotonic_ms()
-        self.forwarder = Forwarder(journal, cfg.gateway_id, signer, None,
-                                   max_events=max_events, max_bytes=max_bytes, linger_ms=0,
-                                   window=window, ack_timeout_ms=ack_timeout_ms, now_ms=now)
-        self.gate = command_gate
+        self.session = s.LinkSession(
+            journal, cfg.site, cfg.gateway_id, signer, [UPLINK_NAME], now, gate=command_gate,
+            status_period_ms=(int(cfg.status_period_s * 1000) if status_period_ms is None
+                              else status_period_ms),
+            runtime="micropython", max_events=max_events, max_bytes=max_bytes, linger_ms=0,
+            window=window, ack_timeout_ms=ack_timeout_ms)
         self.command_state = command_state
         self.idle_ms = idle_ms
-        self.status_period_ms = (int(cfg.status_period_s * 1000) if status_period_ms is None
-                                 else status_period_ms)
-        self._status_due = now
         self.counters = {"steps": 0, "journaled": 0, "journal_full": 0, "storage_errors": 0,
-                         "bad_acks": 0, "acks": 0, "commits": 0, "commands_rejected": 0,
                          "max_device_gap_ms": 0, "loop_errors": 0}
         self.last_loop_error = None
         self.invalid = self.pipeline.invalid  # reason -> count (bad_time, unknown_source...)
-        self.last_command = None
         self._last_device_ms = now
         self._ntp_due = now
         self._wifi_up = False
+
+    @property
+    def forwarder(self):
+        return self.session.forwarder
+
+    @property
+    def gate(self):
+        return self.session.gate
+
+    @property
+    def last_command(self):
+        return self.session.last_command
 
     # ---- the input side ---------------------------------------------------------------------
 
@@ -137,82 +142,57 @@ class Node:
         if up.connected:
             up.service(now)
             self.read_devices()
-            self._handle_messages(up.take_messages())
             self._sync_uplink_state(self.clock.monotonic_ms())
-        if up.connected:
-            self._publish_batches()
-        if up.connected and now >= self._status_due:
-            self._status_due = now + self.status_period_ms
-            up.publish(self.base + "/status", json.dumps(self.status()).encode(),
-                       self.clock.monotonic_ms(), qos=1, retain=True)
-            self.read_devices()
+            self._handle_messages(up.take_messages())
+        self._poll_session()
         self.flush()
 
     def _sync_uplink_state(self, now):
-        name = UPLINK_NAME if self.uplink.connected else None
-        if name != self.forwarder.uplink:
-            self.forwarder.set_uplink(name, now)
-            if name is not None:
-                self._status_due = now  # say we are back
+        up = self.uplink.connected
+        if up != bool(self.session.connected.get(UPLINK_NAME)):
+            self.session.uplink_changed(UPLINK_NAME, up, now, "" if up else "disconnected")
 
-    def _publish_batches(self):
-        up = self.uplink
-        topic = self.base + "/events"
-        for _lane, _first, _last, data in self.forwarder.poll(self.clock.monotonic_ms(),
-                                                               self.clock.now_ms()):
-            ok = up.publish(topic, data, self.clock.monotonic_ms())
-            self.read_devices()
-            if not ok:
-                self._sync_uplink_state(self.clock.monotonic_ms())
-                return
-        self._handle_messages(up.take_messages())  # acks that came while publishing
+    def _poll_session(self):
+        self._carry_out(self.session.poll(self.clock.monotonic_ms(), self.clock.now_ms()))
+        self._handle_messages(self.uplink.take_messages())  # acks that came while publishing
 
     def _handle_messages(self, messages):
         for topic, payload in messages:
-            if topic.endswith("/ack"):
-                self._on_ack(payload)
-            elif topic.endswith("/cmd"):
-                self._on_command(payload)
+            self._carry_out(self.session.message(UPLINK_NAME, topic, payload,
+                                                 self.clock.monotonic_ms(),
+                                                 self.clock.now_ms()))
 
-    def _on_ack(self, payload):
-        try:
-            epoch, first, last, ledger_ms, status = decode_ack(payload)
-        except WireError:
-            self.counters["bad_acks"] += 1
-            return
-        if epoch != self.journal.epoch:
-            self.counters["bad_acks"] += 1
-            return
-        self.counters["acks"] += 1
-        self.hlc.observe(ledger_ms << 16)
-        commit = self.forwarder.on_ack(first, last, status, self.clock.monotonic_ms())
-        if commit is not None:
-            try:
-                self.journal.commit(commit[0], commit[1])  # reclaims ring space: one sync
-                self.counters["commits"] += 1
-            except MidshiftError:
-                self.counters["storage_errors"] += 1
+    def _carry_out(self, actions):
+        refused = False
+        for a in actions:
+            if isinstance(a, s.Publish):
+                refused = refused or not self._publish(a)
+            elif isinstance(a, s.StatusDue):
+                msg = self.session.status_message(self.clock.now_ms(), self._local_status())
+                if msg is not None and not refused:
+                    self._publish(msg)
+            elif isinstance(a, s.Commit):
+                try:
+                    self.journal.commit(a.seq, a.pos)  # reclaims ring space: one sync
+                except MidshiftError:
+                    self.counters["storage_errors"] += 1
+            elif isinstance(a, s.Observe):
+                self.hlc.observe(a.hlc)
+            elif isinstance(a, s.SaveCommandId) and self.command_state is not None:
+                self.command_state(a.cmd_id)  # a replay stays rejected after a reboot
+        if refused:
+            self._sync_uplink_state(self.clock.monotonic_ms())
 
-    def _on_command(self, payload):
-        if self.gate is None:
-            self.counters["commands_rejected"] += 1
-            return
-        try:
-            cmd_id, cmd, args = self.gate.check(payload)
-        except CommandRejected:
-            self.counters["commands_rejected"] += 1
-            return
-        if self.command_state is not None:
-            self.command_state(cmd_id)  # a replay stays rejected after a reboot
-        result = "ok"
-        if cmd == "drain-now":
-            self.forwarder.drain_now()
-        elif cmd == "replay-from":
-            result = {"from_seq": self.forwarder.replay_from(args["seq"])}
-        elif cmd != "ping":
-            result = "not supported on the node"
-        self.last_command = {"id": cmd_id, "cmd": cmd, "result": result}
-        self._status_due = 0
+    def _publish(self, msg):
+        """One bounded network call, then the UARTs again. After a refusal the rest of
+        this round waits: the session resends after its ack timeout."""
+        up = self.uplink
+        ok = up.connected and up.publish(msg.topic, msg.payload, self.clock.monotonic_ms(),
+                                         qos=msg.qos, retain=msg.retain)
+        self.read_devices()
+        if not ok:
+            self.session.publish_failed(msg.uplink)
+        return ok
 
     # ---- run ---------------------------------------------------------------------------------
 
@@ -237,8 +217,7 @@ class Node:
         if self._wifi_up:
             times.append(up.deadline_ms())
         if up.connected:
-            times.append(self._status_due)
-            t = self.forwarder.next_deadline_ms()
+            t = self.session.next_deadline_ms(now)
             if t is not None:
                 times.append(t)
         for dev in self.devices:
@@ -247,21 +226,21 @@ class Node:
                 times.append(t)
         return max(0, min(times) - now)
 
-    def status(self):
-        stats = self.journal.stats()
-        out = {"gateway": self.cfg.gateway_id, "state": "online", "node": "micropython",
-               "journal": stats, "backlog_records": stats["backlog_records"],
-               "in_flight": len(self.forwarder.inflight),
-               "forwarder": dict(self.forwarder.counters), "counters": dict(self.counters),
-               "pipeline": self.pipeline.stats(), "uplink": self.uplink.status(),
-               "devices": [d.status() for d in self.devices],
-               "last_command": self.last_command, "last_loop_error": self.last_loop_error}
+    def _local_status(self):
+        out = {"devices": [d.status() for d in self.devices], "pipeline": self.pipeline.stats(),
+               "counters": dict(self.counters), "last_loop_error": self.last_loop_error,
+               "uplink_counters": {UPLINK_NAME: self.uplink.status()}}
         if self.wifi is not None:
             out["wifi"] = self.wifi.status()
         return out
 
+    def status(self):
+        """The status document, the same shape as the agent's (``docs/wire-format.md``)."""
+        return self.session.status(self.clock.now_ms(), self._local_status())
+
     def close(self):
         self.flush()
+        self._carry_out(self.session.close(self.clock.monotonic_ms()))
         for dev in self.devices:
             dev.close()
         self.uplink.close()

@@ -7,6 +7,8 @@ import argparse
 import sys
 import time
 
+from firmware.core import topics
+
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: the table is redrawn in place
 
 
@@ -40,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from host_tools.status_table import StatusBoard, StatusSubscriber, render
     board = StatusBoard()
-    topic = f"midshift/v1/{args.site}/{args.gateway or '+'}/status"
+    topic = topics.topic(args.site, args.gateway or "+", topics.STATUS)
     try:
         sub = StatusSubscriber(board, args.broker, topic, args.ca, args.cert, args.key)
     except (ValueError, OSError) as exc:  # bad URL, unreadable TLS files

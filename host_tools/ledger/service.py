@@ -26,12 +26,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from firmware.core import topics
 from firmware.core.signing import Signer
 from firmware.core.wire import Batch, WireError, decode_batch, encode_ack, peek_gateway
 from host_tools.ledger.store import LedgerStore
 
 log = logging.getLogger(__name__)
-TOPIC_ROOT = "midshift/v1"
 MAX_GROUP = 64  # batches stored in one transaction at most
 
 
@@ -80,7 +80,7 @@ class LedgerService:
 
     @property
     def topic(self) -> str:
-        t = f"{TOPIC_ROOT}/+/+/events"
+        t = topics.every(topics.EVENTS)
         return f"$share/{self.shared_group}/{t}" if self.shared_group else t
 
     def start(self, timeout_s: float = 10.0) -> LedgerService:
@@ -157,16 +157,16 @@ class LedgerService:
                 self.counters["events"] += new
                 self.counters["duplicates"] += dup
             ack = encode_ack(batch.epoch, batch.first_seq, batch.last_seq, now, duplicates=dup)
-            self.client.publish(topic.rsplit("/", 1)[0] + "/ack", ack, qos=1)
+            self.client.publish(topics.reply_to(topic), ack, qos=1)
             acks[i] = ack
         return acks
 
     def _verify(self, topic: str, payload: bytes, now: int) -> Batch | None:
-        parts = topic.split("/")
-        if len(parts) != 5 or parts[4] != "events":
+        where = topics.split(topic)
+        if where is None or where[2] != topics.EVENTS:
             self._reject(None, "bad_topic", f"topic {topic}", now)
             return None
-        gw_topic = parts[3]
+        gw_topic = where[1]
         try:
             gw = peek_gateway(payload)
             if gw != gw_topic:

@@ -105,7 +105,7 @@ def test_a_replayed_command_is_rejected_and_changes_nothing(rig: Lab) -> None:
     host = Signer(COMMAND_KEY)
     topic = "midshift/v1/lab/gw-t/cmd"
     port = rig.broker.port
-    fwd = agent.forwarding
+    fwd = agent.forwarding.session
     publish.single(topic, sign_command(host, 1, "set-log-level", {"level": "DEBUG"}), qos=1,
                    hostname="127.0.0.1", port=port)
     assert wait_for(lambda: (fwd.last_command or {}).get("id") == 1, 5)

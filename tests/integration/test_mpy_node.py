@@ -36,8 +36,8 @@ def _state(rig: NodeRig) -> dict:
     out: dict = {"ledger": rig.ledger_count(), "ledger_counters": dict(rig.ledger.counters)}
     if rig.node is not None:
         st = rig.node.status()
-        out.update(journal=st["journal"], uplink=st["uplink"], wifi=st.get("wifi"),
-                   forwarder=st["forwarder"], devices=st["devices"])
+        out.update(journal=st["journal"], uplink=st["uplink_counters"], wifi=st.get("wifi"),
+                   forwarding=st["forwarding"], devices=st["devices"])
     return out
 
 
@@ -216,7 +216,7 @@ def test_garbage_from_the_scanner_is_rejected_and_counted(rig: NodeRig) -> None:
     finally:
         sub.loop_stop()
     last = seen[-1]
-    assert last["state"] == "online" and last["node"] == "micropython"
+    assert last["state"] == "online" and last["runtime"] == "micropython"
     assert last["devices"][0]["last_error"] is None  # good scans since
     assert last["pipeline"]["masked"] == 1
     rig.stop()
@@ -249,7 +249,7 @@ def test_signed_commands_are_obeyed_and_a_replay_is_refused(tmp_path: Path) -> N
                            hostname="127.0.0.1", port=rig.broker.port)  # replayed id
             publish.single(topic, sign_command(Signer(b"f" * 32), 2, "ping"), qos=1,
                            hostname="127.0.0.1", port=rig.broker.port)  # forged
-            assert wait_for(lambda: node.counters["commands_rejected"] == 2, WAIT_S), \
+            assert wait_for(lambda: node.session.counters["commands_rejected"] == 2, WAIT_S), \
                 _state(rig)
             assert node.gate.rejected == {"replayed": 1, "bad_signature": 1}
             assert (rig.node_dir / "last-command-id").read_text() == "1"

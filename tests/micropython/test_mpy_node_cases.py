@@ -223,7 +223,7 @@ def test_step_journals_scans_sends_one_batch_and_commits_only_on_the_ack():
     clock.mono += 10
     node.step()
     assert node.journal.tail_seq == 3 and node.journal.committed_seq == 2
-    assert node.counters["acks"] == 1 and node.counters["commits"] == 1
+    assert node.session.counters["acks"] == 1 and node.session.counters["commits"] == 1
 
 
 def test_broker_gone_keeps_the_records_and_resends_them_after_reconnect():

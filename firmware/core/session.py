@@ -1,0 +1,369 @@
+"""The link session: the gateway's whole conversation with the ledger, sans I/O.
+
+One object owns everything the gateway says to and hears from the ledger: the forwarder
+(journal records out as signed batches), the uplink selector (which link carries them),
+the command gate (signed downlink commands), the ack rule (decode, epoch check, match,
+commit decision), the clock policy (the ledger's time into the HLC, the offset estimate and
+its alarm) and the status document. It is fed times and bytes through the protocol's verbs
+and answers with actions for the runtime to carry out, in the shape of h11's Connection:
+
+- ``uplink_changed(name, up, now_ms, reason)``: an edge connected or lost a link;
+- ``message(uplink, topic, payload, now_ms, wall_ms)``: something arrived (ack, command);
+- ``poll(now_ms, wall_ms)``: the timers (batches, resends, fail-back, commit, status);
+- ``publish_failed(uplink)``: the edge could not hand a batch to its client;
+- ``next_deadline_ms()``: when ``poll`` next has work by the clock alone;
+- ``status(wall_ms, local)``: the status document (``docs/wire-format.md``);
+- ``close(now_ms)``: the last commit before the journal closes.
+
+Actions are small classes: ``Publish``, ``Commit``, ``SaveCommandId``, ``Observe`` (the
+ledger's time for the HLC), ``SetLogLevel``, ``Reload``, ``Note`` (a sync-log line) and
+``StatusDue``, answered by publishing ``status_message(...)``. The CPython agent
+(``firmware/forwarding.py``) and the MicroPython node (``firmware/mpy/node.py``) are
+thin loops around it, so both runtimes obey the same rules.
+
+When the far end is gone: no healthy uplink means no publishes; records wait in the
+journal, in flight are only seq ranges, and everything unacknowledged goes again on the
+next uplink. An ack that does not match this journal's epoch or a batch in flight is
+counted and changes nothing; a command that fails its signature or id check likewise.
+"""
+
+import json
+
+from firmware.core import topics
+from firmware.core.commands import CommandRejected
+from firmware.core.forwarder import Forwarder
+from firmware.core.record import TELEMETRY
+from firmware.core.uplink_selector import UplinkSelector
+from firmware.core.wire import WireError, decode_ack
+
+STATUS_VERSION = 1
+OFFSET_ALARM_MS = 500
+COMMIT_EVERY_MS = 500
+
+
+class Publish:
+    def __init__(self, uplink, topic, payload, qos=1, retain=False):
+        self.uplink = uplink
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+
+
+class Commit:
+    """Persist the commit point: ring space up to ``seq`` (ending at ``pos``) is free."""
+
+    def __init__(self, seq, pos):
+        self.seq = seq
+        self.pos = pos
+
+
+class SaveCommandId:
+    """Persist the last accepted command id, so a replay stays rejected after a reboot."""
+
+    def __init__(self, cmd_id):
+        self.cmd_id = cmd_id
+
+
+class Observe:
+    """Merge the ledger's HLC timestamp into the gateway's clock."""
+
+    def __init__(self, hlc):
+        self.hlc = hlc
+
+
+class SetLogLevel:
+    def __init__(self, level):
+        self.level = level
+
+
+class Reload:
+    """The ledger asked for the configuration to be read again."""
+
+
+class StatusDue:
+    """Time to publish the retained status: answer with ``status_message(...)``."""
+
+
+class Note:
+    """A line for the sync log: ``what`` happened, with ``fields``."""
+
+    def __init__(self, what, fields):
+        self.what = what
+        self.fields = fields
+
+
+def subscriptions(site, gateway, commands=True):
+    """What every uplink subscribes to: this gateway's acks and (with a command key) its
+    commands."""
+    out = [topics.topic(site, gateway, topics.ACK)]
+    if commands:
+        out.append(topics.topic(site, gateway, topics.CMD))
+    return out
+
+
+def last_will(site, gateway):
+    """(topic, payload) of the last will: the retained status says offline."""
+    return (topics.topic(site, gateway, topics.STATUS),
+            json.dumps({"v": STATUS_VERSION, "gateway": gateway, "site": site,
+                        "state": "offline"}).encode())
+
+
+class LinkSession:
+    def __init__(self, journal, site, gateway, signer, uplinks, now_ms, compress=None,
+                 metered=(), hold_ms=30000, gate=None, drain_rates=None, drain_rate=0,
+                 status_period_ms=10000, commit_every_ms=COMMIT_EVERY_MS,
+                 offset_alarm_ms=OFFSET_ALARM_MS, runtime="cpython", supports=(),
+                 max_events=500, max_bytes=256 * 1024, linger_ms=5, window=8,
+                 ack_timeout_ms=5000):
+        """``journal``: the core Journal or anything with its read-only verbs (``read``,
+        ``tail``, ``durable``, ``durable_seq``, ``backlog``, ``stats``, ``free_bytes``,
+        ``data_size``, ``epoch``). ``uplinks``: names, preferred first. ``supports``: the
+        optional commands this runtime can carry out (``set-log-level``,
+        ``reload-config``)."""
+        self.journal = journal
+        self.site = site
+        self.gateway = gateway
+        self.uplinks = list(uplinks)
+        self.selector = UplinkSelector(self.uplinks, hold_ms, metered)
+        self.forwarder = Forwarder(journal, gateway, signer, compress, max_events=max_events,
+                                   max_bytes=max_bytes, linger_ms=linger_ms, window=window,
+                                   ack_timeout_ms=ack_timeout_ms, drain_rate=drain_rate,
+                                   now_ms=now_ms)
+        self.gate = gate
+        self.drain_rates = drain_rates or {}
+        self.default_drain_rate = drain_rate
+        self.status_period_ms = status_period_ms
+        self.commit_every_ms = commit_every_ms
+        self.offset_alarm_ms = offset_alarm_ms
+        self.runtime = runtime
+        self.supports = supports
+        self.own = {topics.topic(site, gateway, topics.ACK): topics.ACK,
+                    topics.topic(site, gateway, topics.CMD): topics.CMD}
+        self.connected = {}
+        self.clock_offset_ms = None
+        self.alarms = set()
+        self.last_command = None
+        self.counters = {"acks": 0, "bad_acks": 0, "commits": 0, "publish_refused": 0,
+                         "commands_rejected": 0, "ignored_inactive": 0, "foreign_topic": 0}
+        self._pending_commit = None
+        self._last_commit_ms = now_ms - commit_every_ms  # the first commit is not held
+        self._status_due = now_ms
+
+    # ---- verbs -------------------------------------------------------------------------
+
+    @property
+    def active(self):
+        return self.selector.active
+
+    def subscriptions(self):
+        return subscriptions(self.site, self.gateway)
+
+    def will(self):
+        return last_will(self.site, self.gateway)
+
+    def uplink_changed(self, name, up, now_ms, reason=""):
+        self.connected[name] = up
+        self.selector.report(name, up, now_ms)
+        if up:
+            return [Note("uplink_up", {"uplink": name})]
+        return [Note("uplink_down", {"uplink": name, "reason": reason})]
+
+    def publish_failed(self, uplink):
+        """The edge refused a batch (not connected, queue full): it goes again after the
+        ack timeout, so this only counts."""
+        self.counters["publish_refused"] += 1
+
+    def message(self, uplink, topic, payload, now_ms, wall_ms):
+        # Every connected uplink subscribes, and they usually reach the same broker: take
+        # acks and commands from the active one only, or each would arrive twice.
+        if uplink != self.selector.active:
+            self.counters["ignored_inactive"] += 1
+            return []
+        leaf = self.own.get(topic)
+        if leaf == topics.ACK:
+            return self._on_ack(payload, now_ms, wall_ms)
+        if leaf == topics.CMD:
+            return self._on_command(payload, now_ms)
+        self.counters["foreign_topic"] += 1
+        return []
+
+    def poll(self, now_ms, wall_ms):
+        out = self._commit_if_due(now_ms)
+        active, change = self.selector.select(now_ms)
+        if change is not None:
+            what, old, new = change
+            out.append(Note(what, {"from": old, "to": new}))
+            self.forwarder.set_uplink(active, now_ms, txn_only=active is not None and
+                                      not self.selector.carries(active, TELEMETRY))
+            if active is not None:
+                self.forwarder.bucket.rate = self.drain_rates.get(active) or \
+                    self.default_drain_rate
+            self._status_due = now_ms
+        if active is None:
+            return out
+        events = topics.topic(self.site, self.gateway, topics.EVENTS)
+        for lane, first, last, data in self.forwarder.poll(now_ms, wall_ms):
+            out.append(Publish(active, events, data))
+            out.append(Note("resent" if lane == "resend" else "sent",
+                            {"lane": lane, "first": first, "last": last, "bytes": len(data),
+                             "uplink": active}))
+        if now_ms >= self._status_due:
+            self._status_due = now_ms + self.status_period_ms
+            out.append(StatusDue())
+        return out
+
+    def next_deadline_ms(self, now_ms=0):
+        now_times = [self.forwarder.next_deadline_ms(), self.selector.next_failback_ms(now_ms)]
+        if self.selector.active is not None:
+            now_times.append(self._status_due)
+        if self._pending_commit is not None:
+            now_times.append(self._last_commit_ms + self.commit_every_ms)
+        times = [t for t in now_times if t is not None]
+        return min(times) if times else None
+
+    def close(self, now_ms):
+        """The commit still pending, to carry out before the journal closes."""
+        return self._commit_if_due(now_ms, force=True)
+
+    # ---- acks --------------------------------------------------------------------------
+
+    def _on_ack(self, payload, now_ms, wall_ms):
+        try:
+            epoch, first, last, ledger_ms, status = decode_ack(payload)
+        except WireError as exc:
+            self.counters["bad_acks"] += 1
+            return [Note("bad_ack", {"reason": exc.reason})]
+        if epoch != self.journal.epoch:
+            self.counters["bad_acks"] += 1
+            return [Note("bad_ack", {"reason": "epoch"})]
+        self.counters["acks"] += 1
+        sent = None
+        for f in self.forwarder.inflight:
+            if f.first == first and f.last == last:
+                sent = f.sent_ms
+                break
+        commit = self.forwarder.on_ack(first, last, status, now_ms)
+        out = [Note("acked" if status == "ok" else "rejected", {"first": first, "last": last})]
+        if sent is not None:  # a batch of ours, in flight: its round trip dates the ledger
+            out.append(Observe(ledger_ms << 16))
+            out.extend(self._estimate_offset(ledger_ms, wall_ms, now_ms - sent))
+        if commit is not None:
+            self._pending_commit = commit
+            out.extend(self._commit_if_due(now_ms))
+        return out
+
+    def _commit_if_due(self, now_ms, force=False):
+        """The commit point moves at most every ``commit_every_ms`` (one sync each), sooner
+        when the ring runs short of room: a commit per ack would put one more sync beside
+        every batch. A crash before it costs only a resend of acknowledged batches, which
+        the ledger discards as duplicates."""
+        if self._pending_commit is None:
+            return []
+        tight = self.journal.free_bytes() < self.journal.data_size // 4
+        if not (force or tight or now_ms - self._last_commit_ms >= self.commit_every_ms):
+            return []
+        seq, pos = self._pending_commit
+        self._pending_commit = None
+        self._last_commit_ms = now_ms
+        self.counters["commits"] += 1
+        return [Commit(seq, pos)]
+
+    def _estimate_offset(self, ledger_ms, wall_ms, rtt_ms):
+        # The ledger stamped between send and receipt: assume the middle of the round trip.
+        offset = ledger_ms - (wall_ms - rtt_ms / 2)
+        if self.clock_offset_ms is None:
+            self.clock_offset_ms = offset
+        else:
+            self.clock_offset_ms = 0.8 * self.clock_offset_ms + 0.2 * offset
+        if abs(self.clock_offset_ms) > self.offset_alarm_ms:
+            if "clock_offset" not in self.alarms:
+                self.alarms.add("clock_offset")
+                return [Note("alarm", {"alarm": "clock_offset",
+                                       "offset_ms": round(self.clock_offset_ms),
+                                       "threshold_ms": self.offset_alarm_ms})]
+        else:
+            self.alarms.discard("clock_offset")
+        return []
+
+    # ---- commands ----------------------------------------------------------------------
+
+    def _on_command(self, payload, now_ms):
+        if self.gate is None:
+            self.counters["commands_rejected"] += 1
+            return [Note("command_rejected", {"reason": "no_command_key"})]
+        try:
+            cmd_id, cmd, args = self.gate.check(payload)
+        except CommandRejected as exc:
+            self.counters["commands_rejected"] += 1
+            return [Note("command_rejected", {"reason": exc.reason})]
+        out = [SaveCommandId(cmd_id)]
+        result = "ok"
+        if cmd == "drain-now":
+            self.forwarder.drain_now()
+        elif cmd == "replay-from":
+            result = {"from_seq": self.forwarder.replay_from(args["seq"])}
+        elif cmd == "set-log-level" and cmd in self.supports:
+            out.append(SetLogLevel(args["level"]))
+        elif cmd == "reload-config" and cmd in self.supports:
+            out.append(Reload())
+        elif cmd != "ping":
+            result = "not supported here"
+        self.last_command = {"id": cmd_id, "cmd": cmd, "result": result}
+        out.append(Note("command", {"id": cmd_id, "cmd": cmd, "result": result}))
+        self._status_due = now_ms  # answer (ping included) with a fresh status at once
+        return out
+
+    # ---- status ------------------------------------------------------------------------
+
+    def status(self, wall_ms, local=None):
+        """The status document, one shape for both runtimes (``docs/wire-format.md``).
+        ``local``: what only the runtime knows (``devices``, ``pipeline``,
+        ``journal_refusing_txn``, runtime counters), merged in at the top level."""
+        records, nbytes = self.journal.backlog()
+        active = self.selector.active
+        if active is None:
+            role = "none"
+        elif active == self.uplinks[0]:
+            role = "primary"
+        else:
+            role = "secondary"
+        gate = self.gate
+        doc = {"v": STATUS_VERSION, "gateway": self.gateway, "site": self.site,
+               "state": "online", "runtime": self.runtime, "at_ms": wall_ms,
+               "uplink": role, "backlog_records": records, "backlog_bytes": nbytes,
+               "journal": self.journal.stats(), "journal_refusing_txn": False,
+               "devices": [], "pipeline": {}, "counters": {},
+               "forwarding": {
+                   "active_uplink": active,
+                   "uplinks": dict((n, bool(self.connected.get(n))) for n in self.uplinks),
+                   "backlog_records": records, "backlog_bytes": nbytes,
+                   "in_flight": len(self.forwarder.inflight),
+                   "counters": _merged(self.forwarder.counters, self.counters),
+                   "failovers": self.selector.failovers,
+                   "failbacks": self.selector.failbacks,
+                   "clock_offset_ms": None if self.clock_offset_ms is None
+                   else round(self.clock_offset_ms),
+                   "alarms": sorted(self.alarms),
+                   "last_command": self.last_command,
+                   "commands": {"accepted": gate.accepted if gate else 0,
+                                "rejected": dict(gate.rejected) if gate else {}}}}
+        if local:
+            doc.update(local)
+        doc["devices_in_error"] = sum(1 for d in doc["devices"] if d.get("state") == "error")
+        return doc
+
+    def status_message(self, wall_ms, local=None):
+        """The retained status as a ``Publish`` on the active uplink (None: no uplink)."""
+        if self.selector.active is None:
+            return None
+        payload = json.dumps(self.status(wall_ms, local)).encode()
+        return Publish(self.selector.active, topics.topic(self.site, self.gateway,
+                                                          topics.STATUS),
+                       payload, qos=1, retain=True)
+
+
+def _merged(a, b):
+    out = dict(a)
+    out.update(b)
+    return out

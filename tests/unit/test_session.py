@@ -1,0 +1,243 @@
+"""The link session's rules with a clock the test advances: acks, commits, commands, the
+clock policy, uplink changes and the status document. Portable: plain functions and bare
+asserts over the real core journal, so the same cases run under MicroPython."""
+
+import json
+
+from firmware.core import record as rec
+from firmware.core import session as s
+from firmware.core import topics
+from firmware.core.commands import CommandGate, sign_command
+from firmware.core.journal import Journal, storage_size
+from firmware.core.signing import Signer
+from firmware.core.storage import MemoryStorage
+from firmware.core.wire import decode_batch, encode_ack
+
+KEY = b"k" * 32
+HOST = b"h" * 32
+SITE = "s1"
+GW = "gw-1"
+WALL = 1700000000000
+ACK = topics.topic(SITE, GW, topics.ACK)
+CMD = topics.topic(SITE, GW, topics.CMD)
+
+
+def journal_with(n, segments=6):
+    st = MemoryStorage(storage_size(4096, segments))
+    Journal.format(st, 4096, 0xC0FFEE, GW)
+    j = Journal.open(st)
+    for i in range(n):
+        j.append(b'{"i":%d}' % i, rec.TXN, i + 1)
+    j.flush()
+    return j
+
+
+def session_for(j, gate=None, supports=(), **kw):
+    opts = {"linger_ms": 0, "ack_timeout_ms": 1000, "hold_ms": 5000,
+            "status_period_ms": 10000, "commit_every_ms": 500}
+    opts.update(kw)
+    return s.LinkSession(j, SITE, GW, Signer(KEY), ["eth", "lte"], 0, gate=gate,
+                         supports=supports, **opts)
+
+
+def of(actions, cls):
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def batches(actions):
+    """(uplink, first, last) of every batch published."""
+    out = []
+    for p in of(actions, s.Publish):
+        if p.topic.endswith("/events"):
+            b = decode_batch(p.payload, Signer(KEY), _inflate)
+            out.append((p.uplink, b.first_seq, b.last_seq))
+    return out
+
+
+def _inflate(data):
+    import zlib
+    return zlib.decompress(data)
+
+
+def up(sess, now=0):
+    sess.uplink_changed("eth", True, now)
+    return sess.poll(now, WALL + now)
+
+
+def test_nothing_is_sent_before_an_uplink_is_up_then_the_backlog_goes_on_it():
+    j = journal_with(5)
+    sess = session_for(j)
+    assert batches(sess.poll(0, WALL)) == []
+    out = up(sess, 10)
+    assert batches(out) == [("eth", 1, 5)]
+    assert of(out, s.StatusDue)  # a new uplink: say so at once
+    assert [n.what for n in of(out, s.Note)][0] == "up"
+
+
+def test_an_ack_commits_only_a_matching_batch_of_this_epoch():
+    j = journal_with(5)
+    sess = session_for(j)
+    up(sess, 0)
+    wrong_epoch = encode_ack(j.epoch + 1, 1, 5, WALL)
+    assert of(sess.message("eth", ACK, wrong_epoch, 5, WALL + 5), s.Commit) == []
+    assert sess.counters["bad_acks"] == 1
+    garbage = sess.message("eth", ACK, b"\x00not an ack", 5, WALL + 5)
+    assert of(garbage, s.Commit) == [] and sess.counters["bad_acks"] == 2
+    other_range = sess.message("eth", ACK, encode_ack(j.epoch, 1, 3, WALL), 6, WALL + 6)
+    assert of(other_range, s.Commit) == [] and sess.forwarder.counters["stale_acks"] == 1
+    out = sess.message("eth", ACK, encode_ack(j.epoch, 1, 5, WALL + 3), 8, WALL + 8)
+    commits = of(out, s.Commit)
+    assert len(commits) == 1 and commits[0].seq == 5
+    assert len(of(out, s.Observe)) == 1  # the ledger's time goes into the HLC
+    assert sess.counters["acks"] == 2 and sess.counters["commits"] == 1
+
+
+def test_commits_are_held_to_one_per_interval_and_flushed_on_close():
+    j = journal_with(4)
+    sess = session_for(j, max_events=2)
+    out = up(sess, 0)
+    assert batches(out) == [("eth", 1, 2), ("eth", 3, 4)]
+    first = sess.message("eth", ACK, encode_ack(j.epoch, 1, 2, WALL), 10, WALL + 10)
+    assert [c.seq for c in of(first, s.Commit)] == [2]
+    j.commit(2, of(first, s.Commit)[0].pos)
+    second = sess.message("eth", ACK, encode_ack(j.epoch, 3, 4, WALL), 20, WALL + 20)
+    assert of(second, s.Commit) == []  # 10 ms after the last commit: held
+    assert sess.next_deadline_ms(20) == 510
+    assert of(sess.poll(300, WALL + 300), s.Commit) == []
+    assert [c.seq for c in of(sess.poll(510, WALL + 510), s.Commit)] == [4]
+    assert sess.close(600) == []  # nothing pending any more
+
+
+def test_close_forces_the_pending_commit():
+    j = journal_with(2)
+    sess = session_for(j, max_events=1)
+    up(sess, 0)
+    sess.message("eth", ACK, encode_ack(j.epoch, 1, 1, WALL), 1, WALL + 1)
+    assert of(sess.message("eth", ACK, encode_ack(j.epoch, 2, 2, WALL), 2, WALL + 2),
+              s.Commit) == []
+    assert [c.seq for c in sess.close(3)] == [2]
+
+
+def test_an_unacknowledged_batch_goes_again_after_the_ack_timeout():
+    j = journal_with(3)
+    sess = session_for(j)
+    up(sess, 0)
+    assert batches(sess.poll(999, WALL + 999)) == []
+    again = sess.poll(1000, WALL + 1000)
+    assert batches(again) == [("eth", 1, 3)]
+    assert [n.what for n in of(again, s.Note)] == ["resent"]
+
+
+def test_failover_resends_everything_in_flight_on_the_next_uplink():
+    j = journal_with(3)
+    sess = session_for(j)
+    up(sess, 0)
+    sess.uplink_changed("lte", True, 1)
+    assert sess.message("lte", ACK, encode_ack(j.epoch, 1, 3, WALL), 2, WALL + 2) == []
+    assert sess.counters["ignored_inactive"] == 1  # only the active uplink's acks count
+    sess.uplink_changed("eth", False, 3, "keepalive")
+    out = sess.poll(4, WALL + 4)
+    assert batches(out) == [("lte", 1, 3)]
+    assert "failover" in [n.what for n in of(out, s.Note)]
+    assert sess.status(WALL, {})["uplink"] == "secondary"
+
+
+def test_a_foreign_topic_is_counted_and_ignored():
+    j = journal_with(1)
+    sess = session_for(j)
+    up(sess, 0)
+    other = topics.topic(SITE, "gw-2", topics.ACK)
+    assert sess.message("eth", other, encode_ack(j.epoch, 1, 1, WALL), 1, WALL) == []
+    assert sess.counters["foreign_topic"] == 1 and sess.forwarder.inflight
+
+
+def test_commands_without_a_key_are_rejected():
+    sess = session_for(journal_with(0))
+    up(sess, 0)
+    out = sess.message("eth", CMD, sign_command(Signer(HOST), 1, "drain-now"), 1, WALL)
+    assert of(out, s.SaveCommandId) == [] and sess.counters["commands_rejected"] == 1
+
+
+def test_a_signed_command_is_obeyed_once_and_its_id_saved():
+    sess = session_for(journal_with(0), CommandGate(Signer(HOST)), ("set-log-level",))
+    up(sess, 0)
+    sess.poll(1, WALL + 1)
+    out = sess.message("eth", CMD, sign_command(Signer(HOST), 7, "set-log-level",
+                                                {"level": "DEBUG"}), 2, WALL + 2)
+    assert [a.cmd_id for a in of(out, s.SaveCommandId)] == [7]
+    assert [a.level for a in of(out, s.SetLogLevel)] == ["DEBUG"]
+    assert sess.last_command == {"id": 7, "cmd": "set-log-level", "result": "ok"}
+    assert of(sess.poll(3, WALL + 3), s.StatusDue)  # answered with a fresh status
+    replay = sess.message("eth", CMD, sign_command(Signer(HOST), 7, "drain-now"), 4, WALL)
+    forged = sess.message("eth", CMD, sign_command(Signer(b"z" * 32), 8, "drain-now"), 5,
+                          WALL)
+    assert of(replay + forged, s.SaveCommandId) == []
+    assert sess.counters["commands_rejected"] == 2
+    assert sess.gate.rejected == {"replayed": 1, "bad_signature": 1}
+    assert sess.last_command["id"] == 7
+
+
+def test_a_command_this_runtime_cannot_carry_out_says_so():
+    sess = session_for(journal_with(0), CommandGate(Signer(HOST)))
+    up(sess, 0)
+    out = sess.message("eth", CMD, sign_command(Signer(HOST), 1, "reload-config"), 1, WALL)
+    assert of(out, s.Reload) == [] and of(out, s.SaveCommandId)
+    assert sess.last_command["result"] == "not supported here"
+
+
+def test_replay_from_sends_the_unacknowledged_records_again():
+    j = journal_with(3)
+    sess = session_for(j, CommandGate(Signer(HOST)))
+    up(sess, 0)
+    out = sess.message("eth", CMD, sign_command(Signer(HOST), 1, "replay-from", {"seq": 1}),
+                       1, WALL)
+    assert sess.last_command["result"] == {"from_seq": 1}
+    assert batches(out) == []
+    assert [b[1:] for b in batches(sess.poll(2, WALL + 2))] == [(1, 3)]
+
+
+def test_a_clock_offset_past_the_threshold_raises_the_alarm_once_and_clears():
+    j = journal_with(14)
+    sess = session_for(j, max_events=1, window=14)
+    up(sess, 0)
+    notes = []
+    for seq in range(1, 15):  # the ledger's clock runs 2 s ahead, then back in step
+        ahead = 2000 if seq <= 3 else 0
+        out = sess.message("eth", ACK, encode_ack(j.epoch, seq, seq, WALL + seq + ahead),
+                           seq, WALL + seq)
+        notes += [n for n in of(out, s.Note) if n.what == "alarm"]
+        if seq == 3:
+            assert sess.status(WALL, {})["forwarding"]["alarms"] == ["clock_offset"]
+    assert len(notes) == 1 and notes[0].fields["alarm"] == "clock_offset"
+    assert sess.status(WALL, {})["forwarding"]["alarms"] == []  # the estimate decayed
+    assert abs(sess.clock_offset_ms) < 500
+
+
+def test_the_status_document_has_one_shape():
+    j = journal_with(2)
+    sess = session_for(j)
+    up(sess, 0)
+    doc = sess.status(WALL, {"devices": [{"name": "a", "state": "ok"},
+                                         {"name": "b", "state": "error"}],
+                             "journal_refusing_txn": True})
+    for key in ("v", "gateway", "site", "state", "runtime", "at_ms", "uplink",
+                "backlog_records", "backlog_bytes", "journal", "journal_refusing_txn",
+                "devices", "devices_in_error", "pipeline", "counters", "forwarding"):
+        assert key in doc, key
+    assert doc["uplink"] == "primary" and doc["backlog_records"] == 2
+    assert doc["devices_in_error"] == 1 and doc["journal_refusing_txn"] is True
+    assert doc["forwarding"]["in_flight"] == 1 and doc["forwarding"]["active_uplink"] == "eth"
+    msg = sess.status_message(WALL, {})
+    assert msg.retain and msg.topic == topics.topic(SITE, GW, topics.STATUS)
+    assert json.loads(msg.payload)["state"] == "online"
+    topic, will = s.last_will(SITE, GW)
+    assert topic == msg.topic and json.loads(will)["state"] == "offline"
+
+
+def test_a_publish_the_edge_refused_is_counted_and_resent_on_time():
+    j = journal_with(1)
+    sess = session_for(j)
+    up(sess, 0)
+    sess.publish_failed("eth")
+    assert sess.status(WALL, {})["forwarding"]["counters"]["publish_refused"] == 1
+    assert batches(sess.poll(1000, WALL + 1000)) == [("eth", 1, 1)]
