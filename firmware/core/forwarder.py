@@ -95,6 +95,7 @@ class Forwarder:
         self._waiting_since = None
         self._wall_ms = now_ms
         self.txn_only = False
+        self.ack_sent_ms = None
         self.counters = {"batches": 0, "sent": 0, "acked": 0, "resent": 0, "stale_acks": 0,
                          "rejected": 0}
 
@@ -138,7 +139,10 @@ class Forwarder:
         self.bucket.rate = 0
 
     def on_ack(self, first, last, status, now_ms):
-        """The ledger acknowledged ``first..last``: returns (seq, pos) to commit, or None."""
+        """The ledger acknowledged ``first..last``: returns (seq, pos) to commit, or None.
+        ``ack_sent_ms`` is then when the matching batch was last sent (None: no match),
+        for the round trip."""
+        self.ack_sent_ms = None
         match = None
         for f in self.inflight:
             if f.first == first and f.last == last:
@@ -148,6 +152,7 @@ class Forwarder:
             self.counters["stale_acks"] += 1  # a resent batch acked twice, or an old life's
             return None
         self.inflight.remove(match)
+        self.ack_sent_ms = match.sent_ms
         if status != "ok":
             self.counters["rejected"] += 1
             return None
@@ -201,7 +206,11 @@ class Forwarder:
         return out
 
     def next_deadline_ms(self):
-        """The earliest time ``poll`` has something to do by the clock alone, or None."""
+        """The earliest time ``poll`` has something to do by the clock alone, or None.
+        With no uplink nothing can go, whatever is overdue: None, or a silent outage
+        would spin the loop that waits on this."""
+        if self.uplink is None:
+            return None
         times = [f.sent_ms + self.ack_timeout_ms for f in self.inflight]
         if self._waiting_since is not None:
             times.append(self._waiting_since + self.linger_ms)

@@ -238,12 +238,8 @@ class LinkSession:
             self.counters["bad_acks"] += 1
             return [Note("bad_ack", {"reason": "epoch"})]
         self.counters["acks"] += 1
-        sent = None
-        for f in self.forwarder.inflight:
-            if f.first == first and f.last == last:
-                sent = f.sent_ms
-                break
         commit = self.forwarder.on_ack(first, last, status, now_ms)
+        sent = self.forwarder.ack_sent_ms
         out = [Note("acked" if status == "ok" else "rejected", {"first": first, "last": last})]
         if sent is not None:  # a batch of ours, in flight: its round trip dates the ledger
             out.append(Observe(ledger_ms << 16))

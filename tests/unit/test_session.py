@@ -241,3 +241,15 @@ def test_a_publish_the_edge_refused_is_counted_and_resent_on_time():
     sess.publish_failed("eth")
     assert sess.status(WALL, {})["forwarding"]["counters"]["publish_refused"] == 1
     assert batches(sess.poll(1000, WALL + 1000)) == [("eth", 1, 1)]
+
+
+def test_a_silent_outage_sets_no_deadline_to_spin_on():
+    j = journal_with(3)
+    sess = session_for(j)
+    up(sess, 0)
+    assert sess.next_deadline_ms(1) == 1000  # the batch's ack timeout
+    sess.uplink_changed("eth", False, 2, "keepalive")
+    sess.poll(3, WALL + 3)
+    assert sess.active is None
+    assert sess.next_deadline_ms(5000) is None  # overdue acks, but nothing can go
+    assert sess.poll(5000, WALL + 5000) == []
