@@ -184,15 +184,19 @@ class Journal:
             pos, seq, prev = hint_pos, hint_seq, hint_crc
         self._hint_pos = pos
         last_hlc = 0
-        for kind, item, pos, seq, prev in self._frames(pos, seq, prev):
+        walk = self._frames(pos, seq, prev)
+        while True:
+            kind, item, pos, seq, prev = next(walk)
             if kind == "record":
                 last_hlc = item.hlc
                 r.records += 1
             elif kind == "corrupt":
                 r.corrupt_seqs.append(item)
                 self._note_damage(item, item)
-            elif kind == "end" and item[1] is not None:
-                r.cut_pos, r.cut_bytes, r.cut_reason = pos, item[0], item[1]
+            elif kind == "end":
+                if item[1] is not None:
+                    r.cut_pos, r.cut_bytes, r.cut_reason = pos, item[0], item[1]
+                break
         r.last_seq = seq - 1
         self.head_pos = self.durable_pos = pos
         self.next_seq = seq
@@ -437,12 +441,12 @@ class Journal:
         self._persist_cursor(next_pos, seq + 1, seq, self.dropped)
 
     def _find_end(self, seq):
-        pos = self.tail_pos  # commit() has checked that seq >= tail_seq: one step at least
-        for kind, _, pos, s, _ in self._frames(pos, self.tail_seq, None):
+        pos, s = self.tail_pos, self.tail_seq
+        walk = self._frames(pos, s, None)
+        while s <= seq:
+            kind, _, pos, s, _ = next(walk)
             if kind == "end":
                 raise ValueError("seq %d is not in the journal (stopped at %d)" % (seq, s))
-            if s > seq:
-                break
         return pos
 
     def _persist_cursor(self, tail_pos, tail_seq, committed_seq, dropped):
