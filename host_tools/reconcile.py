@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from firmware.core.percentile import percentile
 from firmware.core.redact import redact_text
 from host_tools.ledger.store import LedgerStore
 from simulator.ground_truth import read_ground_truth
@@ -28,16 +29,11 @@ from simulator.ground_truth import read_ground_truth
 VALUE_FIELDS = {"scan": "code", "weight": "weight"}  # other kinds carry "value"
 
 
-def _pct(values: list[int], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return float(v[min(len(v) - 1, int(q * len(v)))])
-
-
 def _latency(values: list[int]) -> dict[str, float | None]:
-    return {"p50": _pct(values, 0.5), "p99": _pct(values, 0.99),
-            "max": float(max(values)) if values else None}
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    return {"p50": float(percentile(values, 0.5)), "p99": float(percentile(values, 0.99)),
+            "max": float(max(values))}
 
 
 def _ranges(seqs: list[int]) -> list[list[int]]:
