@@ -129,7 +129,7 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
 
 def _drain(db: str, workers: int, tmp: Path, timeout_s: float = 300, naive: str | None = None,
            **fleet_args: Any) -> dict[str, Any]:
-    from host_tools.ledger.store import open_store
+    from host_tools.ledger.opener import open_store
 
     with Broker(tmp / f"broker-{time.monotonic_ns()}") as broker:
         fleet = Fleet(broker.url, **fleet_args).prepare()
@@ -150,7 +150,7 @@ def _drain(db: str, workers: int, tmp: Path, timeout_s: float = 300, naive: str 
 
 
 def _fresh(pg: ThrowawayPostgres, name: str) -> str:
-    from host_tools.ledger.store import open_store
+    from host_tools.ledger.opener import open_store
 
     db = pg.create_database(name)
     open_store(db, migrate=True).close()
