@@ -88,7 +88,6 @@ class Fleet:
         self._done = threading.Event()
         self._expected = 0
         self._acked = 0
-        self._clients: list[mqtt.Client] = []
 
     @staticmethod
     def _make_gateway(name: str, rnd: random.Random) -> _Gateway:
@@ -185,7 +184,6 @@ class Fleet:
             c.connect_async(self.host, self.port, keepalive=30)
             c.loop_start()
             clients.append(c)
-        self._clients = clients
         deadline = time.monotonic() + timeout_s
         for _ in clients:  # one SUBACK per connection before the clock starts
             if not subscribed.acquire(timeout=max(0.0, deadline - time.monotonic())):
