@@ -8,8 +8,8 @@ wrong and what is expected; the site config turns it into a ``ConfigError`` nami
 """
 
 PORTS = {"mqtt://": 1883, "mqtts://": 8883}
-EXPECTED = "mqtt://HOST:PORT or mqtts://HOST:PORT (PORT 1 to 65535; 1883 and 8883 if left out)"
-EXPECTED_PLAIN = "mqtt://HOST:PORT (PORT 1 to 65535; 1883 if left out)"
+URL_FORMS = "mqtt://HOST:PORT or mqtts://HOST:PORT (PORT 1 to 65535; 1883 and 8883 if left out)"
+PLAIN_URL_FORMS = "mqtt://HOST:PORT (PORT 1 to 65535; 1883 if left out)"
 
 
 class BrokerUrlError(ValueError):
@@ -24,7 +24,7 @@ class BrokerUrlError(ValueError):
 def parse_broker_url(url, tls=True):
     """``(host, port, tls)`` of ``url``; ``tls=False`` for a client that speaks only
     plain MQTT, so that ``mqtts://`` is refused instead of sent in the clear."""
-    expected = EXPECTED if tls else EXPECTED_PLAIN
+    expected = URL_FORMS if tls else PLAIN_URL_FORMS
     if url.startswith("mqtt://"):
         scheme = "mqtt://"
     elif url.startswith("mqtts://"):

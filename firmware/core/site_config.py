@@ -15,7 +15,7 @@ This module does no I/O: it gets the merged dict and, for the device tables, a m
 device type to that driver's ``validate_config(name, table, path)``.
 """
 
-from firmware.core.broker_url import BrokerUrlError, parse_broker_url
+from firmware.core.broker_url import URL_FORMS, BrokerUrlError, parse_broker_url
 from firmware.core.config_fields import field, no_unknown_keys, positive
 from firmware.core.errors import ConfigError
 
@@ -267,7 +267,7 @@ def _uplink(name, table, cfg):
         raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
     no_unknown_keys(table, p, ("broker", "priority", "interface", "source_address", "metered",
                                "ca", "cert", "key", "drain_rate"))
-    broker = field(table, "broker", p, str, allowed="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    broker = field(table, "broker", p, str, allowed=URL_FORMS)
     host, port, tls = _broker_url(broker, p + ".broker")
     interface = field(table, "interface", p, str, default=None)
     if interface is not None and interface in cfg.interfaces:
