@@ -27,16 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from firmware.core.percentile import percentile
 from simulator.lab import KEY, Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    return v[min(len(v) - 1, int(q * len(v)))]
 
 
 def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]) -> dict[str, Any]:
@@ -78,11 +72,11 @@ def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]
                 committed[seq] = ledger_ms  # earliest receipt wins (descending order)
         lat = [committed[s] - t for s, t in emitted.items() if s in committed]
         rtt = _broker_rtt(lab)
-        return {"latency_p50_ms": round(_percentile(lat, 0.5), 2),
-                "latency_p99_ms": round(_percentile(lat, 0.99), 2),
+        return {"latency_p50_ms": round(percentile(lat, 0.5), 2),
+                "latency_p99_ms": round(percentile(lat, 0.99), 2),
                 "latency_max_ms": round(max(lat), 2), "latency_events": len(lat),
                 "latency_lost": n - len(lat), "rate_per_s": rate, "duration_s": duration_s,
-                "broker_rtt_p99_ms": round(_percentile(rtt, 0.99), 2)}
+                "broker_rtt_p99_ms": round(percentile(rtt, 0.99), 2)}
     finally:
         ledger.terminate()
         ledger.wait(10)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from firmware.core.errors import JournalFull
 from firmware.core.journal import Journal
+from firmware.core.percentile import percentile
 from firmware.edges.flash import FileStorage, open_or_create_journal
 from firmware.edges.group_commit import GroupCommitJournal
 
@@ -34,12 +35,6 @@ BODY = bytes(range(128))
 PRODUCERS = 8  # devices appending at once: scanners, scales, PLC pollers
 BATCH = 1      # records each producer appends before it needs them durable
 MIB = 1 << 20
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def bench_throughput(tmp: Path, total: int, producers: int, batch: int) -> tuple[float, float]:
@@ -193,8 +188,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
         "records_per_sync": round(per_sync, 1),
         "producers": PRODUCERS,
         "batch": BATCH,
-        "durable_ack_p50_ms": round(_percentile(lat, 0.50) * 1000, 3),
-        "durable_ack_p99_ms": round(_percentile(lat, 0.99) * 1000, 3),
+        "durable_ack_p50_ms": round(percentile(lat, 0.50) * 1000, 3),
+        "durable_ack_p99_ms": round(percentile(lat, 0.99) * 1000, 3),
         "durable_ack_samples": len(lat),
         "recovery_s": round(recovery_s, 3),
         "recovery_records": records,

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from firmware.core.percentile import percentile
 from firmware.core.wire import Batch
 from simulator.broker import Broker
 from simulator.fleet import Fleet
@@ -128,7 +129,7 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
 
 def _drain(db: str, workers: int, tmp: Path, timeout_s: float = 300, naive: str | None = None,
            **fleet_args: Any) -> dict[str, Any]:
-    from host_tools.ledger.store import open_store
+    from host_tools.ledger.opener import open_store
 
     with Broker(tmp / f"broker-{time.monotonic_ns()}") as broker:
         fleet = Fleet(broker.url, **fleet_args).prepare()
@@ -149,7 +150,7 @@ def _drain(db: str, workers: int, tmp: Path, timeout_s: float = 300, naive: str 
 
 
 def _fresh(pg: ThrowawayPostgres, name: str) -> str:
-    from host_tools.ledger.store import open_store
+    from host_tools.ledger.opener import open_store
 
     db = pg.create_database(name)
     open_store(db, migrate=True).close()
@@ -190,10 +191,6 @@ PG_SETTINGS = {"shared_buffers": "1GB"}
 REPEAT = 3  # the machine is shared: each ingest figure is the median of 3 runs, all shown
 
 
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     say = progress or (lambda msg: None)
     gws, backlog = (20, 1000) if quick else (100, 5000)
@@ -210,7 +207,7 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
             say(f"{key} ({i + 1}/{repeat})")
             with tempfile.TemporaryDirectory(prefix="midshift-bench-ledger-") as d:
                 samples.append(once(Path(d)))
-        out[key] = _median(samples)
+        out[key] = percentile(samples, 0.5)  # the median of an odd count
         out[f"{key}_samples"] = samples
 
     def pg_drain(name: str, workers: int, naive: str | None = None, **args: Any) -> Callable:

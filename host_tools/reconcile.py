@@ -7,10 +7,11 @@ of resent batches), late arrivals (events committed after an event with a higher
 the same epoch: the backlog drained beside live traffic, or a resend), and edge-to-ledger
 latency percentiles (ledger commit time minus the time the device value was read).
 
-Per device: events and latency; and, given the simulator's ground-truth logs, ``lost``
-(a value the device produced and a correct agent must deliver, not in the ledger) and
-``unexpected`` (a ledger event no device produced). Values are compared as the ledger
-stores them: card numbers in the ground truth are masked the same way first.
+Per device: events and latency; and, given the simulator's ground-truth logs (read by
+``host_tools.ground_truth``), ``lost`` (a value the device produced and a correct agent
+must deliver, not in the ledger) and ``unexpected`` (a ledger event no device produced).
+Values are compared as the ledger stores them: card numbers in the ground truth are
+masked the same way first.
 """
 
 from __future__ import annotations
@@ -21,23 +22,19 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from firmware.core.percentile import percentile
 from firmware.core.redact import redact_text
+from host_tools.ground_truth import read_ground_truth
 from host_tools.ledger.store import LedgerStore
-from simulator.ground_truth import read_ground_truth
 
 VALUE_FIELDS = {"scan": "code", "weight": "weight"}  # other kinds carry "value"
 
 
-def _pct(values: list[int], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return float(v[min(len(v) - 1, int(q * len(v)))])
-
-
 def _latency(values: list[int]) -> dict[str, float | None]:
-    return {"p50": _pct(values, 0.5), "p99": _pct(values, 0.99),
-            "max": float(max(values)) if values else None}
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    return {"p50": float(percentile(values, 0.5)), "p99": float(percentile(values, 0.99)),
+            "max": float(max(values))}
 
 
 def _ranges(seqs: list[int]) -> list[list[int]]:

@@ -23,6 +23,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from firmware.core.broker_url import parse_broker_url
+
 COLUMNS = ("GATEWAY", "SITE", "STATE", "UPLINK", "BACKLOG", "IN-FLIGHT", "DEV-ERR",
            "OFFSET-MS", "ALARMS", "SEEN")
 
@@ -98,26 +100,13 @@ def render(rows: list[list[str]], header: str = "") -> str:
     return "\n".join(lines)
 
 
-def parse_broker(url: str) -> tuple[str, int, bool]:
-    for scheme, port, tls in (("mqtt://", 1883, False), ("mqtts://", 8883, True)):
-        if url.startswith(scheme):
-            host, _, p = url[len(scheme):].partition(":")
-            if not host:
-                break
-            try:
-                return host, int(p or port), tls
-            except ValueError:
-                break
-    raise ValueError(f"--broker {url!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-
-
 class StatusSubscriber:
     """A paho client feeding a board; reconnects by itself after a broker restart."""
 
     def __init__(self, board: StatusBoard, url: str, topic: str, ca: str | None = None,
                  cert: str | None = None, key: str | None = None) -> None:
         self.board = board
-        self.host, self.port, tls = parse_broker(url)
+        self.host, self.port, tls = parse_broker_url(url)
         self.topic = topic
         self.connected = threading.Event()
         self.refused: str | None = None

@@ -24,7 +24,6 @@ No journal, no flash, no uplink failover: for those, run real agents beside it.
 from __future__ import annotations
 
 import random
-import struct
 import threading
 import time
 import zlib
@@ -34,6 +33,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from firmware.core import topics
+from firmware.core.broker_url import parse_broker_url
 from firmware.core.signing import Signer
 from firmware.core.wire import Batch, WireError, decode_ack, encode_batch
 
@@ -67,12 +67,9 @@ class Fleet:
                  drain_events_per_s: float | None = None, ack_timeout_s: float = 5.0,
                  connections: int | None = None, site: str = "fleet", prefix: str = "vgw",
                  seed: int = 1, compress: bool = False) -> None:
-        if not broker_url.startswith("mqtt://"):
-            raise ValueError(f"broker {broker_url!r}: expected mqtt://HOST:PORT")
+        self.host, self.port, _ = parse_broker_url(broker_url, tls=False)
         if gateways < 1 or batch_events < 1 or window < 1:
             raise ValueError("gateways, batch_events and window must be 1 or more")
-        host, _, port = broker_url[7:].partition(":")
-        self.host, self.port = host, int(port or 1883)
         self.site, self.batch_events, self.window = site, batch_events, window
         self.backlog, self.rate_per_s, self.live_s = backlog, rate_per_s, live_s
         self.jitter_s, self.drain_rate = jitter_s, drain_events_per_s
@@ -90,7 +87,6 @@ class Fleet:
         self._done = threading.Event()
         self._expected = 0
         self._acked = 0
-        self._clients: list[mqtt.Client] = []
 
     @staticmethod
     def _make_gateway(name: str, rnd: random.Random) -> _Gateway:
@@ -187,7 +183,6 @@ class Fleet:
             c.connect_async(self.host, self.port, keepalive=30)
             c.loop_start()
             clients.append(c)
-        self._clients = clients
         deadline = time.monotonic() + timeout_s
         for _ in clients:  # one SUBACK per connection before the clock starts
             if not subscribed.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -285,8 +280,3 @@ class Fleet:
         for data in out:
             client.publish(self.topic(g, "events"), data, qos=1)
 
-
-def seq_of(data: bytes) -> tuple[int, int]:
-    """(first, last) seq of an encoded batch, for tests that look at what was sent."""
-    n = data[6]
-    return struct.unpack_from("<QQ", data, 7 + n + 8)

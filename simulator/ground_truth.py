@@ -12,7 +12,9 @@ can later compare what the devices did with what the ledger holds. Fields:
   (garbage bytes, unstable weights and injected faults are logged with ``expect: false``);
 - optional extra fields per device (``unit``, ``address``, ``node``, ``fault``...).
 
-Not modelled: the device's own clock; ``t_ms`` is the host's wall clock.
+Not modelled: the device's own clock; ``t_ms`` is the host's wall clock. The reader,
+``read_ground_truth``, lives in ``host_tools.ground_truth`` (the reconciliation report
+reads these logs, and host tools never import the simulator); it is re-exported here.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from host_tools.ground_truth import read_ground_truth
+
+__all__ = ["GroundTruthLog", "read_ground_truth"]
 
 
 class GroundTruthLog:
@@ -60,15 +65,3 @@ class GroundTruthLog:
                 self._file.close()
                 self._file = None
 
-
-def read_ground_truth(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield the entries of a ground-truth file; a torn last line (power cut) is skipped."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue

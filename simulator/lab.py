@@ -20,8 +20,8 @@ from typing import Any
 from firmware.agent import Agent
 from firmware.core.event import Event
 from firmware.core.site_config import SiteConfig, validate
+from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
-from host_tools.ledger.store import LedgerStore
 from simulator.broker import Broker
 from simulator.network import FaultProxy
 
@@ -64,7 +64,7 @@ class Lab:
         self.broker = Broker(tmp / "broker").start()
         host, port = "127.0.0.1", self.broker.port
         self.proxies = [FaultProxy((host, port)).start() for _ in range(uplinks)]
-        self.store = LedgerStore(f"sqlite:///{tmp / 'ledger.db'}")
+        self.store = open_store(f"sqlite:///{tmp / 'ledger.db'}")
         self.ledger = LedgerService(self.store, {"gw-t": KEY}, f"mqtt://{host}:{port}").start()
         ports = [port if direct and i == 0 else p.address[1] for i, p in enumerate(self.proxies)]
         self.cfg = lab_config(tmp, ports, journal_segments)

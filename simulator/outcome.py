@@ -31,6 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from firmware.core.percentile import percentile
 from firmware.core.redact import redact_text
 from host_tools.reconcile import body_fields
 from simulator.ground_truth import read_ground_truth
@@ -67,10 +68,8 @@ def ledger_key(kind: str, data: dict[str, Any]) -> Any:
 
 
 def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    v = sorted(values)
-    return round(float(v[min(len(v) - 1, int(q * len(v)))]), 2)
+    p = percentile(values, q)
+    return None if p is None else round(float(p), 2)
 
 
 def ledger_rows(store: Any) -> list[tuple[str, Any, Any, int, Any]]:

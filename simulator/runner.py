@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from host_tools.ledger.store import LedgerStore
+from host_tools.ledger.opener import open_store
 from host_tools.reconcile import reconcile
 from simulator.ground_truth import read_ground_truth
 from simulator.lab import wait_for
@@ -172,7 +172,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         monitor = None
         site.close()
         say("everything stopped; reconciling")
-        store = LedgerStore(f"sqlite:///{site.db_path}")
+        store = open_store(f"sqlite:///{site.db_path}")
         try:
             rec = reconcile(store, [])
             rows = ledger_rows(store)

@@ -184,25 +184,19 @@ class Journal:
             pos, seq, prev = hint_pos, hint_seq, hint_crc
         self._hint_pos = pos
         last_hlc = 0
+        walk = self._frames(pos, seq, prev)
         while True:
-            step = self._walk(pos, seq, prev)
-            kind = step[0]
-            if kind == "end":
-                if step[2] is not None:
-                    r.cut_pos, r.cut_bytes, r.cut_reason = pos, step[1], step[2]
+            kind, item, pos, seq, prev = next(walk)
+            if kind == "record":
+                last_hlc = item.hlc
+                r.records += 1
+            elif kind == "corrupt":
+                r.corrupt_seqs.append(item)
+                self._note_damage(item, item)
+            elif kind == "end":
+                if item[1] is not None:
+                    r.cut_pos, r.cut_bytes, r.cut_reason = pos, item[0], item[1]
                 break
-            if kind == "pad":
-                prev, pos = step[1], step[2]
-                continue
-            if kind == "corrupt":
-                r.corrupt_seqs.append(seq)
-                self._note_damage(seq, seq)
-                prev, pos, seq = step[1], step[2], seq + 1
-                continue
-            record = step[1]
-            last_hlc = record.hlc
-            prev, pos, seq = step[2], record.end_pos, seq + 1
-            r.records += 1
         r.last_seq = seq - 1
         self.head_pos = self.durable_pos = pos
         self.next_seq = seq
@@ -243,6 +237,29 @@ class Journal:
     def _write_span(self, pos, data):
         room = self._seg_room(pos)
         self.storage.write(self._phys(pos), data[:room])
+
+    def _frames(self, pos, seq, prev):
+        """The frame iterator: walk the log from ``pos``, expecting ``seq`` after a frame
+        whose CRC was ``prev`` (None: don't check the chain). Yields
+        ``(kind, item, pos, seq, prev)`` per frame, the last three being where to go on
+        from: ("record", Record, ...), ("pad", None, ...), ("corrupt", the seq given up,
+        ...), and last ("end", (cut_bytes, reason or None), ...) with the walk's position
+        unchanged. Lazy: a frame is read only when the caller asks for it."""
+        while True:
+            step = self._walk(pos, seq, prev)
+            kind = step[0]
+            if kind == "end":
+                yield kind, (step[1], step[2]), pos, seq, prev
+                return
+            if kind == "record":
+                item = step[1]
+                prev, pos, seq = step[2], item.end_pos, seq + 1
+            else:
+                item = seq if kind == "corrupt" else None
+                prev, pos = step[1], step[2]
+                if kind == "corrupt":
+                    seq += 1
+            yield kind, item, pos, seq, prev
 
     def _walk(self, pos, seq, prev, resync=True):
         """Examine the frame at ``pos`` expecting ``seq`` after a frame whose CRC was
@@ -424,16 +441,11 @@ class Journal:
         self._persist_cursor(next_pos, seq + 1, seq, self.dropped)
 
     def _find_end(self, seq):
-        pos, s, prev = self.tail_pos, self.tail_seq, None
+        pos, s = self.tail_pos, self.tail_seq
+        walk = self._frames(pos, s, None)
         while s <= seq:
-            step = self._walk(pos, s, prev)
-            if step[0] == "record":
-                prev, pos, s = step[2], step[1].end_pos, s + 1
-            elif step[0] in ("pad", "corrupt"):
-                prev, pos = step[1], step[2]
-                if step[0] == "corrupt":
-                    s += 1
-            else:
+            kind, _, pos, s, _ = next(walk)
+            if kind == "end":
                 raise ValueError("seq %d is not in the journal (stopped at %d)" % (seq, s))
         return pos
 
@@ -454,20 +466,16 @@ class Journal:
         """Give up the oldest records while they are telemetry, until ``need`` bytes are
         free; the new tail is made durable before anything is overwritten."""
         # Only durable records are walked: queued or in-flight frames are never dropped.
-        pos, seq, prev, dropped = self.tail_pos, self.tail_seq, None, 0
+        pos, seq, dropped = self.tail_pos, self.tail_seq, 0
         slack = need + self.segment_size // 4  # amortise the cursor sync over many drops
+        walk = self._frames(pos, seq, None)
         while self.data_size - (self.head_pos - pos) < slack and pos < self.durable_pos:
-            step = self._walk(pos, seq, prev)
-            if step[0] == "record":
-                if step[1].cls != rec.TELEMETRY:
-                    break
-                prev, pos, seq, dropped = step[2], step[1].end_pos, seq + 1, dropped + 1
-            elif step[0] in ("pad", "corrupt"):
-                prev, pos = step[1], step[2]
-                if step[0] == "corrupt":
-                    seq += 1
-            else:
+            kind, item, next_pos, next_seq, _ = next(walk)
+            if kind == "end" or kind == "record" and item.cls != rec.TELEMETRY:
                 break
+            pos, seq = next_pos, next_seq
+            if kind == "record":
+                dropped += 1
         if pos == self.tail_pos:
             return False
         self._persist_cursor(pos, seq, self.committed_seq, self.dropped + dropped)
@@ -480,21 +488,18 @@ class Journal:
         to continue from. A position behind the tail restarts at the tail."""
         if pos is None or seq is None or seq < self.tail_seq:
             pos, seq = self.tail_pos, self.tail_seq
-        out, size, prev = [], 0, None
+        out, size = [], 0
+        walk = self._frames(pos, seq, None)
         while seq <= self.durable_seq and len(out) < max_records and size < max_bytes:
-            step = self._walk(pos, seq, prev)
-            if step[0] == "record":
-                out.append(step[1])
-                size += len(step[1].body)
-                prev, pos, seq = step[2], step[1].end_pos, seq + 1
-            elif step[0] in ("pad", "corrupt"):
-                prev, pos = step[1], step[2]
-                if step[0] == "corrupt":
-                    self._note_damage(seq, seq)
-                    seq += 1
-            else:
+            kind, item, pos, seq, _ = next(walk)
+            if kind == "record":
+                out.append(item)
+                size += len(item.body)
+            elif kind == "corrupt":
+                self._note_damage(item, item)
+            elif kind == "end":
                 pos, seq = self._skip_damage(pos, seq)
-                prev = None
+                walk = self._frames(pos, seq, None)
         return out, pos, seq
 
     def _skip_damage(self, pos, seq):

@@ -15,6 +15,7 @@ This module does no I/O: it gets the merged dict and, for the device tables, a m
 device type to that driver's ``validate_config(name, table, path)``.
 """
 
+from firmware.core.broker_url import URL_FORMS, BrokerUrlError, parse_broker_url
 from firmware.core.config_fields import field, no_unknown_keys, positive
 from firmware.core.errors import ConfigError
 
@@ -266,7 +267,7 @@ def _uplink(name, table, cfg):
         raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
     no_unknown_keys(table, p, ("broker", "priority", "interface", "source_address", "metered",
                                "ca", "cert", "key", "drain_rate"))
-    broker = field(table, "broker", p, str, allowed="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    broker = field(table, "broker", p, str, allowed=URL_FORMS)
     host, port, tls = _broker_url(broker, p + ".broker")
     interface = field(table, "interface", p, str, default=None)
     if interface is not None and interface in cfg.interfaces:
@@ -291,22 +292,7 @@ def _uplink(name, table, cfg):
 
 
 def _broker_url(url, key):
-    allowed = "mqtt://HOST:PORT or mqtts://HOST:PORT"
-    if url.startswith("mqtt://"):
-        rest, tls, default_port = url[7:], False, 1883
-    elif url.startswith("mqtts://"):
-        rest, tls, default_port = url[8:], True, 8883
-    else:
-        raise ConfigError(key, "%r has no mqtt:// or mqtts:// scheme" % url, allowed)
-    host, _, port = rest.partition(":")
-    if not host or "/" in host:
-        raise ConfigError(key, "%r has no host" % url, allowed)
-    if not port:
-        return host, default_port, tls
     try:
-        n = int(port)
-    except ValueError:
-        raise ConfigError(key, "port %r is not a number" % port, allowed)
-    if not 0 < n < 65536:
-        raise ConfigError(key, "port %d is out of range" % n, "1 to 65535")
-    return host, n, tls
+        return parse_broker_url(url)
+    except BrokerUrlError as exc:
+        raise ConfigError(key, exc.problem, exc.expected)

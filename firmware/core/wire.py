@@ -56,11 +56,6 @@ class Batch:
         return self.records[-1][0]
 
 
-def payload_size(bodies_bytes, count):
-    """Bytes a batch of ``count`` records with ``bodies_bytes`` of bodies takes, uncompressed."""
-    return 4 + 1 + 1 + 1 + 32 + FIXED_SIZE + count * RECORD_SIZE + bodies_bytes + DIGEST_SIZE
-
-
 def encode_batch(signer, batch, compress=None):
     """Batch bytes; ``compress`` (bytes -> bytes, e.g. zlib.compress) is used when it
     makes the payload smaller."""

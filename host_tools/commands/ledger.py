@@ -49,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _open(db: str, migrate: bool, who: str) -> LedgerStore | None:
     """The store, or None after one line on stderr saying why not."""
-    from host_tools.ledger.store import StoreError, open_store
+    from host_tools.ledger.opener import open_store
+    from host_tools.ledger.store import StoreError
     try:
         return open_store(db, migrate=migrate)
     except (ValueError, StoreError) as exc:

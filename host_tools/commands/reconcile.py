@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from host_tools.ledger.store import StoreError, backend_of, open_store, sqlite_path
+    from host_tools.ledger.opener import open_store
+    from host_tools.ledger.store import StoreError, backend_of, sqlite_path
     from host_tools.reconcile import format_report, reconcile
 
     try:

@@ -27,6 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from firmware.core import topics
+from firmware.core.broker_url import parse_broker_url
 from firmware.core.signing import Signer
 from firmware.core.wire import Batch, WireError, decode_batch, encode_ack, peek_gateway
 from host_tools.ledger.store import LedgerStore
@@ -50,19 +51,12 @@ def load_keys(path: str | Path) -> dict[str, bytes]:
     return keys
 
 
-def parse_broker(url: str) -> tuple[str, int]:
-    if not url.startswith("mqtt://"):
-        raise ValueError(f"--broker {url!r}: expected mqtt://HOST:PORT")
-    host, _, port = url[7:].partition(":")
-    return host, int(port or 1883)
-
-
 class LedgerService:
     def __init__(self, store: LedgerStore, keys: dict[str, bytes], broker: str,
                  shared_group: str | None = None, client_id: str = "") -> None:
         self.store = store
         self.signers = {gw: Signer(k) for gw, k in keys.items()}
-        self.host, self.port = parse_broker(broker)
+        self.host, self.port, _ = parse_broker_url(broker, tls=False)
         self.shared_group = shared_group
         self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0}
         self._lock = threading.Lock()

@@ -9,9 +9,8 @@ Two backends behind one interface:
   ledger migrate --db URL`` does, once, so that N workers starting together do not race
   each other's DDL; a worker on an unmigrated database stops with one line saying so.
 
-``LedgerStore(url)`` picks the backend from the URL (as ``pathlib.Path`` picks its flavour),
-so existing callers keep writing ``LedgerStore("sqlite:///ledger.db")``; ``open_store`` is
-the same with the migration choice spelled out.
+This module is the interface only; ``opener.open_store(url)`` picks the backend from the
+URL. The backends import this module, never the reverse.
 
 Every event is stored once under the unique key ``(gateway, epoch, seq)``; a batch is
 stored in one transaction and ``store_many`` returns only after it has committed, so the
@@ -55,20 +54,10 @@ def backend_of(url: str) -> str:
 
 
 class LedgerStore:
-    """The interface; ``LedgerStore(url)`` returns the backend's store for ``url``."""
+    """The interface of a ledger store; ``opener.open_store(url)`` opens one."""
 
     backend = ""
     description = ""  # where the data lives, for people (a path, or a URL without password)
-
-    def __new__(cls, url: str, *args: Any, **kwargs: Any) -> LedgerStore:
-        if cls is LedgerStore:
-            if backend_of(url) == "postgresql":
-                from host_tools.ledger.pg_store import PgStore
-                cls = PgStore
-            else:
-                from host_tools.ledger.sqlite_store import SqliteStore
-                cls = SqliteStore
-        return super().__new__(cls)
 
     # -- ingest ------------------------------------------------------------------------
     def store(self, batch: Batch, ledger_ms: int) -> tuple[int, int]:
@@ -122,9 +111,3 @@ class LedgerStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def open_store(url: str, migrate: bool = False) -> LedgerStore:
-    """The store for ``url``. SQLite always migrates; PostgreSQL only when ``migrate``
-    (else it raises ``StoreError`` on an unmigrated or older schema)."""
-    return LedgerStore(url, migrate=migrate)

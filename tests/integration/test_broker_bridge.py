@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
+from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
-from host_tools.ledger.store import open_store
 from simulator.broker import Broker
 from simulator.fleet import Fleet
 from simulator.lab import wait_for

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from host_tools.__main__ import main as host_tools
+from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService, load_keys
-from host_tools.ledger.store import LedgerStore
 from simulator.broker import Broker, TlsListener
 from simulator.devices.scanner import BarcodeScanner
 from simulator.lab import wait_for
@@ -97,7 +97,7 @@ def test_a_flashed_tree_runs_the_agent_which_forwards_to_the_broker_and_a_second
     where = subprocess.run([sys.executable, "-c", "import firmware; print(firmware.__file__)"],
                            cwd=opt, env=env, capture_output=True, text=True, timeout=60)
     assert where.stdout.strip().startswith(str(opt))     # the flashed agent, not the repo's
-    store = LedgerStore(f"sqlite:///{site['tmp'] / 'ledger.db'}")
+    store = open_store(f"sqlite:///{site['tmp'] / 'ledger.db'}")
     ledger = LedgerService(store, load_keys(site["site"] / "ledger/keys.toml"),
                            site["broker"].url).start()
     with BarcodeScanner("scanner1", site["tmp"] / "scanner1") as scanner:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
-from host_tools.ledger.store import LedgerStore, open_store
+from host_tools.ledger.store import LedgerStore
 from simulator.broker import Broker
 from simulator.fleet import Fleet
 from simulator.postgres import ThrowawayPostgres
@@ -106,7 +107,7 @@ def test_the_cli_writes_the_keys_then_drains_the_same_fleet(tmp_path: Path) -> N
                               cwd=root, capture_output=True, text=True, timeout=60)
 
     assert simulator("--keys-out", str(keys)).returncode == 0
-    with Broker() as broker, LedgerStore(f"sqlite:///{tmp_path / 'l.db'}") as store:
+    with Broker() as broker, open_store(f"sqlite:///{tmp_path / 'l.db'}") as store:
         ledger = LedgerService(store, load_keys(keys), broker.url).start()
         try:
             done = simulator("--broker", broker.url, "--backlog", "300")

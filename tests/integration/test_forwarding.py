@@ -309,13 +309,13 @@ def test_a_gateway_clock_800_ms_fast_raises_the_offset_alarm(rig: Lab) -> None:
 
 def test_two_ledger_workers_on_a_shared_subscription_store_each_event_once(tmp_path: Path) -> None:
     """Past one site: stateless workers on an MQTT 5 shared subscription, one database."""
+    from host_tools.ledger.opener import open_store
     from host_tools.ledger.service import LedgerService
-    from host_tools.ledger.store import LedgerStore
     from simulator.lab import KEY
 
     lab = Lab(tmp_path, uplinks=1)
     lab.ledger.stop()  # replaced by two workers sharing the subscription
-    stores = [LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}") for _ in range(2)]
+    stores = [open_store(f"sqlite:///{tmp_path / 'ledger.db'}") for _ in range(2)]
     workers = [LedgerService(st, {"gw-t": KEY}, lab.broker.url, shared_group="ledger",
                              client_id=f"ledger-{i}").start() for i, st in enumerate(stores)]
     try:

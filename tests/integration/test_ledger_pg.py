@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from firmware.core.wire import Batch
-from host_tools.ledger.store import LedgerStore, StoreError, open_store
+from host_tools.ledger.opener import open_store
+from host_tools.ledger.store import LedgerStore, StoreError
 from host_tools.reconcile import reconcile
 from simulator.broker import free_port
 from simulator.postgres import ThrowawayPostgres
@@ -96,14 +97,14 @@ def test_a_bad_db_url_is_one_line(db: str, expect: str, tmp_path: Path) -> None:
         assert done.returncode == 2
         assert expect in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     with pytest.raises((StoreError, ValueError)):
-        LedgerStore(db)
+        open_store(db)
 
 
 def test_both_stores_count_duplicates_alike_and_give_the_same_report(
         pg: ThrowawayPostgres, tmp_path: Path) -> None:
     url = pg.create_database("same_report")
     sqlite_url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    with open_store(url, migrate=True) as p, LedgerStore(sqlite_url) as s:
+    with open_store(url, migrate=True) as p, open_store(sqlite_url) as s:
         assert p.backend == "postgresql" and s.backend == "sqlite"
         counts_pg, counts_sqlite = fill(p), fill(s)
         assert counts_pg == counts_sqlite

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from host_tools.ledger.store import open_store
+from host_tools.ledger.opener import open_store
 from host_tools.reconcile import reconcile
 from simulator.broker import Broker
 from simulator.fleet import Fleet

@@ -26,8 +26,8 @@ from firmware.core.signing import Signer
 from firmware.core.site_config import validate
 from firmware.core.wire import Batch, encode_batch
 from host_tools.__main__ import main as host_tools
+from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService, load_keys
-from host_tools.ledger.store import LedgerStore
 from simulator.broker import Broker, TlsListener
 from simulator.lab import wait_for
 
@@ -91,7 +91,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                       require_certificate=True, use_identity_as_username=True,
                       crlfile=site / "ca/crl.pem")
     broker = Broker(tmp / "broker", tls=tls, acl_file=site / "broker/acl").start()
-    store = LedgerStore(f"sqlite:///{tmp / 'ledger.db'}")
+    store = open_store(f"sqlite:///{tmp / 'ledger.db'}")
     keys = load_keys(site / "ledger/keys.toml")
     ledger = LedgerService(store, keys, broker.url).start()
     try:

@@ -103,4 +103,4 @@ def test_stale_full_and_unreadable_statuses_are_shown_as_such() -> None:
 @pytest.mark.parametrize("url", ["tcp://x:1", "mqtt://", "mqtt://h:port"])
 def test_a_bad_broker_url_is_exit_2(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert host_tools(["status", "--broker", url, "--once"]) == 2
-    assert "expected mqtt://HOST[:PORT]" in capsys.readouterr().err
+    assert "expected mqtt://HOST:PORT or mqtts://HOST:PORT" in capsys.readouterr().err

@@ -8,8 +8,8 @@ from pathlib import Path
 from firmware.agent import Agent
 from firmware.core.event import Event
 from firmware.core.site_config import validate
+from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
-from host_tools.ledger.store import LedgerStore
 from simulator.broker import Broker, TlsListener
 from simulator.lab import KEY, wait_for
 from tests.integration.pki import make_pki
@@ -35,7 +35,7 @@ def test_tls_uplink_with_client_certificate_delivers_and_a_rogue_one_cannot(tmp_
     tls = TlsListener(pki / "ca.crt", pki / "server.crt", pki / "server.key",
                       require_certificate=True, use_identity_as_username=True)
     with Broker(tmp_path / "broker", tls=tls) as broker:
-        store = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
+        store = open_store(f"sqlite:///{tmp_path / 'ledger.db'}")
         ledger = LedgerService(store, {"gw-t": KEY}, broker.url).start()
         good = _agent(tmp_path / "good", broker.tls_port, str(pki / "gw-t.crt"),
                       str(pki / "gw-t.key"), pki).start()

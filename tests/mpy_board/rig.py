@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
-from host_tools.ledger.store import LedgerStore
 from host_tools.mpy_bundle import KEY_FILES, node_document
 from simulator.broker import Broker
 from simulator.network import FaultProxy
@@ -83,7 +83,7 @@ class NodeRig:
         self.tmp = tmp
         self.broker = Broker(tmp / "broker").start()
         self.proxy = FaultProxy(("127.0.0.1", self.broker.port), control=False).start()
-        self.store = LedgerStore(f"sqlite:///{tmp / 'ledger.db'}")
+        self.store = open_store(f"sqlite:///{tmp / 'ledger.db'}")
         self.ledger = LedgerService(self.store, {GATEWAY: KEY},
                                     f"mqtt://127.0.0.1:{self.broker.port}").start()
         self.scanner = (BarcodeScanner("scanner1", tmp / "scanner1", seed=9).start()

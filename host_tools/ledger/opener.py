@@ -1,0 +1,22 @@
+"""Opening the ledger's store: the one place that picks a backend from a URL.
+
+``open_store("sqlite:///ledger.db")`` (or a bare path) opens ``SqliteStore``, which brings
+the file to the latest schema itself; ``open_store("postgresql://...")`` opens
+``PgStore``, which migrates only when ``migrate`` is true and otherwise stops with one
+line (``StoreError``) on an unmigrated or newer schema. Any other scheme is a
+``ValueError`` naming the accepted forms. The backends import ``store.py`` for the
+interface and nothing imports them but this module, so there is no import circle.
+"""
+
+from __future__ import annotations
+
+from host_tools.ledger.pg_store import PgStore
+from host_tools.ledger.sqlite_store import SqliteStore
+from host_tools.ledger.store import LedgerStore, backend_of
+
+
+def open_store(url: str, migrate: bool = False) -> LedgerStore:
+    """The store for ``url``. SQLite always migrates; PostgreSQL only when ``migrate``."""
+    if backend_of(url) == "postgresql":
+        return PgStore(url, migrate=migrate)
+    return SqliteStore(url)
