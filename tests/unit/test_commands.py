@@ -1,11 +1,12 @@
 """Host commands: signed, fresh and known, or rejected with a reason."""
 
+from firmware.core.commands import CommandGate, CommandRejected, sign_command
+from firmware.core.signing import Signer
+
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 
 def test_commands_signed_fresh_or_rejected():
-    from firmware.core.commands import CommandGate, CommandRejected, sign_command
-    from firmware.core.signing import Signer
     host = Signer(b"h" * 32)
     gate = CommandGate(host, last_id=10)
     assert gate.check(sign_command(host, 11, "replay-from", {"seq": 5})) == (

@@ -1,14 +1,15 @@
 """The forwarder on its own: batches out, acks in, resends, lanes and metered uplinks."""
 
 from firmware.core import record as rec
+from firmware.core.forwarder import Forwarder
+from firmware.core.signing import Signer
+from firmware.core.wire import decode_batch
 from tests.unit.portable import body_for, fresh
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 
 def _fwd_setup(n, **kw):
-    from firmware.core.forwarder import Forwarder
-    from firmware.core.signing import Signer
     st, j = fresh(8)
     for i in range(n):
         j.append(body_for(i + 1, 40))
@@ -18,7 +19,6 @@ def _fwd_setup(n, **kw):
 
 
 def _seqs(signer, data):
-    from firmware.core.wire import decode_batch
     b = decode_batch(data, signer)
     return [r[0] for r in b.records]
 
@@ -73,8 +73,6 @@ def test_forwarder_sends_live_events_beside_the_backlog():
 
 
 def test_forwarder_on_a_metered_uplink_sends_txn_only_and_never_commits_past_telemetry():
-    from firmware.core.forwarder import Forwarder
-    from firmware.core.signing import Signer
     st, j = fresh(8)
     for i in range(10):  # txn, telemetry alternating from seq 1
         j.append(body_for(i + 1, 40), rec.TXN if i % 2 == 0 else rec.TELEMETRY)

@@ -1,14 +1,14 @@
 """The event pipeline: validation, redaction and the record class per source."""
 
 from firmware.core import record as rec
+from firmware.core.errors import MidshiftError
 from firmware.core.event import Event, decode_body
+from firmware.core.pipeline import InvalidEvent, Pipeline
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 
 def test_pipeline_validates_redacts_and_classifies():
-    from firmware.core.errors import MidshiftError
-    from firmware.core.pipeline import InvalidEvent, Pipeline
     p = Pipeline({"scanner1": "txn", "plc1": "telemetry"}, 512)
     body, cls = p.prepare(Event("scanner1", "scan", 1700000000123,
                                 {"code": "4111111111111111", "symbology": "]C0"}))

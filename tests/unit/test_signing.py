@@ -1,13 +1,14 @@
 """The core's HMAC-SHA256 against RFC 4231, and the signer (test_hmac_vs_stdlib.py
 compares it with CPython's hmac on random inputs)."""
 
+import binascii
+
+from firmware.core.signing import Signer, digest_equal, hmac_sha256
+
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 
 def test_hmac_sha256_matches_rfc4231():
-    import binascii
-
-    from firmware.core.signing import Signer, digest_equal, hmac_sha256
     # RFC 4231 test case 2 has a 4-byte key, below our minimum: case 1 and 6 fit.
     key = b"\x0b" * 20
     tag = hmac_sha256(key, b"Hi There")

@@ -1,10 +1,11 @@
 """The uplink selector: failover at once, failback after the hold, metered uplinks."""
 
+from firmware.core.uplink_selector import UplinkSelector
+
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 
 def test_uplink_failover_and_failback_after_hold():
-    from firmware.core.uplink_selector import UplinkSelector
     s = UplinkSelector(["eth", "lte"], hold_ms=30000, metered=["lte"])
     assert s.select(0) == (None, None)
     s.report("lte", True, 0)

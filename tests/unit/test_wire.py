@@ -1,18 +1,19 @@
 """The batch and ack codecs: round trip, and every forgery refused with its reason."""
 
+from firmware.core.signing import Signer
+from firmware.core.wire import (
+    Batch,
+    WireError,
+    decode_ack,
+    decode_batch,
+    encode_ack,
+    encode_batch,
+)
+
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 
 def test_batch_round_trip_and_every_forgery_refused():
-    from firmware.core.signing import Signer
-    from firmware.core.wire import (
-        Batch,
-        WireError,
-        decode_ack,
-        decode_batch,
-        encode_ack,
-        encode_batch,
-    )
     s = Signer(b"k" * 32)
     recs = [(5, 0, 111, b'{"a":1}'), (6, 1, 112, b""), (9, 0, 113, b"x" * 300)]
     data = encode_batch(s, Batch("gw-01", 0xABCDEF, recs, 1700000000000))
