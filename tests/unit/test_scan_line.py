@@ -3,7 +3,7 @@ split reads and the inter-character timeout. Properties over arbitrary bytes:
 test_scan_line_props.py (hypothesis)."""
 
 from firmware.core.scan_line import REASONS, TERMINATORS, ScanLineFramer, charset_table
-from tests.unit.portable import raises, table
+from tests.unit.portable import cases, raises
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
@@ -23,7 +23,7 @@ def framer(**kw):
     return ScanLineFramer(**kw)
 
 
-@table("name", ["CR", "LF", "CRLF"])
+@cases("name", ["CR", "LF", "CRLF"])
 def test_lines_with_each_terminator(name):
     term = TERMINATORS[name]
     f = framer(terminator=term)
@@ -47,7 +47,7 @@ def test_one_line_split_over_many_reads():
     assert codes(out) == [("SCN]C0MS1234-00000001", None)]
 
 
-@table(("cfg", "line", "reason"), [
+@cases(("cfg", "line", "reason"), [
     ({}, b"", "empty"),
     ({"max_length": 8}, b"123456789", "overlong"),
     ({"charset": "digits"}, b"12a4", "charset"),
@@ -134,7 +134,7 @@ def test_bytes_within_the_timeout_are_one_line():
     assert codes(out) == [("1234567", None)]
 
 
-@table(("spec", "yes", "no"), [
+@cases(("spec", "yes", "no"), [
     ("digits", "0189", "a /"),
     ("alphanumeric", "09azAZ", " -_"),
     ("ascii_printable", " ~A", "\x1d\x7f"),
@@ -142,12 +142,12 @@ def test_bytes_within_the_timeout_are_one_line():
     ("chars:AB-", "AB-", "Ca"),
 ])
 def test_charsets(spec, yes, no):
-    allowed = charset_table(spec)
-    assert all(allowed[ord(c)] for c in yes)
-    assert not any(allowed[ord(c)] for c in no)
+    table = charset_table(spec)
+    assert all(table[ord(c)] for c in yes)
+    assert not any(table[ord(c)] for c in no)
 
 
-@table("spec", ["", "hex", "chars:", "chars:\u00e9", "chars:a\r", 5])
+@cases("spec", ["", "hex", "chars:", "chars:\u00e9", "chars:a\r", 5])
 def test_bad_charsets(spec):
     with raises(ValueError):
         charset_table(spec)
