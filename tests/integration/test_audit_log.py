@@ -10,16 +10,15 @@ import pytest
 
 from host_tools.__main__ import main as host_tools
 from host_tools.audit_log import AuditLog
+from tests.integration.provisioned import provisioned_site
 
 
 @pytest.fixture()
 def site(tmp_path: Path) -> Path:
-    s = tmp_path / "site"
-    for argv in (["init-site", "p1"], ["gateway", "gw-01", "--board", "sim"],
-                 ["gateway", "gw-02", "--board", "sim"], ["rotate", "gw-01"],
-                 ["revoke", "gw-02", "--reason", "lost"]):
-        assert host_tools(["provision", "--site-dir", str(s), *argv]) == 0
-    return s
+    return provisioned_site(tmp_path / "site", ["init-site", "p1"],
+                            ["gateway", "gw-01", "--board", "sim"],
+                            ["gateway", "gw-02", "--board", "sim"], ["rotate", "gw-01"],
+                            ["revoke", "gw-02", "--reason", "lost"])
 
 
 def verify(site: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str]:

@@ -10,10 +10,8 @@ the repeats as duplicates.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
@@ -21,12 +19,6 @@ from simulator.broker import Broker
 from simulator.fleet import Fleet
 from simulator.lab import wait_for
 from simulator.postgres import ThrowawayPostgres
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[ThrowawayPostgres]:
-    with ThrowawayPostgres() as cluster:
-        yield cluster
 
 
 class Probe:

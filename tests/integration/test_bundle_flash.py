@@ -24,6 +24,7 @@ from host_tools.ledger.service import LedgerService, load_keys
 from simulator.broker import Broker, TlsListener
 from simulator.devices.scanner import BarcodeScanner
 from simulator.lab import wait_for
+from tests.integration.provisioned import provisioned_site
 
 ROOT = Path(__file__).resolve().parents[2]
 FLASH = ROOT / "flash.sh"
@@ -52,11 +53,10 @@ broker = "{broker}"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("bundle")
-    s = tmp / "site"
-    for argv in (["init-site", "plant1"], ["gateway", "gw-01", "--board", "sim"],
-                 ["gateway", "gw-02", "--board", "sim"], ["revoke", "gw-02"],
-                 ["broker", "--host", "127.0.0.1"]):
-        assert host_tools(["provision", "--site-dir", str(s), *argv]) == 0
+    s = provisioned_site(tmp / "site", ["init-site", "plant1"],
+                         ["gateway", "gw-01", "--board", "sim"],
+                         ["gateway", "gw-02", "--board", "sim"], ["revoke", "gw-02"],
+                         ["broker", "--host", "127.0.0.1"])
     tls = TlsListener(s / "ca/ca.crt", s / "broker/server.crt", s / "broker/server.key",
                       use_identity_as_username=True, crlfile=s / "ca/crl.pem")
     broker = Broker(tmp / "broker", tls=tls, acl_file=s / "broker/acl").start()

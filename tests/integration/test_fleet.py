@@ -9,7 +9,6 @@ once. (Worker processes and faults: ``test_ledger_workers.py``.)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,12 +19,6 @@ from host_tools.ledger.store import LedgerStore
 from simulator.broker import Broker
 from simulator.fleet import Fleet
 from simulator.postgres import ThrowawayPostgres
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[ThrowawayPostgres]:
-    with ThrowawayPostgres() as cluster:
-        yield cluster
 
 
 def workers(store_url: str, fleet: Fleet, broker: Broker, n: int) -> list[LedgerService]:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import importlib.util
 import statistics
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from gpiozero.threads import GPIOThread
 from firmware.core import indicators
 from firmware.core.errors import ConfigError
 from firmware.edges.gpio import StatusLights, make_pin_factory, validate_pins
+from simulator.lab import wait_for
 
 PINS = {"uplink_led": 17, "backlog_amber_led": 27, "backlog_red_led": 22, "fault_led": 23,
         "ack_button": 24}
@@ -52,15 +52,6 @@ def gpio_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if isinstance(t, GPIOThread) and t.is_alive()]
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.002)
-    return check()
-
-
 def pin(factory: MockFactory, number: int) -> MockPin:
     p = factory.pin(number)
     assert isinstance(p, MockPin)
@@ -82,7 +73,7 @@ def assert_pins_show(factory: MockFactory, expected: dict[str, str], toggles: in
         pin(factory, LED_PINS[name]).clear_states()
     for name in blinking:
         p = pin(factory, LED_PINS[name])
-        assert wait_until(lambda p=p: len(p.states) > toggles), f"{name} does not blink"
+        assert wait_for(lambda p=p: len(p.states) > toggles, 2), f"{name} does not blink"
         assert p.function == "output"
     for name in steady:
         p = pin(factory, LED_PINS[name])
@@ -156,7 +147,7 @@ def test_primary_secondary_none_on_the_uplink_pin(lights: StatusLights,
     assert uplink.state is True
     lights.update(snap(uplink="secondary"))
     uplink.clear_states()
-    assert wait_until(lambda: len(uplink.states) > 6), "uplink LED does not blink"
+    assert wait_for(lambda: len(uplink.states) > 6, 2), "uplink LED does not blink"
     levels = [s.state for s in uplink.states[1:7]]
     assert all(a != b for a, b in zip(levels, levels[1:], strict=False)), levels
     lights.update(snap(uplink="none"))
@@ -169,7 +160,7 @@ def test_blink_keeps_its_on_and_off_times(factory: MockFactory) -> None:
         sl.update(snap(uplink="secondary"))
         uplink = pin(factory, 17)
         uplink.clear_states()
-        assert wait_until(lambda: len(uplink.states) > 9, timeout_s=5.0)
+        assert wait_for(lambda: len(uplink.states) > 9, 5)
         # PinState.timestamp is the time since the previous change: entering low ends an
         # on-phase, entering high ends an off-phase. The first entry is the cleared state.
         on_s = [s.timestamp for s in uplink.states[2:] if s.state is False]
@@ -185,7 +176,7 @@ def test_default_blink_times_are_the_cores(factory: MockFactory) -> None:
         uplink = pin(factory, 17)
         assert uplink.state is True
         uplink.clear_states()
-        assert wait_until(lambda: len(uplink.states) > 1, timeout_s=3.0)
+        assert wait_for(lambda: len(uplink.states) > 1, 3)
         on_s = uplink.states[1].timestamp
         assert uplink.states[1].state is False
         assert on_s >= indicators.UPLINK_BLINK_S[0] * 0.9, on_s
@@ -224,7 +215,7 @@ def test_the_button_acknowledges_and_a_new_fault_raises_the_alarm_again(
     lights.update(snap(devices_in_error=["plc1"]))
     assert lights.shown()["fault"] == "blink" and lights.alarm.raised == 1
     press(factory)
-    assert wait_until(lambda: not blink_threads()), "fault LED still blinking after the press"
+    assert wait_for(lambda: not blink_threads(), 2), "fault LED still blinking after the press"
     assert fault.state is True
     assert lights.alarm.acknowledged_count == 1
     fault.clear_states()
@@ -235,7 +226,7 @@ def test_the_button_acknowledges_and_a_new_fault_raises_the_alarm_again(
                                "fault": "blink"})
     assert lights.alarm.raised == 2
     press(factory)
-    assert wait_until(lambda: not blink_threads())
+    assert wait_for(lambda: not blink_threads(), 2)
     assert fault.state is True
     lights.update(snap(devices_in_error=[]))
     assert fault.state is False
@@ -268,7 +259,7 @@ def test_the_agents_snapshot_shape_names_the_faults(lights: StatusLights,
     assert lights.shown()["fault"] == "on"
     lights.update(agent_snap("plc1"))
     assert lights.shown()["fault"] == "blink"
-    assert wait_until(lambda: len(blink_threads()) == 1)
+    assert wait_for(lambda: len(blink_threads()) == 1, 2)
 
 
 def test_the_button_is_pulled_up_and_debounced(factory: MockFactory) -> None:
@@ -304,7 +295,7 @@ def test_presses_from_another_thread_while_updating(lights: StatusLights,
     assert not t.is_alive() and not errors, errors
     press(factory)
     assert lights.shown()["fault"] == "on"
-    assert wait_until(lambda: not blink_threads())
+    assert wait_for(lambda: not blink_threads(), 2)
     assert pin(factory, 23).state is True
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,6 @@ from simulator.broker import free_port
 from simulator.postgres import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[ThrowawayPostgres]:
-    with ThrowawayPostgres() as cluster:
-        yield cluster
 
 
 def host_tools(*argv: str) -> subprocess.CompletedProcess[str]:

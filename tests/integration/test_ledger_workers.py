@@ -16,11 +16,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from host_tools.ledger.opener import open_store
 from host_tools.reconcile import reconcile
@@ -30,12 +27,6 @@ from simulator.lab import wait_for
 from simulator.postgres import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[ThrowawayPostgres]:
-    with ThrowawayPostgres() as cluster:
-        yield cluster
 
 
 def serve(db: str, broker: str, keys: Path, *extra: str) -> subprocess.Popen[str]:

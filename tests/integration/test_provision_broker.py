@@ -30,6 +30,7 @@ from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService, load_keys
 from simulator.broker import Broker, TlsListener
 from simulator.lab import wait_for
+from tests.integration.provisioned import provisioned_site
 
 SITE = "plant1"
 
@@ -79,14 +80,11 @@ class Peer:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("provision")
-    site, rogue = tmp / "site", tmp / "rogue-site"
-    for argv in (["init-site", SITE], ["gateway", "gw-01", "--board", "sim"],
-                 ["gateway", "gw-02", "--board", "sim"], ["gateway", "gw-03", "--board", "sim"],
-                 ["gateway", "gw-04", "--board", "sim"],
-                 ["broker", "--host", "127.0.0.1", "--host", "localhost"]):
-        assert host_tools(["provision", "--site-dir", str(site), *argv]) == 0
-    for argv in (["init-site", SITE], ["gateway", "gw-01", "--board", "sim"]):
-        assert host_tools(["provision", "--site-dir", str(rogue), *argv]) == 0
+    site = provisioned_site(tmp / "site", ["init-site", SITE],
+                            *(["gateway", f"gw-0{i}", "--board", "sim"] for i in range(1, 5)),
+                            ["broker", "--host", "127.0.0.1", "--host", "localhost"])
+    rogue = provisioned_site(tmp / "rogue-site", ["init-site", SITE],
+                             ["gateway", "gw-01", "--board", "sim"])
     tls = TlsListener(site / "ca/ca.crt", site / "broker/server.crt", site / "broker/server.key",
                       require_certificate=True, use_identity_as_username=True,
                       crlfile=site / "ca/crl.pem")

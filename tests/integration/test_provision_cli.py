@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from host_tools.__main__ import main as host_tools
+from tests.integration.provisioned import provisioned_site
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,10 +36,8 @@ def cert(path: Path) -> x509.Certificate:
 
 @pytest.fixture()
 def site(tmp_path: Path) -> Path:
-    s = tmp_path / "site"
-    assert run(s, "init-site", "plant1") == 0
-    assert run(s, "gateway", "gw-01", "--board", "sim") == 0
-    return s
+    return provisioned_site(tmp_path / "site", ["init-site", "plant1"],
+                            ["gateway", "gw-01", "--board", "sim"])
 
 
 def test_private_keys_are_0600_and_certificates_chain_to_the_site_ca(site: Path) -> None:

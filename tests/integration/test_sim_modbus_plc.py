@@ -233,6 +233,7 @@ def test_silence_accepts_connections_but_answers_nothing(fresh: ModbusPLC) -> No
         assert c.read_holding_registers(0, count=1, device_id=1).registers == words(">h", -7)
     finally:
         c.close()
+    assert [e["fault"] for e in fresh.truth() if e["kind"] == "fault"] == ["silence", "silence"]
 
 
 def test_drop_closes_connections_and_clients_can_come_back(fresh: ModbusPLC) -> None:

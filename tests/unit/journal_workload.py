@@ -24,6 +24,7 @@ from firmware.core.crash_storage import CrashStorage
 from firmware.core.errors import JournalFull
 from firmware.core.journal import Journal, storage_size
 from firmware.core.storage import MemoryStorage
+from tests.unit.portable import mem
 
 SEG = 4096
 EPOCH = 0x5EED_0001_CAFE
@@ -35,12 +36,6 @@ def formatted(segments: int, seg: int = SEG) -> bytes:
     m = MemoryStorage(storage_size(seg, segments))
     Journal.format(m, seg, EPOCH, GW)
     return m.image()
-
-
-def mem(image: bytes) -> MemoryStorage:
-    m = MemoryStorage(len(image))
-    m.write(0, image)
-    return m
 
 
 def crash_journal(segments: int, seg: int = SEG) -> tuple[CrashStorage, Journal]:

@@ -1,5 +1,5 @@
 """The LED policy and the alarm-acknowledge rule: plain functions and bare asserts, no
-pytest import, so the same cases can run under MicroPython."""
+pytest import, so the same cases run under MicroPython (``PORTABLE``)."""
 
 from firmware.core.indicators import (
     BLINK,
@@ -13,6 +13,8 @@ from firmware.core.indicators import (
     blink_times_s,
     desired_leds,
 )
+
+PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 QUIET = {"uplink": "primary", "backlog_records": 0, "journal_refusing_txn": False,
          "devices_in_error": 0, "alarm_acknowledged": False}
@@ -179,3 +181,12 @@ def test_policy_and_alarm_together():
     s = snap(devices_in_error=[])
     s["alarm_acknowledged"] = alarm.update(active_faults(s))
     assert desired_leds(s)["fault"] == OFF
+
+
+def test_status_lights_policy():
+    quiet = desired_leds({"uplink": "primary"})
+    assert quiet["uplink"] == "on" and quiet["backlog_red"] == "off"
+    busy = desired_leds({"uplink": "secondary", "backlog_records": 5,
+                         "journal_refusing_txn": True, "devices_in_error": 1})
+    assert (busy["uplink"], busy["backlog_amber"], busy["backlog_red"]) == ("blink", "on", "on")
+    assert desired_leds({"uplink": "none"})["uplink"] == "off"

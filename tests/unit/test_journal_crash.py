@@ -38,21 +38,23 @@ VARIANTS = {
 }
 
 
-def _life(seed: int, segments: int, rounds: int):
+def _life(seed: int, segments: int, rounds: int, top: int = 600):
     storage, j = crash_journal(segments)
     rng = random.Random(seed)
-    w = Workload(storage, j, History(), rng)
+    w = Workload(storage, j, History(), rng, top=top)
     w.run(rounds)
     return storage, j, w.hist
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-@pytest.mark.parametrize("seed, segments, rounds", [(1, 4, 40), (2, 4, 40), (3, 8, 60),
-                                                    (4, 4, 60), (5, 2, 50), (6, 3, 50),
-                                                    (7, 2, 80), (8, 5, 80)])
-def test_power_cut_after_every_trace_prefix(seed: int, segments: int, rounds: int,
+@pytest.mark.parametrize("seed, segments, rounds, top", [
+    (1, 4, 40, 600), (2, 4, 40, 600), (3, 8, 60, 600), (4, 4, 60, 600), (5, 2, 50, 600),
+    (6, 3, 50, 600), (7, 2, 80, 600), (8, 5, 80, 600),
+    (9, 4, 40, 1500),  # bodies up to 1500 bytes: few to a segment, a pad at most ends
+])
+def test_power_cut_after_every_trace_prefix(seed: int, segments: int, rounds: int, top: int,
                                             variant: str) -> None:
-    storage, j, hist = _life(seed, segments, rounds)
+    storage, j, hist = _life(seed, segments, rounds, top)
     # The workload must reach the interesting places: it wrapped the ring, padded
     # segment ends, was refused for want of room, and moved the tail both ways (acks,
     # and telemetry giving up its oldest records).

@@ -1,13 +1,11 @@
 """The scanner line framer, bytes in and results out: framing, every rejection reason,
-split reads, the inter-character timeout, and properties over arbitrary bytes."""
-
-from __future__ import annotations
-
-import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+split reads and the inter-character timeout. Properties over arbitrary bytes:
+test_scan_line_props.py (hypothesis)."""
 
 from firmware.core.scan_line import REASONS, TERMINATORS, ScanLineFramer, charset_table
+from tests.unit.portable import cases, raises
+
+PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
 T = 200  # inter-character timeout (ms) used throughout
 
@@ -25,7 +23,7 @@ def framer(**kw):
     return ScanLineFramer(**kw)
 
 
-@pytest.mark.parametrize("name", ["CR", "LF", "CRLF"])
+@cases("name", ["CR", "LF", "CRLF"])
 def test_lines_with_each_terminator(name):
     term = TERMINATORS[name]
     f = framer(terminator=term)
@@ -49,7 +47,7 @@ def test_one_line_split_over_many_reads():
     assert codes(out) == [("SCN]C0MS1234-00000001", None)]
 
 
-@pytest.mark.parametrize(("cfg", "line", "reason"), [
+@cases(("cfg", "line", "reason"), [
     ({}, b"", "empty"),
     ({"max_length": 8}, b"123456789", "overlong"),
     ({"charset": "digits"}, b"12a4", "charset"),
@@ -136,7 +134,7 @@ def test_bytes_within_the_timeout_are_one_line():
     assert codes(out) == [("1234567", None)]
 
 
-@pytest.mark.parametrize(("spec", "yes", "no"), [
+@cases(("spec", "yes", "no"), [
     ("digits", "0189", "a /"),
     ("alphanumeric", "09azAZ", " -_"),
     ("ascii_printable", " ~A", "\x1d\x7f"),
@@ -149,82 +147,22 @@ def test_charsets(spec, yes, no):
     assert not any(table[ord(c)] for c in no)
 
 
-@pytest.mark.parametrize("spec", ["", "hex", "chars:", "chars:\u00e9", "chars:a\r", 5])
+@cases("spec", ["", "hex", "chars:", "chars:\u00e9", "chars:a\r", 5])
 def test_bad_charsets(spec):
-    with pytest.raises(ValueError):
+    with raises(ValueError):
         charset_table(spec)
 
 
 def test_prefix_with_the_terminator_is_refused():
-    with pytest.raises(ValueError):
+    with raises(ValueError):
         ScanLineFramer(terminator=b"\n", prefix=b"a\n")
 
 
-# -- properties ----------------------------------------------------------------------
-
-CONFIGS = st.fixed_dictionaries({
-    "terminator": st.sampled_from(list(TERMINATORS.values())),
-    "prefix": st.sampled_from([b"", b"\x02", b"SCN:", b"\xaa"]),
-    "suffix": st.sampled_from([b"", b"\x03", b"#"]),
-    "min_length": st.integers(1, 4),
-    "max_length": st.integers(4, 20),
-    "charset": st.sampled_from(["digits", "alphanumeric", "ascii_printable", "gs1", "chars:0-9"]),
-    "aim_id": st.booleans(),
-})
-
-
-def well_formed(r, cfg):
-    code = r.code
-    table = charset_table(cfg["charset"])
-    return (isinstance(code, str) and cfg["min_length"] <= len(code) <= cfg["max_length"]
-            and all(ord(c) < 128 and table[ord(c)] for c in code)
-            and (r.symbology is None) == (not cfg["aim_id"])
-            and (r.symbology is None or (len(r.symbology) == 3 and r.symbology[0] == "]")))
-
-
-@settings(max_examples=300, deadline=None)
-@given(cfg=CONFIGS, chunks=st.lists(st.tuples(st.binary(max_size=40), st.integers(0, 500)),
-                                    max_size=20))
-def test_arbitrary_bytes_never_raise_and_scans_are_well_formed(cfg, chunks):
-    f = framer(**cfg)
-    now = 0
-    stream = b""
-    for data, gap in chunks:
-        now += gap
-        stream += data
-        out = f.feed(data, now) + f.expire(now + gap // 2)
-        for r in out:
-            if r.ok:
-                assert well_formed(r, cfg), r
-                framed = (cfg["prefix"] + (r.symbology or "").encode() + r.code.encode()
-                          + cfg["suffix"] + cfg["terminator"])
-                assert framed in stream  # it was on the wire, whole
-            else:
-                assert r.reason in REASONS and r.code is None
-        assert len(f._buf) <= f.limit + len(cfg["terminator"])  # memory stays bounded
-
-
-@settings(max_examples=200, deadline=None)
-@given(cfg=CONFIGS, items=st.lists(st.one_of(
-    st.tuples(st.just("scan"), st.text(alphabet="0123456789", min_size=4, max_size=20)),
-    st.tuples(st.just("junk"), st.binary(min_size=1, max_size=60))), max_size=12))
-def test_good_lines_survive_junk_separated_by_silence(cfg, items):
-    """Each scan comes whole after junk that was followed by silence: every scan comes
-    out, in order, and junk never turns a good scan into a bad one."""
-    cfg = dict(cfg, charset="digits", max_length=20, min_length=4)
-    f = framer(**cfg)
-    now = 0
-    sent, got = [], []
-    for kind, value in items:
-        if kind == "scan":
-            aim = b"]E0" if cfg["aim_id"] else b""
-            data = cfg["prefix"] + aim + value.encode() + cfg["suffix"] + cfg["terminator"]
-            sent.append(value)
-        else:
-            data = value
-        out = f.feed(data, now) + f.expire(now + T + 1)
-        got += [r.code for r in out if r.ok]
-        now += T + 2
-    # Junk may itself contain framed digit lines; the scans are still all there, in order.
-    it = iter(got)
-    assert all(any(g == s for g in it) for s in sent), (sent, got)
+def test_scan_line_framing_and_rejections():
+    f = ScanLineFramer(terminator=b"\r", prefix=b"<", suffix=b">", max_length=16)
+    out = f.feed(b"<12345>\r<99", 0) + f.feed(b"9>\r\x00\xff\r" + b"7" * 40 + b"\r", 5)
+    assert [(r.code, r.reason) for r in out] == [("12345", None), ("999", None),
+                                                 (None, "noise"), (None, "overlong")]
+    assert f.feed(b"<12", 10) == []
+    late = f.feed(b"3>\r", 10000)  # the partial line went stale: dropped, not glued
+    assert [r.reason for r in late][0] == "partial"

@@ -18,6 +18,7 @@ HOST = b"h" * 32
 SITE = "s1"
 GW = "gw-1"
 WALL = 1700000000000
+PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 ACK = topics.topic(SITE, GW, topics.ACK)
 CMD = topics.topic(SITE, GW, topics.CMD)
 
