@@ -2,7 +2,8 @@
 
 import re
 
-from bench.__main__ import BENCHMARKS, __doc__ as doc
+from bench.__main__ import BENCHMARKS
+from bench.__main__ import __doc__ as doc
 
 
 def test_every_benchmark_file_is_found_and_named_in_the_help() -> None:
