@@ -203,10 +203,15 @@ class Fleet:
                         g.inflight[first] = (n, 0.0, data)
 
     def _on_ack(self, client: mqtt.Client, mine: list[_Gateway], msg: mqtt.MQTTMessage) -> None:
-        g = self.by_name.get(msg.topic.split("/")[3])
+        where = topics.split(msg.topic)
+        g = self.by_name.get(where[1]) if where else None
         try:
-            _, first, _, _, status = decode_ack(msg.payload)
+            if g is None:
+                raise WireError("bad_ack", "an ack for no gateway of this fleet")
+            _, first, _, _, status = decode_ack(msg.payload, g.signer)
         except WireError:
+            with self._lock:
+                self.counters["bad_acks"] = self.counters.get("bad_acks", 0) + 1
             return
         with self._lock:
             self.counters["acks"] += 1

@@ -230,7 +230,7 @@ class LinkSession:
 
     def _on_ack(self, payload, now_ms, wall_ms):
         try:
-            epoch, first, last, ledger_ms, status = decode_ack(payload)
+            epoch, first, last, ledger_ms, status = decode_ack(payload, self.forwarder.signer)
         except WireError as exc:
             self.counters["bad_acks"] += 1
             return [Note("bad_ack", {"reason": exc.reason})]

@@ -8,13 +8,17 @@
 and the payload (zlib-compressed when flag bit 0 is set) holds ``count`` records, each
 ``seq | class | hlc | len(body) | body``, in ascending seq. Seqs inside a batch need not
 be contiguous (a record lost to flash damage leaves a visible gap); ``first_seq`` and
-``last_seq`` bound them. An acknowledgement is a small JSON object on the ``ack`` topic.
+``last_seq`` bound them. An acknowledgement is a small JSON object on the ``ack`` topic,
+signed by the ledger with the gateway's own key (only the ledger and that gateway hold
+it), so a process that can publish on the topic cannot make a gateway reclaim records
+the ledger never stored.
 
 Decoding checks the MAC before it trusts any length inside, and every length against the
 bytes actually there, so a forged or truncated batch is a ``WireError`` with a reason,
 never an exception from deep inside struct.
 """
 
+import binascii
 import json
 import struct
 
@@ -29,7 +33,10 @@ FIXED_SIZE = struct.calcsize(FIXED)  # 42
 RECORD = "<QBQI"  # seq, class, hlc, body length
 RECORD_SIZE = struct.calcsize(RECORD)  # 21
 MAX_COUNT = 65535
-ACK_VERSION = 1
+ACK_VERSION = 2  # 2: signed (``sig``); a version 1 ack is unsigned and refused
+ACK_DOMAIN = b"midshift-ack\n"  # a batch MAC can never pass as an ack MAC, nor back
+ACK_SIG = b',"sig":"'
+MAX_ACK = 512  # bytes: an ack is about 150; anything larger is refused unparsed
 
 
 class WireError(MidshiftError):
@@ -145,18 +152,37 @@ def decode_batch(data, signer, decompress=None, max_payload=16 << 20):
     return Batch(gw, epoch, records, sent_ms, first)
 
 
-def encode_ack(epoch, first, last, ledger_ms, status="ok", reason=None, duplicates=0):
+def encode_ack(signer, epoch, first, last, ledger_ms, status="ok", reason=None,
+               duplicates=0):
+    """The ledger's signed answer to one batch (``signer``: the gateway's key)."""
     doc = {"v": ACK_VERSION, "epoch": epoch, "first": first, "last": last,
            "ledger_ms": ledger_ms, "status": status, "dup": duplicates}
     if reason:
         doc["reason"] = reason
-    return json.dumps(doc, separators=(",", ":")).encode()
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    tag = binascii.hexlify(signer.sign(ACK_DOMAIN, body))
+    return body[:-1] + ACK_SIG + tag + b'"}'
 
 
-def decode_ack(data):
-    """(epoch, first, last, ledger_ms, status) from an ack; WireError if malformed."""
+def decode_ack(data, signer):
+    """(epoch, first, last, ledger_ms, status) from a signed ack; WireError (reason
+    ``bad_ack``, or ``bad_ack_mac`` when the signature does not verify). The signature
+    is checked over the bytes as sent, before anything is parsed."""
+    data = bytes(data)
+    if len(data) > MAX_ACK:
+        raise WireError("bad_ack", "ack of %d bytes is over %d" % (len(data), MAX_ACK))
+    cut = data.rfind(ACK_SIG)
+    if cut < 0 or not data.endswith(b'"}'):
+        raise WireError("bad_ack_mac", "ack is not signed")
     try:
-        doc = json.loads(bytes(data).decode())
+        tag = binascii.unhexlify(data[cut + len(ACK_SIG):-2])
+    except ValueError:
+        raise WireError("bad_ack_mac", "ack signature is not hex")
+    body = data[:cut] + b"}"
+    if not signer.verify(tag, ACK_DOMAIN, body):
+        raise WireError("bad_ack_mac", "ack fails its signature: forged, or another key")
+    try:
+        doc = json.loads(body.decode())
     except (ValueError, UnicodeError):
         raise WireError("bad_ack", "ack is not JSON")
     if not isinstance(doc, dict) or doc.get("v") != ACK_VERSION:

@@ -150,7 +150,8 @@ class LedgerService:
                 self.counters["batches"] += 1
                 self.counters["events"] += new
                 self.counters["duplicates"] += dup
-            ack = encode_ack(batch.epoch, batch.first_seq, batch.last_seq, now, duplicates=dup)
+            ack = encode_ack(self.signers[batch.gateway], batch.epoch, batch.first_seq,
+                             batch.last_seq, now, duplicates=dup)
             self.client.publish(topics.reply_to(topic), ack, qos=1)
             acks[i] = ack
         return acks

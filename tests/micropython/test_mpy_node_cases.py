@@ -202,7 +202,8 @@ def make_node(devices_with=("scanner1",)):
 
 
 def ack_for(node, first, last):
-    return ("midshift/v1/door3/node-1/ack", encode_ack(node.journal.epoch, first, last, T0 + 5))
+    return ("midshift/v1/door3/node-1/ack",
+            encode_ack(Signer(KEY), node.journal.epoch, first, last, T0 + 5))
 
 
 def test_step_journals_scans_sends_one_batch_and_commits_only_on_the_ack():

@@ -19,6 +19,7 @@ SITE = "s1"
 GW = "gw-1"
 WALL = 1700000000000
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
+LEDGER = Signer(KEY)  # the ledger signs acks with the gateway's key
 ACK = topics.topic(SITE, GW, topics.ACK)
 CMD = topics.topic(SITE, GW, topics.CMD)
 
@@ -79,14 +80,17 @@ def test_an_ack_commits_only_a_matching_batch_of_this_epoch():
     j = journal_with(5)
     sess = session_for(j)
     up(sess, 0)
-    wrong_epoch = encode_ack(j.epoch + 1, 1, 5, WALL)
+    wrong_epoch = encode_ack(LEDGER, j.epoch + 1, 1, 5, WALL)
     assert of(sess.message("eth", ACK, wrong_epoch, 5, WALL + 5), s.Commit) == []
     assert sess.counters["bad_acks"] == 1
     garbage = sess.message("eth", ACK, b"\x00not an ack", 5, WALL + 5)
     assert of(garbage, s.Commit) == [] and sess.counters["bad_acks"] == 2
-    other_range = sess.message("eth", ACK, encode_ack(j.epoch, 1, 3, WALL), 6, WALL + 6)
+    forged = encode_ack(Signer(b"f" * 32), j.epoch, 1, 5, WALL)  # right shape, wrong key
+    assert of(sess.message("eth", ACK, forged, 5, WALL + 5), s.Commit) == []
+    assert sess.counters["bad_acks"] == 3 and len(sess.forwarder.inflight) == 1
+    other_range = sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 1, 3, WALL), 6, WALL + 6)
     assert of(other_range, s.Commit) == [] and sess.forwarder.counters["stale_acks"] == 1
-    out = sess.message("eth", ACK, encode_ack(j.epoch, 1, 5, WALL + 3), 8, WALL + 8)
+    out = sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 1, 5, WALL + 3), 8, WALL + 8)
     commits = of(out, s.Commit)
     assert len(commits) == 1 and commits[0].seq == 5
     assert len(of(out, s.Observe)) == 1  # the ledger's time goes into the HLC
@@ -98,10 +102,10 @@ def test_commits_are_held_to_one_per_interval_and_flushed_on_close():
     sess = session_for(j, max_events=2)
     out = up(sess, 0)
     assert batches(out) == [("eth", 1, 2), ("eth", 3, 4)]
-    first = sess.message("eth", ACK, encode_ack(j.epoch, 1, 2, WALL), 10, WALL + 10)
+    first = sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 1, 2, WALL), 10, WALL + 10)
     assert [c.seq for c in of(first, s.Commit)] == [2]
     j.commit(2, of(first, s.Commit)[0].pos)
-    second = sess.message("eth", ACK, encode_ack(j.epoch, 3, 4, WALL), 20, WALL + 20)
+    second = sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 3, 4, WALL), 20, WALL + 20)
     assert of(second, s.Commit) == []  # 10 ms after the last commit: held
     assert sess.next_deadline_ms(20) == 510
     assert of(sess.poll(300, WALL + 300), s.Commit) == []
@@ -113,8 +117,8 @@ def test_close_forces_the_pending_commit():
     j = journal_with(2)
     sess = session_for(j, max_events=1)
     up(sess, 0)
-    sess.message("eth", ACK, encode_ack(j.epoch, 1, 1, WALL), 1, WALL + 1)
-    assert of(sess.message("eth", ACK, encode_ack(j.epoch, 2, 2, WALL), 2, WALL + 2),
+    sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 1, 1, WALL), 1, WALL + 1)
+    assert of(sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 2, 2, WALL), 2, WALL + 2),
               s.Commit) == []
     assert [c.seq for c in sess.close(3)] == [2]
 
@@ -134,7 +138,7 @@ def test_failover_resends_everything_in_flight_on_the_next_uplink():
     sess = session_for(j)
     up(sess, 0)
     sess.uplink_changed("lte", True, 1)
-    assert sess.message("lte", ACK, encode_ack(j.epoch, 1, 3, WALL), 2, WALL + 2) == []
+    assert sess.message("lte", ACK, encode_ack(LEDGER, j.epoch, 1, 3, WALL), 2, WALL + 2) == []
     assert sess.counters["ignored_inactive"] == 1  # only the active uplink's acks count
     sess.uplink_changed("eth", False, 3, "keepalive")
     out = sess.poll(4, WALL + 4)
@@ -148,7 +152,7 @@ def test_a_foreign_topic_is_counted_and_ignored():
     sess = session_for(j)
     up(sess, 0)
     other = topics.topic(SITE, "gw-2", topics.ACK)
-    assert sess.message("eth", other, encode_ack(j.epoch, 1, 1, WALL), 1, WALL) == []
+    assert sess.message("eth", other, encode_ack(LEDGER, j.epoch, 1, 1, WALL), 1, WALL) == []
     assert sess.counters["foreign_topic"] == 1 and sess.forwarder.inflight
 
 
@@ -204,7 +208,7 @@ def test_a_clock_offset_past_the_threshold_raises_the_alarm_once_and_clears():
     notes = []
     for seq in range(1, 15):  # the ledger's clock runs 2 s ahead, then back in step
         ahead = 2000 if seq <= 3 else 0
-        out = sess.message("eth", ACK, encode_ack(j.epoch, seq, seq, WALL + seq + ahead),
+        out = sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, seq, seq, WALL + seq + ahead),
                            seq, WALL + seq)
         notes += [n for n in of(out, s.Note) if n.what == "alarm"]
         if seq == 3:

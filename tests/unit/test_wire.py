@@ -1,7 +1,11 @@
 """The batch and ack codecs: round trip, and every forgery refused with its reason."""
 
+import binascii
+
 from firmware.core.signing import Signer
 from firmware.core.wire import (
+    ACK_DOMAIN,
+    ACK_SIG,
     Batch,
     WireError,
     decode_ack,
@@ -35,10 +39,39 @@ def test_batch_round_trip_and_every_forgery_refused():
         raise AssertionError("another key verified")
     except WireError as exc:
         assert exc.reason == "bad_mac"
-    assert decode_ack(encode_ack(7, 5, 9, 1700000000001)) == (7, 5, 9, 1700000000001, "ok")
-    for bad in (b"{", b'{"v":1}', b'{"v":1,"epoch":1,"first":3,"last":2,"ledger_ms":0,"status":"ok"}'):
+    ledger = Signer(b"k" * 32)  # the ledger signs with the gateway's key
+    assert decode_ack(encode_ack(ledger, 7, 5, 9, 1700000000001), ledger) == (
+        7, 5, 9, 1700000000001, "ok")
+    for bad in (b'{"v":2}', b'{"v":2,"epoch":1,"first":3,"last":2,"ledger_ms":0,"status":"ok"}',
+                b'{"v":2,"epoch":1,"first":1,"last":2,"ledger_ms":0,"status":"maybe"}',
+                b'{"v":2,"epoch":-1,"first":1,"last":2,"ledger_ms":0,"status":"ok"}',
+                b'{"v":1,"epoch":1,"first":1,"last":2,"ledger_ms":0,"status":"ok"}',
+                b'{"v":2,"epoch":1,', b'{"v":2,"epoch":1,"first":1,"last":2,"ledger_ms":true,'
+                b'"status":"ok"}'):
+        # correctly signed, so only the body's checks can refuse it
+        tag = binascii.hexlify(ledger.sign(ACK_DOMAIN, bad[:-1] + b"}"))
         try:
-            decode_ack(bad)
+            decode_ack(bad[:-1] + ACK_SIG + tag + b'"}', ledger)
             raise AssertionError("bad ack accepted")
         except WireError as exc:
             assert exc.reason == "bad_ack"
+
+
+def test_an_ack_is_accepted_only_under_the_gateways_key_and_unaltered():
+    ledger = Signer(b"k" * 32)
+    good = encode_ack(ledger, 7, 5, 9, 1700000000001)
+    cases = [
+        (encode_ack(Signer(b"x" * 32), 7, 5, 9, 1700000000001), "bad_ack_mac"),  # other key
+        (good.replace(b'"last":9', b'"last":90'), "bad_ack_mac"),  # altered range
+        (good[:good.rfind(b',"sig"')] + b"}", "bad_ack_mac"),  # signature stripped
+        (good[:-4] + b'zz"}', "bad_ack_mac"),  # not hex
+        (b'{"v":2,"pad":"' + b"x" * 600 + b'"}', "bad_ack"),  # too large to parse
+    ]
+    for data, reason in cases:
+        try:
+            decode_ack(data, ledger)
+            raise AssertionError("accepted " + repr(data[:40]))
+        except WireError as exc:
+            assert exc.reason == reason, (exc.reason, reason)
+    rejected = encode_ack(ledger, 7, 5, 9, 1, status="rejected", reason="out_of_range")
+    assert decode_ack(rejected, ledger)[4] == "rejected"
