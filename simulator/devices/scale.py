@@ -56,6 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from simulator.devices import rounded
 from simulator.devices.pty_port import PtyPort, config_error, pty_device_config
 from simulator.ground_truth import GroundTruthLog
 
@@ -415,3 +416,35 @@ class Scale:
                     ignoring = "no_answer" in self._faults
                 if cmd and not ignoring:
                     self._command(cmd)
+
+
+# ---- the device type ``scale`` (simulator/devices/__init__.py says what each name is for)
+
+TYPE = "scale"
+EMULATOR = Scale
+TRANSACTION = True
+SERIAL = True
+# loads_per_min: items weighed per scenario minute (min_g to max_g); each is placed,
+# settles and is removed by the timeline.
+SCENARIO_KEYS = ("loads_per_min", "min_g", "max_g", "poll_ms")
+SCENARIO_NUMBERS = {"loads_per_min": (4, 0, 120)}
+
+
+def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: float,
+            ground_truth: Path) -> Scale:
+    return Scale(name, directory / name, seed=seed, reading_interval_s=0.05,
+                 ground_truth_path=ground_truth).start()
+
+
+def site_table(name: str, spec: dict[str, Any], device: Scale) -> list[str]:
+    return [f'port = "{name}"', f"poll_ms = {spec.get('poll_ms', 100)}"]
+
+
+def truth_value(entry: dict[str, Any]) -> Any:
+    v = entry.get("value")  # grams
+    return rounded(float(v)) if v is not None else None
+
+
+def ledger_value(data: dict[str, Any]) -> Any:
+    w = data.get("weight")
+    return rounded(float(w) * UNITS.get(data.get("unit", "g"), 1.0)) if w is not None else None

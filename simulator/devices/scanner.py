@@ -39,6 +39,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from firmware.core.redact import redact_text
 from simulator.devices.pty_port import PtyPort, config_error, pty_device_config
 from simulator.ground_truth import GroundTruthLog
 
@@ -273,3 +274,37 @@ class BarcodeScanner:
         with self._lock:
             self.port.reappear()
             self.ground_truth.record("fault", None, expect=False, fault="reappear")
+
+
+# ---- the device type ``scanner`` (simulator/devices/__init__.py says what each name is for)
+
+TYPE = "scanner"
+EMULATOR = BarcodeScanner
+TRANSACTION = True
+SERIAL = True
+# rate_per_s: scans per scenario second; burst: scans written back to back.
+SCENARIO_KEYS = ("rate_per_s", "burst", "symbology", "aim_id", "terminator")
+SCENARIO_NUMBERS = {"rate_per_s": (1, 0, 200)}
+
+
+def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: float,
+            ground_truth: Path) -> BarcodeScanner:
+    return BarcodeScanner(name, directory / name, seed=seed,
+                          rate_per_s=spec.get("rate_per_s", 1) * speed,
+                          burst=spec.get("burst", 1), symbology=spec.get("symbology", "ean13"),
+                          aim_id=spec.get("aim_id", False),
+                          terminator=spec.get("terminator", "CR"),
+                          ground_truth_path=ground_truth).start()
+
+
+def site_table(name: str, spec: dict[str, Any], device: BarcodeScanner) -> list[str]:
+    return [f'port = "{name}"', f'terminator = "{spec.get("terminator", "CR")}"',
+            f"aim_id = {'true' if spec.get('aim_id') else 'false'}"]
+
+
+def truth_value(entry: dict[str, Any]) -> Any:
+    return redact_text(str(entry.get("value")))[0]  # masked as the pipeline masks card numbers
+
+
+def ledger_value(data: dict[str, Any]) -> Any:
+    return data.get("code")

@@ -17,7 +17,7 @@ from pymodbus.exceptions import ModbusException
 from firmware.core.errors import ConfigError
 from firmware.edges.clock import SystemClock
 from firmware.edges.modbus import ModbusDriver, plan_blocks
-from simulator.devices.modbus_plc import ModbusPLC
+from simulator.devices.modbus import ModbusPLC
 from simulator.lab import wait_for
 from tests.integration.event_sink import Sink
 

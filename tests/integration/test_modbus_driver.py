@@ -16,7 +16,7 @@ import pytest
 from firmware.core.errors import ConfigError
 from firmware.edges.clock import SystemClock
 from firmware.edges.modbus import ModbusDriver, decode_words, plan_blocks
-from simulator.devices.modbus_plc import ModbusPLC
+from simulator.devices.modbus import ModbusPLC
 from tests.integration.event_sink import Sink, wait_until
 
 REGS = [

@@ -23,7 +23,7 @@ from firmware.core.errors import ConfigError, JournalFull
 from firmware.core.event import Event
 from firmware.edges.clock import SystemClock
 from firmware.edges.opcua import OpcUaDriver
-from simulator.devices.opcua_plc import OpcUaPLC
+from simulator.devices.opcua import OpcUaPLC
 from simulator.network import FaultProxy
 
 WAIT_S = 8.0
