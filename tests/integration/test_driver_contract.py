@@ -17,7 +17,7 @@ from firmware.edges.driver import Driver, Emitted
 
 
 def test_every_edge_device_module_is_found_by_its_name() -> None:
-    assert device_types.known() == ["modbus", "opcua", "scale", "scanner"]
+    assert {"modbus", "opcua", "scale", "scanner"} <= set(device_types.known())
     for name in device_types.known():
         module = device_types.find(name)
         assert module is not None and module.TYPE == name
@@ -51,7 +51,8 @@ def test_an_unknown_type_names_file_key_value_and_the_known_types(tmp_path: Path
     text = str(err.value)
     assert err.value.key == "devices.d1.type"
     assert text.startswith(f"{tmp_path / 'site.toml'}: devices.d1.type: '{dtype}' ")
-    assert text.endswith("allowed: modbus, opcua, scale, scanner"), text
+    assert text.endswith("allowed: " + ", ".join(device_types.known())), text
+    assert "scale, scanner" in text
 
 
 class _Probe(Driver):
