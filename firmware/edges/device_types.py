@@ -26,9 +26,15 @@ PACKAGE = "firmware.edges"
 
 def find(dtype: str) -> ModuleType | None:
     """The module of device type ``dtype``, or None if there is no such type here."""
+    return find_in(PACKAGE, dtype)
+
+
+def find_in(package: str, dtype: str) -> ModuleType | None:
+    """Module ``package.dtype`` if it exports ``TYPE == dtype`` (the simulator's emulators
+    follow the same convention), else None; a module whose library is missing is logged."""
     if not isinstance(dtype, str) or not dtype.isidentifier():
         return None
-    name = f"{PACKAGE}.{dtype}"
+    name = f"{package}.{dtype}"
     try:
         module = importlib.import_module(name)
     except ModuleNotFoundError as exc:

@@ -9,8 +9,8 @@ by hand on the board is held to the same rules. Errors are ``ConfigError`` namin
 
 ``validate`` is the core loader (``site_config.validate``) with the node's device types
 (a scanner or scale on a ``[uart.NAME]``, checked by the same core code as on a gateway;
-Modbus and OPC UA have no driver on the node), plus what only the node requires: at most one uplink, ``mqtt://`` (no TLS on
-the node yet), and ``[wifi]`` when there is an uplink.
+Modbus and OPC UA have no driver on the node), plus what only the node requires: at most
+one uplink, ``mqtt://`` (no TLS on the node yet), and ``[wifi]`` when there is an uplink.
 """
 
 import binascii

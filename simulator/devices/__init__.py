@@ -22,26 +22,18 @@ class, a type module exports what the rest of the simulator needs of it:
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from firmware.edges.device_types import find_in
 
 HERE = Path(__file__).resolve().parent
 
 
 def find(dtype: Any) -> ModuleType | None:
     """The module of device type ``dtype``, or None."""
-    if not isinstance(dtype, str) or not dtype.isidentifier():
-        return None
-    name = f"{__name__}.{dtype}"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return None
-    return module if getattr(module, "TYPE", None) == dtype else None
+    return find_in(__name__, dtype)
 
 
 def device_type(dtype: str) -> ModuleType:
