@@ -37,15 +37,15 @@ def _rss_kb(pid: int) -> int:
 
 def measure_rss_mb(tmp: Path, settle_s: float = 5.0) -> dict[str, Any]:
     have = {m: importlib.util.find_spec(f"firmware.edges.{m}") is not None
-            for m in ("serial_scanner", "modbus")}
+            for m in ("scanner", "modbus")}
     (tmp / "gw.key").write_text("11" * 32)
-    from simulator.devices.modbus_plc import ModbusPLC
+    from simulator.devices.modbus import ModbusPLC
     plc = ModbusPLC("plc1", [{"tag": "count", "address": 0, "type": "uint32",
                               "behaviour": "counter", "period_ms": 200}]).start()
     plc_port = plc.port
     with Broker(tmp / "broker") as broker:
         devices = ""
-        if have["serial_scanner"]:
+        if have["scanner"]:
             devices += f'[devices.scanner1]\ntype = "scanner"\nport = "{tmp / "no-such-tty"}"\n'
         if have["modbus"]:
             devices += ('[devices.plc1]\ntype = "modbus"\nhost = "127.0.0.1"\n'
@@ -94,4 +94,4 @@ priority = 20
             proc.wait(10)
     plc.stop()
     return {"rss_mb": round(rss, 1),
-            "rss_devices": {"scanner": have["serial_scanner"], "modbus": have["modbus"]}}
+            "rss_devices": {"scanner": have["scanner"], "modbus": have["modbus"]}}

@@ -26,7 +26,7 @@ from firmware.core.hlc import HybridLogicalClock
 from firmware.core.pipeline import Pipeline
 from firmware.core.site_config import SiteConfig
 from firmware.edges.clock import SystemClock
-from firmware.edges.config_file import driver_class
+from firmware.edges.device_types import driver_class
 from firmware.edges.driver import Clock, Driver
 from firmware.edges.flash import open_or_create_journal
 from firmware.edges.group_commit import GroupCommitJournal

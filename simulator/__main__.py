@@ -25,17 +25,14 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from simulator import devices as device_types
 from simulator.network import MODES, PARAMS, FaultProxy, runtime_dir, send_control
 
-# ---- devices: type name -> "module:Class" (the emulators live in simulator/devices/) -------
-# Each class provides from_config(name, cfg_dict, ground_truth_dir), start(), stop() and
-# describe() -> dict. cfg_dict is the [devices.NAME] table without its "type" key.
-DEVICE_TYPES = {
-    "scanner": "simulator.devices.scanner:BarcodeScanner",
-    "scale": "simulator.devices.scale:Scale",
-    "modbus": "simulator.devices.modbus_plc:ModbusPLC",
-    "opcua": "simulator.devices.opcua_plc:OpcUaPLC",
-}
+# ---- devices: type T is simulator/devices/T.py, its EMULATOR class providing
+# from_config(name, cfg_dict, ground_truth_dir), start(), stop() and describe() -> dict;
+# cfg_dict is the [devices.NAME] table without its "type" key. DEVICE_TYPES adds types
+# from elsewhere (a test's stand-in, a plug-in): type name -> "module:Class".
+DEVICE_TYPES: dict[str, str] = {}
 
 
 class UsageError(Exception):
@@ -139,6 +136,7 @@ def load_devices(config: Path, ground_truth_dir: Path,
     """Build (not start) the devices a TOML file describes, by name, in file order;
     UsageError says what is wrong."""
     registry = DEVICE_TYPES if registry is None else registry
+    known = [*registry, *(t for t in device_types.known() if t not in registry)]
     try:
         doc = tomllib.loads(config.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -155,14 +153,18 @@ def load_devices(config: Path, ground_truth_dir: Path,
             raise UsageError(f"{where}: is not a table")
         cfg = dict(table)
         kind = cfg.pop("type", None)
-        if kind not in registry:
-            raise UsageError(f"{where}.type: {kind!r} is not one of {', '.join(registry)}")
-        module_name, _, class_name = registry[kind].partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as exc:
-            raise UsageError(f"{where}: device type {kind!r} is not available "
-                             f"({registry[kind]}): {exc}") from None
+        if kind in registry:
+            module_name, _, class_name = registry[kind].partition(":")
+            try:
+                cls = getattr(importlib.import_module(module_name), class_name)
+            except (ImportError, AttributeError) as exc:
+                raise UsageError(f"{where}: device type {kind!r} is not available "
+                                 f"({registry[kind]}): {exc}") from None
+        else:
+            module = device_types.find(kind)
+            if module is None:
+                raise UsageError(f"{where}.type: {kind!r} is not one of {', '.join(known)}")
+            cls = module.EMULATOR
         try:
             devices[name] = cls.from_config(name, cfg, ground_truth_dir)
         except (ValueError, TypeError, KeyError) as exc:
@@ -252,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The device emulators arrive with their own issue; this dispatches to them by type.
     sd = sub.add_parser("devices", help="run device emulators from a TOML file",
                         description="Start every [devices.NAME] table's emulator (type: "
-                        f"{', '.join(DEVICE_TYPES)}), print what each serves, run until "
+                        f"{', '.join(device_types.known())}), print what each serves, run until "
                         "Ctrl-C, then stop them all.")
     sd.add_argument("--config", type=Path, required=True, metavar="FILE",
                     help="TOML file with [devices.NAME] tables, each with a 'type' key")

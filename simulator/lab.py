@@ -19,7 +19,7 @@ from typing import Any
 
 from firmware.agent import Agent
 from firmware.core.event import Event
-from firmware.core.site_config import SiteConfig, validate
+from firmware.core.site_config import DeviceType, SiteConfig, validate
 from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
 from simulator.broker import Broker
@@ -54,7 +54,8 @@ def lab_config(tmp: Path, uplink_ports: list[int], journal_segments: int = 64) -
         "uplinks": {f"up{i}": {"broker": f"mqtt://127.0.0.1:{port}", "priority": 10 * (i + 1)}
                     for i, port in enumerate(uplink_ports)},
     }
-    return validate(doc, {"scanner": lambda n, t, p: t, "modbus": lambda n, t, p: t})
+    return validate(doc, {"scanner": DeviceType("txn", lambda n, t, p: t),
+                          "modbus": DeviceType("telemetry", lambda n, t, p: t)})
 
 
 class Lab:

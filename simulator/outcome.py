@@ -2,8 +2,10 @@
 device, with the timeline's fault windows and the gateways' status over time.
 
 Matching. Each ground-truth entry a correct agent must deliver (``expect: true``) is
-matched with a ledger event of the same gateway and device by value: a barcode (masked as
-the pipeline masks card numbers), a weight in grams, a register's or node's (tag, value).
+matched with a ledger event of the same gateway and device by value, as the device's type
+module says (``truth_value`` and ``ledger_value`` in ``simulator/devices/<type>.py``): a
+barcode (masked as the pipeline masks card numbers), a weight in grams, a register's or
+node's (tag, value).
 
 - ``lost``: expected, not in the ledger, and produced while the gateway was powered.
 - ``unobserved``: expected, not in the ledger, produced while no agent was watching
@@ -32,39 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from firmware.core.percentile import percentile
-from firmware.core.redact import redact_text
 from host_tools.reconcile import body_fields
+from simulator.devices import device_type
 from simulator.ground_truth import read_ground_truth
 from simulator.status_monitor import alarms, failovers, rejected_lines
 from simulator.timeline import FaultWindow
 
-TRANSACTIONS = ("scanner", "scale")  # device types whose readings are transactions
-GRAMS = {"g": 1.0, "kg": 1000.0}
 UNOBSERVED_LEAD_MS = 500
 HELD_LOOKBACK_MS = 30_000  # an event older than this at the fault's start was not held by it
 CLOCK_SLACK_MS = 50  # ground truth is stamped just after the write; a reader may be quicker
-
-
-def _num(v: Any) -> Any:
-    return round(v, 4) if isinstance(v, float) else v
-
-
-def truth_key(e: dict[str, Any]) -> Any:
-    kind, v = e.get("kind"), e.get("value")
-    if kind == "scan":
-        return redact_text(str(v))[0]
-    if kind == "weight":
-        return _num(float(v)) if v is not None else None
-    return (e.get("tag"), _num(v))
-
-
-def ledger_key(kind: str, data: dict[str, Any]) -> Any:
-    if kind == "scan":
-        return data.get("code")
-    if kind == "weight":
-        w = data.get("weight")
-        return _num(float(w) * GRAMS.get(data.get("unit", "g"), 1.0)) if w is not None else None
-    return (data.get("tag"), _num(data.get("value")))
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -137,12 +115,13 @@ def evaluate(gateways: dict[str, Path], devices: dict[str, dict[str, Any]],
     """``gateways``: gateway id -> its ground-truth directory (``DEVICE.jsonl`` files)."""
     ledger: dict[tuple[str, str], dict[Any, list[int]]] = defaultdict(lambda: defaultdict(list))
     corrupt = 0
-    for gw, source, kind, ledger_ms, data in rows:
+    for gw, source, _kind, ledger_ms, data in rows:
         if source is None or gw not in gateways or source not in devices:
             corrupt += 1
             continue
         try:
-            ledger[(gw, source)][ledger_key(kind, data)].append(ledger_ms)
+            ledger[(gw, source)][device_type(devices[source]["type"]).ledger_value(data)
+                                 ].append(ledger_ms)
         except (ValueError, TypeError, AttributeError):
             corrupt += 1
     unwatched = _unwatched(windows, samples, start_ms, traffic_end_ms)
@@ -151,17 +130,19 @@ def evaluate(gateways: dict[str, Path], devices: dict[str, dict[str, Any]],
     totals = defaultdict(int)
     for gw, gt_dir in gateways.items():
         for dev, spec in devices.items():
+            kind_of = device_type(spec["type"])
+            transaction = kind_of.TRANSACTION
             row = {"gateway": gw, "device": dev, "type": spec["type"], "produced": 0,
                    "committed": 0, "lost": 0, "unobserved": 0, "duplicates": 0,
                    "reobserved": 0, "corrupt": 0, "latency_ms": []}
             path = gt_dir / f"{dev}.jsonl"
             entries = list(read_ground_truth(path)) if path.exists() else []
             got = ledger.get((gw, dev), {})
-            seen_keys = {truth_key(e) for e in entries if e.get("kind") != "fault"}
+            seen_keys = {kind_of.truth_value(e) for e in entries if e.get("kind") != "fault"}
             want: dict[Any, list[int]] = defaultdict(list)
             for e in entries:
                 if e.get("expect") and e.get("kind") != "fault":
-                    want[truth_key(e)].append(e["t_ms"])
+                    want[kind_of.truth_value(e)].append(e["t_ms"])
             for key, times in want.items():
                 pairs, unpaired, extra = match(times, got.get(key, []))
                 row["produced"] += len(times)
@@ -175,11 +156,11 @@ def evaluate(gateways: dict[str, Path], devices: dict[str, dict[str, Any]],
                     else:
                         row["lost"] += 1
                 if extra:
-                    kind = "duplicates" if spec["type"] in TRANSACTIONS else "reobserved"
+                    kind = "duplicates" if transaction else "reobserved"
                     row[kind] += extra
             for key, commits in got.items():
                 if key not in want:
-                    if key in seen_keys and spec["type"] not in TRANSACTIONS:
+                    if key in seen_keys and not transaction:
                         row["reobserved"] += len(commits)  # served before, read again
                     elif key in seen_keys:
                         row["duplicates"] += len(commits)  # produced, not for delivery

@@ -15,7 +15,8 @@ Layout (every key is checked; an unknown key or a bad value is one line naming i
     [broker]    persistence
     [gateways]  count, status_period_s, uplinks = ["primary", "secondary"],
                 metered = ["secondary"]
-    [devices.NAME]  type = scanner | scale | modbus | opcua, and its traffic
+    [devices.NAME]  type (a module in simulator/devices/) and its traffic: the keys are
+                the type module's SCENARIO_KEYS
     [fleet]     virtual_gateways, backlog, at_s, jitter_s, rate_per_s, live_s: virtual
                 gateways (simulator/fleet.py) that come back at at_s with a backlog each
     [[fault]]   at_s, kind, ... (see FAULT_KEYS)
@@ -31,17 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simulator import devices as device_types
+
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 
-DEVICE_KEYS: dict[str, tuple[str, ...]] = {
-    # rate_per_s: scans per scenario second; bad_every_s: a garbage line that often.
-    "scanner": ("type", "rate_per_s", "burst", "symbology", "aim_id", "terminator"),
-    # loads_per_min: items weighed per scenario minute; each is placed, settles, is removed.
-    "scale": ("type", "loads_per_min", "min_g", "max_g", "poll_ms"),
-    # registers as in simulator.devices.modbus_plc; the agent's map is derived from them.
-    "modbus": ("type", "poll_ms", "registers"),
-    "opcua": ("type", "period_ms", "variables", "publishing_ms"),
-}
 FAULT_KEYS: dict[str, tuple[str, ...]] = {
     # link: a fault proxy's mode on one uplink (or "all") of the chosen gateways.
     "link": ("at_s", "kind", "for_s", "uplink", "mode", "gateways", "ms", "jitter_ms",
@@ -238,13 +232,12 @@ def _devices(path: Path, tables: dict[str, Any]) -> dict[str, dict[str, Any]]:
         where = f"devices.{name}"
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", name):
             raise _err(path, where, "a device name is 1-32 lower-case letters, digits, '_'")
-        if not isinstance(t, dict) or t.get("type") not in DEVICE_KEYS:
-            raise _err(path, f"{where}.type", f"must be one of {', '.join(DEVICE_KEYS)}")
-        _only(path, t, where, DEVICE_KEYS[t["type"]])
-        if t["type"] == "scanner":
-            _num(path, t, "rate_per_s", where, 1, 0, 200)
-        if t["type"] == "scale":
-            _num(path, t, "loads_per_min", where, 4, 0, 120)
+        kind = device_types.find(t.get("type")) if isinstance(t, dict) else None
+        if kind is None:
+            raise _err(path, f"{where}.type", f"must be one of {', '.join(device_types.known())}")
+        _only(path, t, where, ("type", *kind.SCENARIO_KEYS))
+        for key, (default, lo, hi) in kind.SCENARIO_NUMBERS.items():
+            _num(path, t, key, where, default, lo, hi)
         out[name] = dict(t)
     return out
 

@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from simulator.outcome import TRANSACTIONS
+from simulator.devices import is_transaction
 from simulator.scenario import Scenario
 
 W, H, LEFT, RIGHT, TOP, BOTTOM = 1000, 220, 60, 20, 16, 30
@@ -190,7 +190,7 @@ def _table(head: list[str], rows: list[list[Any]], cls: str = "") -> str:
 
 
 def _verdict(r: dict[str, Any]) -> str:
-    tx = sum(d["produced"] for d in r["devices"] if d["type"] in TRANSACTIONS)
+    tx = sum(d["produced"] for d in r["devices"] if is_transaction(d["type"]))
     if r["lost"] == 0 and r["duplicates"] == 0 and r["corrupt"] == 0:
         return (f"Every one of the {r['produced']:,} readings the devices produced for the "
                 f"ledger ({tx:,} of them scans and weights) is in the ledger exactly once. "

@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.broker import Broker, free_port
+from simulator.broker import Broker
 from simulator.clock import SimClock
-from simulator.devices.modbus_plc import ModbusPLC
-from simulator.devices.opcua_plc import OpcUaPLC
-from simulator.devices.scale import Scale
-from simulator.devices.scanner import BarcodeScanner
+from simulator.devices import device_type
 from simulator.network import FaultProxy
 from simulator.scenario import Scenario
 
@@ -153,35 +150,14 @@ class SimulatedSite:
         (g.directory / "site.toml").write_text(self._site(g))
 
     def _device(self, g: Gateway, name: str, spec: dict[str, Any]) -> Any:
-        gt = g.ground_truth_dir / f"{name}.jsonl"
+        """The started emulator (``simulator/devices/<type>.py``'s ``emulate``)."""
         seed = g.index * 1000 + sum(map(ord, name))
-        kind = spec["type"]
-        if kind == "scanner":
-            return BarcodeScanner(name, g.directory / name, seed=seed,
-                                  rate_per_s=spec.get("rate_per_s", 1) * self.speed,
-                                  burst=spec.get("burst", 1),
-                                  symbology=spec.get("symbology", "ean13"),
-                                  aim_id=spec.get("aim_id", False),
-                                  terminator=spec.get("terminator", "CR"),
-                                  ground_truth_path=gt).start()
-        if kind == "scale":
-            return Scale(name, g.directory / name, seed=seed, reading_interval_s=0.05,
-                         ground_truth_path=gt).start()
-        if kind == "modbus":
-            regs = [dict(r) for r in spec.get("registers", [])] or None
-            for r in regs or []:
-                if "period_ms" in r:
-                    r["period_ms"] = max(1, int(r["period_ms"] / self.speed))
-            return ModbusPLC(name, regs, "127.0.0.1", 0, 1, seed, gt).start()
-        plc = OpcUaPLC(name, port=free_port(), seed=seed,
-                       period_ms=max(20, int(spec.get("period_ms", 1000) / self.speed)),
-                       ground_truth_path=gt, **({"variables": spec["variables"]}
-                                                if "variables" in spec else {}))
-        return plc.start()
+        return device_type(spec["type"]).emulate(name, spec, g.directory, seed, self.speed,
+                                                 g.ground_truth_dir / f"{name}.jsonl")
 
     def _board(self, g: Gateway) -> str:
         serial = "".join(f'{n} = "{g.directory / n}"\n' for n, s in self.scenario.devices.items()
-                         if s["type"] in ("scanner", "scale"))
+                         if device_type(s["type"]).SERIAL)
         return ('[board]\nname = "midshift simulator (virtual board)"\n'
                 f"[serial]\n{serial}"
                 '[journal]\npath = "journal"\nsegment_size = 65536\nsegment_count = 64\n')
@@ -197,29 +173,9 @@ class SimulatedSite:
                        f"priority = {10 * (i + 1)}\n"
                        + ("metered = true\n" if name in sc.metered else ""))
         for name, spec in sc.devices.items():
-            dev = g.devices[name]
             kind = spec["type"]
-            lines = [f"[devices.{name}]", f'type = "{kind}"']
-            if kind == "scanner":
-                lines += [f'port = "{name}"', f'terminator = "{spec.get("terminator", "CR")}"',
-                          f"aim_id = {'true' if spec.get('aim_id') else 'false'}"]
-            elif kind == "scale":
-                lines += [f'port = "{name}"', f"poll_ms = {spec.get('poll_ms', 100)}"]
-            elif kind == "modbus":
-                d = dev.describe()
-                lines += ['host = "127.0.0.1"', f"port = {d['port']}",
-                          f"poll_ms = {spec.get('poll_ms', 200)}"]
-                for r in d["registers"]:
-                    lines.append(f"[[devices.{name}.registers]]\n" + "".join(
-                        f'{k} = "{r[k]}"\n' for k in ("tag", "table", "type", "word_order")
-                        if r.get(k) is not None) + f"address = {r['address']}")
-            else:
-                d = dev.describe()
-                lines += [f'endpoint = "{d["endpoint"]}"',
-                          f"publishing_ms = {spec.get('publishing_ms', 50)}"]
-                for tag, node in d["nodes"].items():
-                    lines.append(f'[[devices.{name}.nodes]]\ntag = "{tag}"\nnode_id = "{node}"')
-            out.append("\n".join(lines))
+            out.append("\n".join([f"[devices.{name}]", f'type = "{kind}"',
+                                   *device_type(kind).site_table(name, spec, g.devices[name])]))
         return "\n\n".join(out) + "\n"
 
     # ---- tear down ---------------------------------------------------------------------

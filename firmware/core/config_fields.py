@@ -54,6 +54,22 @@ def no_unknown_keys(table, path, known):
             raise ConfigError("%s.%s" % (path, key), "is not a known key", ", ".join(sorted(known)))
 
 
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)  # a serial device's rates
+
+
+def baudrate_field(table, path):
+    return field(table, "baudrate", path, int, default=9600, choices=BAUDRATES)
+
+
+def latin1_field(table, key, path):
+    """Up to 16 8-bit characters (a scanner's prefix or suffix, STX and the like)."""
+    text = field(table, key, path, str, default="")
+    if len(text) > 16 or any(ord(c) > 0xFF for c in text):
+        raise ConfigError("%s.%s" % (path, key), "%r is not at most 16 8-bit characters" % text,
+                          'e.g. "\\u0002" for STX')
+    return text
+
+
 def positive(value):
     return value > 0
 

@@ -7,7 +7,8 @@ A body is compact JSON (UTF-8) with short keys, versioned by ``v``:
 ``t`` is the wall time (ms) at which the value was *read* from the device, not when it
 was converted or journaled; ``d`` holds the kind's fields (``code`` for a scan, ``weight``,
 ``unit`` and ``stable`` for a weight, ``tag`` and ``value`` for a register or OPC UA
-node). Identity (gateway, epoch, seq), class and HLC live in the frame header, not here.
+node). Identity (gateway, epoch, seq), class and HLC live in the frame header, not here:
+the class is the device's (its config), decided by the pipeline.
 """
 
 import json
@@ -16,12 +17,11 @@ BODY_VERSION = 1
 
 
 class Event:
-    def __init__(self, source, kind, read_ms, data, cls="txn"):
+    def __init__(self, source, kind, read_ms, data):
         self.source = source
         self.kind = kind
         self.read_ms = read_ms
         self.data = data
-        self.cls = cls
 
     def to_body(self):
         return encode_body(self.source, self.kind, self.read_ms, self.data)

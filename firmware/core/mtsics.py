@@ -22,10 +22,20 @@ Reply kinds (``MtReply.kind``):
 - ``malformed``: anything else: non-ASCII bytes, an unknown unit, a value that is not a
   decimal number, a line over ``MAX_LINE`` bytes. Never a weight. ``text`` is None.
 
+Above the reader, the scale's session, the same on both runtimes (``ScaleSession``):
+when a request is due, what a reply means for the device's state and counters, and which
+readings become ``weight`` events; and its config check (``check_config``). The gateway's
+``firmware/edges/scale.py`` and the node's ``firmware/mpy/uart_scale.py`` only move bytes
+and keep the state.
+
 Units accepted: ``UNITS``. Not modelled: level 2 and 3 replies with more fields (``SU``,
 ``SIX1``), tare replies, custom units, and the ``S I`` variants some models send with
 a value; those read as ``other`` or ``malformed`` and are counted, not guessed.
 """
+
+from firmware.core.config_fields import baudrate_field, field, no_unknown_keys
+from firmware.core.errors import ConfigError
+from firmware.core.event import Event
 
 UNITS = ("g", "kg", "mg", "t", "lb", "oz", "ozt", "ct", "dwt", "GN")
 ERROR_CODES = ("ES", "ET", "EL")
@@ -176,3 +186,179 @@ class MtSicsReader:
         """Drop a partial line (the port was closed or the scale went quiet)."""
         self._buf = b""
         self._discarding = False
+
+
+# -- the scale's session, shared by firmware/edges/scale.py and firmware/mpy/uart_scale.py
+
+DEFAULT_CLASS = "txn"  # a weighed item is a sale line or a goods-in: a transaction
+CONFIG_KEYS = ("port", "baudrate", "mode", "poll_command", "poll_ms", "timeout_ms",
+               "stable_only", "stale_s")
+ERROR_TEXT = {"ES": "syntax error", "ET": "transmission error", "EL": "logical error",
+              "S L": "command not executable with these parameters"}
+
+
+def check_config(table, path, port):
+    """A scale's ``[devices.NAME]`` table, normalized; ``ConfigError`` names the key.
+    ``port(table, path)`` checks the ``port`` key the runtime's way."""
+    no_unknown_keys(table, path, CONFIG_KEYS)
+    cfg = {
+        "port": port(table, path),
+        "baudrate": baudrate_field(table, path),
+        "mode": field(table, "mode", path, str, default="poll", choices=("poll", "listen")),
+        "poll_command": field(table, "poll_command", path, str, default="SI",
+                              choices=("SI", "S")),
+        "poll_ms": field(table, "poll_ms", path, int, default=250,
+                         check=lambda v: 10 <= v <= 600000, allowed="10 to 600000 ms"),
+        "timeout_ms": field(table, "timeout_ms", path, int, default=1000,
+                            check=lambda v: 10 <= v <= 600000, allowed="10 to 600000 ms"),
+        "stable_only": field(table, "stable_only", path, bool, default=True),
+        "stale_s": field(table, "stale_s", path, float, default=5.0, check=lambda v: v > 0,
+                         allowed="a number of seconds above 0"),
+    }
+    if cfg["stale_s"] * 1000 <= cfg["timeout_ms"]:
+        raise ConfigError(path + ".stale_s", "%r is not longer than timeout_ms %d" % (
+            cfg["stale_s"], cfg["timeout_ms"]), "more than timeout_ms / 1000 seconds")
+    return cfg
+
+
+class DeviceState:
+    """What a reply says about the scale: ``state`` ok or error, and why (``error``)."""
+
+    __slots__ = ("state", "error")
+
+    def __init__(self, state, error=None):
+        self.state = state
+        self.error = error
+
+    def __repr__(self):
+        return "DeviceState(%s, %r)" % (self.state, self.error)
+
+
+OK = DeviceState("ok")
+
+
+class ScaleSession:
+    """One scale's conversation: requests by the clock, replies to states and events.
+
+    ``opened(mono_ms)`` when the port (re)opens and ``due(mono_ms)`` on every turn of the
+    loop return the bytes to send now, or None; ``feed(data, mono_ms, wall_ms)`` returns
+    ``DeviceState`` and ``Event`` items in reply order. Counters go to ``count(name)``:
+    ``timeouts``, ``not_stable``, ``overloads``, ``underloads``, ``errors_es`` (``_et``,
+    ``_el``, ``_sl``), ``rejected_malformed``, ``other_replies``, ``dynamic_readings``,
+    ``repeated_readings``, ``zero_readings``.
+
+    The rule that makes one placed item one event: a stable reading (``S S``) is an
+    event when its shown value or unit differs from the previous stable reading (emitted
+    or not), and only above zero; polling a settled load again emits nothing, taking it
+    off (a zero reading) and putting it back emits it again. The memory survives silence,
+    faults and re-opened ports (an item still on the pan is not a new item), not a new
+    session object. Dynamic readings (``S D``) are events only with ``stable_only``
+    false, each distinct from the previous dynamic one, with ``"stable": false``.
+    Staleness and re-opening are the runtime's: it reads ``last_reply_ms``.
+    """
+
+    def __init__(self, source, settings, count):
+        self.source = source
+        self.count = count
+        self.poll_mode = settings["mode"] == "poll"
+        self.request = command(settings["poll_command"] if self.poll_mode else "SIR")
+        self.poll_ms = settings["poll_ms"]
+        self.timeout_ms = settings["timeout_ms"]
+        self.stable_only = settings["stable_only"]
+        self.reader = MtSicsReader()
+        self.awaiting_since = None  # monotonic ms of the request without a reply yet
+        self.next_poll_ms = None  # set by opened()
+        self.last_reply_ms = None
+        self._last_stable = None
+        self._last_dynamic = None
+
+    def opened(self, mono_ms):
+        """A port opened: polls start now; in listen mode ``SIR`` goes out at once."""
+        self.reader.reset()
+        self.awaiting_since = None
+        self.next_poll_ms = mono_ms
+        self.last_reply_ms = None
+        return None if self.poll_mode else self.request
+
+    def due(self, mono_ms):
+        """The poll to send now, or None; a request unanswered for ``timeout_ms`` counts
+        ``timeouts`` and is given up (a half reply, if any, will not be completed)."""
+        out = None
+        if self.poll_mode and self.awaiting_since is None and mono_ms >= self.next_poll_ms:
+            out = self.request
+            self.awaiting_since = mono_ms
+            self.next_poll_ms = max(self.next_poll_ms + self.poll_ms, mono_ms)
+        if self.awaiting_since is not None and mono_ms - self.awaiting_since >= self.timeout_ms:
+            self.count("timeouts")
+            self.awaiting_since = None
+            self.reader.reset()
+        return out
+
+    def resend(self, mono_ms):
+        """Listen mode, the stream stopped: ask for it again; silence counts from now."""
+        self.last_reply_ms = mono_ms
+        return self.request
+
+    def deadline_ms(self):
+        """When ``due`` next has something to do by the clock (a poll or a timeout)."""
+        if self.awaiting_since is not None:
+            return self.awaiting_since + self.timeout_ms
+        return self.next_poll_ms if self.poll_mode else None
+
+    def feed(self, data, mono_ms, wall_ms):
+        """States and events from the replies ``data`` completes; ``wall_ms`` is the time
+        of the read that brought them, the events' ``read_ms``."""
+        out = []
+        replies = self.reader.feed(data)
+        if replies:
+            self.last_reply_ms = mono_ms
+            self.awaiting_since = None
+        for reply in replies:
+            self._reply(reply, wall_ms, out)
+        return out
+
+    def _reply(self, reply, wall_ms, out):
+        kind = reply.kind
+        if kind == "weight":
+            out.append(OK)
+            event = self._weight(reply, wall_ms)
+            if event is not None:
+                out.append(event)
+        elif kind == "not_executable":
+            self.count("not_stable")
+            out.append(OK)
+        elif kind == "overload":
+            self.count("overloads")
+            out.append(DeviceState("error", "overload (S +): load above the weighing range"))
+        elif kind == "underload":
+            self.count("underloads")
+            out.append(DeviceState("error", "underload (S -): pan missing or load below zero "
+                                   "range"))
+        elif kind == "error":
+            code = str(reply.code)
+            self.count("errors_" + code.replace(" ", "").lower())
+            out.append(DeviceState("error", "scale replied %s (%s)" % (
+                code, ERROR_TEXT.get(code, ""))))
+        elif kind == "malformed":
+            self.count("rejected_malformed")
+            out.append(DeviceState("error", "malformed reply (wrong baud rate or not MT-SICS?)"))
+        else:
+            self.count("other_replies")
+
+    def _weight(self, reply, wall_ms):
+        key = (reply.value_text, reply.unit)
+        if reply.stable:
+            if key == self._last_stable:
+                self.count("repeated_readings")
+                return None
+            self._last_stable = key
+            if reply.weight is None or reply.weight <= 0:
+                self.count("zero_readings")
+                return None
+        else:
+            self.count("dynamic_readings")
+            if self.stable_only or key == self._last_dynamic:
+                return None
+            self._last_dynamic = key
+        return Event(self.source, "weight", wall_ms,
+                     {"weight": reply.weight, "unit": reply.unit, "stable": reply.stable})

@@ -11,16 +11,19 @@ a key. Nothing starts until every key has been checked; the first problem is rai
 ``ConfigError`` naming the key path, what is wrong and what is allowed (the loader adds
 the file it came from).
 
-This module does no I/O: it gets the merged dict and, for the device tables, a map from
-device type to that driver's ``validate_config(name, table, path)``.
+This module does no I/O and knows no device type: it gets the merged dict and the device
+types the runtime has, a mapping from type name to a ``DeviceType`` (default record class
+and the check of a ``[devices.NAME]`` table). A type that is not in it is refused with
+the list of those that are. The gateway's loader finds its types by name
+(``firmware/edges/<type>.py``, see ``firmware/edges/device_types.py``); the MicroPython
+node hands its own two (``firmware/mpy/node_config.py``).
 """
 
 from firmware.core.broker_url import URL_FORMS, BrokerUrlError, parse_broker_url
 from firmware.core.config_fields import field, no_unknown_keys, positive
 from firmware.core.errors import ConfigError
 
-DEVICE_TYPES = ("scanner", "scale", "modbus", "opcua")
-DEFAULT_CLASS = {"scanner": "txn", "scale": "txn", "modbus": "telemetry", "opcua": "telemetry"}
+CLASSES = ("txn", "telemetry")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock", "machine")  # machine: MicroPython node
 SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
             "status", "uart", "wifi")
@@ -38,6 +41,16 @@ def _name_ok(text):
 
 
 NAME_RULE = "1 to 32 letters, digits, '_' or '-'"
+
+
+class DeviceType:
+    """What the config check needs of a device type: its default record class (``txn`` or
+    ``telemetry``) and ``check(name, table, path)``, which returns the normalized table
+    (without ``type``, ``class`` and ``enabled``) or raises ``ConfigError``."""
+
+    def __init__(self, default_class, check):
+        self.default_class = default_class
+        self.check = check
 
 
 class DeviceConfig:
@@ -125,9 +138,9 @@ def _table(doc, key, required=True):
     return value
 
 
-def validate(doc, validators):
-    """A ``SiteConfig`` from the merged dict; ``validators``: device type -> callable
-    ``(name, table, path) -> normalized table``. Raises ConfigError."""
+def validate(doc, device_types):
+    """A ``SiteConfig`` from the merged dict; ``device_types``: type name -> ``DeviceType``
+    (any mapping with ``get`` and iteration over the names). Raises ConfigError."""
     no_unknown_keys(doc, "(top level)", SECTIONS)
     cfg = SiteConfig()
     gw = _table(doc, "gateway")
@@ -164,7 +177,7 @@ def validate(doc, validators):
     if not devices:
         raise ConfigError("devices", "has no device", "one [devices.NAME] table per device")
     for name in devices:
-        cfg.devices.append(_device(name, devices[name], cfg, validators))
+        cfg.devices.append(_device(name, devices[name], cfg, device_types))
 
     uplinks = _table(doc, "uplinks", False)
     for name in uplinks:
@@ -234,15 +247,18 @@ def _journal(table):
                                check=lambda v: 0 <= v <= 100, allowed="0 to 100"))
 
 
-def _device(name, table, cfg, validators):
+def _device(name, table, cfg, device_types):
     p = "devices.%s" % name
     if not _name_ok(name):
         raise ConfigError(p, "is not a valid device name", NAME_RULE)
     if not isinstance(table, dict):
         raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
-    dtype = field(table, "type", p, str, choices=DEVICE_TYPES)
-    cls = field(table, "class", p, str, default=DEFAULT_CLASS[dtype],
-                choices=("txn", "telemetry"))
+    dtype = field(table, "type", p, str)
+    kind = device_types.get(dtype)
+    if kind is None:
+        raise ConfigError(p + ".type", "%r is not a device type on this build" % (dtype,),
+                          ", ".join(sorted(device_types)))
+    cls = field(table, "class", p, str, default=kind.default_class, choices=CLASSES)
     enabled = field(table, "enabled", p, bool, default=True)
     rest = {}
     for k, v in table.items():
@@ -251,11 +267,7 @@ def _device(name, table, cfg, validators):
     port = rest.get("port")
     if isinstance(port, str) and port in cfg.serial:
         rest["port"] = cfg.serial[port]  # a name from the board's [serial] table
-    check = validators.get(dtype)
-    if check is None:
-        raise ConfigError(p + ".type", "%r has no driver on this build" % dtype,
-                          ", ".join(sorted(validators)))
-    settings = check(name, rest, p)
+    settings = kind.check(name, rest, p)
     settings = dict(settings) if settings is not None else rest
     settings["enabled"] = enabled
     return DeviceConfig(name, dtype, cls, settings)

@@ -3,34 +3,21 @@
 The site file names its board with a top-level ``board_config = "NAME"`` (a file in
 ``board_configs/``) or a path (relative to the site file); ``--board`` overrides it.
 Relative paths inside the files (journal directory) are taken relative to the file that
-set them. Errors name the file the offending key came from.
+set them. Errors name the file the offending key came from. Device types are found by
+name (``firmware/edges/device_types.py``): only the types the config uses are imported.
 """
 
 from __future__ import annotations
 
-import importlib
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from firmware.core.errors import ConfigError
 from firmware.core.site_config import SiteConfig, merge, validate
+from firmware.edges.device_types import EdgeDeviceTypes
 
 BOARD_DIR = Path(__file__).resolve().parents[2] / "board_configs"
-
-# device type -> the driver class (module:Class), imported only when a config uses it
-DRIVERS = {
-    "scanner": "firmware.edges.serial_scanner:BarcodeScannerDriver",
-    "scale": "firmware.edges.scale:ScaleDriver",
-    "modbus": "firmware.edges.modbus:ModbusDriver",
-    "opcua": "firmware.edges.opcua:OpcUaDriver",
-}
-
-
-def driver_class(dtype: str) -> type:
-    module, _, cls = DRIVERS[dtype].partition(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -52,22 +39,6 @@ def _board_path(ref: str, site_path: Path) -> Path:
     return p if p.is_absolute() else site_path.parent / p
 
 
-def _validators(doc: dict[str, Any]) -> dict[str, Callable[..., Any]]:
-    """Validators for the device types the config uses (importing only those drivers)."""
-    used = {t.get("type") for t in (doc.get("devices") or {}).values() if isinstance(t, dict)}
-    out = {}
-    for dtype in DRIVERS:
-        if dtype in used:
-            out[dtype] = driver_class(dtype).validate_config
-        else:
-            out[dtype] = _unused
-    return out
-
-
-def _unused(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
-    return table
-
-
 def load_config(site_path: str | Path, board_path: str | Path | None = None) -> SiteConfig:
     site_path = Path(site_path)
     site = _read_toml(site_path, "site config")
@@ -85,7 +56,7 @@ def load_config(site_path: str | Path, board_path: str | Path | None = None) -> 
     _relative_paths(site, site_path)
     doc = merge(board, site)
     try:
-        cfg = validate(doc, _validators(doc))
+        cfg = validate(doc, EdgeDeviceTypes())
         if cfg.pins:
             from firmware.edges.gpio import validate_pins  # gpiozero only for boards with pins
             cfg.pins = validate_pins(cfg.pins)

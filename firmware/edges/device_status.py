@@ -4,9 +4,12 @@ The contract between drivers and the rest of the agent:
 
 - A driver is built as ``Driver(name, cfg, emit, clock)``: ``cfg`` is the device's validated
   table from the site config, ``emit(event)`` hands one ``firmware.core.event.Event`` to
-  the pipeline and returns once it is durable (it raises a ``MidshiftError`` such as
-  ``JournalFull`` when the event is refused), ``clock`` has ``now_ms()`` (wall) and
+  the pipeline and returns its seq once it is durable (it raises a ``MidshiftError`` such
+  as ``JournalFull`` when the event is refused; ``Driver.emit`` turns either into an
+  ``Emitted`` with a stable reason), ``clock`` has ``now_ms()`` (wall) and
   ``monotonic_ms()``.
+- The driver's module (``firmware/edges/<type>.py``) exports ``TYPE``, ``DEFAULT_CLASS``
+  and ``DRIVER``; the config loader and the agent find it by the type's name.
 - ``start()`` starts its thread(s) and returns at once; ``stop()`` stops them and releases
   every port, socket and thread within a few seconds; ``status`` is a ``DeviceStatus``.
 - An event's ``read_ms`` is the wall time the value was read from the device, never the

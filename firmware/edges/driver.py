@@ -6,7 +6,19 @@ staticmethod returning the normalized table or raising ``ConfigError``) and impl
 may close a port or socket to wake a blocking read when the driver is stopped.
 
 ``emit(event)`` is the only way an event leaves a driver: it stamps nothing itself (the
-pipeline does), counts what happened, and never lets a refusal kill the driver's loop.
+pipeline does), counts what happened, and never lets a refusal kill the driver's loop. It
+returns an ``Emitted``: accepted (durable, with its ``seq``) or refused with a stable
+``reason`` a source can pass on to its own client (a till answering its POS):
+
+- ``journal_full``: no room for the record's class (a ``txn`` is never made room for by
+  overwriting unacknowledged ones);
+- ``invalid:<reason>``: the pipeline refused the event (``unknown_source``, ``bad_kind``,
+  ``bad_time``, ``bad_data``, ``too_large``); sending it again will not help;
+- ``storage``: the flash failed or the record was not durable in time;
+- otherwise the error's ``code``.
+
+A module ``firmware/edges/<type>.py`` that holds a driver exports it as ``DRIVER``, with
+``TYPE`` and ``DEFAULT_CLASS`` (``firmware/edges/device_types.py`` finds it by name).
 """
 
 from __future__ import annotations
@@ -16,8 +28,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from firmware.core.errors import MidshiftError
+from firmware.core.errors import JournalFull, MidshiftError, StorageError
 from firmware.core.event import Event
+from firmware.core.pipeline import InvalidEvent
 from firmware.edges.device_status import DeviceStatus
 
 log = logging.getLogger(__name__)
@@ -30,6 +43,44 @@ class Clock(Protocol):
 
 
 Emit = Callable[[Event], Any]
+
+
+class Emitted:
+    """What became of one event: ``ok`` with the journal's ``seq``, or a refusal with a
+    stable ``reason`` (see the module docstring) and the error's text. True if accepted."""
+
+    __slots__ = ("seq", "reason", "text")
+
+    def __init__(self, seq: int | None = None, reason: str | None = None,
+                 text: str = "") -> None:
+        self.seq = seq
+        self.reason = reason
+        self.text = text
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @classmethod
+    def refused(cls, exc: MidshiftError) -> Emitted:
+        return cls(reason=refusal_reason(exc), text=str(exc))
+
+    def __repr__(self) -> str:
+        return f"Emitted(seq={self.seq})" if self.ok else f"Emitted(refused {self.reason})"
+
+
+def refusal_reason(exc: MidshiftError) -> str:
+    """The stable reason code of a refused event."""
+    if isinstance(exc, InvalidEvent):
+        return f"invalid:{exc.reason}"
+    if isinstance(exc, JournalFull):
+        return "journal_full"
+    if isinstance(exc, StorageError):
+        return "storage"
+    return exc.code
 
 
 class Driver:
@@ -88,18 +139,19 @@ class Driver:
             level = logging.INFO if state == "ok" else logging.WARNING
             log.log(level, "%s: %s%s", self.name, state, f" ({error})" if error else "")
 
-    def emit(self, event: Event) -> bool:
-        """Hand ``event`` to the pipeline; False (counted, logged) if it was refused."""
+    def emit(self, event: Event) -> Emitted:
+        """Hand ``event`` to the pipeline: accepted with its seq, or refused (counted,
+        logged) with the reason."""
         try:
-            self._emit_fn(event)
+            seq = self._emit_fn(event)
         except MidshiftError as exc:
             self.status.count("refused")
             self.status.count(f"refused_{exc.code}")
             self.status.set(self.status.state, self.clock.now_ms(), f"event refused: {exc}")
             log.error("%s: event refused: %s", self.name, exc)
-            return False
+            return Emitted.refused(exc)
         self.status.count("events")
-        return True
+        return Emitted(seq if isinstance(seq, int) else None)
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; True if the driver is being stopped."""

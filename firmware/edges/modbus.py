@@ -1,4 +1,7 @@
-"""Modbus TCP driver: polls a PLC's register map with pymodbus and emits changes.
+"""Device type ``modbus``: a Modbus TCP PLC whose register map is polled (pymodbus).
+
+Each poll's changes become ``register`` events. Exports ``TYPE``, ``DEFAULT_CLASS`` and
+``DRIVER``, as every ``firmware/edges/<type>.py``.
 
 Config (``[devices.NAME]``, type ``modbus``):
 
@@ -330,7 +333,7 @@ class ModbusDriver(Driver):
                 return
         accepted = self.emit(Event(self.name, "register", read_ms, {
             "tag": tag, "value": value, "address": r["address"], "table": r["table"]}))
-        if accepted:
+        if accepted.ok:
             self._last[tag] = value
 
     def _check_stale(self) -> None:
@@ -340,3 +343,8 @@ class ModbusDriver(Driver):
         if quiet_s > self.cfg["stale_s"] and self.status.state != "stale" and (
                 self._link_up or self.status.state in ("ok", "error")):
             self.set_state("stale", f"no answer for {quiet_s:.1f} s")
+
+
+TYPE = "modbus"
+DEFAULT_CLASS = "telemetry"  # values a PLC reports again: state, not transactions
+DRIVER = ModbusDriver

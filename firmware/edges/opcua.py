@@ -1,4 +1,7 @@
-"""OPC UA driver: data-change notifications from a subscription become ``opcua`` events.
+"""Device type ``opcua``: an OPC UA server whose data-change notifications become events.
+
+Events of kind ``opcua``. Exports ``TYPE``, ``DEFAULT_CLASS`` and ``DRIVER``, as every
+``firmware/edges/<type>.py``.
 
 The driver's thread runs its own asyncio loop with one asyncua ``Client``. After the
 session is up it creates one subscription (``publishing_ms``) with one monitored item per
@@ -429,3 +432,8 @@ class OpcUaDriver(Driver):
 
 def _text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+TYPE = "opcua"
+DEFAULT_CLASS = "telemetry"  # values a PLC reports again: state, not transactions
+DRIVER = OpcUaDriver

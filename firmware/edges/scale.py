@@ -1,4 +1,6 @@
-"""MT-SICS scale driver: weights from a pyserial port become ``weight`` events.
+"""Device type ``scale``: an MT-SICS scale on a pyserial port; weights become ``weight`` events.
+
+Exports ``TYPE``, ``DEFAULT_CLASS`` and ``DRIVER``, as every ``firmware/edges/<type>.py``.
 
 Two modes:
 
@@ -9,7 +11,9 @@ Two modes:
 - ``listen``: the scale streams (``SIR``, sent on every open, or its own continuous
   setting) and the driver reads.
 
-Replies are parsed by the core's ``firmware/core/mtsics.py``.
+Replies, requests by the clock, the states replies imply and the event rule below are
+the core's ``ScaleSession`` (``firmware/core/mtsics.py``), shared with the MicroPython
+node; this module moves bytes, stamps times and handles staleness and re-opening.
 
 Which readings become events, the rule that makes one placed item one event:
 
@@ -40,7 +44,7 @@ States and counters:
   wedged), ``SIR`` sent again in listen mode. A scale that never answered since the port
   opened stays ``disconnected``. ``disconnected`` also when the port cannot be opened or
   fails (unplugged, or a write not taken within 1 s): re-opened with a backoff, see
-  ``serial_scanner.SerialLink``.
+  ``serial_port.SerialLink``.
 - An event the pipeline refuses (``JournalFull``) is counted by ``Driver.emit`` and lost;
   the reading is not retried (it would be a new read, and is, at the next poll).
 
@@ -56,25 +60,12 @@ from typing import Any
 
 import serial
 
-from firmware.core.config_fields import field, no_unknown_keys
-from firmware.core.errors import ConfigError
+from firmware.core import mtsics
 from firmware.core.event import Event
-from firmware.core.mtsics import MtReply, MtSicsReader, command
 from firmware.edges.driver import Clock, Driver, Emit
-from firmware.edges.serial_port import (
-    READ_SLICE_S,
-    SerialLink,
-    baudrate_field,
-    port_field,
-    stale_field,
-)
+from firmware.edges.serial_port import READ_SLICE_S, SerialLink, port_field
 
 log = logging.getLogger(__name__)
-
-SCALE_KEYS = ("port", "baudrate", "mode", "poll_command", "poll_ms", "timeout_ms",
-              "stable_only", "stale_s")
-ERROR_TEXT = {"ES": "syntax error", "ET": "transmission error", "EL": "logical error",
-              "S L": "command not executable with these parameters"}
 
 
 class ScaleDriver(Driver):
@@ -82,37 +73,18 @@ class ScaleDriver(Driver):
 
     def __init__(self, name: str, cfg: dict[str, Any], emit: Emit, clock: Clock) -> None:
         super().__init__(name, cfg, emit, clock)
-        self.reader = MtSicsReader()
+        # The session outlives a re-opened port: an item still on the pan is not new.
+        self.session = mtsics.ScaleSession(name, cfg, self.status.count)
         # Short enough reads that a poll goes out within a quarter of poll_ms of its time.
         slice_s = max(0.005, min(READ_SLICE_S, cfg["poll_ms"] / 4000))
         self.link = SerialLink(self, cfg["port"], cfg["baudrate"], slice_s)
-        self._poll = cfg["mode"] == "poll"
-        self._request = command(cfg["poll_command"] if self._poll else "SIR")
         self._stale_ms = int(cfg["stale_s"] * 1000)
-        self._last_stable: tuple[str | None, str | None] | None = None
-        self._last_dynamic: tuple[str | None, str | None] | None = None
 
     @staticmethod
     def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
-        """The ``[devices.NAME]`` table of a scale, normalized; ``ConfigError`` if wrong."""
-        no_unknown_keys(table, path, SCALE_KEYS)
-        cfg: dict[str, Any] = {
-            "port": port_field(table, path),
-            "baudrate": baudrate_field(table, path),
-            "mode": field(table, "mode", path, str, default="poll", choices=("poll", "listen")),
-            "poll_command": field(table, "poll_command", path, str, default="SI",
-                                  choices=("SI", "S")),
-            "poll_ms": field(table, "poll_ms", path, int, default=250,
-                             check=lambda v: 10 <= v <= 600000, allowed="10 to 600000 ms"),
-            "timeout_ms": field(table, "timeout_ms", path, int, default=1000,
-                                check=lambda v: 10 <= v <= 600000, allowed="10 to 600000 ms"),
-            "stable_only": field(table, "stable_only", path, bool, default=True),
-            "stale_s": stale_field(table, path, 5.0),
-        }
-        if cfg["stale_s"] * 1000 <= cfg["timeout_ms"]:
-            raise ConfigError(path + ".stale_s", (
-                f"{cfg['stale_s']!r} is not longer than timeout_ms {cfg['timeout_ms']}"), "more than timeout_ms / 1000 seconds")
-        return cfg
+        """The ``[devices.NAME]`` table of a scale, normalized; ``ConfigError`` if wrong:
+        the core's check (``mtsics.check_config``) with a pyserial port."""
+        return mtsics.check_config(table, path, port_field)
 
     # -- loop ----------------------------------------------------------------------
 
@@ -122,95 +94,49 @@ class ScaleDriver(Driver):
             if port is None:
                 continue
             try:
-                self._session(port)
+                self._talk(port)
             except (serial.SerialException, OSError) as exc:
                 if not self._stopping.is_set():
                     self.link.lost(exc)
             finally:
-                self.reader.reset()
                 self.link.close()
 
     def _interrupt(self) -> None:
         self.link.interrupt()
 
-    def _session(self, port: serial.SerialBase) -> None:
+    def _talk(self, port: serial.SerialBase) -> None:
         """Talk to the scale until the port fails, it goes silent for 2 x stale_s, or stop."""
         mono = self.clock.monotonic_ms
+        session = self.session
         opened_ms = mono()
-        last_reply_ms: int | None = None
-        awaiting_since: int | None = None
-        next_poll_ms = opened_ms
-        if not self._poll:
-            port.write(self._request)
+        first = session.opened(opened_ms)
+        if first:
+            port.write(first)
         while not self._stopping.is_set():
             now = mono()
-            if self._poll and awaiting_since is None and now >= next_poll_ms:
-                port.write(self._request)
-                awaiting_since = now
-                next_poll_ms = max(next_poll_ms + self.cfg["poll_ms"], now)
-            if awaiting_since is not None and now - awaiting_since >= self.cfg["timeout_ms"]:
-                self.status.count("timeouts")
-                awaiting_since = None
-                self.reader.reset()  # a half reply, if any, will not be completed
-            silent_ms = now - (last_reply_ms if last_reply_ms is not None else opened_ms)
+            request = session.due(now)
+            if request:
+                port.write(request)
+            last = session.last_reply_ms
+            silent_ms = now - (last if last is not None else opened_ms)
             if silent_ms >= 2 * self._stale_ms:
                 self.status.count("no_answer")
-                self.set_state("disconnected", f"no answer for {silent_ms / 1000:.1f} s: re-opening the port")
+                self.set_state("disconnected",
+                               f"no answer for {silent_ms / 1000:.1f} s: re-opening the port")
                 return
-            if last_reply_ms is not None and silent_ms >= self._stale_ms:
+            if last is not None and silent_ms >= self._stale_ms:
                 self.set_state("stale", f"no answer for {silent_ms / 1000:.1f} s")
             data = port.read(port.in_waiting or 1)
             if not data:
                 continue
             wall = self.clock.now_ms()
-            replies = self.reader.feed(data)
-            if replies:
-                last_reply_ms = mono()
-                awaiting_since = None
-            for reply in replies:
-                self._handle(reply, wall)
+            for item in session.feed(data, mono(), wall):
+                if isinstance(item, Event):
+                    self.emit(item)
+                else:
+                    self.set_state(item.state, item.error)
 
-    # -- replies -------------------------------------------------------------------
 
-    def _handle(self, reply: MtReply, read_ms: int) -> None:
-        kind = reply.kind
-        if kind == "weight":
-            self.set_state("ok")
-            self._weight(reply, read_ms)
-        elif kind == "not_executable":
-            self.status.count("not_stable")
-            self.set_state("ok")
-        elif kind == "overload":
-            self.status.count("overloads")
-            self.set_state("error", "overload (S +): load above the weighing range")
-        elif kind == "underload":
-            self.status.count("underloads")
-            self.set_state("error", "underload (S -): pan missing or load below zero range")
-        elif kind == "error":
-            code = str(reply.code)
-            self.status.count("errors_" + code.replace(" ", "").lower())
-            self.set_state("error", f"scale replied {code} ({ERROR_TEXT.get(code, '')})")
-        elif kind == "malformed":
-            self.status.count("rejected_malformed")
-            self.set_state("error", "malformed reply (wrong baud rate or not MT-SICS?)")
-        else:
-            self.status.count("other_replies")
-
-    def _weight(self, reply: MtReply, read_ms: int) -> None:
-        key = (reply.value_text, reply.unit)
-        if reply.stable:
-            if key == self._last_stable:
-                self.status.count("repeated_readings")
-                return
-            self._last_stable = key
-            if reply.weight is None or reply.weight <= 0:
-                self.status.count("zero_readings")
-                return
-        else:
-            self.status.count("dynamic_readings")
-            if self.cfg["stable_only"] or key == self._last_dynamic:
-                return
-            self._last_dynamic = key
-        self.emit(Event(source=self.name, kind="weight", read_ms=read_ms,
-                        data={"weight": reply.weight, "unit": reply.unit,
-                              "stable": reply.stable}))
+TYPE = "scale"
+DEFAULT_CLASS = mtsics.DEFAULT_CLASS
+DRIVER = ScaleDriver

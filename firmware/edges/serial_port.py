@@ -1,6 +1,6 @@
 """A serial port that comes and goes: pyserial opened by URL, reopened with a backoff,
-woken on stop; and the config fields every serial device shares (port, baudrate,
-stale time).
+woken on stop; and the config fields a gateway's serial devices share (a pyserial port,
+a stale time; the baud rate is the core's ``config_fields.baudrate_field``).
 
 The port is any pyserial URL or path (``serial_for_url``): ``/dev/serial/by-id/...``, a
 pty's stable link in the simulator, ``socket://127.0.0.1:4001`` behind a serial server.
@@ -20,7 +20,6 @@ from firmware.edges.driver import Driver
 
 log = logging.getLogger(__name__)
 
-BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 URL_SCHEMES = ("socket", "rfc2217", "loop", "spy", "hwgrep", "alt")  # pyserial's handlers
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 2.0
@@ -40,10 +39,6 @@ def port_field(table: dict[str, Any], path: str) -> str:
             raise ConfigError(path + ".port", f"{port!r} has an unknown URL scheme {scheme!r}",
                               ", ".join(s + "://" for s in URL_SCHEMES))
     return port
-
-
-def baudrate_field(table: dict[str, Any], path: str) -> int:
-    return field(table, "baudrate", path, int, default=9600, choices=BAUDRATES)
 
 
 def stale_field(table: dict[str, Any], path: str, default: float | None) -> float | None:
@@ -114,6 +109,3 @@ class SerialLink:
             port = self.port
             if port is not None and hasattr(port, "cancel_read"):
                 port.cancel_read()
-
-
-# -- the scanner ---------------------------------------------------------------------

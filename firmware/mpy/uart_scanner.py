@@ -1,10 +1,9 @@
 """A serial barcode scanner on a ``machine.UART``: lines become ``scan`` events.
 
-The MicroPython counterpart of ``firmware/edges/serial_scanner.py``, with the same
-framing and rejection rules (the core's ``ScanLineFramer``; every reason is in
-``firmware/core/scan_line.py``) and the same event: kind ``scan``, data ``{"code": str,
-"symbology": "]E0" or None}``, ``read_ms`` the wall time of the read that brought the
-line's terminator.
+The MicroPython counterpart of ``firmware/edges/scanner.py``, with the same framing,
+rejection rules and event (the core's ``firmware/core/scan_line.py``: ``framer_for``,
+``take``): kind ``scan``, data ``{"code": str, "symbology": "]E0" or None}``, ``read_ms``
+the wall time of the read that brought the line's terminator.
 
 ``poll(mono_ms, wall_ms)`` never blocks: it takes what the UART holds (``any()``, then
 ``read(n)``) and returns the events it completes; the main loop calls it between every
@@ -22,8 +21,7 @@ got shorter can pass. Size ``rxbuf`` for the uplink's timeout at the scanner's b
 Counters: ``bytes``, ``scans``, ``rejected``, ``rejected_<reason>``.
 """
 
-from firmware.core.event import Event
-from firmware.core.scan_line import TERMINATORS, ScanLineFramer
+from firmware.core import scan_line
 
 READ_MAX = 512  # bytes taken per poll: bounds the RAM one read costs
 
@@ -34,12 +32,7 @@ class UartScanner:
     def __init__(self, name, uart, settings):
         self.name = name
         self.uart = uart
-        self.framer = ScanLineFramer(
-            terminator=TERMINATORS[settings["terminator"]],
-            prefix=_latin1(settings["prefix"]), suffix=_latin1(settings["suffix"]),
-            min_length=settings["min_length"], max_length=settings["max_length"],
-            charset=settings["charset"], aim_id=settings["aim_id"],
-            inter_char_timeout_ms=settings["inter_char_timeout_ms"])
+        self.framer = scan_line.framer_for(settings)
         self.counters = {"bytes": 0, "scans": 0, "rejected": 0}
         self.last_error = None
 
@@ -54,16 +47,12 @@ class UartScanner:
         else:
             lines = self.framer.expire(mono_ms)
         for line in lines:
-            if line.ok:
-                self.counters["scans"] += 1
+            event = scan_line.take(line, self.name, wall_ms, self._count)
+            if event is not None:
                 self.last_error = None
-                out.append(Event(self.name, "scan", wall_ms,
-                                 {"code": line.code, "symbology": line.symbology}))
+                out.append(event)
             else:
-                self._count("rejected")
-                self._count("rejected_" + line.reason)
-                # The reason and length only: a rejected line may hold a card number.
-                self.last_error = "line rejected: %s (%d bytes)" % (line.reason, line.length)
+                self.last_error = scan_line.rejection_text(line)
         return out
 
     def deadline_ms(self):
@@ -82,7 +71,3 @@ class UartScanner:
             self.uart.deinit()
         except (AttributeError, OSError):
             pass
-
-
-def _latin1(text):
-    return bytes(ord(c) for c in text)

@@ -43,8 +43,9 @@ import threading
 import time
 import tty
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+from simulator.ground_truth import GroundTruthLog
 from simulator.runtime_dir import runtime_dir
 
 log = logging.getLogger(__name__)
@@ -326,3 +327,68 @@ def pty_device_config(name: str, kind: str, cfg: dict[str, Any], config_keys: tu
 
 def config_error(name: str, key: str, value: Any, expected: str) -> ValueError:
     return ValueError(f"devices.{name}.{key}: {value!r} is not {expected}")
+
+
+class PtyDevice:
+    """The life cycle the serial emulators share: one pty, one ground-truth log, one thread.
+
+    A subclass sets ``kind`` and ``config_keys`` and, in its ``__init__``, ``name``,
+    ``port`` (a ``PtyPort``), ``ground_truth`` (a ``GroundTruthLog``) and ``_truth_lock``
+    (held while a write and its ground-truth entry happen, so ``truth()`` matches the wire),
+    then calls ``_init_life()``; it implements ``_run()``, which returns soon after
+    ``_stop`` is set.
+    """
+
+    kind = "device"
+    config_keys: tuple[str, ...] = ()
+    name: str
+    port: PtyPort
+    ground_truth: GroundTruthLog
+    _truth_lock: threading.Lock
+
+    def _init_life(self) -> None:
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    @classmethod
+    def from_config(cls, name: str, cfg: dict[str, Any],
+                    ground_truth_dir: str | Path | None) -> Self:
+        """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``."""
+        path, kwargs, gt = pty_device_config(name, cls.kind, cfg, cls.config_keys,
+                                             ground_truth_dir)
+        return cls(name, path, ground_truth_path=gt, **kwargs)
+
+    def start(self) -> Self:
+        if self._thread is not None or self._stopped:
+            raise RuntimeError(f"{self.kind} {self.name}: start() once per instance")
+        self.port.open()
+        self._thread = threading.Thread(target=self._run, name=f"{self.kind}-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the thread, close the pty (the link goes) and the ground-truth file."""
+        self._stop.set()
+        self.port.interrupt()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._stopped = True
+        self.port.close()
+        self.ground_truth.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def truth(self) -> list[dict[str, Any]]:
+        """The ground-truth entries so far, consistent with the wire: everything a client
+        has received is in it."""
+        with self._truth_lock:
+            return list(self.ground_truth.entries)
+
+    def _run(self) -> None:
+        raise NotImplementedError

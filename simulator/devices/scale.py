@@ -56,7 +56,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulator.devices.pty_port import PtyPort, config_error, pty_device_config
+from simulator.devices import rounded
+from simulator.devices.pty_port import PtyDevice, PtyPort, config_error
 from simulator.ground_truth import GroundTruthLog
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-class Scale:
+class Scale(PtyDevice):
     """MT-SICS scale emulator; see the module docstring."""
 
     kind = "scale"
+    config_keys = CONFIG_KEYS
 
     def __init__(self, name: str, link_path: str | Path, *, seed: int = 0, unit: str = "g",
                  decimals: int = 2, capacity_g: float = 6200.0, settle_readings: int = 3,
@@ -149,49 +151,8 @@ class Scale:
         self._faults: set[str] = set()
         self._continuous = continuous
         self._last_logged: tuple[int, str, float | None] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._stopped = False
-
-    @classmethod
-    def from_config(cls, name: str, cfg: dict[str, Any],
-                    ground_truth_dir: str | Path | None) -> Scale:
-        """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``."""
-        path, kwargs, gt = pty_device_config(name, cls.kind, cfg, CONFIG_KEYS,
-                                             ground_truth_dir)
-        return cls(name, path, ground_truth_path=gt, **kwargs)
-
-    # -- life cycle ------------------------------------------------------------------
-
-    def start(self) -> Scale:
-        if self._thread is not None or self._stopped:
-            raise RuntimeError(f"scale {self.name}: start() once per instance")
-        self.port.open()
-        self._thread = threading.Thread(target=self._run, name=f"scale-{self.name}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the thread, close the pty (the link goes) and the ground-truth file."""
-        self._stop.set()
-        self.port.interrupt()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._stopped = True
-        self.port.close()
-        self.ground_truth.close()
-
-    def __enter__(self) -> Scale:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def truth(self) -> list[dict[str, Any]]:
-        """The ground-truth entries so far, consistent with the wire: every reply a client
-        has received is in it (a reply and its entry are one step under a lock)."""
-        with self._io_lock:
-            return list(self.ground_truth.entries)
+        self._truth_lock = self._io_lock
+        self._init_life()
 
     def describe(self) -> dict[str, Any]:
         with self._lock:
@@ -415,3 +376,35 @@ class Scale:
                     ignoring = "no_answer" in self._faults
                 if cmd and not ignoring:
                     self._command(cmd)
+
+
+# ---- the device type ``scale`` (simulator/devices/__init__.py says what each name is for)
+
+TYPE = "scale"
+EMULATOR = Scale
+TRANSACTION = True
+SERIAL = True
+# loads_per_min: items weighed per scenario minute (min_g to max_g); each is placed,
+# settles and is removed by the timeline.
+SCENARIO_KEYS = ("loads_per_min", "min_g", "max_g", "poll_ms")
+SCENARIO_NUMBERS = {"loads_per_min": (4, 0, 120)}
+
+
+def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: float,
+            ground_truth: Path) -> Scale:
+    return Scale(name, directory / name, seed=seed, reading_interval_s=0.05,
+                 ground_truth_path=ground_truth).start()
+
+
+def site_table(name: str, spec: dict[str, Any], device: Scale) -> list[str]:
+    return [f'port = "{name}"', f"poll_ms = {spec.get('poll_ms', 100)}"]
+
+
+def truth_value(entry: dict[str, Any]) -> Any:
+    v = entry.get("value")  # grams
+    return rounded(float(v)) if v is not None else None
+
+
+def ledger_value(data: dict[str, Any]) -> Any:
+    w = data.get("weight")
+    return rounded(float(w) * UNITS.get(data.get("unit", "g"), 1.0)) if w is not None else None

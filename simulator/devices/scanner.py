@@ -39,7 +39,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from simulator.devices.pty_port import PtyPort, config_error, pty_device_config
+from firmware.core.redact import redact_text
+from simulator.devices.pty_port import PtyDevice, PtyPort, config_error
 from simulator.ground_truth import GroundTruthLog
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,11 @@ def ean13_check_digit(first12: str) -> str:
 
 
 
-class BarcodeScanner:
+class BarcodeScanner(PtyDevice):
     """Serial barcode scanner emulator; see the module docstring."""
 
     kind = "scanner"
+    config_keys = CONFIG_KEYS
 
     def __init__(self, name: str, link_path: str | Path, *, seed: int = 0,
                  symbology: str = "ean13", prefix: str = "", suffix: str = "",
@@ -99,51 +101,9 @@ class BarcodeScanner:
         self._counter = 0
         self._fault_rng = random.Random(f"{seed}:{name}:faults")
         self._lock = threading.Lock()  # one line at a time on the wire, counter and rng
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._truth_lock = self._lock  # a write and its ground-truth entry are one step
         self._silent_until = 0.0
-        self._stopped = False
-
-    @classmethod
-    def from_config(cls, name: str, cfg: dict[str, Any],
-                    ground_truth_dir: str | Path | None) -> BarcodeScanner:
-        """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``."""
-        path, kwargs, gt = pty_device_config(name, cls.kind, cfg, CONFIG_KEYS,
-                                             ground_truth_dir)
-        return cls(name, path, ground_truth_path=gt, **kwargs)
-
-    # -- life cycle ------------------------------------------------------------------
-
-    def start(self) -> BarcodeScanner:
-        if self._thread is not None or self._stopped:
-            raise RuntimeError(f"scanner {self.name}: start() once per instance")
-        self.port.open()
-        self._thread = threading.Thread(target=self._run, name=f"scanner-{self.name}",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop the thread, close the pty (the link goes) and the ground-truth file."""
-        self._stop.set()
-        self.port.interrupt()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._stopped = True
-        self.port.close()
-        self.ground_truth.close()
-
-    def __enter__(self) -> BarcodeScanner:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def truth(self) -> list[dict[str, Any]]:
-        """The ground-truth entries so far, consistent with the wire: every scan a client
-        has received is in it (a write and its entry are one step under the lock)."""
-        with self._lock:
-            return list(self.ground_truth.entries)
+        self._init_life()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "path": str(self.port.link_path),
@@ -273,3 +233,37 @@ class BarcodeScanner:
         with self._lock:
             self.port.reappear()
             self.ground_truth.record("fault", None, expect=False, fault="reappear")
+
+
+# ---- the device type ``scanner`` (simulator/devices/__init__.py says what each name is for)
+
+TYPE = "scanner"
+EMULATOR = BarcodeScanner
+TRANSACTION = True
+SERIAL = True
+# rate_per_s: scans per scenario second; burst: scans written back to back.
+SCENARIO_KEYS = ("rate_per_s", "burst", "symbology", "aim_id", "terminator")
+SCENARIO_NUMBERS = {"rate_per_s": (1, 0, 200)}
+
+
+def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: float,
+            ground_truth: Path) -> BarcodeScanner:
+    return BarcodeScanner(name, directory / name, seed=seed,
+                          rate_per_s=spec.get("rate_per_s", 1) * speed,
+                          burst=spec.get("burst", 1), symbology=spec.get("symbology", "ean13"),
+                          aim_id=spec.get("aim_id", False),
+                          terminator=spec.get("terminator", "CR"),
+                          ground_truth_path=ground_truth).start()
+
+
+def site_table(name: str, spec: dict[str, Any], device: BarcodeScanner) -> list[str]:
+    return [f'port = "{name}"', f'terminator = "{spec.get("terminator", "CR")}"',
+            f"aim_id = {'true' if spec.get('aim_id') else 'false'}"]
+
+
+def truth_value(entry: dict[str, Any]) -> Any:
+    return redact_text(str(entry.get("value")))[0]  # masked as the pipeline masks card numbers
+
+
+def ledger_value(data: dict[str, Any]) -> Any:
+    return data.get("code")

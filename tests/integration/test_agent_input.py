@@ -157,7 +157,7 @@ def test_a_bad_pin_in_the_board_file_names_that_file(tmp_path: Path) -> None:
 
 def test_a_modbus_plc_from_the_site_file_is_journaled_as_telemetry(tmp_path: Path) -> None:
     from firmware.core.record import TELEMETRY
-    from simulator.devices.modbus_plc import ModbusPLC
+    from simulator.devices.modbus import ModbusPLC
 
     regs = [{"tag": "count", "address": 0, "type": "uint32", "behaviour": "counter",
              "period_ms": 100}]
@@ -191,7 +191,7 @@ type = "uint32"
 
 
 def test_an_opcua_plc_from_the_site_file_is_journaled_through_a_restart(tmp_path: Path) -> None:
-    from simulator.devices.opcua_plc import OpcUaPLC
+    from simulator.devices.opcua import OpcUaPLC
 
     plc = OpcUaPLC("line1", port=0, period_ms=60,
                    variables=[{"tag": "counter", "type": "counter", "start": 1}]).start()

@@ -16,7 +16,7 @@ import pytest
 from firmware.core.errors import ConfigError
 from firmware.edges.clock import SystemClock
 from firmware.edges.modbus import ModbusDriver, decode_words, plan_blocks
-from simulator.devices.modbus_plc import ModbusPLC
+from simulator.devices.modbus import ModbusPLC
 from tests.integration.event_sink import Sink, wait_until
 
 REGS = [
@@ -95,7 +95,7 @@ def test_every_served_change_is_one_event_in_order(plc: ModbusPLC, run_driver: A
     assert len(sink.values("temp")) >= 2
     assert drv.status.state == "ok" and drv.status.counter("events") == len(sink.events)
     for ev in sink.events:
-        assert ev.source == "plc1" and ev.kind == "register" and ev.cls == "txn"
+        assert ev.source == "plc1" and ev.kind == "register"
         assert set(ev.data) == {"tag", "value", "address", "table"}
     by_tag = {tag: [e for e in sink.events if e.data["tag"] == tag] for tag in POLLED}
     assert by_tag["temp"][0].data["table"] == "input" and by_tag["run"][0].data["address"] == 0

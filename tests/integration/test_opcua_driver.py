@@ -23,7 +23,7 @@ from firmware.core.errors import ConfigError, JournalFull
 from firmware.core.event import Event
 from firmware.edges.clock import SystemClock
 from firmware.edges.opcua import OpcUaDriver
-from simulator.devices.opcua_plc import OpcUaPLC
+from simulator.devices.opcua import OpcUaPLC
 from simulator.network import FaultProxy
 
 WAIT_S = 8.0
@@ -124,7 +124,7 @@ def test_every_change_arrives_once_in_order_with_source_time(rig: Callable[..., 
         assert_once_in_order(plc, sink, tag)
     assert len(sink.of("counter")) >= 15 and n == len(truth_of(plc, "counter"))
     first = sink.events[0]
-    assert (first.source, first.kind, first.cls) == ("plc1", "opcua", "txn")
+    assert (first.source, first.kind) == ("plc1", "opcua")
     assert set(first.data) == {"tag", "node", "value", "status"}
     assert all(e.data["status"] == "Good" and e.data["node"] == plc.node_id(e.data["tag"])
                for e in sink.events)

@@ -23,7 +23,7 @@ from cryptography import x509
 from firmware.agent import Agent
 from firmware.core.event import Event
 from firmware.core.signing import Signer
-from firmware.core.site_config import validate
+from firmware.core.site_config import DeviceType, validate
 from firmware.core.wire import Batch, encode_batch
 from host_tools.__main__ import main as host_tools
 from host_tools.ledger.opener import open_store
@@ -118,7 +118,7 @@ def _agent(lab: dict[str, Any], gw: str) -> Agent:
         "uplinks": {"tls": {"broker": lab["broker"].tls_url, "ca": str(lab["site"] / "ca/ca.crt"),
                             "cert": str(g / "gateway.crt"), "key": str(g / "gateway.key")}},
     }
-    agent = Agent(validate(doc, {"scanner": lambda n, t, p: t}))
+    agent = Agent(validate(doc, {"scanner": DeviceType("txn", lambda n, t, p: t)}))
     agent.forwarding_options = {"ack_timeout_ms": 1500, "keepalive_s": 1}
     return agent.start()
 

@@ -16,7 +16,7 @@ import pytest
 
 from firmware.core.errors import ConfigError
 from firmware.edges.clock import SystemClock
-from firmware.edges.serial_scanner import BarcodeScannerDriver
+from firmware.edges.scanner import BarcodeScannerDriver
 from simulator.devices.scanner import BarcodeScanner
 from tests.integration.event_sink import Sink, wait_until
 

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import pytest
 from asyncua import Client, ua
 
-from simulator.devices.opcua_plc import OpcUaPLC
+from simulator.devices.opcua import OpcUaPLC
 from simulator.ground_truth import read_ground_truth
 
 T = TypeVar("T")

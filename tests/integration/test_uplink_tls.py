@@ -7,7 +7,7 @@ from pathlib import Path
 
 from firmware.agent import Agent
 from firmware.core.event import Event
-from firmware.core.site_config import validate
+from firmware.core.site_config import DeviceType, validate
 from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
 from simulator.broker import Broker, TlsListener
@@ -26,7 +26,7 @@ def _agent(tmp: Path, port: int, cert: str, key: str, pki: Path) -> Agent:
         "uplinks": {"tls": {"broker": f"mqtts://127.0.0.1:{port}", "ca": str(pki / "ca.crt"),
                             "cert": cert, "key": key}},
     }
-    return Agent(validate(doc, {"scanner": lambda n, t, p: t}))
+    return Agent(validate(doc, {"scanner": DeviceType("txn", lambda n, t, p: t)}))
 
 
 def test_tls_uplink_with_client_certificate_delivers_and_a_rogue_one_cannot(tmp_path: Path) -> None:

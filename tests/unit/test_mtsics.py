@@ -1,8 +1,9 @@
 """MT-SICS reply parsing, bytes in and replies out: each reply the driver relies on, byte
 for byte, and line splitting. Arbitrary bytes: test_mtsics_props.py (hypothesis)."""
 
+from firmware.core.errors import ConfigError
 from firmware.core.mtsics import MAX_LINE, MtSicsReader, command, parse_reply
-from tests.unit.portable import cases
+from tests.unit.portable import cases, raises
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 
@@ -83,3 +84,94 @@ def test_mtsics_replies():
     assert parse_reply(b"S D      12.5 kg").status == "D"
     assert parse_reply(b"S +").kind == "overload" and parse_reply(b"S -").kind == "underload"
     assert parse_reply(b"\xff\xfe").kind == "malformed" and parse_reply(b"S").kind != "weight"
+
+
+# -- the scale's session (shared by the gateway's driver and the MicroPython node) --------
+
+def session(**settings):
+    from firmware.core.mtsics import ScaleSession
+    counts = {}
+
+    def count(name):
+        counts[name] = counts.get(name, 0) + 1
+    cfg = {"mode": "poll", "poll_command": "SI", "poll_ms": 250, "timeout_ms": 1000,
+           "stable_only": True}
+    cfg.update(settings)
+    return ScaleSession("scale1", cfg, count), counts
+
+
+def events(items):
+    from firmware.core.event import Event
+    return [(e.kind, e.read_ms, e.data) for e in items if isinstance(e, Event)]
+
+
+def test_session_polls_on_the_clock_and_gives_up_on_a_silent_scale():
+    s, counts = session()
+    assert s.opened(0) is None  # poll mode: nothing until the first poll is due
+    assert s.due(0) == b"SI\r\n"
+    assert s.due(100) is None and s.deadline_ms() == 1000  # one request at a time
+    assert s.due(1000) is None and counts == {"timeouts": 1}
+    assert s.due(1000) == b"SI\r\n"  # overdue polls are not caught up: one goes now
+    s.feed(b"S S     1.00 g\r\n", 1050, 1_700_000_000_000)
+    assert s.awaiting_since is None and s.last_reply_ms == 1050
+    assert s.due(1050) == b"SI\r\n"  # the one due at 1000, held back by the request
+    s.feed(b"S S     1.00 g\r\n", 1100, 1_700_000_000_000)
+    assert s.due(1200) is None and s.due(1250) == b"SI\r\n"
+
+
+def test_session_listen_mode_sends_sir_on_open_and_again_on_resend():
+    s, _ = session(mode="listen")
+    assert s.opened(0) == b"SIR\r\n" and s.due(5000) is None and s.deadline_ms() is None
+    assert s.resend(6000) == b"SIR\r\n" and s.last_reply_ms == 6000
+
+
+def test_one_settled_load_is_one_event():
+    s, counts = session()
+    s.opened(0)
+    wall = 1_700_000_000_000
+    got = []
+    for i, line in enumerate((b"S D     120.00 g", b"S S     250.00 g", b"S S     250.00 g",
+                              b"S S       0.00 g", b"S S     250.00 g", b"S S     -3.00 g")):
+        got += events(s.feed(line + b"\r\n", i, wall + i))
+    assert got == [("weight", wall + 1, {"weight": 250.0, "unit": "g", "stable": True}),
+                   ("weight", wall + 4, {"weight": 250.0, "unit": "g", "stable": True})]
+    assert counts == {"dynamic_readings": 1, "repeated_readings": 1, "zero_readings": 2}
+    s.opened(100)  # a re-opened port: the item still on the pan is not a new item
+    assert events(s.feed(b"S S     -3.00 g\r\n", 101, wall)) == []
+
+
+def test_dynamic_readings_are_events_only_when_asked_for():
+    s, _ = session(stable_only=False)
+    s.opened(0)
+    got = events(s.feed(b"S D     120.00 g\r\nS D     120.00 g\r\nS D     121.00 g\r\n", 1, 5))
+    assert [d["weight"] for _, _, d in got] == [120.0, 121.0]
+    assert not got[0][2]["stable"]
+
+
+def test_replies_set_the_state_and_count_per_kind():
+    from firmware.core.mtsics import DeviceState
+    s, counts = session()
+    s.opened(0)
+    got = s.feed(b"S +\r\nS -\r\nES\r\nS L\r\nS I\r\n\xff\xfe\r\nZ A\r\n", 1, 2)
+    states = [(x.state, x.error) for x in got if isinstance(x, DeviceState)]
+    assert [st for st, _ in states] == ["error", "error", "error", "error", "ok", "error"]
+    assert "overload (S +)" in states[0][1] and "scale replied ES (syntax error)" == states[2][1]
+    assert counts == {"overloads": 1, "underloads": 1, "errors_es": 1, "errors_sl": 1,
+                      "not_stable": 1, "rejected_malformed": 1, "other_replies": 1}
+
+
+def test_scale_config_is_checked_with_the_runtimes_port_rule():
+    from firmware.core.config_fields import field
+    from firmware.core.mtsics import check_config
+
+    def port(table, path):
+        return field(table, "port", path, str, choices=("uart0",))
+    cfg = check_config({"port": "uart0"}, "devices.s", port)
+    assert (cfg["mode"], cfg["poll_ms"], cfg["stale_s"], cfg["baudrate"]) == ("poll", 250, 5.0,
+                                                                              9600)
+    for table, key in (({"port": "uart9"}, "port"), ({"port": "uart0", "mode": "x"}, "mode"),
+                       ({"port": "uart0", "stale_s": 0.5}, "stale_s"),
+                       ({"port": "uart0", "parity": "E"}, "parity")):
+        with raises(ConfigError) as err:
+            check_config(table, "devices.s", port)
+        assert err.value.key == "devices.s." + key

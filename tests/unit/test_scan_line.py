@@ -166,3 +166,39 @@ def test_scan_line_framing_and_rejections():
     assert f.feed(b"<12", 10) == []
     late = f.feed(b"3>\r", 10000)  # the partial line went stale: dropped, not glued
     assert [r.reason for r in late][0] == "partial"
+
+
+# -- the scanner's session (shared by the gateway's driver and the MicroPython node) ------
+
+def test_take_makes_a_scan_event_or_counts_a_rejection():
+    from firmware.core.scan_line import framer_for, rejection_text, take
+    counts = []
+    settings = {"terminator": "CR", "prefix": "\u0002", "suffix": "", "min_length": 1,
+                "max_length": 8, "charset": "digits", "aim_id": True,
+                "inter_char_timeout_ms": 200}
+    lines = framer_for(settings).feed(b"\x02]E01234\r\x02]E0123456789\r", 0)
+    good = take(lines[0], "scan1", 1_700_000_000_000, counts.append)
+    assert (good.source, good.kind, good.read_ms, good.data) == (
+        "scan1", "scan", 1_700_000_000_000, {"code": "1234", "symbology": "]E0"})
+    assert take(lines[1], "scan1", 1, counts.append) is None
+    assert counts == ["scans", "rejected", "rejected_overlong"]
+    assert rejection_text(lines[1]) == "line rejected: overlong (13 bytes)"
+
+
+def test_scanner_config_is_checked_with_the_runtimes_port_rule():
+    from firmware.core.config_fields import field
+    from firmware.core.errors import ConfigError
+    from firmware.core.scan_line import check_config
+
+    def port(table, path):
+        return field(table, "port", path, str)
+    cfg = check_config({"port": "p", "charset": "digits"}, "devices.s", port)
+    assert (cfg["terminator"], cfg["charset"], cfg["max_length"]) == ("CR", "digits", 64)
+    assert "stale_s" not in cfg
+    with raises(ConfigError) as err:
+        check_config({"port": "p", "stale_s": 5}, "devices.s", port)
+    assert err.value.key == "devices.s.stale_s"  # the node has no stale_s; the gateway adds it
+    assert check_config({"port": "p", "stale_s": 5}, "devices.s", port, ("stale_s",))["port"] == "p"
+    with raises(ConfigError) as err:
+        check_config({"port": "p", "suffix": "a\r"}, "devices.s", port)
+    assert err.value.key == "devices.s.suffix" and "terminator" in str(err.value)

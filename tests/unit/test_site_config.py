@@ -8,7 +8,7 @@ import pytest
 
 from firmware.core.config_fields import field, no_unknown_keys
 from firmware.core.errors import ConfigError
-from firmware.core.site_config import merge, validate
+from firmware.core.site_config import DeviceType, merge, validate
 
 BOARD = {
     "board": {"name": "test board", "pin_factory": "mock"},
@@ -39,7 +39,15 @@ def modbus_check(name, table, path):
                                                                    default=502)}
 
 
-CHECKS = {"scanner": scanner_check, "modbus": modbus_check}
+def no_check(name, table, path):
+    return table
+
+
+CHECKS = {"scanner": DeviceType("txn", scanner_check),
+          "modbus": DeviceType("telemetry", modbus_check)}
+# The types a build has come from the runtime (the core keeps no list of them).
+ALL_TYPES = {**CHECKS, "scale": DeviceType("txn", no_check),
+             "opcua": DeviceType("telemetry", no_check)}
 
 
 def doc(**changes):
@@ -90,7 +98,7 @@ def test_the_site_overrides_the_board_key_by_key():
     ({"journal__max_body": 70000}, "journal.max_body", "segment_size - 36"),
     ({"journal__path": 7}, "journal.path", "a string"),
     ({"devices": {}}, "devices", "one [devices.NAME]"),
-    ({"devices__scan1__type": "printer"}, "devices.scan1.type", "scanner, scale, modbus, opcua"),
+    ({"devices__scan1__type": "printer"}, "devices.scan1.type", "modbus, opcua, scale, scanner"),
     ({"devices__scan1__class": "gold"}, "devices.scan1.class", "txn, telemetry"),
     ({"devices__scan1__baudrate": 9601}, "devices.scan1.baudrate", "9600, 19200"),
     ({"devices__scan1__baudrate": True}, "devices.scan1.baudrate", None),
@@ -104,7 +112,7 @@ def test_the_site_overrides_the_board_key_by_key():
 ])
 def test_each_bad_value_names_its_key_and_what_is_allowed(changes, key, words):
     with pytest.raises(ConfigError) as err:
-        validate(doc(**changes), CHECKS)
+        validate(doc(**changes), ALL_TYPES)
     assert err.value.key == key, str(err.value)
     text = str(err.value)
     assert text.startswith(key + ": ")

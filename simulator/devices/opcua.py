@@ -73,6 +73,8 @@ from urllib.parse import urlparse
 
 from asyncua import Server, ua
 
+from simulator.broker import free_port
+from simulator.devices import rounded
 from simulator.ground_truth import GroundTruthLog
 
 log = logging.getLogger(__name__)
@@ -589,3 +591,38 @@ def parse_endpoint(name: str, endpoint: Any) -> dict[str, Any]:
     if url.scheme != "opc.tcp" or not url.hostname or port is None:
         raise ValueError(f"{where}: {endpoint!r} is not {expected}")
     return {"host": url.hostname, "port": port, "path": url.path or "/"}
+
+
+# ---- the device type ``opcua`` (simulator/devices/__init__.py says what each name is for)
+
+TYPE = "opcua"
+EMULATOR = OpcUaPLC
+TRANSACTION = False
+SERIAL = False
+SCENARIO_KEYS = ("period_ms", "variables", "publishing_ms")
+SCENARIO_NUMBERS: dict[str, tuple[float, float, float]] = {}
+
+
+def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: float,
+            ground_truth: Path) -> OpcUaPLC:
+    plc = OpcUaPLC(name, port=free_port(), seed=seed,
+                   period_ms=max(20, int(spec.get("period_ms", 1000) / speed)),
+                   ground_truth_path=ground_truth,
+                   **({"variables": spec["variables"]} if "variables" in spec else {}))
+    return plc.start()
+
+
+def site_table(name: str, spec: dict[str, Any], device: OpcUaPLC) -> list[str]:
+    d = device.describe()
+    lines = [f'endpoint = "{d["endpoint"]}"', f"publishing_ms = {spec.get('publishing_ms', 50)}"]
+    for tag, node in d["nodes"].items():
+        lines.append(f'[[devices.{name}.nodes]]\ntag = "{tag}"\nnode_id = "{node}"')
+    return lines
+
+
+def truth_value(entry: dict[str, Any]) -> Any:
+    return (entry.get("tag"), rounded(entry.get("value")))
+
+
+def ledger_value(data: dict[str, Any]) -> Any:
+    return (data.get("tag"), rounded(data.get("value")))

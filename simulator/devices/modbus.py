@@ -57,6 +57,7 @@ from pymodbus.datastore.context import ModbusBaseDeviceContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 
+from simulator.devices import rounded
 from simulator.ground_truth import GroundTruthLog
 
 log = logging.getLogger(__name__)
@@ -515,3 +516,41 @@ class ModbusPLC:
                 "registers": [{"tag": r.tag, "table": r.table, "address": r.address,
                                "type": r.type, "word_order": r.word_order,
                                "behaviour": r.behaviour} for r in self.registers]}
+
+
+# ---- the device type ``modbus`` (simulator/devices/__init__.py says what each name is for)
+
+TYPE = "modbus"
+EMULATOR = ModbusPLC
+TRANSACTION = False
+SERIAL = False
+# registers as in the module docstring; the agent's register map is derived from them.
+SCENARIO_KEYS = ("poll_ms", "registers")
+SCENARIO_NUMBERS: dict[str, tuple[float, float, float]] = {}
+
+
+def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: float,
+            ground_truth: Path) -> ModbusPLC:
+    regs = [dict(r) for r in spec.get("registers", [])] or None
+    for r in regs or []:
+        if "period_ms" in r:
+            r["period_ms"] = max(1, int(r["period_ms"] / speed))
+    return ModbusPLC(name, regs, "127.0.0.1", 0, 1, seed, ground_truth).start()
+
+
+def site_table(name: str, spec: dict[str, Any], device: ModbusPLC) -> list[str]:
+    d = device.describe()
+    lines = ['host = "127.0.0.1"', f"port = {d['port']}", f"poll_ms = {spec.get('poll_ms', 200)}"]
+    for r in d["registers"]:
+        lines.append(f"[[devices.{name}.registers]]\n" + "".join(
+            f'{k} = "{r[k]}"\n' for k in ("tag", "table", "type", "word_order")
+            if r.get(k) is not None) + f"address = {r['address']}")
+    return lines
+
+
+def truth_value(entry: dict[str, Any]) -> Any:
+    return (entry.get("tag"), rounded(entry.get("value")))
+
+
+def ledger_value(data: dict[str, Any]) -> Any:
+    return (data.get("tag"), rounded(data.get("value")))
