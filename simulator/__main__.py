@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import signal
 import sys
-import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+from simulator.children import Stopped, stop_on_signals
 from simulator.network import MODES, PARAMS, FaultProxy, runtime_dir, send_control
 
 # ---- devices: type name -> "module:Class" (the emulators live in simulator/devices/) -------
@@ -58,11 +58,12 @@ def _number(text: str) -> int | float:
 
 
 def _wait_for_ctrl_c() -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    signal.signal(signal.SIGINT, lambda *a: stop.set())
-    while not stop.wait(3600):  # until Ctrl-C or SIGTERM
-        pass
+    """Until Ctrl-C or SIGTERM (``main`` turns them into ``Stopped``): a normal end here."""
+    try:
+        while True:
+            time.sleep(3600)
+    except Stopped:
+        return
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -324,11 +325,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UsageError as exc:
-        print(f"python -m simulator {args.command}: {exc}", file=sys.stderr)
-        return 2
+    # SIGTERM/SIGINT stop the command in order; every child process is gone on return.
+    with stop_on_signals():
+        try:
+            return args.func(args)
+        except UsageError as exc:
+            print(f"python -m simulator {args.command}: {exc}", file=sys.stderr)
+            return 2
+        except Stopped as exc:
+            print(f"python -m simulator {args.command}: {exc}; stopped everything it "
+                  "started", file=sys.stderr)
+            return 128 + exc.signum
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.broker import Broker, free_port
+from simulator.children import spawn
 from simulator.clock import SimClock
 from simulator.devices.modbus_plc import ModbusPLC
 from simulator.devices.opcua_plc import OpcUaPLC
@@ -67,12 +68,13 @@ class Gateway:
             self.log_file = open(self.directory / "agent.log", "ab")  # noqa: SIM115
         self.log_file.write(f"---- power on, life {self.lives} ----\n".encode())
         self.log_file.flush()
-        self.process = subprocess.Popen(
+        # SIGKILL if the simulator dies: a power cut, which the journal is built for.
+        self.process = spawn(
             [sys.executable, "-m", "firmware", "run", "--config",
              str(self.directory / "site.toml"), "--clock-control",
              str(self.directory / "clock.json"), "--log-level", "INFO"],
-            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            death_signal=signal.SIGKILL, cwd=ROOT, stdout=self.log_file,
+            stderr=subprocess.STDOUT)
 
     def kill_agent(self) -> None:
         """Power cut: SIGKILL, nothing flushed, sockets reset by the kernel."""
@@ -92,7 +94,8 @@ class Gateway:
 
 
 class SimulatedSite:
-    def __init__(self, scenario: Scenario, directory: Path, gateways: int, speed: float) -> None:
+    def __init__(self, scenario: Scenario, directory: Path, gateways: int, speed: float,
+                 db_url: str | None = None) -> None:
         self.scenario = scenario
         self.directory = directory
         self.speed = speed
@@ -101,9 +104,11 @@ class SimulatedSite:
         # fsync on the disk (the journals' included). Agents resend what a crash loses.
         self.broker = Broker(directory / "broker", persistence=scenario.persistence,
                              autosave_changes=200)
-        self.db_path = directory / "ledger.db"
+        # The ledger's store URL (host_tools/ledger/store.py): SQLite in the run's directory
+        # unless the runner hands another (a PostgreSQL cluster of its own).
+        self.db_url = db_url or f"sqlite:///{directory / 'ledger.db'}"
         self.ledger: subprocess.Popen | None = None
-        self._closed = False
+        self._closed = self._devices_stopped = False
         self.fleet = None
         if scenario.fleet:
             from simulator.fleet import Fleet
@@ -125,12 +130,12 @@ class SimulatedSite:
                         + ("".join(f'"{n}" = "{k.hex()}"\n' for n, k in self.fleet.keys().items())
                            if self.fleet else ""))
         os.chmod(keys, 0o600)
-        self.ledger = subprocess.Popen(
-            [sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
-             f"sqlite:///{self.db_path}", "--broker", self.broker.url, "--keys", str(keys),
-             "--log-level", "WARNING"],
-            cwd=ROOT, stdout=open(self.directory / "ledger.log", "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.directory / "ledger.log", "ab") as ledger_log:
+            self.ledger = spawn(
+                [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", self.db_url,
+                 "--migrate", "--broker", self.broker.url, "--keys", str(keys),
+                 "--log-level", "WARNING"],
+                cwd=ROOT, stdout=ledger_log, stderr=subprocess.STDOUT)
         for g in self.gateways:
             self._prepare(g)
         for g in self.gateways:
@@ -226,6 +231,9 @@ class SimulatedSite:
 
     def stop_devices(self) -> None:
         """The end of the shift: the devices stop producing (and their ports go)."""
+        if self._devices_stopped:
+            return
+        self._devices_stopped = True
         for g in self.gateways:
             for dev in g.devices.values():
                 try:
@@ -239,6 +247,7 @@ class SimulatedSite:
         self._closed = True
         for g in self.gateways:
             g.stop_agent()
+        self.stop_devices()  # stopped here too when a run ends early (Ctrl-C, an error)
         if self.ledger is not None and self.ledger.poll() is None:
             self.ledger.send_signal(signal.SIGTERM)
             try:
