@@ -11,6 +11,11 @@ Phases and their bounds (every wait here ends by itself):
 3. end of shift: the devices stop; the run waits until the ledger stops growing and every
    gateway reports an empty backlog (at most ``settle_s``).
 4. down: agents SIGTERM, ledger SIGTERM, broker stopped; then the outcome.
+
+The ledger is read only through its store (``host_tools/ledger/store.py``): SQLite in the
+run's directory, or a throwaway PostgreSQL cluster when the file says ``[ledger] db =
+"postgresql"``. A SIGTERM or Ctrl-C at any phase (``simulator/children.py`` makes it an
+exception) goes through the same ``finally``: everything is stopped in the order of 4.
 """
 
 from __future__ import annotations
