@@ -4,8 +4,8 @@ and per gateway its emulated devices, a fault proxy per uplink and a real agent 
 
 Everything is on loopback. The devices run in this process (they are real protocol peers:
 ptys, pymodbus's server, asyncua's server) so the timeline can reach them directly; the
-agents, the broker and the ledger are processes of their own, so a power cut is a SIGKILL. They are
-started by ``simulator/children.py``, so none outlives the simulator.
+agents, the broker and the ledger are processes of their own, so a power cut is a SIGKILL.
+``simulator/children.py`` starts them, so none outlives the simulator.
 
 Not modelled: separate machines and their own clocks (only the agents' wall clocks are
 steered), interfaces (each uplink is a fault proxy in front of the one broker).
