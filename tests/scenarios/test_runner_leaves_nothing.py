@@ -9,6 +9,7 @@ A run's processes are found by a marker in their environment, which every child 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,7 +77,9 @@ def _start(tmp_path: Path, ledger: str = "") -> tuple[subprocess.Popen, str]:
     path = tmp_path / "cleanup.toml"
     path.write_text(SCENARIO.format(ledger=ledger))
     marker = uuid.uuid4().hex
-    proc = subprocess.Popen([sys.executable, "-m", "simulator", "run", str(path)], cwd=ROOT,
+    # --report: the run's files in tmp_path, so a killed runner's leftovers go with it.
+    proc = subprocess.Popen([sys.executable, "-m", "simulator", "run", str(path), "--report",
+                             str(tmp_path / "report")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "MIDSHIFT_RUN_MARKER": marker})
     return proc, marker
@@ -123,11 +126,15 @@ def test_sigkill_of_the_runner_takes_its_children_along(tmp_path: Path) -> None:
         _read_until(proc, "shift started")
         assert _children_seen(marker) == {"mosquitto", "firmware run", "ledger serve",
                                           "postgres"}
+        pg_dirs = {Path(c.split(" -D ")[1].split()[0]).parent for _, c in _marked(marker)
+                   if " -D " in c}
         proc.kill()
         proc.wait(10)
     finally:
         proc.kill()
     assert _none_left(marker, 20) == []
+    for d in pg_dirs:  # the cluster's files: nobody was left to remove them
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_ctrl_c_during_start_up_ends_cleanly(tmp_path: Path) -> None:
