@@ -24,7 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from simulator.children import Stopped, stop_on_signals
+from simulator.children import Stopped, deferred_stop, stop_on_signals
 from simulator.network import MODES, PARAMS, FaultProxy, runtime_dir, send_control
 
 # ---- devices: type name -> "module:Class" (the emulators live in simulator/devices/) -------
@@ -179,10 +179,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
     try:
         for name, device in devices.items():
             try:
-                device.start()
+                with deferred_stop():  # Ctrl-C waits until the device is up, then stops it
+                    device.start()
+                    started.append(device)
             except Exception as exc:  # one line for the operator; the others are stopped below
                 raise UsageError(f"device {name} did not start: {exc}") from None
-            started.append(device)
             print(json.dumps(device.describe()), flush=True)
         print(f"{len(started)} device(s) running; ground truth in {ground_truth}; Ctrl-C stops",
               flush=True)

@@ -125,25 +125,33 @@ def stop_all(timeout_s: float = 10.0) -> int:
     return len(left)
 
 
-class Stopped(Exception):  # noqa: N818 - reads as what happened: "Stopped by SIGTERM"
-    """SIGTERM or SIGINT arrived: the run stops in order."""
+class Stopped(BaseException):  # noqa: N818 - reads as what happened: "Stopped by SIGTERM"
+    """SIGTERM or SIGINT arrived: the run stops in order. A BaseException, as
+    KeyboardInterrupt is, so that no ``except Exception`` on the way swallows it."""
 
     def __init__(self, signum: int) -> None:
         self.signum = signum
         super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
+class _Signals:
+    fired: int | None = None  # the first stop signal
+    raised = False
+    shield = 0  # depth of deferred_stop blocks
+
+
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Within: the first SIGTERM/SIGINT raises ``Stopped`` in the main thread, later ones
-    are ignored (the cleanup already under way finishes)."""
-    fired: list[int] = []
-
+    """Within: the first SIGTERM/SIGINT raises ``Stopped`` in the main thread (at the end
+    of a ``deferred_stop`` block if one is running), later ones are ignored: the cleanup
+    already under way finishes."""
     def handler(signum: int, frame: Any) -> None:
-        if fired:
+        if _Signals.fired is not None:
             return
-        fired.append(signum)
-        raise Stopped(signum)
+        _Signals.fired = signum
+        if _Signals.shield == 0:
+            _Signals.raised = True
+            raise Stopped(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -152,3 +160,19 @@ def stop_on_signals() -> Iterator[None]:
         stop_all()
         for s, h in old.items():
             signal.signal(s, h)
+        _Signals.fired, _Signals.raised = None, False
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[None]:
+    """A stop signal arriving within waits until the block has ended: for starts that a
+    cut in half would leave in a state their stop cannot clean (an emulator's event loop
+    with the server half up, whose pending tasks are then destroyed at exit)."""
+    _Signals.shield += 1
+    try:
+        yield
+    finally:
+        _Signals.shield -= 1
+    if _Signals.shield == 0 and _Signals.fired is not None and not _Signals.raised:
+        _Signals.raised = True
+        raise Stopped(_Signals.fired)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.broker import Broker, free_port
-from simulator.children import spawn
+from simulator.children import deferred_stop, spawn
 from simulator.clock import SimClock
 from simulator.devices.modbus_plc import ModbusPLC
 from simulator.devices.opcua_plc import OpcUaPLC
@@ -138,7 +138,8 @@ class SimulatedSite:
                  "--log-level", "WARNING"],
                 cwd=ROOT, stdout=ledger_log, stderr=subprocess.STDOUT)
         for g in self.gateways:
-            self._prepare(g)
+            with deferred_stop():  # a Ctrl-C now waits until this gateway's parts are up
+                self._prepare(g)
         for g in self.gateways:
             g.start_agent()
 

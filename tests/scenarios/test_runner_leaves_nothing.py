@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from simulator.broker import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SCENARIO = """
@@ -150,3 +152,24 @@ def test_ctrl_c_during_start_up_ends_cleanly(tmp_path: Path) -> None:
     assert "Traceback" not in err and "Task was destroyed" not in err, err
     assert "stopped by SIGINT" in err
     assert _none_left(marker, 5) == []
+
+
+def test_devices_command_ctrl_c_while_an_emulator_starts(tmp_path: Path) -> None:
+    """Ctrl-C while the OPC UA server is coming up: it is brought up, then stopped with
+    the rest; no traceback and no destroyed asyncio tasks."""
+    conf = tmp_path / "devices.toml"
+    conf.write_text('[devices.scanner1]\ntype = "scanner"\n[devices.plc2]\ntype = "opcua"\n'
+                    f"port = {free_port()}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "simulator", "devices", "--config",
+                             str(conf), "--ground-truth", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MIDSHIFT_RUNTIME_DIR": str(tmp_path / "rt")})
+    try:
+        _read_until(proc, '"name": "scanner1"')  # the scanner is up; the PLC is starting
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 128 + signal.SIGINT
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "Task was destroyed" not in err, err
+    assert "never awaited" not in err and "stopped by SIGINT" in err, err
