@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from simulator.children import Stopped, deferred_stop, stop_on_signals
-from simulator.network import MODES, PARAMS, FaultProxy, runtime_dir, send_control
+from simulator.network import (
+    DOWN_MODES,
+    MODES,
+    PARAM_HELP,
+    PARAMS,
+    FaultProxy,
+    runtime_dir,
+    send_control,
+)
 
 # ---- devices: type name -> "module:Class" (the emulators live in simulator/devices/) -------
 # Each class provides from_config(name, cfg_dict, ground_truth_dir), start(), stop() and
@@ -100,8 +108,7 @@ def _ask_proxy(name: str, request: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_proxy_set(args: argparse.Namespace) -> int:
     request: dict[str, Any] = {"mode": args.mode}
-    for key in ("ms", "jitter_ms", "bytes_per_s", "every_ms", "probability", "up_ms",
-                "down_ms", "down_mode"):
+    for key in PARAM_HELP:
         value = getattr(args, key)
         if value is not None:
             request[key] = value
@@ -223,15 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("name", metavar="NAME", help="the proxy's --name")
     ss.add_argument("mode", metavar="MODE", choices=MODES,
                     help=f"one of {', '.join(MODES)}")
-    for flag, what in (("--ms", "latency delay, or stall length (ms)"),
-                       ("--jitter-ms", "latency spread, +/- ms"),
-                       ("--bytes-per-s", "bandwidth cap per direction"),
-                       ("--every-ms", "stall: mean time between stall chances (ms)"),
-                       ("--probability", "stall: chance of a stall at each chance, 0..1"),
-                       ("--up-ms", "flap: time up (ms)"), ("--down-ms", "flap: time down (ms)")):
-        ss.add_argument(flag, type=_number, metavar="N", help=what)
-    ss.add_argument("--down-mode", choices=("blackhole", "refuse"),
-                    help="flap: what down means (default blackhole)")
+    for key, what in PARAM_HELP.items():  # the modes' parameters: simulator/network.py
+        flag = "--" + key.replace("_", "-")
+        if key == "down_mode":
+            ss.add_argument(flag, choices=DOWN_MODES, help=what)
+        else:
+            ss.add_argument(flag, type=_number, metavar="N", help=what)
     ss.set_defaults(func=cmd_proxy_set)
 
     sw = sub.add_parser("proxy-show", help="print a running proxy's mode and counters")

@@ -80,3 +80,9 @@ def test_a_new_kind_is_one_class(tmp_path: Path) -> None:
             _load(tmp_path, '[[fault]]\nat_s = 1\nkind = "dust"\ngrams = 30\n')
     finally:
         del faults.KINDS["dust"]
+
+
+def test_every_mode_parameter_has_a_proxy_set_flag() -> None:
+    from simulator.network import PARAM_HELP
+
+    assert set(PARAM_HELP) == {k for p in PARAMS.values() for k in p}
