@@ -16,7 +16,9 @@ is started by ``spawn``:
   thread would otherwise be killed when that thread finishes.
 
 Every child is remembered until it has exited; ``stop_all`` terminates what is left (the
-last sweep after an orderly stop, which normally finds nothing).
+last sweep after an orderly stop, which normally finds nothing; only children started
+within the ``stop_on_signals`` block, so a command run in-process by a test leaves the
+test's own broker alone).
 
 ``stop_on_signals`` turns SIGTERM and SIGINT into ``Stopped`` raised in the main thread,
 once: the ``finally`` blocks that stop the site then run to their end, and a second
@@ -106,10 +108,10 @@ def live() -> list[subprocess.Popen]:
     return list(_spawner.live)
 
 
-def stop_all(timeout_s: float = 10.0) -> int:
-    """SIGTERM every child still running, SIGKILL its group after ``timeout_s``; returns
-    how many there were."""
-    left = live()
+def stop_all(timeout_s: float = 10.0, keep: frozenset[subprocess.Popen] = frozenset()) -> int:
+    """SIGTERM every child still running (but those in ``keep``), SIGKILL its group after
+    ``timeout_s``; returns how many there were."""
+    left = [p for p in live() if p not in keep]
     for p in left:
         with contextlib.suppress(ProcessLookupError):
             p.terminate()
@@ -154,10 +156,11 @@ def stop_on_signals() -> Iterator[None]:
             raise Stopped(signum)
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    before = frozenset(live())  # a caller's own children (a test's broker) are not ours
     try:
         yield
     finally:
-        stop_all()
+        stop_all(keep=before)
         for s, h in old.items():
             signal.signal(s, h)
         _Signals.fired, _Signals.raised = None, False
