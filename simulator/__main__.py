@@ -18,15 +18,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import signal
 import sys
-import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from simulator import devices as device_types
-from simulator.network import MODES, PARAMS, FaultProxy, runtime_dir, send_control
+from simulator.children import Stopped, deferred_stop, stop_on_signals
+from simulator.network import (
+    DOWN_MODES,
+    MODES,
+    PARAM_HELP,
+    PARAMS,
+    FaultProxy,
+    runtime_dir,
+    send_control,
+)
 
 # ---- devices: type T is simulator/devices/T.py, its EMULATOR class providing
 # from_config(name, cfg_dict, ground_truth_dir), start(), stop() and describe() -> dict;
@@ -55,11 +63,12 @@ def _number(text: str) -> int | float:
 
 
 def _wait_for_ctrl_c() -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    signal.signal(signal.SIGINT, lambda *a: stop.set())
-    while not stop.wait(3600):  # until Ctrl-C or SIGTERM
-        pass
+    """Until Ctrl-C or SIGTERM (``main`` turns them into ``Stopped``): a normal end here."""
+    try:
+        while True:
+            time.sleep(3600)
+    except Stopped:
+        return
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -96,8 +105,7 @@ def _ask_proxy(name: str, request: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_proxy_set(args: argparse.Namespace) -> int:
     request: dict[str, Any] = {"mode": args.mode}
-    for key in ("ms", "jitter_ms", "bytes_per_s", "every_ms", "probability", "up_ms",
-                "down_ms", "down_mode"):
+    for key in PARAM_HELP:
         value = getattr(args, key)
         if value is not None:
             request[key] = value
@@ -180,10 +188,11 @@ def cmd_devices(args: argparse.Namespace) -> int:
     try:
         for name, device in devices.items():
             try:
-                device.start()
+                with deferred_stop():  # Ctrl-C waits until the device is up, then stops it
+                    device.start()
+                    started.append(device)
             except Exception as exc:  # one line for the operator; the others are stopped below
                 raise UsageError(f"device {name} did not start: {exc}") from None
-            started.append(device)
             print(json.dumps(device.describe()), flush=True)
         print(f"{len(started)} device(s) running; ground truth in {ground_truth}; Ctrl-C stops",
               flush=True)
@@ -223,15 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("name", metavar="NAME", help="the proxy's --name")
     ss.add_argument("mode", metavar="MODE", choices=MODES,
                     help=f"one of {', '.join(MODES)}")
-    for flag, what in (("--ms", "latency delay, or stall length (ms)"),
-                       ("--jitter-ms", "latency spread, +/- ms"),
-                       ("--bytes-per-s", "bandwidth cap per direction"),
-                       ("--every-ms", "stall: mean time between stall chances (ms)"),
-                       ("--probability", "stall: chance of a stall at each chance, 0..1"),
-                       ("--up-ms", "flap: time up (ms)"), ("--down-ms", "flap: time down (ms)")):
-        ss.add_argument(flag, type=_number, metavar="N", help=what)
-    ss.add_argument("--down-mode", choices=("blackhole", "refuse"),
-                    help="flap: what down means (default blackhole)")
+    for key, what in PARAM_HELP.items():  # the modes' parameters: simulator/network.py
+        flag = "--" + key.replace("_", "-")
+        if key == "down_mode":
+            ss.add_argument(flag, choices=DOWN_MODES, help=what)
+        else:
+            ss.add_argument(flag, type=_number, metavar="N", help=what)
     ss.set_defaults(func=cmd_proxy_set)
 
     sw = sub.add_parser("proxy-show", help="print a running proxy's mode and counters")
@@ -326,11 +332,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UsageError as exc:
-        print(f"python -m simulator {args.command}: {exc}", file=sys.stderr)
-        return 2
+    # SIGTERM/SIGINT stop the command in order; every child process is gone on return.
+    with stop_on_signals():
+        try:
+            return args.func(args)
+        except UsageError as exc:
+            print(f"python -m simulator {args.command}: {exc}", file=sys.stderr)
+            return 2
+        except Stopped as exc:
+            print(f"python -m simulator {args.command}: {exc}; stopped everything it "
+                  "started", file=sys.stderr)
+            return 128 + exc.signum
 
 
 if __name__ == "__main__":

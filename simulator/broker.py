@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware.core import topics
+from simulator.children import spawn
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +204,10 @@ class Broker:
         self.write_config()
         assert self.binary is not None
         with open(self.directory / "stderr.log", "ab") as err:
-            self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)],
-                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=err)
+            # A child of its own group that dies with us (simulator/children.py).
+            self.process = spawn([self.binary, "-c", str(self.config_path)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                 stderr=err)
         ports = [self.port] + ([self.tls_port] if self.tls_port else [])
         deadline = time.monotonic() + timeout_s
         waiting = list(ports)

@@ -60,6 +60,15 @@ PARAMS: dict[str, dict[str, Any]] = {  # allowed parameters and their defaults, 
     "stall": {"ms": 500, "every_ms": 2000, "probability": 1.0},
     "flap": {"up_ms": 3000, "down_ms": 3000, "down_mode": "blackhole"},
 }
+DOWN_MODES = ("blackhole", "refuse")  # what "down" means in flap
+PARAM_HELP = {  # each parameter in a sentence, for the command line's proxy-set flags
+    "ms": "latency delay, or stall length (ms)", "jitter_ms": "latency spread, +/- ms",
+    "bytes_per_s": "bandwidth cap per direction",
+    "every_ms": "stall: mean time between stall chances (ms)",
+    "probability": "stall: chance of a stall at each chance, 0..1",
+    "up_ms": "flap: time up (ms)", "down_ms": "flap: time down (ms)",
+    "down_mode": "flap: what down means (default blackhole)",
+}
 CHUNK = 16384
 QUEUE_CHUNKS = 16
 # Small, so a paused proxy pushes back on the sender soon; TCP_NODELAY beside it, or
@@ -83,7 +92,7 @@ def check_mode(mode: str, params: dict[str, Any]) -> dict[str, Any]:
     p = {**PARAMS[mode], **params}
     for k, v in p.items():
         if k == "down_mode":
-            if v not in ("blackhole", "refuse"):
+            if v not in DOWN_MODES:
                 raise ValueError(f"mode flap: down_mode {v!r} is not blackhole or refuse")
         elif isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
             raise ValueError(f"mode {mode}: {k}={v!r} must be a number >= 0")

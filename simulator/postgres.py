@@ -1,13 +1,15 @@
 """A throwaway PostgreSQL cluster for tests and benchmarks, from Debian's ``postgresql``.
 
 ``ThrowawayPostgres`` runs ``initdb`` into a fresh temporary directory, starts the server
-with ``pg_ctl`` on a free loopback port (its unix socket in the same directory, so it
-never touches ``/var/run/postgresql``), creates a database, and removes everything on
-``close()``. ``url`` is a ``postgresql://`` URL for psycopg and the ledger.
+(``postgres`` itself, as a child process, not daemonised by ``pg_ctl``, so it gets the
+parent-death signal of ``simulator/children.py`` and never outlives a killed test run) on
+a free loopback port (its unix socket in the same directory, so it never touches
+``/var/run/postgresql``), creates a database, and removes everything on ``close()``. ``url`` is a ``postgresql://`` URL for psycopg and the ledger.
 
 PostgreSQL refuses to run as root: as root, the cluster is owned by and run as an
 unprivileged user (``postgres``, which Debian's package creates; override with ``user=``),
-through ``runuser``, and the temporary directory is handed to that user.
+through ``runuser`` for the short tools and ``Popen(user=...)`` for the server, and the
+temporary directory is handed to that user.
 
 Settings: durability is left as shipped (``fsync``, ``synchronous_commit``,
 ``full_page_writes`` on), so a benchmark on it measures committed, flushed transactions.
@@ -22,11 +24,14 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from simulator.broker import free_port
+from simulator.children import spawn
 
 
 class PostgresUnavailable(RuntimeError):
@@ -65,6 +70,7 @@ class ThrowawayPostgres:
                          **(settings or {})}
         self.port = 0
         self.directory: Path | None = None
+        self.server: subprocess.Popen | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -98,11 +104,10 @@ class ThrowawayPostgres:
             self._run("initdb", "-D", str(self.data_dir), "-E", "UTF8", "--locale=C",
                       "-A", "trust", "-U", self.role)
             self.port = free_port()
-            opts = " ".join([f"-c {k}={v}" for k, v in self.settings.items()]
-                            + ["-c listen_addresses=127.0.0.1", f"-p {self.port}",
-                               f"-k {self.directory}"])
-            self._opts = opts
-            self._pg_ctl_start()
+            self._args = [a for k, v in {**self.settings, "listen_addresses": "127.0.0.1"}
+                          .items() for a in ("-c", f"{k}={v}")]
+            self._args += ["-p", str(self.port), "-k", str(self.directory)]
+            self._start_server()
             self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.role,
                       self.database)
         except BaseException:
@@ -110,17 +115,47 @@ class ThrowawayPostgres:
             raise
         return self
 
-    def _pg_ctl_start(self) -> None:
+    def _start_server(self, timeout_s: float = 60.0) -> None:
+        """Start the server and wait until it accepts connections (``pg_isready``)."""
         assert self.directory is not None
-        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.directory / "pg.log"),
-                  "-o", self._opts, "-w", "-t", "60", "start")
+        argv = [str(self.bin / "postgres"), "-D", str(self.data_dir), *self._args]
+        # SIGINT on our death: PostgreSQL's "fast" shutdown (sessions ended, clean exit).
+        with open(self.directory / "pg.log", "ab") as log_file:
+            self.server = spawn(argv, death_signal=signal.SIGINT, cwd=self.directory,
+                                stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=subprocess.STDOUT,
+                                **({"user": self.uid, "group": self.gid}
+                                   if self.run_as is not None else {}))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:  # bounded by the deadline
+            if self.server.poll() is not None:
+                raise PostgresUnavailable(f"postgres exited ({self.server.returncode}) at "
+                                          f"start; its log says:\n{self.log_tail()}")
+            ready = subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1",
+                                    "-p", str(self.port)], timeout=10, check=False)
+            if ready.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise PostgresUnavailable(f"postgres did not accept connections within {timeout_s} s; "
+                                  f"its log says:\n{self.log_tail()}")
+
+    def _signal_server(self, sig: int, timeout_s: float = 60.0) -> None:
+        """SIGINT: fast shutdown; SIGQUIT: immediate (no checkpoint, as a crash)."""
+        server, self.server = self.server, None
+        if server is None or server.poll() is not None:
+            return
+        server.send_signal(sig)
+        try:
+            server.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
 
     def restart(self, immediate: bool = True) -> None:
         """Stop (``immediate``: no checkpoint, as a crash; recovery replays the WAL) and
         start again on the same port."""
-        self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate" if immediate
-                  else "fast", "-w", "stop")
-        self._pg_ctl_start()
+        self._signal_server(signal.SIGQUIT if immediate else signal.SIGINT)
+        self._start_server()
 
     def create_database(self, name: str) -> str:
         """A new empty database in this cluster (one per test keeps tests apart); its URL."""
@@ -135,8 +170,7 @@ class ThrowawayPostgres:
             if path.exists() else "(no log)"
 
     def stop(self) -> None:
-        if self.directory is not None and (self.data_dir / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
+        self._signal_server(signal.SIGINT)
 
     def close(self) -> None:
         """Stop the server and remove its directory."""

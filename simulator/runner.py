@@ -11,13 +11,17 @@ Phases and their bounds (every wait here ends by itself):
 3. end of shift: the devices stop; the run waits until the ledger stops growing and every
    gateway reports an empty backlog (at most ``settle_s``).
 4. down: agents SIGTERM, ledger SIGTERM, broker stopped; then the outcome.
+
+The ledger is read only through its store (``host_tools/ledger/store.py``): SQLite in the
+run's directory, or a throwaway PostgreSQL cluster when the file says ``[ledger] db =
+"postgresql"``. A SIGTERM or Ctrl-C at any phase (``simulator/children.py`` makes it an
+exception) goes through the same ``finally``: everything is stopped in the order of 4.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from host_tools.ledger.opener import open_store
+from host_tools.ledger.store import LedgerStore
 from host_tools.reconcile import reconcile
 from simulator.ground_truth import read_ground_truth
 from simulator.lab import wait_for
@@ -49,17 +54,13 @@ class Progress:
             print(f"[{time.monotonic() - self.t0:6.1f} s] {text}", file=self.out, flush=True)
 
 
-def _ledger_count(db: Path) -> int:
-    if not db.exists():
+def _ledger_count(store: LedgerStore | None) -> int:
+    if store is None:
         return 0
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return -1  # busy or not created yet: try again at the next tick
+        return store.count()
+    except Exception:  # noqa: BLE001 - busy or reconnecting: try again at the next tick
+        return -1
 
 
 def _produced(site: SimulatedSite) -> int:
@@ -84,7 +85,8 @@ def _all_devices_ok(monitor: StatusMonitor, site: SimulatedSite) -> list[str]:
 
 
 
-def _status_line(monitor: StatusMonitor, site: SimulatedSite, timeline: Timeline) -> str:
+def _status_line(monitor: StatusMonitor, site: SimulatedSite, timeline: Timeline,
+                 store: LedgerStore | None) -> str:
     latest = monitor.latest()
     backlog = sum((latest.get(g.gw_id) or {}).get("backlog_records", 0) for g in site.gateways)
     ups: dict[str, int] = {}
@@ -92,7 +94,7 @@ def _status_line(monitor: StatusMonitor, site: SimulatedSite, timeline: Timeline
         u = (latest.get(g.gw_id) or {}).get("uplink", "?")
         ups[u] = ups.get(u, 0) + 1
     active = [w.label for w in timeline.windows if w.end_ms is None]
-    return (f"produced {_produced(site)}  committed {_ledger_count(site.db_path)}  "
+    return (f"produced {_produced(site)}  committed {_ledger_count(store)}  "
             f"backlog {backlog}  uplinks {', '.join(f'{k}:{v}' for k, v in sorted(ups.items()))}"
             f"  faults: {', '.join(active) or 'none'}")
 
@@ -111,8 +113,13 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         if run_dir.exists():  # an earlier run's files: its ledger and logs are not this one's
             shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True)
+    pg: Any = None
+    if scenario.ledger_db == "postgresql":
+        from simulator.postgres import ThrowawayPostgres
+        pg = ThrowawayPostgres()
     site = SimulatedSite(scenario, run_dir, n_gw, speed)
     monitor: StatusMonitor | None = None
+    store: LedgerStore | None = None
     stop = threading.Event()
     wall_t0 = time.monotonic()
     notes: list[str] = []
@@ -120,9 +127,13 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         say(f"scenario {scenario.name}: {n_gw} gateway(s), {len(scenario.devices)} device(s) "
             f"each, {len(scenario.faults)} fault(s), {scenario.duration_s:g} s at speed "
             f"{speed:g} ({scenario.duration_s / speed:.0f} s of wall time); files in {run_dir}")
+        if pg is not None:
+            site.db_url = pg.start().url
+            say(f"ledger database: a PostgreSQL cluster of its own ({pg.data_dir})")
         site.start()
         if not site.wait_ledger_ready():
             raise RuntimeError(f"the ledger did not start; see {run_dir / 'ledger.log'}")
+        store = open_store(site.db_url)  # read only through the store, as reconcile does
         monitor = StatusMonitor("127.0.0.1", site.broker.port).start()
         say("broker, ledger, devices and agents started; waiting for every device to be ok")
         if not wait_for(lambda: not _all_devices_ok(monitor, site), UP_TIMEOUT_S, 0.25):
@@ -145,7 +156,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
                 say(f"fault: {w.label} on {', '.join(w.gateways)}")
             seen = len(timeline.windows)
             say(f"t={(time.monotonic() - t0) * speed:5.0f}/{scenario.duration_s:g} s  "
-                + _status_line(monitor, site, timeline))
+                + _status_line(monitor, site, timeline, store))
         stop.set()
         player.join(30)
         site.stop_devices()
@@ -155,7 +166,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         last = [-2, time.monotonic()]
 
         def drained() -> bool:
-            n = _ledger_count(site.db_path)
+            n = _ledger_count(store)
             if n != last[0]:
                 last[:] = [n, time.monotonic()]
             latest = monitor.latest()
@@ -165,24 +176,19 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         if not wait_for(drained, scenario.settle_s, 0.5):
             notes.append(f"the backlog had not drained {scenario.settle_s:g} s after the shift")
             say(f"warning: {notes[-1]}")
-        say(_status_line(monitor, site, timeline))
+        say(_status_line(monitor, site, timeline, store))
         end_ms = int(time.time() * 1000)
         samples = monitor.snapshot()
         monitor.stop()
         monitor = None
         site.close()
         say("everything stopped; reconciling")
-        store = open_store(f"sqlite:///{site.db_path}")
-        try:
-            rec = reconcile(store, [])
-            rows = ledger_rows(store)
-            fleet = _fleet_outcome(site, timeline, rows)
-            outcome = evaluate({g.gw_id: g.ground_truth_dir for g in site.gateways},
-                               scenario.devices, [r for r in rows if r[0] not in fleet["names"]],
-                               timeline.windows, samples, start_ms,
-                               traffic_end_ms, rec)
-        finally:
-            store.close()
+        rec = reconcile(store, [])
+        rows = ledger_rows(store)
+        fleet = _fleet_outcome(site, timeline, rows)
+        outcome = evaluate({g.gw_id: g.ground_truth_dir for g in site.gateways},
+                           scenario.devices, [r for r in rows if r[0] not in fleet["names"]],
+                           timeline.windows, samples, start_ms, traffic_end_ms, rec)
         torn = sum(_count_in_log(g.directory / "agent.log", b"recovered with damage")
                    for g in site.gateways)
         delivered = outcome.pop("_delivered")
@@ -195,6 +201,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             for gw, g in rec["gateways"].items() if gw in {x.gw_id for x in site.gateways}}
         result = {
             "scenario": scenario.name, "speed": speed, "gateways": n_gw,
+            "ledger_db": scenario.ledger_db,
             **outcome, **fleet,
             "torn_tails_repaired": torn,
             "wall_s": round(time.monotonic() - wall_t0, 1),
@@ -216,6 +223,10 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         if monitor is not None:
             monitor.stop()
         site.close()
+        if store is not None:
+            store.close()
+        if pg is not None:
+            pg.close()
         if tmp is not None:
             tmp.cleanup()
 

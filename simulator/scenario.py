@@ -19,7 +19,8 @@ Layout (every key is checked; an unknown key or a bad value is one line naming i
                 the type module's SCENARIO_KEYS
     [fleet]     virtual_gateways, backlog, at_s, jitter_s, rate_per_s, live_s: virtual
                 gateways (simulator/fleet.py) that come back at at_s with a backlog each
-    [[fault]]   at_s, kind, ... (see FAULT_KEYS)
+    [[fault]]   at_s, kind, ...: one class per kind in simulator/faults.py holds its keys
+    [ledger]    db = "sqlite" (default) | "postgresql" (a throwaway cluster for the run)
     [expect]    metric = number (equal) or "OP number" (<=, <, >=, >, ==),
                 alarms_raised = ["clock_offset", ...]
 """
@@ -33,31 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from simulator import devices as device_types
+from simulator.faults import KINDS
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
-
-FAULT_KEYS: dict[str, tuple[str, ...]] = {
-    # link: a fault proxy's mode on one uplink (or "all") of the chosen gateways.
-    "link": ("at_s", "kind", "for_s", "uplink", "mode", "gateways", "ms", "jitter_ms",
-             "bytes_per_s", "up_ms", "down_ms", "every_ms"),
-    # broker: crash (SIGKILL) or stop (SIGTERM), back after for_s; keep_state = false
-    # brings it back without its persisted sessions and retained messages (a broker on
-    # tmpfs, or one replaced by a fresh instance).
-    "broker": ("at_s", "kind", "for_s", "action", "keep_state"),
-    # power_cut: SIGKILL the agent, optionally tear its journal tail, power back after for_s.
-    "power_cut": ("at_s", "kind", "for_s", "gateways", "torn_tail"),
-    # clock: jump_s (a step) or skew_s (set the offset) or drift_ppm on the agent's clock.
-    "clock": ("at_s", "kind", "gateways", "jump_s", "skew_s", "drift_ppm"),
-    # bad_input: garbage | overlong | partial | noise from a scanner; overload from a scale.
-    # (a scale's overload/underload/unstable lasts for_s).
-    "bad_input": ("at_s", "kind", "device", "input", "count", "gateways", "for_s"),
-}
-LINK_MODES = ("blackhole", "refuse", "reset", "latency", "bandwidth", "stall", "flap")
-BAD_INPUTS = {"scanner": ("garbage", "overlong", "partial", "noise"),
-              "scale": ("overload", "underload", "unstable")}
 METRICS = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency_p99_ms",
            "failovers", "unobserved", "rejected_lines", "torn_tails_repaired",
            "fleet_lost", "fleet_drain_s")
+LEDGER_DBS = ("sqlite", "postgresql")  # postgresql: a throwaway cluster (simulator/postgres.py)
 _OPS = ("<=", ">=", "==", "<", ">")
 
 
@@ -110,6 +93,7 @@ class Scenario:
     settle_s: float
     short_scale: float
     persistence: bool
+    ledger_db: str
     gateway_count: int
     status_period_s: float
     uplinks: list[str]
@@ -174,7 +158,7 @@ def load(name_or_path: str) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path.name}: not valid TOML: {exc}") from None
     _only(path, doc, "(top)", ("scenario", "short", "broker", "gateways", "devices", "fault",
-                               "expect", "fleet"))
+                               "expect", "fleet", "ledger"))
     sc = doc.get("scenario", {})
     _only(path, sc, "scenario", ("name", "description", "duration_s", "max_speed", "settle_s"))
     short = doc.get("short", {})
@@ -184,6 +168,10 @@ def load(name_or_path: str) -> Scenario:
             short[key] = int(_num(path, short, key, "short", lo=1, hi=100000))
     broker = doc.get("broker", {})
     _only(path, broker, "broker", ("persistence",))
+    ledger = doc.get("ledger", {})
+    _only(path, ledger, "ledger", ("db",))
+    if ledger.get("db", "sqlite") not in LEDGER_DBS:
+        raise _err(path, "ledger.db", f"{ledger['db']!r} is not one of {', '.join(LEDGER_DBS)}")
     gws = doc.get("gateways", {})
     _only(path, gws, "gateways", ("count", "status_period_s", "uplinks", "metered"))
     uplinks = gws.get("uplinks", ["primary", "secondary"])
@@ -201,6 +189,7 @@ def load(name_or_path: str) -> Scenario:
         settle_s=_num(path, sc, "settle_s", "scenario", 30, 1, 3600),
         short_scale=_num(path, short, "time_scale", "short", 1.0, 0.001, 1),
         persistence=bool(broker.get("persistence", True)),
+        ledger_db=ledger.get("db", "sqlite"),
         gateway_count=int(_num(path, gws, "count", "gateways", 1, 1, 500)),
         status_period_s=_num(path, gws, "status_period_s", "gateways", 1, 0.1, 60),
         uplinks=uplinks, metered=metered, fleet={}, short=short,
@@ -251,54 +240,38 @@ def _gateway_list(path: Path, where: str, v: Any, count: int) -> list[int] | Non
                f"from 1 to {count}")
 
 
+@dataclass
+class _Table:
+    """One table of the file, for a fault kind's check: errors name the file and key path."""
+
+    path: Path
+    where: str
+    table: dict[str, Any]
+
+    def fail(self, key: str, problem: str) -> ScenarioError:
+        return _err(self.path, f"{self.where}.{key}" if key else self.where, problem)
+
+    def num(self, key: str, default: Any = None, lo: float = 0.0, hi: float = 1e9) -> float:
+        return _num(self.path, self.table, key, self.where, default, lo, hi)
+
+
 def _fault(path: Path, i: int, t: Any, sc: Scenario) -> Fault:
     where = f"fault[{i}]"
-    if not isinstance(t, dict) or t.get("kind") not in FAULT_KEYS:
-        raise _err(path, f"{where}.kind", f"must be one of {', '.join(FAULT_KEYS)}")
-    kind = t["kind"]
-    _only(path, t, where, FAULT_KEYS[kind])
+    if not isinstance(t, dict) or t.get("kind") not in KINDS:
+        raise _err(path, f"{where}.kind", f"must be one of {', '.join(KINDS)}")
+    kind = KINDS[t["kind"]]
+    _only(path, t, where, kind.allowed_keys())
     at = _num(path, t, "at_s", where, hi=sc.duration_s)
     for_s = _num(path, t, "for_s", where, 0.0, 0, 86400)
     if at + for_s > sc.duration_s:
         raise _err(path, where, f"at_s {at:g} + for_s {for_s:g} ends after the scenario's "
                    f"duration_s {sc.duration_s:g}")
     params = {k: v for k, v in t.items() if k not in ("at_s", "kind", "for_s", "gateways")}
-    if kind == "link":
-        if params.get("mode") not in LINK_MODES:
-            raise _err(path, f"{where}.mode", f"must be one of {', '.join(LINK_MODES)}")
-        up = params.setdefault("uplink", "all")
-        if up != "all" and up not in sc.uplinks:
-            raise _err(path, f"{where}.uplink", f"{up!r} is not \"all\" or one of {sc.uplinks}")
-        if not for_s:
-            raise _err(path, f"{where}.for_s", "a link fault needs a duration")
-    elif kind == "broker":
-        if params.setdefault("action", "crash") not in ("crash", "stop"):
-            raise _err(path, f"{where}.action", "must be crash or stop")
-        if not isinstance(params.setdefault("keep_state", True), bool):
-            raise _err(path, f"{where}.keep_state", "must be true or false")
-        if not for_s:
-            raise _err(path, f"{where}.for_s", "how long the broker stays down is required")
-    elif kind == "power_cut":
-        params.setdefault("torn_tail", False)
-        if not for_s:
-            raise _err(path, f"{where}.for_s", "how long the power stays off is required")
-    elif kind == "clock":
-        given = [k for k in ("jump_s", "skew_s", "drift_ppm") if k in params]
-        if len(given) != 1:
-            raise _err(path, where, "give exactly one of jump_s, skew_s, drift_ppm")
-        _num(path, params, given[0], where, lo=-1e8, hi=1e8)
-    elif kind == "bad_input":
-        dev = params.get("device")
-        if dev not in sc.devices:
-            raise _err(path, f"{where}.device", f"{dev!r} is not one of {', '.join(sc.devices)}")
-        dtype = sc.devices[dev]["type"]
-        allowed = BAD_INPUTS.get(dtype, ())
-        if params.get("input") not in allowed:
-            raise _err(path, f"{where}.input", f"a {dtype} can send: "
-                       f"{', '.join(allowed) or 'nothing bad here'}")
-        params["count"] = int(_num(path, params, "count", where, 1, 1, 1000))
-    return Fault(at, kind, for_s, params, _gateway_list(path, where, t.get("gateways"),
-                                                        sc.gateway_count))
+    kind.check(params, sc, _Table(path, where, params))
+    if kind.needs_duration and not for_s:
+        raise _err(path, f"{where}.for_s", kind.needs_duration)
+    return Fault(at, kind.name, for_s, params, _gateway_list(path, where, t.get("gateways"),
+                                                             sc.gateway_count))
 
 
 def _expect(path: Path, t: dict[str, Any]) -> list[Expectation]:

@@ -5,6 +5,7 @@ and per gateway its emulated devices, a fault proxy per uplink and a real agent 
 Everything is on loopback. The devices run in this process (they are real protocol peers:
 ptys, pymodbus's server, asyncua's server) so the timeline can reach them directly; the
 agents, the broker and the ledger are processes of their own, so a power cut is a SIGKILL.
+``simulator/children.py`` starts them, so none outlives the simulator.
 
 Not modelled: separate machines and their own clocks (only the agents' wall clocks are
 steered), interfaces (each uplink is a fault proxy in front of the one broker).
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.broker import Broker
+from simulator.children import deferred_stop, spawn
 from simulator.clock import SimClock
 from simulator.devices import device_type
 from simulator.network import FaultProxy
@@ -64,12 +66,13 @@ class Gateway:
             self.log_file = open(self.directory / "agent.log", "ab")  # noqa: SIM115
         self.log_file.write(f"---- power on, life {self.lives} ----\n".encode())
         self.log_file.flush()
-        self.process = subprocess.Popen(
+        # SIGKILL if the simulator dies: a power cut, which the journal is built for.
+        self.process = spawn(
             [sys.executable, "-m", "firmware", "run", "--config",
              str(self.directory / "site.toml"), "--clock-control",
              str(self.directory / "clock.json"), "--log-level", "INFO"],
-            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            death_signal=signal.SIGKILL, cwd=ROOT, stdout=self.log_file,
+            stderr=subprocess.STDOUT)
 
     def kill_agent(self) -> None:
         """Power cut: SIGKILL, nothing flushed, sockets reset by the kernel."""
@@ -89,7 +92,8 @@ class Gateway:
 
 
 class SimulatedSite:
-    def __init__(self, scenario: Scenario, directory: Path, gateways: int, speed: float) -> None:
+    def __init__(self, scenario: Scenario, directory: Path, gateways: int, speed: float,
+                 db_url: str | None = None) -> None:
         self.scenario = scenario
         self.directory = directory
         self.speed = speed
@@ -98,9 +102,11 @@ class SimulatedSite:
         # fsync on the disk (the journals' included). Agents resend what a crash loses.
         self.broker = Broker(directory / "broker", persistence=scenario.persistence,
                              autosave_changes=200)
-        self.db_path = directory / "ledger.db"
+        # The ledger's store URL (host_tools/ledger/store.py): SQLite in the run's directory
+        # unless the runner hands another (a PostgreSQL cluster of its own).
+        self.db_url = db_url or f"sqlite:///{directory / 'ledger.db'}"
         self.ledger: subprocess.Popen | None = None
-        self._closed = False
+        self._closed = self._devices_stopped = False
         self.fleet = None
         if scenario.fleet:
             from simulator.fleet import Fleet
@@ -122,14 +128,15 @@ class SimulatedSite:
                         + ("".join(f'"{n}" = "{k.hex()}"\n' for n, k in self.fleet.keys().items())
                            if self.fleet else ""))
         os.chmod(keys, 0o600)
-        self.ledger = subprocess.Popen(
-            [sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
-             f"sqlite:///{self.db_path}", "--broker", self.broker.url, "--keys", str(keys),
-             "--log-level", "WARNING"],
-            cwd=ROOT, stdout=open(self.directory / "ledger.log", "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT, start_new_session=True)
+        with open(self.directory / "ledger.log", "ab") as ledger_log:
+            self.ledger = spawn(
+                [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", self.db_url,
+                 "--migrate", "--broker", self.broker.url, "--keys", str(keys),
+                 "--log-level", "WARNING"],
+                cwd=ROOT, stdout=ledger_log, stderr=subprocess.STDOUT)
         for g in self.gateways:
-            self._prepare(g)
+            with deferred_stop():  # a Ctrl-C now waits until this gateway's parts are up
+                self._prepare(g)
         for g in self.gateways:
             g.start_agent()
 
@@ -182,6 +189,9 @@ class SimulatedSite:
 
     def stop_devices(self) -> None:
         """The end of the shift: the devices stop producing (and their ports go)."""
+        if self._devices_stopped:
+            return
+        self._devices_stopped = True
         for g in self.gateways:
             for dev in g.devices.values():
                 try:
@@ -195,6 +205,7 @@ class SimulatedSite:
         self._closed = True
         for g in self.gateways:
             g.stop_agent()
+        self.stop_devices()  # stopped here too when a run ends early (Ctrl-C, an error)
         if self.ledger is not None and self.ledger.poll() is None:
             self.ledger.send_signal(signal.SIGTERM)
             try:

@@ -1,5 +1,6 @@
 """Plays a scenario's timeline on a running site: faults on and off, the scales' items,
-at scenario times divided by the speed.
+at scenario times divided by the speed. What each fault kind does is its class in
+``simulator/faults.py``; this module only orders them in time.
 
 Every action happens on this one thread, in time order, so two faults never race. Each
 fault that lasts leaves a window (kind, label, gateways, wall-clock start and end in ms)
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from simulator.power import tear_journal_tail
+from simulator.faults import KINDS, PowerCut, Undo
 from simulator.scenario import Fault
 from simulator.site import Gateway, SimulatedSite
 
@@ -41,20 +42,6 @@ class FaultWindow:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _label(f: Fault) -> str:
-    p = f.params
-    if f.kind == "link":
-        return f"{p['uplink']} {p['mode']}"
-    if f.kind == "broker":
-        return f"broker {p['action']}" + ("" if p.get("keep_state", True) else " (state lost)")
-    if f.kind == "power_cut":
-        return "power cut" + (" (torn tail)" if p.get("torn_tail") else "")
-    if f.kind == "clock":
-        k = next(k for k in ("jump_s", "skew_s", "drift_ppm") if k in p)
-        return f"clock {k.removesuffix('_s').replace('_', ' ')} {p[k]:+g}"
-    return f"{p['device']} {p['input']}"
 
 
 class Timeline:
@@ -94,7 +81,7 @@ class Timeline:
         sc = self.site.scenario
         for g in self.site.gateways:
             off = [(f.at_s - 2, f.at_s + f.for_s + 10) for f in sc.faults
-                   if f.kind == "power_cut" and (f.gateways is None or g.index in f.gateways)]
+                   if f.kind == PowerCut.name and (f.gateways is None or g.index in f.gateways)]
             scale = g.devices[name]
             t = every_s * self.rng.uniform(0.2, 1.0)
             while t + every_s / 2 < duration_s:
@@ -140,66 +127,14 @@ class Timeline:
     # ---- faults ------------------------------------------------------------------------
 
     def _start(self, f: Fault, gws: list[Gateway]) -> None:
-        w = FaultWindow(f.kind, _label(f), [g.gw_id for g in gws], _now_ms())
+        kind = KINDS[f.kind]
+        w = FaultWindow(f.kind, kind.label(f.params), [g.gw_id for g in gws], _now_ms())
         self.windows.append(w)
-        p = f.params
-        if f.kind == "link":
-            names = self.site.scenario.uplinks if p["uplink"] == "all" else [p["uplink"]]
-            mode_params = {k: p[k] for k in ("ms", "jitter_ms", "bytes_per_s", "up_ms",
-                                             "down_ms", "every_ms") if k in p}
-            for g in gws:
-                for n in names:
-                    g.proxies[n].set_mode(p["mode"], **mode_params)
-            undo = lambda: [g.proxies[n].set_mode("pass") for g in gws for n in names]  # noqa: E731
-        elif f.kind == "broker":
-            broker = self.site.broker
-            (broker.crash if p["action"] == "crash" else broker.stop)()
-            if not p.get("keep_state", True):
-                broker.db_path.unlink(missing_ok=True)  # back empty: no sessions, no retained
-            undo = broker.start
-        elif f.kind == "power_cut":
-            for g in gws:
-                g.kill_agent()
-                if p.get("torn_tail"):
-                    w.detail.setdefault("torn", {})[g.gw_id] = tear_journal_tail(
-                        g.journal_dir, self.rng)
-            undo = lambda: [g.start_agent() for g in gws]  # noqa: E731
-        elif f.kind == "clock":
-            for g in gws:
-                assert g.clock is not None
-                if "jump_s" in p:
-                    g.clock.jump(p["jump_s"] * 1000)
-                elif "skew_s" in p:
-                    g.clock.skew(p["skew_s"] * 1000)
-                else:
-                    g.clock.drift(p["drift_ppm"])
-            undo = None
-        else:
-            undo = self._bad_input(f, gws)
+        undo = kind.start(f.params, self.site, gws, self.rng, w.detail)
         if f.for_s > 0 and undo is not None:
-            def end(w: FaultWindow = w, undo: Callable[[], Any] = undo) -> None:
+            def end(w: FaultWindow = w, undo: Undo = undo) -> None:
                 undo()
                 w.end_ms = _now_ms()
             self.at(f.at_s + f.for_s, end)
         else:
             w.end_ms = w.start_ms
-
-    def _bad_input(self, f: Fault, gws: list[Gateway]) -> Callable[[], Any] | None:
-        p = f.params
-        devices = [g.devices[p["device"]] for g in gws]
-        for d in devices:
-            for _ in range(p["count"]):
-                if p["input"] == "garbage":
-                    d.garbage(24, end_line=True)  # a noise burst between two scans
-                elif p["input"] == "overlong":
-                    d.overlong(600)
-                elif p["input"] == "partial":
-                    d.partial_then_silence(0.3)
-                elif p["input"] == "noise":
-                    d.wrong_baud_noise(32)
-        if p["input"] in ("overload", "underload", "unstable"):
-            for d in devices:
-                {"overload": d.overload, "underload": d.underload,
-                 "unstable": d.unstable_forever}[p["input"]]()
-            return lambda: [d.clear_faults() for d in devices]
-        return None
