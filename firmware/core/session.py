@@ -169,6 +169,18 @@ class LinkSession:
             return [Note("uplink_up", {"uplink": name})]
         return [Note("uplink_down", {"uplink": name, "reason": reason})]
 
+    def alarm(self, name, on=True):
+        """Raise (or clear) an alarm the runtime found (a failed write, a dead thread):
+        it shows in the status and, when it changes, in a sync-log note."""
+        if on == (name in self.alarms):
+            return []
+        if on:
+            self.alarms.add(name)
+        else:
+            self.alarms.discard(name)
+        self._status_due = 0  # say so at once
+        return [Note("alarm" if on else "alarm_cleared", {"alarm": name})]
+
     def publish_failed(self, uplink):
         """The edge refused a batch (not connected, queue full): it goes again after the
         ack timeout, so this only counts."""

@@ -258,3 +258,15 @@ def test_a_silent_outage_sets_no_deadline_to_spin_on():
     assert sess.active is None
     assert sess.next_deadline_ms(5000) is None  # overdue acks, but nothing can go
     assert sess.poll(5000, WALL + 5000) == []
+
+
+def test_a_runtime_alarm_shows_in_the_status_at_once_and_clears():
+    sess = session_for(journal_with(0))
+    up(sess, 0)
+    sess.poll(1, WALL + 1)
+    notes = sess.alarm("command_id_write", True)
+    assert [n.what for n in notes] == ["alarm"] and sess.alarm("command_id_write") == []
+    assert of(sess.poll(2, WALL + 2), s.StatusDue)
+    assert sess.status(WALL, {})["forwarding"]["alarms"] == ["command_id_write"]
+    assert [n.what for n in sess.alarm("command_id_write", False)] == ["alarm_cleared"]
+    assert sess.status(WALL, {})["forwarding"]["alarms"] == []
