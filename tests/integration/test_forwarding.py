@@ -333,3 +333,44 @@ def test_two_ledger_workers_on_a_shared_subscription_store_each_event_once(tmp_p
         for st in stores:
             st.close()
         lab.close()
+
+
+def test_forged_acks_while_the_ledger_is_down_reclaim_nothing(rig: Lab) -> None:
+    """Anyone who can publish on a gateway's ack topic tries to make it drop records the
+    ledger never stored: unsigned (version 1) acks, acks signed with another key, and a
+    real ack's signature pasted onto a wider range. None may commit."""
+    import paho.mqtt.publish as publish
+
+    from firmware.core.signing import Signer
+    from firmware.core.wire import encode_ack
+
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    rig.ledger.stop()
+    rig.emit(50)
+    j = agent.journal.journal
+    assert wait_for(lambda: agent.forwarding.forwarder.inflight, 5)
+    session = agent.forwarding.session
+    flights = [(f.first, f.last) for f in agent.forwarding.forwarder.inflight]
+    epoch = j.epoch
+    stranger = Signer(b"f" * 32)
+    forged = []
+    for first, last in flights:
+        unsigned = (b'{"v":1,"epoch":%d,"first":%d,"last":%d,"ledger_ms":1,"status":"ok",'
+                    b'"dup":0}' % (epoch, first, last))
+        other_key = encode_ack(stranger, epoch, first, last, 1)
+        real = encode_ack(Signer(b"x" * 32), epoch, first, first, 1)  # a valid-looking sig
+        widened = real.replace(b'"last":%d' % first, b'"last":%d' % last)
+        forged += [unsigned, other_key, widened]
+    for payload in forged:
+        publish.single("midshift/v1/lab/gw-t/ack", payload, qos=1, hostname="127.0.0.1",
+                       port=rig.broker.port)
+    assert wait_for(lambda: session.counters["bad_acks"] >= len(forged), 10), session.counters
+    assert j.tail_seq == 1 and j.backlog()[0] == 50  # nothing reclaimed
+    assert session.counters["commits"] == 0
+    from host_tools.ledger.service import LedgerService
+    from simulator.lab import KEY
+    rig.ledger = LedgerService(rig.store, {"gw-t": KEY}, rig.broker.url).start()
+    assert wait_for(lambda: rig.ledger_count() == 50, 15)  # the real ledger's acks do commit
+    _exactly_once(rig, 50)
+    assert wait_for(lambda: j.tail_seq == 51, 5)
