@@ -14,6 +14,7 @@ import os
 import signal
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -212,3 +213,32 @@ def test_a_gateway_cannot_take_another_gateways_client_id(lab: dict[str, Any]) -
             led.close()
     finally:
         victim.close()
+
+
+def test_ledger_serve_finds_its_tls_files_in_the_site_directory(lab: dict[str, Any]) -> None:
+    db = lab["tmp"] / "cli-ledger.db"
+    argv = [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", f"sqlite:///{db}",
+            "--broker", f"mqtts://127.0.0.1:{lab['ledger_port']}"]
+    half = subprocess.run([*argv, "--keys", str(lab["site"] / "ledger/keys.toml"), "--cert",
+                           str(lab["site"] / "ledger/ledger.crt")], capture_output=True,
+                          text=True, timeout=60)
+    assert half.returncode == 2 and half.stderr.strip().count("\n") == 0, half.stderr
+    assert "--ca: needed with the other TLS files" in half.stderr
+    proc = subprocess.Popen([*argv, "--site", str(lab["site"])], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    gw = _gateway(lab, "gw-01", "gw-01-cli")
+    try:
+        assert proc.stdout is not None and "serving 2 gateway(s)" in proc.stdout.readline()
+        assert gw.outcome() == "connected"
+        gw.client.publish(f"midshift/v1/{SITE}/gw-01/events", _batch("gw-01", 2, "CLI", lab),
+                          qos=1)
+        store = open_store(f"sqlite:///{db}")
+        try:
+            assert wait_for(lambda: store.count("gw-01") == 1, 15)
+        finally:
+            store.close()
+    finally:
+        gw.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
