@@ -24,8 +24,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from firmware.core.commands import CommandGate, CommandRejected
 from firmware.core.signing import Signer
 from firmware.core.wire import Batch, decode_ack, encode_batch
+from host_tools.__main__ import main as host_tools
 from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService, load_keys
 from simulator.broker import find_mosquitto, free_port
@@ -242,3 +244,33 @@ def test_ledger_serve_finds_its_tls_files_in_the_site_directory(lab: dict[str, A
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+def test_host_command_is_signed_for_its_gateway_numbered_and_sent_as_the_ledger(
+        lab: dict[str, Any]) -> None:
+    site = lab["site"]
+    gw = _gateway(lab, "gw-01", "gw-01-cmd")
+    got: list[bytes] = []
+    gw.client.on_message = lambda c, u, m: got.append(m.payload)
+    broker = f"mqtts://127.0.0.1:{lab['ledger_port']}"
+    try:
+        assert gw.outcome() == "connected"
+        gw.client.subscribe(f"midshift/v1/{SITE}/gw-01/cmd", qos=1)
+        assert wait_for(lambda: len(gw.subacks) == 1, 10)
+        for argv in (["ping"], ["replay-from", "--seq", "7"]):
+            assert host_tools(["command", "gw-01", *argv, "--site-dir", str(site),
+                               "--broker", broker]) == 0
+        assert host_tools(["command", "gw-01", "replay-from", "--site-dir", str(site),
+                           "--broker", broker]) == 2  # no --seq: refused, nothing sent
+        assert wait_for(lambda: len(got) == 2, 10)
+    finally:
+        gw.close()
+    key = bytes.fromhex((site / "gateways/gw-01/command.key").read_text().strip())
+    gate = CommandGate(Signer(key), "gw-01")
+    assert [gate.check(p) for p in got] == [(1, "ping", {}), (2, "replay-from", {"seq": 7})]
+    other = bytes.fromhex((site / "gateways/gw-02/command.key").read_text().strip())
+    try:
+        CommandGate(Signer(other), "gw-02").check(got[0])
+        raise AssertionError("gw-02 took gw-01's command")
+    except CommandRejected as exc:
+        assert exc.reason == "bad_signature"
