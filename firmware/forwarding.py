@@ -59,7 +59,7 @@ class ForwardingLoop:
             last = 0
             if self.command_state.exists():
                 last = int(self.command_state.read_text().strip() or 0)
-            gate = CommandGate(Signer(command_key), last)
+            gate = CommandGate(Signer(command_key), cfg.gateway_id, last)
         self.session = s.LinkSession(
             journal, cfg.site, cfg.gateway_id, Signer(key), [u.name for u in cfg.uplinks],
             clock.monotonic_ms(), compress=zlib.compress,

@@ -161,7 +161,7 @@ def _stage(site: Site, gateway: str, board: str, root: Path, site_text: str) -> 
     _copy(site.ca_cert, keys / "ca.crt", 0o644)
     _copy(gdir / "gateway.crt", keys / "gateway.crt", 0o644)
     _copy(gdir / "batch.key", keys / "batch.key", 0o600)
-    _copy(site.command_key, keys / "command.key", 0o600)
+    _copy(site.command_key(gateway), keys / "command.key", 0o600)
     if (gdir / "gateway.key").exists():  # absent when the device made its own key
         _copy(gdir / "gateway.key", keys / "gateway.key", 0o600)
     keys.chmod(0o700)
@@ -225,7 +225,7 @@ def build_mpy(site: Site, gateway: str, board: str, template_path: Path | None,
     if template_path is None:
         raise BundleError("--config TEMPLATE is required: the node's site file")
     hmac_key = bytes.fromhex((site.gateway_dir(gateway) / "batch.key").read_text().strip())
-    command_key = bytes.fromhex(site.command_key.read_text().strip())
+    command_key = bytes.fromhex(site.command_key(gateway).read_text().strip())
     # The gateway's identity comes from the registry, as for Linux gateways: a template
     # need not repeat the site's name (nor, relative to itself, where the Wi-Fi key is).
     doc = _read_template(template_path)

@@ -76,7 +76,8 @@ def build(base="", options=None):
     gate = None
     if cfg.command_key_file:
         key = node_config.read_key(base + cfg.command_key_file, "gateway.command_key_file")
-        gate = CommandGate(Signer(key), _last_command_id(base + "last-command-id"))
+        gate = CommandGate(Signer(key), cfg.gateway_id,
+                           _last_command_id(base + "last-command-id"))
     subscriptions = session.subscriptions(cfg.site, cfg.gateway_id, gate is not None)
     will = session.last_will(cfg.site, cfg.gateway_id)
     u = cfg.uplinks[0]

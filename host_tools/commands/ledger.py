@@ -5,6 +5,11 @@
 broker spreads gateways over them; N processes on N machines started with ``--shared``
 do the same. On PostgreSQL a worker does not migrate: run ``ledger migrate`` first (or
 pass ``--migrate`` to a single serve), so that workers starting together never race DDL.
+
+Against a provisioned broker the ledger connects over TLS with its own certificate:
+``--broker mqtts://HOST:8884 --site SITE_DIR`` (which finds ``ca/ca.crt``,
+``ledger/ledger.crt``, ``ledger/ledger.key`` and, unless ``--keys`` says otherwise,
+``ledger/keys.toml``), or ``--ca/--cert/--key`` one by one.
 """
 
 from __future__ import annotations
@@ -31,8 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve = lsub.add_parser("serve", help="verify, store and acknowledge batches until Ctrl-C")
     serve.add_argument("--db", required=True, help=DB_HELP)
     serve.add_argument("--broker", required=True, help="mqtt://HOST:PORT")
-    serve.add_argument("--keys", required=True,
-                       help='gateway key registry (TOML: [gateways] gw-01 = "hex")')
+    serve.add_argument("--keys",
+                       help='gateway key registry (TOML: [gateways] gw-01 = "hex"); '
+                       "default SITE/ledger/keys.toml with --site")
+    serve.add_argument("--site", metavar="DIR",
+                       help="a provisioned site directory: the ledger's TLS files and keys")
+    serve.add_argument("--ca", help="CA certificate the broker's certificate chains to")
+    serve.add_argument("--cert", help="the ledger's TLS client certificate")
+    serve.add_argument("--key", help="the ledger's TLS client key")
     serve.add_argument("--shared", metavar="GROUP",
                        help="join the MQTT 5 shared subscription $share/GROUP/... as one worker")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
@@ -70,6 +81,30 @@ def migrate_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_files(args: argparse.Namespace) -> tuple[str, str, str] | None:
+    """(CA, certificate, key) from --ca/--cert/--key, each defaulting from --site; None
+    when none is given. Fills --keys from --site too. ValueError names what is missing."""
+    from pathlib import Path
+    site = Path(args.site) if args.site else None
+    if site is not None and args.keys is None:
+        args.keys = str(site / "ledger" / "keys.toml")
+    if args.keys is None:
+        raise ValueError("--keys FILE or --site DIR: the gateways' key registry")
+    given = {"ca": args.ca, "cert": args.cert, "key": args.key}
+    if site is not None:
+        found = {"ca": site / "ca" / "ca.crt", "cert": site / "ledger" / "ledger.crt",
+                 "key": site / "ledger" / "ledger.key"}
+        given = {k: v or str(found[k]) for k, v in given.items()}
+    if not any(given.values()):
+        return None
+    for name, path in given.items():
+        if not path:
+            raise ValueError(f"--{name}: needed with the other TLS files (or --site DIR)")
+        if not Path(path).is_file():
+            raise ValueError(f"--{name} {path}: no such file")
+    return given["ca"], given["cert"], given["key"]
+
+
 def serve_ledger(args: argparse.Namespace) -> int:
     from host_tools.ledger.service import LedgerService, load_keys
     from host_tools.ledger.store import backend_of
@@ -77,6 +112,7 @@ def serve_ledger(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        tls_files = _tls_files(args)
         keys = load_keys(args.keys)
         backend = backend_of(args.db)
     except OSError as exc:
@@ -101,7 +137,8 @@ def serve_ledger(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     try:
-        service = LedgerService(store, keys, args.broker, args.shared).start()
+        service = LedgerService(store, keys, args.broker, args.shared,
+                                tls_files=tls_files).start()
     except ValueError as exc:
         print(f"ledger: {exc}", file=sys.stderr)
         store.close()
@@ -135,6 +172,9 @@ def _supervise(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", args.db,
             "--broker", args.broker, "--keys", args.keys, "--shared", group,
             "--log-level", args.log_level]
+    for flag in ("site", "ca", "cert", "key"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -1,7 +1,7 @@
 """``provision``: the site CA, gateway keys and certificates, broker ACL and CRL.
 
-Subcommands: ``init-site``, ``gateway``, ``rotate``, ``revoke``, ``crl``, ``broker``,
-``list``. Each works on a site directory (``--site-dir``, default ``./midshift-site``)
+Subcommands: ``init-site``, ``gateway``, ``rotate``, ``revoke``, ``crl``, ``ledger``,
+``broker``, ``list``. Each works on a site directory (``--site-dir``, default ``./midshift-site``)
 under its lock, and every change is a line in the site's audit log.
 """
 
@@ -22,9 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--site-dir", default="midshift-site", type=Path, help=SITE_DIR_HELP)
     ps = p.add_subparsers(dest="action", required=True)
 
-    a = ps.add_parser("init-site", help="create the site CA, command key and registry",
-                      description="Create a site: CA (EC P-256), host command-signing key, "
-                      "empty ledger key registry, ACL and CRL. Lifetimes default to NIST SP "
+    a = ps.add_parser("init-site", help="create the site CA, the ledger's certificate and "
+                      "the registry",
+                      description="Create a site: CA (EC P-256), the ledger's TLS client "
+                      "certificate, empty ledger key registry, ACL and CRL. Lifetimes default to NIST SP "
                       "800-57 cryptoperiods (docs/provisioning.md).")
     _site_dir_here(a)
     a.add_argument("site", metavar="SITE", help="site name as in the gateways' [gateway] site")
@@ -37,9 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--force", action="store_true", help="replace an existing site's CA")
     a.set_defaults(run=_init_site)
 
-    g = ps.add_parser("gateway", help="key, certificate, batch key and ACL entry for a gateway",
+    g = ps.add_parser("gateway", help="key, certificate, batch and command keys and ACL entry "
+                      "for a gateway",
                       description="Provision GW: private key (or sign --csr), certificate "
-                      "from the site CA, batch HMAC key, ledger key registry entry, ACL block.")
+                      "from the site CA, batch HMAC key, command key, ledger key registry "
+                      "entry, ACL block.")
     _site_dir_here(g)
     g.add_argument("gateway", metavar="GW")
     g.add_argument("--board", required=True, help="board name from board_configs/")
@@ -67,11 +70,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     _site_dir_here(c)
     c.set_defaults(run=_crl)
 
+    led = ps.add_parser("ledger", help="(re)issue the ledger's TLS client certificate",
+                        description="A new key and certificate for the ledger's broker "
+                        "connection (ledger/ledger.crt, ledger.key); the old one goes onto "
+                        "the CRL. init-site makes the first.")
+    _site_dir_here(led)
+    led.add_argument("--force", action="store_true", help="replace an existing ledger key")
+    led.set_defaults(run=_ledger)
+
     b = ps.add_parser("broker", help="the broker's server certificate and mosquitto config")
     _site_dir_here(b)
     b.add_argument("--host", action="append", default=[], required=True,
                    help="DNS name or IP address the gateways use (repeatable)")
     b.add_argument("--force", action="store_true", help="replace the broker's key")
+    b.add_argument("--tls-port", type=int, default=8883, help="the gateways' listener")
+    b.add_argument("--ledger-port", type=int, default=8884, help="the ledger's listener")
+    b.add_argument("--ledger-bind", default="127.0.0.1",
+                   help="address of the ledger's listener (default loopback)")
+    b.add_argument("--anonymous-port", type=int, metavar="PORT",
+                   help="also an anonymous loopback listener (statuses only); none unless "
+                   "asked")
     b.set_defaults(run=_broker)
 
     ls = ps.add_parser("list", help="gateways, certificate serials, expiry and rotation dates")
@@ -178,10 +196,27 @@ def _crl(args: argparse.Namespace) -> int:
 
 
 @_guarded
+def _ledger(args: argparse.Namespace) -> int:
+    from host_tools.provision.issuer import issue_ledger
+    with _site(args) as site:
+        entry = issue_ledger(site.load(), args.force)
+        print(f"ledger certificate {entry['serial']} ({entry['cn']}) until "
+              f"{entry['not_after']}: {site.ledger_cert}, key {site.ledger_key} (0600)")
+    return 0
+
+
+@_guarded
 def _broker(args: argparse.Namespace) -> int:
     from host_tools.provision.issuer import issue_broker
     with _site(args) as site:
-        conf = issue_broker(site.load(), args.host, args.force)
+        ports = [p for p in (args.tls_port, args.ledger_port, args.anonymous_port)
+                 if p is not None]
+        if any(not 0 < p < 65536 for p in ports) or len(set(ports)) != len(ports):
+            return _fail(f"ports {', '.join(map(str, ports))}: expected distinct ports "
+                         "1 to 65535")
+        conf = issue_broker(site.load(), args.host, args.force, tls_port=args.tls_port,
+                            ledger_port=args.ledger_port, ledger_bind=args.ledger_bind,
+                            anonymous_port=args.anonymous_port)
         print(f"broker certificate for {', '.join(args.host)}; mosquitto config {conf}")
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 import tomllib
@@ -53,10 +54,18 @@ def load_keys(path: str | Path) -> dict[str, bytes]:
 
 class LedgerService:
     def __init__(self, store: LedgerStore, keys: dict[str, bytes], broker: str,
-                 shared_group: str | None = None, client_id: str = "") -> None:
+                 shared_group: str | None = None, client_id: str = "",
+                 tls_files: tuple[str | Path, str | Path, str | Path] | None = None) -> None:
+        """``tls_files``: (CA, certificate, key) for an ``mqtts://`` broker: the ledger's
+        own identity (``provision`` issues it), which the broker's ACL confines to reading
+        batches and writing acks and commands."""
         self.store = store
         self.signers = {gw: Signer(k) for gw, k in keys.items()}
-        self.host, self.port, _ = parse_broker_url(broker, tls=False)
+        self.host, self.port, tls = parse_broker_url(broker)
+        if tls != (tls_files is not None):
+            raise ValueError(f"broker {broker}: " + ("mqtts:// needs the ledger's CA, "
+                             "certificate and key" if tls else "certificate files given for "
+                             "a plain mqtt:// broker; use mqtts://"))
         self.shared_group = shared_group
         self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0}
         self._lock = threading.Lock()
@@ -68,6 +77,11 @@ class LedgerService:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=protocol, manual_ack=True,
                                   **({} if shared_group else {"clean_session": not client_id}))
+        if tls_files is not None:
+            ca, cert, key = (str(f) for f in tls_files)
+            ctx = ssl.create_default_context(cafile=ca)
+            ctx.load_cert_chain(cert, key)
+            self.client.tls_set_context(ctx)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()

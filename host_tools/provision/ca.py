@@ -105,6 +105,13 @@ def gateway_cert(gateway: str, site: str, public_key: ec.EllipticCurvePublicKey,
     return _leaf(gateway, site, public_key, ca_cert, ca_key, days, ExtendedKeyUsageOID.CLIENT_AUTH)
 
 
+def ledger_cert(cn: str, site: str, public_key: ec.EllipticCurvePublicKey,
+                ca_cert: x509.Certificate, ca_key: PrivateKey, days: int) -> x509.Certificate:
+    """The ledger's TLS client certificate: CN ``cn`` is its broker username, which the
+    ACL lets read batches and write acks and commands."""
+    return _leaf(cn, site, public_key, ca_cert, ca_key, days, ExtendedKeyUsageOID.CLIENT_AUTH)
+
+
 def server_cert(hosts: Iterable[str], site: str, public_key: ec.EllipticCurvePublicKey,
                 ca_cert: x509.Certificate, ca_key: PrivateKey, days: int) -> x509.Certificate:
     """The broker's TLS server certificate; gateways check its name against the URL."""

@@ -1,5 +1,5 @@
 """What the site CA does: set up a site, provision, rotate and revoke gateways, issue the
-broker's certificate and the CRL. Each action writes its files (keys 0600, refusing to
+ledger's and the broker's certificates and the CRL. Each action writes its files (keys 0600, refusing to
 overwrite one without ``force``), re-renders what derives from the registry (the ledger's
 key registry, the broker ACL, the CRL), saves the registry and appends an audit line.
 
@@ -17,7 +17,13 @@ from typing import Any
 from host_tools.audit_log import AuditLog
 from host_tools.provision import ca
 from host_tools.provision.acl import render_acl, render_broker_conf
-from host_tools.provision.registry import DEFAULT_POLICY, ProvisionError, Site, check_name
+from host_tools.provision.registry import (
+    DEFAULT_POLICY,
+    LEDGER_CN,
+    ProvisionError,
+    Site,
+    check_name,
+)
 from host_tools.provision.secret_file import check_private, write_private, write_public
 
 BOARD_DIR = Path(__file__).resolve().parents[2] / "board_configs"
@@ -58,10 +64,10 @@ def init_site(site: Site, name: str, policy: dict[str, int], force: bool = False
     cert = ca.make_ca(name, key, pol["ca_days"])
     write_private(site.ca_key, ca.key_pem(key), force)
     write_public(site.ca_cert, ca.cert_pem(cert))
-    write_private(site.command_key, os.urandom(32).hex().encode() + b"\n", force)
     site.doc = {"version": 1, "site": name, "created": _iso(ca.utcnow()), "policy": pol,
                 "ca": {"serial": f"{cert.serial_number:x}", "fingerprint": ca.fingerprint(cert),
                        "not_after": _iso(cert.not_valid_after_utc)}, "gateways": {}}
+    _issue_ledger(site, force)
     _derive(site)
     site.save()
     AuditLog(site.audit_log).append("provision.init-site", name, {
@@ -85,6 +91,7 @@ def add_gateway(site: Site, gw: str, board: str, csr: bytes | None = None,
     cert = ca.gateway_cert(gw, site.name, public, ca_cert, ca_key,
                            days or site.policy["cert_days"])
     write_private(gdir / "batch.key", os.urandom(32).hex().encode() + b"\n", force)
+    write_private(site.command_key(gw), os.urandom(32).hex().encode() + b"\n", force)
     write_public(gdir / "gateway.crt", ca.cert_pem(cert))
     origin = "device" if csr else "host"
     # Replaced (--force): every earlier certificate goes onto the CRL, or it would stay
@@ -173,7 +180,36 @@ def reissue_crl(site: Site) -> int:
     return n
 
 
-def issue_broker(site: Site, hosts: list[str], force: bool = False) -> Path:
+def _issue_ledger(site: Site, force: bool) -> dict[str, str]:
+    key = ca.new_key()
+    ca_cert, ca_key = _ca(site)
+    cert = ca.ledger_cert(LEDGER_CN, site.name, key.public_key(), ca_cert, ca_key,
+                          site.policy["cert_days"])
+    write_private(site.ledger_key, ca.key_pem(key), force)
+    write_public(site.ledger_cert, ca.cert_pem(cert))
+    site.doc["ledger"] = {"cn": LEDGER_CN, "serial": f"{cert.serial_number:x}",
+                          "not_after": _iso(cert.not_valid_after_utc)}
+    return site.doc["ledger"]
+
+
+def issue_ledger(site: Site, force: bool = False) -> dict[str, str]:
+    """The ledger's TLS client key and certificate (``init-site`` makes the first; this
+    renews it, or gives one to a site made before the ledger had its own)."""
+    old = site.doc.get("ledger")
+    entry = _issue_ledger(site, force)
+    if old:  # the replaced certificate goes onto the CRL, as a gateway's would
+        site.doc.setdefault("revoked_ledger", []).append(
+            {"serial": old["serial"], "revoked_at": _iso(ca.utcnow())})
+    _derive(site)
+    site.save()
+    AuditLog(site.audit_log).append("provision.ledger", LEDGER_CN, {
+        "serial": entry["serial"], "not_after": entry["not_after"], "force": force})
+    return entry
+
+
+def issue_broker(site: Site, hosts: list[str], force: bool = False, tls_port: int = 8883,
+                 ledger_port: int = 8884, ledger_bind: str = "127.0.0.1",
+                 anonymous_port: int | None = None) -> Path:
     if not hosts:
         raise ProvisionError("--host: at least one name or address the gateways connect to")
     key = ca.new_key()
@@ -183,10 +219,13 @@ def issue_broker(site: Site, hosts: list[str], force: bool = False) -> Path:
     write_private(site.broker_dir / "server.key", ca.key_pem(key), force)
     write_public(site.broker_dir / "server.crt", ca.cert_pem(cert))
     conf = render_broker_conf(site.dir, site.broker_dir / "server.crt",
-                              site.broker_dir / "server.key")
+                              site.broker_dir / "server.key", tls_port=tls_port,
+                              ledger_port=ledger_port, ledger_bind=ledger_bind,
+                              anonymous_port=anonymous_port)
     write_public(site.broker_dir / "midshift.conf", conf.encode())
     site.doc["broker"] = {"hosts": hosts, "serial": f"{cert.serial_number:x}",
-                          "not_after": _iso(cert.not_valid_after_utc)}
+                          "not_after": _iso(cert.not_valid_after_utc), "tls_port": tls_port,
+                          "ledger_port": ledger_port, "anonymous_port": anonymous_port}
     site.save()
     AuditLog(site.audit_log).append("provision.broker", ",".join(hosts), {
         "serial": f"{cert.serial_number:x}", "force": force})
@@ -209,6 +248,8 @@ def _derive(site: Site) -> int:
         if not entry.get("revoked"):
             hexkey = (site.gateway_dir(gw) / "batch.key").read_text().strip()
             keys.append(f'{gw} = "{hexkey}"')
+    for old in site.doc.get("revoked_ledger", []):
+        revoked.append((int(old["serial"], 16), _parse(old["revoked_at"])))
     write_public(site.acl, render_acl(site.name, [g for g, e in site.gateways.items()
                                                   if not e.get("revoked")]).encode())
     write_private(site.ledger_keys, ("# ledger key registry for site " + site.name +

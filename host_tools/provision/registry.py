@@ -6,10 +6,13 @@ Layout (docs/provisioning.md)::
     SITE_DIR/site.json             registry: site name, policy, gateways, certificate serials
     SITE_DIR/audit.log, audit.head the hash-chained audit log (host_tools/audit_log.py)
     SITE_DIR/ca/ca.crt  ca.key*    the site CA (EC P-256); ca/crl.pem the CRL mosquitto reads
-    SITE_DIR/host/command.key*     HMAC key signing downlink commands (hex)
     SITE_DIR/ledger/keys.toml*     the ledger's key registry: [gateways] GW = "hex"
+    SITE_DIR/ledger/ledger.crt ledger.key*  the ledger's TLS client identity (CN LEDGER_CN)
     SITE_DIR/broker/acl, midshift.conf, server.crt, server.key*
-    SITE_DIR/gateways/GW/gateway.crt gateway.key* batch.key*  (* = 0600)
+    SITE_DIR/gateways/GW/gateway.crt gateway.key* batch.key* command.key*  (* = 0600)
+
+``command.key`` is the gateway's own key for downlink commands (``firmware/core/
+commands.py``): one per gateway, so a key taken from one gateway commands no other.
 
 Every command takes an exclusive lock on ``SITE_DIR/.lock`` for its whole run, so two
 operators (or two terminals) cannot interleave registry writes.
@@ -25,6 +28,9 @@ from typing import Any
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 NAME_RULE = "1 to 32 letters, digits, '_' or '-'"  # as firmware/core/site_config.py checks
+# The ledger's certificate CN, its broker username: the '.' keeps it apart from every
+# gateway id NAME_RULE allows, so no gateway can be provisioned into the ledger's grants.
+LEDGER_CN = "midshift.ledger"
 
 # Defaults, reasoned against NIST SP 800-57 Part 1 Rev. 5, section 5.3.6 (cryptoperiods);
 # docs/provisioning.md has the long form.
@@ -55,8 +61,9 @@ class Site:
         self.ca_cert = self.dir / "ca" / "ca.crt"
         self.ca_key = self.dir / "ca" / "ca.key"
         self.crl = self.dir / "ca" / "crl.pem"
-        self.command_key = self.dir / "host" / "command.key"
         self.ledger_keys = self.dir / "ledger" / "keys.toml"
+        self.ledger_cert = self.dir / "ledger" / "ledger.crt"
+        self.ledger_key = self.dir / "ledger" / "ledger.key"
         self.broker_dir = self.dir / "broker"
         self.acl = self.broker_dir / "acl"
         self.audit_log = self.dir / "audit.log"
@@ -129,3 +136,7 @@ class Site:
 
     def gateway_dir(self, gw: str) -> Path:
         return self.dir / "gateways" / gw
+
+    def command_key(self, gw: str) -> Path:
+        """The gateway's command-signing key (hex), apart from its batch key."""
+        return self.gateway_dir(gw) / "command.key"

@@ -98,8 +98,10 @@ def test_a_flashed_tree_runs_the_agent_which_forwards_to_the_broker_and_a_second
                            cwd=opt, env=env, capture_output=True, text=True, timeout=60)
     assert where.stdout.strip().startswith(str(opt))     # the flashed agent, not the repo's
     store = open_store(f"sqlite:///{site['tmp'] / 'ledger.db'}")
-    ledger = LedgerService(store, load_keys(site["site"] / "ledger/keys.toml"),
-                           site["broker"].url).start()
+    s = site["site"]  # the ledger with its own certificate, as the ACL wants
+    ledger = LedgerService(store, load_keys(s / "ledger/keys.toml"), site["broker"].tls_url,
+                           tls_files=(s / "ca/ca.crt", s / "ledger/ledger.crt",
+                                      s / "ledger/ledger.key")).start()
     with BarcodeScanner("scanner1", site["tmp"] / "scanner1") as scanner:
         agent = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config",
                                   str(card / "etc/midshift/site.toml")], cwd=opt, env=env,
@@ -235,7 +237,7 @@ def test_micropython_boards_are_built_by_mpy_bundle_with_the_provisioned_keys(
     (gw, board, out, kw), = calls
     assert (gw, board, out) == ("node-01", "pico-w", tmp_path / "mpy")
     assert kw["hmac_key"].hex() == (s / "gateways/node-01/batch.key").read_text().strip()
-    assert kw["command_key"].hex() == (s / "host/command.key").read_text().strip()
+    assert kw["command_key"].hex() == (s / "gateways/node-01/command.key").read_text().strip()
     monkeypatch.setitem(sys.modules, "host_tools.mpy_bundle", None)  # as if it were absent
     assert host_tools(["bundle", "node-01", "--board", "pico-w", "--site-dir", str(s),
                        "--config", str(site["template"]), "-o", str(tmp_path / "mpy2")]) == 2

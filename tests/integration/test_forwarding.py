@@ -106,12 +106,12 @@ def test_a_replayed_command_is_rejected_and_changes_nothing(rig: Lab) -> None:
     topic = "midshift/v1/lab/gw-t/cmd"
     port = rig.broker.port
     fwd = agent.forwarding.session
-    publish.single(topic, sign_command(host, 1, "set-log-level", {"level": "DEBUG"}), qos=1,
-                   hostname="127.0.0.1", port=port)
+    publish.single(topic, sign_command(host, "gw-t", 1, "set-log-level", {"level": "DEBUG"}),
+                   qos=1, hostname="127.0.0.1", port=port)
     assert wait_for(lambda: (fwd.last_command or {}).get("id") == 1, 5)
-    replay = sign_command(host, 1, "drain-now")  # a recorded id, replayed
+    replay = sign_command(host, "gw-t", 1, "drain-now")  # a recorded id, replayed
     publish.single(topic, replay, qos=1, hostname="127.0.0.1", port=port)
-    forged = sign_command(Signer(b"z" * 32), 2, "drain-now")
+    forged = sign_command(Signer(b"z" * 32), "gw-t", 2, "drain-now")
     publish.single(topic, forged, qos=1, hostname="127.0.0.1", port=port)
     assert wait_for(lambda: fwd.counters["commands_rejected"] == 2, 5)
     assert fwd.gate.rejected == {"replayed": 1, "bad_signature": 1}

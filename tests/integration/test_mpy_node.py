@@ -236,8 +236,8 @@ def test_signed_commands_are_obeyed_and_a_replay_is_refused(tmp_path: Path) -> N
             assert wait_for(lambda: node.journal.tail_seq == 5, WAIT_S), _state(rig)
             topic = f"midshift/v1/{SITE}/{GATEWAY}/cmd"
             host = Signer(COMMAND_KEY)
-            publish.single(topic, sign_command(host, 1, "replay-from", {"seq": 1}), qos=1,
-                           hostname="127.0.0.1", port=rig.broker.port)
+            publish.single(topic, sign_command(host, GATEWAY, 1, "replay-from", {"seq": 1}),
+                           qos=1, hostname="127.0.0.1", port=rig.broker.port)
             assert wait_for(lambda: (node.last_command or {}).get("id") == 1, WAIT_S), \
                 _state(rig)
             # Seqs 1-4 were acknowledged and their space reclaimed: the replay starts at the
@@ -245,9 +245,9 @@ def test_signed_commands_are_obeyed_and_a_replay_is_refused(tmp_path: Path) -> N
             assert node.last_command == {"id": 1, "cmd": "replay-from",
                                          "result": {"from_seq": 5}}
             assert rig.ledger_count() == 4
-            publish.single(topic, sign_command(host, 1, "drain-now"), qos=1,
+            publish.single(topic, sign_command(host, GATEWAY, 1, "drain-now"), qos=1,
                            hostname="127.0.0.1", port=rig.broker.port)  # replayed id
-            publish.single(topic, sign_command(Signer(b"f" * 32), 2, "ping"), qos=1,
+            publish.single(topic, sign_command(Signer(b"f" * 32), GATEWAY, 2, "ping"), qos=1,
                            hostname="127.0.0.1", port=rig.broker.port)  # forged
             assert wait_for(lambda: node.session.counters["commands_rejected"] == 2, WAIT_S), \
                 _state(rig)

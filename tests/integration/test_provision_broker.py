@@ -91,7 +91,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     broker = Broker(tmp / "broker", tls=tls, acl_file=site / "broker/acl").start()
     store = open_store(f"sqlite:///{tmp / 'ledger.db'}")
     keys = load_keys(site / "ledger/keys.toml")
-    ledger = LedgerService(store, keys, broker.url).start()
+    ledger = LedgerService(store, keys, broker.tls_url, tls_files=_ledger_files(site)).start()
     try:
         yield {"tmp": tmp, "site": site, "rogue": rogue, "broker": broker, "store": store,
                "keys": keys}
@@ -99,6 +99,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         ledger.stop()
         store.close()
         broker.close()
+
+
+def _ledger_files(site: Path) -> tuple[Path, Path, Path]:
+    return site / "ca/ca.crt", site / "ledger/ledger.crt", site / "ledger/ledger.key"
 
 
 def _peer(lab: dict[str, Any], gw: str, site_dir: Path | None = None, name: str = "gateway",
@@ -168,25 +172,23 @@ def test_a_gateway_publishing_under_another_gateways_topic_is_dropped_by_the_bro
 
 
 def test_a_gateway_reads_only_its_own_ack_topic(lab: dict[str, Any]) -> None:
-    """gw-02 subscribes to gw-01's acks and its own; the host (anonymous, loopback) then
-    publishes one to each, in that order, on one connection: gw-02 gets only its own."""
+    """gw-02 subscribes to gw-01's acks and its own; the ledger's identity then publishes
+    one to each, in that order, on one connection: gw-02 gets only its own."""
     peer = _peer(lab, "gw-02")
     got: list[str] = []
     peer.client.on_message = lambda c, u, m: got.append(m.topic)
-    host = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="host-probe")
+    site = lab["site"]
+    host = Peer(lab["broker"].tls_port, *_ledger_files(site), "ledger-probe").start()
     try:
-        assert peer.outcome() == "connected"
+        assert peer.outcome() == "connected" and host.outcome() == "connected"
         peer.client.subscribe([(f"midshift/v1/{SITE}/gw-01/ack", 1),
                                (f"midshift/v1/{SITE}/gw-02/ack", 1)])
         assert wait_for(lambda: len(peer.subacks) == 1, 10)
-        host.connect("127.0.0.1", lab["broker"].port)
-        host.loop_start()
-        host.publish(f"midshift/v1/{SITE}/gw-01/ack", b"for gw-01", qos=1)
-        host.publish(f"midshift/v1/{SITE}/gw-02/ack", b"for gw-02", qos=1)
+        host.client.publish(f"midshift/v1/{SITE}/gw-01/ack", b"for gw-01", qos=1)
+        host.client.publish(f"midshift/v1/{SITE}/gw-02/ack", b"for gw-02", qos=1)
         assert wait_for(lambda: f"midshift/v1/{SITE}/gw-02/ack" in got, 10)
     finally:
-        host.disconnect()
-        host.loop_stop()
+        host.close()
         peer.close()
     assert got == [f"midshift/v1/{SITE}/gw-02/ack"]
 

@@ -41,8 +41,9 @@ def site(tmp_path: Path) -> Path:
 
 
 def test_private_keys_are_0600_and_certificates_chain_to_the_site_ca(site: Path) -> None:
-    for key in ("ca/ca.key", "host/command.key", "ledger/keys.toml",
-                "gateways/gw-01/gateway.key", "gateways/gw-01/batch.key"):
+    for key in ("ca/ca.key", "ledger/keys.toml", "ledger/ledger.key",
+                "gateways/gw-01/gateway.key", "gateways/gw-01/batch.key",
+                "gateways/gw-01/command.key"):
         assert (site / key).stat().st_mode & 0o777 == 0o600, key
     ca, gw = cert(site / "ca/ca.crt"), cert(site / "gateways/gw-01/gateway.crt")
     gw.verify_directly_issued_by(ca)
@@ -80,11 +81,11 @@ def test_no_secret_is_printed_or_audited(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr
         out += p.stdout + p.stderr
     out += (site / "audit.log").read_text()
-    secrets = [(site / "host/command.key").read_text().strip(),
+    secrets = [(site / "gateways/gw-01/command.key").read_text().strip(),
                (site / "gateways/gw-01/batch.key").read_text().strip()]
-    for pem in [site / "ca/ca.key", site / "broker/server.key",
+    for pem in [site / "ca/ca.key", site / "broker/server.key", site / "ledger/ledger.key",
                 *(site / "gateways/gw-01").rglob("*.key")]:
-        if pem.name != "batch.key":
+        if pem.name not in ("batch.key", "command.key"):
             secrets.append(pem.read_text().splitlines()[1])  # first base64 line of the key
     assert len(secrets) >= 5
     for s in secrets:

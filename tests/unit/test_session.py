@@ -159,23 +159,24 @@ def test_a_foreign_topic_is_counted_and_ignored():
 def test_commands_without_a_key_are_rejected():
     sess = session_for(journal_with(0))
     up(sess, 0)
-    out = sess.message("eth", CMD, sign_command(Signer(HOST), 1, "drain-now"), 1, WALL)
+    out = sess.message("eth", CMD, sign_command(Signer(HOST), GW, 1, "drain-now"), 1, WALL)
     assert of(out, s.SaveCommandId) == [] and sess.counters["commands_rejected"] == 1
 
 
 def test_a_signed_command_is_obeyed_once_and_its_id_saved():
-    sess = session_for(journal_with(0), CommandGate(Signer(HOST)), ("set-log-level",))
+    sess = session_for(journal_with(0), CommandGate(Signer(HOST), GW), ("set-log-level",))
     up(sess, 0)
     sess.poll(1, WALL + 1)
-    out = sess.message("eth", CMD, sign_command(Signer(HOST), 7, "set-log-level",
+    out = sess.message("eth", CMD, sign_command(Signer(HOST), GW, 7, "set-log-level",
                                                 {"level": "DEBUG"}), 2, WALL + 2)
     assert [a.cmd_id for a in of(out, s.SaveCommandId)] == [7]
     assert [a.level for a in of(out, s.SetLogLevel)] == ["DEBUG"]
     assert sess.last_command == {"id": 7, "cmd": "set-log-level", "result": "ok"}
     assert of(sess.poll(3, WALL + 3), s.StatusDue)  # answered with a fresh status
-    replay = sess.message("eth", CMD, sign_command(Signer(HOST), 7, "drain-now"), 4, WALL)
-    forged = sess.message("eth", CMD, sign_command(Signer(b"z" * 32), 8, "drain-now"), 5,
+    replay = sess.message("eth", CMD, sign_command(Signer(HOST), GW, 7, "drain-now"), 4,
                           WALL)
+    forged = sess.message("eth", CMD, sign_command(Signer(b"z" * 32), GW, 8, "drain-now"),
+                          5, WALL)
     assert of(replay + forged, s.SaveCommandId) == []
     assert sess.counters["commands_rejected"] == 2
     assert sess.gate.rejected == {"replayed": 1, "bad_signature": 1}
@@ -183,19 +184,20 @@ def test_a_signed_command_is_obeyed_once_and_its_id_saved():
 
 
 def test_a_command_this_runtime_cannot_carry_out_says_so():
-    sess = session_for(journal_with(0), CommandGate(Signer(HOST)))
+    sess = session_for(journal_with(0), CommandGate(Signer(HOST), GW))
     up(sess, 0)
-    out = sess.message("eth", CMD, sign_command(Signer(HOST), 1, "reload-config"), 1, WALL)
+    out = sess.message("eth", CMD, sign_command(Signer(HOST), GW, 1, "reload-config"), 1,
+                       WALL)
     assert of(out, s.Reload) == [] and of(out, s.SaveCommandId)
     assert sess.last_command["result"] == "not supported here"
 
 
 def test_replay_from_sends_the_unacknowledged_records_again():
     j = journal_with(3)
-    sess = session_for(j, CommandGate(Signer(HOST)))
+    sess = session_for(j, CommandGate(Signer(HOST), GW))
     up(sess, 0)
-    out = sess.message("eth", CMD, sign_command(Signer(HOST), 1, "replay-from", {"seq": 1}),
-                       1, WALL)
+    out = sess.message("eth", CMD, sign_command(Signer(HOST), GW, 1, "replay-from",
+                                                {"seq": 1}), 1, WALL)
     assert sess.last_command["result"] == {"from_seq": 1}
     assert batches(out) == []
     assert [b[1:] for b in batches(sess.poll(2, WALL + 2))] == [(1, 3)]
