@@ -69,7 +69,9 @@ class ForwardingLoop:
             commit_every_ms=commit_every_ms, runtime="cpython",
             supports=("set-log-level", "reload-config"), max_events=max_events,
             linger_ms=linger_ms, window=window, ack_timeout_ms=ack_timeout_ms)
-        self.uplinks = {u.name: MqttUplink(u, f"{cfg.gateway_id}-{u.name}", self.events,
+        # A fresh suffix per start: another gateway cannot guess the id to take it over.
+        nonce = os.urandom(4).hex()
+        self.uplinks = {u.name: MqttUplink(u, f"{cfg.gateway_id}-{u.name}-{nonce}", self.events,
                                            self.session.subscriptions(), self.session.will(),
                                            keepalive_s=keepalive_s)
                         for u in cfg.uplinks}

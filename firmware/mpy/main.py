@@ -11,6 +11,7 @@ base directory and shorter timers (``options``), on CPython with the stand-ins f
 board modules in ``tests/mpy_board/``.
 """
 
+import os
 import time
 
 from firmware.core import session
@@ -81,7 +82,8 @@ def build(base="", options=None):
     subscriptions = session.subscriptions(cfg.site, cfg.gateway_id, gate is not None)
     will = session.last_will(cfg.site, cfg.gateway_id)
     u = cfg.uplinks[0]
-    uplink = UmqttUplink(u.host, u.port, cfg.gateway_id + "-" + u.name, subscriptions,
+    uplink = UmqttUplink(u.host, u.port, "%s-%s-%s" % (cfg.gateway_id, u.name, _nonce()),
+                         subscriptions,
                          timeout_s=opts["timeout_s"], ping_ms=opts["ping_ms"],
                          keepalive_s=opts["keepalive_s"], max_retry_ms=opts["max_retry_ms"],
                          will=will)
@@ -97,6 +99,16 @@ def build(base="", options=None):
                 max_events=opts["max_events"], max_bytes=opts["max_bytes"],
                 window=opts["window"], ack_timeout_ms=opts["ack_timeout_ms"],
                 idle_ms=opts["idle_ms"], status_period_ms=opts["status_period_ms"])
+
+
+def _nonce():
+    """Eight hex digits, new at every boot: the client id cannot be guessed and taken."""
+    try:
+        raw = os.urandom(4)
+    except (AttributeError, NotImplementedError):  # a port without a hardware RNG
+        import random
+        raw = bytes(random.getrandbits(8) for _ in range(4))
+    return "".join("%02x" % b for b in raw)
 
 
 def _sleep_ms(n):

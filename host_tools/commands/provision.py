@@ -90,6 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--anonymous-port", type=int, metavar="PORT",
                    help="also an anonymous loopback listener (statuses only); none unless "
                    "asked")
+    b.add_argument("--bind-client-ids", action="store_true",
+                   help="the gateways' client id is their certificate's CN (only where each "
+                   "gateway reaches this broker through one uplink)")
     b.set_defaults(run=_broker)
 
     ls = ps.add_parser("list", help="gateways, certificate serials, expiry and rotation dates")
@@ -216,7 +219,8 @@ def _broker(args: argparse.Namespace) -> int:
                          "1 to 65535")
         conf = issue_broker(site.load(), args.host, args.force, tls_port=args.tls_port,
                             ledger_port=args.ledger_port, ledger_bind=args.ledger_bind,
-                            anonymous_port=args.anonymous_port)
+                            anonymous_port=args.anonymous_port,
+                            bind_client_ids=args.bind_client_ids)
         print(f"broker certificate for {', '.join(args.host)}; mosquitto config {conf}")
     return 0
 

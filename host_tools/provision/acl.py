@@ -15,9 +15,13 @@ A message published anywhere else is dropped by the broker (MQTT 3.1.1 cannot te
 client; QoS 1 still gets its PUBACK). A revoked gateway loses its block here as well as
 its certificate.
 
-The gateways' listener also has ``use_username_as_clientid true``: a gateway's MQTT client
-id is its certificate's CN whatever it asks for, so one gateway cannot take another's id
-(and knock it off the broker). The ledger's listener does not (its workers share one
+Client ids: a gateway's uplinks connect as ``<gateway>-<uplink>-<random>``, a suffix drawn
+anew at every start, so another gateway cannot guess the id to take over (and knock the
+victim off the broker). ``provision broker --bind-client-ids`` goes further and sets
+``use_username_as_clientid true`` on the gateways' listener: the client id is then the
+certificate's CN whatever the client asks for. Use it only where each gateway reaches this
+broker through one uplink: two uplinks of one gateway on the same broker would share that
+id and knock each other off. The ledger's listener never binds ids (its workers share one
 certificate and need an id each), so it binds to loopback unless told otherwise.
 
 mosquitto 2.0 checks ``read`` when it delivers, not when it grants a subscription: a
@@ -57,7 +61,8 @@ def render_acl(site: str, gateways: Iterable[str]) -> str:
 def render_broker_conf(site_dir: Path, server_cert: Path, server_key: Path,
                        tls_port: int = 8883, ledger_port: int = 8884,
                        ledger_bind: str = "127.0.0.1",
-                       anonymous_port: int | None = None) -> str:
+                       anonymous_port: int | None = None,
+                       bind_client_ids: bool = False) -> str:
     """A mosquitto.conf for the site's broker (include it, or copy the lines). No
     anonymous listener unless ``anonymous_port`` asks for one (loopback, statuses only)."""
     d = site_dir.resolve()
@@ -73,9 +78,10 @@ def render_broker_conf(site_dir: Path, server_cert: Path, server_key: Path,
              "per_listener_settings false",
              f"acl_file {d / 'broker' / 'acl'}",
              f"allow_anonymous {'true' if anonymous_port else 'false'}",
-             "# Gateways: mutual TLS; the certificate's CN (the gateway id) is the username",
-             "# and the client id.",
-             f"listener {tls_port}", *tls, "use_username_as_clientid true",
+             "# Gateways: mutual TLS; the certificate's CN (the gateway id) is the username"
+             + (" and the client id." if bind_client_ids else "."),
+             f"listener {tls_port}", *tls,
+             *(["use_username_as_clientid true"] if bind_client_ids else []),
              f"# The ledger ({LEDGER_CN}): mutual TLS; its workers pick their own client ids.",
              f"listener {ledger_port} {ledger_bind}", *tls]
     if anonymous_port:

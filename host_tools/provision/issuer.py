@@ -209,7 +209,7 @@ def issue_ledger(site: Site, force: bool = False) -> dict[str, str]:
 
 def issue_broker(site: Site, hosts: list[str], force: bool = False, tls_port: int = 8883,
                  ledger_port: int = 8884, ledger_bind: str = "127.0.0.1",
-                 anonymous_port: int | None = None) -> Path:
+                 anonymous_port: int | None = None, bind_client_ids: bool = False) -> Path:
     if not hosts:
         raise ProvisionError("--host: at least one name or address the gateways connect to")
     key = ca.new_key()
@@ -221,11 +221,13 @@ def issue_broker(site: Site, hosts: list[str], force: bool = False, tls_port: in
     conf = render_broker_conf(site.dir, site.broker_dir / "server.crt",
                               site.broker_dir / "server.key", tls_port=tls_port,
                               ledger_port=ledger_port, ledger_bind=ledger_bind,
-                              anonymous_port=anonymous_port)
+                              anonymous_port=anonymous_port,
+                              bind_client_ids=bind_client_ids)
     write_public(site.broker_dir / "midshift.conf", conf.encode())
     site.doc["broker"] = {"hosts": hosts, "serial": f"{cert.serial_number:x}",
                           "not_after": _iso(cert.not_valid_after_utc), "tls_port": tls_port,
-                          "ledger_port": ledger_port, "anonymous_port": anonymous_port}
+                          "ledger_port": ledger_port, "anonymous_port": anonymous_port,
+                          "bind_client_ids": bind_client_ids}
     site.save()
     AuditLog(site.audit_log).append("provision.broker", ",".join(hosts), {
         "serial": f"{cert.serial_number:x}", "force": force})

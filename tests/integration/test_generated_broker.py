@@ -56,7 +56,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                             ["gateway", "gw-01", "--board", "sim"],
                             ["gateway", "gw-02", "--board", "sim"],
                             ["broker", "--host", "127.0.0.1", "--tls-port", str(tls_port),
-                             "--ledger-port", str(ledger_port)])
+                             "--ledger-port", str(ledger_port), "--bind-client-ids"])
     conf = site / "broker/midshift.conf"
     if os.geteuid() == 0:
         wrapper = tmp / "wrapper"
