@@ -73,7 +73,7 @@ def test_batch_limits_are_checked_after_the_mac_and_say_what_is_wrong():
     assert "321 bytes is over the limit of 100" in text
     reason, signed, text = _reason_and_signed(data + b"x", s)
     assert (reason, signed) == ("truncated", None)  # before the MAC: nothing is trusted
-    assert ("batch of %d bytes, but its header says %d" % (len(data) + 1, len(data))) in text
+    assert f"batch of {len(data) + 1} bytes, but its header says {len(data)}" in text
     # a forgery under the same limit is still only bad_mac
     assert _reason_and_signed(data, Signer(b"q" * 32), max_payload=100)[:2] == ("bad_mac", None)
 
