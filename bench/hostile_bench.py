@@ -8,7 +8,8 @@ clients. Each figure is measured beside a baseline in the same run:
   backlog with and without a forger publishing 3,000 forged batches (another key, on an
   honest gateway's topic) spread over the baseline's drain time, from its own process;
   honest events/s during the flood divided by events/s without it (target >= 0.9). The
-  median of 5 alternating pairs (1 with ``--quick``).
+  median of 5 alternating pairs (1 with ``--quick``, whose shorter drain makes the same
+  3,000 batches a denser flood: a smoke test, not the figure).
 - ``ledger_rss_growth_mb_bomb``: the ledger process's peak RSS (``VmHWM``, reset first)
   minus its RSS before a 1 MiB batch with a valid HMAC that inflates to 1 GiB, until its
   ``too_large`` rejected ack arrives (target <= 50); baseline ``unbounded_rss_growth_mb_bomb``:
