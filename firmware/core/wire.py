@@ -42,9 +42,10 @@ MAX_ACK = 512  # bytes: an ack is about 150; anything larger is refused unparsed
 class WireError(MidshiftError):
     code = "wire"
 
-    def __init__(self, reason, text):
+    def __init__(self, reason, text, signed=None):
         super().__init__(text)
         self.reason = reason
+        self.signed = signed  # (epoch, first, last) once the batch's HMAC verified
 
 
 class Batch:
@@ -110,45 +111,73 @@ def peek_gateway(data):
         raise WireError("bad_gateway", "gateway id is not UTF-8")
 
 
-def decode_batch(data, signer, decompress=None, max_payload=16 << 20):
+def decode_batch(data, signer, decompress=None, max_payload=16 << 20, max_int=None):
     """A verified Batch from bytes; raises WireError (reason: bad_magic, bad_version,
-    truncated, bad_mac, bad_payload, compressed)."""
+    truncated, bad_mac, too_large, bad_payload, compressed, out_of_range).
+
+    ``decompress`` (bytes -> bytes) must bound its own output (the ledger's stops at
+    ``max_payload`` while inflating); a WireError it raises passes through as it is.
+    ``max_int``: the largest seq, HLC and sent_ms the receiver can store (a ledger on a
+    signed 64-bit INTEGER column: 2**63 - 1); larger is ``out_of_range``. An error
+    raised after the HMAC verified carries ``signed`` = (epoch, first, last), so the
+    receiver may answer the gateway with a ``rejected`` ack; before that it is None."""
     gw = peek_gateway(data)
     start = 7 + len(gw.encode())
     if len(data) < start + FIXED_SIZE + DIGEST_SIZE:
         raise WireError("truncated", "batch of %d bytes is shorter than its header" % len(data))
     epoch, first, last, count, sent_ms, plen = struct.unpack_from(FIXED, data, start)
     end = start + FIXED_SIZE + plen
-    if plen > max_payload or len(data) != end + DIGEST_SIZE:
-        raise WireError("truncated", "batch length %d does not match its header (%d)" % (
-            len(data), end + DIGEST_SIZE))
+    if len(data) != end + DIGEST_SIZE:
+        raise WireError("truncated", "batch of %d bytes, but its header says %d (a payload "
+                        "of %d bytes)" % (len(data), end + DIGEST_SIZE, plen))
     head = bytes(data[:start + FIXED_SIZE])
     payload = bytes(data[start + FIXED_SIZE:end])
     if not signer.verify(bytes(data[end:]), head, payload):
         raise WireError("bad_mac", "batch from %s fails its HMAC: forged, damaged or "
                         "signed with another key" % gw)
+    signed = (epoch, first, last)
+    if plen > max_payload:
+        raise WireError("too_large", "batch payload of %d bytes is over the limit of %d"
+                        % (plen, max_payload), signed)
+    if max_int is not None:
+        for name, v in (("first seq", first), ("last seq", last), ("sent_ms", sent_ms)):
+            if v > max_int:
+                raise WireError("out_of_range", "batch %s %d is over %d" % (name, v, max_int),
+                                signed)
     if data[5] & FLAG_ZLIB:
         if decompress is None:
-            raise WireError("compressed", "batch is compressed and no decompressor is set")
+            raise WireError("compressed", "batch is compressed and no decompressor is set",
+                            signed)
         try:
             payload = decompress(payload)
+        except WireError as exc:
+            exc.signed = signed
+            raise
         except Exception as exc:  # noqa: BLE001 - any codec failure is a bad batch
-            raise WireError("bad_payload", "batch payload does not decompress: %s" % exc)
+            raise WireError("bad_payload", "batch payload does not decompress: %s" % exc,
+                            signed)
+        if len(payload) > max_payload:
+            raise WireError("too_large", "batch payload inflates to %d bytes, over the limit "
+                            "of %d" % (len(payload), max_payload), signed)
     records = []
     off = 0
     prev = -1
     for _ in range(count):
         if off + RECORD_SIZE > len(payload):
-            raise WireError("bad_payload", "record header past the payload's end")
+            raise WireError("bad_payload", "record header past the payload's end", signed)
         seq, cls, hlc, n = struct.unpack_from(RECORD, payload, off)
         off += RECORD_SIZE
         if off + n > len(payload) or seq <= prev or cls > 1:
-            raise WireError("bad_payload", "record %d is malformed" % seq)
+            raise WireError("bad_payload", "record %d is malformed" % seq, signed)
+        if max_int is not None and (seq > max_int or hlc > max_int):
+            raise WireError("out_of_range", "record %d: seq or HLC %d is over %d" % (
+                seq, max(seq, hlc), max_int), signed)
         records.append((seq, cls, hlc, payload[off:off + n]))
         off += n
         prev = seq
     if off != len(payload) or not records or records[0][0] < first or prev != last:
-        raise WireError("bad_payload", "records do not match the header's count and seq range")
+        raise WireError("bad_payload", "records do not match the header's count and seq range",
+                        signed)
     return Batch(gw, epoch, records, sent_ms, first)
 
 

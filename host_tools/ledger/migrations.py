@@ -12,6 +12,10 @@ index compares bytes instead of running the database's locale rules on every ins
 epoch is hex, gateway ids are ASCII by convention; order is only used by reports). The
 body is text as sent; ``midshift_try_jsonb`` reads it as JSON when a report asks, and
 yields NULL for a body that is not JSON (as SQLite's ``json_valid`` filter does).
+
+Version 2 aggregates ``rejections``: one row per (gateway, reason, minute) with a count
+instead of one row per rejected batch (``store.py`` says why); the rows of version 1 are
+folded into it ('' standing for "no registered gateway").
 """
 
 from __future__ import annotations
@@ -37,6 +41,18 @@ CREATE TABLE IF NOT EXISTS receipts (
     ledger_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejections (
     ledger_ms INTEGER NOT NULL, gateway TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL);
+"""),
+    (2, """
+ALTER TABLE rejections RENAME TO rejections_v1;
+CREATE TABLE rejections (
+    gateway TEXT NOT NULL, reason TEXT NOT NULL, interval_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL, first_ms INTEGER NOT NULL, last_ms INTEGER NOT NULL,
+    detail TEXT NOT NULL, PRIMARY KEY (gateway, reason, interval_ms)) WITHOUT ROWID;
+INSERT INTO rejections
+    SELECT COALESCE(gateway, ''), reason, ledger_ms - ledger_ms % 60000, COUNT(*),
+           MIN(ledger_ms), MAX(ledger_ms), MAX(detail)
+    FROM rejections_v1 GROUP BY 1, 2, 3;
+DROP TABLE rejections_v1;
 """),
 ]
 
@@ -69,6 +85,18 @@ CREATE TABLE IF NOT EXISTS receipts (
     duplicates INTEGER NOT NULL, sent_ms BIGINT NOT NULL, ledger_ms BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS rejections (
     ledger_ms BIGINT NOT NULL, gateway TEXT, reason TEXT NOT NULL, detail TEXT NOT NULL);
+"""),
+    (2, """
+ALTER TABLE rejections RENAME TO rejections_v1;
+CREATE TABLE rejections (
+    gateway TEXT COLLATE "C" NOT NULL, reason TEXT COLLATE "C" NOT NULL,
+    interval_ms BIGINT NOT NULL, count BIGINT NOT NULL, first_ms BIGINT NOT NULL,
+    last_ms BIGINT NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (gateway, reason, interval_ms));
+INSERT INTO rejections
+    SELECT COALESCE(gateway, ''), reason, ledger_ms - ledger_ms % 60000, COUNT(*),
+           MIN(ledger_ms), MAX(ledger_ms), MAX(detail)
+    FROM rejections_v1 GROUP BY 1, 2, 3;
+DROP TABLE rejections_v1;
 """),
 ]
 

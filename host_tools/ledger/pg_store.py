@@ -26,7 +26,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from firmware.core.wire import Batch
 from host_tools.ledger.migrations import POSTGRESQL, SCHEMA_VERSION_TABLE
-from host_tools.ledger.store import EventRow, LedgerStore, StoreError
+from host_tools.ledger.store import (
+    REJECTION_RETAIN_MS,
+    EventRow,
+    LedgerStore,
+    RejectionRow,
+    StoreError,
+)
 
 MIGRATION_LOCK = 0x6D696473  # pg_advisory_xact_lock key: concurrent `migrate` runs queue up
 _SPECIAL = ("\\", "\t", "\n", "\r", "\x00")
@@ -193,10 +199,24 @@ class PgStore(LedgerStore):
                              f"{b.last_seq}\t{n}\t{dup}\t{b.sent_ms}\t{ledger_ms}\n"
                              for b, n, dup in rows))
 
-    def reject(self, gateway: str | None, reason: str, detail: str, ledger_ms: int) -> None:
+    def record_rejections(self, rows: list[RejectionRow], ledger_ms: int) -> None:
+        clean = [(g.replace("\x00", "\ufffd"), r, i, n, f, last, d.replace("\x00", "\ufffd"))
+                 for g, r, i, n, f, last, d in rows]
         with self._lock:
-            self.conn.execute("INSERT INTO rejections VALUES (%s, %s, %s, %s)",
-                              (ledger_ms, gateway, reason, detail.replace("\x00", "\ufffd")))
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO rejections VALUES (%s,%s,%s,%s,%s,%s,%s) "
+                    "ON CONFLICT (gateway, reason, interval_ms) DO UPDATE SET "
+                    "count = rejections.count + excluded.count, "
+                    "first_ms = LEAST(rejections.first_ms, excluded.first_ms), "
+                    "last_ms = GREATEST(rejections.last_ms, excluded.last_ms), "
+                    "detail = excluded.detail", clean)
+                cur.execute("DELETE FROM rejections WHERE interval_ms < %s",
+                            (ledger_ms - REJECTION_RETAIN_MS,))
+
+    def transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, (self._psycopg.OperationalError, self._psycopg.InterfaceError))
 
     # -- reading ---------------------------------------------------------------------------
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -218,7 +238,7 @@ class PgStore(LedgerStore):
             "SELECT gateway, epoch, SUM(duplicates) FROM receipts GROUP BY gateway, epoch")}
 
     def rejection_count(self) -> int:
-        return self.query("SELECT COUNT(*) FROM rejections")[0][0]
+        return int(self.query("SELECT COALESCE(SUM(count), 0) FROM rejections")[0][0])
 
     def keys(self) -> list[tuple[str, str, int]]:
         return self.query("SELECT gateway, epoch, seq FROM events "

@@ -9,8 +9,22 @@ ack goes to ``.../ack`` with the ledger's time.
 The broker's PUBACK for the batch is sent only after that (paho ``manual_ack``), so a
 worker that dies mid-batch leaves the batch to be redelivered, not lost.
 
-A forged, truncated or unknown-gateway batch is rejected: counted, logged, stored in the
-``rejections`` table, and answered with a ``rejected`` ack when the gateway is known.
+Hostile input costs little and stops nothing:
+
+- Before anything is written, every field is checked against what the store can hold
+  (``decode_batch(max_int=MAX_INT)``, ``store.unstorable``: seqs, HLCs and send times in a
+  signed 64-bit INTEGER, bodies UTF-8 without NUL so they are stored byte for byte) and
+  the payload is inflated at most to ``MAX_PAYLOAD`` (``inflate.py``).
+- A batch that fails is rejected with a reason (``bad_mac``, ``out_of_range``,
+  ``too_large``, ``bad_body``, ...): counted (``rejected``, ``rejected_<reason>``), tallied
+  per gateway, reason and minute (``rejections.py``; one insert a second at most, however
+  many), and, when its HMAC verified, answered with a signed ``rejected`` ack. A forged
+  batch gets no ack: a forger learns nothing and cannot cancel a real batch in flight.
+- Every message is released at the broker whatever happens (a message never PUBACKed
+  blocks the broker's in-flight window for every gateway). A group whose transaction
+  fails is stored again batch by batch, so only the culprit is rejected; a store that is
+  down (``store.transient``) leaves its batches unacknowledged to the gateway, which sends
+  them again after its ack timeout.
 """
 
 from __future__ import annotations
@@ -21,7 +35,6 @@ import ssl
 import threading
 import time
 import tomllib
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +44,14 @@ from firmware.core import topics
 from firmware.core.broker_url import parse_broker_url
 from firmware.core.signing import Signer
 from firmware.core.wire import Batch, WireError, decode_batch, encode_ack, peek_gateway
-from host_tools.ledger.store import LedgerStore
+from host_tools.ledger.inflate import bounded_inflate
+from host_tools.ledger.rejections import RejectionTally
+from host_tools.ledger.store import MAX_INT, LedgerStore, unstorable
 
 log = logging.getLogger(__name__)
 MAX_GROUP = 64  # batches stored in one transaction at most
+MAX_PAYLOAD = 16 << 20  # bytes of payload, as sent and inflated; the agent sends ~256 KiB
+_inflate = bounded_inflate(MAX_PAYLOAD)
 
 
 def load_keys(path: str | Path) -> dict[str, bytes]:
@@ -129,6 +146,7 @@ class LedgerService:
             try:
                 first = self._inbox.get(timeout=0.2)
             except queue.Empty:
+                self._flush_rejections()
                 continue
             msgs = [first]
             while len(msgs) < MAX_GROUP:
@@ -139,27 +157,47 @@ class LedgerService:
             try:
                 self._process([(m.topic, m.payload) for m in msgs])
             except Exception:  # noqa: BLE001 - a bad group must not stop the worker
-                log.exception("ledger: failed to store %d batches; not acknowledged", len(msgs))
-                continue  # no PUBACK: the broker redelivers them after a reconnect
-            for m in msgs:
-                self.client.ack(m.mid, m.qos)
+                log.exception("ledger: a group of %d batches failed; released unacknowledged "
+                              "(their gateways send them again)", len(msgs))
+            finally:
+                for m in msgs:  # every message leaves the broker's in-flight window
+                    self._release(m)
+            self._flush_rejections()
+        self._flush_rejections(force=True)
+
+    def _release(self, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self.client.ack(msg.mid, msg.qos)
+        except Exception:  # noqa: BLE001 - one lost PUBACK must not skip the others
+            log.exception("ledger: PUBACK for message %d failed", msg.mid)
 
     def handle(self, topic: str, payload: bytes) -> bytes | None:
         """Verify, store and acknowledge one batch; returns the ack sent (None if none)."""
-        return self._process([(topic, payload)])[0]
+        ack = self._process([(topic, payload)])[0]
+        self._flush_rejections(force=True)
+        return ack
 
     def _process(self, items: list[tuple[str, bytes]]) -> list[bytes | None]:
         now = int(time.time() * 1000)
         verified = []
         acks: list[bytes | None] = [None] * len(items)
         for i, (topic, payload) in enumerate(items):
-            batch = self._verify(topic, payload, now)
+            try:
+                batch, acks[i] = self._verify(topic, payload, now)
+            except Exception as exc:  # noqa: BLE001 - a bug on one batch spares the rest
+                log.exception("ledger: verifying a batch on %s failed", topic)
+                batch = None
+                self._reject(None, "internal", f"{type(exc).__name__}: {exc}", now)
             if batch is not None:
                 verified.append((i, topic, batch))
-        if not verified:
-            return acks
-        results = self.store.store_many([b for _, _, b in verified], now)
-        for (i, topic, batch), (new, dup) in zip(verified, results, strict=True):
+        for (i, topic, batch), result in self._store(verified, now):
+            if result is None:
+                continue  # the store is down: no ack, the gateway sends it again
+            if isinstance(result, str):
+                acks[i] = self._reject(batch.gateway, "unstorable", result, now,
+                                       (topic, batch.epoch, batch.first_seq, batch.last_seq))
+                continue
+            new, dup = result
             with self._lock:
                 self.counters["batches"] += 1
                 self.counters["events"] += new
@@ -170,11 +208,52 @@ class LedgerService:
             acks[i] = ack
         return acks
 
-    def _verify(self, topic: str, payload: bytes, now: int) -> Batch | None:
+    def _store(self, verified: list[tuple[int, str, Batch]],
+               now: int) -> list[tuple[tuple[int, str, Batch], Any]]:
+        """Each verified item with (new, duplicates), or a str saying why the store refused
+        that batch, or None when the store is unavailable. The group goes in one
+        transaction; if that fails, batch by batch, so only the culprit is refused."""
+        if not verified:
+            return []
+        try:
+            results = self.store.store_many([b for _, _, b in verified], now)
+            return list(zip(verified, results, strict=True))
+        except Exception as exc:  # noqa: BLE001 - sorted out batch by batch below
+            if len(verified) > 1:
+                log.warning("ledger: a group of %d batches failed (%s: %s); storing them one "
+                            "by one", len(verified), type(exc).__name__, exc)
+            else:
+                return [(verified[0], self._store_failed(verified[0][2], exc))]
+        out: list[tuple[tuple[int, str, Batch], Any]] = []
+        down = False
+        for item in verified:
+            if down:
+                out.append((item, None))
+                continue
+            try:
+                out.append((item, self.store.store_many([item[2]], now)[0]))
+            except Exception as exc:  # noqa: BLE001 - this batch, or the store, is bad
+                result = self._store_failed(item[2], exc)
+                down = result is None
+                out.append((item, result))
+        return out
+
+    def _store_failed(self, batch: Batch, exc: Exception) -> str | None:
+        if self.store.transient(exc):
+            log.error("ledger: the store is unavailable (%s: %s); batch %s %d..%d left "
+                      "unacknowledged", type(exc).__name__, exc, batch.gateway,
+                      batch.first_seq, batch.last_seq)
+            return None
+        log.exception("ledger: the store refused batch %s %d..%d", batch.gateway,
+                      batch.first_seq, batch.last_seq)
+        return f"{type(exc).__name__}: {exc}"
+
+    def _verify(self, topic: str, payload: bytes, now: int) -> tuple[Batch | None, bytes | None]:
+        """The verified, storable batch, or (None, the rejected ack sent if any)."""
         where = topics.split(topic)
         if where is None or where[2] != topics.EVENTS:
             self._reject(None, "bad_topic", f"topic {topic}", now)
-            return None
+            return None, None
         gw_topic = where[1]
         try:
             gw = peek_gateway(payload)
@@ -183,13 +262,57 @@ class LedgerService:
             signer = self.signers.get(gw)
             if signer is None:
                 raise WireError("unknown_gateway", f"gateway {gw} is not registered")
-            return decode_batch(payload, signer, zlib.decompress)
+            batch = decode_batch(payload, signer, _inflate, MAX_PAYLOAD, MAX_INT)
+            refused = unstorable(batch)
+            if refused is not None:
+                raise WireError(*refused, (batch.epoch, batch.first_seq, batch.last_seq))
+            return batch, None
         except WireError as exc:
-            self._reject(gw_topic, exc.reason, str(exc), now)
-            return None  # no ack: a forger learns nothing, the real gateway resends
+            # Answered only when the HMAC verified: a forger learns nothing, and a forged
+            # batch cannot cancel a real one in flight with the same range.
+            answer = (topic, *exc.signed) if exc.signed else None
+            return None, self._reject(gw_topic, exc.reason, str(exc), now, answer)
 
-    def _reject(self, gateway: str | None, reason: str, detail: str, now: int) -> None:
+    _tally: RejectionTally | None = None
+
+    def _rejections(self) -> RejectionTally:
+        """The tally (made on first use, under ``_lock``)."""
+        if self._tally is None:
+            self._tally = RejectionTally()
+        return self._tally
+
+    def _reject(self, gateway: str | None, reason: str, detail: str, now: int,
+                answer: tuple[str, int, int, int] | None = None) -> bytes | None:
+        """Count and tally a rejection; with ``answer`` (topic, epoch, first, last) of a
+        batch whose HMAC verified, send its gateway the signed ``rejected`` ack."""
+        known = gateway if gateway in self.signers else ""
         with self._lock:
             self.counters["rejected"] += 1
-        log.warning("ledger: rejected a batch (%s): %s", reason, detail)
-        self.store.reject(gateway, reason, detail, now)
+            self.counters[f"rejected_{reason}"] = self.counters.get(f"rejected_{reason}", 0) + 1
+            first = self._rejections().add(known, reason, detail, now)
+        # One line per gateway, reason and minute; the rest are counted (a flood of forged
+        # batches must not become a flood of log lines).
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "ledger: rejected a batch (%s): %s", reason, detail)
+        if answer is None or gateway not in self.signers:
+            return None
+        topic, epoch, first_seq, last_seq = answer
+        ack = encode_ack(self.signers[gateway], epoch, first_seq, last_seq, now,
+                         status="rejected", reason=reason)
+        self.client.publish(topics.reply_to(topic), ack, qos=1)
+        return ack
+
+    def _flush_rejections(self, force: bool = False) -> None:
+        """The tally into the store: one transaction, at most once a second."""
+        with self._lock:
+            tally = self._rejections()
+            if not (tally.rows and (force or tally.due())):
+                return
+            rows = tally.take()
+        try:
+            self.store.record_rejections(rows, int(time.time() * 1000))
+        except Exception:  # noqa: BLE001 - counts wait for the next flush, ingest goes on
+            log.exception("ledger: recording %d rejection rows failed; kept for later",
+                          len(rows))
+            with self._lock:
+                self._rejections().put_back(rows)

@@ -21,7 +21,13 @@ from typing import Any
 
 from firmware.core.wire import Batch
 from host_tools.ledger.migrations import SCHEMA_VERSION_TABLE, SQLITE
-from host_tools.ledger.store import EventRow, LedgerStore, sqlite_path
+from host_tools.ledger.store import (
+    REJECTION_RETAIN_MS,
+    EventRow,
+    LedgerStore,
+    RejectionRow,
+    sqlite_path,
+)
 
 
 class SqliteStore(LedgerStore):
@@ -99,9 +105,24 @@ class SqliteStore(LedgerStore):
             raise
         return out
 
-    def reject(self, gateway: str | None, reason: str, detail: str, ledger_ms: int) -> None:
-        self.db.execute("INSERT INTO rejections VALUES (?,?,?,?)",
-                        (ledger_ms, gateway, reason, detail))
+    def record_rejections(self, rows: list[RejectionRow], ledger_ms: int) -> None:
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany(
+                "INSERT INTO rejections VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT (gateway, reason, interval_ms) DO UPDATE SET "
+                "count = count + excluded.count, first_ms = MIN(first_ms, excluded.first_ms), "
+                "last_ms = MAX(last_ms, excluded.last_ms), detail = excluded.detail", rows)
+            cur.execute("DELETE FROM rejections WHERE interval_ms < ?",
+                        (ledger_ms - REJECTION_RETAIN_MS,))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.OperationalError)  # locked, I/O error, disk full
 
     def count(self, gateway: str | None = None) -> int:
         if gateway is None:
@@ -119,7 +140,7 @@ class SqliteStore(LedgerStore):
             "SELECT gateway, epoch, SUM(duplicates) FROM receipts GROUP BY gateway, epoch")}
 
     def rejection_count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM rejections").fetchone()[0]
+        return self.db.execute("SELECT COALESCE(SUM(count), 0) FROM rejections").fetchone()[0]
 
     def keys(self) -> list[tuple[str, str, int]]:
         return self.db.execute("SELECT gateway, epoch, seq FROM events "

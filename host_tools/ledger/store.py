@@ -16,6 +16,16 @@ Every event is stored once under the unique key ``(gateway, epoch, seq)``; a bat
 stored in one transaction and ``store_many`` returns only after it has committed, so the
 caller acknowledges only what is durable. Epochs are stored as 16 hex digits on both
 backends, so reports are byte-identical.
+
+What a store can hold is checked before anything is written (``unstorable``): seqs, HLCs
+and send times in a signed 64-bit INTEGER/BIGINT (``MAX_INT``; the wire carries unsigned
+64-bit), bodies as text byte for byte (UTF-8 without NUL, which a PostgreSQL text value
+cannot hold): a body the store would alter is refused, never stored altered.
+
+Rejections are kept aggregated: one row per (gateway, reason, minute) with a count, the
+first and last time and the last detail (``REJECTION_INTERVAL_MS``), rows older than
+``REJECTION_RETAIN_MS`` pruned, so a flood of forged batches costs a counter, not a row
+each, and the table stays bounded.
 """
 
 from __future__ import annotations
@@ -30,6 +40,27 @@ from firmware.core.wire import Batch
 # Bodies are parsed by the one caller that needs their fields (the reconciliation report),
 # in Python, so both backends give it exactly the same input.
 EventRow = tuple[str, str, int, int, str]
+# One row of ``record_rejections``: gateway ('' when it is not a registered one), reason,
+# interval start, count, first ms, last ms, last detail.
+RejectionRow = tuple[str, str, int, int, int, int, str]
+
+MAX_INT = (1 << 63) - 1  # INTEGER (SQLite) and BIGINT (PostgreSQL) are signed 64-bit
+REJECTION_INTERVAL_MS = 60_000
+REJECTION_RETAIN_MS = 7 * 24 * 3600 * 1000
+
+
+def unstorable(batch: Batch) -> tuple[str, str] | None:
+    """(reason, detail) when ``batch`` cannot be stored exactly as sent, else None. Seqs,
+    HLCs and ``sent_ms`` are checked by ``decode_batch(max_int=MAX_INT)``; the bodies here,
+    once per batch over all of them (C speed)."""
+    joined = b"".join([bytes(r[3]) for r in batch.records])
+    try:
+        joined.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return "bad_body", f"a body is not UTF-8 ({exc.reason} at byte {exc.start} of the bodies)"
+    if b"\x00" in joined:
+        return "bad_body", "a body holds a NUL byte, which the store cannot hold as text"
+    return None
 
 
 class StoreError(RuntimeError):
@@ -70,6 +101,19 @@ class LedgerStore:
         raise NotImplementedError
 
     def reject(self, gateway: str | None, reason: str, detail: str, ledger_ms: int) -> None:
+        """Record one rejection (the service aggregates many into ``record_rejections``)."""
+        start = ledger_ms - ledger_ms % REJECTION_INTERVAL_MS
+        self.record_rejections([(gateway or "", reason, start, 1, ledger_ms, ledger_ms,
+                                 detail)], ledger_ms)
+
+    def record_rejections(self, rows: list[RejectionRow], ledger_ms: int) -> None:
+        """Add aggregated rejections (counts summed per gateway, reason and interval) in one
+        transaction; rows older than ``REJECTION_RETAIN_MS`` go."""
+        raise NotImplementedError
+
+    def transient(self, exc: BaseException) -> bool:
+        """True when ``exc`` from ``store_many`` says the database is unavailable (the
+        batches may succeed later), False when it is about the batches themselves."""
         raise NotImplementedError
 
     # -- reading -------------------------------------------------------------------------

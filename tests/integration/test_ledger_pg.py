@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from firmware.core.wire import Batch
+from host_tools.ledger.migrations import LATEST
 from host_tools.ledger.opener import open_store
 from host_tools.ledger.store import LedgerStore, StoreError
 from host_tools.reconcile import reconcile
@@ -24,6 +25,7 @@ from simulator.broker import free_port
 from simulator.postgres import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
+PG_LATEST = LATEST["postgresql"]
 
 
 def host_tools(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -69,10 +71,10 @@ def test_migrate_then_serve_and_reconcile_work_from_the_cli(pg: ThrowawayPostgre
     assert "schema version 0" in refused.stderr and "ledger migrate" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
     first = host_tools("ledger", "migrate", "--db", url)
-    assert first.returncode == 0 and "schema version 1" in first.stdout, first.stderr
+    assert first.returncode == 0 and f"schema version {PG_LATEST}" in first.stdout, first.stderr
     assert host_tools("ledger", "migrate", "--db", url).returncode == 0  # idempotent
     with open_store(url) as store:
-        assert store.schema_version() == 1
+        assert store.schema_version() == PG_LATEST
         fill(store)
     rec = host_tools("reconcile", "--db", url, "--json")
     assert rec.returncode == 0, rec.stderr
@@ -167,4 +169,5 @@ def test_two_migrations_at_once_apply_each_version_once(pg: ThrowawayPostgres) -
     outs = [r.communicate(timeout=60) for r in runs]
     assert [r.returncode for r in runs] == [0, 0], outs
     with open_store(url) as store:
-        assert store.query("SELECT version FROM schema_version") == [(1,)]
+        assert store.query("SELECT version FROM schema_version ORDER BY version") == [
+            (v,) for v in range(1, PG_LATEST + 1)]

@@ -57,6 +57,50 @@ def test_batch_round_trip_and_every_forgery_refused():
             assert exc.reason == "bad_ack"
 
 
+def _reason_and_signed(data, signer, **kw):
+    try:
+        decode_batch(data, signer, **kw)
+    except WireError as exc:
+        return exc.reason, exc.signed, str(exc)
+    raise AssertionError("decoded")
+
+
+def test_batch_limits_are_checked_after_the_mac_and_say_what_is_wrong():
+    s = Signer(b"k" * 32)
+    data = encode_batch(s, Batch("gw-01", 7, [(5, 0, 1, b"x" * 300)], 1))
+    reason, signed, text = _reason_and_signed(data, s, max_payload=100)
+    assert (reason, signed) == ("too_large", (7, 5, 5))
+    assert "321 bytes is over the limit of 100" in text
+    reason, signed, text = _reason_and_signed(data + b"x", s)
+    assert (reason, signed) == ("truncated", None)  # before the MAC: nothing is trusted
+    assert f"batch of {len(data) + 1} bytes, but its header says {len(data)}" in text
+    # a forgery under the same limit is still only bad_mac
+    assert _reason_and_signed(data, Signer(b"q" * 32), max_payload=100)[:2] == ("bad_mac", None)
+
+
+def test_fields_past_the_receivers_integers_are_out_of_range():
+    s = Signer(b"k" * 32)
+    top = (1 << 63) - 1
+    ok = encode_batch(s, Batch("gw-01", 1, [(top, 0, top, b"{}")], top))
+    assert decode_batch(ok, s, max_int=top).last_seq == top
+    for recs, sent in (([(top + 1, 0, 1, b"{}")], 1), ([(1, 0, top + 1, b"{}")], 1),
+                       ([(1, 0, 1, b"{}")], top + 1)):
+        data = encode_batch(s, Batch("gw-01", 3, recs, sent))
+        reason, signed, _ = _reason_and_signed(data, s, max_int=top)
+        assert reason == "out_of_range" and signed[0] == 3, (recs, sent)
+        decode_batch(data, s)  # the wire itself carries unsigned 64-bit values
+
+
+def test_a_decompressor_error_passes_through_with_the_batch_range():
+    s = Signer(b"k" * 32)
+
+    def refuse(payload):
+        raise WireError("too_large", "inflates past the limit")
+    data = encode_batch(s, Batch("gw-01", 9, [(2, 0, 1, b"a" * 200)], 1),
+                        compress=lambda b: b[:10])
+    assert _reason_and_signed(data, s, decompress=refuse)[:2] == ("too_large", (9, 2, 2))
+
+
 def test_an_ack_is_accepted_only_under_the_gateways_key_and_unaltered():
     ledger = Signer(b"k" * 32)
     good = encode_ack(ledger, 7, 5, 9, 1700000000001)
