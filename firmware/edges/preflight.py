@@ -64,7 +64,8 @@ def _readable(key: str, path: str) -> None:
         raise ConfigError(key, f"cannot read {path!r}: {exc.strerror}",
                           "a file the agent's user can read") from None
     if not data:
-        raise ConfigError(key, f"{path!r} is empty", "the key file python -m host_tools provision wrote")
+        raise ConfigError(key, f"{path!r} is empty",
+                          "the key file python -m host_tools provision wrote")
 
 
 def _tls_files(u) -> None:  # noqa: ANN001 - an UplinkConfig
