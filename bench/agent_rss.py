@@ -78,7 +78,7 @@ broker = "mqtt://127.0.0.1:{broker.port}"
 priority = 20
 """)
             cmd = [sys.executable, "-m", "firmware", "run", "--config", str(site),
-                   "--log-level", "WARNING", "--offline"]  # the scanner's tty is absent
+                   "--log-level", "WARNING"]
         else:  # no driver on this build yet: the same agent, devices disabled
             cmd = [sys.executable, "-c", IDLE_AGENT, str(tmp), str(broker.port)]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

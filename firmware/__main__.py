@@ -4,8 +4,9 @@
   check --config SITE [--board FILE]   validate the config and print what would run
 
 Both check the same things (``firmware/edges/preflight.py``): every key, and on this
-machine the key and TLS files, the serial devices (``--offline`` skips those) and the
-journal's disk; ``check`` says ok only where ``run`` would start.
+machine the key and TLS files, the serial lines and the journal's disk; ``check`` says ok
+only where ``run`` would start. ``check`` also wants each serial device present (not with
+``--offline``); ``run`` starts without one, whose driver waits for it.
 
 Exit status: 0 ok, 2 a bad config or command line (one line naming file, key, problem and
 what is allowed), 1 a failure while running.
@@ -45,7 +46,7 @@ def _describe(cfg: SiteConfig) -> dict[str, Any]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    cfg = load_checked(args.config, args.board, args.offline)
+    cfg = load_checked(args.config, args.board, need_devices=not args.offline)
     if args.json:
         print(json.dumps(_describe(cfg), indent=2, default=str))
         return 0
@@ -71,7 +72,7 @@ def _check(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from firmware.agent import Agent  # drivers and journal only when running
 
-    cfg = load_checked(args.config, args.board, args.offline)
+    cfg = load_checked(args.config, args.board, need_devices=False)  # see preflight.py
     clock = None
     if args.clock_control:  # the simulator steers this agent's wall clock (skew, jumps)
         from firmware.edges.clock import FileControlledClock
@@ -90,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         if done.is_set():
             return 0
         try:  # a reload-config command: the new config must be valid, else keep the old
-            cfg = load_checked(args.config, args.board, args.offline)
+            cfg = load_checked(args.config, args.board, need_devices=False)
             logging.getLogger("firmware").warning("config reloaded from %s", args.config)
         except ConfigError as exc:
             logging.getLogger("firmware").error("reload refused, keeping the running config: "
@@ -108,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--config", required=True, metavar="SITE",
                        help="site config (TOML); it names its board with board_config")
         p.add_argument("--board", metavar="FILE", help="board config, overriding board_config")
-        p.add_argument("--offline", action="store_true",
-                       help="do not require the serial devices to be present (a config "
-                       "checked away from its gateway; a driver waits for its device)")
         if name == "check":
             p.add_argument("--json", action="store_true", help="print the merged config as JSON")
+            p.add_argument("--offline", action="store_true",
+                           help="do not require the serial devices to be present (a config "
+                           "checked away from its gateway)")
         else:
             p.add_argument("--log-level", default="INFO",
                            choices=("DEBUG", "INFO", "WARNING", "ERROR"))

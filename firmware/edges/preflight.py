@@ -12,9 +12,12 @@ when ``run`` would start:
 - a journal still to be formatted fits its filesystem and its free space (``statvfs`` of
   the nearest directory that exists).
 
-``offline`` skips what depends on this machine's hardware (serial devices present), for a
-config checked away from its gateway. Key files and the journal's disk are checked always.
-Errors are ``ConfigError`` naming the key; ``load_checked`` adds the file, as the loader does.
+``need_devices=False`` skips one thing: that each serial device is present. ``check
+--offline`` uses it for a config checked away from its gateway, and ``run`` always: a
+scanner unplugged at boot must not keep the journal from draining and the other devices
+from being read (its driver waits for it, ``disconnected``), nor make systemd give up
+restarting the agent. Everything else is checked the same for both. Errors are
+``ConfigError`` naming the key; ``load_checked`` adds the file, as the loader does.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ PORT_FORMS = ("a [serial] name of the board, a device path (/dev/serial/by-id/..
 
 
 def load_checked(site_path: str | Path, board_path: str | Path | None = None,
-                 offline: bool = False) -> SiteConfig:
+                 need_devices: bool = True) -> SiteConfig:
     """The config ``run`` starts with and ``check`` prints: loaded, validated, preflighted."""
-    return load_config(site_path, board_path, then=lambda cfg: preflight(cfg, offline))
+    return load_config(site_path, board_path, then=lambda cfg: preflight(cfg, need_devices))
 
 
-def preflight(cfg: SiteConfig, offline: bool = False) -> None:
+def preflight(cfg: SiteConfig, need_devices: bool = True) -> None:
     """Raise ``ConfigError`` for the first thing on this machine that would stop ``run``."""
     for key, path in (("gateway.key_file", cfg.key_file),
                       ("gateway.command_key_file", cfg.command_key_file)):
@@ -48,7 +51,7 @@ def preflight(cfg: SiteConfig, offline: bool = False) -> None:
     for u in cfg.uplinks:
         if u.tls:
             _tls_files(u)
-    _serial_ports(cfg, offline)
+    _serial_ports(cfg, need_devices)
     _journal_fits(cfg)
 
 
@@ -87,7 +90,7 @@ def _tls_files(u) -> None:  # noqa: ANN001 - an UplinkConfig
                               "key (PEM)") from None
 
 
-def _serial_ports(cfg: SiteConfig, offline: bool) -> None:
+def _serial_ports(cfg: SiteConfig, need_devices: bool) -> None:
     names = {path: name for name, path in cfg.serial.items()}
     devices: dict[str, str] = {}  # the device a path resolves to -> the config's device
     for d in cfg.devices:
@@ -99,7 +102,7 @@ def _serial_ports(cfg: SiteConfig, offline: bool) -> None:
             raise ConfigError(key, f"{port!r} is neither a [serial] name of the board "
                               f"({', '.join(sorted(cfg.serial)) or 'it has none'}) nor a "
                               "device path", PORT_FORMS)
-        if offline:
+        if not need_devices:
             continue
         via = f" (the board's serial.{names[port]})" if port in names else ""
         if not os.path.exists(port):

@@ -1,12 +1,16 @@
 """`python -m firmware check` is as strict as `run`: each bad site file gives exit status 2
 and one line naming the file, the key, the value and what is allowed; a good one gives 0.
-`run` refuses the same files with the same line, before anything is created."""
+`run` refuses the same files with the same line, before anything is created; only a
+serial device that is absent (unplugged at boot) `run` starts without, as `check
+--offline` accepts it."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -207,3 +211,27 @@ def test_a_formatted_journal_is_not_measured_again(gateway: SimpleNamespace,
     (gateway.dir / "journal" / "journal.head").write_bytes(bytes(4096))
     monkeypatch.setattr(preflight.os, "statvfs", lambda p: pytest.fail("measured"))
     assert preflight.load_checked(gateway.site).journal.segment_count == 16
+
+
+def test_run_starts_without_an_unplugged_device_and_reads_the_others(
+        gateway: SimpleNamespace) -> None:
+    """The scanner's adapter is unplugged at boot: the journal still drains and the scale
+    is still read; the scanner's driver waits for it (what check without --offline flags)."""
+    edit('port = "scanner"', 'port = "/dev/serial/by-id/usb-unplugged-if00"')(gateway)
+    agent = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config",
+                              str(gateway.site), "--log-level", "WARNING"], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (gateway.dir / "journal" / "journal.head").exists():
+            assert agent.poll() is None, agent.communicate()[1]
+            assert time.monotonic() < deadline, "the agent never formatted its journal"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert agent.poll() is None
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err[-2000:]
+    assert "config error" not in err
+    assert "usb-unplugged-if00" in err  # the driver says it cannot open it
