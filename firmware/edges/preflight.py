@@ -28,7 +28,7 @@ from pathlib import Path
 
 from firmware.core.errors import ConfigError
 from firmware.core.journal import DATA_START
-from firmware.core.site_config import SiteConfig
+from firmware.core.site_config import SiteConfig, UplinkConfig
 from firmware.edges.config_file import load_config
 from firmware.edges.flash import HEAD_NAME
 
@@ -68,10 +68,10 @@ def _readable(key: str, path: str) -> None:
                           "a file the agent's user can read") from None
     if not data:
         raise ConfigError(key, f"{path!r} is empty",
-                          "the key file python -m host_tools provision wrote")
+                          "the file python -m host_tools provision wrote")
 
 
-def _tls_files(u) -> None:  # noqa: ANN001 - an UplinkConfig
+def _tls_files(u: UplinkConfig) -> None:
     p = f"uplinks.{u.name}"
     for k in ("ca", "cert", "key"):
         if getattr(u, k):
