@@ -239,3 +239,12 @@ def test_run_starts_without_an_unplugged_device_and_reads_the_others(
     assert agent.returncode == 0, err[-2000:]
     assert "config error" not in err
     assert "usb-unplugged-if00" in err  # the driver says it cannot open it
+
+
+def test_a_header_typo_in_the_board_file_names_the_board_file(gateway: SimpleNamespace) -> None:
+    board = gateway.dir / "board.toml"
+    board.write_text(board.read_text().replace("[journal]", "[jounral]"))
+    r = firmware("check", gateway.site)
+    assert r.returncode == 2
+    assert r.stderr.startswith(f"config error: {board}: (top level).jounral: is not a known "
+                               "key"), r.stderr
