@@ -3,6 +3,11 @@
   run   --config SITE [--board FILE]   start the agent until SIGTERM or Ctrl-C
   check --config SITE [--board FILE]   validate the config and print what would run
 
+Both check the same things (``firmware/edges/preflight.py``): every key, and on this
+machine the key and TLS files, the serial lines and the journal's disk; ``check`` says ok
+only where ``run`` would start. ``check`` also wants each serial device present (not with
+``--offline``); ``run`` starts without one, whose driver waits for it.
+
 Exit status: 0 ok, 2 a bad config or command line (one line naming file, key, problem and
 what is allowed), 1 a failure while running.
 """
@@ -19,7 +24,7 @@ from typing import Any
 
 from firmware.core.errors import ConfigError, MidshiftError
 from firmware.core.site_config import SiteConfig
-from firmware.edges.config_file import load_config
+from firmware.edges.preflight import load_checked
 
 
 def _describe(cfg: SiteConfig) -> dict[str, Any]:
@@ -41,7 +46,7 @@ def _describe(cfg: SiteConfig) -> dict[str, Any]:
 
 
 def _check(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.board)
+    cfg = load_checked(args.config, args.board, need_devices=not args.offline)
     if args.json:
         print(json.dumps(_describe(cfg), indent=2, default=str))
         return 0
@@ -67,7 +72,7 @@ def _check(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from firmware.agent import Agent  # drivers and journal only when running
 
-    cfg = load_config(args.config, args.board)
+    cfg = load_checked(args.config, args.board, need_devices=False)  # see preflight.py
     clock = None
     if args.clock_control:  # the simulator steers this agent's wall clock (skew, jumps)
         from firmware.edges.clock import FileControlledClock
@@ -86,7 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         if done.is_set():
             return 0
         try:  # a reload-config command: the new config must be valid, else keep the old
-            cfg = load_config(args.config, args.board)
+            cfg = load_checked(args.config, args.board, need_devices=False)
             logging.getLogger("firmware").warning("config reloaded from %s", args.config)
         except ConfigError as exc:
             logging.getLogger("firmware").error("reload refused, keeping the running config: "
@@ -106,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--board", metavar="FILE", help="board config, overriding board_config")
         if name == "check":
             p.add_argument("--json", action="store_true", help="print the merged config as JSON")
+            p.add_argument("--offline", action="store_true",
+                           help="do not require the serial devices to be present (a config "
+                           "checked away from its gateway)")
         else:
             p.add_argument("--log-level", default="INFO",
                            choices=("DEBUG", "INFO", "WARNING", "ERROR"))

@@ -32,6 +32,9 @@ def field(table, key, path, types, default=_MISSING, choices=None, check=None, a
     value = table[key]
     if float in types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, float) and not finite(value):
+        raise ConfigError(where, "%r is not a finite number" % (value,),
+                          allowed or "a finite number")
     if isinstance(value, bool) and bool not in types:
         raise ConfigError(where, "%r is not %s" % (value, _type_text(types)), allowed)
     if not isinstance(value, types):
@@ -68,6 +71,11 @@ def latin1_field(table, key, path):
         raise ConfigError("%s.%s" % (path, key), "%r is not at most 16 8-bit characters" % text,
                           'e.g. "\\u0002" for STX')
     return text
+
+
+def finite(value):
+    """Neither inf nor nan (TOML has both; math.isfinite is not on every MicroPython)."""
+    return value == value and value - value == 0
 
 
 def positive(value):

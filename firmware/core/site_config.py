@@ -9,7 +9,10 @@ file says what this gateway does: ``[gateway]`` (id, site), ``[devices.NAME]`` a
 ``[uplinks.NAME]``; it may override ``[journal]`` keys. The site file wins where both set
 a key. Nothing starts until every key has been checked; the first problem is raised as a
 ``ConfigError`` naming the key path, what is wrong and what is allowed (the loader adds
-the file it came from).
+the file it came from). Across keys: no ``inf`` or ``nan`` anywhere, one enabled device
+per serial line, one uplink per priority. What needs the filesystem (key files readable,
+serial devices present, the journal fitting its disk) is the gateway's preflight
+(``firmware/edges/preflight.py``).
 
 This module does no I/O and knows no device type: it gets the merged dict and the device
 types the runtime has, a mapping from type name to a ``DeviceType`` (default record class
@@ -20,7 +23,7 @@ node hands its own two (``firmware/mpy/node_config.py``).
 """
 
 from firmware.core.broker_url import URL_FORMS, BrokerUrlError, parse_broker_url
-from firmware.core.config_fields import field, no_unknown_keys, positive
+from firmware.core.config_fields import field, finite, no_unknown_keys, positive
 from firmware.core.errors import ConfigError
 
 CLASSES = ("txn", "telemetry")
@@ -142,6 +145,7 @@ def validate(doc, device_types):
     """A ``SiteConfig`` from the merged dict; ``device_types``: type name -> ``DeviceType``
     (any mapping with ``get`` and iteration over the names). Raises ConfigError."""
     no_unknown_keys(doc, "(top level)", SECTIONS)
+    _finite_numbers(doc, "")
     cfg = SiteConfig()
     gw = _table(doc, "gateway")
     no_unknown_keys(gw, "gateway", ("id", "site", "key_file", "command_key_file"))
@@ -178,15 +182,52 @@ def validate(doc, device_types):
         raise ConfigError("devices", "has no device", "one [devices.NAME] table per device")
     for name in devices:
         cfg.devices.append(_device(name, devices[name], cfg, device_types))
+    _one_device_per_line(cfg.devices)
 
     uplinks = _table(doc, "uplinks", False)
     for name in uplinks:
         cfg.uplinks.append(_uplink(name, uplinks[name], cfg))
     cfg.uplinks.sort(key=lambda u: u.priority)
+    for i in range(1, len(cfg.uplinks)):
+        first, then = cfg.uplinks[i - 1], cfg.uplinks[i]
+        if first.priority == then.priority:  # which is tried first would be file order
+            raise ConfigError("uplinks.%s.priority" % then.name,
+                              "%d is also uplinks.%s's" % (then.priority, first.name),
+                              "a priority per uplink, lower tried first (default 100)")
     if cfg.uplinks and not cfg.key_file:
         raise ConfigError("gateway.key_file", "is required when uplinks are configured",
                           "the path of the gateway's key (python -m host_tools provision)")
     return cfg
+
+
+def _finite_numbers(value, path):
+    """TOML reads ``inf`` and ``nan`` as floats; no key of ours means either (``stale_s =
+    inf`` would never go stale, a nan compares false with every bound)."""
+    if isinstance(value, float):
+        if not finite(value):
+            raise ConfigError(path, "%r is not a finite number" % (value,), "a finite number")
+    elif isinstance(value, dict):
+        for key in value:
+            _finite_numbers(value[key], path + "." + key if path else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _finite_numbers(item, "%s[%d]" % (path, i))
+
+
+def _one_device_per_line(devices):
+    """Two enabled devices on one serial line would steal each other's bytes. A device's
+    serial line is its ``port`` when that is a string (a path, a pyserial URL, a node's
+    UART name); Modbus's ``port`` is a TCP port number and shares nothing."""
+    seen = {}
+    for d in devices:
+        port = d.settings.get("port")
+        if not isinstance(port, str) or not d.settings.get("enabled", True):
+            continue
+        if port in seen:
+            raise ConfigError("devices.%s.port" % d.name,
+                              "%r is also devices.%s's" % (port, seen[port]),
+                              "one device per serial line")
+        seen[port] = d.name
 
 
 def _uarts(table):

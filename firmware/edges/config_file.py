@@ -10,6 +10,7 @@ name (``firmware/edges/device_types.py``): only the types the config uses are im
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,10 @@ def _board_path(ref: str, site_path: Path) -> Path:
     return p if p.is_absolute() else site_path.parent / p
 
 
-def load_config(site_path: str | Path, board_path: str | Path | None = None) -> SiteConfig:
+def load_config(site_path: str | Path, board_path: str | Path | None = None,
+                then: Callable[[SiteConfig], None] | None = None) -> SiteConfig:
+    """The validated config; ``then(cfg)`` checks more (the preflight, ``preflight.py``)
+    and its ``ConfigError`` names the file too."""
     site_path = Path(site_path)
     site = _read_toml(site_path, "site config")
     ref = site.pop("board_config", None)
@@ -60,9 +64,11 @@ def load_config(site_path: str | Path, board_path: str | Path | None = None) -> 
         if cfg.pins:
             from firmware.edges.gpio import validate_pins  # gpiozero only for boards with pins
             cfg.pins = validate_pins(cfg.pins)
+        if then is not None:
+            then(cfg)
         return cfg
     except ConfigError as exc:
-        raise exc.in_file(str(_origin(exc.key, site_path, site, board_path))) from None
+        raise exc.in_file(str(_origin(exc.key, site_path, site, board_path, board))) from None
 
 
 def _relative_paths(doc: dict[str, Any], path: Path) -> None:
@@ -82,12 +88,18 @@ def _relative_paths(doc: dict[str, Any], path: Path) -> None:
                 table[key] = str((path.parent / table[key]).resolve())
 
 
-def _origin(key: str, site_path: Path, site: dict[str, Any], board_path: Path) -> Path:
-    """Which file set ``key`` (the site file wins where both did)."""
+def _origin(key: str, site_path: Path, site: dict[str, Any], board_path: Path,
+            board: dict[str, Any]) -> Path:
+    """Which file set ``key`` (the site file wins where both did). A key neither file set
+    (a required one missing) is the site file's to add; an unknown table (a header typo,
+    ``(top level).gatway``) is named in the file that has it."""
     parts = key.replace("[", ".").split(".")
+    if parts[0] == "(top level)" and len(parts) > 1:
+        parts = parts[1:]
     top = parts[0]
     if top not in site:
-        return board_path
+        return board_path if top in board else site_path
     if len(parts) > 1 and isinstance(site[top], dict) and parts[1] not in site[top]:
-        return board_path
+        in_board = isinstance(board.get(top), dict) and parts[1] in board[top]
+        return board_path if in_board else site_path
     return site_path

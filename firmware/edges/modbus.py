@@ -32,8 +32,10 @@ Failures, as a PLC's far end goes wrong:
   without any answer the state is ``stale``;
 - connection refused or lost: ``disconnected``, reconnect with a backoff (0.2 s doubling
   to 5 s), counters ``disconnects``, ``connect_failures`` and ``reconnects``;
-- anything else raised while polling (a short answer, a library surprise): counter
-  ``poll_failures``, state ``error``, the connection is renewed.
+- an answer with more or fewer values than asked for: counter ``wrong_count_answers``,
+  state ``error``, nothing is emitted for that block (which value is which is unknown);
+- anything else raised while polling (a library surprise): counter ``poll_failures``,
+  state ``error``, the connection is renewed.
 
 None of them ends the polling loop; when the PLC answers again polling resumes by itself.
 A value that was not read again is never emitted again: a PLC that stops answering is
@@ -156,6 +158,23 @@ def _register(r: Any, rp: str, tags: set[str]) -> dict[str, Any]:
                             check=lambda v: non_negative(v) and math.isfinite(v),
                             allowed="0 or more")
     return reg
+
+
+def answer_size_problem(block: Block, got: int) -> str | None:
+    """What is wrong with an answer of ``got`` values to ``block``'s request, or None.
+
+    Registers come back exactly as many as asked. Coils come packed in whole bytes and
+    pymodbus unpacks every byte received, so ``count`` coils read as ``8 * ceil(count / 8)``
+    bits (or exactly ``count``, should a library trim the padding).
+    """
+    where = f"{block.table} {block.address}..{block.address + block.count - 1}"
+    if block.table == "coil":
+        if got in (block.count, 8 * ((block.count + 7) // 8)):
+            return None
+        return f"answer of {got} coil bits to a request for {block.count} at {where}"
+    if got != block.count:
+        return f"answer of {got} registers to a request for {block.count} at {where}"
+    return None
 
 
 class ModbusDriver(Driver):
@@ -294,10 +313,10 @@ class ModbusDriver(Driver):
                               f"{block.address + block.count - 1}")
                 continue
             values = rr.bits if block.table == "coil" else rr.registers
-            if len(values) < block.count:
-                self.status.count("short_answers")
-                errors.append(f"short answer: {len(values)} of {block.count} values at "
-                              f"{block.table} {block.address}")
+            wrong = answer_size_problem(block, len(values))
+            if wrong:
+                self.status.count("wrong_count_answers")
+                errors.append(wrong)
                 continue
             for r in block.regs:
                 off = r["address"] - block.address

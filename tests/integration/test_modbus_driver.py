@@ -15,7 +15,7 @@ import pytest
 
 from firmware.core.errors import ConfigError
 from firmware.edges.clock import SystemClock
-from firmware.edges.modbus import ModbusDriver, decode_words, plan_blocks
+from firmware.edges.modbus import ModbusDriver, answer_size_problem, decode_words, plan_blocks
 from simulator.devices.modbus import ModbusPLC
 from tests.integration.event_sink import Sink, wait_until
 
@@ -201,6 +201,51 @@ def test_an_exception_is_a_device_error_not_an_event(plc: ModbusPLC, run_driver:
     plc.exception_mode(None)
     wait_until(lambda: sink.values("batch") == [5, 6] and drv.status.state == "ok")
     assert sink.values("batch") == _served(plc, "batch")
+
+
+@pytest.mark.parametrize("table, count, got, ok", [
+    ("holding", 4, 4, True), ("holding", 4, 5, False), ("holding", 4, 3, False),
+    ("coil", 2, 8, True), ("coil", 2, 2, True), ("coil", 2, 16, False), ("coil", 9, 16, True),
+    ("coil", 9, 8, False), ("input", 125, 126, False),
+])
+def test_answer_size(table: str, count: int, got: int, ok: bool) -> None:
+    """Coils come in whole bytes (8 bits each); registers exactly as many as asked."""
+    block = plan_blocks([{"tag": "t", "table": table, "address": 0,
+                          "type": "bool" if table == "coil" else "uint16"}])[0]
+    block.count = count
+    assert (answer_size_problem(block, got) is None) == ok
+
+
+@pytest.mark.parametrize("extra", [3, -1])
+def test_an_answer_with_another_register_count_is_refused_and_counted(
+        plc: ModbusPLC, run_driver: Any, monkeypatch: pytest.MonkeyPatch, extra: int) -> None:
+    """A PLC (or a gateway in front of it) answering more or fewer registers than asked:
+    which value is which is unknown, so nothing of that block is emitted."""
+    sink = Sink()
+    drv = run_driver(plc, sink)
+    wait_until(lambda: drv.status.state == "ok" and sink.values("batch") == [5])
+    serve = plc._serve
+
+    def wrong_count(table: str, address: int, count: int) -> Any:
+        words = serve(table, address, count)
+        if table == "h" and address == 10:  # only the block at 10 (pymodbus's "h")
+            return (words + [0] * extra) if extra > 0 else words[:extra]
+        return words
+
+    monkeypatch.setattr(plc, "_serve", wrong_count)
+    wait_until(lambda: drv.status.counter("wrong_count_answers") >= 3)
+    assert drv.status.state == "error"
+    assert drv.status.last_error is not None
+    got = 1 + extra
+    assert f"answer of {got} registers to a request for 1 at holding 10..10" in \
+        drv.status.last_error
+    plc.set_value("batch", 6)  # answered, but with the wrong count: not taken
+    n = len(sink.values("count"))
+    wait_until(lambda: len(sink.values("count")) >= n + 3)  # the other blocks go on
+    assert sink.values("batch") == [5]
+    assert drv.status.counter("poll_failures") == 0
+    monkeypatch.setattr(plc, "_serve", serve)
+    wait_until(lambda: sink.values("batch") == [5, 6] and drv.status.state == "ok")
 
 
 def test_a_long_silence_makes_it_stale_and_it_resumes_by_itself(plc: ModbusPLC,

@@ -146,3 +146,58 @@ def test_uplink_tls_and_rate_options_are_checked(changes, key):
     with pytest.raises(ConfigError) as err:
         validate(doc(**changes), CHECKS)
     assert err.value.key == key, str(err.value)
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    ({"devices__plc1__stale_s": float("inf")}, "devices.plc1.stale_s", "inf is not a finite"),
+    ({"status": {"period_s": float("nan")}}, "status.period_s", "nan is not a finite"),
+    ({"journal__window_ms": float("-inf")}, "journal.window_ms", "-inf is not a finite"),
+    ({"devices__plc1__registers": [{"scale": 1.0}, {"scale": float("nan")}]},
+     "devices.plc1.registers[1].scale", "nan is not a finite"),
+])
+def test_inf_and_nan_are_refused_wherever_they_are(changes, key, words):
+    """TOML reads inf and nan as floats: a stale_s of inf would never go stale."""
+    with pytest.raises(ConfigError) as err:
+        validate(doc(**changes), ALL_TYPES)
+    assert err.value.key == key, str(err.value)
+    assert words in str(err.value)
+
+
+def test_a_number_field_refuses_inf_and_nan_itself():
+    """Drivers read their tables with field(): the same rule when called directly."""
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ConfigError) as err:
+            field({"stale_s": bad}, "stale_s", "devices.s", float, check=lambda v: v > 0)
+        assert err.value.key == "devices.s.stale_s" and "not a finite number" in str(err.value)
+
+
+def test_two_devices_on_one_serial_line_are_refused():
+    second = {"type": "scanner", "port": "/dev/ttyACM0", "baudrate": 19200}
+    with pytest.raises(ConfigError) as err:
+        validate(doc(devices__scan2=second), CHECKS)
+    assert err.value.key == "devices.scan2.port"
+    assert "'/dev/ttyACM0' is also devices.scan1's" in str(err.value)
+    assert "one device per serial line" in str(err.value)
+
+
+def test_a_disabled_device_may_name_a_busy_line_and_tcp_ports_share_nothing():
+    spare = {"type": "scanner", "port": "scanner", "baudrate": 9600, "enabled": False}
+    plc2 = {"type": "modbus", "host": "127.0.0.1"}  # same host, same TCP port 502
+    cfg = validate(doc(devices__spare=spare, devices__plc2=plc2), CHECKS)
+    assert [d.name for d in cfg.devices] == ["scan1", "plc1", "spare", "plc2"]
+
+
+def test_two_uplinks_with_one_priority_are_refused():
+    """The later one in the file is named (lte comes first in SITE)."""
+    with pytest.raises(ConfigError) as err:
+        validate(doc(uplinks__eth__priority=20), CHECKS)
+    assert err.value.key == "uplinks.eth.priority"
+    assert str(err.value).startswith("uplinks.eth.priority: 20 is also uplinks.lte's")
+
+
+def test_two_uplinks_without_a_priority_are_refused_too():
+    """Both default to 100: which one is tried first would be an accident of file order."""
+    with pytest.raises(ConfigError) as err:
+        validate(doc(uplinks__lte__priority=DELETE, uplinks__eth__priority=DELETE), CHECKS)
+    assert err.value.key == "uplinks.eth.priority", str(err.value)
+    assert "100 is also uplinks.lte's" in str(err.value)
