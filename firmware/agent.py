@@ -126,6 +126,7 @@ class Agent:
                 self.drivers.append(driver_class(d.type)(d.name, settings, self.emit, self.clock))
         for drv in self.drivers:
             drv.start()
+            self.supervisor.watch(f"driver-{drv.name}", drv.alive, self._restarter(drv))
         self._status_thread = self.supervisor.spawn("status", self._status_loop, self._stopping)
         self.notifier.ready(f"{len(self.drivers)} devices, {len(self.cfg.uplinks)} uplinks")
         log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",
@@ -212,6 +213,13 @@ class Agent:
             log.warning("alarm %s cleared", name)
         if self.forwarding is not None:
             self.forwarding.alarm(name, on)
+
+    def _restarter(self, drv: Driver) -> Any:
+        def restart() -> None:
+            if not self._stopping.is_set():
+                drv.stop()
+                drv.start()
+        return restart
 
     def _mark_acked(self, seq: int) -> None:
         """Commit: the epoch mark beside the journal learns the acknowledged seq."""

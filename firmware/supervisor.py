@@ -7,6 +7,11 @@ exception is logged with its traceback, counted, raised as the alarm ``thread_<n
 ``window_s`` cannot be helped by another restart: the supervisor gives up, sets
 ``failed`` and the process exits non-zero (``python -m firmware run``) so systemd starts
 it afresh. The alarm clears once the loop has run ``window_s`` without a crash.
+
+Threads the agent does not own (each device driver's: the driver logs its own crash and
+shows the device in ``error``) are ``watch``ed instead: ``tick`` (every status period)
+finds one dead, counts and alarms it (``thread_driver-<name>``) and restarts it after the
+same backoff. A driver is restarted forever: one broken device must not stop the others.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class Supervisor:
         self.crashes: dict[str, int] = {}           # per loop, since start
         self._last_crash: dict[str, float] = {}
         self._lock = threading.Lock()
+        # watched threads: name -> [alive(), restart(), restart due (None: running), delay]
+        self._watched: dict[str, list] = {}
 
     def spawn(self, name: str, loop: Callable[[], None],
               stopping: threading.Event) -> threading.Thread:
@@ -82,15 +89,42 @@ class Supervisor:
         except Exception:  # noqa: BLE001 - reporting must not kill the reporter
             log.exception("could not raise alarm %s", name)
 
+    def watch(self, name: str, alive: Callable[[], bool], restart: Callable[[], None]) -> None:
+        """Restart a thread someone else runs when ``tick`` finds it dead."""
+        self._watched[name] = [alive, restart, None, self.backoff_s]
+
+    def _check_watched(self, now: float) -> None:
+        for name, w in self._watched.items():
+            alive, restart, due, delay = w
+            if due is None:
+                if alive():
+                    continue
+                log.error("thread %s died; restarting in %.1f s", name, delay)
+                with self._lock:
+                    self.crashes[name] = self.crashes.get(name, 0) + 1
+                    self._last_crash[name] = now
+                self._alarm(f"thread_{name}", True)
+                w[2] = now + delay
+                w[3] = min(delay * 2, self.backoff_max_s)
+            elif now >= due:
+                w[2] = None
+                try:
+                    restart()
+                except Exception:  # noqa: BLE001 - try again after the next backoff
+                    log.exception("thread %s: restart failed", name)
+
     def tick(self) -> None:
-        """Clear the alarm of each loop that has run ``window_s`` without a crash (the
-        status loop calls this every period)."""
+        """Restart watched threads found dead, and clear the alarm of each thread that has
+        run ``window_s`` without a crash (the status loop calls this every period)."""
         now = self.monotonic()
+        self._check_watched(now)
         with self._lock:
             quiet = [n for n, t in self._last_crash.items() if now - t > self.window_s]
             for n in quiet:
                 del self._last_crash[n]
         for n in quiet:
+            if n in self._watched:
+                self._watched[n][3] = self.backoff_s
             self._alarm(f"thread_{n}", False)
 
     def stats(self) -> dict[str, int]:

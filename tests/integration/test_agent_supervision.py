@@ -222,3 +222,40 @@ def test_a_full_journal_storage_refuses_records_and_resumes_when_space_returns(
     assert codes == [f"C{i:08d}" for i in (1, 2, 3, 4, 5, 6, 8, 9, 10)]
     assert wait_for(lambda: "journal_commit_write" not in _alarms(rig), 5), _alarms(rig)
     assert agent.supervisor.stats() == {}  # nothing crashed on the way
+
+
+def test_a_crashed_driver_thread_is_alarmed_and_restarted(tmp_path: Path) -> None:
+    from firmware.agent import Agent
+    from firmware.edges.config_file import load_config
+    from simulator.devices.modbus import ModbusPLC
+
+    regs = [{"tag": "count", "address": 0, "type": "uint32", "behaviour": "counter",
+             "period_ms": 50}]
+    with ModbusPLC("plc1", regs) as plc:
+        (tmp_path / "board.toml").write_text(
+            '[board]\nname = "test board"\n[journal]\npath = "journal"\n'
+            'segment_size = 65536\nsegment_count = 8\n')
+        site = tmp_path / "site.toml"
+        site.write_text(f'board_config = "board.toml"\n[gateway]\nid = "gw-d"\nsite = "lab"\n'
+                        f'[devices.plc1]\ntype = "modbus"\nhost = "127.0.0.1"\n'
+                        f'port = {plc.port}\npoll_ms = 50\n[[devices.plc1.registers]]\n'
+                        f'tag = "count"\naddress = 0\ntype = "uint32"\n')
+        agent = Agent(load_config(site)).start()
+        try:
+            drv = agent.drivers[0]
+            assert wait_for(lambda: drv.status.counter("events") >= 3, 10)
+            real_check = drv._check_stale  # type: ignore[attr-defined]
+
+            def check_once_broken() -> None:  # a driver bug outside its per-poll guard
+                drv._check_stale = real_check  # type: ignore[attr-defined]
+                raise RuntimeError("injected: driver bug")
+
+            drv._check_stale = check_once_broken  # type: ignore[attr-defined]
+            assert wait_for(lambda: agent.supervisor.stats().get("driver-plc1") == 1, 5)
+            assert "thread_driver-plc1" in agent.snapshot()["alarms"]
+            assert wait_for(drv.alive, 5)  # restarted after the backoff
+            seen = drv.status.counter("events")
+            assert wait_for(lambda: drv.status.counter("events") >= seen + 5, 10)
+            assert agent.snapshot()["thread_crashes"] == {"driver-plc1": 1}
+        finally:
+            agent.stop()
