@@ -70,6 +70,49 @@ def test_a_crash_in_the_forwarder_is_alarmed_and_the_loop_restarted(rig: Lab) ->
     assert codes == [f"C{i:08d}" for i in range(1, 31)]
 
 
+def test_the_watchdog_is_fed_only_while_the_forwarder_comes_round(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    rig = Lab(tmp_path, uplinks=1)  # before the env: mosquitto speaks sd_notify too
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    release = threading.Event()
+    try:
+        agent = rig.start_agent()
+        assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+        agent.forwarding.on_reload = lambda: release.wait(30)  # the loop hangs here
+        notify.setblocking(False)
+
+        def fed_within(seconds: float) -> bool:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                try:
+                    if notify.recv(256) == b"WATCHDOG=1":
+                        return True
+                except BlockingIOError:
+                    time.sleep(0.05)
+            return False
+
+        assert fed_within(2)
+        _command(rig, 1, "reload-config")
+        assert wait_for(lambda: not agent.alive(), 8)  # hung: no longer vouched for
+        for _ in range(10):  # drain what was sent before it went stale
+            if not fed_within(0.3):
+                break
+        assert not fed_within(1.5)
+        release.set()
+        assert wait_for(agent.alive, 3)
+        assert fed_within(2)
+    finally:
+        release.set()
+        rig.close()
+        notify.close()
+
+
 def _site(tmp: Path, port: int) -> Path:
     (tmp / "gw.key").write_text(bytes(range(32)).hex())
     (tmp / "board.toml").write_text("""
