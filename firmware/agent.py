@@ -104,6 +104,8 @@ class Agent:
         hlc = HybridLogicalClock(self.clock.now_ms, journal.last_hlc)
         self.journal = GroupCommitJournal(journal, jc.window_ms, hlc=hlc)
         self.journal.on_commit = self._mark_acked
+        if self.mark.failed:
+            self.alarm("epoch_mark_write", True)
         if abandoned is not None:  # the ledger hears of the gap like any other event
             self.journal.append_durable(encode_body("agent", "epoch_abandoned",
                                                     self.clock.now_ms(), abandoned), rec.TXN)

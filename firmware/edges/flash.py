@@ -204,6 +204,7 @@ class EpochMark:
         self.path = d.with_name(d.name + ".epoch")
         self.epoch = 0
         self.acked_seq = 0
+        self.failed: str | None = None  # the last write failed: why
 
     def read(self) -> bool:
         """Load the mark; False when there is none."""
@@ -290,7 +291,12 @@ def open_gateway_journal(directory: str | Path, segment_size: int, segment_count
         journal = open_or_create_journal(d, segment_size, segment_count, gateway_id,
                                          wall_ms=wall_ms, max_body=max_body)
     if not had or abandoned is not None:
-        mark.write(journal.epoch, journal.committed_seq)
+        try:
+            mark.write(journal.epoch, journal.committed_seq)
+        except OSError as exc:  # the journal works without it; the agent alarms
+            mark.epoch, mark.failed = journal.epoch, f"{exc.strerror or exc}"
+            log.error("cannot write the epoch mark %s: %s; a lost journal would go unnoticed "
+                      "on the next start", mark.path, mark.failed)
     else:
         mark.acked_seq = max(mark.acked_seq, journal.committed_seq)
     return journal, mark, abandoned

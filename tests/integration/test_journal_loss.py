@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -122,6 +123,14 @@ def test_run_without_new_epoch_exits_with_one_line(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert r.stderr.startswith("error: journal lost: "), r.stderr
     assert "--new-epoch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "journal" / "journal.head").exists()
+    again = subprocess.Popen([*run, "--new-epoch"], cwd=ROOT, env=env,
+                             stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: (tmp_path / "journal" / "journal.head").exists(), 10)
+    time.sleep(0.5)
+    again.terminate()
+    assert again.wait(10) == 0
+    assert again.stderr is not None and "starting a new epoch" in again.stderr.read()
 
 
 @pytest.fixture
