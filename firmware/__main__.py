@@ -1,7 +1,7 @@
 """python -m firmware: the gateway agent.
 
-  run   --config SITE [--board FILE]   start the agent until SIGTERM or Ctrl-C
-  check --config SITE [--board FILE]   validate the config and print what would run
+  run   --config SITE [--board FILE] [--new-epoch]   start the agent until SIGTERM or Ctrl-C
+  check --config SITE [--board FILE]                validate the config and print what would run
 
 Both check the same things (``firmware/edges/preflight.py``): every key, and on this
 machine the key and TLS files, the serial lines and the journal's disk; ``check`` says ok
@@ -9,7 +9,9 @@ only where ``run`` would start. ``check`` also wants each serial device present 
 ``--offline``); ``run`` starts without one, whose driver waits for it.
 
 Exit status: 0 ok, 2 a bad config or command line (one line naming file, key, problem and
-what is allowed), 1 a failure while running.
+what is allowed), 1 a failure while running: a journal that cannot be opened (gone
+while this gateway's epoch mark says it had one: start again with ``--new-epoch`` to
+abandon it), or a runtime loop that keeps crashing (systemd restarts the agent).
 """
 
 from __future__ import annotations
@@ -80,14 +82,21 @@ def _run(args: argparse.Namespace) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    new_epoch = args.new_epoch
     while True:
-        agent = Agent(cfg, clock=clock)
+        agent = Agent(cfg, clock=clock, new_epoch=new_epoch)
         agent.start()
+        new_epoch = False  # a reload keeps the epoch just started
         try:
-            while not done.wait(1.0) and not agent.reload_requested.is_set():
+            while (not done.wait(1.0) and not agent.reload_requested.is_set()
+                   and not agent.failed.is_set()):
                 pass
         finally:
             agent.stop()
+        if agent.failed.is_set():
+            print(f"error: {agent.supervisor.failure}; exiting so that the agent is restarted",
+                  file=sys.stderr)
+            return 1
         if done.is_set():
             return 0
         try:  # a reload-config command: the new config must be valid, else keep the old
@@ -117,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--log-level", default="INFO",
                            choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+            p.add_argument("--new-epoch", action="store_true",
+                           help="start a new journal epoch although this gateway's journal is "
+                           "gone (the ledger is told which epoch was abandoned and where)")
             p.add_argument("--clock-control", metavar="FILE",
                            help="simulation only: follow the wall-clock offset and drift the "
                            "simulator writes to FILE (see firmware/edges/clock.py)")

@@ -9,6 +9,14 @@ driver as an error and lights the red LED until the journal takes transactions a
 The status loop refreshes the LEDs and logs a status line on change; the forwarder and
 uplinks (issue 6) plug in here too. This is the only module that knows both core and
 edges.
+
+Both loops run under a supervisor (``firmware/supervisor.py``): a crash is alarmed and
+the loop restarted; when restarts cannot help, ``failed`` is set and ``python -m firmware
+run`` exits non-zero. Every status period the loop also checks that the journal's files
+are still the open ones (``journal_lost``), whether a full filesystem holds the journal
+(``journal_no_space``), and feeds the systemd watchdog only while the forwarder comes
+round. A write outside the journal that fails (sync log, epoch mark, last command id)
+raises an alarm and nothing else stops. Alarms: the status document's ``alarms``.
 """
 
 from __future__ import annotations
@@ -21,17 +29,18 @@ from typing import Any
 
 from firmware.core import record as rec
 from firmware.core.errors import ConfigError, JournalFull
-from firmware.core.event import Event
+from firmware.core.event import Event, encode_body
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.pipeline import Pipeline
 from firmware.core.site_config import SiteConfig
 from firmware.edges.clock import SystemClock
 from firmware.edges.device_types import driver_class
 from firmware.edges.driver import Clock, Driver
-from firmware.edges.flash import open_or_create_journal
+from firmware.edges.flash import EpochMark, open_gateway_journal
 from firmware.edges.group_commit import GroupCommitJournal
 from firmware.edges.sync_log import close_sync_log, open_sync_log
 from firmware.edges.watchdog import SystemdNotifier
+from firmware.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,10 @@ def read_key(path: str | None, key_name: str = "gateway.key_file") -> bytes:
 
 class Agent:
     def __init__(self, cfg: SiteConfig, clock: Clock | None = None,
-                 pin_factory: Any = None, durable_timeout_s: float = 5.0) -> None:
+                 pin_factory: Any = None, durable_timeout_s: float = 5.0,
+                 new_epoch: bool = False) -> None:
+        """``new_epoch``: start a fresh journal even though this gateway's epoch mark says
+        it had one that is now gone (``python -m firmware run --new-epoch``)."""
         self.cfg = cfg
         self.clock = clock or SystemClock()
         self._pin_factory = pin_factory  # tests pass a gpiozero MockFactory
@@ -74,18 +86,29 @@ class Agent:
         self.notifier = SystemdNotifier()
         self._sync_handler: Any = None
         self.forwarding_options: dict[str, Any] = {}  # tests shorten timers here
+        self.new_epoch = new_epoch
+        self.mark: EpochMark | None = None
+        self.alarms: set[str] = set()
+        self.supervisor = Supervisor(on_alarm=self.alarm)
 
     # ---- life ---------------------------------------------------------------------------
 
     def start(self) -> Agent:
         jc = self.cfg.journal
         self._sync_handler = open_sync_log(
-            self.cfg.sync_log or Path(jc.path).parent / "sync.log", self.cfg.sync_log_max_bytes)
-        journal = open_or_create_journal(jc.path, jc.segment_size, jc.segment_count,
-                                         self.cfg.gateway_id, wall_ms=self.clock.now_ms,
-                                         max_body=jc.max_body)
+            self.cfg.sync_log or Path(jc.path).parent / "sync.log", self.cfg.sync_log_max_bytes,
+            on_error=lambda on: self.alarm("sync_log_write", on))
+        journal, self.mark, abandoned = open_gateway_journal(
+            jc.path, jc.segment_size, jc.segment_count, self.cfg.gateway_id,
+            wall_ms=self.clock.now_ms, max_body=jc.max_body, new_epoch=self.new_epoch)
         hlc = HybridLogicalClock(self.clock.now_ms, journal.last_hlc)
         self.journal = GroupCommitJournal(journal, jc.window_ms, hlc=hlc)
+        self.journal.on_commit = self._mark_acked
+        if self.mark.failed:
+            self.alarm("epoch_mark_write", True)
+        if abandoned is not None:  # the ledger hears of the gap like any other event
+            self.journal.append_durable(encode_body("agent", "epoch_abandoned",
+                                                    self.clock.now_ms(), abandoned), rec.TXN)
         self.lights = self._open_lights()
         if self.cfg.uplinks:
             from firmware.forwarding import ForwardingLoop  # paho only when uplinks are set
@@ -96,16 +119,17 @@ class Agent:
                                              command_key=command_key,
                                              **self.forwarding_options)
             self.forwarding.on_reload = self.reload_requested.set
-            self.forwarding.start()
+            self.forwarding.start(self.supervisor)
+            for name in sorted(self.alarms):  # raised before the session existed
+                self.forwarding.alarm(name, True)
         for d in self.cfg.devices:
             if d.settings.get("enabled", True):
                 settings = {k: v for k, v in d.settings.items() if k != "enabled"}
                 self.drivers.append(driver_class(d.type)(d.name, settings, self.emit, self.clock))
         for drv in self.drivers:
             drv.start()
-        self._status_thread = threading.Thread(target=self._status_loop, name="agent-status",
-                                               daemon=True)
-        self._status_thread.start()
+            self.supervisor.watch(f"driver-{drv.name}", drv.alive, self._restarter(drv))
+        self._status_thread = self.supervisor.spawn("status", self._status_loop, self._stopping)
         self.notifier.ready(f"{len(self.drivers)} devices, {len(self.cfg.uplinks)} uplinks")
         log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",
                  self.cfg.gateway_id, len(self.drivers), jc.path, journal.epoch, journal.next_seq)
@@ -171,6 +195,48 @@ class Agent:
 
     # ---- state ------------------------------------------------------------------------------
 
+    @property
+    def failed(self) -> threading.Event:
+        """Set when a loop cannot be kept running: the process must exit non-zero."""
+        return self.supervisor.failed
+
+    def alarm(self, name: str, on: bool = True) -> None:
+        """Raise (or clear) an alarm in the status; safe from any thread."""
+        with self._lock:
+            if on == (name in self.alarms):
+                return
+            if on:
+                self.alarms.add(name)
+            else:
+                self.alarms.discard(name)
+        if on:
+            log.error("alarm %s", name)
+        else:
+            log.warning("alarm %s cleared", name)
+        if self.forwarding is not None:
+            self.forwarding.alarm(name, on)
+
+    def _restarter(self, drv: Driver) -> Any:
+        def restart() -> None:
+            if not self._stopping.is_set():
+                drv.stop()
+                drv.start()
+        return restart
+
+    def _mark_acked(self, seq: int) -> None:
+        """Commit: the epoch mark beside the journal learns the acknowledged seq."""
+        if self.mark is None:
+            return
+        try:
+            self.mark.update(seq)
+        except OSError as exc:
+            if "epoch_mark_write" not in self.alarms:
+                log.error("cannot update the epoch mark %s: %s", self.mark.path, exc)
+            self.alarm("epoch_mark_write", True)
+            return
+        if "epoch_mark_write" in self.alarms:
+            self.alarm("epoch_mark_write", False)
+
     def refusing_txn(self) -> bool:
         """True while the journal refuses transactions: until one is taken again, or the
         ledger's acknowledgements free the room the refused one needed."""
@@ -187,7 +253,8 @@ class Agent:
         writes the rest)."""
         return {"devices": [d.status.as_dict() for d in self.drivers],
                 "pipeline": self.pipeline.stats(),
-                "journal_refusing_txn": self.refusing_txn()}
+                "journal_refusing_txn": self.refusing_txn(),
+                "thread_crashes": self.supervisor.stats()}
 
     def snapshot(self) -> dict[str, Any]:
         """The status document (``docs/wire-format.md``); without uplinks, its local part."""
@@ -195,7 +262,9 @@ class Agent:
             return self.forwarding.status()
         doc = self.local_status()
         stats = self.journal.stats() if self.journal is not None else {}
-        doc.update(gateway=self.cfg.gateway_id, site=self.cfg.site, state="online",
+        with self._lock:
+            alarms = sorted(self.alarms)
+        doc.update(gateway=self.cfg.gateway_id, site=self.cfg.site, state="online", alarms=alarms,
                    runtime="cpython", uplink="none", journal=stats,
                    backlog_records=stats.get("backlog_records", 0),
                    backlog_bytes=stats.get("backlog_bytes", 0),
@@ -207,24 +276,43 @@ class Agent:
             self.lights.update(self.snapshot())
 
     def alive(self) -> bool:
-        """What the systemd watchdog vouches for: the loops that must never stop."""
+        """What the systemd watchdog vouches for: the loops that must never stop; the
+        forwarder must have come round lately (it does once a second, idle or not)."""
         fwd = self.forwarding
-        return self.journal is not None and (fwd is None or fwd.alive())
+        return (self.journal is not None and not self.failed.is_set()
+                and (fwd is None or fwd.alive()))
 
     def _status_loop(self) -> None:
         period = min(self.cfg.status_period_s, 1.0)
         if self.notifier.watchdog_interval_s:
             period = min(period, self.notifier.watchdog_interval_s)
         while not self._stopping.wait(period):
-            if self.alive():
-                self.notifier.watchdog()
-            snap = self.snapshot()
-            if self.lights is not None:
-                self.lights.update(snap)
-            line = json.dumps({k: snap[k] for k in ("backlog_records", "journal_refusing_txn",
-                                                    "devices_in_error")} |
-                              {"devices": {d["name"]: d["state"] for d in snap["devices"]}},
-                              sort_keys=True)
-            if line != self._last_status:
-                log.info("status %s", line)
-                self._last_status = line
+            self._status_once()
+
+    def _check_journal(self) -> None:
+        j = self.journal
+        if j is None:
+            return
+        if j.lost is None:
+            problem = j.check_storage()
+            if problem is not None:
+                log.critical("journal lost: %s; new events are refused (restart with "
+                             "--new-epoch once the cause is understood)", problem)
+                self.alarm("journal_lost", True)
+        self.alarm("journal_no_space", j.no_space())
+
+    def _status_once(self) -> None:
+        self.supervisor.tick()
+        self._check_journal()
+        if self.alive():
+            self.notifier.watchdog()
+        snap = self.snapshot()
+        if self.lights is not None:
+            self.lights.update(snap)
+        line = json.dumps({k: snap[k] for k in ("backlog_records", "journal_refusing_txn",
+                                                "devices_in_error")} |
+                          {"devices": {d["name"]: d["state"] for d in snap["devices"]}},
+                          sort_keys=True)
+        if line != self._last_status:
+            log.info("status %s", line)
+            self._last_status = line

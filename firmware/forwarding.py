@@ -12,6 +12,12 @@ is a line in the sync log (logger ``midshift.sync``, JSON).
 
 When the far end is gone the session simply has nothing to publish; records wait in the
 journal and go out on whichever uplink comes back first.
+
+The loop runs under the agent's supervisor (``firmware/supervisor.py``): a crash is
+alarmed and the loop restarted with the session as it was. A failing write outside the
+journal (the last command id) raises an alarm and forwarding goes on. ``alive()`` is what
+the watchdog vouches for: the loop has come round within ``STALE_MS`` (it comes round at
+least once a second, idle or not).
 """
 
 from __future__ import annotations
@@ -33,8 +39,19 @@ from firmware.edges.driver import Clock
 from firmware.edges.group_commit import GroupCommitJournal
 from firmware.edges.mqtt import LinkDown, LinkUp, MqttUplink, Received
 from firmware.edges.sync_log import sync_event
+from firmware.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
+
+STALE_MS = 5000  # a loop that has not come round for this long is hung
+
+
+class Alarm:
+    """Raise (or clear) an alarm from another thread: the session is the loop's alone."""
+
+    def __init__(self, name: str, on: bool) -> None:
+        self.name = name
+        self.on = on
 
 
 class Wake:
@@ -78,14 +95,16 @@ class ForwardingLoop:
         self.on_reload: Callable[[], None] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beat_ms: int | None = None  # when the loop last came round
 
     # ---- life ------------------------------------------------------------------------------
 
-    def start(self) -> ForwardingLoop:
+    def start(self, supervisor: Supervisor | None = None) -> ForwardingLoop:
         for u in self.uplinks.values():
             u.start()
-        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
-        self._thread.start()
+        self._beat_ms = self.clock.monotonic_ms()
+        sup = supervisor or Supervisor(on_alarm=self.alarm)
+        self._thread = sup.spawn("forwarder", self._run, self._stopping)
         return self
 
     def stop(self) -> None:
@@ -98,10 +117,17 @@ class ForwardingLoop:
             u.stop()
 
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """The loop runs and came round lately (not dead, not hung, not in a restart)."""
+        beat = self._beat_ms
+        return (self._thread is not None and self._thread.is_alive() and beat is not None
+                and self.clock.monotonic_ms() - beat < STALE_MS)
 
     def wake(self) -> None:
         self.events.put(Wake())
+
+    def alarm(self, name: str, on: bool = True) -> None:
+        """Raise or clear an alarm in the status; safe from any thread."""
+        self.events.put(Alarm(name, on))
 
     @property
     def active(self) -> str | None:
@@ -120,6 +146,7 @@ class ForwardingLoop:
     def _run(self) -> None:
         while not self._stopping.is_set():
             now = self.clock.monotonic_ms()
+            self._beat_ms = now
             deadline = self.session.next_deadline_ms(now)
             wait_ms = 1000 if deadline is None else min(1000, max(0, deadline - now))
             try:
@@ -139,6 +166,8 @@ class ForwardingLoop:
             self._carry_out(self.session.uplink_changed(item.uplink, True, now))
         elif isinstance(item, LinkDown):
             self._carry_out(self.session.uplink_changed(item.uplink, False, now, item.reason))
+        elif isinstance(item, Alarm):
+            self._carry_out(self.session.alarm(item.name, item.on))
 
     def _carry_out(self, actions: list[Any]) -> None:
         for a in actions:
@@ -148,7 +177,7 @@ class ForwardingLoop:
             elif isinstance(a, s.Note):
                 self._note(a)
             elif isinstance(a, s.Commit):
-                self.journal.commit(a.seq, a.pos)
+                self._commit(a)
             elif isinstance(a, s.Observe):
                 self.journal.observe(a.hlc)
             elif isinstance(a, s.StatusDue):
@@ -176,10 +205,28 @@ class ForwardingLoop:
                      note.fields["result"])
         sync_event(what, **note.fields)
 
+    def _commit(self, a: s.Commit) -> None:
+        try:
+            self.journal.commit(a.seq, a.pos)
+        except OSError as exc:  # nothing moved: the next commit point covers this one
+            log.error("cannot persist the commit point %d: %s", a.seq, exc)
+            self._carry_out(self.session.alarm("journal_commit_write", True))
+            return
+        if "journal_commit_write" in self.session.alarms:
+            self._carry_out(self.session.alarm("journal_commit_write", False))
+
     def _save_last_command_id(self, cmd_id: int) -> None:
         tmp = self.command_state.with_suffix(".tmp")
-        tmp.write_text(str(cmd_id))
-        os.replace(tmp, self.command_state)  # a replay stays rejected after a restart
+        try:
+            tmp.write_text(str(cmd_id))
+            os.replace(tmp, self.command_state)  # a replay stays rejected after a restart
+        except OSError as exc:  # a full disk: the id lives on in memory, forwarding goes on
+            log.error("cannot save the last command id %d to %s: %s", cmd_id,
+                      self.command_state, exc)
+            self._carry_out(self.session.alarm("command_id_write", True))
+            return
+        if "command_id_write" in self.session.alarms:
+            self._carry_out(self.session.alarm("command_id_write", False))
 
     # ---- status -----------------------------------------------------------------------------
 

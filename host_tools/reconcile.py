@@ -12,6 +12,12 @@ Per device: events and latency; and, given the simulator's ground-truth logs (re
 must deliver, not in the ledger) and ``unexpected`` (a ledger event no device produced).
 Values are compared as the ledger stores them: card numbers in the ground truth are
 masked the same way first.
+
+Abandoned epochs: a gateway that lost its journal and was started with ``--new-epoch``
+sends an ``epoch_abandoned`` event (source ``agent``) as the new journal's first record,
+naming the lost epoch and the seq the ledger had acknowledged. The report lists each with
+what the ledger holds of that epoch: events journaled after that were never delivered,
+and how many is unknowable.
 """
 
 from __future__ import annotations
@@ -82,7 +88,8 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
         by_epoch[(r[0], r[1])].append(r)
     device_values: dict[str, list[Any]] = defaultdict(list)
     for (gw, epoch), evs in by_epoch.items():
-        g = report["gateways"].setdefault(gw, {"events": 0, "epochs": {}, "devices": {}})
+        g = report["gateways"].setdefault(gw, {"events": 0, "epochs": {}, "devices": {},
+                                               "abandoned_epochs": []})
         seqs = [e[2] for e in evs]
         late, min_later = 0, None
         for e in reversed(evs):  # committed after some higher seq: a late arrival
@@ -97,6 +104,10 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
         g["events"] += len(evs)
         lat_by_dev: dict[str, list[int]] = defaultdict(list)
         for _, _, _, ledger_ms, source, kind, read_ms, data in evs:
+            if source == "agent" and kind == "epoch_abandoned" and isinstance(data, dict):
+                g["abandoned_epochs"].append({"epoch": str(data.get("epoch")),
+                                              "acked_seq": data.get("acked_seq"),
+                                              "new_epoch": epoch})
             dev = source if isinstance(source, str) and source else "(unreadable body)"
             if isinstance(read_ms, int | float) and not isinstance(read_ms, bool):
                 lat_by_dev[dev].append(ledger_ms - read_ms)
@@ -108,6 +119,10 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
             d["latency_ms"] = _latency(lat)
         all_lat = [x for v in lat_by_dev.values() for x in v]
         g["latency_ms"] = _latency(all_lat)
+    for g in report["gateways"].values():  # what the ledger holds of each lost epoch
+        for a in g["abandoned_epochs"]:
+            old = g["epochs"].get(a["epoch"])
+            a["ledger_last_seq"] = old["last_seq"] if old else None
     truth_files = list(ground_truth)
     if truth_files:
         expected: dict[str, list[Any]] = defaultdict(list)
@@ -133,6 +148,8 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
                                          for g in report["gateways"].values()
                                          for e in g["epochs"].values())
     report["rejected_batches"] = store.rejection_count()
+    report["abandoned_epochs"] = sum(len(g["abandoned_epochs"])
+                                     for g in report["gateways"].values())
     return report
 
 
@@ -148,6 +165,12 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"  epoch {epoch}: seq {e['first_seq']}..{e['last_seq']}, "
                          f"{e['gaps']} missing, {e['duplicates_discarded']} duplicates, "
                          f"{e['late_arrivals']} late")
+        for a in g["abandoned_epochs"]:
+            held = a["ledger_last_seq"]
+            lines.append(f"  epoch {a['epoch']} ABANDONED (journal lost; new epoch "
+                         f"{a['new_epoch']}): acknowledged up to seq {a['acked_seq']}, ledger "
+                         f"holds up to seq {held if held is not None else '(none)'}; events "
+                         "journaled after that were lost")
         for dev, d in sorted(g["devices"].items()):
             lines.append(f"  device {dev}: {d['events']} events, latency p99 "
                          f"{d['latency_ms']['p99']} ms")

@@ -120,6 +120,10 @@ class Driver:
                 log.warning("%s: driver thread did not stop within %.1f s", self.name, timeout_s)
             self._thread = None
 
+    def alive(self) -> bool:
+        """The driver's thread runs (False once ``_run`` crashed: the agent restarts it)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _main(self) -> None:
         try:
             self._run()

@@ -9,17 +9,34 @@ hand-off sits on the latency path. Records nobody waits for (telemetry, the open
 benchmark) are flushed by a background thread the same way. ``window_ms`` adds an
 optional linger before a sync to batch more at the price of latency (default 0: the
 in-flight sync is the window).
+
+A full filesystem (ENOSPC on a write or sync) is not the end: the journal refuses new
+records with ``JournalNoSpace`` and the flusher retries the same writes every
+``RETRY_S`` until they succeed, then takes records again. Any other storage failure,
+and journal files found deleted or replaced (``check_storage``), stop appends for good.
 """
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
+from collections.abc import Callable
 
 from firmware.core.errors import StorageError
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.journal import Journal
 from firmware.core.record import TXN
+
+RETRY_S = 1.0  # how often writes that hit a full filesystem are retried
+
+
+class JournalNoSpace(StorageError):
+    code = "journal_no_space"
+
+
+class JournalLost(StorageError):
+    code = "journal_lost"
 
 
 class GroupCommitJournal:
@@ -37,6 +54,10 @@ class GroupCommitJournal:
         self._queued = threading.Condition(self.lock)
         self._changed = threading.Condition(self.lock)
         self._error: BaseException | None = None
+        self._no_space: OSError | None = None  # a full filesystem: retrying ``_retry``
+        self._retry: tuple[list, int, int] | None = None
+        self.lost: str | None = None            # the journal files are gone: why
+        self.on_commit: Callable[[int], None] | None = None  # the epoch mark's update
         self._closing = False
         self._flushing = False
         self.syncs = 0
@@ -51,6 +72,11 @@ class GroupCommitJournal:
         with self.lock:
             if self._error is not None:
                 raise StorageError(f"journal storage failed: {self._error}")
+            if self.lost is not None:
+                raise JournalLost(f"journal lost ({self.lost}): new records refused")
+            if self._no_space is not None:
+                raise JournalNoSpace(f"journal storage full ({self._no_space.strerror}): new "
+                                     "records refused until space returns")
             if hlc is None:
                 hlc = self._hlc.now() if self._hlc is not None else 0
             seq = self.journal.append(body, cls, hlc)
@@ -63,6 +89,10 @@ class GroupCommitJournal:
             while self.journal.durable_seq < seq:
                 if self._error is not None:
                     raise StorageError(f"journal storage failed: {self._error}")
+                if self._no_space is not None:
+                    raise JournalNoSpace(f"record {seq} not durable: journal storage full "
+                                         f"({self._no_space.strerror}); it is written when "
+                                         "space returns")
                 if not self._flushing:
                     self._flush_locked()
                     continue
@@ -95,7 +125,10 @@ class GroupCommitJournal:
 
     def _flush_locked(self) -> None:
         """Lead one flush: called with the lock held, returns with it held."""
-        runs, seq, pos = self.journal.take_pending()
+        if self._retry is not None:
+            runs, seq, pos = self._retry
+        else:
+            runs, seq, pos = self.journal.take_pending()
         if not runs:
             return
         self._flushing = True
@@ -106,24 +139,51 @@ class GroupCommitJournal:
             for offset, data in runs:
                 self.journal.storage.write(offset, data)
             self.journal.storage.sync()
+        except OSError as exc:
+            self.lock.acquire()
+            self._flushing = False
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                self._fail(exc)
+            # A full filesystem: keep the frames, refuse new ones, retry the same writes.
+            self._retry, self._no_space = (runs, seq, pos), exc
+            self._changed.notify_all()
+            self._queued.notify()  # the flusher retries
+            return
         except Exception as exc:  # storage died: every waiter must hear it
             self.lock.acquire()
-            self._error = exc
-            self._flushing = False
-            self._changed.notify_all()
-            self._queued.notify_all()
-            raise StorageError(f"journal storage failed: {exc}") from exc
+            self._fail(exc)
         self.lock.acquire()
         self._flushing = False
-        self.journal.mark_durable(seq, pos)
+        self._retry, self._no_space = None, None
+        try:
+            self.journal.mark_durable(seq, pos)
+        except OSError:  # only the head hint failed to persist (recovery scans instead)
+            pass
         self.syncs += 1
         self._changed.notify_all()
         self._queued.notify()  # the flusher may take what queued during this sync
 
+    def _fail(self, exc: BaseException) -> None:
+        """Storage died (lock held): every waiter must hear it."""
+        self._error = exc
+        self._flushing = False
+        self._changed.notify_all()
+        self._queued.notify_all()
+        raise StorageError(f"journal storage failed: {exc}") from exc
+
     def _run(self) -> None:
         with self.lock:
             while True:
-                while (not self.journal.pending() or self._flushing) and not self._closing:
+                while self._no_space is not None and not self._closing:
+                    self._queued.wait(RETRY_S)  # a full filesystem: retry the same writes
+                    if self._flushing or self._closing:
+                        continue
+                    try:
+                        self._flush_locked()
+                    except StorageError:
+                        return
+                while ((not self.journal.pending() or self._flushing)
+                       and self._no_space is None and not self._closing):
                     self._queued.wait()
                 if self.window_s and not self._closing:
                     deadline = time.monotonic() + self.window_s
@@ -189,6 +249,23 @@ class GroupCommitJournal:
         with self.lock:
             self.journal.commit(seq, next_pos)
             self._changed.notify_all()
+        if self.on_commit is not None:
+            self.on_commit(seq)
+
+    def check_storage(self) -> str | None:
+        """Are the journal's files still the ones open? (None: yes.) Once they are not,
+        new records are refused: they would go to files nobody will ever read."""
+        check = getattr(self.journal.storage, "check", None)
+        problem = check() if check is not None else None
+        if problem is not None:
+            with self.lock:
+                self.lost = problem
+        return problem
+
+    def no_space(self) -> bool:
+        """True while a full filesystem keeps records from becoming durable."""
+        with self.lock:
+            return self._no_space is not None
 
     def stats(self) -> dict:
         with self.lock:

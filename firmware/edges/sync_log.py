@@ -4,6 +4,10 @@ Events: ``sent``, ``acked``, ``rejected``, ``resent``, ``failover``, ``failback`
 ``down``, ``uplink_up``, ``uplink_down``, ``command``, ``command_rejected``. Each line has
 ``ts_ms`` (wall clock) and ``event``. The logger (``midshift.sync``) does not propagate to
 the agent's console log: an integrator reads this file, not a scrolling terminal.
+
+A write that fails (a full disk) loses that line, never the caller's work: the handler
+reports the failure through ``on_error(True)`` once (the agent raises the alarm
+``sync_log_write``) and ``on_error(False)`` when a line is written again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import logging
 import logging.handlers
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +31,56 @@ def sync_event(event: str, **fields: Any) -> None:
                                separators=(",", ":"), default=str))
 
 
-def open_sync_log(path: str | Path, max_bytes: int = 5 << 20, backups: int = 3) -> logging.Handler:
-    """Start writing the sync log to ``path`` (rotated at ``max_bytes``, ``backups`` kept)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes,
-                                                   backupCount=backups, encoding="utf-8")
+class SyncLogHandler(logging.handlers.RotatingFileHandler):
+    """A rotating file handler that says when its writes fail and when they work again."""
+
+    def __init__(self, path: str | Path, max_bytes: int, backups: int,
+                 on_error: Callable[[bool], None] | None = None) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8",
+                         delay=True)
+        self.on_error = on_error
+        self.failing = False
+        self._failed_now = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed_now = False
+        try:
+            super().emit(record)  # calls handleError (below) when the write fails
+        except Exception:  # noqa: BLE001 - a full disk loses the line, not the caller
+            self._failed()
+        if self.failing and not self._failed_now:
+            self.failing = False
+            if self.on_error is not None:
+                self.on_error(False)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self._failed()
+
+    def _failed(self) -> None:
+        self._failed_now = True
+        if self.stream is not None:  # reopen on the next line: the file may be back
+            try:
+                self.stream.close()
+            except Exception:  # noqa: BLE001 - its buffer could not be flushed either
+                pass
+            self.stream = None  # type: ignore[assignment]
+        if not self.failing:
+            self.failing = True
+            logging.getLogger(__name__).error("sync log %s: write failed; lines are lost "
+                                              "until it works again", self.baseFilename)
+            if self.on_error is not None:
+                self.on_error(True)
+
+
+def open_sync_log(path: str | Path, max_bytes: int = 5 << 20, backups: int = 3,
+                  on_error: Callable[[bool], None] | None = None) -> logging.Handler:
+    """Start writing the sync log to ``path`` (rotated at ``max_bytes``, ``backups`` kept);
+    ``on_error`` hears when writes start and stop failing."""
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass  # the first line fails and says so
+    handler = SyncLogHandler(path, max_bytes, backups, on_error)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     return handler

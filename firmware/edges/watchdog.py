@@ -36,6 +36,7 @@ class SystemdNotifier:
             addr = "\0" + addr[1:]
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+                s.setblocking(False)  # a listener that does not read must not stall a loop
                 s.sendto(state.encode(), addr)
         except OSError as exc:
             log.warning("sd_notify %s to %s failed: %s", state, self.address, exc)
