@@ -30,7 +30,8 @@ DOMAIN = b"midshift-cmd-v2\n"
 MAX_COMMAND = 4096   # bytes; a real command is under 200
 MAX_DEPTH = 4        # {"args": {...}} is 2
 ID_WINDOW = 1000000  # an accepted id is in (last, last + ID_WINDOW]
-COMMANDS = ("ping", "drain-now", "replay-from", "set-log-level", "reload-config")
+COMMANDS = ("ping", "drain-now", "replay-from", "set-log-level", "reload-config",
+            "settle-rejected")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -168,6 +169,10 @@ class CommandGate:
             raise CommandRejected("malformed", "command args are not an object")
         if cmd == "replay-from" and not _positive_int(args.get("seq")):
             raise CommandRejected("bad_args", "replay-from needs a seq >= 1")
+        if cmd == "settle-rejected" and not (
+                _positive_int(args.get("first")) and _positive_int(args.get("last"))
+                and args["first"] <= args["last"]):
+            raise CommandRejected("bad_args", "settle-rejected needs first <= last, both >= 1")
         if cmd == "set-log-level" and args.get("level") not in LOG_LEVELS:
             raise CommandRejected("bad_args", "set-log-level needs level, one of %s" % (
                 ", ".join(LOG_LEVELS)))

@@ -88,6 +88,7 @@ class Forwarder:
         self.bucket = TokenBucket(drain_rate, max(drain_rate, max_events), now_ms)
         self.inflight = []
         self.acked = []   # [(first, last, end_pos)] acknowledged beyond the commit point
+        self.rejected = []  # batches the ledger refused for good, not yet settled
         tail_pos, tail_seq = journal.tail()
         self.commit_seq = tail_seq - 1
         self.lanes = [Lane(LIVE, tail_pos, tail_seq)]
@@ -130,6 +131,7 @@ class Forwarder:
         start = max(seq, tail_seq)
         self.inflight = []
         self.acked = [a for a in self.acked if a[1] < start]
+        self.rejected = [f for f in self.rejected if f.last < start]
         self.lanes = [Lane(LIVE, durable_pos, durable_seq + 1),
                       Lane(BACKLOG, tail_pos, tail_seq, durable_seq)]
         return start
@@ -154,7 +156,13 @@ class Forwarder:
         self.inflight.remove(match)
         self.ack_sent_ms = match.sent_ms
         if status != "ok":
+            # The ledger's final word: sending it again gets the same answer. Its records
+            # stay unreclaimed (the commit point stops before them) until an operator
+            # settles the range (``settle_rejected``); later batches go on.
             self.counters["rejected"] += 1
+            known = [f for f in self.rejected if f.first == first and f.last == last]
+            if match.last > self.commit_seq and not known:  # a resend is refused again
+                self.rejected.append(match)
             return None
         self.counters["acked"] += 1
         if match.runs is not None:
@@ -162,6 +170,19 @@ class Forwarder:
         else:
             self.acked.append((first, last, match.end_pos))
         return self._advance_commit()
+
+    def settle_rejected(self, first, last):
+        """An operator has taken the rejected batches inside ``first..last`` off the
+        gateway (``host_tools journal export``) and lets their space go: (seq, pos) to
+        commit, or None. Returns the settled ranges too."""
+        settled = [f for f in self.rejected if first <= f.first and f.last <= last]
+        for f in settled:
+            self.rejected.remove(f)
+            if f.runs is not None:
+                self.acked.extend(f.runs)
+            else:
+                self.acked.append((f.first, f.last, f.end_pos))
+        return self._advance_commit(), [[f.first, f.last] for f in settled]
 
     def _advance_commit(self):
         self.acked.sort()

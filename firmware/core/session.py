@@ -253,6 +253,10 @@ class LinkSession:
         commit = self.forwarder.on_ack(first, last, status, now_ms)
         sent = self.forwarder.ack_sent_ms
         out = [Note("acked" if status == "ok" else "rejected", {"first": first, "last": last})]
+        if status != "ok" and sent is not None:
+            out.extend(self.alarm("ledger_rejected"))
+        elif not self.forwarder.rejected:  # a replay the ledger took this time
+            out.extend(self.alarm("ledger_rejected", False))
         if sent is not None:  # a batch of ours, in flight: its round trip dates the ledger
             out.append(Observe(ledger_ms << 16))
             out.extend(self._estimate_offset(ledger_ms, wall_ms, now_ms - sent))
@@ -311,6 +315,14 @@ class LinkSession:
             self.forwarder.drain_now()
         elif cmd == "replay-from":
             result = {"from_seq": self.forwarder.replay_from(args["seq"])}
+        elif cmd == "settle-rejected":
+            commit, settled = self.forwarder.settle_rejected(args["first"], args["last"])
+            result = {"settled": settled}
+            if commit is not None:
+                self._pending_commit = commit
+                out.extend(self._commit_if_due(now_ms, force=True))
+            if not self.forwarder.rejected:
+                out.extend(self.alarm("ledger_rejected", False))
         elif cmd == "set-log-level" and cmd in self.supports:
             out.append(SetLogLevel(args["level"]))
         elif cmd == "reload-config" and cmd in self.supports:
@@ -353,6 +365,7 @@ class LinkSession:
                    "clock_offset_ms": None if self.clock_offset_ms is None
                    else round(self.clock_offset_ms),
                    "alarms": sorted(self.alarms),
+                   "rejected": [[f.first, f.last] for f in self.forwarder.rejected],
                    "last_command": self.last_command,
                    "commands": {"accepted": gate.accepted if gate else 0,
                                 "rejected": dict(gate.rejected) if gate else {}}}}

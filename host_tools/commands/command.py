@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("cmd", choices=COMMANDS)
     p.add_argument("--seq", type=int, help="replay-from: the first seq to send again")
     p.add_argument("--level", choices=LOG_LEVELS, help="set-log-level: the level")
+    p.add_argument("--first", type=int, help="settle-rejected: the range's first seq")
+    p.add_argument("--last", type=int, help="settle-rejected: the range's last seq")
     p.add_argument("--site-dir", default="midshift-site", type=Path,
                    help="the site directory (default ./midshift-site)")
     p.add_argument("--broker", required=True, help="mqtts://HOST:PORT, the ledger's listener")
@@ -38,6 +40,11 @@ def _args_of(args: argparse.Namespace) -> dict[str, object]:
         if args.seq is None or args.seq < 1:
             raise ValueError("replay-from needs --seq N (N >= 1)")
         return {"seq": args.seq}
+    if args.cmd == "settle-rejected":
+        if args.first is None or args.last is None or not 1 <= args.first <= args.last:
+            raise ValueError("settle-rejected needs --first N --last M (1 <= N <= M): the "
+                             "rejected range from the gateway's status, after exporting it")
+        return {"first": args.first, "last": args.last}
     if args.cmd == "set-log-level":
         if args.level is None:
             raise ValueError(f"set-log-level needs --level, one of {', '.join(LOG_LEVELS)}")

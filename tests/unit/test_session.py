@@ -272,3 +272,33 @@ def test_a_runtime_alarm_shows_in_the_status_at_once_and_clears():
     assert sess.status(WALL, {})["forwarding"]["alarms"] == ["command_id_write"]
     assert [n.what for n in sess.alarm("command_id_write", False)] == ["alarm_cleared"]
     assert sess.status(WALL, {})["forwarding"]["alarms"] == []
+
+
+def test_a_rejected_batch_keeps_its_records_alarms_and_is_settled_only_by_an_operator():
+    j = journal_with(6)
+    sess = session_for(j, CommandGate(Signer(HOST), GW), max_events=3)
+    assert batches(up(sess, 0)) == [("eth", 1, 3), ("eth", 4, 6)]
+    refused = encode_ack(LEDGER, j.epoch, 1, 3, WALL, "rejected", "out_of_range")
+    out = sess.message("eth", ACK, refused, 1, WALL + 1)
+    out += sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 4, 6, WALL), 2, WALL + 2)
+    out += sess.poll(600, WALL + 600)
+    assert of(out, s.Commit) == []  # 4..6 are acked, but 1..3 are not the ledger's
+    assert "ledger_rejected" in sess.alarms
+    doc = sess.status(WALL)["forwarding"]
+    assert doc["rejected"] == [[1, 3]] and doc["counters"]["rejected"] == 1
+    # After a failover the batch goes again, is refused again, and is listed once.
+    sess.uplink_changed("eth", False, 700)
+    sess.uplink_changed("lte", True, 700)
+    assert (("lte", 1, 3)) in batches(sess.poll(700, WALL + 700))
+    sess.message("lte", ACK, refused, 701, WALL + 701)
+    assert sess.status(WALL)["forwarding"]["rejected"] == [[1, 3]]
+    settle = sign_command(Signer(HOST), GW, 1, "settle-rejected", {"first": 1, "last": 3})
+    out = sess.message("lte", CMD, settle, 800, WALL + 800)
+    assert sess.last_command["result"] == {"settled": [[1, 3]]}
+    out += sess.message("lte", ACK, encode_ack(LEDGER, j.epoch, 4, 6, WALL), 801, WALL + 801)
+    out += sess.poll(1400, WALL + 1400)
+    assert [c.seq for c in of(out, s.Commit)][-1] == 6
+    assert "ledger_rejected" not in sess.alarms
+    bad = sign_command(Signer(HOST), GW, 2, "settle-rejected", {"first": 3, "last": 1})
+    sess.message("lte", CMD, bad, 900, WALL)
+    assert sess.gate.rejected == {"bad_args": 1}

@@ -1,0 +1,99 @@
+"""A batch the ledger refuses for good (a signed ``rejected`` ack) against a real agent,
+mosquitto and ledger: its records stay on the gateway (the commit point stops before
+them) while later batches go on, the status lists the range under the alarm
+``ledger_rejected``, and only an operator moves on: ``replay-from`` once the ledger is
+fixed (stored exactly once), or ``settle-rejected`` after exporting them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import host_tools.ledger.service as service_module
+from simulator.lab import COMMAND_KEY, Lab, wait_for
+
+REFUSED: set[str] = set()  # codes the ledger refuses, as a stricter future check might
+
+
+def _strict(batch: Any) -> tuple[str, str] | None:
+    for r in batch.records:
+        if any(code.encode() in bytes(r[3]) for code in REFUSED):
+            return "bad_body", "refused by the test's stricter ledger"
+    return _ORIGINAL(batch)
+
+
+_ORIGINAL = service_module.unstorable
+
+
+@pytest.fixture
+def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    monkeypatch.setattr(service_module, "unstorable", _strict)
+    REFUSED.clear()
+    r = Lab(tmp_path)
+    yield r
+    r.close()
+    REFUSED.clear()
+
+
+def _command(rig: Lab, cmd_id: int, cmd: str, args: dict[str, Any]) -> None:
+    import paho.mqtt.publish as publish
+
+    from firmware.core.commands import sign_command
+    from firmware.core.signing import Signer
+    publish.single("midshift/v1/lab/gw-t/cmd",
+                   sign_command(Signer(COMMAND_KEY), "gw-t", cmd_id, cmd, args), qos=1,
+                   hostname="127.0.0.1", port=rig.broker.port)
+
+
+def _forwarding(rig: Lab) -> dict[str, Any]:
+    assert rig.agent is not None
+    return rig.agent.snapshot()["forwarding"]
+
+
+def _codes(rig: Lab) -> list[str]:
+    return sorted(json.loads(d)["code"] for d in rig.ledger_codes())
+
+
+def test_a_rejected_batch_is_kept_alarmed_and_replayed_once_the_ledger_takes_it(
+        rig: Lab) -> None:
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    REFUSED.add("C00000007")
+    rig.emit(10)
+    assert wait_for(lambda: _forwarding(rig)["rejected"], 10), _forwarding(rig)
+    (first, last), = _forwarding(rig)["rejected"]
+    assert first <= 7 <= last
+    assert "ledger_rejected" in _forwarding(rig)["alarms"]
+    rig.emit(10, source="dev1")  # later batches go on
+    assert wait_for(lambda: "C00000020" in _codes(rig), 10)
+    assert "C00000007" not in _codes(rig)
+    # The commit point stops before the refused records: their space is not reclaimed.
+    assert wait_for(lambda: agent.journal.tail()[1] == first, 5), agent.journal.tail()
+    REFUSED.clear()  # the ledger is fixed; the operator asks for the rest again
+    _command(rig, 1, "replay-from", {"seq": first})
+    assert wait_for(lambda: len(_codes(rig)) == 20, 15), _codes(rig)
+    assert _codes(rig) == [f"C{i:08d}" for i in range(1, 21)]  # each exactly once
+    assert wait_for(lambda: "ledger_rejected" not in _forwarding(rig)["alarms"], 5)
+    assert _forwarding(rig)["rejected"] == []
+    assert wait_for(lambda: agent.journal.tail()[1] == 21, 5), agent.journal.tail()
+
+
+def test_settle_rejected_lets_the_space_go_only_for_the_range_named(rig: Lab) -> None:
+    agent = rig.start_agent()
+    assert wait_for(lambda: agent.forwarding.active == "up0", 10)
+    REFUSED.add("C00000003")
+    rig.emit(6)
+    assert wait_for(lambda: _forwarding(rig)["rejected"], 10)
+    (first, last), = _forwarding(rig)["rejected"]
+    _command(rig, 1, "settle-rejected", {"first": last + 1, "last": last + 5})  # misses it
+    assert wait_for(lambda: (_forwarding(rig)["last_command"] or {}).get("id") == 1, 5)
+    assert _forwarding(rig)["last_command"]["result"] == {"settled": []}
+    assert agent.journal.tail()[1] == first
+    _command(rig, 2, "settle-rejected", {"first": first, "last": last})
+    assert wait_for(lambda: agent.journal.tail()[1] == 7, 5), agent.journal.tail()
+    assert "ledger_rejected" not in _forwarding(rig)["alarms"]
+    assert "C00000003" not in _codes(rig) and len(_codes(rig)) == 6 - (last - first + 1)
