@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware.core import record as rec
-from firmware.core.errors import ConfigError, JournalFull
+from firmware.core.errors import ConfigError, JournalFull, MidshiftError
 from firmware.core.event import Event, encode_body
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.pipeline import Pipeline
@@ -78,6 +78,7 @@ class Agent:
         self.lights: Any = None
         self._refusing_need = 0        # bytes the last refused txn needed; 0: not refusing
         self._lock = threading.Lock()
+        self.incidents_dropped = 0     # link/device incidents the journal refused
         self._stopping = threading.Event()
         self._status_thread: threading.Thread | None = None
         self._last_status: str | None = None
@@ -119,13 +120,16 @@ class Agent:
                                              command_key=command_key,
                                              **self.forwarding_options)
             self.forwarding.on_reload = self.reload_requested.set
+            self.forwarding.on_incident = self.incident
             self.forwarding.start(self.supervisor)
             for name in sorted(self.alarms):  # raised before the session existed
                 self.forwarding.alarm(name, True)
         for d in self.cfg.devices:
             if d.settings.get("enabled", True):
                 settings = {k: v for k, v in d.settings.items() if k != "enabled"}
-                self.drivers.append(driver_class(d.type)(d.name, settings, self.emit, self.clock))
+                drv = driver_class(d.type)(d.name, settings, self.emit, self.clock)
+                drv.on_state = self._device_incident
+                self.drivers.append(drv)
         for drv in self.drivers:
             drv.start()
             self.supervisor.watch(f"driver-{drv.name}", drv.alive, self._restarter(drv))
@@ -216,6 +220,23 @@ class Agent:
         if self.forwarding is not None:
             self.forwarding.alarm(name, on)
 
+    def incident(self, kind: str, data: dict[str, Any]) -> None:
+        """Journal an event of the gateway's own (source ``agent``, telemetry) for the
+        ledger's report: a link or device state change. Never blocks, never raises: a
+        refused one is counted and logged."""
+        if self.journal is None:
+            return
+        try:
+            self.journal.append(encode_body("agent", kind, self.clock.now_ms(), data),
+                                rec.TELEMETRY)
+        except MidshiftError as exc:
+            with self._lock:
+                self.incidents_dropped += 1
+            log.warning("incident %s not journaled: %s", kind, exc)
+
+    def _device_incident(self, name: str, state: str, error: str | None) -> None:
+        self.incident("device", {"device": name, "state": state, "error": error})
+
     def _restarter(self, drv: Driver) -> Any:
         def restart() -> None:
             if not self._stopping.is_set():
@@ -254,7 +275,8 @@ class Agent:
         return {"devices": [d.status.as_dict() for d in self.drivers],
                 "pipeline": self.pipeline.stats(),
                 "journal_refusing_txn": self.refusing_txn(),
-                "thread_crashes": self.supervisor.stats()}
+                "thread_crashes": self.supervisor.stats(),
+                "incidents_dropped": self.incidents_dropped}
 
     def snapshot(self) -> dict[str, Any]:
         """The status document (``docs/wire-format.md``); without uplinks, its local part."""

@@ -93,6 +93,7 @@ class ForwardingLoop:
                                            keepalive_s=keepalive_s)
                         for u in cfg.uplinks}
         self.on_reload: Callable[[], None] | None = None
+        self.on_incident: Callable[[str, dict[str, Any]], None] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._beat_ms: int | None = None  # when the loop last came round
@@ -191,6 +192,8 @@ class ForwardingLoop:
                 logging.getLogger("firmware").setLevel(a.level)
             elif isinstance(a, s.Reload) and self.on_reload is not None:
                 self.on_reload()
+            elif isinstance(a, s.Incident) and self.on_incident is not None:
+                self.on_incident(a.kind, a.data)
 
     def _note(self, note: s.Note) -> None:
         what = note.what

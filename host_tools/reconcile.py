@@ -88,8 +88,8 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
         by_epoch[(r[0], r[1])].append(r)
     device_values: dict[str, list[Any]] = defaultdict(list)
     for (gw, epoch), evs in by_epoch.items():
-        g = report["gateways"].setdefault(gw, {"events": 0, "epochs": {}, "devices": {},
-                                               "abandoned_epochs": []})
+        g = report["gateways"].setdefault(gw, {"events": 0, "incidents": 0, "epochs": {},
+                                               "devices": {}, "abandoned_epochs": []})
         seqs = [e[2] for e in evs]
         late, min_later = 0, None
         for e in reversed(evs):  # committed after some higher seq: a late arrival
@@ -108,6 +108,9 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
                 g["abandoned_epochs"].append({"epoch": str(data.get("epoch")),
                                               "acked_seq": data.get("acked_seq"),
                                               "new_epoch": epoch})
+            if source == "agent":
+                g["incidents"] += 1
+                continue  # the gateway's own events (incidents), not a device's values
             dev = source if isinstance(source, str) and source else "(unreadable body)"
             if isinstance(read_ms, int | float) and not isinstance(read_ms, bool):
                 lat_by_dev[dev].append(ledger_ms - read_ms)
@@ -142,6 +145,7 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
         report["lost"] = sum(t["lost"] for t in truth.values())
         report["unexpected"] = sum(t["unexpected"] for t in truth.values())
     report["events"] = sum(g["events"] for g in report["gateways"].values())
+    report["incidents"] = sum(g["incidents"] for g in report["gateways"].values())
     report["gaps"] = sum(e["gaps"] for g in report["gateways"].values()
                          for e in g["epochs"].values())
     report["duplicates_discarded"] = sum(e["duplicates_discarded"]

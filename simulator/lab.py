@@ -89,11 +89,21 @@ class Lab:
         return seqs
 
     def ledger_codes(self) -> list[str]:
-        rows = self.store.query("SELECT data FROM event_fields WHERE gateway='gw-t' ORDER BY seq")
+        """The data of the devices' events (not the agent's own incidents), by seq."""
+        rows = self.store.query("SELECT data FROM event_fields WHERE gateway='gw-t' "
+                                "AND source <> 'agent' ORDER BY seq")
         return [r[0] for r in rows]
 
     def ledger_count(self) -> int:
-        return self.store.count("gw-t")
+        """The devices' events in the ledger (the agent's own incidents left out)."""
+        return len(self.ledger_codes())
+
+    def incidents(self) -> list[tuple[str, Any]]:
+        """(kind, data) of the agent's own events in the ledger, by seq."""
+        import json
+        rows = self.store.query("SELECT kind, data FROM event_fields WHERE gateway='gw-t' "
+                                "AND source = 'agent' ORDER BY seq")
+        return [(k, json.loads(d) if isinstance(d, str) else d) for k, d in rows]
 
     def close(self) -> None:
         if self.agent is not None:

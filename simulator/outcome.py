@@ -116,6 +116,8 @@ def evaluate(gateways: dict[str, Path], devices: dict[str, dict[str, Any]],
     ledger: dict[tuple[str, str], dict[Any, list[int]]] = defaultdict(lambda: defaultdict(list))
     corrupt = 0
     for gw, source, _kind, ledger_ms, data in rows:
+        if source == "agent" and gw in gateways:
+            continue  # the gateway's own incidents, not a device's value
         if source is None or gw not in gateways or source not in devices:
             corrupt += 1
             continue

@@ -85,6 +85,15 @@ class StatusDue:
     """Time to publish the retained status: answer with ``status_message(...)``."""
 
 
+class Incident:
+    """Journal an event of the gateway's own (source ``agent``, class telemetry), so the
+    ledger's morning report sees it: ``link`` when "some uplink is up" changes."""
+
+    def __init__(self, kind, data):
+        self.kind = kind
+        self.data = data
+
+
 class Note:
     """A line for the sync log: ``what`` happened, with ``fields``."""
 
@@ -206,6 +215,9 @@ class LinkSession:
         if change is not None:
             what, old, new = change
             out.append(Note(what, {"from": old, "to": new}))
+            if what in ("up", "down"):
+                out.append(Incident("link", {"state": "online" if new else "offline",
+                                             "uplink": new, "since_ms": wall_ms}))
             self.forwarder.set_uplink(active, now_ms, txn_only=active is not None and
                                       not self.selector.carries(active, TELEMETRY))
             if active is not None:

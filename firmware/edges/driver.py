@@ -94,6 +94,8 @@ class Driver:
         self.status = DeviceStatus(name, self.kind, clock.now_ms())
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Told of every state change (name, state, error): the agent journals it.
+        self.on_state: Callable[[str, str, str | None], None] | None = None
 
     @staticmethod
     def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
@@ -142,6 +144,8 @@ class Driver:
         if self.status.set(state, self.clock.now_ms(), error):
             level = logging.INFO if state == "ok" else logging.WARNING
             log.log(level, "%s: %s%s", self.name, state, f" ({error})" if error else "")
+            if self.on_state is not None:
+                self.on_state(self.name, state, error)
 
     def emit(self, event: Event) -> Emitted:
         """Hand ``event`` to the pipeline: accepted with its seq, or refused (counted,

@@ -33,8 +33,10 @@ Counters are in ``status()``, published on the ``status`` topic.
 
 from firmware.core import session as s
 from firmware.core.errors import JournalFull, MidshiftError
+from firmware.core.event import encode_body
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.pipeline import InvalidEvent, Pipeline
+from firmware.core.record import TELEMETRY
 
 UPLINK_NAME = "wifi"
 NTP_RETRY_MS = 10000
@@ -62,6 +64,7 @@ class Node:
         self.command_state = command_state
         self.idle_ms = idle_ms
         self.counters = {"steps": 0, "journaled": 0, "journal_full": 0, "storage_errors": 0,
+                         "incidents_dropped": 0,
                          "max_device_gap_ms": 0, "loop_errors": 0}
         self.last_loop_error = None
         self.invalid = self.pipeline.invalid  # reason -> count (bad_time, unknown_source...)
@@ -109,6 +112,14 @@ class Node:
             self.counters["storage_errors"] += 1
             return
         self.counters["journaled"] += 1
+
+    def _incident(self, a):
+        """The gateway's own event (a link change) into the journal, for the ledger."""
+        body = encode_body("agent", a.kind, self.clock.now_ms(), a.data)
+        try:
+            self.journal.append(body, TELEMETRY, self.hlc.now())
+        except MidshiftError:
+            self.counters["incidents_dropped"] += 1
 
     def flush(self):
         """The group commit: everything queued this step becomes durable (one sync)."""
@@ -180,6 +191,8 @@ class Node:
                 self.hlc.observe(a.hlc)
             elif isinstance(a, s.SaveCommandId) and self.command_state is not None:
                 self.command_state(a.cmd_id)  # a replay stays rejected after a reboot
+            elif isinstance(a, s.Incident):
+                self._incident(a)
         if refused:
             self._sync_uplink_state(self.clock.monotonic_ms())
 

@@ -18,7 +18,8 @@ the forwarder resends from the journal once the uplink is up again.
 Health: a PINGREQ every ``ping_ms`` while connected; if no byte at all arrives within
 ``timeout_s`` of it, the link is dead (a blackholed path, a silent broker). Incoming
 messages (acks, commands) are collected by the callback into ``inbox`` and taken by the
-main loop with ``take_messages()``.
+main loop with ``take_messages()``. A message over ``MAX_READ`` bytes is refused before
+umqtt allocates it (counted ``oversized``): the link is dropped and made again.
 
 Version notes: umqtt.simple 1.1 (the newest on PyPI that pip can install, used by the
 CPython tests) has no keepalive, username or last will; the micropython-lib release that
@@ -36,14 +37,22 @@ except ImportError:
         _socket = None
 
 FIRST_RETRY_MS = 250
+# The most the node reads in one piece: an ack is at most 512 bytes and a command 4096,
+# so anything larger is refused before a buffer is made for it (the heap is ~1 MiB).
+MAX_READ = 8192
+
+
+class MessageTooLarge(OSError):
+    """The broker announced more bytes than any message for the node can hold."""
 
 
 class BoundedSocket:
     """A socket whose every blocking operation gives up after ``timeout_s``."""
 
-    def __init__(self, sock, timeout_s):
+    def __init__(self, sock, timeout_s, max_read=MAX_READ):
         self._s = sock
         self.timeout_s = timeout_s
+        self.max_read = max_read
         self.rx_bytes = 0
         sock.settimeout(timeout_s)
 
@@ -57,6 +66,9 @@ class BoundedSocket:
         self._s.settimeout(self.timeout_s if flag else 0)
 
     def read(self, n):
+        if n > self.max_read:  # umqtt would allocate it whole: drop the link instead
+            raise MessageTooLarge("%d bytes announced, the node reads at most %d" % (
+                n, self.max_read))
         data = self._s.read(n)
         if data:
             self.rx_bytes += len(data)
@@ -117,7 +129,7 @@ class UmqttUplink:
         self._last_ping_ms = 0
         self.counters = {"connects": 0, "connect_failures": 0, "disconnects": 0,
                          "published": 0, "publish_errors": 0, "messages": 0, "pings": 0,
-                         "ping_timeouts": 0}
+                         "ping_timeouts": 0, "oversized": 0}
 
     # ---- connection ----------------------------------------------------------------------
 
@@ -151,7 +163,9 @@ class UmqttUplink:
         self.last_error = None
         return True
 
-    def _fail(self, mono_ms, why):
+    def _fail(self, mono_ms, why, exc=None):
+        if isinstance(exc, MessageTooLarge):
+            self.counters["oversized"] += 1
         if self.connected:
             self.counters["disconnects"] += 1
         self.connected = False
@@ -182,7 +196,7 @@ class UmqttUplink:
             self.client.publish(_b(topic), payload, retain, qos)
         except Exception as exc:  # noqa: BLE001
             self.counters["publish_errors"] += 1
-            self._fail(mono_ms, "publish: %r" % (exc,))
+            self._fail(mono_ms, "publish: %r" % (exc,), exc)
             return False
         self.counters["published"] += 1
         return True
@@ -212,7 +226,7 @@ class UmqttUplink:
                 self.counters["pings"] += 1
                 self._ping_sent_ms = self._last_ping_ms = mono_ms
         except Exception as exc:  # noqa: BLE001
-            self._fail(mono_ms, "read: %r" % (exc,))
+            self._fail(mono_ms, "read: %r" % (exc,), exc)
             return False
         return True
 

@@ -23,13 +23,20 @@ def _exactly_once(rig: Lab, n: int) -> None:
     assert codes == [f"C{i:08d}" for i in range(1, n + 1)]
 
 
+def _all_acked(agent: object) -> bool:
+    """Every durable record acknowledged and its ring space reclaimed (seqs also count
+    the agent's link incidents, so tests compare the tail with the head, not numbers)."""
+    j = agent.journal.journal  # type: ignore[attr-defined]
+    return j.tail_seq == j.durable_seq + 1
+
+
 def test_steady_flow_reaches_the_ledger_once_and_commits(rig: Lab) -> None:
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
     rig.emit(200)
     assert wait_for(lambda: rig.ledger_count() == 200, 10), rig.ledger_count()
     _exactly_once(rig, 200)
-    assert wait_for(lambda: agent.journal.journal.tail_seq == 201, 5)  # ring space reclaimed
+    assert wait_for(lambda: _all_acked(agent), 5)  # ring space reclaimed
     assert agent.snapshot()["uplink"] == "primary"
     assert agent.snapshot()["forwarding"]["alarms"] == []  # same clock: no offset alarm
 
@@ -137,7 +144,8 @@ def test_reconcile_reports_once_delivery_against_ground_truth(rig: Lab) -> None:
     rig.broker.restart()
     assert wait_for(lambda: rig.ledger_count() == 30, 15)
     r = reconcile(rig.store, [rig.tmp / "dev1.jsonl"])
-    assert (r["events"], r["gaps"], r["lost"], r["unexpected"]) == (30, 0, 1, 0)
+    assert (r["events"] - r["incidents"], r["gaps"], r["lost"], r["unexpected"]) == (30, 0, 1, 0)
+    assert r["incidents"] >= 1  # at least the link's first "online"
     assert r["ground_truth"]["dev1"]["lost_examples"] == ["C99999999"]
     g = r["gateways"]["gw-t"]
     assert g["devices"]["dev1"]["events"] == 30 and g["latency_ms"]["p50"] is not None
@@ -253,13 +261,15 @@ def test_ledger_down_nothing_is_committed_on_a_broker_puback(rig: Lab) -> None:
     # A resend means the ack timeout passed with every batch PUBACKed by the broker.
     assert wait_for(lambda: agent.forwarding.forwarder.counters["resent"] >= 1, 10)
     j = agent.journal.journal
-    assert j.tail_seq == 1 and j.backlog()[0] == 100
+    # Nothing of the 100 reclaimed (the link's "online" incident, seq 1, may have been
+    # acked before the ledger stopped).
+    assert j.durable_seq == 101 and j.tail_seq <= 2 and j.backlog()[0] >= 100
     from host_tools.ledger.service import LedgerService
     from simulator.lab import KEY
     rig.ledger = LedgerService(rig.store, {"gw-t": KEY}, rig.broker.url).start()
     assert wait_for(lambda: rig.ledger_count() == 100, 15)
     _exactly_once(rig, 100)
-    assert wait_for(lambda: j.tail_seq == 101, 5)
+    assert wait_for(lambda: _all_acked(agent), 5)
 
 
 def test_first_batch_after_a_restore_is_acked_within_two_seconds(rig: Lab) -> None:
@@ -286,7 +296,8 @@ def test_two_readings_in_one_millisecond_stay_two_events_with_their_read_time(ri
     agent.emit(Event("dev1", "scan", t, {"code": "SAME"}))
     agent.emit(Event("dev1", "scan", t, {"code": "SAME"}))
     assert wait_for(lambda: rig.ledger_count() == 2, 10)
-    rows = rig.store.query("SELECT read_ms, data FROM event_fields ORDER BY seq")
+    rows = rig.store.query("SELECT read_ms, data FROM event_fields WHERE source <> 'agent' "
+                           "ORDER BY seq")
     assert rows == [(t, '{"code":"SAME"}')] * 2  # stamped with the read time, not a later one
 
 
@@ -351,6 +362,9 @@ def test_forged_acks_while_the_ledger_is_down_reclaim_nothing(rig: Lab) -> None:
     j = agent.journal.journal
     assert wait_for(lambda: agent.forwarding.forwarder.inflight, 5)
     session = agent.forwarding.session
+    # The link's "online" incident may have been acked before the ledger stopped.
+    tail0, commits0 = j.tail_seq, session.counters["commits"]
+    assert j.backlog()[0] == j.durable_seq - tail0 + 1 >= 50
     flights = [(f.first, f.last) for f in agent.forwarding.forwarder.inflight]
     epoch = j.epoch
     stranger = Signer(b"f" * 32)
@@ -366,11 +380,11 @@ def test_forged_acks_while_the_ledger_is_down_reclaim_nothing(rig: Lab) -> None:
         publish.single("midshift/v1/lab/gw-t/ack", payload, qos=1, hostname="127.0.0.1",
                        port=rig.broker.port)
     assert wait_for(lambda: session.counters["bad_acks"] >= len(forged), 10), session.counters
-    assert j.tail_seq == 1 and j.backlog()[0] == 50  # nothing reclaimed
-    assert session.counters["commits"] == 0
+    assert j.tail_seq == tail0 and j.backlog()[0] >= 50  # nothing reclaimed
+    assert session.counters["commits"] == commits0
     from host_tools.ledger.service import LedgerService
     from simulator.lab import KEY
     rig.ledger = LedgerService(rig.store, {"gw-t": KEY}, rig.broker.url).start()
     assert wait_for(lambda: rig.ledger_count() == 50, 15)  # the real ledger's acks do commit
     _exactly_once(rig, 50)
-    assert wait_for(lambda: j.tail_seq == 51, 5)
+    assert wait_for(lambda: j.tail_seq == j.durable_seq + 1, 5)

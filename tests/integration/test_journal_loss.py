@@ -73,7 +73,8 @@ def test_a_lost_journal_refuses_to_start_until_a_new_epoch_and_reconcile_shows_t
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
     rig.emit(20)
     assert wait_for(lambda: rig.ledger_count() == 20, 10)
-    assert wait_for(lambda: agent.journal.journal.committed_seq == 20, 5)
+    # Seq 1 is the link's "online" incident, 2-21 the events.
+    assert wait_for(lambda: agent.journal.journal.committed_seq == 21, 5)
     old_epoch = f"{agent.journal.epoch:016x}"
     rig.agent = None
     agent.stop()
@@ -88,11 +89,13 @@ def test_a_lost_journal_refuses_to_start_until_a_new_epoch_and_reconcile_shows_t
     new_epoch = f"{agent.journal.epoch:016x}"
     assert new_epoch != old_epoch
     rig.emit(5)
-    assert wait_for(lambda: rig.ledger_count() == 26, 10), rig.ledger_count()
+    assert wait_for(lambda: rig.ledger_count() == 25, 10), rig.ledger_count()
     r = reconcile(rig.store)
     gw = r["gateways"]["gw-t"]
-    assert gw["abandoned_epochs"] == [{"epoch": old_epoch, "acked_seq": 20,
-                                       "new_epoch": new_epoch, "ledger_last_seq": 20}]
+    assert gw["abandoned_epochs"] == [{"epoch": old_epoch, "acked_seq": 21,
+                                       "new_epoch": new_epoch, "ledger_last_seq": 21}]
+    assert ("epoch_abandoned", {"epoch": old_epoch, "acked_seq": 21}) in [
+        (k, {f: d.get(f) for f in ("epoch", "acked_seq")}) for k, d in rig.incidents()]
     assert r["abandoned_epochs"] == 1
     assert f"epoch {old_epoch} ABANDONED" in format_report(r)
     rig.agent = None

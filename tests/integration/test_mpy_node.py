@@ -41,6 +41,19 @@ def _state(rig: NodeRig) -> dict:
     return out
 
 
+def _all_acked(node: object) -> bool:
+    """Everything durable acknowledged and its ring space reclaimed (the tail meets the
+    head); seqs also count the node's own link incidents, so tests compare these, not
+    numbers."""
+    j = node.journal  # type: ignore[attr-defined]
+    return j.tail_seq == j.durable_seq + 1
+
+
+def _journaled(node: object, n: int) -> bool:
+    """n device events journaled and durable (the link incidents are not counted)."""
+    return node.counters["journaled"] == n and not node.journal.pending()  # type: ignore
+
+
 def _capture_batches(port: int) -> tuple[mqtt.Client, list[bytes]]:
     seen: list[bytes] = []
     ready = threading.Event()
@@ -66,7 +79,7 @@ def test_scans_reach_the_ledger_once_in_the_wire_format(rig: NodeRig) -> None:
     assert rig.ledger_values() == want  # once each, in scan order
     rows = rig.store.query("SELECT DISTINCT source, kind FROM event_fields WHERE gateway=?",
                            (GATEWAY,))
-    assert rows == [("scanner1", "scan")]
+    assert sorted(rows) == [("agent", "link"), ("scanner1", "scan")]  # the link came up
     # The bytes on the wire: the versioned batch format, uncompressed, signed with the key.
     assert wait_for(lambda: batches, 5), _state(rig)
     signer = Signer(KEY)
@@ -75,7 +88,7 @@ def test_scans_reach_the_ledger_once_in_the_wire_format(rig: NodeRig) -> None:
     assert {d.gateway for d in decoded} == {GATEWAY}
     assert {d.epoch for d in decoded} == {node.journal.epoch}
     # Acked, so the ring space is reclaimed, and nothing was counted twice.
-    assert wait_for(lambda: node.journal.tail_seq == 31, 5), _state(rig)
+    assert wait_for(lambda: node.journal.durable_seq == 31 and _all_acked(node), 5), _state(rig)
     assert rig.ledger.counters["duplicates"] == 0
     spy.loop_stop()
     rig.stop()
@@ -87,19 +100,21 @@ def test_wifi_drop_mid_flow_loses_nothing_and_holds_the_journal(rig: NodeRig) ->
     assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
     rig.scanner.burst(10)
     assert wait_for(lambda: rig.ledger_count() == 10, WAIT_S), _state(rig)
-    assert wait_for(lambda: node.journal.tail_seq == 11, WAIT_S), _state(rig)  # acked and reclaimed
+    assert wait_for(lambda: _all_acked(node), WAIT_S), _state(rig)
     network.drop()
     assert wait_for(lambda: not node.uplink.connected, WAIT_S), _state(rig)
     rig.scanner.burst(10)
     rig.scanner.burst(10)
     # Journaled (durable) while the link is down; not acknowledged, so not reclaimed.
-    assert wait_for(lambda: node.journal.durable_seq == 30, WAIT_S), _state(rig)
+    assert wait_for(lambda: _journaled(node, 30), WAIT_S), _state(rig)
     assert rig.ledger_count() == 10
-    assert node.journal.tail_seq == 11 and node.journal.backlog()[0] == 20
+    # Seq 1 the link's "online", 2-11 the first scans; then "offline" and 20 scans.
+    assert node.journal.tail_seq == 12 and node.journal.backlog()[0] == 21
     network.restore()
     assert wait_for(lambda: rig.ledger_count() == 30, WAIT_S), _state(rig)
     assert rig.ledger_values() == rig.expected_scans()
-    assert wait_for(lambda: node.journal.tail_seq == 31, 5), _state(rig)
+    assert wait_for(lambda: _all_acked(node), 5), _state(rig)
+    assert [i["state"] for i in rig.incidents()] == ["online", "offline", "online"]
     assert node.wifi.counters["drops"] == 1 and node.wifi.counters["ups"] == 2
     rig.stop()
 
@@ -123,9 +138,10 @@ def test_space_is_reclaimed_only_after_the_ack_and_the_ledger_drops_the_resend(
     rig.scanner.burst(5)
     assert wait_for(lambda: rig.ledger_count() == 5 and lost, WAIT_S), _state(rig)
     # Stored in the ledger, not acknowledged to the node: nothing is reclaimed.
-    assert node.journal.tail_seq == 1 and node.journal.backlog() == (5, node.journal.durable_pos)
+    # (Seq 1 is the link's "online" incident, 2-6 the scans.)
+    assert node.journal.tail_seq == 1 and node.journal.backlog() == (6, node.journal.durable_pos)
     assert wait_for(lambda: node.forwarder.counters["resent"] >= 1, WAIT_S), _state(rig)
-    assert wait_for(lambda: node.journal.tail_seq == 6, WAIT_S), _state(rig)
+    assert wait_for(lambda: node.journal.tail_seq == 7, WAIT_S), _state(rig)
     assert rig.ledger_count() == 5  # the resend was a duplicate, stored once
     assert rig.ledger.counters["duplicates"] >= 1  # the resent batch (5 scans, or the
     # first of two batches when the burst was read in two pieces)
@@ -140,13 +156,13 @@ def test_broker_killed_and_restarted_loses_nothing(rig: NodeRig) -> None:
     assert wait_for(lambda: rig.ledger_count() == 10, WAIT_S), _state(rig)
     rig.broker.crash()  # SIGKILL, no persistence: sessions and queued messages are gone
     rig.scanner.burst(10)
-    assert wait_for(lambda: node.journal.durable_seq == 20, WAIT_S), _state(rig)
+    assert wait_for(lambda: _journaled(node, 20), WAIT_S), _state(rig)
     assert wait_for(lambda: not node.uplink.connected, WAIT_S), _state(rig)
     rig.broker.restart()
     rig.scanner.burst(10)
     assert wait_for(lambda: rig.ledger_count() == 30, WAIT_S), _state(rig)
     assert rig.ledger_values() == rig.expected_scans()
-    assert wait_for(lambda: node.journal.tail_seq == 31, 5), _state(rig)
+    assert wait_for(lambda: _all_acked(node), 5), _state(rig)
     assert node.uplink.counters["connects"] >= 2
     rig.stop()
 
@@ -167,7 +183,7 @@ def test_a_silent_broker_does_not_stall_the_scanner(rig: NodeRig) -> None:
         rig.scanner.burst(2)
         sent += 2
         time.sleep(0.1)  # the scanner's pace, not a synchronisation
-    assert wait_for(lambda: node.journal.durable_seq == sent, 5), _state(rig)
+    assert wait_for(lambda: _journaled(node, sent), 5), _state(rig)
     assert node.uplink.counters["ping_timeouts"] + node.uplink.counters["publish_errors"] \
         + node.uplink.counters["connect_failures"] >= 1
     assert rig.ledger_count() < sent
@@ -232,18 +248,18 @@ def test_signed_commands_are_obeyed_and_a_replay_is_refused(tmp_path: Path) -> N
         try:
             node = rig.start()
             assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
-            rig.scanner.burst(4)
-            assert wait_for(lambda: node.journal.tail_seq == 5, WAIT_S), _state(rig)
+            rig.scanner.burst(4)  # seq 1 is the link's "online" incident, 2-5 the scans
+            assert wait_for(lambda: node.journal.tail_seq == 6, WAIT_S), _state(rig)
             topic = f"midshift/v1/{SITE}/{GATEWAY}/cmd"
             host = Signer(COMMAND_KEY)
             publish.single(topic, sign_command(host, GATEWAY, 1, "replay-from", {"seq": 1}),
                            qos=1, hostname="127.0.0.1", port=rig.broker.port)
             assert wait_for(lambda: (node.last_command or {}).get("id") == 1, WAIT_S), \
                 _state(rig)
-            # Seqs 1-4 were acknowledged and their space reclaimed: the replay starts at the
+            # Seqs 1-5 were acknowledged and their space reclaimed: the replay starts at the
             # commit point, as on the gateway (core forwarder.replay_from).
             assert node.last_command == {"id": 1, "cmd": "replay-from",
-                                         "result": {"from_seq": 5}}
+                                         "result": {"from_seq": 6}}
             assert rig.ledger_count() == 4
             publish.single(topic, sign_command(host, GATEWAY, 1, "drain-now"), qos=1,
                            hostname="127.0.0.1", port=rig.broker.port)  # replayed id
@@ -253,6 +269,38 @@ def test_signed_commands_are_obeyed_and_a_replay_is_refused(tmp_path: Path) -> N
                 _state(rig)
             assert node.gate.rejected == {"replayed": 1, "bad_signature": 1}
             assert (rig.node_dir / "last-command-id").read_text() == "1"
+            rig.stop()
+        finally:
+            rig.close()
+
+
+def test_an_oversized_downlink_message_is_refused_unread_and_the_node_goes_on(
+        tmp_path: Path) -> None:
+    """1 MiB on the node's command topic (the heap is about 1 MiB on a board): refused
+    before umqtt allocates it, counted, the link made again; scans and a later signed
+    command still work, and the link incidents reach the ledger."""
+    import paho.mqtt.publish as publish
+
+    from firmware.core.commands import sign_command
+    from tests.mpy_board.rig import COMMAND_KEY
+    with board_modules():
+        rig = NodeRig(tmp_path, commands=True)
+        try:
+            node = rig.start()
+            assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
+            topic = f"midshift/v1/{SITE}/{GATEWAY}/cmd"
+            publish.single(topic, b"[" * (1 << 20), qos=0, hostname="127.0.0.1",
+                           port=rig.broker.port)
+            assert wait_for(lambda: node.uplink.counters["oversized"] == 1, WAIT_S), \
+                _state(rig)
+            assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
+            rig.scanner.burst(3)
+            assert wait_for(lambda: rig.ledger_count() == 3, WAIT_S), _state(rig)
+            publish.single(topic, sign_command(Signer(COMMAND_KEY), GATEWAY, 1, "ping"),
+                           qos=1, hostname="127.0.0.1", port=rig.broker.port)
+            assert wait_for(lambda: (node.last_command or {}).get("id") == 1, WAIT_S), \
+                _state(rig)
+            assert [i["state"] for i in rig.incidents()][:1] == ["online"]
             rig.stop()
         finally:
             rig.close()
@@ -300,7 +348,8 @@ def test_power_cut_loses_nothing_that_was_journaled(rig: NodeRig) -> None:
     rig.scanner.burst(8)
     # All 8 read off the UART and journaled (a power cut also loses what sits unread in a
     # UART's buffer), some of them already in the ledger:
-    assert wait_for(lambda: _durable_on_flash(rig.node_dir) == 20 and rig.ledger_count() >= 14,
+    # (21: the 20 scans and the second life's "online" incident.)
+    assert wait_for(lambda: _durable_on_flash(rig.node_dir) == 21 and rig.ledger_count() >= 14,
                     WAIT_S)
     rig.kill()  # mid-flow: some of the 8 may be sent and stored but not yet acked
     rig.spawn()
@@ -323,8 +372,8 @@ def test_weights_from_the_scale_reach_the_ledger_once(tmp_path: Path) -> None:
             assert wait_for(lambda: scale.counters.get("zero_readings", 0) >= 1, WAIT_S), _state(rig)
             rig.scale.place(120.5)
             assert wait_for(lambda: rig.ledger_count() == 2, WAIT_S), _state(rig)
-            rows = rig.store.query("SELECT data FROM event_fields WHERE gateway=? ORDER BY seq",
-                                   (GATEWAY,))
+            rows = rig.store.query("SELECT data FROM event_fields WHERE gateway=? AND "
+                                   "source = 'scale1' ORDER BY seq", (GATEWAY,))
             got = [json.loads(r[0]) for r in rows]
             assert got == [{"weight": 250.0, "unit": "g", "stable": True},
                            {"weight": 120.5, "unit": "g", "stable": True}]

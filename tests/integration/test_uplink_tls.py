@@ -42,9 +42,11 @@ def test_tls_uplink_with_client_certificate_delivers_and_a_rogue_one_cannot(tmp_
         try:
             assert wait_for(lambda: good.forwarding.active == "tls", 10)
             good.emit(Event("dev1", "scan", 1_700_000_000_000, {"code": "TLS1"}))
-            assert wait_for(lambda: store.count("gw-t") == 1, 10)
-            rows = store.query("SELECT data FROM event_fields")
-            assert json.loads(rows[0][0]) == {"code": "TLS1"}
+            assert wait_for(lambda: store.count("gw-t") == 2, 10)  # the scan and "online"
+            rows = store.query("SELECT source, data FROM event_fields ORDER BY seq")
+            assert [(src, json.loads(d).get("code", d)) for src, d in rows][1] == \
+                ("dev1", "TLS1")
+            assert rows[0][0] == "agent" and json.loads(rows[0][1])["state"] == "online"
         finally:
             good.stop()
         rogue = _agent(tmp_path / "rogue", broker.tls_port, str(pki / "rogue.crt"),

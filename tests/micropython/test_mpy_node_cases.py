@@ -210,7 +210,8 @@ def test_step_journals_scans_sends_one_batch_and_commits_only_on_the_ack():
     node, uarts, broker, clock = make_node()
     uarts["scanner1"].feed(b"12345678\r87654321\r")
     node.step()
-    assert node.uplink.connected and node.journal.durable_seq == 2
+    assert node.uplink.connected and node.journal.durable_seq == 3
+    # seq 3 is the link's "online" incident, journaled as the link came up; sent next step
     sent = broker.events()
     assert len(sent) == 1 and sent[0][2] == 1  # QoS 1
     batch = decode_batch(sent[0][1], Signer(KEY))
@@ -234,17 +235,18 @@ def test_broker_gone_keeps_the_records_and_resends_them_after_reconnect():
     broker.down = True
     uarts["scanner1"].feed(b"11111111\r")
     node.step()  # the publish fails: the link goes down, the record stays journaled
-    assert not node.uplink.connected and node.journal.durable_seq == 1
+    assert not node.uplink.connected and node.journal.durable_seq == 2  # "online", the scan
     uarts["scanner1"].feed(b"22222222\r")
     clock.mono += 100
     node.step()
-    assert node.journal.durable_seq == 2 and broker.events() == []
+    assert node.journal.durable_seq == 4 and broker.events() == []
+    # seq 3 the second scan, 4 the link's "offline" incident (5 will be "online")
     broker.down = False
     clock.mono += 2000  # past the reconnect backoff
     node.step()
     assert node.uplink.connected
     got = [decode_batch(p[1], Signer(KEY)) for p in broker.events()]
-    assert [r[0] for b in got for r in b.records] == [1, 2]
+    assert [r[0] for b in got for r in b.records] == [1, 2, 3, 4]
     assert node.journal.tail_seq == 1
 
 
@@ -267,7 +269,7 @@ def test_garbage_is_rejected_and_counted_never_journaled():
     assert c["rejected"] == 4 and c["scans"] == 1
     assert c["rejected_noise"] == 1 and c["rejected_short"] == 1
     assert c["rejected_charset"] == 1 and c["rejected_overlong"] == 1
-    assert node.journal.durable_seq == 1
+    assert node.journal.durable_seq == 2  # "online", the scan
 
 
 def test_scale_edge_polls_and_emits_a_settled_weight_once():
@@ -284,7 +286,7 @@ def test_scale_edge_polls_and_emits_a_settled_weight_once():
     uart.feed(b"S S     250.00 g\r\n")
     clock.mono += 100
     node.step()
-    assert node.journal.durable_seq == 1
+    assert node.journal.durable_seq == 2  # "online", the weight
     scale = node.devices[0]
     assert scale.counters["repeated_readings"] == 1 and scale.counters["dynamic_readings"] == 1
     uart.feed(b"S +\r\n")

@@ -162,11 +162,18 @@ class NodeRig:
     # ---- what the ledger holds -----------------------------------------------------------
 
     def ledger_count(self) -> int:
-        return self.store.count(GATEWAY)
+        """The devices' events in the ledger (the node's own link incidents left out)."""
+        return self.store.query("SELECT COUNT(*) FROM event_fields WHERE gateway=? AND "
+                                "source <> 'agent'", (GATEWAY,))[0][0]
+
+    def incidents(self) -> list[dict[str, Any]]:
+        rows = self.store.query("SELECT data FROM event_fields WHERE gateway=? AND "
+                                "source = 'agent' ORDER BY seq", (GATEWAY,))
+        return [json.loads(r[0]) for r in rows]
 
     def ledger_values(self, key: str = "code") -> list[Any]:
-        rows = self.store.query("SELECT data FROM event_fields WHERE gateway=? ORDER BY seq",
-                                (GATEWAY,))
+        rows = self.store.query("SELECT data FROM event_fields WHERE gateway=? AND "
+                                "source <> 'agent' ORDER BY seq", (GATEWAY,))
         return [json.loads(r[0])[key] for r in rows]
 
     def expected_scans(self) -> list[str]:

@@ -302,3 +302,19 @@ def test_a_rejected_batch_keeps_its_records_alarms_and_is_settled_only_by_an_ope
     bad = sign_command(Signer(HOST), GW, 2, "settle-rejected", {"first": 3, "last": 1})
     sess.message("lte", CMD, bad, 900, WALL)
     assert sess.gate.rejected == {"bad_args": 1}
+
+
+def test_the_link_going_up_and_down_is_journaled_as_an_incident():
+    sess = session_for(journal_with(0))
+    out = up(sess, 10)
+    inc = of(out, s.Incident)
+    assert [(i.kind, i.data) for i in inc] == [
+        ("link", {"state": "online", "uplink": "eth", "since_ms": WALL + 10})]
+    sess.uplink_changed("lte", True, 20)
+    assert of(sess.poll(20, WALL + 20), s.Incident) == []  # a standby: nothing changed
+    sess.uplink_changed("eth", False, 30)
+    assert of(sess.poll(30, WALL + 30), s.Incident) == []  # a failover: still online
+    sess.uplink_changed("lte", False, 40)
+    inc = of(sess.poll(40, WALL + 40), s.Incident)
+    assert [(i.kind, i.data) for i in inc] == [
+        ("link", {"state": "offline", "uplink": None, "since_ms": WALL + 40})]
