@@ -30,8 +30,10 @@ def _toml_value(v: Any) -> str:
 def write_till_site(d: Path, tills: list[str], port: int = 0, uplink_ports: tuple[int, ...] = (),
                     rules: dict[str, Any] | None = None, segment_size: int = 65536,
                     segment_count: int = 64, window_ms: float = 0.0,
-                    till_api: dict[str, Any] | None = None) -> tuple[Path, dict[str, str]]:
-    """(site file path, {till: token})."""
+                    till_api: dict[str, Any] | None = None,
+                    with_api: bool = True) -> tuple[Path, dict[str, str]]:
+    """(site file path, {till: token}). ``with_api=False``: the same gateway without the
+    till API (one disabled scanner, as a gateway needs a device then): the RSS baseline."""
     d.mkdir(parents=True, exist_ok=True)
     (d / "board.toml").write_text(BOARD)
     (d / "gw.key").write_text(KEY.hex())
@@ -43,9 +45,14 @@ def write_till_site(d: Path, tills: list[str], port: int = 0, uplink_ports: tupl
     lines = ['board_config = "board.toml"', "[gateway]", 'id = "gw-t"', 'site = "lab"',
              'key_file = "gw.key"', "[journal]", 'path = "journal"',
              f"segment_size = {segment_size}", f"segment_count = {segment_count}",
-             f"window_ms = {window_ms}", "[store]", f'id = "{STORE}"', f'tz = "{TZ}"',
-             "[till_api]", *(f"{k} = {_toml_value(v)}" for k, v in api.items()),
-             "[sell_rules]", *(f"{k} = {_toml_value(v)}" for k, v in rules.items())]
+             f"window_ms = {window_ms}"]
+    if with_api:
+        lines += ["[store]", f'id = "{STORE}"', f'tz = "{TZ}"',
+                  "[till_api]", *(f"{k} = {_toml_value(v)}" for k, v in api.items()),
+                  "[sell_rules]", *(f"{k} = {_toml_value(v)}" for k, v in rules.items())]
+    else:
+        lines += ["[devices.scan1]", 'type = "scanner"', f'port = "{d / "no-such-tty"}"',
+                  "enabled = false"]
     for i, p in enumerate(uplink_ports):
         lines += [f"[uplinks.up{i}]", f'broker = "mqtt://127.0.0.1:{p}"',
                   f"priority = {10 * (i + 1)}"]
