@@ -209,6 +209,39 @@ def test_offline_rules_follow_the_uplink(tmp_path: Path) -> None:
         lab.close()
 
 
+def test_tls_with_a_token_or_a_client_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    from tests.integration.pki import make_pki
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki", gateway="till-1")
+    site, tokens = write_till_site(tmp_path, TILLS, rules=RULES, till_api={
+        "tls_cert": str(pki / "server.crt"), "tls_key": str(pki / "server.key"),
+        "client_ca": str(pki / "ca.crt")})
+    agent = start(site)
+    try:
+        def context(leaf: str | None) -> ssl.SSLContext:
+            ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+            if leaf:
+                ctx.load_cert_chain(str(pki / f"{leaf}.crt"), str(pki / f"{leaf}.key"))
+            return ctx
+        port = agent.tills.port
+        assert TillClient(port, tokens["till-1"], tls=context(None)).post(
+            sale("till-1", 1), "tls-1")[0] == 201
+        status, body = TillClient(port, None, tls=context("till-1")).post(sale("till-1", 2),
+                                                                           "tls-2")
+        assert status == 201, body
+        status, body = TillClient(port, None, tls=context("till-1")).post(sale("till-2", 3),
+                                                                           "tls-3")
+        assert (status, body["rule"]) == (403, "wrong_till")
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            TillClient(port, None, tls=context("rogue")).post(sale("till-1", 4), "tls-4")
+        with pytest.raises((ConnectionError, OSError)):
+            TillClient(port, tokens["till-1"], timeout_s=2).post(sale("till-1", 5), "tls-5")
+    finally:
+        agent.stop()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

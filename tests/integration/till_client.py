@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 from typing import Any
 
 
 class TillClient:
     def __init__(self, port: int, token: str | None, host: str = "127.0.0.1",
-                 timeout_s: float = 10.0) -> None:
-        self.conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+                 timeout_s: float = 10.0, tls: ssl.SSLContext | None = None) -> None:
+        self.conn: http.client.HTTPConnection = (
+            http.client.HTTPConnection(host, port, timeout=timeout_s) if tls is None else
+            http.client.HTTPSConnection(host, port, timeout=timeout_s, context=tls))
         self.token = token
 
     def request(self, method: str, path: str, body: Any = None, key: str | None = None,
