@@ -21,6 +21,7 @@ no space) the till gets 507 and may retry; nothing is half-written.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -94,20 +95,33 @@ REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
 
 class Queued:
     """Accepted transactions of this epoch not yet in the ledger: seq -> (amount, offline,
-    accepted_ms). What the status shows and the exposure rule counts."""
+    accepted_ms), with running sums, so a 90,000-deep outage queue costs O(log n) per
+    POST. What the status shows and the exposure rule counts. Callers hold the API lock."""
 
     def __init__(self) -> None:
         self.items: dict[int, tuple[int, bool, int]] = {}
+        self._seqs: list[int] = []  # a heap: the oldest queued first
+        self.amount = 0
+        self.offline_amount = 0
+
+    def add(self, seq: int, amount: int, offline: bool, accepted_ms: int) -> None:
+        if seq in self.items:
+            return
+        self.items[seq] = (amount, offline, accepted_ms)
+        heapq.heappush(self._seqs, seq)
+        self.amount += amount
+        self.offline_amount += amount if offline else 0
 
     def drop_through(self, committed_seq: int) -> None:
-        for seq in [s for s in self.items if s <= committed_seq]:
-            del self.items[seq]
+        while self._seqs and self._seqs[0] <= committed_seq:
+            amount, offline, _ = self.items.pop(heapq.heappop(self._seqs))
+            self.amount -= amount
+            self.offline_amount -= amount if offline else 0
 
     def totals(self) -> tuple[int, int, int, int | None]:
-        """(count, amount, offline amount, oldest accepted_ms)."""
-        vals = list(self.items.values())
-        return (len(vals), sum(v[0] for v in vals), sum(v[0] for v in vals if v[1]),
-                min((v[2] for v in vals), default=None))
+        """(count, amount, offline amount, accepted_ms of the oldest by seq)."""
+        oldest = self.items[self._seqs[0]][2] if self._seqs else None
+        return len(self.items), self.amount, self.offline_amount, oldest
 
 
 class TillApi:
@@ -197,7 +211,7 @@ class TillApi:
                 entries.append(Entry(d["key"], body["source"], d["sha"], epoch, r.seq,
                                      d["receipt"], body["read_ms"], total, d["offline"]))
                 if r.seq > committed:
-                    self.queued.items[r.seq] = (total, bool(d["offline"]), body["read_ms"])
+                    self.queued.add(r.seq, total, bool(d["offline"]), body["read_ms"])
         added = self.index.put_missing(entries)
         if entries:
             log.info("till API: %d transactions in the journal, %d put back in the index",
@@ -423,9 +437,11 @@ class TillApi:
                          "retry later") from None
         entry = Entry(key, txn["till"], sha, epoch, seq, receipt, now, total, offline)
         with self._lock:
-            self.queued.items[seq] = (total, offline, now)
+            self.queued.add(seq, total, offline, now)
         try:
             self.index.put(entry)
+            if self.index.prune_due():
+                self.index.prune(now, epoch, self._committed_seq())
         except Exception as exc:  # the journal has it; the rebuild at start puts it back
             log.error("till API: index write failed (%s); the journal holds the key", exc)
         return entry

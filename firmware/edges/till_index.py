@@ -78,9 +78,10 @@ class IdempotencyIndex:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO keys VALUES (?,?,?,?,?,?,?,?,?)", e.row())
             self._puts += 1
-            due = self._puts % PRUNE_EVERY == 0
-        if due:
-            self.prune(e.accepted_ms, e.epoch, None)
+
+    def prune_due(self) -> bool:
+        """Every ``PRUNE_EVERY`` puts: time for the caller to ``prune``."""
+        return self._puts % PRUNE_EVERY == 0
 
     def put_missing(self, entries: list[Entry]) -> int:
         """Rebuild: the journal's transactions the index does not have; returns how many."""

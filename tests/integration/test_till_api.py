@@ -274,41 +274,43 @@ def test_a_retry_after_sigkill_gets_the_same_answer(tmp_path: Path) -> None:
     unanswered: set[str] = set()
     for life in range(4):
         proc = _run(site)
-        till = _up(port, tokens["till-1"])
-        for key in sorted(answers):  # every answer a till was given, again
-            status, body = till.post(sale("till-1", int(key.split("-")[1])), key)
-            assert (status, body["seq"], body["receipt"]) == (
-                200, answers[key]["seq"], answers[key]["receipt"]), key
-        for key in sorted(unanswered):
-            status, body = till.post(sale("till-1", int(key.split("-")[1])), key)
-            assert status in (200, 201), body
-            answers[key] = body
-        unanswered.clear()
-        if life == 3:
+        try:
+            till = _up(port, tokens["till-1"])
+            for key in sorted(answers):  # every answer a till was given, again
+                status, body = till.post(sale("till-1", int(key.split("-")[1])), key)
+                assert (status, body["seq"], body["receipt"]) == (
+                    200, answers[key]["seq"], answers[key]["receipt"]), key
+            for key in sorted(unanswered):
+                status, body = till.post(sale("till-1", int(key.split("-")[1])), key)
+                assert status in (200, 201), body
+                answers[key] = body
+            unanswered.clear()
+            if life == 3:
+                break
+
+            def post_until_killed(life: int = life, till: TillClient = till) -> None:
+                for n in range(life * 1000, life * 1000 + 900):  # bounded; killed long before
+                    key = f"k-{n}"
+                    unanswered.add(key)
+                    try:
+                        status, body = till.post(sale("till-1", n), key)
+                    except (OSError, ValueError):
+                        return
+                    assert status == 201, body
+                    answers[key] = body
+                    unanswered.discard(key)
+
+            poster = threading.Thread(target=post_until_killed)
+            poster.start()
+            before = len(answers)
+            assert wait_for(lambda before=before: len(answers) >= before + 20, 20)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+            poster.join(20)
+            if life == 1:  # the index lost too: rebuilt from the journal
+                for f in (tmp_path / "journal").glob("till-keys.sqlite*"):
+                    f.unlink()
+        finally:
             proc.kill()
             proc.wait(10)
-            break
-
-        def post_until_killed(life: int = life, till: TillClient = till) -> None:
-            for n in range(life * 1000, life * 1000 + 900):  # bounded; killed long before
-                key = f"k-{n}"
-                unanswered.add(key)
-                try:
-                    status, body = till.post(sale("till-1", n), key)
-                except (OSError, ValueError):
-                    return
-                assert status == 201, body
-                answers[key] = body
-                unanswered.discard(key)
-
-        poster = threading.Thread(target=post_until_killed)
-        poster.start()
-        before = len(answers)
-        assert wait_for(lambda before=before: len(answers) >= before + 20, 20)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        poster.join(20)
-        if life == 1:  # the index lost too: rebuilt from the journal
-            for f in (tmp_path / "journal").glob("till-keys.sqlite*"):
-                f.unlink()
     assert len(answers) >= 60 and len({a["seq"] for a in answers.values()}) == len(answers)
