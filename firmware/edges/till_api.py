@@ -159,7 +159,13 @@ class TillApi:
         else:
             log.warning("till API on %s:%d without TLS: tokens cross the LAN in clear "
                         "(set [till_api] tls_cert and tls_key)", self.cfg.bind, self.cfg.port)
-        self.server.prepare()
+        try:
+            self.server.prepare()
+        except OSError as exc:
+            self.index.close()
+            raise ConfigError("till_api.port", f"cannot listen on {self.cfg.bind}:"
+                              f"{self.cfg.port}: {exc.strerror or exc}",
+                              "a free port on an address of this gateway") from None
         self.port = self.server.bind_addr[1]
         self._thread = threading.Thread(target=self.server.serve, name="till-api", daemon=True)
         self._thread.start()
