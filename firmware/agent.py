@@ -91,6 +91,7 @@ class Agent:
         self.mark: EpochMark | None = None
         self.alarms: set[str] = set()
         self.supervisor = Supervisor(on_alarm=self.alarm)
+        self.tills: Any = None  # the till API (edges/till_api.py) when [till_api] is set
 
     # ---- life ---------------------------------------------------------------------------
 
@@ -133,6 +134,9 @@ class Agent:
         for drv in self.drivers:
             drv.start()
             self.supervisor.watch(f"driver-{drv.name}", drv.alive, self._restarter(drv))
+        if self.cfg.till_api is not None:
+            from firmware.edges.till_api import TillApi  # cheroot only when tills post here
+            self.tills = TillApi(self).start()
         self._status_thread = self.supervisor.spawn("status", self._status_loop, self._stopping)
         self.notifier.ready(f"{len(self.drivers)} devices, {len(self.cfg.uplinks)} uplinks")
         log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",
@@ -142,6 +146,8 @@ class Agent:
     def stop(self) -> None:
         self.notifier.stopping()
         self._stopping.set()
+        if self.tills is not None:
+            self.tills.stop()
         for drv in self.drivers:
             drv.stop()
         if self.forwarding is not None:
@@ -177,6 +183,12 @@ class Agent:
         if self.journal is None:
             raise RuntimeError("agent not started")
         body, cls = self.pipeline.prepare(event)
+        return self.append_txn(body, cls)
+
+    def append_txn(self, body: bytes, cls: int = rec.TXN) -> int:
+        """Journal a prepared body, durable: returns the seq (the till API's way in)."""
+        if self.journal is None:
+            raise RuntimeError("agent not started")
         try:
             seq = self.journal.append_durable(body, cls, timeout_s=self.durable_timeout_s)
         except JournalFull as exc:
@@ -226,6 +238,8 @@ class Agent:
         refused one is counted and logged."""
         if self.journal is None:
             return
+        if kind == "link" and self.tills is not None:
+            self.tills.link_changed(data["state"] == "online", data["since_ms"])
         try:
             self.journal.append(encode_body("agent", kind, self.clock.now_ms(), data),
                                 rec.TELEMETRY)
@@ -272,11 +286,14 @@ class Agent:
     def local_status(self) -> dict[str, Any]:
         """The parts of the status document only the agent knows (the link session
         writes the rest)."""
-        return {"devices": [d.status.as_dict() for d in self.drivers],
-                "pipeline": self.pipeline.stats(),
-                "journal_refusing_txn": self.refusing_txn(),
-                "thread_crashes": self.supervisor.stats(),
-                "incidents_dropped": self.incidents_dropped}
+        doc = {"devices": [d.status.as_dict() for d in self.drivers],
+               "pipeline": self.pipeline.stats(),
+               "journal_refusing_txn": self.refusing_txn(),
+               "thread_crashes": self.supervisor.stats(),
+               "incidents_dropped": self.incidents_dropped}
+        if self.tills is not None:
+            doc["tills"] = self.tills.status()
+        return doc
 
     def snapshot(self) -> dict[str, Any]:
         """The status document (``docs/wire-format.md``); without uplinks, its local part."""

@@ -29,7 +29,7 @@ from firmware.core.errors import ConfigError
 CLASSES = ("txn", "telemetry")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock", "machine")  # machine: MicroPython node
 SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
-            "status", "uart", "wifi")
+            "status", "uart", "wifi", "store", "till_api", "sell_rules")
 UART_KEYS = ("id", "tx", "rx", "rxbuf")  # [uart.NAME] on a MicroPython board (machine.UART)
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
@@ -108,6 +108,9 @@ class SiteConfig:
         self.command_key_file = None
         self.uart = {}    # MicroPython boards: name -> {"id", "tx", "rx", "rxbuf"}
         self.wifi = None  # MicroPython boards: {"ssid", "key_file"}
+        self.store = None       # {"id", "tz"} (the tz's validity is the preflight's)
+        self.till_api = None    # TillApiConfig when tills post to this gateway
+        self.sell_rules = None  # the checked [sell_rules] table (core/sell_rules.py)
 
     def device(self, name):
         for d in self.devices:
@@ -177,8 +180,9 @@ def validate(doc, device_types):
                                    default=5 << 20, check=lambda v: v >= 4096,
                                    allowed="at least 4096")
 
-    devices = _table(doc, "devices")
-    if not devices:
+    _tills(doc, cfg)
+    devices = _table(doc, "devices", cfg.till_api is None)  # a tills-only gateway is fine
+    if not devices and cfg.till_api is None:
         raise ConfigError("devices", "has no device", "one [devices.NAME] table per device")
     for name in devices:
         cfg.devices.append(_device(name, devices[name], cfg, device_types))
@@ -198,6 +202,99 @@ def validate(doc, device_types):
         raise ConfigError("gateway.key_file", "is required when uplinks are configured",
                           "the path of the gateway's key (python -m host_tools provision)")
     return cfg
+
+
+class TillApiConfig:
+    def __init__(self, bind, port, tls_cert, tls_key, client_ca, tokens_file,
+                 request_max_bytes, threads):
+        self.bind = bind
+        self.port = port
+        self.tls_cert = tls_cert          # PEM from the site CA; None: plain HTTP (warned)
+        self.tls_key = tls_key
+        self.client_ca = client_ca        # set: a till must show a certificate it signed
+        self.tokens_file = tokens_file    # JSON {"till-1": "<sha256 hex of its token>"}
+        self.request_max_bytes = request_max_bytes
+        self.threads = threads
+
+
+TENDER_KINDS = ("cash", "card", "voucher")
+SELL_LIMITS = ("card_floor_limit", "txn_cap", "offline_exposure_cap", "max_queue",
+               "card_max_offline_age_s")
+
+
+def _tills(doc, cfg):
+    """``[store]``, ``[till_api]`` and ``[sell_rules]``: tills post transactions here."""
+    store = _table(doc, "store", False)
+    api = _table(doc, "till_api", False)
+    rules = _table(doc, "sell_rules", False)
+    has_api, has_rules = "till_api" in doc, "sell_rules" in doc
+    if (has_api or has_rules) and "store" not in doc:
+        raise ConfigError("store", "is required with [till_api] or [sell_rules]",
+                          "a [store] table with id and tz")
+    if "store" in doc:
+        no_unknown_keys(store, "store", ("id", "tz"))
+        cfg.store = {"id": field(store, "id", "store", str, check=_name_ok, allowed=NAME_RULE),
+                     "tz": field(store, "tz", "store", str, check=_tz_shape,
+                                 allowed='an IANA time zone, e.g. "Europe/Berlin" or "UTC"')}
+    if not has_api:
+        if has_rules:
+            raise ConfigError("till_api", "is required with [sell_rules]",
+                              "a [till_api] table (bind, port, tokens_file)")
+        return
+    p = "till_api"
+    no_unknown_keys(api, p, ("bind", "port", "tls_cert", "tls_key", "client_ca", "tokens_file",
+                             "request_max_bytes", "threads"))
+    files = {}
+    for k in ("tls_cert", "tls_key", "client_ca", "tokens_file"):
+        files[k] = field(api, k, p, str, default=None, check=lambda v: len(v) > 0,
+                         allowed="a file path")
+    if (files["tls_cert"] is None) != (files["tls_key"] is None):
+        raise ConfigError(p + (".tls_key" if files["tls_key"] is None else ".tls_cert"),
+                          "is required with the other", "both tls_cert and tls_key, or neither")
+    if files["client_ca"] is not None and files["tls_cert"] is None:
+        raise ConfigError(p + ".client_ca", "needs TLS", "tls_cert and tls_key as well")
+    if files["tokens_file"] is None and files["client_ca"] is None:
+        raise ConfigError(p + ".tokens_file", "is required (or client_ca)",
+                          "the hashes file from python -m host_tools provision tills")
+    cfg.till_api = TillApiConfig(
+        field(api, "bind", p, str, default="127.0.0.1", check=lambda v: len(v) > 0,
+              allowed="an address to listen on"),
+        field(api, "port", p, int, default=8443, check=lambda v: 0 <= v <= 65535,
+              allowed="0 to 65535 (0: any free port)"),
+        files["tls_cert"], files["tls_key"], files["client_ca"], files["tokens_file"],
+        field(api, "request_max_bytes", p, int, default=65536,
+              check=lambda v: 1024 <= v <= 1 << 20, allowed="1024 to 1048576"),
+        field(api, "threads", p, int, default=8, check=lambda v: 1 <= v <= 64,
+              allowed="1 to 64"))
+    cfg.sell_rules = _sell_rules(rules)
+
+
+def _sell_rules(t):
+    p = "sell_rules"
+    no_unknown_keys(t, p, ("offline_tenders", "manager_code_sha256") + SELL_LIMITS)
+    out = {"offline_tenders": field(t, "offline_tenders", p, list, default=["cash"])}
+    for i, kind in enumerate(out["offline_tenders"]):
+        if kind not in TENDER_KINDS:
+            raise ConfigError("%s.offline_tenders[%d]" % (p, i), "%r is not a tender" % (kind,),
+                              ", ".join(TENDER_KINDS))
+    for k in SELL_LIMITS:
+        out[k] = field(t, k, p, int, default=None, check=lambda v: v >= 0,
+                       allowed="0 or more (leave out for no limit)")
+    code = field(t, "manager_code_sha256", p, str, default=None,
+                 check=lambda v: len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+                 allowed="64 lowercase hex digits (sha256 of the manager code)")
+    out["manager_code_sha256"] = code
+    return out
+
+
+def _tz_shape(text):
+    """The shape of an IANA name; whether this machine knows it is the preflight's."""
+    if not 0 < len(text) <= 64 or text.startswith("/") or ".." in text:
+        return False
+    for ch in text:
+        if not (ch.isalpha() or ch.isdigit() or ch in "/_+-"):
+            return False
+    return True
 
 
 def _finite_numbers(value, path):

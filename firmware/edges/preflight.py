@@ -53,6 +53,23 @@ def preflight(cfg: SiteConfig, need_devices: bool = True) -> None:
             _tls_files(u)
     _serial_ports(cfg, need_devices)
     _journal_fits(cfg)
+    _tills(cfg)
+
+
+def _tills(cfg: SiteConfig) -> None:
+    """The store's time zone is known here; the till API's files can be read."""
+    if cfg.store is not None:
+        import zoneinfo
+        try:
+            zoneinfo.ZoneInfo(cfg.store["tz"])
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError("store.tz", f"{cfg.store['tz']!r} is not a time zone on this "
+                              "machine", 'an IANA name, e.g. "Europe/Berlin"') from None
+    api = cfg.till_api
+    if api is not None:
+        for key in ("tls_cert", "tls_key", "client_ca", "tokens_file"):
+            if getattr(api, key) is not None:
+                _readable(f"till_api.{key}", getattr(api, key))
 
 
 def _readable(key: str, path: str) -> None:

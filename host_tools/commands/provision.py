@@ -1,7 +1,7 @@
 """``provision``: the site CA, gateway keys and certificates, broker ACL and CRL.
 
 Subcommands: ``init-site``, ``gateway``, ``rotate``, ``revoke``, ``crl``, ``ledger``,
-``broker``, ``list``. Each works on a site directory (``--site-dir``, default ``./midshift-site``)
+``broker``, ``tills``, ``list``. Each works on a site directory (``--site-dir``, default ``./midshift-site``)
 under its lock, and every change is a line in the site's audit log.
 """
 
@@ -95,6 +95,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "gateway reaches this broker through one uplink)")
     b.set_defaults(run=_broker)
 
+    t = ps.add_parser("tills", help="bearer tokens for the tills posting to a gateway's till "
+                      "API", description="One token per till (DIR/TILL.token, 0600, for that "
+                      "till only) and the hashes file the gateway reads (DIR/till-tokens.json, "
+                      "[till_api] tokens_file). See docs/till-api.md.")
+    _site_dir_here(t)
+    t.add_argument("--store", required=True, help="the store id ([store] id)")
+    t.add_argument("--tills", required=True, help="comma-separated till ids: till-1,till-2")
+    t.add_argument("--out", required=True, type=Path, help="where the tokens and hashes go")
+    t.add_argument("--force", action="store_true", help="replace an existing till's token")
+    t.set_defaults(run=_tills)
+
     ls = ps.add_parser("list", help="gateways, certificate serials, expiry and rotation dates")
     _site_dir_here(ls)
     ls.set_defaults(run=_list)
@@ -164,6 +175,27 @@ def _gateway(args: argparse.Namespace) -> int:
         print(f"gateway {args.gateway}: certificate {cert['serial']} until "
               f"{cert['not_after']} in {gdir}; key "
               f"{'stays on the device' if csr else 'in gateway.key (0600)'}")
+    return 0
+
+
+@_guarded
+def _tills(args: argparse.Namespace) -> int:
+    from host_tools.audit_log import AuditLog
+    from host_tools.provision.tills import HASHES_FILE, provision_tills
+    tills = [t.strip() for t in args.tills.split(",") if t.strip()]
+    if not tills:
+        return _fail("--tills: expected till ids, e.g. till-1,till-2")
+    try:
+        paths = provision_tills(args.out, args.store, tills, args.force)
+    except ValueError as exc:
+        return _fail(exc)
+    args.site_dir.mkdir(parents=True, exist_ok=True)
+    AuditLog(args.site_dir / "audit.log").append(
+        "provision_tills", args.store, {"tills": tills, "out": str(args.out),
+                                        "force": args.force})
+    for till, path in paths.items():
+        print(f"till {till}: token in {path} (0600; put it on that till only)")
+    print(f"hashes in {args.out / HASHES_FILE}: set [till_api] tokens_file to it")
     return 0
 
 

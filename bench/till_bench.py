@@ -1,0 +1,217 @@
+"""Till API benchmark (issue 17): POST to a durable 201, a replayed key, the memory the
+API adds, and the drain of a 30-minute outage's transactions.
+
+All on loopback: a real agent process (``python -m firmware run``) with the till API and
+one uplink to a real mosquitto and the SQLite reference ledger (this process), tills as
+threads with stdlib ``http.client``, the journal on this machine's disk.
+
+- ``till_post_p50_ms`` / ``till_post_p99_ms``: 8 tills offering 50 transactions/s in total,
+  open loop: each POST has a scheduled time (till k's i-th at ``(8 i + k) / 50`` s) and
+  its latency runs from that time to the 201, so a slow answer also delays the ones
+  queued behind it, as a cashier would see. ``till_post_rate_achieved`` beside
+  ``till_post_rate_offered``. Target p99 <= 10 ms.
+- ``replay_p99_ms``: the same keys posted again (200, the stored answer).
+- ``rss_added_mb``: RSS of that agent process after the load minus RSS of the same agent
+  without ``[till_api]`` (a disabled scanner instead), same run. Target <= 10.
+- ``offline_drain_s``: ``drain_txns`` transactions (90,000 = 30 min at 50/s; ``--quick``
+  3,000) posted through the API while the uplink refuses connections, then the time
+  from restoring it until the ledger holds every one. Beside it
+  ``offline_drain_baseline_s``: the same number of plain scanner events drained the same
+  way (``forward_bench``'s drain), what the records' size and the till path cost.
+  In-process agent for this part (forwarding batches of 1,000, window 16). Target <= 2 s.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.agent_rss import _rss_kb
+from bench.till_site import sale, write_till_site
+from firmware.agent import Agent
+from firmware.core.percentile import percentile
+from firmware.edges.preflight import load_checked
+from simulator.lab import Lab, wait_for
+from tests.integration.till_client import TillClient
+
+ROOT = Path(__file__).resolve().parents[1]
+TILLS = [f"till-{i}" for i in range(1, 9)]
+RATE = 50
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _agent_process(site: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config", str(site),
+                             "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def _wait_up(port: int, token: str) -> None:
+    def up() -> bool:
+        try:
+            return TillClient(port, token, timeout_s=1).request("GET", "/v1/status")[0] == 200
+        except OSError:
+            return False
+    if not wait_for(up, 30, 0.05):
+        raise RuntimeError("the agent's till API did not come up")
+
+
+def _open_loop(port: int, tokens: dict[str, str], duration_s: float, tag: str,
+               replay: dict[str, tuple[str, int]] | None = None,
+               ) -> tuple[list[float], int, float, dict[str, tuple[str, int]]]:
+    """8 till threads, open loop; returns (latencies ms, errors, seconds, {key: (till, n)})."""
+    n_each = int(duration_s * RATE / len(TILLS))
+    lat: list[float] = []
+    errors = [0]
+    keys: dict[str, tuple[str, int]] = {}
+    lock = threading.Lock()
+    t0 = time.perf_counter() + 0.2
+    replayed = sorted(replay.items()) if replay else []
+
+    def till_loop(k: int, till: str) -> None:
+        c = TillClient(port, tokens[till])
+        mine = [x for x in replayed if x[1][0] == till]
+        for i in range(n_each if not replay else len(mine)):
+            due = t0 + (i * len(TILLS) + k) / RATE
+            wait = due - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            if replay:
+                key, (_, n) = mine[i]
+            else:
+                n = i
+                key = f"{tag}-{till}-{i}"
+            status, _ = c.post(sale(till, n), key)
+            took = (time.perf_counter() - due) * 1000
+            with lock:
+                if status in (200, 201):
+                    lat.append(took)
+                    keys[key] = (till, n)
+                else:
+                    errors[0] += 1
+        c.close()
+
+    threads = [threading.Thread(target=till_loop, args=(k, t)) for k, t in enumerate(TILLS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration_s + 60)
+    return lat, errors[0], time.perf_counter() - t0, keys
+
+
+def _posts(tmp: Path, duration_s: float, say: Callable[[str], None]) -> dict[str, Any]:
+    lab = Lab(tmp, uplinks=1, direct=True)
+    procs = []
+    try:
+        port = _free_port()
+        site, tokens = write_till_site(tmp / "gw", TILLS, port=port,
+                                       uplink_ports=(lab.broker.port,))
+        base_site, _ = write_till_site(tmp / "gw-base", TILLS, uplink_ports=(lab.broker.port,),
+                                       with_api=False)
+        proc = _agent_process(site)
+        base = _agent_process(base_site)
+        procs += [proc, base]
+        _wait_up(port, tokens["till-1"])
+        say(f"till: 8 tills at {RATE}/s for {duration_s} s")
+        lat, errors, took, keys = _open_loop(port, tokens, duration_s, "post")
+        say(f"till: replaying {len(keys)} keys")
+        rlat, rerrors, _, _ = _open_loop(port, tokens, duration_s, "post", replay=keys)
+        time.sleep(1.0)  # both agents settled; the baseline has run as long
+        rss_api, rss_base = _rss_kb(proc.pid) / 1024, _rss_kb(base.pid) / 1024
+        return {"till_post_p50_ms": round(percentile(lat, 0.50), 2),
+                "till_post_p99_ms": round(percentile(lat, 0.99), 2),
+                "till_post_count": len(lat), "till_post_errors": errors,
+                "till_post_rate_offered": RATE,
+                "till_post_rate_achieved": round(len(lat) / took, 1),
+                "replay_p99_ms": round(percentile(rlat, 0.99), 2), "replay_errors": rerrors,
+                "rss_added_mb": round(rss_api - rss_base, 1),
+                "rss_agent_with_api_mb": round(rss_api, 1),
+                "rss_agent_without_api_mb": round(rss_base, 1)}
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        lab.close()
+
+
+def _fill(port: int, tokens: dict[str, str], count: int) -> int:
+    """``count`` transactions as fast as 8 tills can post them; returns the 201s."""
+    done = [0]
+    lock = threading.Lock()
+
+    def till_loop(k: int, till: str) -> None:
+        c = TillClient(port, tokens[till])
+        for i in range(k, count, len(TILLS)):
+            if c.post(sale(till, i), f"fill-{i}")[0] == 201:
+                with lock:
+                    done[0] += 1
+        c.close()
+
+    threads = [threading.Thread(target=till_loop, args=(k, t)) for k, t in enumerate(TILLS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(600)
+    return done[0]
+
+
+def _drain(tmp: Path, count: int, say: Callable[[str], None]) -> dict[str, Any]:
+    lab = Lab(tmp, uplinks=1, max_events=1000, window=16)
+    try:
+        segments = max(8, count * 700 // (1 << 20) + 8)
+        site, tokens = write_till_site(tmp / "gw", TILLS, uplink_ports=(
+            lab.proxies[0].address[1],), segment_size=1 << 20, segment_count=segments)
+        agent = Agent(load_checked(site))
+        agent.forwarding_options = lab.forwarding
+        lab.agent = agent.start()
+        wait_for(lambda: agent.forwarding.active is not None, 10)
+        lab.proxies[0].set_mode("refuse")
+        wait_for(lambda: agent.forwarding.active is None, 10)
+        say(f"till: posting {count} transactions with the uplink down")
+        t_fill = time.perf_counter()
+        accepted = _fill(agent.tills.port, tokens, count)
+        fill_s = time.perf_counter() - t_fill
+
+        def in_ledger() -> int:
+            return int(lab.store.query("SELECT count(*) FROM event_fields WHERE "
+                                       "gateway='gw-t' AND kind='txn'")[0][0])
+        t0 = time.perf_counter()
+        lab.proxies[0].set_mode("pass")
+        ok = wait_for(lambda: in_ledger() >= accepted, 300, 0.02)
+        took = time.perf_counter() - t0
+        return {"offline_drain_s": round(took, 2) if ok else None, "drain_txns": accepted,
+                "drain_complete": ok, "offline_fill_txn_per_s": round(accepted / fill_s)}
+    finally:
+        lab.close()
+
+
+def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    from bench.forward_bench import _drain as plain_drain
+    say = progress or (lambda msg: None)
+    out: dict[str, Any] = {}
+    count = 3000 if quick else 90000
+    with tempfile.TemporaryDirectory(prefix="midshift-till-bench-") as d:
+        root = Path(d)
+        for name, part in (("posts", lambda p: _posts(p, 4 if quick else 30, say)),
+                           ("drain", lambda p: _drain(p, count, say)),
+                           ("baseline", lambda p: plain_drain(p, count, say))):
+            sub = root / name
+            sub.mkdir()
+            got = part(sub)
+            if name == "baseline":
+                got = {"offline_drain_baseline_s": got["drain_s_120k"],
+                       "offline_drain_baseline_events": got["drain_events"]}
+            out.update(got)
+    return out
