@@ -125,6 +125,7 @@ def bars(name: str, categories: Sequence[str], stacks: Sequence[tuple[str, Seque
         ax.set_xlim(-0.6, len(categories) - 0.4)
     if title:
         ax.set_title(title, fontsize=10, loc="left")
-    if len(stacks) > 1:
-        ax.legend(fontsize=8, loc="upper right", frameon=False)
+    if len(stacks) > 1:  # above the plot, in one row: never over a bar
+        ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1, 1), ncols=len(stacks),
+                  frameon=False)
     return _svg(fig, name, title or y_label)

@@ -34,6 +34,7 @@ from typing import Any
 from firmware.core import till_txn
 from firmware.core.event import decode_body
 from firmware.core.wire import Batch
+from host_tools.money import money
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,12 @@ class Booker:
             auth = t.get("auth") if t.get("kind") == "card" else None
             if auth in ("declined", "offline_pending"):
                 self.flag(me, f"card_{auth}", f"card {t.get('scheme', '')} "
-                          f"{t.get('pan', '')} {t.get('amount')} {r['currency']} minor units: "
+                          f"{t.get('pan', '')} {self._money(t.get('amount'), r)}: "
                           f"{auth.replace('_', ' ')}".replace("  ", " "), now)
         tendered = r["cash"] + r["card"] + r["voucher"]
         if tendered != r["total"]:
-            self.flag(me, "unbalanced", f"lines {r['total']}, tenders {tendered} "
-                      f"({r['currency']} minor units)", now)
+            self.flag(me, "unbalanced", f"items {money(r['total'], r['currency'])}, paid "
+                      f"{money(tendered, r['currency'])}", now)
         if self._q("SELECT 1 FROM closed_days WHERE store = ? AND business_day = ?",
                    (r["store"], r["business_day"])):
             self.flag(me, "late", f"business day {r['business_day']} of {r['store']} was "
@@ -169,6 +170,10 @@ class Booker:
         cols = ", ".join(COLUMNS)
         self._x(f"INSERT INTO transactions ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})",
                 tuple(r[c] for c in COLUMNS))
+
+    @staticmethod
+    def _money(amount: Any, r: dict[str, Any]) -> str:
+        return money(amount, r["currency"]) if isinstance(amount, int) else repr(amount)
 
     def _original(self, me: tuple[str, str, int], r: dict[str, Any], now: int) -> None:
         ref = json.loads(r["original"]) if r["original"] else None

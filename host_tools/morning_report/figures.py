@@ -256,6 +256,10 @@ def build(ledger: LedgerStore, day: str, only: str | None = None) -> dict[str, A
             "verdict": verdict(day, stores, unreadable)}
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
 def verdict(day: str, stores: list[dict[str, Any]], unreadable: list[dict[str, Any]]
             ) -> dict[str, Any]:
     """One paragraph in plain words, and whether anything needs a person."""
@@ -267,25 +271,27 @@ def verdict(day: str, stores: list[dict[str, Any]], unreadable: list[dict[str, A
     parts, attention = [], 0
     for s in stores:
         t, cur = s["totals"], s["currency"]
-        text = (f"{s['store']}: {t['sales']['count']} sales ({money(t['sales']['amount'], cur)}), "
-                f"{t['refunds']['count']} refunds ({money(t['refunds']['amount'], cur)}), "
-                f"{t['voids']['count']} voids; net {money(t['net']['amount'], cur)}.")
+        text = (f"Store {s['store']}: {_n(t['sales']['count'], 'sale')} "
+                f"({money(t['sales']['amount'], cur)}), {_n(t['refunds']['count'], 'refund')} "
+                f"({money(t['refunds']['amount'], cur)}), {_n(t['voids']['count'], 'void')} "
+                f"({money(t['voids']['amount'], cur)}); net takings "
+                f"{money(t['net']['amount'], cur)}.")
         done = [p for p in s["offline_periods"] if p["end_ms"] is not None]
         if s["offline_periods"]:
             n = sum(p["transactions"] for p in s["offline_periods"])
-            text += (f" Offline {len(s['offline_periods'])} time(s)"
-                     + (f" (longest {max(p['minutes'] for p in done):g} min)" if done else "")
-                     + f"; {n} transactions taken meanwhile "
-                     + ("all reached the office." if all(p["end_ms"] is not None
-                                                          for p in s["offline_periods"])
+            times = len(s["offline_periods"])
+            text += (" The store was offline " + ("once" if times == 1 else f"{times} times")
+                     + (f" (longest {max(p['minutes'] for p in done):g} minutes)" if done else "")
+                     + f"; {_n(n, 'transaction')} taken meanwhile "
+                     + ("all reached the office." if len(done) == times
                         else "and it was still offline at the last report."))
         if s["review_open"]:
             attention += s["review_open"]
             kinds = Counter(f["what"] for f in s["review"] if f["open"])
-            text += (f" {s['review_open']} item(s) need review: "
+            text += (f" {_n(s['review_open'], 'item')} to review: "
                      + "; ".join(f"{n} x {w}" for w, n in kinds.most_common()) + ".")
         parts.append(text)
     attention += sum(u["open"] for u in unreadable)
     head = ("Everything adds up; nothing needs review." if attention == 0 else
-            f"Needs attention: {attention} item(s) to review before the day is closed.")
+            f"Needs attention: {_n(attention, 'item')} to review before the day is closed.")
     return {"ok": attention == 0, "text": " ".join([head, *parts]), "attention": attention}

@@ -126,7 +126,7 @@ def test_report_figures_agree_and_know_the_dst_day(ledger: str, tmp_path: Path) 
     assert [i["what"] for i in s["incidents"]] == [
         "lost its connection to the office", "connected to the office again (over lte)",
         "device scale1 is fault: no reply"]
-    assert not r["verdict"]["ok"] and "4 item(s) need review" in r["verdict"]["text"]
+    assert not r["verdict"]["ok"] and "4 items to review" in r["verdict"]["text"]
 
 
 def test_autumn_day_has_25_hours(tmp_path: Path) -> None:
