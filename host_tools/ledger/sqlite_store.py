@@ -97,7 +97,7 @@ class SqliteStore(LedgerStore):
                 txns = candidates(batch)
                 rows = [(gw, epoch, seq, cls, hlc, bytes(body).decode("utf-8", "replace"),
                          sent, ledger_ms) for seq, cls, hlc, body in batch.records
-                        if seq not in txns]
+                        if not txns or seq not in txns]
                 before = self.db.total_changes
                 cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
                 for seq, cls, hlc, _ in batch.records if txns else ():

@@ -52,10 +52,9 @@ Candidate = tuple[str, str, int, bytes]
 
 def candidates(batch: Batch) -> dict[int, bytes]:
     """Seq -> body of the records in ``batch`` that may be transactions."""
-    bodies = [bytes(r[3]) for r in batch.records]
-    if MARK not in b"".join(bodies):
+    if MARK not in b"".join([r[3] for r in batch.records]):  # one C-speed scan per batch
         return {}
-    return {r[0]: body for r, body in zip(batch.records, bodies, strict=True) if MARK in body}
+    return {r[0]: bytes(r[3]) for r in batch.records if MARK in bytes(r[3])}
 
 
 def row_of(gateway: str, epoch: str, seq: int, body: bytes, ledger_ms: int) -> dict[str, Any] | None:
