@@ -13,8 +13,8 @@ import importlib
 import sys
 
 # One module per command, in the order --help lists them.
-COMMANDS = ("ledger", "reconcile", "provision", "bundle", "journal", "audit", "status",
-            "command")
+COMMANDS = ("ledger", "reconcile", "review", "day", "report", "provision", "bundle",
+            "journal", "audit", "status", "command")
 
 
 def main(argv: list[str] | None = None) -> int:

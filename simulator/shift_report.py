@@ -1,5 +1,5 @@
-"""The scenario report: one self-contained HTML page (inline SVG charts, no scripts, no
-files beside it) and the same figures as ``result.json``, for a store manager or an
+"""The scenario report: one self-contained HTML page (inline SVG charts drawn by matplotlib
+through ``host_tools/charts.py``, no scripts, no files beside it) and the same figures as ``result.json``, for a store manager or an
 auditor to read the next morning.
 
 Charts share one time axis (seconds since the shift started) with the fault windows
@@ -16,106 +16,37 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from host_tools import charts
 from simulator.devices import is_transaction
 from simulator.scenario import Scenario
 
-W, H, LEFT, RIGHT, TOP, BOTTOM = 1000, 220, 60, 20, 16, 30
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
 UPLINK_LANES = ["none", "secondary", "primary"]
 LAT_BINS = [5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 120000]
+MAX_LINES = len(charts.COLORS)  # gateways drawn per chart
 
 
 def _e(x: Any) -> str:
     return html.escape(str(x))
 
 
-class _Axis:
-    """Maps (seconds, value) onto the plot area."""
-
-    def __init__(self, t_max: float, y_max: float, height: int = H) -> None:
-        self.t_max, self.y_max, self.h = max(t_max, 1e-9), max(y_max, 1e-9), height
-
-    def x(self, t: float) -> float:
-        return LEFT + (W - LEFT - RIGHT) * max(0.0, min(t, self.t_max)) / self.t_max
-
-    def y(self, v: float) -> float:
-        return self.h - BOTTOM - (self.h - TOP - BOTTOM) * v / self.y_max
+def _windows(r: dict[str, Any], t0: int) -> list[charts.Window]:
+    return [((w["start_ms"] - t0) / 1000, ((w["end_ms"] or w["start_ms"]) - t0) / 1000,
+             w["label"]) for w in r["faults"]]
 
 
-def _frame(ax: _Axis, windows: list[dict[str, Any]], t0_ms: int, y_label: str,
-           y_ticks: list[tuple[float, str]] | None = None) -> list[str]:
-    out = [f'<svg viewBox="0 0 {W} {ax.h}" width="{W}" height="{ax.h}" '
-           'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
-    for i, w in enumerate(windows):
-        a = (w["start_ms"] - t0_ms) / 1000
-        b = ((w["end_ms"] or w["start_ms"]) - t0_ms) / 1000
-        x0, x1 = ax.x(a), ax.x(b)
-        out.append(f'<rect x="{x0:.1f}" y="{TOP}" width="{max(x1 - x0, 2):.1f}" '
-                   f'height="{ax.h - TOP - BOTTOM}" fill="#f4a6a6" opacity="0.35">'
-                   f'<title>{_e(w["label"])}</title></rect>')
-        # Labels on three staggered rows, so neighbouring faults stay readable.
-        out.append(f'<text x="{x0 + 2:.1f}" y="{TOP + 10 + 12 * (i % 3)}" fill="#a33">'
-                   f'{_e(w["label"])}</text>')
-    out.append(f'<line x1="{LEFT}" y1="{ax.h - BOTTOM}" x2="{W - RIGHT}" y2="{ax.h - BOTTOM}" '
-               'stroke="#444"/>')
-    out.append(f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{ax.h - BOTTOM}" stroke="#444"/>')
-    step = _nice(ax.t_max / 8)
-    t = 0.0
-    while t <= ax.t_max + 1e-9:
-        out.append(f'<text x="{ax.x(t):.1f}" y="{ax.h - 12}" text-anchor="middle">{t:g}</text>')
-        t += step
-    out.append(f'<text x="{W - RIGHT}" y="{ax.h - 1}" text-anchor="end">seconds since the '
-               'shift started</text>')
-    ticks = y_ticks or [(v, f"{v:g}") for v in _ticks(ax.y_max)]
-    for v, label in ticks:
-        out.append(f'<text x="{LEFT - 4}" y="{ax.y(v) + 4:.1f}" text-anchor="end">{_e(label)}'
-                   '</text>')
-    out.append(f'<text x="4" y="{TOP - 4}">{_e(y_label)}</text>')
-    return out
-
-
-def _nice(x: float) -> float:
-    for m in (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 3600):
-        if x <= m:
-            return float(m)
-    return 3600.0
-
-
-def _ticks(y_max: float) -> list[float]:
-    step = max(1.0, _nice(y_max / 4))
-    return [i * step for i in range(int(y_max / step) + 1)]
-
-
-def _polyline(ax: _Axis, pts: list[tuple[float, float]], color: str, step: bool = False) -> str:
-    coords = []
-    for i, (t, v) in enumerate(pts):
-        if step and i:
-            coords.append(f"{ax.x(t):.1f},{ax.y(pts[i - 1][1]):.1f}")
-        coords.append(f"{ax.x(t):.1f},{ax.y(v):.1f}")
-    return (f'<polyline fill="none" stroke="{color}" stroke-width="1.5" '
-            f'points="{" ".join(coords)}"/>')
-
-
-def _legend(items: list[tuple[str, str]]) -> str:
-    return "<p class='legend'>" + " ".join(
-        f"<span style='color:{c}'>&#9632;</span> {_e(n)}" for n, c in items) + "</p>"
+X_LABEL = "seconds since the shift started"
 
 
 def _rate_chart(r: dict[str, Any], delivered: list[tuple[str, int, int]], t0: int,
                 t_max: float) -> str:
     produced = Counter(int((t - t0) / 1000) for _, t, _ in delivered)
     committed = Counter(int((c - t0) / 1000) for _, _, c in delivered)
-    secs = range(int(t_max) + 1)
-    p = [(s, produced.get(s, 0)) for s in secs]
-    c = [(s, committed.get(s, 0)) for s in secs]
-    ax = _Axis(t_max, max([v for _, v in p + c] + [1]) * 1.1)
-    out = _frame(ax, r["faults"], t0, "events per second")
+    secs = list(range(int(t_max) + 1))
     # Committed underneath, produced dashed on top: where they part, the backlog grows.
-    out += [_polyline(ax, c, COLORS[2], True),
-            _polyline(ax, p, COLORS[0], True).replace("/>", ' stroke-dasharray="4 3"/>'),
-            "</svg>"]
-    return "".join(out) + _legend([("produced by the devices", COLORS[0]),
-                                   ("committed in the ledger", COLORS[2])])
+    return charts.lines("rate", [
+        ("committed in the ledger", secs, [committed.get(s, 0) for s in secs], "step"),
+        ("produced by the devices", secs, [produced.get(s, 0) for s in secs], "dashed-step")],
+        X_LABEL, "events per second", _windows(r, t0), x_max=t_max)
 
 
 def _series(samples: list[tuple[int, str, dict[str, Any]]], t0: int
@@ -128,30 +59,24 @@ def _series(samples: list[tuple[int, str, dict[str, Any]]], t0: int
 
 def _backlog_chart(r: dict[str, Any], series: dict[str, list[tuple[float, dict[str, Any]]]],
                    t0: int, t_max: float) -> str:
-    shown = sorted(series)[:len(COLORS)]
-    lines = {gw: [(t, float(d.get("backlog_records") or 0)) for t, d in series[gw] if t >= 0]
-             for gw in shown}
-    y_max = max([v for pts in lines.values() for _, v in pts] + [1]) * 1.1
-    ax = _Axis(t_max, y_max)
-    out = _frame(ax, r["faults"], t0, "records waiting in the journal (backlog)")
-    out += [_polyline(ax, pts, COLORS[i], True) for i, (gw, pts) in enumerate(lines.items())]
-    out.append("</svg>")
-    return "".join(out) + _legend([(gw, COLORS[i]) for i, gw in enumerate(shown)])
+    lines = []
+    for gw in sorted(series)[:MAX_LINES]:
+        pts = [(t, float(d.get("backlog_records") or 0)) for t, d in series[gw] if t >= 0]
+        lines.append((gw, [t for t, _ in pts], [v for _, v in pts], "step"))
+    return charts.lines("backlog", lines, X_LABEL, "records waiting in the journal",
+                        _windows(r, t0), x_max=t_max)
 
 
 def _uplink_chart(r: dict[str, Any], series: dict[str, list[tuple[float, dict[str, Any]]]],
                   t0: int, t_max: float) -> str:
-    shown = sorted(series)[:len(COLORS)]
-    ax = _Axis(t_max, len(UPLINK_LANES) - 0.5, height=170)
-    out = _frame(ax, r["faults"], t0, "active uplink (from the gateways' status)",
-                 [(i, lane) for i, lane in enumerate(UPLINK_LANES)])
-    for i, gw in enumerate(shown):
+    lines = []
+    for i, gw in enumerate(sorted(series)[:MAX_LINES]):
         pts = [(t, UPLINK_LANES.index(d.get("uplink", "none")) + 0.06 * i
                 if d.get("uplink") in UPLINK_LANES else 0.06 * i) for t, d in series[gw] if t >= 0]
-        if pts:
-            out.append(_polyline(ax, pts, COLORS[i], True))
-    out.append("</svg>")
-    return "".join(out) + _legend([(gw, COLORS[i]) for i, gw in enumerate(shown)]) + (
+        lines.append((gw, [t for t, _ in pts], [v for _, v in pts], "step"))
+    return charts.lines("uplink", lines, X_LABEL, "active uplink", _windows(r, t0),
+                        y_ticks=list(enumerate(UPLINK_LANES)), height_in=2.0,
+                        x_max=t_max) + (
         "<p class='note'>No status arrives while every uplink is down: the line holds its "
         "last value through such a gap.</p>")
 
@@ -161,24 +86,11 @@ def _latency_chart(delivered: list[tuple[str, int, int]]) -> str:
     for _, t, c in delivered:
         lat = c - t
         counts[next((i for i, b in enumerate(LAT_BINS) if lat < b), len(LAT_BINS))] += 1
-    labels = [f"&lt;{b} ms" if b < 1000 else f"&lt;{b / 1000:g} s" for b in LAT_BINS]
-    labels.append(f"&#8805;{LAT_BINS[-1] / 1000:g} s")
-    h, bw = 200, (W - LEFT - RIGHT) / len(counts)
-    top = max(counts + [1])
-    out = [f'<svg viewBox="0 0 {W} {h}" width="{W}" height="{h}" '
-           'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
-    for i, n in enumerate(counts):
-        bh = (h - 70) * n / top
-        x = LEFT + i * bw
-        out.append(f'<rect x="{x + 2:.1f}" y="{h - 30 - bh:.1f}" width="{bw - 4:.1f}" '
-                   f'height="{bh:.1f}" fill="{COLORS[0]}"><title>{n}</title></rect>')
-        out.append(f'<text x="{x + bw / 2:.1f}" y="{h - 30 - bh - 3:.1f}" '
-                   f'text-anchor="middle">{n}</text>')
-        out.append(f'<text x="{x + bw / 2:.1f}" y="{h - 14}" text-anchor="middle">'
-                   f'{labels[i]}</text>')
-    out.append(f'<text x="{LEFT}" y="12">events by time from the device to the ledger '
-               '(backlogged events make the long tail)</text></svg>')
-    return "".join(out)
+    labels = [f"<{b} ms" if b < 1000 else f"<{b / 1000:g} s" for b in LAT_BINS]
+    labels.append(f"\u2265{LAT_BINS[-1] / 1000:g} s")
+    return charts.bars("latency", labels, [("events", counts)], "events",
+                       "events by time from the device to the ledger (backlogged events make "
+                       "the long tail)", value_labels=True, height_in=2.4)
 
 
 def _table(head: list[str], rows: list[list[Any]], cls: str = "") -> str:
@@ -204,7 +116,7 @@ CSS = """body{font-family:sans-serif;margin:24px;color:#222;max-width:1060px}
 h1{margin-bottom:4px}.pass{color:#176317}.fail{color:#b00}
 table{border-collapse:collapse;margin:8px 0 18px}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
-.legend,.note{font-size:12px;color:#555;margin:2px 0 16px}.figures td{min-width:80px}"""
+svg.chart{max-width:1000px;display:block}.legend,.note{font-size:12px;color:#555;margin:2px 0 16px}.figures td{min-width:80px}"""
 
 
 def render(r: dict[str, Any], scenario: Scenario,

@@ -20,3 +20,15 @@ def open_store(url: str, migrate: bool = False) -> LedgerStore:
     if backend_of(url) == "postgresql":
         return PgStore(url, migrate=migrate)
     return SqliteStore(url)
+
+
+def open_existing(url: str) -> LedgerStore:
+    """The store for ``url`` for a command that reads or reviews a ledger: a SQLite file
+    that does not exist is an error (opening would create an empty ledger and show
+    nothing), as are a bad URL (ValueError) and an unreachable or unmigrated database
+    (StoreError)."""
+    from host_tools.ledger.store import StoreError, sqlite_path
+
+    if backend_of(url) == "sqlite" and not sqlite_path(url).exists():
+        raise StoreError(f"no ledger database at {sqlite_path(url)}")
+    return open_store(url)

@@ -33,6 +33,7 @@ from host_tools.ledger.store import (
     RejectionRow,
     StoreError,
 )
+from host_tools.ledger.transactions import Booker, Candidate, candidates
 
 MIGRATION_LOCK = 0x6D696473  # pg_advisory_xact_lock key: concurrent `migrate` runs queue up
 _SPECIAL = ("\\", "\t", "\n", "\r", "\x00")
@@ -160,6 +161,12 @@ class PgStore(LedgerStore):
                         cp.write(copy_text(ordered, ledger_ms))
                     self._copy_receipts(cur, [(b, len(b.records), 0) for b in ordered],
                                         ledger_ms)
+                    # Every event was new (the COPY would have failed otherwise): book
+                    # every transaction among them, in this same transaction.
+                    booked = [(b.gateway, f"{b.epoch:016x}", seq, body) for b in ordered
+                              for seq, body in candidates(b).items()]
+                    if booked:
+                        Booker(cur, "%s").book(booked, ledger_ms)
                 return [(len(b.records), 0) for b in batches]
             except (errors.UniqueViolation, errors.DeadlockDetected):
                 pass  # some were stored before: the slow path counts them per batch
@@ -184,12 +191,20 @@ class PgStore(LedgerStore):
         with cur.copy("COPY staging FROM STDIN") as cp:
             cp.write(copy_text(batches, ledger_ms, prefix="{}\t"))
         out = []
+        booked: list[Candidate] = []
         for i, batch in enumerate(batches):
+            txns = candidates(batch)
             cur.execute("INSERT INTO events SELECT gateway, epoch, seq, cls, hlc, body, "
                         "sent_ms, ledger_ms FROM staging WHERE b = %s "
-                        "ON CONFLICT DO NOTHING", (i,))
+                        "ON CONFLICT DO NOTHING" + (" RETURNING seq" if txns else ""), (i,))
             new = max(cur.rowcount, 0)
+            if txns:  # only the newly stored ones are booked
+                epoch = f"{batch.epoch:016x}"
+                booked += [(batch.gateway, epoch, seq, txns[seq]) for (seq,) in cur.fetchall()
+                           if seq in txns]
             out.append((new, len(batch.records) - new))
+        if booked:
+            Booker(cur, "%s").book(booked, ledger_ms)
         return out
 
     @staticmethod
@@ -222,6 +237,12 @@ class PgStore(LedgerStore):
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self.conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+
+    placeholder = "%s"
+
+    def write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        with self._lock:
+            return self._connection().execute(sql, args).rowcount  # autocommit
 
     def count(self, gateway: str | None = None) -> int:
         if gateway is None:

@@ -28,6 +28,7 @@ from host_tools.ledger.store import (
     RejectionRow,
     sqlite_path,
 )
+from host_tools.ledger.transactions import Booker, Candidate, candidates
 
 
 class SqliteStore(LedgerStore):
@@ -83,22 +84,37 @@ class SqliteStore(LedgerStore):
     def store_many(self, batches: list[Batch], ledger_ms: int) -> list[tuple[int, int]]:
         cur = self.db.cursor()
         out = []
+        booked: list[Candidate] = []
         cur.execute("BEGIN IMMEDIATE")
         try:
             for batch in batches:
                 epoch = f"{batch.epoch:016x}"
                 gw, sent = batch.gateway, batch.sent_ms
                 # Bodies are stored as sent; fields are read with json_extract (view
-                # event_fields) when a report needs them: no JSON work per event at ingest.
+                # event_fields) when a report needs them: no JSON work per event at ingest,
+                # except for till transactions (``transactions.py``), inserted one by one
+                # so that only the newly stored ones are booked.
+                txns = candidates(batch)
                 rows = [(gw, epoch, seq, cls, hlc, bytes(body).decode("utf-8", "replace"),
-                         sent, ledger_ms) for seq, cls, hlc, body in batch.records]
+                         sent, ledger_ms) for seq, cls, hlc, body in batch.records
+                        if not txns or seq not in txns]
                 before = self.db.total_changes
                 cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
+                for seq, cls, hlc, _ in batch.records if txns else ():
+                    if seq in txns:
+                        cur.execute("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)",
+                                    (gw, epoch, seq, cls, hlc, txns[seq].decode("utf-8",
+                                     "replace"), sent, ledger_ms))
+                        if cur.rowcount == 1:
+                            booked.append((gw, epoch, seq, txns[seq]))
                 new = self.db.total_changes - before
+                n = len(batch.records)
                 cur.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
-                            (gw, epoch, batch.first_seq, batch.last_seq, len(rows),
-                             len(rows) - new, sent, ledger_ms))
-                out.append((new, len(rows) - new))
+                            (gw, epoch, batch.first_seq, batch.last_seq, n, n - new, sent,
+                             ledger_ms))
+                out.append((new, len(batch.records) - new))
+            if booked:
+                Booker(cur, "?").book(booked, ledger_ms)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
@@ -148,6 +164,9 @@ class SqliteStore(LedgerStore):
 
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return self.db.execute(sql, args).fetchall()
+
+    def write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        return self.db.execute(sql, args).rowcount  # autocommit: its own transaction
 
     def close(self) -> None:
         self._stop.set()

@@ -30,6 +30,8 @@ each, and the table stays bounded.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,85 @@ class LedgerStore:
     def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Raw SQL in the backend's dialect and placeholder style (``?`` / ``%s``)."""
         raise NotImplementedError
+
+    def write(self, sql: str, args: tuple[Any, ...] = ()) -> int:
+        """One statement in its own transaction (backend placeholders); the rows changed."""
+        raise NotImplementedError
+
+    # -- till transactions and review (issue 17; ``transactions.py`` books them) ------------
+    placeholder = "?"
+
+    def _select(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """``sql`` with ``?`` placeholders; rows as dicts."""
+        cols = [c.strip().split(".")[-1].split(" ")[-1]
+                for c in sql.split("SELECT", 1)[1].split("FROM", 1)[0].split(",")]
+        return [dict(zip(cols, row, strict=True))
+                for row in self.query(sql.replace("?", self.placeholder), args)]
+
+    def transactions(self, store: str | None = None, day: str | None = None,
+                     ) -> list[dict[str, Any]]:
+        """Transaction rows (``migrations`` version 3 columns), by store, business day,
+        till and till_seq; ``lines`` and ``tenders`` as lists, ``offline`` as bool."""
+        from host_tools.ledger.transactions import COLUMNS
+        where, args = [], []
+        for col, val in (("store", store), ("business_day", day)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        rows = self._select(f"SELECT {', '.join(COLUMNS)} FROM transactions"
+                            + (f" WHERE {' AND '.join(where)}" if where else "")
+                            + " ORDER BY store, business_day, till, till_seq, accepted_ms",
+                            tuple(args))
+        for r in rows:
+            r["lines"], r["tenders"] = json.loads(r["lines"]), json.loads(r["tenders"])
+            r["original"] = None if r["original"] is None else json.loads(r["original"])
+            r["offline"] = bool(r["offline"])
+        return rows
+
+    def flags(self, open_only: bool = False) -> list[dict[str, Any]]:
+        """Review flags, oldest first, with the flagged transaction's store, till,
+        till_seq, business day and key (None for an ``invalid`` event, which has no row)."""
+        return self._select(
+            "SELECT f.id, f.gateway, f.epoch, f.seq, f.kind, f.detail, f.raised_ms, "
+            "f.resolved_ms, f.resolved_by, f.resolution, t.store, t.till, t.till_seq, "
+            "t.business_day, t.idem_key FROM flags f LEFT JOIN transactions t ON "
+            "t.gateway = f.gateway AND t.epoch = f.epoch AND t.seq = f.seq"
+            + (" WHERE f.resolved_ms IS NULL" if open_only else "") + " ORDER BY f.id")
+
+    def resolve_flag(self, id: int, by: str, why: str) -> dict[str, Any]:
+        """Resolve an open flag; ValueError when there is no such flag or it is already
+        resolved (a resolution is never overwritten). Returns the resolved flag."""
+        if not by.strip() or not why.strip():
+            raise ValueError("a resolution needs who (--by) and why (--why)")
+        changed = self.write("UPDATE flags SET resolved_ms = ?, resolved_by = ?, resolution = ? "
+                             "WHERE id = ? AND resolved_ms IS NULL".replace("?", self.placeholder),
+                             (int(time.time() * 1000), by, why, int(id)))
+        flag = next((f for f in self.flags() if f["id"] == int(id)), None)
+        if flag is None:
+            raise ValueError(f"no flag {id}")
+        if not changed:
+            raise ValueError(f"flag {id} was already resolved by {flag['resolved_by']}: "
+                             f"{flag['resolution']}")
+        return flag
+
+    def close_day(self, store: str, day: str, by: str) -> dict[str, Any]:
+        """Close a store's business day; ValueError when it is closed already. Later
+        arrivals for it are booked and flagged ``late``."""
+        if not by.strip():
+            raise ValueError("closing a day needs who (--by)")
+        now = int(time.time() * 1000)
+        changed = self.write("INSERT INTO closed_days VALUES (?, ?, ?, ?) ON CONFLICT "
+                             "(store, business_day) DO NOTHING".replace("?", self.placeholder),
+                             (store, day, now, by))
+        row = next(r for r in self.closed_days() if (r["store"], r["business_day"]) == (store, day))
+        if not changed:
+            raise ValueError(f"business day {day} of {store} was already closed by "
+                             f"{row['closed_by']}")
+        return row
+
+    def closed_days(self) -> list[dict[str, Any]]:
+        return self._select("SELECT store, business_day, closed_ms, closed_by FROM closed_days "
+                            "ORDER BY store, business_day")
 
     # -- schema ----------------------------------------------------------------------------
     def schema_version(self) -> int:
