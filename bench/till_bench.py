@@ -185,8 +185,8 @@ def _drain(tmp: Path, count: int, say: Callable[[str], None]) -> dict[str, Any]:
         fill_s = time.perf_counter() - t_fill
 
         def in_ledger() -> int:
-            return int(lab.store.query("SELECT count(*) FROM event_fields WHERE "
-                                       "gateway='gw-t' AND kind='txn'")[0][0])
+            # A prefix match, not the JSON view: polled every 20 ms over 90,000 rows.
+            return lab.ledger_count()
         t0 = time.perf_counter()
         lab.proxies[0].set_mode("pass")
         ok = wait_for(lambda: in_ledger() >= accepted, 300, 0.02)

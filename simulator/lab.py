@@ -95,8 +95,11 @@ class Lab:
         return [r[0] for r in rows]
 
     def ledger_count(self) -> int:
-        """The devices' events in the ledger (the agent's own incidents left out)."""
-        return len(self.ledger_codes())
+        """The devices' events in the ledger (the agent's own incidents left out). Polled
+        often by tests and benches: a prefix match on the body, not a JSON parse per row."""
+        agent = self.store.query("SELECT COUNT(*) FROM events WHERE gateway='gw-t' AND "
+                                 "body LIKE ?", ('{"v":1,"src":"agent",%',))[0][0]
+        return self.store.count("gw-t") - agent
 
     def incidents(self) -> list[tuple[str, Any]]:
         """(kind, data) of the agent's own events in the ledger, by seq."""
