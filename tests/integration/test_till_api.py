@@ -205,6 +205,12 @@ def test_offline_rules_follow_the_uplink(tmp_path: Path) -> None:
                                "kind='txn' ORDER BY seq")
         assert [r[0] for r in rows] == sorted({online["seq"], cash["seq"],
                                                till.request("GET", "/v1/transactions/v-2")[1]["seq"]})
+        # First-class rows in the ledger, each once, the offline one marked so.
+        txns = {t["idem_key"]: t for t in lab.store.transactions()}
+        assert sorted(txns) == ["c-3", "v-1", "v-2"]
+        assert [txns[k]["offline"] for k in ("v-1", "c-3", "v-2")] == [False, True, False]
+        assert txns["c-3"]["cash"] == txns["c-3"]["total"] > 0 and txns["c-3"]["till"] == "till-1"
+        assert txns["v-1"]["voucher"] == txns["v-1"]["total"]
     finally:
         lab.close()
 
