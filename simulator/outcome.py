@@ -115,9 +115,9 @@ def evaluate(gateways: dict[str, Path], devices: dict[str, dict[str, Any]],
     """``gateways``: gateway id -> its ground-truth directory (``DEVICE.jsonl`` files)."""
     ledger: dict[tuple[str, str], dict[Any, list[int]]] = defaultdict(lambda: defaultdict(list))
     corrupt = 0
-    for gw, source, _kind, ledger_ms, data in rows:
-        if source == "agent" and gw in gateways:
-            continue  # the gateway's own incidents, not a device's value
+    for gw, source, kind, ledger_ms, data in rows:
+        if (source == "agent" or kind == "txn") and gw in gateways:
+            continue  # the gateway's own incidents, and tills' sales (simulator/till_judge.py)
         if source is None or gw not in gateways or source not in devices:
             corrupt += 1
             continue

@@ -142,6 +142,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             say(f"warning: {notes[-1]}")
         timeline = Timeline(site, speed)
         timeline.plan()
+        site.start_tills()
         start_ms = int(time.time() * 1000)
         t0 = time.monotonic()
         player = threading.Thread(target=timeline.run, args=(t0, stop.is_set), daemon=True,
@@ -189,6 +190,9 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         outcome = evaluate({g.gw_id: g.ground_truth_dir for g in site.gateways},
                            scenario.devices, [r for r in rows if r[0] not in fleet["names"]],
                            timeline.windows, samples, start_ms, traffic_end_ms, rec)
+        if scenario.tills:
+            outcome.update(_till_outcome(site, store),
+                           till_business_day=scenario.tills["business_day"])
         torn = sum(_count_in_log(g.directory / "agent.log", b"recovered with damage")
                    for g in site.gateways)
         delivered = outcome.pop("_delivered")
@@ -217,6 +221,8 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         if report_dir is not None:
             from simulator.shift_report import write_report
             write_report(report_dir, result, scenario, samples, delivered)
+            if scenario.tills:
+                result["morning_report"] = _morning_report(site, scenario, report_dir, say)
         return result
     finally:
         stop.set()
@@ -249,6 +255,30 @@ def _fleet_outcome(site: SimulatedSite, timeline: Timeline,
             "fleet_drained": bool(fr.get("drained")),
             "fleet_drain_s": fr.get("drain_s"),
             "fleet_resends": fr.get("resends")}
+
+
+def _till_outcome(site: SimulatedSite, store: LedgerStore) -> dict[str, Any]:
+    from simulator.till_judge import judge_tills
+    db = site.db_url.removeprefix("sqlite:///")
+    return judge_tills([g.till_truth_dir for g in site.gateways], store,
+                       [g.directory for g in site.gateways],
+                       [Path(db)] if site.db_url.startswith("sqlite:") else [],
+                       site.pans_typed())
+
+
+def _morning_report(site: SimulatedSite, scenario: Scenario, report_dir: Path,
+                    say: Progress) -> dict[str, Any]:
+    """The store manager's report from the ledger, by the real command."""
+    import subprocess
+    out = report_dir / "morning"
+    t = scenario.tills
+    proc = subprocess.run([sys.executable, "-m", "host_tools", "report", "--db", site.db_url,
+                           "--day", t["business_day"], "--store", t["store"], "--html", str(out),
+                           "--json", str(out / "report.json")], capture_output=True, text=True,
+                          timeout=120)
+    say(f"morning report: {out / 'report.html'} (exit {proc.returncode})")
+    return {"exit": proc.returncode, "html": str(out / "report.html"),
+            "stderr": proc.stderr[-2000:]}
 
 
 def _actual(result: dict[str, Any], metric: str) -> Any:

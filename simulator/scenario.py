@@ -39,7 +39,11 @@ from simulator.faults import KINDS
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 METRICS = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency_p99_ms",
            "failovers", "unobserved", "rejected_lines", "torn_tails_repaired",
-           "fleet_lost", "fleet_drain_s")
+           "fleet_lost", "fleet_drain_s",
+           # the tills (simulator/till_judge.py)
+           "till_accepted", "till_accepted_missing", "till_accepted_twice", "till_altered",
+           "till_refused", "till_refused_in_ledger", "till_unknown", "till_conflicts_unflagged",
+           "till_unknown_originals_unflagged", "full_pans_found", "till_retries")
 LEDGER_DBS = ("sqlite", "postgresql")  # postgresql: a throwaway cluster (simulator/postgres.py)
 _OPS = ("<=", ">=", "==", "<", ">")
 
@@ -99,6 +103,7 @@ class Scenario:
     uplinks: list[str]
     metered: list[str]
     fleet: dict[str, Any]
+    tills: dict[str, Any]
     short: dict[str, Any]
     devices: dict[str, dict[str, Any]]
     faults: list[Fault]
@@ -109,6 +114,9 @@ class Scenario:
         k = self.short_scale
         faults = [Fault(f.at_s * k, f.kind, f.for_s * k, dict(f.params), f.gateways)
                   for f in self.faults]
+        tills = dict(self.tills)
+        if tills:
+            tills["busy"] = [tills["busy"][0] * k, tills["busy"][1] * k, tills["busy"][2]]
         fleet = dict(self.fleet)
         if fleet:
             fleet["at_s"] *= k
@@ -116,6 +124,7 @@ class Scenario:
                                                        fleet["virtual_gateways"])
         return Scenario(**{**self.__dict__, "duration_s": self.duration_s * k,
                            "faults": faults, "name": self.name + " (short)", "fleet": fleet,
+                           "tills": tills,
                            "gateway_count": self.short.get("gateways", self.gateway_count)})
 
 
@@ -158,7 +167,7 @@ def load(name_or_path: str) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path.name}: not valid TOML: {exc}") from None
     _only(path, doc, "(top)", ("scenario", "short", "broker", "gateways", "devices", "fault",
-                               "expect", "fleet", "ledger"))
+                               "expect", "fleet", "ledger", "tills"))
     sc = doc.get("scenario", {})
     _only(path, sc, "scenario", ("name", "description", "duration_s", "max_speed", "settle_s"))
     short = doc.get("short", {})
@@ -192,12 +201,58 @@ def load(name_or_path: str) -> Scenario:
         ledger_db=ledger.get("db", "sqlite"),
         gateway_count=int(_num(path, gws, "count", "gateways", 1, 1, 500)),
         status_period_s=_num(path, gws, "status_period_s", "gateways", 1, 0.1, 60),
-        uplinks=uplinks, metered=metered, fleet={}, short=short,
+        uplinks=uplinks, metered=metered, fleet={}, tills={}, short=short,
         devices=_devices(path, doc.get("devices", {})),
         faults=[], expect=_expect(path, doc.get("expect", {})))
     scenario.faults = [_fault(path, i, f, scenario) for i, f in enumerate(doc.get("fault", []))]
     scenario.fleet = _fleet(path, doc.get("fleet", {}), duration)
+    scenario.tills = _tills(path, doc.get("tills", {}), duration)
     return scenario
+
+
+TILL_KEYS = ("count", "store", "tz", "business_day", "rate_per_s", "busy", "double_submit",
+             "wrong_clock_till", "clock_offset_s", "full_pan_every", "unknown_refund_every",
+             "split_brain_till", "rules")
+
+
+def _tills(path: Path, t: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    """``[tills]``: till emulators (simulator/devices/till.py) posting to each gateway's
+    till API; ``busy = [from_s, to_s, factor]`` multiplies their rate (the busiest hour);
+    ``split_brain_till``: a second till posting under that till's id and numbers;
+    ``rules``: the gateway's ``[sell_rules]``."""
+    if not t:
+        return {}
+    _only(path, t, "tills", TILL_KEYS)
+    busy = t.get("busy", [0, 0, 1])
+    if not (isinstance(busy, list) and len(busy) == 3
+            and all(isinstance(x, int | float) and x >= 0 for x in busy)
+            and busy[0] <= busy[1] <= duration_s):
+        raise _err(path, "tills.busy", f"{busy!r} is not [from_s, to_s, factor] inside the run")
+    day = str(t.get("business_day", "today"))
+    if day == "today":  # the run's own day in the store's zone: the report's hours fit it
+        import datetime as dt
+        from zoneinfo import ZoneInfo
+        day = dt.datetime.now(ZoneInfo(str(t.get("tz", "Europe/Berlin")))).date().isoformat()
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise _err(path, "tills.business_day", f"{day!r} is not YYYY-MM-DD")
+    count = int(_num(path, t, "count", "tills", 4, 1, 64))
+    names = [f"till-{i + 1}" for i in range(count)]
+    for key in ("wrong_clock_till", "split_brain_till"):
+        if key in t and t[key] not in names:
+            raise _err(path, f"tills.{key}", f"{t[key]!r} is not one of {', '.join(names)}")
+    rules = t.get("rules", {"offline_tenders": ["cash", "card"]})
+    if not isinstance(rules, dict):
+        raise _err(path, "tills.rules", "must be a table (the gateway's [sell_rules])")
+    return {"names": names, "store": str(t.get("store", "store-1")),
+            "tz": str(t.get("tz", "Europe/Berlin")), "business_day": day,
+            "rate_per_s": _num(path, t, "rate_per_s", "tills", 1, 0.01, 100),
+            "busy": [float(x) for x in busy],
+            "double_submit": _num(path, t, "double_submit", "tills", 0, 0, 1),
+            "wrong_clock_till": t.get("wrong_clock_till"),
+            "clock_offset_s": _num(path, t, "clock_offset_s", "tills", 0, -1e7, 1e7),
+            "full_pan_every": int(_num(path, t, "full_pan_every", "tills", 0, 0, 1e6)),
+            "unknown_refund_every": int(_num(path, t, "unknown_refund_every", "tills", 0, 0, 1e6)),
+            "split_brain_till": t.get("split_brain_till"), "rules": rules}
 
 
 def _fleet(path: Path, t: dict[str, Any], duration_s: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ steered), interfaces (each uplink is a fault proxy in front of the one broker).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simulator.broker import Broker
+from simulator.broker import Broker, free_port
 from simulator.children import deferred_stop, spawn
 from simulator.clock import SimClock
 from simulator.devices import device_type
@@ -50,6 +51,14 @@ class Gateway:
     process: subprocess.Popen | None = None
     log_file: Any = None
     lives: int = 0
+    till_port: int = 0                                   # the till API's, when [tills]
+    till_tokens: dict[str, str] = field(default_factory=dict)
+    tills: list[Any] = field(default_factory=list)       # started Till emulators
+
+    @property
+    def till_truth_dir(self) -> Path:
+        # Beside the gateway's directory, not in it: the judge searches that for card data.
+        return self.directory.parent / f"{self.gw_id}-tills"
 
     @property
     def journal_dir(self) -> Path:
@@ -153,8 +162,51 @@ class SimulatedSite:
         (g.directory / "host-cmd.key").write_text(secrets.token_hex(32))
         for f in ("gw.key", "host-cmd.key"):
             os.chmod(g.directory / f, 0o600)
+        if self.scenario.tills:
+            self._provision_tills(g)
         (g.directory / "board.toml").write_text(self._board(g))
         (g.directory / "site.toml").write_text(self._site(g))
+
+    def _provision_tills(self, g: Gateway) -> None:
+        from host_tools.provision.tills import provision_tills
+        t = self.scenario.tills
+        paths = provision_tills(g.directory / "till-tokens", t["store"], t["names"], force=True)
+        g.till_tokens = {n: Path(p).read_text().strip() for n, p in paths.items()}
+        g.till_port = free_port()
+        g.till_truth_dir.mkdir(exist_ok=True)
+
+    def start_tills(self) -> None:
+        """The tills open: one emulator per till and gateway (and the split-brain twin)."""
+        from simulator.devices.till import Till
+        t = self.scenario.tills
+        if not t:
+            return
+        busy = (t["busy"][0] / self.speed, t["busy"][1] / self.speed, t["busy"][2])
+        for g in self.gateways:
+            specs = [(n, n, 1, 0) for n in t["names"]]
+            if t["split_brain_till"]:  # a restored backup of that till, posting its numbers
+                specs.append((t["split_brain_till"], f"{t['split_brain_till']}-twin", 3, 1))
+            for till, label, seq_from, k in specs:
+                seed = g.index * 1000 + sum(map(ord, label))
+                g.tills.append(Till(
+                    till, g.till_port, g.till_tokens[till], g.till_truth_dir / f"{label}.jsonl",
+                    business_day=t["business_day"], tz=t["tz"], seed=seed,
+                    rate_per_s=t["rate_per_s"] * self.speed / (4 if k else 1), busy=busy,
+                    double_submit=t["double_submit"], seq_from=seq_from,
+                    count=3 if k else None, clock_speed=self.speed,
+                    clock_offset_s=(t["clock_offset_s"] if till == t["wrong_clock_till"]
+                                    and not k else 0.0),
+                    full_pan_every=0 if k else t["full_pan_every"],
+                    unknown_refund_every=0 if k else t["unknown_refund_every"],
+                    timeout_s=2.0, retries=8, twin=bool(k)).start())
+
+    def pans_typed(self) -> list[str]:
+        return sorted({p for g in self.gateways for t in g.tills for p in t.pans_typed})
+
+    def stop_tills(self) -> None:
+        for g in self.gateways:
+            for till in g.tills:
+                till.stop()
 
     def _device(self, g: Gateway, name: str, spec: dict[str, Any]) -> Any:
         """The started emulator (``simulator/devices/<type>.py``'s ``emulate``)."""
@@ -179,6 +231,13 @@ class SimulatedSite:
             out.append(f"[uplinks.{name}]\nbroker = \"mqtt://127.0.0.1:{g.proxies[name].port}\"\n"
                        f"priority = {10 * (i + 1)}\n"
                        + ("metered = true\n" if name in sc.metered else ""))
+        if sc.tills:
+            t = sc.tills
+            rules = "".join(f"{k} = {json.dumps(v)}\n" for k, v in t["rules"].items())
+            out.append(f'[store]\nid = "{t["store"]}"\ntz = "{t["tz"]}"')
+            out.append(f'[till_api]\nbind = "127.0.0.1"\nport = {g.till_port}\n'
+                       f'tokens_file = "till-tokens/till-tokens.json"')
+            out.append(f"[sell_rules]\n{rules}")
         for name, spec in sc.devices.items():
             kind = spec["type"]
             out.append("\n".join([f"[devices.{name}]", f'type = "{kind}"',
@@ -188,10 +247,11 @@ class SimulatedSite:
     # ---- tear down ---------------------------------------------------------------------
 
     def stop_devices(self) -> None:
-        """The end of the shift: the devices stop producing (and their ports go)."""
+        """The end of the shift: the devices and tills stop producing (and their ports go)."""
         if self._devices_stopped:
             return
         self._devices_stopped = True
+        self.stop_tills()
         for g in self.gateways:
             for dev in g.devices.values():
                 try:

@@ -53,5 +53,19 @@ def test_short_scenario_loses_and_duplicates_nothing(name: str, tmp_path: Path) 
         assert r["torn_tails_repaired"] >= 1 and r["rejected_lines"] >= 5
         assert r["failovers"] >= 1
         assert "clock_offset" in {a["alarm"] for a in r["alarms"]}
+    if name == "store-day":  # the tills' judge, each promise of the issue by name
+        assert r["till_accepted"] > 50 and r["till_accepted_missing"] == 0
+        assert r["till_accepted_twice"] == 0 and r["till_altered"] == 0
+        assert r["till_refused"] > 0 and r["till_refused_in_ledger"] == 0
+        assert r["till_refusals_by_rule"].get("card_data", 0) >= 1  # a typed PAN refused
+        assert r["full_pans_typed"] >= 1 and r["full_pans_found"] == 0
+        assert r["till_conflicts_injected"] >= 1 and r["till_conflicts_unflagged"] == 0
+        assert r["till_unknown_originals_unflagged"] == 0
+        assert {f["kind"] for f in r["faults"]} == {"link", "power_cut"}
+        assert r["morning_report"]["exit"] == 0
+        page = (tmp_path / "morning" / "report.html").read_text()
+        assert "store-1" in page and "Offline periods" in page
+        figures = json.loads((tmp_path / "morning" / "report.json").read_text())
+        assert figures["day"] == r["till_business_day"]
     if name == "fleet":
         assert r["fleet_lost"] == 0 and r["fleet_drained"] and r["fleet_events"] > 0
