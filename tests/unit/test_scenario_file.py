@@ -43,6 +43,11 @@ type = "scanner"
     ("[expect]\nlost = \"about none\"\n", "is not a number or \"OP number\""),
     ("[devices.s2]\ntype = \"scanner\"\nrate = 3\n", "devices.s2.rate: not a known key"),
     ("[gateways]\ncount = 0\n", "gateways.count: 0 is not a number from 1"),
+    ("[tills]\nbusy = [10, 90, 3]\n", "tills.busy: [10, 90, 3] is not [from_s, to_s, factor]"),
+    ("[tills]\nbusiness_day = \"5.12.2026\"\n", "tills.business_day: '5.12.2026' is not YYYY"),
+    ("[tills]\ncount = 2\nwrong_clock_till = \"till-3\"\n",
+     "tills.wrong_clock_till: 'till-3' is not one of till-1, till-2"),
+    ("[tills]\nrate = 3\n", "tills.rate: not a known key"),
 ])
 def test_a_mistake_names_file_key_and_fix(tmp_path: Path, extra: str, message: str) -> None:
     f = tmp_path / "mine.toml"
@@ -66,3 +71,12 @@ def test_expectations_compare_as_written(tmp_path: Path, text: str, actual, hold
     f.write_text(BASE + f'[expect]\nrecovery_s_max = "{text}"\n')
     (e,) = sc.load(str(f)).expect
     assert e.holds(actual) is holds
+
+
+def test_tills_shorten_their_busy_hour_but_not_its_factor() -> None:
+    s = sc.load("store-day")
+    short = s.shortened()
+    k = s.short_scale
+    assert short.tills["busy"] == pytest.approx([s.tills["busy"][0] * k,
+                                                 s.tills["busy"][1] * k, s.tills["busy"][2]])
+    assert s.tills["names"] == ["till-1", "till-2", "till-3", "till-4"]
