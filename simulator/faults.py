@@ -18,6 +18,7 @@ keys are the union of the modes' parameters, and the proxy checks a mode's value
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -148,11 +149,15 @@ class BrokerFault(FaultKind):
 
 
 class PowerCut(FaultKind):
-    """SIGKILL the agent, optionally tear its journal tail; power back after for_s."""
+    """SIGKILL the agent, optionally tear its journal tail; power back after for_s.
+    A gateway with tills is cut while one of them waits for the answer to a POST (the
+    cut waits up to ``MID_POST_WAIT_S`` for one), so a transaction is in flight when the
+    power goes; ``mid_post`` in the fault's detail names the tills that were."""
 
     name = "power_cut"
     keys = ("torn_tail",)
     needs_duration = "how long the power stays off is required"
+    MID_POST_WAIT_S = 3.0
 
     @classmethod
     def check(cls, params: dict[str, Any], sc: Scenario, t: TableCheck) -> None:
@@ -166,6 +171,13 @@ class PowerCut(FaultKind):
     def start(cls, p: dict[str, Any], site: SimulatedSite, gws: list[Gateway],
               rng: random.Random, detail: dict[str, Any]) -> Undo | None:
         for g in gws:
+            if g.tills:
+                deadline = time.monotonic() + cls.MID_POST_WAIT_S
+                while time.monotonic() < deadline and not any(t.posting.is_set()
+                                                              for t in g.tills):
+                    time.sleep(0.002)  # polling the tills' flags, bounded by the deadline
+                detail.setdefault("mid_post", []).extend(
+                    f"{g.gw_id} {t.till}" for t in g.tills if t.posting.is_set())
             g.kill_agent()
             if p.get("torn_tail"):
                 detail.setdefault("torn", {})[g.gw_id] = tear_journal_tail(g.journal_dir, rng)

@@ -92,6 +92,7 @@ class Till:
         self.counters = {"posted": 0, "accepted": 0, "refused": 0, "unknown": 0,
                          "retries": 0, "double_submits": 0, "recashed": 0}
         self.errors: list[str] = []
+        self.posting = threading.Event()  # a POST sent, its answer not yet read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -233,6 +234,7 @@ class Till:
                     if self.tls is None else
                     http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s,
                                                 context=self.tls))
+            self.posting.set()
             try:
                 conn.request("POST", "/v1/transactions", body=data, headers=headers)
                 resp = conn.getresponse()
@@ -240,6 +242,7 @@ class Till:
             except (OSError, http.client.HTTPException):
                 continue
             finally:
+                self.posting.clear()
                 conn.close()
             if resp.status == 409:
                 continue

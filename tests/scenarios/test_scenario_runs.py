@@ -62,6 +62,8 @@ def test_short_scenario_loses_and_duplicates_nothing(name: str, tmp_path: Path) 
         assert r["till_conflicts_injected"] >= 1 and r["till_conflicts_unflagged"] == 0
         assert r["till_unknown_originals_unflagged"] == 0
         assert {f["kind"] for f in r["faults"]} == {"link", "power_cut"}
+        cut, = (f for f in r["faults"] if f["kind"] == "power_cut")
+        assert cut["mid_post"], "the power went while no till was waiting for an answer"
         assert r["morning_report"]["exit"] == 0
         page = (tmp_path / "morning" / "report.html").read_text()
         assert "store-1" in page and "Offline periods" in page
