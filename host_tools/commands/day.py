@@ -30,8 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_close(args: argparse.Namespace) -> int:
     from host_tools.audit_log import AuditLog
-    from host_tools.ledger.opener import open_existing
-    from host_tools.ledger.store import StoreError
+    from host_tools.ledger.opener import open_for_command
 
     try:
         datetime.date.fromisoformat(args.day)
@@ -43,10 +42,8 @@ def run_close(args: argparse.Namespace) -> int:
     if not args.by.strip() or not args.store.strip():
         print("day close: --store and --by must not be empty", file=sys.stderr)
         return 2
-    try:
-        store = open_existing(args.db)
-    except (StoreError, ValueError) as exc:
-        print(f"day close: {exc}", file=sys.stderr)
+    store = open_for_command(args.db, "day close")
+    if store is None:
         return 2
     try:
         row = store.close_day(args.store, args.day, args.by)

@@ -34,8 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from host_tools.ledger.opener import open_existing
-    from host_tools.ledger.store import StoreError
+    from host_tools.ledger.opener import open_for_command
     from host_tools.morning_report.figures import build
     from host_tools.morning_report.page import render
 
@@ -49,10 +48,8 @@ def run_report(args: argparse.Namespace) -> int:
     if args.html is None and args.json is None:
         print("report: say where to write it: --html DIR and/or --json FILE", file=sys.stderr)
         return 2
-    try:
-        store = open_existing(args.db)
-    except (StoreError, ValueError) as exc:
-        print(f"report: {exc}", file=sys.stderr)
+    store = open_for_command(args.db, "report")
+    if store is None:
         return 2
     try:
         figures = build(store, args.day, args.store)

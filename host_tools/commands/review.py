@@ -48,8 +48,7 @@ def describe(f: dict[str, Any]) -> str:
 
 def run_review(args: argparse.Namespace) -> int:
     from host_tools.audit_log import AuditLog
-    from host_tools.ledger.opener import open_existing
-    from host_tools.ledger.store import StoreError
+    from host_tools.ledger.opener import open_for_command
 
     if args.resolve is None and (args.by or args.why):
         print("review: --by and --why go with --resolve ID", file=sys.stderr)
@@ -58,10 +57,8 @@ def run_review(args: argparse.Namespace) -> int:
         print("review: --resolve needs --by WHO and --why TEXT (both are recorded)",
               file=sys.stderr)
         return 2
-    try:
-        store = open_existing(args.db)
-    except (StoreError, ValueError) as exc:
-        print(f"review: {exc}", file=sys.stderr)
+    store = open_for_command(args.db, "review")
+    if store is None:
         return 2
     try:
         if args.resolve is not None:

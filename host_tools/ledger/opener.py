@@ -32,3 +32,17 @@ def open_existing(url: str) -> LedgerStore:
     if backend_of(url) == "sqlite" and not sqlite_path(url).exists():
         raise StoreError(f"no ledger database at {sqlite_path(url)}")
     return open_store(url)
+
+
+def open_for_command(url: str, command: str) -> LedgerStore | None:
+    """``open_existing`` for a host_tools command: None after one line on stderr naming
+    the command and what is wrong (the caller exits 2)."""
+    import sys
+
+    from host_tools.ledger.store import StoreError
+
+    try:
+        return open_existing(url)
+    except (StoreError, ValueError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
