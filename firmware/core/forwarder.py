@@ -233,7 +233,10 @@ class Forwarder:
         if self.uplink is None:
             return None
         times = [f.sent_ms + self.ack_timeout_ms for f in self.inflight]
-        if self._waiting_since is not None:
+        # A lingering batch is only due when the window has room for it; with a full
+        # window its past deadline would spin the loop until an ack arrived (it did, at
+        # more than a million polls per drain, starving the ledger in the same process).
+        if self._waiting_since is not None and len(self.inflight) < self.window:
             times.append(self._waiting_since + self.linger_ms)
         return min(times) if times else None
 

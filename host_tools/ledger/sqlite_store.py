@@ -92,21 +92,19 @@ class SqliteStore(LedgerStore):
                 gw, sent = batch.gateway, batch.sent_ms
                 # Bodies are stored as sent; fields are read with json_extract (view
                 # event_fields) when a report needs them: no JSON work per event at ingest,
-                # except for till transactions (``transactions.py``), inserted one by one
-                # so that only the newly stored ones are booked.
+                # except for till transactions (``transactions.py``): only the newly stored
+                # ones are booked, so the batch's seqs already held are read first (this
+                # connection is the only writer, inside BEGIN IMMEDIATE).
                 txns = candidates(batch)
+                held = {s for (s,) in cur.execute(
+                    "SELECT seq FROM events WHERE gateway = ? AND epoch = ? AND seq BETWEEN "
+                    "? AND ?", (gw, epoch, batch.first_seq, batch.last_seq))} if txns else ()
                 rows = [(gw, epoch, seq, cls, hlc, bytes(body).decode("utf-8", "replace"),
-                         sent, ledger_ms) for seq, cls, hlc, body in batch.records
-                        if not txns or seq not in txns]
+                         sent, ledger_ms) for seq, cls, hlc, body in batch.records]
                 before = self.db.total_changes
                 cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
-                for seq, cls, hlc, _ in batch.records if txns else ():
-                    if seq in txns:
-                        cur.execute("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)",
-                                    (gw, epoch, seq, cls, hlc, txns[seq].decode("utf-8",
-                                     "replace"), sent, ledger_ms))
-                        if cur.rowcount == 1:
-                            booked.append((gw, epoch, seq, txns[seq]))
+                booked += [(gw, epoch, seq, txns[seq]) for seq in sorted(txns)
+                           if seq not in held]
                 new = self.db.total_changes - before
                 n = len(batch.records)
                 cur.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",

@@ -4,7 +4,8 @@ the review flags it raises, in the transaction that stores the event (issue 17).
 Both backends call ``book`` with their cursor and placeholder, and only for events they
 have just inserted, so a resent batch books nothing twice (exactly once rides on the
 events' unique key). Per event the cost of a non-transaction is one substring test on a
-batch's joined bodies (``candidates``); a transaction costs a handful of indexed lookups.
+batch's joined bodies (``candidates``); transactions are judged set-wise, a few indexed
+queries per batch (``Booker``).
 
 Flags (one per row and kind; ``flags_once`` makes a second raise a no-op):
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+from operator import itemgetter
 from typing import Any
 
 from firmware.core import till_txn
@@ -48,6 +50,8 @@ COLUMNS = ("gateway", "epoch", "seq", "store", "till", "till_seq", "business_day
            "cashier", "till_time")
 # One candidate: gateway, epoch (hex), seq, body bytes.
 Candidate = tuple[str, str, int, bytes]
+_values = itemgetter(*COLUMNS)  # a row's column values, in COLUMNS order, at C speed
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def candidates(batch: Batch) -> dict[int, bytes]:
@@ -80,8 +84,8 @@ def row_of(gateway: str, epoch: str, seq: int, body: bytes, ledger_ms: int) -> d
                "sha": str(d["sha"]), "receipt": str(d.get("receipt", "")),
                "offline": 1 if d.get("offline") else 0, "accepted_ms": int(ev["read_ms"]),
                "ledger_ms": ledger_ms, "total": int(till_txn.lines_total(txn)), **per_kind,
-               "lines": json.dumps(txn.get("lines", []), separators=(",", ":")),
-               "tenders": json.dumps(tenders, separators=(",", ":")),
+               "lines": _compact(txn.get("lines", [])), "tenders": _compact(tenders),
+               "_tenders": tenders,
                "original": None if original is None else json.dumps(
                    original, separators=(",", ":"), sort_keys=True),
                "tz": str(d.get("tz") or "UTC"), "cashier": str(txn.get("cashier", "")),
@@ -95,26 +99,38 @@ def row_of(gateway: str, epoch: str, seq: int, body: bytes, ledger_ms: int) -> d
 
 class Booker:
     """Books new transaction events through one cursor; ``ph`` is the backend's
-    placeholder (``?`` or ``%s``). Used inside the caller's open transaction."""
+    placeholder (``?`` or ``%s``). Used inside the caller's open transaction.
+
+    Set-wise: what the ledger already holds for the rows' tills, keys and days is read in a
+    few queries per call, then each row is judged against that plus the rows before it in
+    the same call (what a row-by-row insert would have seen), and the rows and flags are
+    written with ``executemany``. Row by row cost five statements per sale, and a drained
+    outage is 90,000 sales."""
+
+    CHUNK = 400  # parameters per IN (...) list, well under SQLite's and PostgreSQL's limits
 
     def __init__(self, cur: Any, ph: str) -> None:
         self.cur, self.ph = cur, ph
+        self._flags: list[tuple[Any, ...]] = []
 
     def _q(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         self.cur.execute(sql.replace("?", self.ph), args)
         return self.cur.fetchall()
 
-    def _x(self, sql: str, args: tuple[Any, ...]) -> None:
-        self.cur.execute(sql.replace("?", self.ph), args)
-
     def flag(self, key: tuple[str, str, int], kind: str, detail: str, now: int) -> None:
-        self._x("INSERT INTO flags (gateway, epoch, seq, kind, detail, raised_ms) "
-                "VALUES (?,?,?,?,?,?) ON CONFLICT (gateway, epoch, seq, kind) DO NOTHING",
-                (*key, kind, detail, now))
+        self._flags.append((*key, kind, detail, now))
+
+    def _in(self, sql: str, head: tuple[Any, ...], values: list[Any]) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (ending in ``IN``) for ``values``, chunked."""
+        out: list[tuple[Any, ...]] = []
+        for i in range(0, len(values), self.CHUNK):
+            part = values[i:i + self.CHUNK]
+            out += self._q(f"{sql} ({', '.join('?' * len(part))})", (*head, *part))
+        return out
 
     def book(self, items: list[Candidate], ledger_ms: int) -> int:
         """Rows and flags for the newly stored events ``items``; returns rows written."""
-        n = 0
+        rows = []
         for gw, epoch, seq, body in items:
             try:
                 row = row_of(gw, epoch, seq, body, ledger_ms)
@@ -123,26 +139,35 @@ class Booker:
                 self.flag((gw, epoch, seq), "invalid", str(exc), ledger_ms)
                 continue
             if row is not None:
-                self._one(row, ledger_ms)
-                n += 1
-        return n
+                rows.append(row)
+        if rows:
+            held = _Held(self, rows)
+            for r in rows:
+                self._one(r, held, ledger_ms)
+                held.add(r)
+            cols = ", ".join(COLUMNS)
+            self.cur.executemany(
+                f"INSERT INTO transactions ({cols}) VALUES ({', '.join([self.ph] * len(COLUMNS))})",
+                [_values(r) for r in rows])
+        if self._flags:
+            self.cur.executemany(
+                "INSERT INTO flags (gateway, epoch, seq, kind, detail, raised_ms) VALUES "
+                f"({', '.join([self.ph] * 6)}) ON CONFLICT (gateway, epoch, seq, kind) DO NOTHING",
+                self._flags)
+            self._flags = []
+        return len(rows)
 
-    def _one(self, r: dict[str, Any], now: int) -> None:
+    def _one(self, r: dict[str, Any], held: _Held, now: int) -> None:
         me = (r["gateway"], r["epoch"], r["seq"])
         who = f"{r['till']} #{r['till_seq']} (key {r['idem_key']}, {r['gateway']} seq {r['seq']})"
-        for gw, ep, sq, key, sha in self._q(
-                "SELECT gateway, epoch, seq, idem_key, sha FROM transactions "
-                "WHERE store = ? AND till = ? AND till_seq = ?",
-                (r["store"], r["till"], r["till_seq"])):
+        for gw, ep, sq, key, sha in held.by_till.get((r["store"], r["till"], r["till_seq"]), ()):
             if key != r["idem_key"] or sha != r["sha"]:
                 what = "other contents" if sha != r["sha"] else "the same contents"
                 self.flag(me, "conflict_till_seq", f"{r['till']} #{r['till_seq']} also "
                           f"claimed by key {key} ({gw} seq {sq}) with {what}", now)
                 self.flag((gw, ep, sq), "conflict_till_seq", f"{r['till']} #{r['till_seq']} "
                           f"also claimed by {who} with {what}", now)
-        for gw, ep, sq, sha in self._q(
-                "SELECT gateway, epoch, seq, sha FROM transactions WHERE idem_key = ?",
-                (r["idem_key"],)):
+        for gw, ep, sq, _, sha in held.by_key.get(r["idem_key"], ()):
             what = ("other contents" if sha != r["sha"] else
                     "the same contents, stored twice" + (" by two gateways"
                                                          if gw != r["gateway"] else ""))
@@ -151,8 +176,8 @@ class Booker:
             self.flag((gw, ep, sq), "conflict_key", f"key {r['idem_key']} also at "
                       f"{r['gateway']} seq {r['seq']} with {what}", now)
         if r["type"] in ("refund", "void"):
-            self._original(me, r, now)
-        for t in json.loads(r["tenders"]):
+            self._original(me, r, held, now)
+        for t in r["_tenders"]:
             auth = t.get("auth") if t.get("kind") == "card" else None
             if auth in ("declined", "offline_pending"):
                 self.flag(me, f"card_{auth}", f"card {t.get('scheme', '')} "
@@ -162,29 +187,59 @@ class Booker:
         if tendered != r["total"]:
             self.flag(me, "unbalanced", f"items {money(r['total'], r['currency'])}, paid "
                       f"{money(tendered, r['currency'])}", now)
-        if self._q("SELECT 1 FROM closed_days WHERE store = ? AND business_day = ?",
-                   (r["store"], r["business_day"])):
+        if (r["store"], r["business_day"]) in held.closed:
             self.flag(me, "late", f"business day {r['business_day']} of {r['store']} was "
                       "already closed when this arrived", now)
-        cols = ", ".join(COLUMNS)
-        self._x(f"INSERT INTO transactions ({cols}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                tuple(r[c] for c in COLUMNS))
 
     @staticmethod
     def _money(amount: Any, r: dict[str, Any]) -> str:
         return money(amount, r["currency"]) if isinstance(amount, int) else repr(amount)
 
-    def _original(self, me: tuple[str, str, int], r: dict[str, Any], now: int) -> None:
+    def _original(self, me: tuple[str, str, int], r: dict[str, Any], held: _Held,
+                  now: int) -> None:
         ref = json.loads(r["original"]) if r["original"] else None
         if isinstance(ref, dict) and "till" in ref and "till_seq" in ref:
-            found = self._q("SELECT 1 FROM transactions WHERE store = ? AND till = ? AND "
-                            "till_seq = ?", (r["store"], str(ref["till"]), int(ref["till_seq"])))
+            at = (r["store"], str(ref["till"]), int(ref["till_seq"]))
+            found = at in held.by_till or bool(self._q(
+                "SELECT 1 FROM transactions WHERE store = ? AND till = ? AND till_seq = ?", at))
             what = f"{ref['till']} #{ref['till_seq']}"
         elif isinstance(ref, str):
-            found = self._q("SELECT 1 FROM transactions WHERE idem_key = ?", (ref,))
+            found = ref in held.by_key or bool(self._q(
+                "SELECT 1 FROM transactions WHERE idem_key = ?", (ref,)))
             what = f"key {ref}"
         else:
-            found, what = [], "none given"
+            found, what = False, "none given"
         if not found:
             self.flag(me, "unknown_original", f"{r['type']} of {what}: not in the ledger when "
                       "this arrived", now)
+
+
+class _Held:
+    """What the ledger held before this call for the rows' tills, keys and days, plus
+    the rows judged so far: (gateway, epoch, seq, key, sha) by (store, till, till_seq)
+    and by key, and the closed (store, day) pairs."""
+
+    def __init__(self, b: Booker, rows: list[dict[str, Any]]) -> None:
+        self.by_till: dict[tuple[str, str, int], list[tuple[Any, ...]]] = {}
+        self.by_key: dict[str, list[tuple[Any, ...]]] = {}
+        tills: dict[tuple[str, str], list[int]] = {}
+        for r in rows:
+            tills.setdefault((r["store"], r["till"]), []).append(r["till_seq"])
+        for (store, till), seqs in tills.items():
+            for gw, ep, sq, key, sha, ts in b._in(
+                    "SELECT gateway, epoch, seq, idem_key, sha, till_seq FROM transactions "
+                    "WHERE store = ? AND till = ? AND till_seq IN", (store, till),
+                    sorted(set(seqs))):
+                self.by_till.setdefault((store, till, ts), []).append((gw, ep, sq, key, sha))
+        for gw, ep, sq, key, sha in b._in(
+                "SELECT gateway, epoch, seq, idem_key, sha FROM transactions WHERE idem_key IN",
+                (), sorted({r["idem_key"] for r in rows})):
+            self.by_key.setdefault(key, []).append((gw, ep, sq, key, sha))
+        self.closed = {(s, d) for s, d in b._in(
+            "SELECT store, business_day FROM closed_days WHERE store IN", (),
+            sorted({r["store"] for r in rows}))}
+
+    def add(self, r: dict[str, Any]) -> None:
+        held = (r["gateway"], r["epoch"], r["seq"], r["idem_key"], r["sha"])
+        self.by_till.setdefault((r["store"], r["till"], r["till_seq"]), []).append(held)
+        self.by_key.setdefault(r["idem_key"], []).append(held)
