@@ -42,6 +42,23 @@ def test_forwarder_commits_only_what_the_ledger_acked():
     assert f.on_ack(1, 4, "ok", 8) is None and f.counters["stale_acks"] == 1
 
 
+def test_a_full_window_does_not_make_a_lingering_batch_due():
+    # The loop that waits on next_deadline_ms spun (a million polls per drain) when a
+    # lingering live batch was overdue but the backlog had filled the window: it cannot go
+    # until an ack comes, so only the resend timer is due.
+    j, signer, f = _fwd_setup(40, max_events=10, linger_ms=5, window=3, ack_timeout_ms=1000)
+    f.set_uplink("eth", 0)  # after an outage: 40 records wait
+    j.append(body_for(41, 40))
+    j.flush()
+    out = f.poll(0)  # the live record lingers (a partial batch); the backlog fills the window
+    assert [(lane, a, b) for lane, a, b, _ in out] == [
+        ("backlog", 1, 10), ("backlog", 11, 20), ("backlog", 21, 30)]
+    assert f.poll(100) == [] and f.next_deadline_ms() == 1000  # not 5: nothing can go
+    f.on_ack(1, 10, "ok", 200)
+    assert f.next_deadline_ms() == 5  # room again: the lingering batch is overdue
+    assert [(lane, a, b) for lane, a, b, _ in f.poll(200)] == [("live", 41, 41)]
+
+
 def test_forwarder_resends_unacked_and_resumes_from_the_acked_point():
     j, signer, f = _fwd_setup(12, max_events=4, linger_ms=0, window=8, ack_timeout_ms=1000)
     assert f.poll(0) == []  # no uplink: nothing leaves, nothing is lost
