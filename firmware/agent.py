@@ -98,6 +98,8 @@ class Agent:
         self.mark: EpochMark | None = None
         self.alarms: set[str] = set()
         self.alarm_detail: dict[str, str] = {}
+        # device -> outcome (journaled, an invalid reason, a refusal code) -> count
+        self.events_by_device: dict[str, dict[str, int]] = {}
         self.boot_id = os.urandom(4).hex()  # the status's boot id (and uplink client ids)
         self.started_ms = self.clock.monotonic_ms()
         self.watch = DeviceWatch(
@@ -153,8 +155,10 @@ class Agent:
             from firmware.edges.till_api import TillApi  # cheroot only when tills post here
             self.tills = TillApi(self).start()
         if self.cfg.metrics_bind is not None:
-            from firmware.edges.metrics import MetricsEndpoint  # prometheus only when bound
-            self.metrics = MetricsEndpoint(self, self.cfg.metrics_bind).start()
+            # prometheus-client only when bound
+            from firmware.edges.metrics import AgentCollector, MetricsEndpoint
+            self.metrics = MetricsEndpoint(AgentCollector(self.snapshot),
+                                           self.cfg.metrics_bind).start()
         self._status_thread = self.supervisor.spawn("status", self._status_loop, self._stopping)
         self.notifier.ready(f"{len(self.drivers)} devices, {len(self.cfg.uplinks)} uplinks")
         log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",
@@ -202,8 +206,20 @@ class Agent:
         StorageError; the driver counts them and goes on."""
         if self.journal is None:
             raise RuntimeError("agent not started")
-        body, cls = self.pipeline.prepare(event)
-        return self.append_txn(body, cls)
+        source = event.source if event.source in self.pipeline.classes else "(unknown)"
+        try:
+            body, cls = self.pipeline.prepare(event)
+            seq = self.append_txn(body, cls)
+        except MidshiftError as exc:
+            self._count_event(source, getattr(exc, "reason", None) or exc.code)
+            raise
+        self._count_event(source, "journaled")
+        return seq
+
+    def _count_event(self, source: str, outcome: str) -> None:
+        with self._lock:
+            by = self.events_by_device.setdefault(source, {})
+            by[outcome] = by.get(outcome, 0) + 1
 
     def append_txn(self, body: bytes, cls: int = rec.TXN) -> int:
         """Journal a prepared body, durable: returns the seq (the till API's way in)."""
@@ -309,11 +325,16 @@ class Agent:
             return False
         return bool(need)
 
+    def _events_by_device(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {d: dict(by) for d, by in self.events_by_device.items()}
+
     def local_status(self) -> dict[str, Any]:
         """The parts of the status document only the agent knows (the link session
         writes the rest)."""
         doc = {"devices": [d.status.as_dict() for d in self.drivers],
                "devices_down": list(self.watch.down),
+               "events_by_device": self._events_by_device(),
                "pipeline": self.pipeline.stats(),
                "journal_refusing_txn": self.refusing_txn(),
                "thread_crashes": self.supervisor.stats(),

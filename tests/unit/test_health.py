@@ -36,4 +36,4 @@ def test_bind_addresses():
             parse_bind(bad)
         except ValueError:
             continue
-        raise AssertionError("accepted %r" % (bad,))
+        raise AssertionError("accepted " + repr(bad))
