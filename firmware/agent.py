@@ -113,6 +113,12 @@ class Agent:
     # ---- life ---------------------------------------------------------------------------
 
     def start(self) -> Agent:
+        if self.cfg.metrics_bind is not None:
+            # First, so a port already taken stops the start before any thread runs;
+            # prometheus-client is imported only when bound.
+            from firmware.edges.metrics import AgentCollector, MetricsEndpoint
+            self.metrics = MetricsEndpoint(AgentCollector(self.snapshot),
+                                           self.cfg.metrics_bind).start()
         jc = self.cfg.journal
         self._sync_handler = open_sync_log(
             self.cfg.sync_log or Path(jc.path).parent / "sync.log", self.cfg.sync_log_max_bytes,
@@ -154,11 +160,6 @@ class Agent:
         if self.cfg.till_api is not None:
             from firmware.edges.till_api import TillApi  # cheroot only when tills post here
             self.tills = TillApi(self).start()
-        if self.cfg.metrics_bind is not None:
-            # prometheus-client only when bound
-            from firmware.edges.metrics import AgentCollector, MetricsEndpoint
-            self.metrics = MetricsEndpoint(AgentCollector(self.snapshot),
-                                           self.cfg.metrics_bind).start()
         self._status_thread = self.supervisor.spawn("status", self._status_loop, self._stopping)
         self.notifier.ready(f"{len(self.drivers)} devices, {len(self.cfg.uplinks)} uplinks")
         log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",

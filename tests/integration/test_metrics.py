@@ -184,3 +184,18 @@ def test_a_bad_metrics_bind_is_one_clear_line(tmp_path: Path) -> None:
     assert out.stderr.strip() == ("ledger: --metrics: 'localhost' is not HOST:PORT; expected "
                                   'HOST:PORT, e.g. "127.0.0.1:9108" or "[::1]:9108" (port 0 '
                                   "to 65535)")
+
+
+def test_a_taken_metrics_port_stops_the_start_before_anything_runs(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        site, _ = write_till_site(tmp_path, ["till-1"])
+        with site.open("a") as f:
+            f.write(f'[metrics]\nbind = "127.0.0.1:{port}"\n')
+        agent = Agent(load_checked(site))
+        with pytest.raises(ConfigError) as err:
+            agent.start()
+        assert str(err.value).startswith(f"metrics.bind: cannot listen on 127.0.0.1:{port}: ")
+        assert agent.journal is None and agent.tills is None  # nothing was started
