@@ -16,6 +16,9 @@ Rules, worst first:
   ``ledger_rejected``, a crashed thread...); a provisioned gateway never seen;
 - unknown: an unreadable status; one without ``ts_ms`` (older firmware) that came
   retained, so its age cannot be told; a gateway asked for that has never reported.
+
+Folding many gateways: critical > warning > unknown > ok (a gateway that cannot be judged
+does not hide another's known trouble).
 """
 
 from __future__ import annotations
