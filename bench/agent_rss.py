@@ -4,14 +4,20 @@ mosquitto, read from /proc after it has settled.
 
 Drivers not yet on this build are configured disabled, and the result says which
 (``rss_devices``), so the figure is never passed off as covering what did not run.
+
+``rss_mb`` is measured with the OpenMetrics endpoint on (``[metrics] bind``) and scraped
+once before the reading, the heavier of the two ways a gateway runs (issue 18 bounds it
+at 40 MB); ``rss_mb_metrics_off`` is the same agent without it, measured after.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,22 @@ def _rss_kb(pid: int) -> int:
 
 
 def measure_rss_mb(tmp: Path, settle_s: float = 5.0) -> dict[str, Any]:
+    on = tmp / "metrics-on"
+    off = tmp / "metrics-off"
+    on.mkdir(exist_ok=True)
+    off.mkdir(exist_ok=True)
+    out = _measure(on, settle_s, metrics=True)
+    out["rss_mb_metrics_off"] = _measure(off, settle_s, metrics=False)["rss_mb"]
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _measure(tmp: Path, settle_s: float, metrics: bool) -> dict[str, Any]:
     have = {m: importlib.util.find_spec(f"firmware.edges.{m}") is not None
             for m in ("scanner", "modbus")}
     (tmp / "gw.key").write_text("11" * 32)
@@ -60,6 +82,9 @@ def measure_rss_mb(tmp: Path, settle_s: float = 5.0) -> dict[str, Any]:
                 board = "\n".join(x for x in board.splitlines()
                                    if not x.split("=")[0].strip().endswith(("_led", "_button")))
             (tmp / "board.toml").write_text(board)
+            port = _free_port()
+            if metrics:
+                devices += f'[metrics]\nbind = "127.0.0.1:{port}"\n'
             site = tmp / "site.toml"
             site.write_text(f"""
 board_config = "board.toml"
@@ -81,6 +106,7 @@ priority = 20
                    "--log-level", "WARNING"]
         else:  # no driver on this build yet: the same agent, devices disabled
             cmd = [sys.executable, "-c", IDLE_AGENT, str(tmp), str(broker.port)]
+            metrics = False
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             time.sleep(settle_s)
@@ -88,10 +114,15 @@ priority = 20
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 plc.stop()
                 return {"rss_mb": None, "rss_error": err.strip()[-300:]}
+            scraped = 0
+            if metrics:  # as Prometheus would: the collectors and the HTTP thread run
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                            timeout=10) as resp:
+                    scraped = len(resp.read())
             rss = _rss_kb(proc.pid) / 1024
         finally:
             proc.terminate()
             proc.wait(10)
     plc.stop()
-    return {"rss_mb": round(rss, 1),
+    return {"rss_mb": round(rss, 1), "rss_metrics": metrics, "rss_scrape_bytes": scraped,
             "rss_devices": {"scanner": have["scanner"], "modbus": have["modbus"]}}

@@ -15,7 +15,8 @@ the journal on this machine's disk (durable: every event fsynced before it is se
 - ``failover_s``: the primary is blackholed (connection open, nothing flows); the time
   until the first batch is acknowledged through the secondary.
 - ``rss_mb``: resident memory of an agent process (``python -m firmware run``) with a
-  serial scanner, a Modbus PLC and two uplinks configured, after it has settled.
+  serial scanner, a Modbus PLC and two uplinks configured, after it has settled, with the
+  metrics endpoint on and scraped once (``rss_mb_metrics_off``: the same without it).
 """
 
 from __future__ import annotations

@@ -44,6 +44,9 @@ def _describe(cfg: SiteConfig) -> dict[str, Any]:
                      "priority": u.priority, "interface": u.interface,
                      "source_address": u.source_address, "metered": u.metered}
                     for u in cfg.uplinks],
+        "status": {"period_s": cfg.status_period_s, "no_ack_s": cfg.no_ack_s,
+                   "device_down_s": cfg.device_down_s},
+        "metrics": None if cfg.metrics_bind is None else "{}:{}".format(*cfg.metrics_bind),
     }
 
 

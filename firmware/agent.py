@@ -16,22 +16,29 @@ run`` exits non-zero. Every status period the loop also checks that the journal'
 are still the open ones (``journal_lost``), whether a full filesystem holds the journal
 (``journal_no_space``), and feeds the systemd watchdog only while the forwarder comes
 round. A write outside the journal that fails (sync log, epoch mark, last command id)
-raises an alarm and nothing else stops. Alarms: the status document's ``alarms``.
+raises an alarm and nothing else stops. A device not ``ok`` for longer than its
+``stale_s`` (else ``[status] device_down_s``) is down (``core/health.py``): the
+``device_down`` alarm names it and the fault LED calls a person. Alarms: the status
+document's ``alarms``, with ``alarm_detail``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
+from firmware import __version__
 from firmware.core import record as rec
 from firmware.core.errors import ConfigError, JournalFull, MidshiftError
 from firmware.core.event import Event, encode_body
+from firmware.core.health import DeviceWatch
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.pipeline import Pipeline
+from firmware.core.session import faulty_devices
 from firmware.core.site_config import SiteConfig
 from firmware.edges.clock import SystemClock
 from firmware.edges.device_types import driver_class
@@ -90,12 +97,28 @@ class Agent:
         self.new_epoch = new_epoch
         self.mark: EpochMark | None = None
         self.alarms: set[str] = set()
+        self.alarm_detail: dict[str, str] = {}
+        # device -> outcome (journaled, an invalid reason, a refusal code) -> count
+        self.events_by_device: dict[str, dict[str, int]] = {}
+        self.boot_id = os.urandom(4).hex()  # the status's boot id (and uplink client ids)
+        self.started_ms = self.clock.monotonic_ms()
+        self.watch = DeviceWatch(
+            {d.name: int(d.settings["stale_s"] * 1000) for d in cfg.devices
+             if isinstance(d.settings.get("stale_s"), (int, float))},
+            int(cfg.device_down_s * 1000), self.started_ms)
+        self.metrics: Any = None  # the OpenMetrics endpoint (edges/metrics.py) when bound
         self.supervisor = Supervisor(on_alarm=self.alarm)
         self.tills: Any = None  # the till API (edges/till_api.py) when [till_api] is set
 
     # ---- life ---------------------------------------------------------------------------
 
     def start(self) -> Agent:
+        if self.cfg.metrics_bind is not None:
+            # First, so a port already taken stops the start before any thread runs;
+            # prometheus-client is imported only when bound.
+            from firmware.edges.metrics import AgentCollector, MetricsEndpoint
+            self.metrics = MetricsEndpoint(AgentCollector(self.snapshot),
+                                           self.cfg.metrics_bind).start()
         jc = self.cfg.journal
         self._sync_handler = open_sync_log(
             self.cfg.sync_log or Path(jc.path).parent / "sync.log", self.cfg.sync_log_max_bytes,
@@ -118,13 +141,13 @@ class Agent:
                            if self.cfg.command_key_file else None)
             self.forwarding = ForwardingLoop(self.cfg, self.journal, self.clock,
                                              read_key(self.cfg.key_file), self.local_status,
-                                             command_key=command_key,
+                                             command_key=command_key, boot_id=self.boot_id,
                                              **self.forwarding_options)
             self.forwarding.on_reload = self.reload_requested.set
             self.forwarding.on_incident = self.incident
             self.forwarding.start(self.supervisor)
             for name in sorted(self.alarms):  # raised before the session existed
-                self.forwarding.alarm(name, True)
+                self.forwarding.alarm(name, True, self.alarm_detail.get(name))
         for d in self.cfg.devices:
             if d.settings.get("enabled", True):
                 settings = {k: v for k, v in d.settings.items() if k != "enabled"}
@@ -146,6 +169,8 @@ class Agent:
     def stop(self) -> None:
         self.notifier.stopping()
         self._stopping.set()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.tills is not None:
             self.tills.stop()
         for drv in self.drivers:
@@ -182,8 +207,20 @@ class Agent:
         StorageError; the driver counts them and goes on."""
         if self.journal is None:
             raise RuntimeError("agent not started")
-        body, cls = self.pipeline.prepare(event)
-        return self.append_txn(body, cls)
+        source = event.source if event.source in self.pipeline.classes else "(unknown)"
+        try:
+            body, cls = self.pipeline.prepare(event)
+            seq = self.append_txn(body, cls)
+        except MidshiftError as exc:
+            self._count_event(source, getattr(exc, "reason", None) or exc.code)
+            raise
+        self._count_event(source, "journaled")
+        return seq
+
+    def _count_event(self, source: str, outcome: str) -> None:
+        with self._lock:
+            by = self.events_by_device.setdefault(source, {})
+            by[outcome] = by.get(outcome, 0) + 1
 
     def append_txn(self, body: bytes, cls: int = rec.TXN) -> int:
         """Journal a prepared body, durable: returns the seq (the till API's way in)."""
@@ -216,21 +253,27 @@ class Agent:
         """Set when a loop cannot be kept running: the process must exit non-zero."""
         return self.supervisor.failed
 
-    def alarm(self, name: str, on: bool = True) -> None:
-        """Raise (or clear) an alarm in the status; safe from any thread."""
+    def alarm(self, name: str, on: bool = True, detail: str | None = None) -> None:
+        """Raise (or clear) an alarm in the status, with ``detail`` (e.g. the device
+        names); safe from any thread. A changed detail is passed on too."""
         with self._lock:
-            if on == (name in self.alarms):
+            if on == (name in self.alarms) and (not on or detail == self.alarm_detail.get(name)):
                 return
             if on:
                 self.alarms.add(name)
+                if detail is None:
+                    self.alarm_detail.pop(name, None)
+                else:
+                    self.alarm_detail[name] = detail
             else:
                 self.alarms.discard(name)
+                self.alarm_detail.pop(name, None)
         if on:
-            log.error("alarm %s", name)
+            log.error("alarm %s%s", name, f": {detail}" if detail else "")
         else:
             log.warning("alarm %s cleared", name)
         if self.forwarding is not None:
-            self.forwarding.alarm(name, on)
+            self.forwarding.alarm(name, on, detail)
 
     def incident(self, kind: str, data: dict[str, Any]) -> None:
         """Journal an event of the gateway's own (source ``agent``, telemetry) for the
@@ -283,10 +326,16 @@ class Agent:
             return False
         return bool(need)
 
+    def _events_by_device(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {d: dict(by) for d, by in self.events_by_device.items()}
+
     def local_status(self) -> dict[str, Any]:
         """The parts of the status document only the agent knows (the link session
         writes the rest)."""
         doc = {"devices": [d.status.as_dict() for d in self.drivers],
+               "devices_down": list(self.watch.down),
+               "events_by_device": self._events_by_device(),
                "pipeline": self.pipeline.stats(),
                "journal_refusing_txn": self.refusing_txn(),
                "thread_crashes": self.supervisor.stats(),
@@ -303,11 +352,15 @@ class Agent:
         stats = self.journal.stats() if self.journal is not None else {}
         with self._lock:
             alarms = sorted(self.alarms)
+            detail = dict(self.alarm_detail)
+        now = self.clock.now_ms()
         doc.update(gateway=self.cfg.gateway_id, site=self.cfg.site, state="online", alarms=alarms,
-                   runtime="cpython", uplink="none", journal=stats,
+                   alarm_detail=detail, runtime="cpython", uplink="none", journal=stats,
+                   ts_ms=now, at_ms=now, version=__version__, boot_id=self.boot_id,
+                   uptime_s=(self.clock.monotonic_ms() - self.started_ms) // 1000,
                    backlog_records=stats.get("backlog_records", 0),
-                   backlog_bytes=stats.get("backlog_bytes", 0),
-                   devices_in_error=sum(1 for d in doc["devices"] if d["state"] == "error"))
+                   backlog_bytes=stats.get("backlog_bytes", 0))
+        doc["devices_in_error"] = len(faulty_devices(doc))
         return doc
 
     def _refresh_lights(self) -> None:
@@ -340,9 +393,15 @@ class Agent:
                 self.alarm("journal_lost", True)
         self.alarm("journal_no_space", j.no_space())
 
+    def _check_devices(self) -> None:
+        down = self.watch.update([d.status.as_dict() for d in self.drivers],
+                                 self.clock.monotonic_ms())
+        self.alarm("device_down", bool(down), ",".join(down) if down else None)
+
     def _status_once(self) -> None:
         self.supervisor.tick()
         self._check_journal()
+        self._check_devices()
         if self.alive():
             self.notifier.watchdog()
         snap = self.snapshot()

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from firmware import __version__
 from firmware.core import session as s
 from firmware.core.commands import CommandGate
 from firmware.core.signing import Signer
@@ -44,14 +45,16 @@ from firmware.supervisor import Supervisor
 log = logging.getLogger(__name__)
 
 STALE_MS = 5000  # a loop that has not come round for this long is hung
+GOODBYE_S = 2.0  # how long a clean stop waits for the broker to take the offline status
 
 
 class Alarm:
     """Raise (or clear) an alarm from another thread: the session is the loop's alone."""
 
-    def __init__(self, name: str, on: bool) -> None:
+    def __init__(self, name: str, on: bool, detail: str | None = None) -> None:
         self.name = name
         self.on = on
+        self.detail = detail
 
 
 class Wake:
@@ -64,7 +67,7 @@ class ForwardingLoop:
                  ack_timeout_ms: int = 3000, keepalive_s: int = 1, max_events: int = 500,
                  linger_ms: int = 2, window: int = 8, drain_rate: int = 0,
                  command_key: bytes | None = None,
-                 commit_every_ms: int = s.COMMIT_EVERY_MS) -> None:
+                 commit_every_ms: int = s.COMMIT_EVERY_MS, boot_id: str | None = None) -> None:
         self.cfg = cfg
         self.journal = journal
         self.clock = clock
@@ -77,6 +80,9 @@ class ForwardingLoop:
             if self.command_state.exists():
                 last = int(self.command_state.read_text().strip() or 0)
             gate = CommandGate(Signer(command_key), cfg.gateway_id, last)
+        # A fresh suffix per start: another gateway cannot guess the client id to take it
+        # over; it is the boot id too, so a reader tells a restart from a long silence.
+        self.boot_id = boot_id or os.urandom(4).hex()
         self.session = s.LinkSession(
             journal, cfg.site, cfg.gateway_id, Signer(key), [u.name for u in cfg.uplinks],
             clock.monotonic_ms(), compress=zlib.compress,
@@ -85,11 +91,11 @@ class ForwardingLoop:
             drain_rate=drain_rate, status_period_ms=int(cfg.status_period_s * 1000),
             commit_every_ms=commit_every_ms, runtime="cpython",
             supports=("set-log-level", "reload-config"), max_events=max_events,
-            linger_ms=linger_ms, window=window, ack_timeout_ms=ack_timeout_ms)
-        # A fresh suffix per start: another gateway cannot guess the id to take it over.
-        nonce = os.urandom(4).hex()
-        self.uplinks = {u.name: MqttUplink(u, f"{cfg.gateway_id}-{u.name}-{nonce}", self.events,
-                                           self.session.subscriptions(), self.session.will(),
+            linger_ms=linger_ms, window=window, ack_timeout_ms=ack_timeout_ms,
+            no_ack_ms=int(cfg.no_ack_s * 1000), version=__version__, boot_id=self.boot_id)
+        will = s.last_will(cfg.site, cfg.gateway_id, __version__, self.boot_id)
+        self.uplinks = {u.name: MqttUplink(u, f"{cfg.gateway_id}-{u.name}-{self.boot_id}",
+                                           self.events, self.session.subscriptions(), will,
                                            keepalive_s=keepalive_s)
                         for u in cfg.uplinks}
         self.on_reload: Callable[[], None] | None = None
@@ -114,6 +120,12 @@ class ForwardingLoop:
         if self._thread is not None:
             self._thread.join(5)
         self._carry_out(self.session.close(self.clock.monotonic_ms()))
+        # A clean DISCONNECT discards the last will: say offline ourselves, retained.
+        for msg in self.session.goodbye(self.clock.now_ms()):
+            if not self.uplinks[msg.uplink].publish_wait(msg.topic, msg.payload, GOODBYE_S,
+                                                         msg.qos, msg.retain):
+                log.warning("uplink %s: the offline status was not taken before stopping",
+                            msg.uplink)
         for u in self.uplinks.values():
             u.stop()
 
@@ -126,9 +138,9 @@ class ForwardingLoop:
     def wake(self) -> None:
         self.events.put(Wake())
 
-    def alarm(self, name: str, on: bool = True) -> None:
+    def alarm(self, name: str, on: bool = True, detail: str | None = None) -> None:
         """Raise or clear an alarm in the status; safe from any thread."""
-        self.events.put(Alarm(name, on))
+        self.events.put(Alarm(name, on, detail))
 
     @property
     def active(self) -> str | None:
@@ -168,7 +180,7 @@ class ForwardingLoop:
         elif isinstance(item, LinkDown):
             self._carry_out(self.session.uplink_changed(item.uplink, False, now, item.reason))
         elif isinstance(item, Alarm):
-            self._carry_out(self.session.alarm(item.name, item.on))
+            self._carry_out(self.session.alarm(item.name, item.on, item.detail))
 
     def _carry_out(self, actions: list[Any]) -> None:
         for a in actions:
@@ -239,4 +251,5 @@ class ForwardingLoop:
         return parts
 
     def status(self) -> dict[str, Any]:
-        return self.session.status(self.clock.now_ms(), self.status_parts())
+        return self.session.status(self.clock.now_ms(), self.status_parts(),
+                                   self.clock.monotonic_ms())

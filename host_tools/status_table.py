@@ -9,8 +9,10 @@ the time it arrived; ``render`` turns that into rows.
 A gateway whose last message is older than ``stale_s`` is shown ``stale``: its link may be
 down in a way the broker has not noticed yet, or it has no uplink at all (the status only
 travels over an uplink, so a gateway in a total outage goes quiet rather than saying so).
-A retained message can be old news: SEEN counts from when this tool received it, and a
-retained status received on subscribing is marked ``(retained)`` until a fresh one comes.
+A retained message can be old news: SEEN counts from the status's own ``ts_ms`` (this
+host's clock against the gateway's), so a retained ``online`` from a gateway that died an
+hour ago reads an hour old; a status without ``ts_ms`` (older firmware) counts from when
+this tool received it and is marked ``(retained)`` until a fresh one comes.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from firmware.core.broker_url import parse_broker_url
+from host_tools.status_judge import status_age_s
 
 COLUMNS = ("GATEWAY", "SITE", "STATE", "UPLINK", "BACKLOG", "IN-FLIGHT", "DEV-ERR",
            "OFFSET-MS", "ALARMS", "SEEN")
@@ -63,24 +66,32 @@ class StatusBoard:
                     return doc
         return None
 
-    def rows(self, now: float, stale_s: float = 30.0) -> list[list[str]]:
+    def entries(self) -> list[tuple[str, str, float, bool, dict[str, Any]]]:
+        """(site, gateway, received at (monotonic), retained, doc) for each, sorted."""
         with self._lock:
-            items = sorted(self._latest.items())
-        return [_row(site, gw, seen, retained, doc, now, stale_s)
-                for (site, gw), (seen, retained, doc) in items]
+            return [(site, gw, seen, retained, doc)
+                    for (site, gw), (seen, retained, doc) in sorted(self._latest.items())]
+
+    def rows(self, now: float, stale_s: float = 30.0,
+             wall_ms: int | None = None) -> list[list[str]]:
+        wall = int(time.time() * 1000) if wall_ms is None else wall_ms
+        return [_row(site, gw, seen, retained, doc, now, stale_s, wall)
+                for site, gw, seen, retained, doc in self.entries()]
 
 
 def _row(site: str, gw: str, seen: float, retained: bool, doc: dict[str, Any], now: float,
-         stale_s: float) -> list[str]:
+         stale_s: float, wall_ms: int) -> list[str]:
     fwd = doc.get("forwarding") or {}
     state = str(doc.get("state", "?"))
-    if state == "online" and now - seen > stale_s:
+    age_s = status_age_s(doc, wall_ms, now - seen, False)
+    if state == "online" and age_s is not None and age_s > stale_s:
         state = "stale"
     if doc.get("journal_refusing_txn"):
         state += " FULL"  # the journal refuses transactions: the red LED is on
     offset = fwd.get("clock_offset_ms")
-    alarms = list(fwd.get("alarms") or [])
-    age = f"{now - seen:.0f}s ago" + (" (retained)" if retained else "")
+    alarms = list(doc.get("alarms") or fwd.get("alarms") or [])
+    stamped = "ts_ms" in doc
+    age = f"{age_s:.0f}s ago" + (" (retained)" if retained and not stamped else "")
     if state == "offline":
         return [gw, site, state, "-", "-", "-", "-", "-", "-", age]
     return [gw, site, state, str(doc.get("uplink", "-")),

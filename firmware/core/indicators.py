@@ -9,6 +9,7 @@ The snapshot is a dict (missing keys read as "all quiet")::
      "journal_refusing_txn": bool,      # the journal is full for transactions
      "devices_in_error": int or [names],
      "devices": [{"name": ..., "state": ...}, ...],   # optional, see active_faults
+     "devices_down": [names],           # not ok for longer than their stale time
      "alarm_acknowledged": bool}        # filled in from FaultAlarm by the edge
 
 The LEDs (``desired_leds`` returns name -> ``"on"``, ``"off"`` or ``"blink"``):
@@ -19,8 +20,9 @@ The LEDs (``desired_leds`` returns name -> ``"on"``, ``"off"`` or ``"blink"``):
 - ``backlog_red``: on while the journal refuses transactions. Steady, never acknowledged:
   it is a condition to fix, not an event; it goes out when a transaction is taken again
   or the ledger's acks free the room.
-- ``fault``: off with no device in error; fast blink while a device is in error that
-  nobody has acknowledged; on (steady) when every device in error was acknowledged.
+- ``fault``: off with no device in error or down; fast blink while a device is in error
+  (or down: not ok for longer than its stale time, ``core/health.py``) that nobody has
+  acknowledged; on (steady) when every such device was acknowledged.
 
 The alarm rule (``FaultAlarm``): a button press acknowledges the set of faults present at
 that moment. A fault that appears later, on another device or on the same device after it
@@ -73,6 +75,7 @@ def active_faults(snapshot):
     if isinstance(devices, (list, tuple)):
         names = [str(d.get("name")) for d in devices
                  if isinstance(d, dict) and d.get("state") == "error"]
+        names.extend(str(n) for n in snapshot.get("devices_down") or ())
         if names or not value:
             return frozenset(names)
     if isinstance(value, bool) or not isinstance(value, int):

@@ -13,6 +13,8 @@ and answers with actions for the runtime to carry out, in the shape of h11's Con
 - ``publish_failed(uplink)``: the edge could not hand a batch to its client;
 - ``next_deadline_ms()``: when ``poll`` next has work by the clock alone;
 - ``status(wall_ms, local)``: the status document (``docs/wire-format.md``);
+- ``goodbye(wall_ms)``: the retained ``offline`` status a clean stop publishes itself
+  (the broker's last will covers only an abnormal disconnect);
 - ``close(now_ms)``: the last commit before the journal closes.
 
 Actions are small classes: ``Publish``, ``Commit``, ``SaveCommandId``, ``Observe`` (the
@@ -23,7 +25,8 @@ thin loops around it, so both runtimes obey the same rules.
 
 When the far end is gone: no healthy uplink means no publishes; records wait in the
 journal, in flight are only seq ranges, and everything unacknowledged goes again on the
-next uplink. An ack that does not match this journal's epoch or a batch in flight is
+next uplink. Records waiting with no ack for ``no_ack_ms`` (no uplink, or a ledger that
+has stopped answering) raise the ``no_ack`` alarm until an ack comes. An ack that does not match this journal's epoch or a batch in flight is
 counted and changes nothing; a command that fails its signature or id check likewise.
 """
 
@@ -39,6 +42,7 @@ from firmware.core.wire import WireError, decode_ack
 STATUS_VERSION = 1
 OFFSET_ALARM_MS = 500
 COMMIT_EVERY_MS = 500
+NO_ACK_MS = 30000
 
 
 class Publish:
@@ -111,11 +115,14 @@ def subscriptions(site, gateway, commands=True):
     return out
 
 
-def last_will(site, gateway):
-    """(topic, payload) of the last will: the retained status says offline."""
+def last_will(site, gateway, version="", boot_id=""):
+    """(topic, payload) of the last will: the retained status says offline. It is set
+    at connect and sent by the broker later, so it carries no time: the broker's
+    retained copy is all a reader has (``reason``: ``connection_lost``)."""
     return (topics.topic(site, gateway, topics.STATUS),
             json.dumps({"v": STATUS_VERSION, "gateway": gateway, "site": site,
-                        "state": "offline"}).encode())
+                        "state": "offline", "reason": "connection_lost", "version": version,
+                        "boot_id": boot_id}).encode())
 
 
 class LinkSession:
@@ -124,12 +131,13 @@ class LinkSession:
                  status_period_ms=10000, commit_every_ms=COMMIT_EVERY_MS,
                  offset_alarm_ms=OFFSET_ALARM_MS, runtime="cpython", supports=(),
                  max_events=500, max_bytes=256 * 1024, linger_ms=5, window=8,
-                 ack_timeout_ms=5000):
+                 ack_timeout_ms=5000, no_ack_ms=NO_ACK_MS, version="", boot_id=""):
         """``journal``: the core Journal or anything with its read-only verbs (``read``,
         ``tail``, ``durable``, ``durable_seq``, ``backlog``, ``stats``, ``free_bytes``,
         ``data_size``, ``epoch``). ``uplinks``: names, preferred first. ``supports``: the
         optional commands this runtime can carry out (``set-log-level``,
-        ``reload-config``)."""
+        ``reload-config``). ``version``: the firmware's (``firmware.__version__``);
+        ``boot_id``: random per start, so a reader tells a restart from a long silence."""
         self.journal = journal
         self.site = site
         self.gateway = gateway
@@ -147,6 +155,14 @@ class LinkSession:
         self.offset_alarm_ms = offset_alarm_ms
         self.runtime = runtime
         self.supports = supports
+        self.no_ack_ms = no_ack_ms
+        self.version = version
+        self.boot_id = boot_id
+        self.started_ms = now_ms
+        self.now_ms = now_ms            # the latest monotonic time heard (for uptime)
+        self.alarm_detail = {}          # alarm name -> what it is about (device names)
+        self._waiting_since = None      # records wait for an ack since (monotonic)
+        self._oldest = None             # (tail seq, its wall ms): the oldest unacked record
         self.own = {topics.topic(site, gateway, topics.ACK): topics.ACK,
                     topics.topic(site, gateway, topics.CMD): topics.CMD}
         self.connected = {}
@@ -178,17 +194,26 @@ class LinkSession:
             return [Note("uplink_up", {"uplink": name})]
         return [Note("uplink_down", {"uplink": name, "reason": reason})]
 
-    def alarm(self, name, on=True):
-        """Raise (or clear) an alarm the runtime found (a failed write, a dead thread):
-        it shows in the status and, when it changes, in a sync-log note."""
-        if on == (name in self.alarms):
+    def alarm(self, name, on=True, detail=None):
+        """Raise (or clear) an alarm the runtime found (a failed write, a dead thread, a
+        device down): it shows in the status (with ``detail``, e.g. the device names) and,
+        when it or its detail changes, in a sync-log note."""
+        if on == (name in self.alarms) and (not on or detail == self.alarm_detail.get(name)):
             return []
         if on:
             self.alarms.add(name)
+            if detail is None:
+                self.alarm_detail.pop(name, None)
+            else:
+                self.alarm_detail[name] = detail
         else:
             self.alarms.discard(name)
+            self.alarm_detail.pop(name, None)
         self._status_due = 0  # say so at once
-        return [Note("alarm" if on else "alarm_cleared", {"alarm": name})]
+        fields = {"alarm": name}
+        if on and detail is not None:
+            fields["detail"] = detail
+        return [Note("alarm" if on else "alarm_cleared", fields)]
 
     def publish_failed(self, uplink):
         """The edge refused a batch (not connected, queue full): it goes again after the
@@ -210,7 +235,9 @@ class LinkSession:
         return []
 
     def poll(self, now_ms, wall_ms):
+        self.now_ms = now_ms
         out = self._commit_if_due(now_ms)
+        out.extend(self._check_acks(now_ms))
         active, change = self.selector.select(now_ms)
         if change is not None:
             what, old, new = change
@@ -241,6 +268,8 @@ class LinkSession:
         now_times = [self.forwarder.next_deadline_ms(), self.selector.next_failback_ms(now_ms)]
         if self.selector.active is not None:
             now_times.append(self._status_due)
+            if self._waiting_since is not None and "no_ack" not in self.alarms:
+                now_times.append(self._waiting_since + self.no_ack_ms)
         if self._pending_commit is not None:
             now_times.append(self._last_commit_ms + self.commit_every_ms)
         times = [t for t in now_times if t is not None]
@@ -250,7 +279,33 @@ class LinkSession:
         """The commit still pending, to carry out before the journal closes."""
         return self._commit_if_due(now_ms, force=True)
 
+    def goodbye(self, wall_ms):
+        """A clean stop: the retained ``offline`` status for every connected uplink, to
+        publish before disconnecting (a clean DISCONNECT discards the last will)."""
+        payload = json.dumps({"v": STATUS_VERSION, "gateway": self.gateway, "site": self.site,
+                              "state": "offline", "reason": "stopped", "ts_ms": wall_ms,
+                              "version": self.version, "boot_id": self.boot_id,
+                              "uptime_s": self._uptime_s()}).encode()
+        topic = topics.topic(self.site, self.gateway, topics.STATUS)
+        return [Publish(n, topic, payload, qos=1, retain=True) for n in self.uplinks
+                if self.connected.get(n)]
+
     # ---- acks --------------------------------------------------------------------------
+
+    def _check_acks(self, now_ms):
+        """``no_ack``: records have waited ``no_ack_ms`` with no ack (the clock restarts at
+        every ack, and when the wait starts)."""
+        waiting = self.journal.durable_seq > self.forwarder.commit_seq
+        if not waiting:
+            self._waiting_since = None
+            return self.alarm("no_ack", False) if "no_ack" in self.alarms else []
+        if self._waiting_since is None:
+            self._waiting_since = now_ms
+        if now_ms - self._waiting_since >= self.no_ack_ms and "no_ack" not in self.alarms:
+            return self.alarm("no_ack", True, "no ack for %d s while %d records wait" % (
+                (now_ms - self._waiting_since) // 1000,
+                self.journal.durable_seq - self.forwarder.commit_seq))
+        return []
 
     def _on_ack(self, payload, now_ms, wall_ms):
         try:
@@ -265,6 +320,9 @@ class LinkSession:
         commit = self.forwarder.on_ack(first, last, status, now_ms)
         sent = self.forwarder.ack_sent_ms
         out = [Note("acked" if status == "ok" else "rejected", {"first": first, "last": last})]
+        if sent is not None:  # the ledger answered a batch of ours: it is there
+            self._waiting_since = now_ms
+            out.extend(self.alarm("no_ack", False))
         if status != "ok" and sent is not None:
             out.extend(self.alarm("ledger_rejected"))
         elif not self.forwarder.rejected:  # a replay the ledger took this time
@@ -348,10 +406,30 @@ class LinkSession:
 
     # ---- status ------------------------------------------------------------------------
 
-    def status(self, wall_ms, local=None):
+    def _uptime_s(self):
+        return (self.now_ms - self.started_ms) // 1000
+
+    def oldest_unacked_age_s(self, wall_ms):
+        """Age of the oldest record the ledger has not acknowledged, from its HLC stamp
+        (wall ms in the top 48 bits), so it survives a restart; None with none waiting.
+        The record is read once per tail position."""
+        tail_pos, tail_seq = self.journal.tail()
+        if self.journal.durable_seq < tail_seq:
+            return None
+        if self._oldest is None or self._oldest[0] != tail_seq:
+            recs = self.journal.read(tail_pos, tail_seq, 1)[0]
+            if not recs:
+                return None
+            self._oldest = (tail_seq, recs[0].hlc >> 16)
+        return max(0, wall_ms - self._oldest[1]) // 100 / 10
+
+    def status(self, wall_ms, local=None, now_ms=None):
         """The status document, one shape for both runtimes (``docs/wire-format.md``).
-        ``local``: what only the runtime knows (``devices``, ``pipeline``,
-        ``journal_refusing_txn``, runtime counters), merged in at the top level."""
+        ``local``: what only the runtime knows (``devices``, ``devices_down``,
+        ``pipeline``, ``journal_refusing_txn``, runtime counters), merged in at the top
+        level. ``now_ms``: the monotonic time (default: the latest ``poll``'s)."""
+        if now_ms is not None:
+            self.now_ms = now_ms
         records, nbytes = self.journal.backlog()
         active = self.selector.active
         if active is None:
@@ -363,7 +441,11 @@ class LinkSession:
         gate = self.gate
         doc = {"v": STATUS_VERSION, "gateway": self.gateway, "site": self.site,
                "state": "online", "runtime": self.runtime, "at_ms": wall_ms,
-               "uplink": role, "backlog_records": records, "backlog_bytes": nbytes,
+               "ts_ms": wall_ms, "version": self.version, "boot_id": self.boot_id,
+               "uptime_s": self._uptime_s(),
+               "oldest_unacked_age_s": self.oldest_unacked_age_s(wall_ms),
+               "alarms": sorted(self.alarms), "alarm_detail": dict(self.alarm_detail),
+               "devices_down": [], "uplink": role, "backlog_records": records, "backlog_bytes": nbytes,
                "journal": self.journal.stats(), "journal_refusing_txn": False,
                "devices": [], "pipeline": {}, "counters": {},
                "forwarding": {
@@ -383,7 +465,7 @@ class LinkSession:
                                 "rejected": dict(gate.rejected) if gate else {}}}}
         if local:
             doc.update(local)
-        doc["devices_in_error"] = sum(1 for d in doc["devices"] if d.get("state") == "error")
+        doc["devices_in_error"] = len(faulty_devices(doc))
         return doc
 
     def status_message(self, wall_ms, local=None):
@@ -394,6 +476,16 @@ class LinkSession:
         return Publish(self.selector.active, topics.topic(self.site, self.gateway,
                                                           topics.STATUS),
                        payload, qos=1, retain=True)
+
+
+def faulty_devices(doc):
+    """Names of the devices in ``error`` or down (not ok for longer than their stale
+    time): what ``devices_in_error`` counts and the fault LED shows."""
+    names = set(str(n) for n in doc.get("devices_down") or ())
+    for d in doc.get("devices") or ():
+        if isinstance(d, dict) and d.get("state") == "error":
+            names.add(str(d.get("name")))
+    return sorted(names)
 
 
 def _merged(a, b):

@@ -22,6 +22,7 @@ the list of those that are. The gateway's loader finds its types by name
 node hands its own two (``firmware/mpy/node_config.py``).
 """
 
+from firmware.core.bind_address import BIND_FORM, parse_bind
 from firmware.core.broker_url import URL_FORMS, BrokerUrlError, parse_broker_url
 from firmware.core.config_fields import field, finite, no_unknown_keys, positive
 from firmware.core.errors import ConfigError
@@ -29,7 +30,7 @@ from firmware.core.errors import ConfigError
 CLASSES = ("txn", "telemetry")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock", "machine")  # machine: MicroPython node
 SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
-            "status", "uart", "wifi", "store", "till_api", "sell_rules")
+            "status", "uart", "wifi", "store", "till_api", "sell_rules", "metrics")
 UART_KEYS = ("id", "tx", "rx", "rxbuf")  # [uart.NAME] on a MicroPython board (machine.UART)
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
@@ -102,6 +103,9 @@ class SiteConfig:
         self.devices = []
         self.uplinks = []
         self.status_period_s = 5.0
+        self.no_ack_s = 30.0      # records waiting this long with no ack: the no_ack alarm
+        self.device_down_s = 10.0  # not ok this long (without its own stale_s): down
+        self.metrics_bind = None  # (host, port) of the OpenMetrics endpoint; None: off
         self.sync_log = None
         self.sync_log_max_bytes = 5 << 20
         self.key_file = None
@@ -173,8 +177,22 @@ def validate(doc, device_types):
     cfg.wifi = _wifi(_table(doc, "wifi", False))
     cfg.journal = _journal(_table(doc, "journal"))
     status = _table(doc, "status", False)
-    no_unknown_keys(status, "status", ("period_s", "sync_log", "sync_log_max_bytes"))
+    no_unknown_keys(status, "status", ("period_s", "sync_log", "sync_log_max_bytes",
+                                       "no_ack_s", "device_down_s"))
     cfg.status_period_s = field(status, "period_s", "status", float, default=5.0, check=positive)
+    cfg.no_ack_s = field(status, "no_ack_s", "status", float, default=30.0,
+                         check=lambda v: 1 <= v <= 86400, allowed="1 to 86400 seconds")
+    cfg.device_down_s = field(status, "device_down_s", "status", float, default=10.0,
+                              check=lambda v: 0 < v <= 86400, allowed="more than 0, at most "
+                              "86400 seconds (a device with its own stale_s uses that)")
+    metrics = _table(doc, "metrics", False)
+    no_unknown_keys(metrics, "metrics", ("bind",))
+    bind = field(metrics, "bind", "metrics", str, default=None, allowed=BIND_FORM)
+    if bind is not None:
+        try:
+            cfg.metrics_bind = parse_bind(bind)
+        except ValueError as exc:
+            raise ConfigError("metrics.bind", str(exc), BIND_FORM)
     cfg.sync_log = field(status, "sync_log", "status", str, default=None)
     cfg.sync_log_max_bytes = field(status, "sync_log_max_bytes", "status", int,
                                    default=5 << 20, check=lambda v: v >= 4096,

@@ -12,7 +12,8 @@ uplink. The forwarding loop is the only consumer; paho's callbacks do nothing el
 
 Subscriptions (``ack`` and ``cmd``) are made on every connect: the broker may have
 restarted without persistence and forgotten them. The last will marks the gateway
-``offline`` on the retained status topic.
+``offline`` on the retained status topic when it vanishes; a clean stop publishes its own
+``offline`` first (``publish_wait``), since a clean DISCONNECT discards the will.
 
 Not done here: the interface binding is by source address (the interface's IPv4
 address); SO_BINDTODEVICE would need root on the gateway.
@@ -132,6 +133,23 @@ class MqttUplink:
             return False
         self.counters["published"] += 1
         return True
+
+    def publish_wait(self, topic: str, payload: bytes, timeout_s: float, qos: int = 1,
+                     retain: bool = False) -> bool:
+        """Publish and wait (at most ``timeout_s``) until the broker has it: the goodbye
+        before a clean disconnect, which would otherwise drop it from paho's queue."""
+        if not self.connected:
+            return False
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self.counters["publish_errors"] += 1
+            return False
+        self.counters["published"] += 1
+        try:
+            info.wait_for_publish(timeout_s)
+        except (RuntimeError, ValueError):  # the link went down meanwhile
+            return False
+        return info.is_published()
 
     # ---- paho callbacks (network thread): queue and return ------------------------------
 

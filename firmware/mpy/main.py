@@ -14,6 +14,7 @@ board modules in ``tests/mpy_board/``.
 import os
 import time
 
+from firmware import __version__
 from firmware.core import session
 from firmware.core.commands import CommandGate
 from firmware.core.signing import Signer
@@ -80,9 +81,10 @@ def build(base="", options=None):
         gate = CommandGate(Signer(key), cfg.gateway_id,
                            _last_command_id(base + "last-command-id"))
     subscriptions = session.subscriptions(cfg.site, cfg.gateway_id, gate is not None)
-    will = session.last_will(cfg.site, cfg.gateway_id)
+    boot_id = _nonce()  # new at every boot: the status tells a restart from a silence
+    will = session.last_will(cfg.site, cfg.gateway_id, __version__, boot_id)
     u = cfg.uplinks[0]
-    uplink = UmqttUplink(u.host, u.port, "%s-%s-%s" % (cfg.gateway_id, u.name, _nonce()),
+    uplink = UmqttUplink(u.host, u.port, "%s-%s-%s" % (cfg.gateway_id, u.name, boot_id),
                          subscriptions,
                          timeout_s=opts["timeout_s"], ping_ms=opts["ping_ms"],
                          keepalive_s=opts["keepalive_s"], max_retry_ms=opts["max_retry_ms"],
@@ -98,7 +100,8 @@ def build(base="", options=None):
                 command_state=_saver(base + "last-command-id") if gate else None,
                 max_events=opts["max_events"], max_bytes=opts["max_bytes"],
                 window=opts["window"], ack_timeout_ms=opts["ack_timeout_ms"],
-                idle_ms=opts["idle_ms"], status_period_ms=opts["status_period_ms"])
+                idle_ms=opts["idle_ms"], status_period_ms=opts["status_period_ms"],
+                boot_id=boot_id)
 
 
 def _nonce():

@@ -31,9 +31,11 @@ refuses new transactions (``journal_full``, counted); nothing acknowledged is lo
 Counters are in ``status()``, published on the ``status`` topic.
 """
 
+from firmware import __version__
 from firmware.core import session as s
 from firmware.core.errors import JournalFull, MidshiftError
 from firmware.core.event import encode_body
+from firmware.core.health import DeviceWatch
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.pipeline import InvalidEvent, Pipeline
 from firmware.core.record import TELEMETRY
@@ -45,7 +47,7 @@ NTP_RETRY_MS = 10000
 class Node:
     def __init__(self, cfg, journal, devices, uplink, wifi, clock, signer, command_gate=None,
                  command_state=None, max_events=50, max_bytes=8192, window=2,
-                 ack_timeout_ms=5000, idle_ms=20, status_period_ms=None):
+                 ack_timeout_ms=5000, idle_ms=20, status_period_ms=None, boot_id=""):
         self.cfg = cfg
         self.journal = journal
         self.devices = devices
@@ -60,7 +62,13 @@ class Node:
             status_period_ms=(int(cfg.status_period_s * 1000) if status_period_ms is None
                               else status_period_ms),
             runtime="micropython", max_events=max_events, max_bytes=max_bytes, linger_ms=0,
-            window=window, ack_timeout_ms=ack_timeout_ms)
+            window=window, ack_timeout_ms=ack_timeout_ms, no_ack_ms=int(cfg.no_ack_s * 1000),
+            version=__version__, boot_id=boot_id)
+        limits = {}
+        for d in cfg.devices:
+            if d.settings.get("stale_s") is not None:
+                limits[d.name] = int(d.settings["stale_s"] * 1000)
+        self.watch = DeviceWatch(limits, int(cfg.device_down_s * 1000), now)
         self.command_state = command_state
         self.idle_ms = idle_ms
         self.counters = {"steps": 0, "journaled": 0, "journal_full": 0, "storage_errors": 0,
@@ -179,7 +187,8 @@ class Node:
             if isinstance(a, s.Publish):
                 refused = refused or not self._publish(a)
             elif isinstance(a, s.StatusDue):
-                msg = self.session.status_message(self.clock.now_ms(), self._local_status())
+                local = self._local_status()
+                msg = self.session.status_message(self.clock.now_ms(), local)
                 if msg is not None and not refused:
                     self._publish(msg)
             elif isinstance(a, s.Commit):
@@ -240,7 +249,11 @@ class Node:
         return max(0, min(times) - now)
 
     def _local_status(self):
-        out = {"devices": [d.status() for d in self.devices], "pipeline": self.pipeline.stats(),
+        """What only the node knows; judging the devices on the way (down: the alarm)."""
+        devices = [d.status() for d in self.devices]
+        down = self.watch.update(devices, self.clock.monotonic_ms())
+        self.session.alarm("device_down", bool(down), ",".join(down) if down else None)
+        out = {"devices": devices, "devices_down": down, "pipeline": self.pipeline.stats(),
                "counters": dict(self.counters), "last_loop_error": self.last_loop_error,
                "uplink_counters": {UPLINK_NAME: self.uplink.status()}}
         if self.wifi is not None:
@@ -254,6 +267,8 @@ class Node:
     def close(self):
         self.flush()
         self._carry_out(self.session.close(self.clock.monotonic_ms()))
+        for msg in self.session.goodbye(self.clock.now_ms()):  # a clean stop says offline
+            self._publish(msg)
         for dev in self.devices:
             dev.close()
         self.uplink.close()

@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--migrate", action="store_true",
                        help="bring a PostgreSQL schema up to date before serving")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
+    serve.add_argument("--metrics", metavar="HOST:PORT",
+                       help="serve OpenMetrics on http://HOST:PORT/metrics (off by default; "
+                       "docs/metrics.md). One worker's counters: not with --workers N > 1")
     serve.set_defaults(run=serve_ledger)
     migrate = lsub.add_parser("migrate", help="apply the schema migrations not yet applied")
     migrate.add_argument("--db", required=True, help=DB_HELP)
@@ -124,6 +127,18 @@ def serve_ledger(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"ledger: --workers {args.workers}: must be 1 or more", file=sys.stderr)
         return 2
+    bind = None
+    if args.metrics is not None:
+        from firmware.core.bind_address import BIND_FORM, parse_bind
+        try:
+            bind = parse_bind(args.metrics)
+        except ValueError as exc:
+            print(f"ledger: --metrics: {exc}; expected {BIND_FORM}", file=sys.stderr)
+            return 2
+        if args.workers > 1:
+            print("ledger: --metrics with --workers N > 1: each worker counts alone; start "
+                  "workers with --shared GROUP and a --metrics port each", file=sys.stderr)
+            return 2
     if args.workers > 1:
         if backend != "postgresql":
             print("ledger: --workers N > 1 needs --db postgresql://... (a SQLite file has "
@@ -147,6 +162,19 @@ def serve_ledger(args: argparse.Namespace) -> int:
         print(f"ledger: {exc}", file=sys.stderr)
         store.close()
         return 1
+    endpoint = None
+    if bind is not None:
+        from firmware.core.errors import ConfigError
+        from firmware.edges.metrics import MetricsEndpoint
+        from host_tools.ledger.metrics import LedgerCollector
+        try:
+            endpoint = MetricsEndpoint(LedgerCollector(service), bind, "--metrics").start()
+        except ConfigError as exc:
+            print(f"ledger: {exc}", file=sys.stderr)
+            service.stop()
+            store.close()
+            return 2
+        print(f"ledger: metrics on http://{bind[0]}:{endpoint.port}/metrics", flush=True)
     print(f"ledger: serving {len(keys)} gateway(s) from {args.broker} into "
           f"{store.description}" + (f" as a worker of $share/{args.shared}" if args.shared
                                     else ""), flush=True)
@@ -154,6 +182,8 @@ def serve_ledger(args: argparse.Namespace) -> int:
         while not done.wait(5):
             logging.getLogger("ledger").info("counters %s", service.counters)
     finally:
+        if endpoint is not None:
+            endpoint.stop()
         service.stop()
         store.close()
     print(f"ledger: stopped; {service.counters}")

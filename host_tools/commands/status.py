@@ -1,5 +1,10 @@
 """``status --broker URL [--gateway GW]``: a live table of gateways from their retained
-status messages, redrawn in place on a terminal (host_tools/status_table.py)."""
+status messages, redrawn in place on a terminal (host_tools/status_table.py).
+
+``--once`` is a monitoring plugin (Nagios, Icinga, Sensu): one line ``STATE: reason``,
+then the table, and the exit code 0 ok, 1 warning, 2 critical, 3 unknown, judged by
+``host_tools/status_judge.py`` from each status's own time stamp and alarms. With
+``--site-dir`` the provisioned gateways that never reported are listed (a warning)."""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ import time
 
 from firmware.core import topics
 
-CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: the table is redrawn in place
+CLEAR = "\x1b[H\x1b[2J"
+UNKNOWN = 3  # the monitoring-plugin code (host_tools/status_judge.py)  # cursor home, clear screen: the table is redrawn in place
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "gateway: state (online, offline from its last will, stale when "
                        "silent), uplink, backlog, in-flight batches, devices in error, clock "
                        "offset, alarms. Redrawn in place every --refresh-s on a terminal; "
-                       "with --once (or when not a terminal) printed once after --wait-s.")
+                       "with --once (or when not a terminal) printed once after --wait-s, "
+                       "as a monitoring plugin: a first line 'OK|WARNING|CRITICAL|UNKNOWN: "
+                       "reason' and exit 0, 1, 2 or 3.")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT: the broker's loopback "
                    "listener, which the generated ACL lets read every status; mqtts://HOST:PORT "
                    "with --ca/--cert/--key needs an ACL entry for that certificate's CN")
@@ -29,9 +37,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", help="client key for mqtts://")
     p.add_argument("--refresh-s", type=float, default=1.0, help="redraw period (default 1)")
     p.add_argument("--stale-s", type=float, default=30.0,
-                   help="an online gateway silent this long is shown stale (default 30)")
+                   help="an online gateway whose last status is this old is stale, critical "
+                   "with --once (default 30; keep it above the gateways' [status] period_s)")
     p.add_argument("--once", action="store_true",
-                   help="print the table once and exit (1 if --gateway is not online)")
+                   help="judge once and exit with monitoring-plugin codes: 0 ok, 1 warning "
+                   "(an alarm such as device_down), 2 critical (offline, stale, no_ack, "
+                   "journal full), 3 unknown (never seen, broker unreachable)")
+    p.add_argument("--site-dir", metavar="DIR",
+                   help="a provisioned site directory: list its gateways that never reported")
     p.add_argument("--wait-s", type=float, default=3.0,
                    help="with --once: how long to collect retained messages (default 3; "
                    "with --gateway, only until it has reported)")
@@ -43,19 +56,26 @@ def _run(args: argparse.Namespace) -> int:
     from host_tools.status_table import StatusBoard, StatusSubscriber, render
     board = StatusBoard()
     topic = topics.topic(args.site, args.gateway or "+", topics.STATUS)
+    # A monitoring system reads 2 as critical: with --once, trouble of our own is unknown.
+    own_trouble = UNKNOWN if args.once else 2
     try:
+        provisioned = _provisioned(args.site_dir) if args.site_dir else []
         sub = StatusSubscriber(board, args.broker, topic, args.ca, args.cert, args.key)
-    except (ValueError, OSError) as exc:  # bad URL, unreadable TLS files
+    except (ValueError, OSError) as exc:  # bad URL, unreadable TLS files or site
         print(f"status: {exc}", file=sys.stderr)
-        return 2
+        if args.once:
+            print(f"UNKNOWN: {exc}")
+        return own_trouble
     sub.start()
     try:
         if not sub.connected.wait(10):
             why = sub.refused or "no connection: is the broker running, is the port right?"
             print(f"status: cannot reach {args.broker} within 10 s ({why})", file=sys.stderr)
-            return 1
+            if args.once:
+                print(f"UNKNOWN: cannot reach {args.broker} ({why})")
+            return UNKNOWN if args.once else 1
         if args.once or not sys.stdout.isatty():
-            return _once(args, board, render)
+            return _once(args, board, render, provisioned)
         n = 0
         while args.count == 0 or n < args.count:  # until Ctrl-C, or --count redraws
             n += 1
@@ -72,15 +92,29 @@ def _run(args: argparse.Namespace) -> int:
         sub.stop()
 
 
-def _once(args: argparse.Namespace, board, render) -> int:  # type: ignore[no-untyped-def]
+def _provisioned(site_dir: str) -> list[str]:
+    """The site's gateways not revoked (``site.json``); ValueError when it cannot be read."""
+    from host_tools.provision.registry import Site
+    return sorted(gw for gw, e in Site(site_dir).load().gateways.items()
+                  if not e.get("revoked"))
+
+
+def _once(args: argparse.Namespace, board, render,  # type: ignore[no-untyped-def]
+          provisioned: list[str]) -> int:
+    from host_tools.status_judge import judge, status_age_s, summary
     deadline = time.monotonic() + args.wait_s
     while time.monotonic() < deadline:  # bounded by --wait-s
         if args.gateway and board.get(args.gateway) is not None:
             break
         board.changed.wait(min(0.1, max(0.0, deadline - time.monotonic())))
         board.changed.clear()
-    print(render(board.rows(time.monotonic(), args.stale_s)))
-    if args.gateway:
-        doc = board.get(args.gateway)
-        return 0 if doc is not None and doc.get("state") == "online" else 1
-    return 0
+    now, wall_ms = time.monotonic(), int(time.time() * 1000)
+    results = {}
+    for _, gw, seen, retained, doc in board.entries():
+        results[gw] = judge(doc, status_age_s(doc, wall_ms, now - seen, retained), args.stale_s)
+    wanted = [args.gateway] if args.gateway else provisioned
+    never = [gw for gw in wanted if gw not in results and gw in provisioned]
+    code, line = summary(results, never, args.gateway)
+    print(line)
+    print(render(board.rows(now, args.stale_s, wall_ms)))
+    return code

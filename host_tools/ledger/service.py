@@ -84,7 +84,9 @@ class LedgerService:
                              "certificate and key" if tls else "certificate files given for "
                              "a plain mqtt:// broker; use mqtts://"))
         self.shared_group = shared_group
-        self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0}
+        self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0,
+                         "store_unavailable": 0}
+        self.events_by_gateway: dict[str, int] = {}  # new events stored, per gateway
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
@@ -135,6 +137,13 @@ class LedgerService:
             return
         client.subscribe(self.topic, qos=1)
         log.info("ledger: subscribed to %s on %s:%d", self.topic, self.host, self.port)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, per-gateway events and the broker link, read together (metrics)."""
+        with self._lock:
+            return {"counters": dict(self.counters), "events_by_gateway":
+                    dict(self.events_by_gateway), "connected": self.client.is_connected(),
+                    "queued": self._inbox.qsize()}
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self._inbox.put(msg)  # the writer thread stores, acks and PUBACKs
@@ -202,6 +211,8 @@ class LedgerService:
                 self.counters["batches"] += 1
                 self.counters["events"] += new
                 self.counters["duplicates"] += dup
+                self.events_by_gateway[batch.gateway] = \
+                    self.events_by_gateway.get(batch.gateway, 0) + new
             ack = encode_ack(self.signers[batch.gateway], batch.epoch, batch.first_seq,
                              batch.last_seq, now, duplicates=dup)
             self.client.publish(topics.reply_to(topic), ack, qos=1)
@@ -240,6 +251,8 @@ class LedgerService:
 
     def _store_failed(self, batch: Batch, exc: Exception) -> str | None:
         if self.store.transient(exc):
+            with self._lock:
+                self.counters["store_unavailable"] += 1
             log.error("ledger: the store is unavailable (%s: %s); batch %s %d..%d left "
                       "unacknowledged", type(exc).__name__, exc, batch.gateway,
                       batch.first_seq, batch.last_seq)

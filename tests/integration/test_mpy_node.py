@@ -235,7 +235,15 @@ def test_garbage_from_the_scanner_is_rejected_and_counted(rig: NodeRig) -> None:
     assert last["state"] == "online" and last["runtime"] == "micropython"
     assert last["devices"][0]["last_error"] is None  # good scans since
     assert last["pipeline"]["masked"] == 1
-    rig.stop()
+    assert last["version"] and last["ts_ms"] > 0 and last["devices_down"] == []
+    # A clean stop says offline itself (the broker's last will is for vanishing).
+    sub.loop_start()
+    try:
+        rig.stop()
+        assert wait_for(lambda: seen[-1]["state"] == "offline", 10), seen[-1:]
+    finally:
+        sub.loop_stop()
+    assert seen[-1]["reason"] == "stopped" and seen[-1]["boot_id"] == last["boot_id"]
 
 
 def test_signed_commands_are_obeyed_and_a_replay_is_refused(tmp_path: Path) -> None:

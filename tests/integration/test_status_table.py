@@ -1,6 +1,7 @@
 """``python -m host_tools status``: a real agent process publishes its retained status
 to mosquitto; the tool shows it online, then offline once the agent is SIGKILLed and
-the broker publishes its last will; on a terminal the table is redrawn in place."""
+the broker publishes its last will (critical with ``--once``); on a terminal the table is
+redrawn in place. The clean stop and the alarms: ``test_status_truth.py``."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def test_a_live_gateway_is_online_and_a_killed_one_turns_offline(tmp_path: Path)
             assert wait_for(lambda: (board.get("gw-t") or {}).get("state") == "online", 30)
             out = status_cli("--broker", broker.url, "--gateway", "gw-t", "--once")
             assert out.returncode == 0, out.stderr
-            header, row = out.stdout.splitlines()[:2]
+            summary, header, row = out.stdout.splitlines()[:3]
+            assert summary.startswith("OK: online, uplink primary, backlog ")
             assert header.split()[:4] == ["GATEWAY", "SITE", "STATE", "UPLINK"]
             assert row.split()[:4] == ["gw-t", "lab", "online", "primary"]
             agent.send_signal(signal.SIGKILL)
@@ -49,8 +51,11 @@ def test_a_live_gateway_is_online_and_a_killed_one_turns_offline(tmp_path: Path)
             # broker publishes the agent's last will (retained "offline").
             assert wait_for(lambda: (board.get("gw-t") or {}).get("state") == "offline", 30)
             out = status_cli("--broker", broker.url, "--gateway", "gw-t", "--once")
-            assert out.returncode == 1
-            assert out.stdout.splitlines()[1].split()[:3] == ["gw-t", "lab", "offline"]
+            assert out.returncode == 2  # critical, as a monitoring plugin says
+            lines = out.stdout.splitlines()
+            assert lines[0] == ("CRITICAL: gw-t offline (connection lost: the broker sent its "
+                                "last will)")
+            assert lines[2].split()[:3] == ["gw-t", "lab", "offline"]
         finally:
             sub.stop()
             if agent.poll() is None:
@@ -101,6 +106,10 @@ def test_stale_full_and_unreadable_statuses_are_shown_as_such() -> None:
 
 
 @pytest.mark.parametrize("url", ["tcp://x:1", "mqtt://", "mqtt://h:port"])
-def test_a_bad_broker_url_is_exit_2(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert host_tools(["status", "--broker", url, "--once"]) == 2
+def test_a_bad_broker_url_is_exit_2_or_unknown_for_a_monitor(
+        url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert host_tools(["status", "--broker", url]) == 2
     assert "expected mqtt://HOST:PORT or mqtts://HOST:PORT" in capsys.readouterr().err
+    assert host_tools(["status", "--broker", url, "--once"]) == 3  # plugin: unknown
+    out = capsys.readouterr()
+    assert "expected mqtt://HOST:PORT" in out.err and out.out.startswith("UNKNOWN: ")

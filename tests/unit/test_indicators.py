@@ -190,3 +190,11 @@ def test_status_lights_policy():
                          "journal_refusing_txn": True, "devices_in_error": 1})
     assert (busy["uplink"], busy["backlog_amber"], busy["backlog_red"]) == ("blink", "on", "on")
     assert desired_leds({"uplink": "none"})["uplink"] == "off"
+
+
+def test_a_device_down_lights_the_fault_led_like_one_in_error():
+    devices = [{"name": "plc1", "state": "disconnected"}, {"name": "scale1", "state": "ok"}]
+    down = snap(devices_in_error=1, devices=devices, devices_down=["plc1"])
+    assert active_faults(down) == {"plc1"}
+    assert desired_leds(down)["fault"] == BLINK
+    assert desired_leds(snap(devices_in_error=0, devices=devices))["fault"] == OFF

@@ -318,3 +318,96 @@ def test_the_link_going_up_and_down_is_journaled_as_an_incident():
     inc = of(sess.poll(40, WALL + 40), s.Incident)
     assert [(i.kind, i.data) for i in inc] == [
         ("link", {"state": "offline", "uplink": None, "since_ms": WALL + 40})]
+
+
+def test_every_status_says_when_who_and_since_when():
+    j = journal_with(0)
+    sess = s.LinkSession(j, SITE, GW, Signer(KEY), ["eth"], 1000, version="9.9.9",
+                         boot_id="b007")
+    sess.uplink_changed("eth", True, 1000)
+    sess.poll(62000, WALL)
+    doc = sess.status(WALL)
+    assert doc["ts_ms"] == WALL and doc["version"] == "9.9.9" and doc["boot_id"] == "b007"
+    assert doc["uptime_s"] == 61 and doc["oldest_unacked_age_s"] is None
+    assert sess.status(WALL, None, 121000)["uptime_s"] == 120
+    topic, will = s.last_will(SITE, GW, "9.9.9", "b007")
+    will = json.loads(will)
+    assert will["state"] == "offline" and will["reason"] == "connection_lost"
+    assert will["boot_id"] == "b007"
+
+
+def test_a_clean_stop_says_offline_on_every_connected_uplink():
+    sess = session_for(journal_with(0))
+    up(sess, 0)
+    sess.uplink_changed("lte", True, 1)
+    msgs = sess.goodbye(WALL + 5)
+    assert [m.uplink for m in msgs] == ["eth", "lte"]
+    doc = json.loads(msgs[0].payload)
+    assert msgs[0].retain and msgs[0].topic == topics.topic(SITE, GW, topics.STATUS)
+    assert doc["state"] == "offline" and doc["reason"] == "stopped" and doc["ts_ms"] == WALL + 5
+    sess.uplink_changed("eth", False, 2)
+    sess.uplink_changed("lte", False, 2)
+    assert sess.goodbye(WALL + 6) == []
+
+
+def test_the_oldest_unacked_record_is_aged_from_its_own_stamp():
+    st = MemoryStorage(storage_size(4096, 6))
+    Journal.format(st, 4096, 0xC0FFEE, GW)
+    j = Journal.open(st)
+    j.append(b'{"i":1}', rec.TXN, (WALL - 42000) << 16)
+    j.append(b'{"i":2}', rec.TXN, (WALL - 1000) << 16)
+    j.flush()
+    sess = session_for(j)
+    assert sess.status(WALL)["oldest_unacked_age_s"] == 42.0
+    up(sess, 0)
+    out = sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 1, 2, WALL), 10, WALL)
+    for c in of(out + sess.poll(600, WALL + 600), s.Commit):
+        j.commit(c.seq, c.pos)
+    assert sess.status(WALL)["oldest_unacked_age_s"] is None
+
+
+def test_records_waiting_with_no_ack_raise_no_ack_until_one_comes():
+    j = journal_with(3)
+    sess = session_for(j, no_ack_ms=30000)
+    up(sess, 0)
+    assert sess.next_deadline_ms(1) == 1000  # the ack timeout comes before no_ack's
+    for t in range(1000, 30000, 1000):  # the ledger is silent: resends, no alarm yet
+        sess.poll(t, WALL + t)
+    assert "no_ack" not in sess.alarms
+    notes = of(sess.poll(30000, WALL + 30000), s.Note)
+    assert [n.fields for n in notes if n.what == "alarm"] == [
+        {"alarm": "no_ack", "detail": "no ack for 30 s while 3 records wait"}]
+    doc = sess.status(WALL + 30000)
+    assert doc["alarms"] == ["no_ack"] and "3 records" in doc["alarm_detail"]["no_ack"]
+    out = sess.message("eth", ACK, encode_ack(LEDGER, j.epoch, 1, 3, WALL), 30001, WALL)
+    assert [n.what for n in of(out, s.Note)] == ["acked", "alarm_cleared"]
+    assert "no_ack" not in sess.alarms
+
+
+def test_an_outage_with_records_waiting_raises_no_ack_too():
+    sess = session_for(journal_with(1), no_ack_ms=5000)
+    sess.poll(0, WALL)  # no uplink ever came up
+    sess.poll(5000, WALL + 5000)
+    assert "no_ack" in sess.alarms
+    assert sess.next_deadline_ms(5001) is None  # nothing to spin on meanwhile
+
+
+def test_an_idle_gateway_never_raises_no_ack():
+    sess = session_for(journal_with(0), no_ack_ms=5000)
+    up(sess, 0)
+    sess.poll(60000, WALL + 60000)
+    assert "no_ack" not in sess.alarms
+
+
+def test_devices_down_count_as_in_error_and_the_alarm_carries_their_names():
+    sess = session_for(journal_with(0))
+    notes = sess.alarm("device_down", True, "plc1,scale1")
+    assert notes[0].fields == {"alarm": "device_down", "detail": "plc1,scale1"}
+    assert sess.alarm("device_down", True, "plc1,scale1") == []
+    assert sess.alarm("device_down", True, "plc1")[0].fields["detail"] == "plc1"
+    doc = sess.status(WALL, {"devices": [{"name": "plc1", "state": "disconnected"},
+                                         {"name": "scan", "state": "error"}],
+                             "devices_down": ["plc1"]})
+    assert doc["devices_in_error"] == 2 and doc["alarm_detail"] == {"device_down": "plc1"}
+    sess.alarm("device_down", False)
+    assert sess.status(WALL)["alarm_detail"] == {}

@@ -109,6 +109,13 @@ def test_the_site_overrides_the_board_key_by_key():
     ({"uplinks__eth__broker": "mqtt://x:abc"}, "uplinks.eth.broker", "mqtt://HOST:PORT"),
     ({"uplinks__eth__priority": -1}, "uplinks.eth.priority", "0 to 1000"),
     ({"uplinks__eth__qos": 2}, "uplinks.eth.qos", "broker"),
+    ({"metrics": {"bind": "9108"}}, "metrics.bind", "HOST:PORT, e.g."),
+    ({"metrics": {"bind": "::1:9108"}}, "metrics.bind", "brackets"),
+    ({"metrics": {"bind": "h:99999"}}, "metrics.bind", "0 to 65535"),
+    ({"metrics": {"bind": 9108}}, "metrics.bind", "HOST:PORT"),
+    ({"metrics": {"port": 9108}}, "metrics.port", "bind"),
+    ({"status": {"no_ack_s": 0}}, "status.no_ack_s", "1 to 86400"),
+    ({"status": {"device_down_s": -1}}, "status.device_down_s", "stale_s"),
 ])
 def test_each_bad_value_names_its_key_and_what_is_allowed(changes, key, words):
     with pytest.raises(ConfigError) as err:
@@ -201,3 +208,10 @@ def test_two_uplinks_without_a_priority_are_refused_too():
         validate(doc(uplinks__lte__priority=DELETE, uplinks__eth__priority=DELETE), CHECKS)
     assert err.value.key == "uplinks.eth.priority", str(err.value)
     assert "100 is also uplinks.lte's" in str(err.value)
+
+
+def test_metrics_are_off_unless_bound_and_the_status_limits_default():
+    cfg = validate(doc(), CHECKS)
+    assert (cfg.metrics_bind, cfg.no_ack_s, cfg.device_down_s) == (None, 30.0, 10.0)
+    cfg = validate(doc(metrics={"bind": "[::1]:9108"}, status={"no_ack_s": 45}), CHECKS)
+    assert (cfg.metrics_bind, cfg.no_ack_s) == (("::1", 9108), 45.0)
