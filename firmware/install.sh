@@ -7,7 +7,8 @@
 # --target ssh://... runs it). Nothing is fetched from a network:
 #  1. the system user midshift (groups midshift, dialout, gpio) from
 #     /usr/lib/sysusers.d/midshift.conf by systemd-sysusers, or useradd where it is absent;
-#  2. /opt/midshift/.venv made afresh by PY (default python3) with midshift and its
+#  2. /opt/midshift/.venv made afresh by PY (default /usr/bin/python3, the OS's: the
+#     service's user must be able to read it) with midshift and its
 #     dependencies from /opt/midshift/wheels only (pip --no-index);
 #  3. the keys for the service and no one else: /etc/midshift/keys root:midshift 0750,
 #     *.key and *.token root:midshift 0640, certificates 0644;
@@ -26,7 +27,9 @@ prog=install.sh
 die() { echo "$prog: $*" >&2; exit 2; }
 fail() { echo "$prog: $*" >&2; exit 1; }
 
-root=/ python=python3 start=1
+root=/ python=/usr/bin/python3 start=1
+# This machine's Python settings are not the agent's.
+unset PYTHONPATH PYTHONHOME PYTHONSTARTUP PYTHONUSERBASE
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) root=${2:-}; shift 2 || die "--root needs a directory" ;;

@@ -211,8 +211,9 @@ def _validate(root: Path, template_path: Path) -> None:
     except ConfigError as exc:
         text = (str(exc).replace(str(site_file), f"{template_path} (rendered)")
                 .replace(str(board_file), str(BOARD_DIR / f"{board_name}.toml")))
-        raise BundleError(f"--config {template_path}: the rendered site file does not "
-                          f"validate: {text}") from None
+        if str(template_path) not in text:
+            text = f"--config {template_path}: {text}"
+        raise BundleError(f"the rendered site file does not validate: {text}") from None
 
 
 def _manifest(staging: Path, gateway: str, site: str, board: str,
