@@ -202,3 +202,49 @@ def test_bundle_errors_name_the_template_and_missing_parents_are_created(
     assert _bundle(site, deep) == 0
     assert (deep / "manifest.json").exists()
     assert not list(deep.parent.glob(".bundle-*"))
+
+
+def _fake_wheelhouse(tmp: Path) -> Path:
+    """A wheelhouse as build_wheelhouse leaves it, without the index (contents not
+    installable: for the bundle's layout and flash.sh's plan only)."""
+    import hashlib
+    import json
+    wh = tmp / "fake-wheels"
+    wh.mkdir(exist_ok=True)
+    names = ["midshift-0.1.0-py3-none-any.whl", "pyserial-3.5-py2.py3-none-any.whl"]
+    for n in names:
+        (wh / n).write_bytes(n.encode())
+    (wh / "wheelhouse.json").write_text(json.dumps({
+        "arch": "aarch64", "python": "3.11",
+        "wheels": {n: hashlib.sha256(n.encode()).hexdigest() for n in names}}))
+    return wh
+
+
+def test_a_bundle_with_wheels_carries_them_the_installer_and_no_source_tree(
+        site: dict[str, Any]) -> None:
+    out = site["tmp"] / "fake-wheel-bundle"
+    assert _bundle(site, out, "--wheels", str(_fake_wheelhouse(site["tmp"]))) == 0
+    root = out / "root"
+    assert (root / "opt/midshift/wheels/midshift-0.1.0-py3-none-any.whl").is_file()
+    assert (root / "opt/midshift/wheels/wheelhouse.json").is_file()
+    assert (root / "opt/midshift/install.sh").stat().st_mode & 0o777 == 0o755
+    assert "u midshift" in (root / "usr/lib/sysusers.d/midshift.conf").read_text()
+    assert not (root / "opt/midshift/firmware").exists()
+    import json
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["wheelhouse"] == {"arch": "aarch64", "python": "3.11"}
+    plan = run("bash", str(ROOT / "flash.sh"), "--bundle", str(out), "--target",
+               "ssh://pi@gw-01.local", "--sudo", "--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    last = plan.stdout.splitlines()[-1]
+    assert "sudo -n sh -c" in last and last.endswith('/opt/midshift/install.sh"\'')
+
+
+def test_a_changed_wheelhouse_is_refused(site: dict[str, Any],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    wh = _fake_wheelhouse(site["tmp"])
+    (wh / "pyserial-3.5-py2.py3-none-any.whl").write_bytes(b"something else")
+    assert _bundle(site, site["tmp"] / "refused", "--wheels", str(wh)) == 2
+    err = capsys.readouterr().err
+    assert "pyserial-3.5-py2.py3-none-any.whl is missing or changed" in err
+    assert not (site["tmp"] / "refused").exists()
