@@ -133,8 +133,12 @@ def _assert_installed(root: Path) -> None:
                            capture_output=True, text=True, timeout=60, env=env,
                            cwd=root / "opt/midshift")
     assert "/opt/midshift/.venv/lib/" in where.stdout, where.stdout
-    version = run(str(root / "opt/midshift/.venv/bin/midshift-agent"), "--version", env=env)
-    assert version.stdout.startswith("midshift 0."), version
+    venv = root / "opt/midshift/.venv"
+    for script in ("midshift-agent", "midshift", "midshift-sim", "midshift-bench"):
+        version = run(str(venv / "bin" / script), "--version", env=env)
+        assert version.stdout.startswith("midshift 0."), version
+    boards = list(venv.glob("lib/python*/site-packages/board_configs/*.toml"))
+    assert {"rpi4-eth-lte.toml", "cm4-dual-eth.toml", "sim.toml"} <= {b.name for b in boards}
 
 
 @pytest.mark.network
