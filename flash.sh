@@ -2,7 +2,7 @@
 # flash.sh: put a gateway's bundle (python -m host_tools bundle) onto its target.
 #
 #   flash.sh --bundle DIR --target PATH [--require-mount] [--owner UID:GID] [--dry-run]
-#   flash.sh --bundle DIR --target ssh://USER@HOST[:PORT] [--dry-run]
+#   flash.sh --bundle DIR --target ssh://USER@HOST[:PORT] [--sudo] [--dry-run]
 #   flash.sh --bundle DIR --target mpy:PORT [--dry-run]   (MicroPython: host_tools/mpy_flash.py)
 #
 # PATH is the root of the card's file system: a mounted SD card, an image mounted with
@@ -14,7 +14,11 @@
 #
 # ssh: files go over rsync (--checksum, so unchanged files are not sent) or scp when
 # rsync is missing, then `systemctl daemon-reload` and `systemctl enable --now midshift`,
-# plus a restart when rsync changed something (always after scp, which cannot tell).
+# plus a restart when rsync changed something (always after scp, which cannot tell); a
+# bundle with wheels runs its /opt/midshift/install.sh instead (user, venv, keys, unit).
+# Root is needed there: ssh://root@HOST, or --sudo for a user with passwordless sudo
+# (rsync runs as `sudo -n rsync`; scp stages in ~/midshift-flash, then `sudo -n cp`).
+# Any other user without --sudo is refused before anything is sent.
 # --dry-run prints those commands only: it does not connect.
 #
 # --site-dir DIR appends what was done to that site's audit log.
@@ -28,7 +32,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 die() { echo "$prog: $*" >&2; exit 2; }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-bundle="" target="" dry_run=0 require_mount=0 owner="" site_dir=""
+bundle="" target="" dry_run=0 require_mount=0 owner="" site_dir="" sudo=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=${2:-}; shift 2 || die "--bundle needs a directory" ;;
@@ -36,6 +40,7 @@ while [ $# -gt 0 ]; do
     --owner) owner=${2:-}; shift 2 || die "--owner needs UID:GID" ;;
     --site-dir) site_dir=${2:-}; shift 2 || die "--site-dir needs a directory" ;;
     --dry-run) dry_run=1; shift ;;
+    --sudo) sudo=1; shift ;;
     --require-mount) require_mount=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -94,14 +99,39 @@ if [[ "$target" == ssh://* ]]; then
   [[ "$hostpart" =~ ^[A-Za-z0-9._-]+@[A-Za-z0-9._:-]+$ ]] || die "--target $target: expected ssh://USER@HOST[:PORT]"
   port=22
   if [[ "$hostpart" =~ ^(.*):([0-9]+)$ ]]; then hostpart=${BASH_REMATCH[1]}; port=${BASH_REMATCH[2]}; fi
+  # Writing / and running systemctl need root there: root@HOST, or USER through sudo.
+  if [ "${hostpart%%@*}" != root ] && [ "$sudo" = 0 ]; then
+    die "--target $target: flashing writes / and runs systemctl on the gateway, which needs root: use ssh://root@HOST, or --sudo (USER needs passwordless sudo there)"
+  fi
+  su=""; [ "$sudo" = 1 ] && su="sudo -n "
+  stage=""
   if command -v rsync >/dev/null 2>&1; then
-    copy=(rsync -rlp --checksum --itemize-changes -e "ssh -p $port" "$bundle/root/" "$hostpart:/")
+    copy=(rsync -rlp --checksum --itemize-changes -e "ssh -p $port")
+    [ "$sudo" = 0 ] || copy+=(--rsync-path "sudo -n rsync")
+    copy+=("$bundle/root/" "$hostpart:/")
+  elif [ "$sudo" = 1 ]; then  # scp writes as USER: into USER's home first, then sudo cp
+    stage=midshift-flash
+    copy=(scp -P "$port" -p -r "$bundle/root/." "$hostpart:$stage/")
   else
     copy=(scp -P "$port" -p -r "$bundle/root/." "$hostpart:/")
   fi
-  # Keys readable by the service's user only; daemon-reload picks up a changed unit;
-  # enable --now starts a stopped service; a restart only when files changed.
-  remote='chmod 700 /etc/midshift/keys && chmod 600 /etc/midshift/keys/*.key && if id midshift >/dev/null 2>&1; then chown -R midshift:midshift /etc/midshift/keys; fi && systemctl daemon-reload && systemctl enable --now midshift'
+  if [ -f "$bundle/root/opt/midshift/install.sh" ]; then
+    # A bundle with wheels: install.sh makes the user and the venv, gives the keys to the
+    # service, checks the config as the service's user, enables and (re)starts it.
+    remote_changed="/opt/midshift/install.sh"
+    remote_same="systemctl enable --now midshift"
+  else
+    # Keys readable by the service's user only; daemon-reload picks up a changed unit;
+    # enable --now starts a stopped service; a restart only when files changed.
+    remote_same='chmod 700 /etc/midshift/keys && chmod 600 /etc/midshift/keys/*.key && if id midshift >/dev/null 2>&1; then chown -R midshift:midshift /etc/midshift/keys; fi && systemctl daemon-reload && systemctl enable --now midshift'
+    remote_changed="$remote_same && systemctl restart midshift"
+  fi
+  if [ -n "$stage" ]; then
+    unstage="cp -r --preserve=mode,timestamps $stage/. / && rm -rf $stage && "
+    remote_same="$unstage$remote_same" remote_changed="$unstage$remote_changed"
+  fi
+  # The remote commands hold no quote, $ or backslash: safe inside double quotes.
+  as_root() { if [ "$sudo" = 1 ]; then echo "sudo -n sh -c \"$1\""; else echo "$1"; fi; }
   show() {  # a command as one copy-pastable line
     local a out=""
     for a in "$@"; do
@@ -113,18 +143,34 @@ if [[ "$target" == ssh://* ]]; then
   }
   if [ "$dry_run" = 1 ]; then
     echo "dry run: bundle for ${gateway:-?} verified; would run (nothing is sent now):"
+    [ "$sudo" = 0 ] || show ssh -p "$port" "$hostpart" "sudo -n true"
+    [ -z "$stage" ] || show ssh -p "$port" "$hostpart" "rm -rf $stage && mkdir -m 700 $stage"
     show "${copy[@]}"
-    show ssh -p "$port" "$hostpart" "$remote && systemctl restart midshift  # if files changed"
+    if [ "${copy[0]}" = rsync ]; then
+      show ssh -p "$port" "$hostpart" "$(as_root "$remote_changed")  # if files changed, else: $(as_root "$remote_same")"
+    else
+      show ssh -p "$port" "$hostpart" "$(as_root "$remote_changed")"
+    fi
     exit 0
   fi
-  echo "copying bundle for ${gateway:-?} to $hostpart (port $port) with ${copy[0]}"
+  if [ "$sudo" = 1 ] && ! ssh -p "$port" "$hostpart" "sudo -n true" </dev/null; then
+    echo "$prog: ${hostpart%%@*} on ${hostpart#*@} cannot sudo without a password (sudo -n true failed): flash.sh runs unattended; add a NOPASSWD sudo rule for it or use ssh://root@HOST" >&2
+    exit 1
+  fi
+  if [ -n "$stage" ]; then
+    ssh -p "$port" "$hostpart" "rm -rf $stage && mkdir -m 700 $stage" </dev/null \
+      || { echo "$prog: cannot make ~/$stage on $hostpart" >&2; exit 1; }
+  fi
+  echo "copying bundle for ${gateway:-?} to $hostpart (port $port) with ${copy[0]}${su:+ and sudo}"
   sent=$("${copy[@]}") || { echo "$prog: copy to $hostpart failed" >&2; exit 1; }
   # rsync itemizes what it changed (nothing: no output); scp cannot tell, so assume change.
+  remote=$remote_same
   if [ "${copy[0]}" = scp ] || [ -n "$sent" ]; then
     [ -z "$sent" ] || echo "$sent"
-    remote="$remote && systemctl restart midshift"
+    remote=$remote_changed
   fi
-  ssh -p "$port" "$hostpart" "$remote" || { echo "$prog: enabling midshift on $hostpart failed" >&2; exit 1; }
+  ssh -p "$port" "$hostpart" "$(as_root "$remote")" </dev/null \
+    || { echo "$prog: installing or enabling midshift on $hostpart failed (see above)" >&2; exit 1; }
   audit flash "${gateway:-?}" "ssh://$hostpart:$port"
   echo "flashed ${gateway:-?} to $hostpart; midshift enabled${sent:+ and restarted}"
   exit 0

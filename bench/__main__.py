@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from firmware import __version__
+
 BENCHMARKS = {p.name.removesuffix("_bench.py"): f"bench.{p.stem}"
               for p in Path(__file__).parent.glob("*_bench.py")}
 
@@ -23,6 +25,7 @@ BENCHMARKS = {p.name.removesuffix("_bench.py"): f"bench.{p.stem}"
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"midshift {__version__}")
     p.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark to run")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")

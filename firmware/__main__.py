@@ -24,6 +24,7 @@ import sys
 import threading
 from typing import Any
 
+from firmware import __version__
 from firmware.core.errors import ConfigError, MidshiftError
 from firmware.core.site_config import SiteConfig
 from firmware.edges.preflight import load_checked
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m firmware",
                                      description="midshift gateway agent: reads devices, "
                                      "journals every event, forwards it to the ledger.")
+    parser.add_argument("--version", action="version", version=f"midshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "start the agent until SIGTERM or Ctrl-C"),
                        ("check", "validate a config and print what would run")):

@@ -12,14 +12,17 @@ import argparse
 import importlib
 import sys
 
+from firmware import __version__
+
 # One module per command, in the order --help lists them.
 COMMANDS = ("ledger", "reconcile", "review", "day", "report", "provision", "bundle",
-            "journal", "audit", "status", "command")
+            "journal", "audit", "status", "command", "wheelhouse")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m host_tools",
                                      description="midshift host tools")
+    parser.add_argument("--version", action="version", version=f"midshift {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"host_tools.commands.{name}").register(sub)

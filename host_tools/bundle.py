@@ -5,18 +5,27 @@ Layout of the bundle directory (mode 0700: it holds the gateway's keys)::
     manifest.json   gateway, site, board, when, by whom, and every file's SHA-256 and mode
     SHA256SUMS      the same hashes in ``sha256sum -c`` form, manifest.json included
     root/           the tree as it lands on the card's root file system:
-      opt/midshift/firmware/...          the agent (CPython; the MicroPython node excluded)
+      opt/midshift/firmware/...          the agent (CPython; the MicroPython node excluded),
+                                         unless --wheels: then the agent is the wheel's
       opt/midshift/board_configs/B.toml  the board file
       etc/midshift/site.toml             rendered from the template, then validated
       etc/midshift/keys/                 ca.crt, gateway.crt, gateway.key (unless the key
                                          was made on the device), batch.key, command.key
       etc/systemd/system/midshift.service
+    and with ``--wheels DIR`` (a wheelhouse, ``host_tools/wheelhouse.py``), for an offline
+    install on the gateway by ``/opt/midshift/install.sh`` (docs/install.md):
+      opt/midshift/wheels/*.whl, wheelhouse.json   midshift and every dependency
+      opt/midshift/install.sh                      user, venv (pip --no-index), keys, unit
+      usr/lib/sysusers.d/midshift.conf             the midshift user and its groups
 
 The rendered site file is validated by the agent's own loader against the bundled board
 file before anything is written. The manifest proves integrity (a file changed or added
 after the build is caught by ``flash.sh``), not authorship: anyone who can rewrite the
-bundle can rewrite its manifest. A Python virtual environment with the agent's
-dependencies at ``/opt/midshift/.venv`` (the unit's ExecStart) is the image's job.
+bundle can rewrite its manifest. Without ``--wheels`` the Python virtual environment at
+``/opt/midshift/.venv`` (the unit's ExecStart) is the image's job.
+
+Errors about the rendered site file name the template it came from, never the staging
+directory; a missing parent of ``-o DIR`` is created.
 """
 
 from __future__ import annotations
@@ -111,9 +120,18 @@ def _read_template(path: Path) -> dict[str, Any]:
 
 
 def build_bundle(site: Site, gateway: str, board: str, template_path: Path, out: Path,
-                 force: bool = False, allow_plain: bool = False) -> dict[str, Any]:
-    """Build the bundle in ``out``; returns the manifest. ``site`` is loaded and locked."""
+                 force: bool = False, allow_plain: bool = False,
+                 wheels: Path | None = None) -> dict[str, Any]:
+    """Build the bundle in ``out``; returns the manifest. ``site`` is loaded and locked.
+    ``wheels``: a wheelhouse to carry for an offline install (``install.sh``)."""
     entry = _check_provisioned(site, gateway, board)
+    wheelhouse = None
+    if wheels is not None:
+        from host_tools.wheelhouse import WheelhouseError, load_wheelhouse
+        try:
+            wheelhouse = load_wheelhouse(wheels)
+        except WheelhouseError as exc:
+            raise BundleError(str(exc)) from None
     template = _read_template(template_path)
     try:
         doc = render_site(template, gateway, site.name, board, allow_plain)
@@ -127,13 +145,18 @@ def build_bundle(site: Site, gateway: str, board: str, template_path: Path, out:
                               "another gateway's keys); --force replaces a bundle there")
         if not (out / "manifest.json").exists():
             raise BundleError(f"-o {out} is not empty and holds no bundle: not touching it")
-    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent if out.parent.exists()
-                                    else None))
+    try:  # staged beside ``out`` so that the final rename stays on one filesystem
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BundleError(f"-o {out}: cannot create {out.parent} ({exc.strerror})") from None
+    staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         root = staging / "root"
-        _stage(site, gateway, board, root, text)
-        _validate(root)
-        manifest = _manifest(staging, gateway, site.name, board, entry)
+        _stage(site, gateway, board, root, text, wheels if wheelhouse else None)
+        _validate(root, template_path)
+        manifest = _manifest(staging, gateway, site.name, board, entry,
+                             {k: wheelhouse[k] for k in ("arch", "python")} if wheelhouse
+                             else None)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -147,9 +170,17 @@ def build_bundle(site: Site, gateway: str, board: str, template_path: Path, out:
     return manifest
 
 
-def _stage(site: Site, gateway: str, board: str, root: Path, site_text: str) -> None:
-    for rel in _firmware_files():
-        _copy(FIRMWARE_DIR / rel, root / "opt/midshift/firmware" / rel, 0o644)
+def _stage(site: Site, gateway: str, board: str, root: Path, site_text: str,
+           wheels: Path | None) -> None:
+    if wheels is None:
+        for rel in _firmware_files():
+            _copy(FIRMWARE_DIR / rel, root / "opt/midshift/firmware" / rel, 0o644)
+    else:
+        for whl in sorted(wheels.glob("*.whl")) + [wheels / "wheelhouse.json"]:
+            _copy(whl, root / "opt/midshift/wheels" / whl.name, 0o644)
+        _copy(FIRMWARE_DIR / "install.sh", root / "opt/midshift/install.sh", 0o755)
+        _copy(FIRMWARE_DIR / "midshift.sysusers", root / "usr/lib/sysusers.d/midshift.conf",
+              0o644)
     _copy(BOARD_DIR / f"{board}.toml", root / f"opt/midshift/board_configs/{board}.toml", 0o644)
     _copy(FIRMWARE_DIR / "midshift.service", root / "etc/systemd/system/midshift.service", 0o644)
     etc = root / "etc/midshift"
@@ -167,20 +198,26 @@ def _stage(site: Site, gateway: str, board: str, root: Path, site_text: str) -> 
     keys.chmod(0o700)
 
 
-def _validate(root: Path) -> None:
-    """The agent's own loader on the staged files: what the card will start with."""
+def _validate(root: Path, template_path: Path) -> None:
+    """The agent's own loader on the staged files: what the card will start with. Its
+    errors name the staged file; the user wrote the template, so they name that."""
     from firmware.core.errors import ConfigError
     from firmware.edges.config_file import load_config
     site_file = root / "etc/midshift/site.toml"
     board_name = tomllib.loads(site_file.read_text())["board_config"]
+    board_file = root / f"opt/midshift/board_configs/{board_name}.toml"
     try:
-        load_config(site_file, root / f"opt/midshift/board_configs/{board_name}.toml")
+        load_config(site_file, board_file)
     except ConfigError as exc:
-        raise BundleError(f"the rendered site file does not validate: {exc}") from None
+        text = (str(exc).replace(str(site_file), f"{template_path} (rendered)")
+                .replace(str(board_file), str(BOARD_DIR / f"{board_name}.toml")))
+        if str(template_path) not in text:
+            text = f"--config {template_path}: {text}"
+        raise BundleError(f"the rendered site file does not validate: {text}") from None
 
 
 def _manifest(staging: Path, gateway: str, site: str, board: str,
-              entry: dict[str, Any]) -> dict[str, Any]:
+              entry: dict[str, Any], wheelhouse: dict[str, str] | None) -> dict[str, Any]:
     files = {}
     for p in sorted((staging / "root").rglob("*")):
         if p.is_file():
@@ -192,6 +229,8 @@ def _manifest(staging: Path, gateway: str, site: str, board: str,
                 "created_by": os_user(), "source": source_version(),
                 "certificate_serial": cert["serial"],
                 "key_on_device": cert["key_origin"] == "device", "files": files}
+    if wheelhouse:  # what the wheels fit: install.sh refuses another Python or machine
+        manifest["wheelhouse"] = wheelhouse
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     sums = [f"{v['sha256']}  {k}" for k, v in files.items()]
     sums.append(f"{sha256_file(staging / 'manifest.json')}  manifest.json")

@@ -24,6 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from firmware import __version__
 from simulator import devices as device_types
 from simulator.children import Stopped, deferred_stop, stop_on_signals
 from simulator.network import (
@@ -206,6 +207,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m simulator", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"midshift {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     mode_help = "\n".join(

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-plain-mqtt", action="store_true",
                    help="accept mqtt:// uplinks (a lab without TLS)")
     p.add_argument("--force", action="store_true", help="replace an older bundle in DIR")
+    p.add_argument("--wheels", type=Path, metavar="WHEELHOUSE",
+                   help="carry the agent's wheels for an offline install on the gateway "
+                   "(/opt/midshift/install.sh); make one with `wheelhouse --arch ARCH`")
     p.set_defaults(run=_run)
 
 
@@ -45,11 +48,13 @@ def _run(args: argparse.Namespace) -> int:
                               "gateway's devices and uplinks")
         with Site(args.site_dir) as site:
             manifest = build_bundle(site.load(), args.gateway, args.board, args.config,
-                                    args.out, args.force, args.allow_plain_mqtt)
+                                    args.out, args.force, args.allow_plain_mqtt,
+                                    args.wheels)
     except (BundleError, ProvisionError) as exc:
         print(f"bundle: {exc}", file=sys.stderr)
         return 2
     print(f"bundle for {args.gateway} ({args.board}) in {args.out}: "
           f"{len(manifest['files'])} files, manifest.json and SHA256SUMS; "
-          f"flash with ./flash.sh --bundle {args.out} --target PATH")
+          f"flash with ./flash.sh --bundle {args.out} --target PATH"
+          + ("" if args.wheels is None else ", then run /opt/midshift/install.sh there"))
     return 0

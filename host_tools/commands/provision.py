@@ -87,12 +87,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--ledger-port", type=int, default=8884, help="the ledger's listener")
     b.add_argument("--ledger-bind", default="127.0.0.1",
                    help="address of the ledger's listener (default loopback)")
-    b.add_argument("--anonymous-port", type=int, metavar="PORT",
-                   help="also an anonymous loopback listener (statuses only); none unless "
-                   "asked")
+    b.add_argument("--anonymous-port", "--port", type=int, metavar="PORT",
+                   help="also a plain (no TLS), anonymous loopback listener: statuses only, "
+                   "for `status`; none unless asked")
     b.add_argument("--bind-client-ids", action="store_true",
                    help="the gateways' client id is their certificate's CN (only where each "
                    "gateway reaches this broker through one uplink)")
+    b.add_argument("--out", type=Path, metavar="DIR",
+                   help="also write a directory mosquitto starts from on its own: the config, "
+                   "ca.crt, crl.pem, acl, server.crt and server.key, no CA key "
+                   "(docs/provisioning.md, The broker)")
+    b.add_argument("--conf-dir", type=Path, metavar="PATH",
+                   help="where DIR will be on the broker host, if it is copied there "
+                   "(the config's paths point there; default DIR itself)")
+    b.add_argument("--owner", metavar="USER[:GROUP]",
+                   help="give DIR's files to the broker's user (Debian: mosquitto), which "
+                   "mosquitto drops to when started as root; needs root")
     b.set_defaults(run=_broker)
 
     t = ps.add_parser("tills", help="bearer tokens for the tills posting to a gateway's till "
@@ -249,10 +259,13 @@ def _broker(args: argparse.Namespace) -> int:
         if any(not 0 < p < 65536 for p in ports) or len(set(ports)) != len(ports):
             return _fail(f"ports {', '.join(map(str, ports))}: expected distinct ports "
                          "1 to 65535")
+        if (args.conf_dir or args.owner) and args.out is None:
+            return _fail("--conf-dir and --owner go with --out DIR")
         conf = issue_broker(site.load(), args.host, args.force, tls_port=args.tls_port,
                             ledger_port=args.ledger_port, ledger_bind=args.ledger_bind,
                             anonymous_port=args.anonymous_port,
-                            bind_client_ids=args.bind_client_ids)
+                            bind_client_ids=args.bind_client_ids, out=args.out,
+                            conf_dir=args.conf_dir, owner=args.owner)
         print(f"broker certificate for {', '.join(args.host)}; mosquitto config {conf}")
     return 0
 

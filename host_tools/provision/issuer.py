@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.audit_log import AuditLog
-from host_tools.provision import ca
+from host_tools.provision import broker_dir, ca
 from host_tools.provision.acl import render_acl, render_broker_conf
 from host_tools.provision.registry import (
     DEFAULT_POLICY,
@@ -209,9 +209,25 @@ def issue_ledger(site: Site, force: bool = False) -> dict[str, str]:
 
 def issue_broker(site: Site, hosts: list[str], force: bool = False, tls_port: int = 8883,
                  ledger_port: int = 8884, ledger_bind: str = "127.0.0.1",
-                 anonymous_port: int | None = None, bind_client_ids: bool = False) -> Path:
+                 anonymous_port: int | None = None, bind_client_ids: bool = False,
+                 out: Path | None = None, conf_dir: Path | None = None,
+                 owner: str | None = None) -> Path:
+    """The broker's key and certificate and ``broker/midshift.conf``; with ``out``, also a
+    directory mosquitto starts from as ``owner`` (``provision/broker_dir.py``): then the
+    returned path is that directory's config."""
     if not hosts:
         raise ProvisionError("--host: at least one name or address the gateways connect to")
+    ids = None
+    if out is not None:
+        try:
+            broker_dir.check_out(out, site.dir)
+            ids = broker_dir.owner_ids(owner)
+            broker_dir.check_reachable(out, ids)
+        except broker_dir.BrokerDirError as exc:
+            raise ProvisionError(str(exc)) from None
+        if conf_dir is not None and not conf_dir.is_absolute():
+            raise ProvisionError(f"--conf-dir {conf_dir}: expected an absolute path (where "
+                                 "the directory will be on the broker host)")
     key = ca.new_key()
     ca_cert, ca_key = _ca(site)
     cert = ca.server_cert(hosts, site.name, key.public_key(), ca_cert, ca_key,
@@ -228,10 +244,26 @@ def issue_broker(site: Site, hosts: list[str], force: bool = False, tls_port: in
                           "not_after": _iso(cert.not_valid_after_utc), "tls_port": tls_port,
                           "ledger_port": ledger_port, "anonymous_port": anonymous_port,
                           "bind_client_ids": bind_client_ids}
+    result = site.broker_dir / "midshift.conf"
+    if out is not None:
+        where = conf_dir or out.resolve()
+        text = render_broker_conf(site.dir, where / "server.crt", where / "server.key",
+                                  tls_port=tls_port, ledger_port=ledger_port,
+                                  ledger_bind=ledger_bind, anonymous_port=anonymous_port,
+                                  bind_client_ids=bind_client_ids, layout_dir=where)
+        result = broker_dir.export(out, text, _broker_files(site),
+                                   site.broker_dir / "server.key", ids)
+        site.doc["broker"].update(out=str(out.resolve()), conf_dir=str(where), owner=owner)
     site.save()
     AuditLog(site.audit_log).append("provision.broker", ",".join(hosts), {
-        "serial": f"{cert.serial_number:x}", "force": force})
-    return site.broker_dir / "midshift.conf"
+        "serial": f"{cert.serial_number:x}", "force": force,
+        **({"out": str(out.resolve()), "owner": owner} if out is not None else {})})
+    return result
+
+
+def _broker_files(site: Site) -> dict[str, Path]:
+    return {"ca.crt": site.ca_cert, "crl.pem": site.crl, "acl": site.acl,
+            "server.crt": site.broker_dir / "server.crt"}
 
 
 def _derive(site: Site) -> int:
@@ -262,6 +294,7 @@ def _derive(site: Site) -> int:
     write_public(site.crl, ca.crl_pem(crl))
     site.doc["crl"] = {"issued": _iso(now), "next_update": _iso(crl.next_update_utc),
                        "revoked": len(revoked)}
+    broker_dir.refresh(site.doc.get("broker") or {}, _broker_files(site))
     return len(revoked)
 
 

@@ -180,40 +180,73 @@ def test_unsafe_targets_and_bad_bundles_are_refused_with_one_line(
 
 def test_ssh_dry_run_prints_the_copy_and_the_systemctl_plan(site: dict[str, Any]) -> None:
     out = flash("--bundle", str(site["bundle"]), "--target", "ssh://pi@gw-01.local:2222",
-                "--dry-run")
+                "--sudo", "--dry-run")
     assert out.returncode == 0, out.stderr
-    assert "pi@gw-01.local:/" in out.stdout and ("-P 2222" in out.stdout or "ssh -p 2222" in out.stdout)
+    assert "pi@gw-01.local:" in out.stdout and ("-P 2222" in out.stdout or "ssh -p 2222" in out.stdout)
     assert "systemctl enable --now midshift" in out.stdout and "daemon-reload" in out.stdout
+    assert "sudo -n sh -c" in out.stdout and "sudo -n true" in out.stdout
     assert "nothing is sent now" in out.stdout
 
 
-@pytest.mark.parametrize("with_rsync", [True, False])
-def test_ssh_flash_runs_the_copy_then_enables_the_service(site: dict[str, Any], tmp_path: Path,
-                                                          with_rsync: bool) -> None:
-    """Fake ssh/scp/rsync record their arguments: the plan is run as printed, in order."""
+def test_ssh_as_a_user_without_sudo_is_refused_before_anything_is_sent(
+        site: dict[str, Any]) -> None:
+    out = flash("--bundle", str(site["bundle"]), "--target", "ssh://pi@gw-01.local")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "needs root" in out.stderr and "--sudo" in out.stderr
+
+
+def _fake_tools(tmp_path: Path, with_rsync: bool) -> tuple[str, Path]:
+    """ssh, scp (and rsync) that record their arguments; PATH with them first."""
     fake = tmp_path / "bin"
     fake.mkdir()
     log = tmp_path / "calls"
-    tools = ["ssh", "scp"] + (["rsync"] if with_rsync else [])
-    for tool in tools:
+    for tool in ["ssh", "scp"] + (["rsync"] if with_rsync else []):
         (fake / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\n')
         (fake / tool).chmod(0o755)
     path = f"{fake}:/usr/bin:/bin"
     if not with_rsync and subprocess.run(["sh", "-c", "command -v rsync"], env={"PATH": path},
                                          capture_output=True).returncode == 0:
         pytest.skip("a real rsync is installed: the scp fallback cannot be isolated")
-    out = flash("--bundle", str(site["bundle"]), "--target", "ssh://pi@10.0.0.7",
+    return path, log
+
+
+@pytest.mark.parametrize("with_rsync", [True, False])
+def test_ssh_flash_as_root_runs_the_copy_then_enables_the_service(
+        site: dict[str, Any], tmp_path: Path, with_rsync: bool) -> None:
+    """The plan is run as printed, in order."""
+    path, log = _fake_tools(tmp_path, with_rsync)
+    out = flash("--bundle", str(site["bundle"]), "--target", "ssh://root@10.0.0.7",
                 env={**os.environ, "PATH": path})
     assert out.returncode == 0, out.stderr
     calls = log.read_text().splitlines()
     assert len(calls) == 2
     assert calls[0].startswith("rsync -rlp --checksum" if with_rsync else "scp -P 22 -p -r")
-    assert f"{site['bundle']}/root" in calls[0] and calls[0].endswith("pi@10.0.0.7:/")
-    assert calls[1].startswith("ssh -p 22 pi@10.0.0.7 ")
+    assert f"{site['bundle']}/root" in calls[0] and calls[0].endswith("root@10.0.0.7:/")
+    assert calls[1].startswith("ssh -p 22 root@10.0.0.7 ") and "sudo" not in calls[1]
     assert "systemctl enable --now midshift" in calls[1]
     assert "chmod 600 /etc/midshift/keys/*.key" in calls[1]
     # rsync (faked) printed no itemized change: no restart; scp cannot tell: restart.
     assert ("systemctl restart midshift" in calls[1]) is not with_rsync
+
+
+@pytest.mark.parametrize("with_rsync", [True, False])
+def test_ssh_flash_with_sudo_checks_sudo_then_copies_and_enables_as_root(
+        site: dict[str, Any], tmp_path: Path, with_rsync: bool) -> None:
+    path, log = _fake_tools(tmp_path, with_rsync)
+    out = flash("--bundle", str(site["bundle"]), "--target", "ssh://pi@10.0.0.7", "--sudo",
+                env={**os.environ, "PATH": path})
+    assert out.returncode == 0, out.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0] == "ssh -p 22 pi@10.0.0.7 sudo -n true"
+    if with_rsync:  # rsync runs as root on the gateway
+        assert len(calls) == 3 and "--rsync-path sudo -n rsync" in calls[1]
+        assert calls[1].endswith("pi@10.0.0.7:/")
+    else:  # scp into the user's home, then sudo cp into /
+        assert len(calls) == 4 and "mkdir -m 700 midshift-flash" in calls[1]
+        assert calls[2].endswith("pi@10.0.0.7:midshift-flash/")
+        assert "cp -r --preserve=mode,timestamps midshift-flash/. /" in calls[3]
+    assert calls[-1].startswith('ssh -p 22 pi@10.0.0.7 sudo -n sh -c "')
+    assert "systemctl enable --now midshift" in calls[-1]
 
 
 def test_micropython_boards_are_built_by_mpy_bundle_with_the_provisioned_keys(
