@@ -144,11 +144,17 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         timeline.plan()
         site.start_tills()
         start_ms = int(time.time() * 1000)
-        site_clock = {"offset_ms": site.clock_offset_ms,
-                      "at_shift_start": _iso_ms(start_ms + site.clock_offset_ms)}
-        if scenario.clock:
+        site_clock: dict[str, Any] = {"offset_ms": site.clock_offset_ms,
+                                      "at_shift_start": _iso_ms(start_ms + site.clock_offset_ms)}
+        if scenario.clock:  # aimed from the site's start: the run-up makes it a little early
+            site_clock["reads_at_s"] = round((scenario.clock["reads_ms"] - start_ms
+                                              - site.clock_offset_ms) / 1000 * speed, 1)
             say(f"site clock: {site_clock['at_shift_start']} at the shift's start; it reads "
-                f"{scenario.clock['reads']} at t={scenario.clock['at_s']:g} s")
+                f"{scenario.clock['reads']} at t={site_clock['reads_at_s']:g} s")
+            if not 0 <= site_clock["reads_at_s"] <= scenario.duration_s:
+                notes.append(f"the site clock read {scenario.clock['reads']} at t="
+                             f"{site_clock['reads_at_s']:g} s, outside the shift (the run-up "
+                             "took too long): the scenario did not happen as written")
         t0 = time.monotonic()
         player = threading.Thread(target=timeline.run, args=(t0, stop.is_set), daemon=True,
                                   name="timeline")
