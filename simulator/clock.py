@@ -14,7 +14,15 @@ Controls:
   step, an RTC battery swap).
 - ``drift(ppm)``: from now on the clock gains ``ppm`` microseconds per second (negative:
   loses), continuing from its current reading (a crystal off its nominal frequency).
-- ``reset()``: back to the host clock.
+- ``reset()``: back to the host clock (to the site's clock, with ``base_ms``).
+
+A site clock. A scenario's ``[clock]`` sets every clock of the site (each agent's, the
+ledger's, the tills') to read a chosen instant at a chosen scenario second, e.g. a store's
+daylight-saving change in the middle of its day: one offset from the host's clock
+(``site_offset_ms``, the only place it is worked out) given to each ``SimClock`` as
+``base_ms``, written to the ledger's control file and handed to the tills. Clock faults
+then skew, jump and drift an agent relative to that base. The offset never changes during
+a run, so a time the ledger stamped is turned back into host time by subtracting it.
 
 Not modelled: monotonic time never changes (a real drifting crystal would stretch it too);
 leap seconds; the host's own clock steps (they move every process equally); clock faults
@@ -46,17 +54,26 @@ def write_control(path: str | Path, control: ClockControl) -> None:
         raise
 
 
+def site_offset_ms(reads_ms: int, in_s: float, host_now_ms: int) -> int:
+    """The offset (ms) that makes a clock read ``reads_ms`` ``in_s`` wall seconds after
+    ``host_now_ms``."""
+    return reads_ms - host_now_ms - round(in_s * 1000)
+
+
 class SimClock:
     """A steerable wall clock over the host's clocks; see the module docstring."""
 
     def __init__(self, control_path: str | Path | None = None,
                  host_wall: Callable[[], int] = host_wall_ms,
-                 host_monotonic: Callable[[], int] = host_monotonic_ms) -> None:
-        """``host_wall``/``host_monotonic`` are injectable so drift can be tested exactly."""
+                 host_monotonic: Callable[[], int] = host_monotonic_ms,
+                 base_ms: float = 0.0) -> None:
+        """``host_wall``/``host_monotonic`` are injectable so drift can be tested exactly;
+        ``base_ms``: the site clock's offset from the host's, which faults start from."""
         self.control_path = Path(control_path) if control_path is not None else None
         self._host_wall = host_wall
         self._host_monotonic = host_monotonic
-        self.control = ClockControl(since_ms=host_wall())
+        self.base_ms = base_ms
+        self.control = ClockControl(base_ms, since_ms=host_wall())
         self._publish()
 
     def now_ms(self) -> int:
@@ -67,12 +84,13 @@ class SimClock:
 
     @property
     def offset_ms(self) -> float:
-        """How far this clock is from the host's right now (ms, drift included)."""
+        """How far this clock is from the host's right now (ms, drift and base included)."""
         host = self._host_wall()
         return self.control.apply(host) - host
 
     def skew(self, offset_ms: float) -> None:
-        self.control = ClockControl(offset_ms, self.control.drift_ppm, self._host_wall())
+        self.control = ClockControl(self.base_ms + offset_ms, self.control.drift_ppm,
+                                    self._host_wall())
         self._publish()
 
     def jump(self, delta_ms: float) -> None:
@@ -86,7 +104,7 @@ class SimClock:
         self._publish()
 
     def reset(self) -> None:
-        self.control = ClockControl(since_ms=self._host_wall())
+        self.control = ClockControl(self.base_ms, since_ms=self._host_wall())
         self._publish()
 
     def _rebase(self) -> None:

@@ -144,6 +144,17 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         timeline.plan()
         site.start_tills()
         start_ms = int(time.time() * 1000)
+        site_clock: dict[str, Any] = {"offset_ms": site.clock_offset_ms,
+                                      "at_shift_start": _iso_ms(start_ms + site.clock_offset_ms)}
+        if scenario.clock:  # aimed from the site's start: the run-up makes it a little early
+            site_clock["reads_at_s"] = round((scenario.clock["reads_ms"] - start_ms
+                                              - site.clock_offset_ms) / 1000 * speed, 1)
+            say(f"site clock: {site_clock['at_shift_start']} at the shift's start; it reads "
+                f"{scenario.clock['reads']} at t={site_clock['reads_at_s']:g} s")
+            if not 0 <= site_clock["reads_at_s"] <= scenario.duration_s:
+                notes.append(f"the site clock read {scenario.clock['reads']} at t="
+                             f"{site_clock['reads_at_s']:g} s, outside the shift (the run-up "
+                             "took too long): the scenario did not happen as written")
         t0 = time.monotonic()
         player = threading.Thread(target=timeline.run, args=(t0, stop.is_set), daemon=True,
                                   name="timeline")
@@ -185,13 +196,18 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
         site.close()
         say("everything stopped; reconciling")
         rec = reconcile(store, [])
-        rows = ledger_rows(store)
+        # The ledger stamps with the site clock; the ground truth and the timeline are on
+        # the host's: one constant offset between them (simulator/clock.py).
+        rows = [(gw, src, kind, ms - site.clock_offset_ms, data)
+                for gw, src, kind, ms, data in ledger_rows(store)]
         fleet = _fleet_outcome(site, timeline, rows)
         outcome = evaluate({g.gw_id: g.ground_truth_dir for g in site.gateways},
                            scenario.devices, [r for r in rows if r[0] not in fleet["names"]],
                            timeline.windows, samples, start_ms, traffic_end_ms, rec)
         if scenario.tills:
+            from simulator.till_judge import judge_local_times
             outcome.update(_till_outcome(site, store),
+                           **judge_local_times(store, scenario.tills["tz"]),
                            till_business_day=scenario.tills["business_day"])
         torn = sum(_count_in_log(g.directory / "agent.log", b"recovered with damage")
                    for g in site.gateways)
@@ -213,6 +229,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             "notes": notes + timeline.notes,
             "run_dir": str(run_dir) if tmp is None else None,
             "start_ms": start_ms, "traffic_end_ms": traffic_end_ms, "end_ms": end_ms,
+            "site_clock": site_clock,
         }
         result["assertions"] = [{"expect": e.text(), "actual": _actual(result, e.metric),
                                  "passed": e.holds(_actual(result, e.metric))}
@@ -279,6 +296,11 @@ def _morning_report(site: SimulatedSite, scenario: Scenario, report_dir: Path,
     say(f"morning report: {out / 'report.html'} (exit {proc.returncode})")
     return {"exit": proc.returncode, "html": str(out / "report.html"),
             "stderr": proc.stderr[-2000:]}
+
+
+def _iso_ms(ms: int) -> str:
+    import datetime as dt
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
 def _actual(result: dict[str, Any], metric: str) -> Any:

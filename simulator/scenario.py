@@ -21,6 +21,10 @@ Layout (every key is checked; an unknown key or a bad value is one line naming i
                 gateways (simulator/fleet.py) that come back at at_s with a backlog each
     [[fault]]   at_s, kind, ...: one class per kind in simulator/faults.py holds its keys
     [ledger]    db = "sqlite" (default) | "postgresql" (a throwaway cluster for the run)
+    [clock]     at_s, reads = "2026-10-25T03:00:00+02:00": every clock of the site (the
+                agents', the ledger's, the tills') reads that instant at scenario second
+                at_s (scaled with the rest by --speed and --short) and runs at real speed
+                (simulator/clock.py); without it they read the host's time
     [expect]    metric = number (equal) or "OP number" (<=, <, >=, >, ==),
                 alarms_raised = ["clock_offset", ...]
 """
@@ -43,7 +47,8 @@ METRICS = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency
            # the tills (simulator/till_judge.py)
            "till_accepted", "till_accepted_missing", "till_accepted_twice", "till_altered",
            "till_refused", "till_refused_in_ledger", "till_unknown", "till_conflicts_unflagged",
-           "till_unknown_originals_unflagged", "full_pans_found", "till_retries")
+           "till_unknown_originals_unflagged", "full_pans_found", "till_retries",
+           "till_utc_offsets", "till_business_days")
 LEDGER_DBS = ("sqlite", "postgresql")  # postgresql: a throwaway cluster (simulator/postgres.py)
 _OPS = ("<=", ">=", "==", "<", ">")
 
@@ -105,6 +110,7 @@ class Scenario:
     fleet: dict[str, Any]
     tills: dict[str, Any]
     short: dict[str, Any]
+    clock: dict[str, Any]
     devices: dict[str, dict[str, Any]]
     faults: list[Fault]
     expect: list[Expectation]
@@ -117,6 +123,9 @@ class Scenario:
         tills = dict(self.tills)
         if tills:
             tills["busy"] = [tills["busy"][0] * k, tills["busy"][1] * k, tills["busy"][2]]
+        clock = dict(self.clock)
+        if clock:
+            clock["at_s"] *= k
         fleet = dict(self.fleet)
         if fleet:
             fleet["at_s"] *= k
@@ -124,7 +133,7 @@ class Scenario:
                                                        fleet["virtual_gateways"])
         return Scenario(**{**self.__dict__, "duration_s": self.duration_s * k,
                            "faults": faults, "name": self.name + " (short)", "fleet": fleet,
-                           "tills": tills,
+                           "tills": tills, "clock": clock,
                            "gateway_count": self.short.get("gateways", self.gateway_count)})
 
 
@@ -167,7 +176,7 @@ def load(name_or_path: str) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path.name}: not valid TOML: {exc}") from None
     _only(path, doc, "(top)", ("scenario", "short", "broker", "gateways", "devices", "fault",
-                               "expect", "fleet", "ledger", "tills"))
+                               "expect", "fleet", "ledger", "tills", "clock"))
     sc = doc.get("scenario", {})
     _only(path, sc, "scenario", ("name", "description", "duration_s", "max_speed", "settle_s"))
     short = doc.get("short", {})
@@ -202,12 +211,32 @@ def load(name_or_path: str) -> Scenario:
         gateway_count=int(_num(path, gws, "count", "gateways", 1, 1, 500)),
         status_period_s=_num(path, gws, "status_period_s", "gateways", 1, 0.1, 60),
         uplinks=uplinks, metered=metered, fleet={}, tills={}, short=short,
+        clock=_clock(path, doc.get("clock", {}), duration),
         devices=_devices(path, doc.get("devices", {})),
         faults=[], expect=_expect(path, doc.get("expect", {})))
     scenario.faults = [_fault(path, i, f, scenario) for i, f in enumerate(doc.get("fault", []))]
     scenario.fleet = _fleet(path, doc.get("fleet", {}), duration)
-    scenario.tills = _tills(path, doc.get("tills", {}), duration)
+    scenario.tills = _tills(path, doc.get("tills", {}), duration, scenario.clock)
     return scenario
+
+
+def _clock(path: Path, t: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    """``[clock]``: the instant (``reads``, ISO 8601 with its UTC offset: an instant, so a
+    repeated local hour is not ambiguous) every clock of the site reads at ``at_s``."""
+    if not t:
+        return {}
+    _only(path, t, "clock", ("at_s", "reads"))
+    import datetime as dt
+    reads = t.get("reads")
+    try:
+        when = dt.datetime.fromisoformat(reads) if isinstance(reads, str) else None
+    except ValueError:
+        when = None
+    if when is None or when.utcoffset() is None:
+        raise _err(path, "clock.reads", f"{reads!r} is not ISO 8601 with a UTC offset "
+                   "(2026-10-25T03:00:00+02:00)")
+    return {"at_s": _num(path, t, "at_s", "clock", hi=duration_s), "reads": reads,
+            "reads_ms": round(when.timestamp() * 1000)}
 
 
 TILL_KEYS = ("count", "store", "tz", "business_day", "rate_per_s", "busy", "double_submit",
@@ -215,11 +244,13 @@ TILL_KEYS = ("count", "store", "tz", "business_day", "rate_per_s", "busy", "doub
              "split_brain_till", "rules")
 
 
-def _tills(path: Path, t: dict[str, Any], duration_s: float) -> dict[str, Any]:
+def _tills(path: Path, t: dict[str, Any], duration_s: float,
+           clock: dict[str, Any]) -> dict[str, Any]:
     """``[tills]``: till emulators (simulator/devices/till.py) posting to each gateway's
     till API; ``busy = [from_s, to_s, factor]`` multiplies their rate (the busiest hour);
     ``split_brain_till``: a second till posting under that till's id and numbers;
-    ``rules``: the gateway's ``[sell_rules]``."""
+    ``rules``: the gateway's ``[sell_rules]``. ``business_day = "today"``: the store's
+    date at the start of the run (by the ``[clock]`` when there is one, at speed 1)."""
     if not t:
         return {}
     _only(path, t, "tills", TILL_KEYS)
@@ -232,7 +263,9 @@ def _tills(path: Path, t: dict[str, Any], duration_s: float) -> dict[str, Any]:
     if day == "today":  # the run's own day in the store's zone: the report's hours fit it
         import datetime as dt
         from zoneinfo import ZoneInfo
-        day = dt.datetime.now(ZoneInfo(str(t.get("tz", "Europe/Berlin")))).date().isoformat()
+        start = (dt.datetime.fromtimestamp(clock["reads_ms"] / 1000 - clock["at_s"], dt.UTC)
+                 if clock else dt.datetime.now(dt.UTC))
+        day = start.astimezone(ZoneInfo(str(t.get("tz", "Europe/Berlin")))).date().isoformat()
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
         raise _err(path, "tills.business_day", f"{day!r} is not YYYY-MM-DD")
     count = int(_num(path, t, "count", "tills", 4, 1, 64))

@@ -7,8 +7,15 @@ ptys, pymodbus's server, asyncua's server) so the timeline can reach them direct
 agents, the broker and the ledger are processes of their own, so a power cut is a SIGKILL.
 ``simulator/children.py`` starts them, so none outlives the simulator.
 
+The site's wall clock is the host's, or with the scenario's ``[clock]`` the host's plus one
+offset set before anything starts (``site_offset_ms``): each agent follows its gateway's
+control file (its base, which clock faults move it from), the ledger follows the site's
+(``ledger serve --clock-control``), the tills read it in process. Device ground truth and
+the timeline stay on the host's clock; the runner subtracts the offset from the ledger's
+times before comparing them.
+
 Not modelled: separate machines and their own clocks (only the agents' wall clocks are
-steered), interfaces (each uplink is a fault proxy in front of the one broker).
+faulted), interfaces (each uplink is a fault proxy in front of the one broker).
 """
 
 from __future__ import annotations
@@ -25,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from firmware.edges.clock import host_wall_ms
 from simulator.broker import Broker, free_port
 from simulator.children import deferred_stop, spawn
-from simulator.clock import SimClock
+from simulator.clock import SimClock, site_offset_ms
 from simulator.devices import device_type
 from simulator.network import FaultProxy
 from simulator.scenario import Scenario
@@ -115,6 +123,8 @@ class SimulatedSite:
         # unless the runner hands another (a PostgreSQL cluster of its own).
         self.db_url = db_url or f"sqlite:///{directory / 'ledger.db'}"
         self.ledger: subprocess.Popen | None = None
+        self.clock_offset_ms = 0  # the site clock's offset from the host's ([clock])
+        self.clock = SimClock()   # the site's wall clock, as the tills and the ledger read it
         self._closed = self._devices_stopped = False
         self.fleet = None
         if scenario.fleet:
@@ -129,7 +139,18 @@ class SimulatedSite:
 
     # ---- bring up --------------------------------------------------------------------
 
+    def set_clock(self) -> None:
+        """Aim the site clock at the scenario's ``[clock]``: it reads ``reads`` at scenario
+        second ``at_s`` counted from now (the shift starts well under a second later)."""
+        c = self.scenario.clock
+        if not c:
+            return
+        self.clock_offset_ms = site_offset_ms(c["reads_ms"], c["at_s"] / self.speed,
+                                              host_wall_ms())
+        self.clock = SimClock(self.directory / "clock.json", base_ms=self.clock_offset_ms)
+
     def start(self) -> None:
+        self.set_clock()  # before the ledger and the agents: none of them sees a jump
         self.broker.start()
         keys = self.directory / "ledger-keys.toml"
         keys.write_text("[gateways]\n" + "".join(f'"{g.gw_id}" = "{g.key.hex()}"\n'
@@ -141,7 +162,9 @@ class SimulatedSite:
             self.ledger = spawn(
                 [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", self.db_url,
                  "--migrate", "--broker", self.broker.url, "--keys", str(keys),
-                 "--log-level", "WARNING"],
+                 "--log-level", "WARNING",
+                 *(["--clock-control", str(self.clock.control_path)]
+                   if self.clock.control_path else [])],
                 cwd=ROOT, stdout=ledger_log, stderr=subprocess.STDOUT)
         for g in self.gateways:
             with deferred_stop():  # a Ctrl-C now waits until this gateway's parts are up
@@ -155,7 +178,7 @@ class SimulatedSite:
         for name in self.scenario.uplinks:
             g.proxies[name] = FaultProxy(("127.0.0.1", self.broker.port), control=False,
                                          seed=g.index).start()
-        g.clock = SimClock(g.directory / "clock.json")
+        g.clock = SimClock(g.directory / "clock.json", base_ms=self.clock_offset_ms)
         for name, spec in self.scenario.devices.items():
             g.devices[name] = self._device(g, name, spec)
         (g.directory / "gw.key").write_text(g.key.hex())
@@ -193,7 +216,7 @@ class SimulatedSite:
                     business_day=t["business_day"], tz=t["tz"], seed=seed,
                     rate_per_s=t["rate_per_s"] * self.speed / (4 if k else 1), busy=busy,
                     double_submit=t["double_submit"], seq_from=seq_from,
-                    count=3 if k else None, clock_speed=self.speed,
+                    count=3 if k else None, clock=self.clock,
                     clock_offset_s=(t["clock_offset_s"] if till == t["wrong_clock_till"]
                                     and not k else 0.0),
                     full_pan_every=0 if k else t["full_pan_every"],

@@ -9,14 +9,21 @@
   numbers) is flagged, and every refund of an unknown original is flagged;
 - no full card number a till typed is anywhere on the gateway's flash (every file under
   its directory: journal segments, the key index, logs) or in the ledger's database file.
+
+``judge_local_times`` reads the ledger's transactions as the morning report does (the
+gateway's acceptance time in the store's zone): which UTC offsets they were taken under
+and how many business days they claim, so a run across a daylight-saving change can show
+it straddled the change inside one business day.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from host_tools.ledger.store import LedgerStore
 from simulator.devices.till import read_truth
@@ -75,6 +82,21 @@ def judge_tills(truth_dirs: Iterable[Path], store: LedgerStore, flash_dirs: Iter
         "full_pans_found": len(found),
         "full_pan_files": found[:10],
     }
+
+
+def judge_local_times(store: LedgerStore, tz: str) -> dict[str, Any]:
+    """``till_utc_offsets`` (how many UTC offsets the store's clock showed when the gateway
+    accepted the transactions), ``till_business_days`` and the counts behind them."""
+    zone = ZoneInfo(tz)
+    by_offset: Counter[str] = Counter()
+    days: Counter[str] = Counter()
+    for r in store.transactions():
+        local = dt.datetime.fromtimestamp(r["accepted_ms"] / 1000, zone)
+        by_offset[local.isoformat()[-6:]] += 1  # "+02:00"
+        days[r["business_day"]] += 1
+    return {"till_utc_offsets": len(by_offset),
+            "till_accepted_by_utc_offset": dict(sorted(by_offset.items(), reverse=True)),
+            "till_business_days": len(days), "till_rows_by_business_day": dict(days)}
 
 
 def _files(dirs: list[Path], files: list[Path]) -> Iterable[Path]:

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from host_tools.ledger.store import LedgerStore
@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "group 'ledger' unless --shared says)")
     serve.add_argument("--migrate", action="store_true",
                        help="bring a PostgreSQL schema up to date before serving")
+    serve.add_argument("--clock-control", metavar="PATH",
+                       help="follow a simulator's clock control file (JSON offset and drift, "
+                       "as the agent's --clock-control) instead of the host's wall clock: "
+                       "for the simulator, whose site clock the ledger must share")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING"))
     serve.add_argument("--metrics", metavar="HOST:PORT",
                        help="serve OpenMetrics on http://HOST:PORT/metrics (off by default; "
@@ -152,8 +156,8 @@ def serve_ledger(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     try:
-        service = LedgerService(store, keys, args.broker, args.shared,
-                                tls_files=tls_files).start()
+        service = LedgerService(store, keys, args.broker, args.shared, tls_files=tls_files,
+                                clock=_clock(args.clock_control)).start()
     except ValueError as exc:
         print(f"ledger: {exc}", file=sys.stderr)
         store.close()
@@ -190,6 +194,12 @@ def serve_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clock(control: str | None) -> Any:
+    """The ledger's wall clock: the host's, or one following a control file."""
+    from firmware.edges.clock import FileControlledClock, SystemClock
+    return SystemClock() if control is None else FileControlledClock(control)
+
+
 def _supervise(args: argparse.Namespace) -> int:
     """N worker processes; a worker that dies is started again (the broker has already
     given its unacknowledged batches to the others)."""
@@ -202,9 +212,9 @@ def _supervise(args: argparse.Namespace) -> int:
     argv = [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", args.db,
             "--broker", args.broker, "--keys", args.keys, "--shared", group,
             "--log-level", args.log_level]
-    for flag in ("site", "ca", "cert", "key"):
+    for flag in ("site", "ca", "cert", "key", "clock_control"):
         if getattr(args, flag):
-            argv += [f"--{flag}", getattr(args, flag)]
+            argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

@@ -33,7 +33,6 @@ import logging
 import queue
 import ssl
 import threading
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from firmware.core import topics
 from firmware.core.broker_url import parse_broker_url
 from firmware.core.signing import Signer
 from firmware.core.wire import Batch, WireError, decode_batch, encode_ack, peek_gateway
+from firmware.edges.clock import SystemClock
 from host_tools.ledger.inflate import bounded_inflate
 from host_tools.ledger.rejections import RejectionTally
 from host_tools.ledger.store import MAX_INT, LedgerStore, unstorable
@@ -72,11 +72,14 @@ def load_keys(path: str | Path) -> dict[str, bytes]:
 class LedgerService:
     def __init__(self, store: LedgerStore, keys: dict[str, bytes], broker: str,
                  shared_group: str | None = None, client_id: str = "",
-                 tls_files: tuple[str | Path, str | Path, str | Path] | None = None) -> None:
+                 tls_files: tuple[str | Path, str | Path, str | Path] | None = None,
+                 clock: Any = None) -> None:
         """``tls_files``: (CA, certificate, key) for an ``mqtts://`` broker: the ledger's
         own identity (``provision`` issues it), which the broker's ACL confines to reading
-        batches and writing acks and commands."""
+        batches and writing acks and commands. ``clock``: what stamps arrivals and acks
+        (``now_ms()``; the host's wall clock unless a simulator steers it)."""
         self.store = store
+        self.clock = clock or SystemClock()
         self.signers = {gw: Signer(k) for gw, k in keys.items()}
         self.host, self.port, tls = parse_broker_url(broker)
         if tls != (tls_files is not None):
@@ -187,7 +190,7 @@ class LedgerService:
         return ack
 
     def _process(self, items: list[tuple[str, bytes]]) -> list[bytes | None]:
-        now = int(time.time() * 1000)
+        now = self.clock.now_ms()
         verified = []
         acks: list[bytes | None] = [None] * len(items)
         for i, (topic, payload) in enumerate(items):
@@ -323,7 +326,7 @@ class LedgerService:
                 return
             rows = tally.take()
         try:
-            self.store.record_rejections(rows, int(time.time() * 1000))
+            self.store.record_rejections(rows, self.clock.now_ms())
         except Exception:  # noqa: BLE001 - counts wait for the next flush, ingest goes on
             log.exception("ledger: recording %d rejection rows failed; kept for later",
                           len(rows))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from host_tools import charts
 from host_tools.money import amount_text
@@ -45,12 +46,27 @@ def _table(head: list[str], rows: list[list[Any]], left: int = 1, cls: str = "",
     return "".join(out) + "</table>"
 
 
-def _time(iso: str | None, day: str) -> str:
-    """Local clock time; with the date when it is not the business day."""
+def _time(iso: str | None, day: str, tz: str | None = None) -> str:
+    """Local clock time; with the date when it is not the business day, and with the
+    zone's abbreviation when ``tz`` shows that clock time twice (the hour repeated when
+    the clocks go back: 02:30 CEST, then 02:30 CET)."""
     if iso is None:
         return ""
     t = dt.datetime.fromisoformat(iso)
-    return t.strftime("%H:%M") if t.date().isoformat() == day else t.strftime("%d %b %H:%M")
+    text = t.strftime("%H:%M") if t.date().isoformat() == day else t.strftime("%d %b %H:%M")
+    zone = _zone(tz)
+    if zone is not None:
+        local = t.astimezone(zone)
+        if local.replace(fold=0).utcoffset() != local.replace(fold=1).utcoffset():
+            text += f" {local.tzname()}"
+    return text
+
+
+def _zone(name: str | None) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name) if name else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None  # figures.py has said so in the store's notes
 
 
 def _money_rows(label_rows: list[tuple[str, dict[str, int]]], cur: str) -> list[list[Any]]:
@@ -59,14 +75,14 @@ def _money_rows(label_rows: list[tuple[str, dict[str, int]]], cur: str) -> list[
 
 
 def _store(s: dict[str, Any], day: str) -> str:
-    cur, t = s["currency"], s["totals"]
+    cur, t, tz = s["currency"], s["totals"], s["tz"]
     money_head = ["", "count", "cash", "card", "voucher", f"total ({cur})"]
     out = [f"<h2 id='store-{_e(s['store'])}'>Store {_e(s['store'])}</h2>",
            f"<p class='sub'>Times are local ({_e(s['tz'])}). This business day ran from "
-           f"{_e(_time(s['day_start_local'], day))} to midnight: {s['day_hours']:g} hours"
+           f"{_e(_time(s['day_start_local'], day, tz))} to midnight: {s['day_hours']:g} hours"
            + (" (the clocks changed)" if s["day_hours"] != 24 else "") + ". "
            + (f"Closed by {_e(s['closed']['by'])} at "
-              f"{_e(_time(s['closed']['at_local'], day))}." if s["closed"] else
+              f"{_e(_time(s['closed']['at_local'], day, tz))}." if s["closed"] else
               "The day is not closed yet.") + "</p>"]
     out += [f"<p class='note'>{_e(n)}</p>" for n in s["notes"]]
     out += ["<h3>Takings</h3>",
@@ -90,7 +106,8 @@ def _store(s: dict[str, Any], day: str) -> str:
     out.append(_table(["till", "", "count", "cash", "card", "voucher", f"total ({cur})"],
                       till_rows, left=2, cls="tills"))
     out.append(_table(["till", "first", "last", "cashiers", "taken offline"],
-                      [[x["till"], _time(x["first_local"], day), _time(x["last_local"], day),
+                      [[x["till"], _time(x["first_local"], day, tz),
+                        _time(x["last_local"], day, tz),
                         ", ".join(x["cashiers"]), x["offline_count"]] for x in s["tills"]],
                       left=1, cls="till-times"))
     out += ["<h3>Sales by hour</h3>", _hourly_chart(s, day)]
@@ -106,10 +123,10 @@ def _store(s: dict[str, Any], day: str) -> str:
         out.append(_table(
             ["gateway", "offline from", "until", "minutes", "sold meanwhile", "amount",
              "all in the office by", "minutes after reconnecting"],
-            [[p["gateway"], _time(p["start_local"], day),
-              _time(p["end_local"], day) or "still offline", p["minutes"] or "",
+            [[p["gateway"], _time(p["start_local"], day, tz),
+              _time(p["end_local"], day, tz) or "still offline", p["minutes"] or "",
               p["transactions"], amount_text(p["net"]["amount"], cur),
-              _time(p["reached_ledger_local"], day) or "-",
+              _time(p["reached_ledger_local"], day, tz) or "-",
               "" if p["reached_after_min"] is None else p["reached_after_min"]]
              for p in s["offline_periods"]], cls="offline"))
     else:
@@ -136,7 +153,7 @@ def _store(s: dict[str, Any], day: str) -> str:
     out.append("<h3>Devices and connection</h3>")
     if s["incidents"]:
         out.append(_table(["time", "gateway", "what happened"],
-                          [[_time(i["at_local"], day), i["gateway"], i["what"]]
+                          [[_time(i["at_local"], day, tz), i["gateway"], i["what"]]
                            for i in s["incidents"]], left=3, cls="incidents"))
     else:
         out.append("<p>No device or connection problems were reported.</p>")

@@ -63,10 +63,13 @@ class Till:
                  double_submit: float = 0.02, full_pan_every: int = 0,
                  unknown_refund_every: int = 0, clock_offset_s: float = 0.0,
                  seq_from: int = 1, day_start: dt.datetime | None = None,
-                 clock_speed: float = 1.0,
+                 clock_speed: float = 1.0, clock: Any = None,
                  busy: tuple[float, float, float] | None = None, twin: bool = False) -> None:
         """``busy``: (from_s, to_s, factor) in wall seconds from ``start()``: the rate is
-        ``factor`` times higher then (the busiest hour)."""
+        ``factor`` times higher then (the busiest hour). ``clock``: the site's wall clock
+        (``now_ms()``, simulator/clock.py) the till's clock follows; without it the till's
+        clock starts at ``day_start`` (07:00 of the business day) and runs ``clock_speed``
+        times as fast as the wall."""
         self.till, self.port, self.token, self.host, self.tls = till, port, token, host, tls
         self.truth_path = Path(truth_path)
         self.business_day, self.tz = business_day, ZoneInfo(tz)
@@ -84,6 +87,7 @@ class Till:
         self.day_start = day_start or dt.datetime.fromisoformat(
             business_day + "T07:00").replace(tzinfo=self.tz)
         self.clock_speed = clock_speed
+        self.clock = clock
         self.busy = busy
         self.twin = twin  # a second till posting this till's id and numbers (split brain)
         self._wall0 = time.monotonic()
@@ -134,6 +138,10 @@ class Till:
 
     def now_local(self) -> dt.datetime:
         """The till's clock (wrong by ``clock_offset_s`` if told so), in the store's zone."""
+        if self.clock is not None:
+            utc = dt.datetime.fromtimestamp(self.clock.now_ms() / 1000 + self.clock_offset_s,
+                                            dt.UTC)
+            return utc.astimezone(self.tz)
         elapsed = (time.monotonic() - self._wall0) * self.clock_speed + self.clock_offset_s
         utc = self.day_start.astimezone(dt.UTC) + dt.timedelta(seconds=elapsed)
         return utc.astimezone(self.tz)

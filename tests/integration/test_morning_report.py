@@ -137,13 +137,20 @@ def test_autumn_day_has_25_hours(tmp_path: Path) -> None:
                                         body(sale(till_seq=2, day="2026-10-25"), "k2", at + H)])],
                      at + 2 * H)
     out = host_tools("report", "--db", url, "--day", "2026-10-25", "--json",
-                     str(tmp_path / "r.json"))
+                     str(tmp_path / "r.json"), "--html", str(tmp_path / "page"))
     assert out.returncode == 0, out.stderr
     (st,) = json.loads((tmp_path / "r.json").read_text())["stores"]
     assert st["day_hours"] == 25
     labels = st["hourly"]["labels"]
     assert labels[2:4] == ["02:00 CEST", "02:00 CET"]
     assert st["hourly"]["sales_by_till"]["till-1"][2:4] == [1234, 1234]
+    till, = st["tills"]
+    assert (till["first_local"], till["last_local"]) == ("2026-10-25T02:13:20+02:00",
+                                                         "2026-10-25T02:13:20+01:00")
+    # The page shows the one clock time twice, told apart by the zone; other hours plain.
+    page = (tmp_path / "page" / "report.html").read_text()
+    assert "<td class=''>02:13 CEST</td><td class=''>02:13 CET</td>" in page
+    assert "25 hours (the clocks changed)" in page
     assert "Everything adds up" in out.stdout
 
 

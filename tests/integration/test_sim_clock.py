@@ -20,7 +20,7 @@ from firmware.edges.clock import (
     host_monotonic_ms,
     host_wall_ms,
 )
-from simulator.clock import SimClock, write_control
+from simulator.clock import SimClock, site_offset_ms, write_control
 
 ROOT = Path(__file__).resolve().parents[2]
 T0_MS = 1_700_000_000_000
@@ -99,6 +99,23 @@ def test_the_hlc_never_goes_back_when_the_sim_clock_jumps_back(
 
 
 # ---- the file-controlled clock --------------------------------------------------------------
+
+def test_a_site_clock_is_the_base_faults_start_from(host: HostTime) -> None:
+    """A scenario's [clock]: one offset that makes the clock read an instant a given time
+    from now; skew and reset are relative to it, jumps and drift add to it."""
+    target = 1_792_890_000_000  # 2026-10-25T03:00:00+02:00
+    base = site_offset_ms(target, 18.0, host.wall_ms)
+    clock = SimClock(host_wall=lambda: host.wall_ms, host_monotonic=lambda: host.mono_ms,
+                     base_ms=base)
+    host.advance(18_000)
+    assert clock.now_ms() == target
+    clock.skew(3_600_000)
+    assert clock.now_ms() == target + 3_600_000
+    clock.jump(-1000)
+    assert clock.now_ms() == target + 3_599_000
+    clock.reset()
+    assert clock.now_ms() == target and clock.offset_ms == base
+
 
 def test_file_controlled_clock_follows_the_sim_clocks_file(tmp_path: Path) -> None:
     path = tmp_path / "gw1.clock.json"

@@ -69,5 +69,33 @@ def test_short_scenario_loses_and_duplicates_nothing(name: str, tmp_path: Path) 
         assert "store-1" in page and "Offline periods" in page
         figures = json.loads((tmp_path / "morning" / "report.json").read_text())
         assert figures["day"] == r["till_business_day"]
+        store_day_across_the_clock_change(r, figures, page)
     if name == "fleet":
         assert r["fleet_lost"] == 0 and r["fleet_drained"] and r["fleet_events"] > 0
+
+
+def store_day_across_the_clock_change(r: dict, figures: dict, page: str) -> None:
+    """store-day's clocks go back (03:00 CEST -> 02:00 CET) mid-run: sales under both
+    offsets on one business day, each once in a 25-hour report with the hour twice."""
+    assert r["till_business_day"] == "2026-10-25"
+    by_offset = r["till_accepted_by_utc_offset"]
+    assert set(by_offset) == {"+02:00", "+01:00"} and min(by_offset.values()) >= 10, by_offset
+    assert r["till_rows_by_business_day"] == {"2026-10-25": r["till_ledger_rows"]}
+    assert "clock_offset" not in {a["alarm"] for a in r["alarms"]}  # ledger and gateway agree
+    s, = figures["stores"]
+    assert s["day_hours"] == 25 and s["hourly"]["labels"][2:4] == ["02:00 CEST", "02:00 CET"]
+    # Every transaction the ledger holds (each accepted one once, the judge says) counted
+    # once, in the hour it was taken: both 02:00 hours, nothing outside the day.
+    t = s["totals"]
+    assert t["sales"]["count"] + t["refunds"]["count"] + t["voids"]["count"] \
+        == r["till_ledger_rows"] == r["till_accepted"] + r["till_unknown_in_ledger"]
+    sales = [sum(v[i] for v in s["hourly"]["sales_by_till"].values()) for i in range(25)]
+    assert sales[2] > 0 and sales[3] > 0 and sum(sales) == t["sales"]["amount"]
+    assert s["hourly"]["sales_outside_day"] == 0
+    # The outage spans the change: it starts under CEST, ends under CET, lasts seconds
+    # (a wall-clock subtraction would say minus an hour), and the ledger's clock agrees.
+    p, = s["offline_periods"]
+    assert p["start_local"].endswith("+02:00") and p["end_local"].endswith("+01:00")
+    assert 0 < p["minutes"] < 1 and p["reached_ledger_local"].endswith("+01:00")
+    assert "25 hours (the clocks changed)" in page
+    assert " CEST</td><td class=''>02:00 CET</td>" in page  # offline from ... until ...

@@ -48,6 +48,11 @@ type = "scanner"
     ("[tills]\ncount = 2\nwrong_clock_till = \"till-3\"\n",
      "tills.wrong_clock_till: 'till-3' is not one of till-1, till-2"),
     ("[tills]\nrate = 3\n", "tills.rate: not a known key"),
+    ("[clock]\nat_s = 30\nreads = \"2026-10-25T03:00\"\n",
+     "clock.reads: '2026-10-25T03:00' is not ISO 8601 with a UTC offset"),
+    ("[clock]\nat_s = 90\nreads = \"2026-10-25T01:00:00Z\"\n",
+     "clock.at_s: 90 is not a number from 0 to 60"),
+    ("[clock]\nat = 30\n", "clock.at: not a known key"),
 ])
 def test_a_mistake_names_file_key_and_fix(tmp_path: Path, extra: str, message: str) -> None:
     f = tmp_path / "mine.toml"
@@ -80,3 +85,13 @@ def test_tills_shorten_their_busy_hour_but_not_its_factor() -> None:
     assert short.tills["busy"] == pytest.approx([s.tills["busy"][0] * k,
                                                  s.tills["busy"][1] * k, s.tills["busy"][2]])
     assert s.tills["names"] == ["till-1", "till-2", "till-3", "till-4"]
+
+
+def test_clock_shortens_and_sets_the_business_day() -> None:
+    """store-day's clock reads the CEST->CET change at the same share of the run, long or
+    short, and "today" is the store's date when the run starts by that clock."""
+    s = sc.load("store-day")
+    short = s.shortened()
+    assert s.clock["reads_ms"] == 1_792_890_000_000 == short.clock["reads_ms"]  # 01:00 UTC
+    assert short.clock["at_s"] / short.duration_s == s.clock["at_s"] / s.duration_s
+    assert s.tills["business_day"] == "2026-10-25"
