@@ -48,6 +48,12 @@ def _describe(cfg: SiteConfig) -> dict[str, Any]:
         "status": {"period_s": cfg.status_period_s, "no_ack_s": cfg.no_ack_s,
                    "device_down_s": cfg.device_down_s},
         "metrics": None if cfg.metrics_bind is None else "{}:{}".format(*cfg.metrics_bind),
+        "store": cfg.store,
+        "till_api": None if cfg.till_api is None else {
+            "bind": f"{cfg.till_api.bind}:{cfg.till_api.port}",
+            "tls": bool(cfg.till_api.tls_cert), "client_certs": bool(cfg.till_api.client_ca),
+            "tokens_file": cfg.till_api.tokens_file},
+        "sell_rules": cfg.sell_rules,
     }
 
 
@@ -72,6 +78,19 @@ def _check(args: argparse.Namespace) -> int:
               f"{'  metered' if u['metered'] else ''}")
     if not d["uplinks"]:
         print("  uplinks  none: events stay in the journal")
+    if d["till_api"]:
+        t, st = d["till_api"], d["store"] or {}
+        auth = ", ".join(a for a, on in (("TLS", t["tls"]), ("client certificates",
+                                          t["client_certs"]), ("tokens", t["tokens_file"])) if on)
+        print(f"  tills    store {st.get('id')} ({st.get('tz')}), API on {t['bind']}"
+              f"  {auth or 'no TLS, no credentials'}")
+        rules = d["sell_rules"] or {}
+        shown = [f"{k} {','.join(v) if isinstance(v, list | tuple) else v}"
+                 for k, v in sorted(rules.items())
+                 if v is not None and k != "manager_code_sha256"]
+        if rules.get("manager_code_sha256"):
+            shown.append("forced offline with a manager code")
+        print("  offline  " + ("  ".join(shown) or "defaults (cash only)"))
     return 0
 
 

@@ -248,3 +248,18 @@ def test_a_header_typo_in_the_board_file_names_the_board_file(gateway: SimpleNam
     assert r.returncode == 2
     assert r.stderr.startswith(f"config error: {board}: (top level).jounral: is not a known "
                                "key"), r.stderr
+
+
+def test_check_shows_the_till_api_and_the_offline_sell_rules(tmp_path: Path) -> None:
+    from bench.till_site import write_till_site
+    site, _ = write_till_site(tmp_path / "gw", ["till-1"], port=8123, uplink_ports=(1883,),
+                              rules={"offline_tenders": ["cash", "card"],
+                                     "card_floor_limit": 2000, "txn_cap": 50000})
+    out = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site),
+                          "--offline"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    tills = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith("tills"))
+    assert "Europe/Berlin" in tills and "127.0.0.1:8123" in tills and "tokens" in tills
+    offline = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith("offline"))
+    assert "offline_tenders cash,card" in offline and "card_floor_limit 2000" in offline
+    assert "txn_cap 50000" in offline and "None" not in offline
