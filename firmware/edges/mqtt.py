@@ -125,26 +125,26 @@ class MqttUplink:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Hand a message to paho; False if the link cannot take it now (not connected)."""
+        return self._hand(topic, payload, qos, retain) is not None
+
+    def _hand(self, topic: str, payload: bytes, qos: int, retain: bool) -> Any:
+        """paho's MQTTMessageInfo once handed over and counted; None if it was not."""
         if not self.connected:
-            return False
+            return None
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self.counters["publish_errors"] += 1
-            return False
+            return None
         self.counters["published"] += 1
-        return True
+        return info
 
     def publish_wait(self, topic: str, payload: bytes, timeout_s: float, qos: int = 1,
                      retain: bool = False) -> bool:
         """Publish and wait (at most ``timeout_s``) until the broker has it: the goodbye
         before a clean disconnect, which would otherwise drop it from paho's queue."""
-        if not self.connected:
+        info = self._hand(topic, payload, qos, retain)
+        if info is None:
             return False
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            self.counters["publish_errors"] += 1
-            return False
-        self.counters["published"] += 1
         try:
             info.wait_for_publish(timeout_s)
         except (RuntimeError, ValueError):  # the link went down meanwhile
