@@ -58,6 +58,8 @@ class GroupCommitJournal:
         self._retry: tuple[list, int, int] | None = None
         self.lost: str | None = None            # the journal files are gone: why
         self.on_commit: Callable[[int], None] | None = None  # the epoch mark's update
+        self._holds: dict[int, int] = {}  # token -> the first seq the holder may append
+        self._next_hold = 0
         self._closing = False
         self._flushing = False
         self.syncs = 0
@@ -245,8 +247,27 @@ class GroupCommitJournal:
             if self._hlc is not None:
                 self._hlc.observe(remote_hlc)
 
+    def hold(self) -> int:
+        """Keep the commit point below every record appended from now until ``release``
+        (returns the token): for a caller that keeps its own durable note of the append
+        (the till API's key index, rebuilt at start from the records not yet reclaimed).
+        Without it, a power cut between the append and that note lost the key once the
+        ledger's ack had reclaimed the record, and the till's retry was taken twice."""
+        with self.lock:
+            self._next_hold += 1
+            self._holds[self._next_hold] = self.journal.next_seq
+            return self._next_hold
+
+    def release(self, token: int) -> None:
+        with self.lock:
+            self._holds.pop(token, None)
+
     def commit(self, seq: int, next_pos: int | None = None) -> None:
         with self.lock:
+            if self._holds:  # held back: the next ack's commit catches up after release
+                floor = min(self._holds.values())
+                if seq >= floor:
+                    seq, next_pos = floor - 1, None
             self.journal.commit(seq, next_pos)
             self._changed.notify_all()
         if self.on_commit is not None:

@@ -432,30 +432,34 @@ class TillApi:
         data = {"key": key, "sha": sha, "store": self.store["id"], "tz": self.store["tz"],
                 "receipt": receipt, "offline": offline, "txn": txn}
         body = encode_body(txn["till"], "txn", now, data)
+        hold = j.hold()  # not reclaimed before the index has the key (group_commit.hold)
         try:
-            seq = self.agent.append_txn(body)
-        except (JournalFull, RecordTooLarge) as exc:
-            self.counters["journal_refused"] += 1
-            if isinstance(exc, RecordTooLarge):
-                raise Answer(413, "too_large", "the transaction is over the journal's record "
-                             "size ([journal] max_body)") from None
-            raise Answer(507, "journal_full", "the gateway's journal refuses transactions "
-                         "until the ledger acknowledges older ones; retry later") from None
-        except MidshiftError as exc:
-            self.counters["journal_refused"] += 1
-            log.error("till API: journal refused %s's transaction: %s", txn["till"], exc.code)
-            raise Answer(507, "journal_unavailable", f"the journal refuses: {exc.code}; "
-                         "retry later") from None
-        entry = Entry(key, txn["till"], sha, epoch, seq, receipt, now, total, offline)
-        with self._lock:
-            self.queued.add(seq, total, offline, now)
-        try:
-            self.index.put(entry)
-            if self.index.prune_due():
-                self.index.prune(now, epoch, self._committed_seq())
-        except Exception as exc:  # the journal has it; the rebuild at start puts it back
-            log.error("till API: index write failed (%s); the journal holds the key", exc)
-        return entry
+            try:
+                seq = self.agent.append_txn(body)
+            except (JournalFull, RecordTooLarge) as exc:
+                self.counters["journal_refused"] += 1
+                if isinstance(exc, RecordTooLarge):
+                    raise Answer(413, "too_large", "the transaction is over the journal's record "
+                                 "size ([journal] max_body)") from None
+                raise Answer(507, "journal_full", "the gateway's journal refuses transactions "
+                             "until the ledger acknowledges older ones; retry later") from None
+            except MidshiftError as exc:
+                self.counters["journal_refused"] += 1
+                log.error("till API: journal refused %s's transaction: %s", txn["till"], exc.code)
+                raise Answer(507, "journal_unavailable", f"the journal refuses: {exc.code}; "
+                             "retry later") from None
+            entry = Entry(key, txn["till"], sha, epoch, seq, receipt, now, total, offline)
+            with self._lock:
+                self.queued.add(seq, total, offline, now)
+            try:
+                self.index.put(entry)
+                if self.index.prune_due():
+                    self.index.prune(now, epoch, self._committed_seq())
+            except Exception as exc:  # the journal has it; the rebuild at start puts it back
+                log.error("till API: index write failed (%s); the journal holds the key", exc)
+            return entry
+        finally:
+            j.release(hold)
 
     def _answer(self, e: Entry) -> dict[str, Any]:
         return {"key": e.key, "gateway": self.agent.cfg.gateway_id, "epoch": e.epoch,
