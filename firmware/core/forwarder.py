@@ -278,6 +278,8 @@ class Forwarder:
         if len(recs) != recs[-1].seq - recs[0].seq + 1:  # records skipped: ack runs only
             f.runs = _runs(recs)
             f.first = bfirst = recs[0].seq
+        if f.first != first:  # acknowledged records skipped before it: a resend reads from
+            f.pos = recs[0].pos  # its own first record, or the journal sees a bad frame
         self.inflight.append(f)
         if lane.name == BACKLOG:
             self.bucket.take(len(recs))
