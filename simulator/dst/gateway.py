@@ -177,7 +177,7 @@ class SimGateway:
         for _ in range(n):
             self.code += 1
             body, cls = self.pipeline.prepare(Event("scanner", "scan", wall,
-                                                    {"code": "%013d" % self.code}))
+                                                    {"code": f"{self.code:013d}"}))
             try:
                 seq = j.append(body, cls, self.hlc.now())
             except JournalFull:

@@ -84,7 +84,7 @@ class SimLedger:
         world = self.world
         now = world.ledger_wall_ms()
         verified = []
-        for mid, topic, payload in group:
+        for _mid, topic, payload in group:
             try:
                 verified.append((topic, verify_batch(topic, payload, self.signers, MAX_INT)))
             except WireError as exc:

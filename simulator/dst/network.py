@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from firmware.core import topics
-
 if TYPE_CHECKING:
     from simulator.dst.world import World
 

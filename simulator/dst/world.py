@@ -94,7 +94,7 @@ class World:
         self.gateways: list[SimGateway] = []
         self.gateways_by_id: dict[str, SimGateway] = {}
         for i in range(config.gateways):
-            gid = "gw-%03d" % (i + 1)
+            gid = f"gw-{i + 1:03d}"
             keys[gid] = rng.randbytes(32)
             self.oracle.add_gateway(gid)
         self.ledger = SimLedger(self, keys)
@@ -110,7 +110,7 @@ class World:
 
     def note(self, fmt: str, *args: Any) -> None:
         if self.trace is not None:
-            line = "%9d " % self.loop.now_ms + fmt % args
+            line = f"{self.loop.now_ms:9d} " + fmt % args
             self.trace.append(line)
             self._hash.update(line.encode() + b"\n")
 
@@ -206,10 +206,10 @@ class World:
                 gw.alive and not gw.unsynced for gw in self.gateways))
             if oracle.missing or not all(gw.alive for gw in self.gateways):
                 lacking = oracle.undelivered()
-                oracle.fail("not_recovered", "%d durable records not in the ledger %d s after "
-                            "the world healed (first: %s)" % (
-                                oracle.missing, cfg.recovery_bound_s,
-                                ", ".join("%s seq %d" % g for g in lacking[:3])))
+                first = ", ".join(f"{gid} seq {seq}" for gid, seq in lacking[:3])
+                oracle.fail("not_recovered", f"{oracle.missing} durable records not in the "
+                            f"ledger {cfg.recovery_bound_s:g} s after the world healed "
+                            f"(first: {first})")
             self.recovery_s = (self.loop.now_ms - fault_ms) / 1000.0
             self.note("recovered in %.1f s; ledger holds %d records", self.recovery_s,
                       len(self.ledger.store.rows))
