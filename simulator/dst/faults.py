@@ -123,7 +123,7 @@ def ledger_crash(world: World, rng: random.Random) -> None:
 def device_burst(world: World, rng: random.Random) -> None:
     gw = world.gateways[rng.randrange(len(world.gateways))]
     world.fault("device_burst")
-    gw.device_burst(rng.randrange(50, 400))
+    gw.device_burst(rng.randrange(10, 120))
 
 
 KINDS = ((partition, 6), (blackhole, 5), (flap, 4), (slow, 3), (both_links, 2),

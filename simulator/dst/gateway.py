@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+from firmware.core import record as rec
 from firmware.core import session as s
 from firmware.core import topics
 from firmware.core.errors import JournalFull, PowerCut
@@ -42,6 +43,8 @@ OUTBOX_MAX = 32  # PUBLISHes awaiting PUBACK per client; beyond, publish is refu
 RECONNECT_MS = 1000
 PING_TIMEOUT_MS = 2500  # a blackholed link is noticed this late
 SEGMENT = 4096
+SEGMENTS_MAX = 5  # journals of 3 to 5 segments (150 to 250 records): outages fill them
+BATCH_SIZES = (2, 5, 20)  # max_events, one per gateway: small batches, many messages
 
 
 class Client:
@@ -62,12 +65,13 @@ class SimGateway:
         self.uplink_names = ["eth", "lte", "wifi"][:world.config.uplinks]
         self.links = {u: Link(u, rng.randrange(2, 40), rng.randrange(1, 20),
                               rng.choice((50, 200, 1000))) for u in self.uplink_names}
-        self.segments = rng.randrange(3, 9)
+        self.segments = rng.randrange(3, SEGMENTS_MAX + 1)
         self.window = rng.choice((2, 4, 8))
-        self.max_events = rng.choice((5, 20, 100))
+        self.max_events = rng.choice(BATCH_SIZES)
         self.ack_timeout_ms = rng.choice((1000, 3000, 5000))
         self.hold_ms = rng.choice((2000, 10000, 30000))
         self.flash = SimFlash(storage_size(SEGMENT, self.segments), rng)
+        self.ring_records = SEGMENT * self.segments // rec.HEADER_SIZE  # at most, empty bodies
         self.epoch = rng.randrange(1, 1 << 64)
         Journal.format(self.flash, SEGMENT, self.epoch, gid, BASE_WALL_MS)
         self.drift_ppm = rng.randrange(-200, 201)
@@ -130,18 +134,34 @@ class SimGateway:
             self._try_connect(self.life, u)
 
     def _recovered(self, j: Journal) -> None:
-        oracle = self.world.oracle
+        """Every record reported durable and not yet committed must read back as it was
+        journaled; records past that are unsynced appends that survived the cut (then
+        durable), with the bodies appended under their seqs."""
+        world = self.world
+        oracle = world.oracle
         known = oracle.durable_seq[self.gid]
         oracle.on_boot(self.gid, j.epoch, j.durable_seq, j.tail_seq)
-        if j.durable_seq > known:  # unsynced appends that survived the cut: durable now
-            armed, self.flash.cut_in_ops = self.flash.cut_in_ops, None  # the oracle's read
-            found = [(r.seq, bytes(r.body)) for r in j.records(known + 1)]
-            self.flash.cut_in_ops = armed
-            for seq, body in found:
-                if self.unsynced.get(seq) != body:
-                    oracle.fail("seq_reused", f"{self.gid} recovered seq {seq} with a body "
-                                "that was never appended under that seq")
-            oracle.on_durable(self.gid, j.epoch, found)
+        armed, self.flash.cut_in_ops = self.flash.cut_in_ops, None  # the oracle's own read
+        found = [(r.seq, bytes(r.body)) for r in j.records()]
+        self.flash.cut_in_ops = armed
+        durable = oracle.durable[self.gid]
+        expect = j.tail_seq
+        for seq, body in found:
+            for gap in range(expect, seq):  # a torn unsynced record kept its successors
+                if (j.epoch, gap) in durable:
+                    oracle.fail("durable_lost", f"{self.gid} lost seq {gap} in a power cut "
+                                f"after reporting it durable (the journal counts "
+                                f"{j.lost_to_damage} lost to damage)")
+                world.count("unsynced_gap")
+            want = durable.get((j.epoch, seq)) if seq <= known else self.unsynced.get(seq)
+            if want != body:
+                oracle.fail("seq_reused", f"{self.gid} recovered seq {seq} with a body that "
+                            "was never journaled under that seq")
+            expect = seq + 1
+        if known >= j.tail_seq and expect <= known:
+            oracle.fail("durable_lost", f"{self.gid} reads back to seq {expect - 1} after a "
+                        f"power cut, but seq {known} was reported durable")
+        oracle.on_durable(self.gid, j.epoch, [(q, b) for q, b in found if q > known])
         self.unsynced = {}
 
     def _die(self) -> None:
@@ -208,7 +228,8 @@ class SimGateway:
         world = self.world
         now = world.loop.now_ms
         self._carry_out(self.session.poll(now, self.wall_ms()))
-        world.oracle.check_memory(self.gid, self.session.forwarder, self.window)
+        world.oracle.check_memory(self.gid, self.session.forwarder, self.window,
+                                  self.ring_records)
         self._arm(now)
 
     def _arm(self, now: int) -> None:
@@ -228,16 +249,21 @@ class SimGateway:
 
     def _carry_out(self, actions: list[Any]) -> None:
         dispatch = self._dispatch
+        tracing = self.world.trace is not None
         for a in actions:
             fn = dispatch.get(type(a))
             if fn is not None:
                 fn(a)
+            elif tracing and type(a) is s.Note:  # the sync log's line, into the trace
+                self.world.note("%s %s %s", self.gid, a.what,
+                                " ".join(f"{k}={v}" for k, v in a.fields.items()))
 
     def _publish(self, a: s.Publish) -> None:
         if not self.publish(a.uplink, a.topic, a.payload):
             self.session.publish_failed(a.uplink)
 
     def _commit(self, a: s.Commit) -> None:
+        self.world.note("%s commit %d", self.gid, a.seq)
         self.world.oracle.on_commit(self.gid, self.journal.epoch, a.seq)
         self.journal.commit(a.seq, a.pos)
 

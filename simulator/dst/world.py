@@ -32,7 +32,7 @@ LEDGER_HOP_MS = 1  # broker and ledger share a host
 
 class Config:
     def __init__(self, gateways: int = 3, uplinks: int = 2, fault_s: float = 120.0,
-                 recovery_bound_s: float = 180.0, hop_fault: float = 0.3,
+                 recovery_bound_s: float = 180.0, hop_fault: float = 0.5,
                  fault_every_ms: int = 700, burst_every_ms: int = 1500) -> None:
         if gateways < 1 or not 2 <= uplinks <= 3:
             raise ValueError("a run needs at least 1 gateway and 2 or 3 uplinks each")
@@ -173,7 +173,7 @@ class World:
     def _next_burst(self, gw: SimGateway) -> None:
         if self.calm:
             return
-        gw.device_burst(self.rng.randrange(1, 30))
+        gw.device_burst(self.rng.randrange(1, 5))
         self.loop.after(int(self.rng.expovariate(1.0 / self.config.burst_every_ms)) + 1,
                         self._next_burst, gw)
 
