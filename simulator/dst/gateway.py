@@ -84,6 +84,7 @@ class SimGateway:
         self.journal: Any = None
         self.session: Any = None
         self.unsynced: dict[int, bytes] = {}  # appended, not yet reported durable
+        self.lost: dict[bytes, int] = {}  # bodies of unsynced appends a power cut took
         self.cut = False
         self._dispatch = {s.Publish: self._publish, s.Commit: self._commit,
                           s.Observe: self._observe}
@@ -154,6 +155,10 @@ class SimGateway:
                                 f"{j.lost_to_damage} lost to damage)")
                 world.count("unsynced_gap")
             want = durable.get((j.epoch, seq)) if seq <= known else self.unsynced.get(seq)
+            if want != body and body in self.lost:
+                oracle.fail("ghost_record", f"{self.gid} recovered seq {seq} holding the record "
+                            f"appended as seq {self.lost[body]} before an earlier power cut "
+                            "(tests/unit/test_journal_ghost_resync.py)")
             if want != body:
                 oracle.fail("seq_reused", f"{self.gid} recovered seq {seq} with a body that "
                             "was never journaled under that seq")
@@ -162,6 +167,10 @@ class SimGateway:
             oracle.fail("durable_lost", f"{self.gid} reads back to seq {expect - 1} after a "
                         f"power cut, but seq {known} was reported durable")
         oracle.on_durable(self.gid, j.epoch, [(q, b) for q, b in found if q > known])
+        kept = {b for q, b in found if q > known}
+        for seq, body in self.unsynced.items():
+            if body not in kept:
+                self.lost[body] = seq
         self.unsynced = {}
 
     def _die(self) -> None:
@@ -196,8 +205,9 @@ class SimGateway:
         wall = self.wall_ms()
         for _ in range(n):
             self.code += 1
-            body, cls = self.pipeline.prepare(Event("scanner", "scan", wall,
-                                                    {"code": f"{self.code:013d}"}))
+            # An EAN-13 (AIM "]E0"): not masked as a card number, so bodies are unique.
+            body, cls = self.pipeline.prepare(Event("scanner", "scan", wall, {
+                "code": f"{self.code:013d}", "symbology": "]E0"}))
             try:
                 seq = j.append(body, cls, self.hlc.now())
             except JournalFull:
