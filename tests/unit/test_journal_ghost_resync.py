@@ -28,7 +28,7 @@ def _frame_at(j, seq):
     for r in j.records():
         if r.seq == seq:
             return r
-    raise AssertionError("no seq %d" % seq)
+    raise AssertionError(f"no seq {seq}")
 
 
 @pytest.mark.xfail(strict=True, reason="core finding: recovery resync accepts ghost frames "
@@ -52,4 +52,4 @@ def test_a_header_torn_over_an_old_frame_does_not_resurrect_its_successors():
     assert rec.FrameHeader(ghost4).seq == 4 and rec.FrameHeader(ghost4).length == len(body)
     st.write(j._phys(j.durable_pos), new4[:32])  # the new 4, torn just before its CRC
     j = Journal.open(st)
-    assert j.durable_seq == 3, "recovered %s" % j.recovery.as_dict()
+    assert j.durable_seq == 3, f"recovered {j.recovery.as_dict()}"
