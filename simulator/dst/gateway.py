@@ -43,8 +43,9 @@ OUTBOX_MAX = 32  # PUBLISHes awaiting PUBACK per client; beyond, publish is refu
 RECONNECT_MS = 1000
 PING_TIMEOUT_MS = 2500  # a blackholed link is noticed this late
 SEGMENT = 4096
-SEGMENTS_MAX = 5  # journals of 3 to 5 segments (150 to 250 records): outages fill them
-BATCH_SIZES = (2, 5, 20)  # max_events, one per gateway: small batches, many messages
+SEGMENTS_MAX = 8  # journals of 3 to 8 segments (about 100 to 250 records): outages fill them
+BATCH_SIZES = (2, 5, 20, 100)  # max_events, one per gateway
+BURST_MAX = (4, 4, 30)  # scans per device burst at most, one per gateway: quiet or busy
 
 
 class Client:
@@ -68,6 +69,7 @@ class SimGateway:
         self.segments = rng.randrange(3, SEGMENTS_MAX + 1)
         self.window = rng.choice((2, 4, 8))
         self.max_events = rng.choice(BATCH_SIZES)
+        self.burst_max = rng.choice(BURST_MAX)
         self.ack_timeout_ms = rng.choice((1000, 3000, 5000))
         self.hold_ms = rng.choice((2000, 10000, 30000))
         self.flash = SimFlash(storage_size(SEGMENT, self.segments), rng)

@@ -173,7 +173,7 @@ class World:
     def _next_burst(self, gw: SimGateway) -> None:
         if self.calm:
             return
-        gw.device_burst(self.rng.randrange(1, 5))
+        gw.device_burst(self.rng.randrange(1, gw.burst_max + 1))
         self.loop.after(int(self.rng.expovariate(1.0 / self.config.burst_every_ms)) + 1,
                         self._next_burst, gw)
 
