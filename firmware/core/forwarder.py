@@ -233,7 +233,9 @@ class Forwarder:
         if self.uplink is None:
             return None
         times = [f.sent_ms + self.ack_timeout_ms for f in self.inflight]
-        if self._waiting_since is not None:
+        if self._waiting_since is not None and len(self.inflight) < self.window:
+            # A lingering batch can go only into a free window slot; with the window full
+            # the next chance is an ack (its own event) or an ack timeout, never the linger.
             times.append(self._waiting_since + self.linger_ms)
         return min(times) if times else None
 

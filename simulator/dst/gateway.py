@@ -207,9 +207,9 @@ class SimGateway:
         wall = self.wall_ms()
         for _ in range(n):
             self.code += 1
-            # An EAN-13 (AIM "]E0"): not masked as a card number, so bodies are unique.
-            body, cls = self.pipeline.prepare(Event("scanner", "scan", wall, {
-                "code": f"{self.code:013d}", "symbology": "]E0"}))
+            # A UPC-A (12 digits): never taken for a card number, so bodies are unique.
+            body, cls = self.pipeline.prepare(Event("scanner", "scan", wall,
+                                                    {"code": f"{self.code:012d}"}))
             try:
                 seq = j.append(body, cls, self.hlc.now())
             except JournalFull:
