@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+from simulator.dst.gateway import PING_TIMEOUT_MS
 from simulator.dst.network import BLACKHOLE, DOWN, UP
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def _break(world: World, gw: SimGateway, uplink: str, state: str, for_ms: int) -
     link.state = state
     if was == UP and gw.alive:
         notice = world.rng.randrange(20, 300) if state == DOWN else world.rng.randrange(
-            1500, 3500)
+            PING_TIMEOUT_MS // 2, PING_TIMEOUT_MS * 3 // 2)
         gw.link_broken(uplink, notice)
     world.loop.after(for_ms, _heal, world, gw, uplink, link.gen)
 

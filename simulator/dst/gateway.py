@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from firmware.core import record as rec
 from firmware.core import session as s
-from firmware.core import topics
 from firmware.core.errors import JournalFull, PowerCut
 from firmware.core.event import Event
 from firmware.core.hlc import HybridLogicalClock
@@ -41,7 +40,7 @@ RETRY_MS = 2000  # an MQTT client sends a PUBLISH again when no PUBACK came
 MAX_ATTEMPTS = 3
 OUTBOX_MAX = 32  # PUBLISHes awaiting PUBACK per client; beyond, publish is refused
 RECONNECT_MS = 1000
-PING_TIMEOUT_MS = 2500  # a blackholed link is noticed this late
+PING_TIMEOUT_MS = 2500  # a blackholed link is noticed about this late
 SEGMENT = 4096
 SEGMENTS_MAX = 8  # journals of 3 to 8 segments (about 100 to 250 records): outages fill them
 BATCH_SIZES = (2, 5, 20, 100)  # max_events, one per gateway
@@ -78,7 +77,6 @@ class SimGateway:
         Journal.format(self.flash, SEGMENT, self.epoch, gid, BASE_WALL_MS)
         self.drift_ppm = rng.randrange(-200, 201)
         self.offset_ms = rng.randrange(-2000, 2001)
-        self.events_topic = topics.topic(SITE, gid, topics.EVENTS)
         self.alive = False
         self.life = 0
         self.code = 0  # device event counter (scanned codes)
