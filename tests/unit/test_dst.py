@@ -22,7 +22,6 @@ REGRESSIONS = [
     # whose records were never sent (commit_ahead). The unit case:
     # tests/unit/test_forwarder_resend_position.py
     pytest.param(263, {}, id="seed263-resend-position"),
-    pytest.param(377, {}, id="seed377-resend-position"),
 ]
 
 
