@@ -71,12 +71,7 @@ def slow(world: World, rng: random.Random) -> None:
     gw, u = _link(world, rng)
     link = gw.links[u]
     world.fault("slow_link")
-    old = (link.latency_ms, link.jitter_ms, link.bytes_per_ms)
-    link.latency_ms, link.jitter_ms, link.bytes_per_ms = 300, 1500, 5
-
-    def back() -> None:
-        link.latency_ms, link.jitter_ms, link.bytes_per_ms = old
-    world.loop.after(rng.randrange(2000, 30000), back)
+    world.loop.after(rng.randrange(2000, 30000), link.fast, link.slow(300, 1500, 5))
 
 
 def both_links(world: World, rng: random.Random) -> None:

@@ -31,15 +31,26 @@ HELD_MAX = 100  # acks held per disconnected gateway uplink
 
 
 class Link:
-    __slots__ = ("name", "state", "latency_ms", "jitter_ms", "bytes_per_ms", "gen")
+    __slots__ = ("name", "state", "latency_ms", "jitter_ms", "bytes_per_ms", "gen", "base",
+                 "slow_gen")
 
     def __init__(self, name: str, latency_ms: int, jitter_ms: int, bytes_per_ms: int) -> None:
         self.name = name
         self.state = UP
-        self.latency_ms = latency_ms
-        self.jitter_ms = jitter_ms
-        self.bytes_per_ms = bytes_per_ms
+        self.base = (latency_ms, jitter_ms, bytes_per_ms)
+        self.latency_ms, self.jitter_ms, self.bytes_per_ms = self.base
         self.gen = 0  # bumped by every fault, so a stale heal does not undo a newer fault
+        self.slow_gen = 0  # likewise for slowdowns, which overlap
+
+    def slow(self, latency_ms: int, jitter_ms: int, bytes_per_ms: int) -> int:
+        self.slow_gen += 1
+        self.latency_ms, self.jitter_ms, self.bytes_per_ms = latency_ms, jitter_ms, bytes_per_ms
+        return self.slow_gen
+
+    def fast(self, gen: int | None = None) -> None:
+        """Back to the link's own quality (``gen``: only if no later slowdown began)."""
+        if gen is None or gen == self.slow_gen:
+            self.latency_ms, self.jitter_ms, self.bytes_per_ms = self.base
 
     def delay(self, rng: Any, nbytes: int) -> int:
         return self.latency_ms + rng.randrange(self.jitter_ms + 1) + nbytes // self.bytes_per_ms

@@ -32,7 +32,7 @@ LEDGER_HOP_MS = 1  # broker and ledger share a host
 
 class Config:
     def __init__(self, gateways: int = 3, uplinks: int = 2, fault_s: float = 120.0,
-                 recovery_bound_s: float = 180.0, hop_fault: float = 0.5,
+                 recovery_bound_s: float = 60.0, hop_fault: float = 0.5,
                  fault_every_ms: int = 700, burst_every_ms: int = 1500) -> None:
         if gateways < 1 or not 2 <= uplinks <= 3:
             raise ValueError("a run needs at least 1 gateway and 2 or 3 uplinks each")
@@ -185,6 +185,7 @@ class World:
             for link in gw.links.values():
                 link.gen += 1
                 link.state = UP
+                link.fast()
         if not self.broker.alive:
             self.restart_broker()
         if not self.ledger.alive:

@@ -60,7 +60,7 @@ def test_tracing_does_not_change_the_run() -> None:
 def test_clean_seeds_hold_every_invariant_and_recover(seed: int) -> None:
     r = run_seed(seed, Config(gateways=4, uplinks=2 + seed % 2, fault_s=60))
     assert r.ok, r.violation
-    assert r.recovery_s is not None and r.recovery_s < 180
+    assert r.recovery_s is not None and r.recovery_s < 60
     assert r.stored > 0 and r.faults > 500
 
 
