@@ -74,9 +74,13 @@ class Result:
 
 
 class World:
-    def __init__(self, seed: int, config: Config, trace: bool = False) -> None:
+    def __init__(self, seed: int, config: Config, trace: bool = False,
+                 schedule: list[tuple[int, str]] | None = None) -> None:
+        """``schedule``: the world's faults as (ms, kind name) instead of drawn from the
+        seed (``shrink.py`` hands Hypothesis this to make smaller)."""
         self.seed = seed
         self.config = config
+        self.schedule = schedule
         self.rng = random.Random(seed)
         self.loop = EventLoop()
         self.trace: list[str] | None = [] if trace else None
@@ -195,7 +199,12 @@ class World:
         cfg = self.config
         fault_ms = int(cfg.fault_s * 1000)
         bound_ms = int(cfg.recovery_bound_s * 1000)
-        self.loop.after(1, self._next_fault)
+        if self.schedule is None:
+            self.loop.after(1, self._next_fault)
+        else:
+            by_name = {k.__name__: k for k in self._kinds}
+            for at_ms, name in self.schedule:
+                self.loop.at(min(at_ms, fault_ms - 1), by_name[name], self, self.rng)
         for gw in self.gateways:
             self.loop.after(self.rng.randrange(1, 1000), self._next_burst, gw)
         self.loop.at(fault_ms, self._heal)
@@ -219,8 +228,9 @@ class World:
         return None
 
 
-def run_seed(seed: int, config: Config | None = None, trace: bool = False) -> Result:
+def run_seed(seed: int, config: Config | None = None, trace: bool = False,
+             schedule: list[tuple[int, str]] | None = None) -> Result:
     t0 = time.perf_counter()
-    world = World(seed, config or Config(), trace)
+    world = World(seed, config or Config(), trace, schedule)
     violation = world.run()
     return Result(seed, violation, world, time.perf_counter() - t0)
