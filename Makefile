@@ -1,7 +1,7 @@
 # midshift: `make demo` runs the simulated shift, `make test` runs the whole default suite.
 PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
-.PHONY: setup test test-network lint unit demo scenarios bench clean
+.PHONY: setup test test-network lint unit demo scenarios bench clean dst
 
 SCENARIOS := $(basename $(notdir $(wildcard simulator/scenarios/*.toml)))
 
@@ -16,6 +16,11 @@ scenarios:
 	@set -e; for s in $(SCENARIOS); do \
 	  echo "== $$s"; $(PY) -m simulator run $$s --speed $(SPEED) --report build/scenarios/$$s; \
 	done
+
+# The deterministic simulation, longer than the budget make test runs: make dst SEEDS=5000
+SEEDS ?= 1000
+dst:
+	$(PY) -m simulator dst --seeds $(SEEDS)
 
 setup:
 	bash .ci/setup

@@ -8,6 +8,7 @@
   fleet [--gateways N] [--backlog N] [--keys-out F]  virtual gateways against a broker
   run SCENARIO [--speed X] [--gateways N] [--short] [--json] [--report DIR]
                                                       play a scenario, judge the ledger
+  dst --seeds N [--budget-s S] | --seed X --trace     deterministic simulation, seeded
 
 Fault proxies are found by name through control sockets in $MIDSHIFT_RUNTIME_DIR
 (default: <tmp>/midshift-sim).
@@ -273,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from simulator.fleet_cli import register as register_fleet  # virtual gateways (issue 10)
     register_fleet(sub)
+
+    from simulator.dst.cli import register as register_dst  # deterministic simulation (22)
+    register_dst(sub)
 
     sr = sub.add_parser("run", help="play a scenario and reconcile the ledger",
                         description="Start a broker, the reference ledger, each gateway's "

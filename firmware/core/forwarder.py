@@ -281,6 +281,8 @@ class Forwarder:
         if len(recs) != recs[-1].seq - recs[0].seq + 1:  # records skipped: ack runs only
             f.runs = _runs(recs)
             f.first = bfirst = recs[0].seq
+        if f.first != first:  # acknowledged records skipped before it: a resend reads from
+            f.pos = recs[0].pos  # its own first record, or the journal sees a bad frame
         self.inflight.append(f)
         if lane.name == BACKLOG:
             self.bucket.take(len(recs))
@@ -302,7 +304,9 @@ class Forwarder:
         return encode_batch(self.signer, batch, self.compress)
 
     def _reencode(self, f, now_ms):
-        records, _, _ = self.journal.read(f.pos, f.first, f.count + 64, self.max_bytes * 2)
+        # Exactly the seqs the batch spans: it may have skipped acknowledged stretches.
+        records, _, _ = self.journal.read(f.pos, f.first, f.last - f.first + 1,
+                                          self.max_bytes * 2)
         recs = [r for r in records if f.first <= r.seq <= f.last
                 and (f.runs is None or any(a <= r.seq <= b for a, b, _ in f.runs))]
         if not recs:

@@ -42,16 +42,14 @@ import paho.mqtt.client as mqtt
 from firmware.core import topics
 from firmware.core.broker_url import parse_broker_url
 from firmware.core.signing import Signer
-from firmware.core.wire import Batch, WireError, decode_batch, encode_ack, peek_gateway
+from firmware.core.wire import Batch, WireError, encode_ack
 from firmware.edges.clock import SystemClock
-from host_tools.ledger.inflate import bounded_inflate
 from host_tools.ledger.rejections import RejectionTally
-from host_tools.ledger.store import MAX_INT, LedgerStore, unstorable
+from host_tools.ledger.store import MAX_INT, LedgerStore
+from host_tools.ledger.verify import verify_batch
 
 log = logging.getLogger(__name__)
 MAX_GROUP = 64  # batches stored in one transaction at most
-MAX_PAYLOAD = 16 << 20  # bytes of payload, as sent and inflated; the agent sends ~256 KiB
-_inflate = bounded_inflate(MAX_PAYLOAD)
 
 
 def load_keys(path: str | Path) -> dict[str, bytes]:
@@ -266,26 +264,15 @@ class LedgerService:
 
     def _verify(self, topic: str, payload: bytes, now: int) -> tuple[Batch | None, bytes | None]:
         """The verified, storable batch, or (None, the rejected ack sent if any)."""
-        where = topics.split(topic)
-        if where is None or where[2] != topics.EVENTS:
-            self._reject(None, "bad_topic", f"topic {topic}", now)
-            return None, None
-        gw_topic = where[1]
         try:
-            gw = peek_gateway(payload)
-            if gw != gw_topic:
-                raise WireError("wrong_topic", f"batch from {gw} published under {gw_topic}")
-            signer = self.signers.get(gw)
-            if signer is None:
-                raise WireError("unknown_gateway", f"gateway {gw} is not registered")
-            batch = decode_batch(payload, signer, _inflate, MAX_PAYLOAD, MAX_INT)
-            refused = unstorable(batch)
-            if refused is not None:
-                raise WireError(*refused, (batch.epoch, batch.first_seq, batch.last_seq))
-            return batch, None
+            return verify_batch(topic, payload, self.signers, MAX_INT), None
         except WireError as exc:
+            if exc.reason == "bad_topic":
+                self._reject(None, "bad_topic", str(exc), now)
+                return None, None
             # Answered only when the HMAC verified: a forger learns nothing, and a forged
             # batch cannot cancel a real one in flight with the same range.
+            gw_topic = topics.split(topic)[1]  # type: ignore[index]  # not bad_topic
             answer = (topic, *exc.signed) if exc.signed else None
             return None, self._reject(gw_topic, exc.reason, str(exc), now, answer)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import host_tools.ledger.service as service_module
+import host_tools.ledger.verify as verify_module
 from simulator.lab import COMMAND_KEY, Lab, wait_for
 
 REFUSED: set[str] = set()  # codes the ledger refuses, as a stricter future check might
@@ -26,12 +26,12 @@ def _strict(batch: Any) -> tuple[str, str] | None:
     return _ORIGINAL(batch)
 
 
-_ORIGINAL = service_module.unstorable
+_ORIGINAL = verify_module.unstorable
 
 
 @pytest.fixture
 def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
-    monkeypatch.setattr(service_module, "unstorable", _strict)
+    monkeypatch.setattr(verify_module, "unstorable", _strict)
     REFUSED.clear()
     r = Lab(tmp_path)
     yield r
