@@ -124,7 +124,7 @@ class Agent:
             from firmware.edges.metrics import AgentCollector, MetricsEndpoint
             self.metrics = MetricsEndpoint(AgentCollector(self.snapshot),
                                            self.cfg.metrics_bind).start()
-        if self.cfg.status_page is not None:  # first too: a bad token or port stops the start
+        if self.cfg.status_page is not None:  # bound first too; it answers once all runs
             from firmware.edges.status_page import StatusPage
             self.page = StatusPage(self.cfg.status_page, self.snapshot, self.cfg.store).start()
         jc = self.cfg.journal
@@ -169,6 +169,8 @@ class Agent:
             from firmware.edges.till_api import TillApi  # cheroot only when tills post here
             self.tills = TillApi(self).start()
         self._status_thread = self.supervisor.spawn("status", self._status_loop, self._stopping)
+        if self.page is not None:
+            self.page.serve()
         self.notifier.ready(f"{len(self.drivers)} devices, {len(self.cfg.uplinks)} uplinks")
         log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",
                  self.cfg.gateway_id, len(self.drivers), jc.path, journal.epoch, journal.next_seq)

@@ -95,12 +95,18 @@ class StatusPage:
                               f"{exc.strerror or exc}", "a free port on an address of this "
                               "gateway") from None
         self.port = self.server.bind_addr[1]
+        return self
+
+    def serve(self) -> None:
+        """Answer from now on (``start`` only binds: a visitor during the agent's start
+        waits instead of reading a half-built status)."""
+        if self.server is None:
+            raise RuntimeError("start() first")
         self._thread = threading.Thread(target=self.server.serve, name="status-page",
                                         daemon=True)
         self._thread.start()
         log.info("status page on %s://%s:%d/", "https" if self.cfg.tls_cert else "http",
-                 host, self.port)
-        return self
+                 self.cfg.bind[0], self.port)
 
     def stop(self) -> None:
         if self.server is not None:

@@ -56,7 +56,7 @@ h1{font-size:1.3em;margin:.8em 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
 table{border-collapse:collapse;width:100%;background:#fff}
 th,td{text-align:left;padding:.35em .6em;border-bottom:1px solid #ddd;vertical-align:top}
 th{background:#e8e8e8;font-weight:600}
-td.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .s-ok{color:#1d6b1d;font-weight:600}.s-bad{color:#a01818;font-weight:600}
 .s-warn{color:#8a5a00;font-weight:600}
 ul.alarms{padding:0;list-style:none}ul.alarms li{background:#fff;margin:.3em 0;padding:.5em .8em;
@@ -121,7 +121,9 @@ def _e(value: Any) -> str:
 
 def _table(head: list[str], rows: list[list[str]], numeric: set[int] | None = None) -> str:
     numeric = numeric or set()
-    out = ["<table><thead><tr>", *(f"<th>{h}</th>" for h in head), "</tr></thead><tbody>"]
+    out = ["<table><thead><tr>",
+           *(f'<th class="n">{h}</th>' if i in numeric else f"<th>{h}</th>"
+             for i, h in enumerate(head)), "</tr></thead><tbody>"]
     for row in rows:
         out.append("<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
                                      for i, c in enumerate(row)) + "</tr>")
@@ -154,7 +156,8 @@ def _banner(doc: dict[str, Any], clock: Clock) -> str:
     if not online:
         return (f'<div class="banner bad" id="state">Offline{when}: sales are kept on this '
                 'gateway and sent when the connection is back</div>')
-    cls, tail = ("warn", f", {len(alarms)} problem(s) below") if alarms else ("good", "")
+    n = len(alarms)
+    cls, tail = ("warn", f", {n} problem{'' if n == 1 else 's'} below") if n else ("good", "")
     return f'<div class="banner {cls}" id="state">Online{when}{tail}</div>'
 
 
@@ -199,7 +202,7 @@ def _devices(doc: dict[str, Any], clock: Clock) -> str:
         cls = "s-ok" if state == "ok" else ("s-warn" if state == "stale" else "s-bad")
         words = DEVICE_WORDS.get(state, state)
         if d.get("name") in down:
-            words += ", down"
+            words += ", needs attention"
         since = f' <span class="detail">since {clock.at(d.get("since_ms"))}</span>'
         last = d.get("last_value_ms")
         value = f"{clock.at(last)} <span class=\"detail\">({clock.ago(last)})</span>" \

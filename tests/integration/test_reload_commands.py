@@ -30,8 +30,8 @@ from tests.integration.test_generated_broker import lab  # noqa: F401 (the fixtu
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def site_text(lab: dict[str, Any], page_port: int, refresh_s: int, extra: str = "") -> str:
-    s = lab["site"]
+def site_text(rig: dict[str, Any], page_port: int, refresh_s: int, extra: str = "") -> str:
+    s = rig["site"]
     g = s / "gateways/gw-01"
     return f"""board_config = "sim"
 [gateway]
@@ -40,7 +40,7 @@ site = "plant1"
 key_file = "{g / 'batch.key'}"
 command_key_file = "{g / 'command.key'}"
 [journal]
-path = "{lab['tmp'] / 'gw-journal'}"
+path = "{rig['tmp'] / 'gw-journal'}"
 segment_size = 65536
 segment_count = 8
 [status]
@@ -53,7 +53,7 @@ type = "scanner"
 port = "/dev/null-scanner"
 enabled = false
 [uplinks.tls]
-broker = "mqtts://127.0.0.1:{lab['tls_port']}"
+broker = "mqtts://127.0.0.1:{rig['tls_port']}"
 ca = "{s / 'ca/ca.crt'}"
 cert = "{g / 'gateway.crt'}"
 key = "{g / 'gateway.key'}"
@@ -93,10 +93,10 @@ def agent(lab: dict[str, Any]) -> Iterator[dict[str, Any]]:  # noqa: F811
         log.close()
 
 
-def command(lab: dict[str, Any], capsys: pytest.CaptureFixture[str], gw: str,
+def command(rig: dict[str, Any], capsys: pytest.CaptureFixture[str], gw: str,
             *argv: str) -> tuple[int, str]:
-    rc = host_tools(["command", gw, *argv, "--site-dir", str(lab["site"]),
-                     "--broker", f"mqtts://127.0.0.1:{lab['ledger_port']}", "--timeout", "10"])
+    rc = host_tools(["command", gw, *argv, "--site-dir", str(rig["site"]),
+                     "--broker", f"mqtts://127.0.0.1:{rig['ledger_port']}", "--timeout", "10"])
     out = capsys.readouterr()
     return rc, (out.out + out.err).strip()
 
