@@ -222,7 +222,10 @@ def _alarms(doc: dict[str, Any]) -> str:
     detail = doc.get("alarm_detail") or {}
     items = []
     for name in alarms:
-        words = ALARM_WORDS.get(str(name), str(name).replace("_", " ").capitalize() + ".")
+        if str(name).startswith("thread_"):  # a supervised loop crashed (supervisor.py)
+            words = "Part of the gateway software crashed and was restarted."
+        else:
+            words = ALARM_WORDS.get(str(name), str(name).replace("_", " ").capitalize() + ".")
         more = detail.get(name)
         extra = f'<div class="detail">{_e(more)}</div>' if more else ""
         items.append(f'<li data-alarm="{_e(name)}"><strong>{_e(words)}</strong>{extra}</li>')
