@@ -96,7 +96,8 @@ def duration(seconds: float) -> str:
         return f"{s // 60} min"
     if s < 86400:
         return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} days {s % 86400 // 3600} h"
+    days = s // 86400
+    return f"{days} day{'' if days == 1 else 's'} {s % 86400 // 3600} h"
 
 
 def size(nbytes: Any) -> str:

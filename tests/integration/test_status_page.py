@@ -11,6 +11,7 @@ import base64
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -22,11 +23,14 @@ from typing import Any
 import pytest
 
 from bench.till_site import sale, write_till_site
+from firmware.agent import Agent
+from firmware.core.site_config import DeviceType, validate
 from host_tools.ledger.opener import open_store
 from host_tools.ledger.service import LedgerService
 from simulator.broker import Broker, free_port
 from simulator.devices.scanner import BarcodeScanner
 from simulator.lab import KEY, wait_for
+from tests.integration.pki import make_pki
 from tests.integration.till_client import TillClient
 from tests.scenarios.test_report_in_chromium import CHROMIUM_FLAGS, _chromium, _png_rows_vary
 
@@ -164,3 +168,36 @@ def test_beyond_loopback_without_a_token_the_agent_refuses_to_start(tmp_path: Pa
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"config error: {site}: status_page.bind: '0.0.0.0:8080' "
                                   "is beyond loopback with no token_file or client_ca")
+
+
+def test_client_certificates_stand_in_for_the_token(tmp_path: Path) -> None:
+    """HTTPS with ``client_ca``: a browser with a certificate the staff CA signed reads the
+    page, one without a certificate or with another CA's does not get past the handshake."""
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki")
+    (tmp_path / "gw.key").write_text(KEY.hex())
+    doc = {"gateway": {"id": "gw-c", "site": "lab", "key_file": str(tmp_path / "gw.key")},
+           "board": {"name": "test"},
+           "journal": {"path": str(tmp_path / "journal"), "segment_size": 65536,
+                       "segment_count": 8},
+           "devices": {"dev1": {"type": "scanner", "enabled": False}},
+           "status_page": {"bind": "0.0.0.0:0", "tls_cert": str(pki / "server.crt"),
+                           "tls_key": str(pki / "server.key"), "client_ca": str(pki / "ca.crt")}}
+    agent = Agent(validate(doc, {"scanner": DeviceType("txn", lambda n, t, p: t)})).start()
+    try:
+        url = f"https://localhost:{agent.page.port}/"
+
+        def get(cert: str | None) -> int:
+            ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+            if cert:
+                ctx.load_cert_chain(str(pki / f"{cert}.crt"), str(pki / f"{cert}.key"))
+            try:
+                with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
+                    return int(resp.status)
+            except (ssl.SSLError, urllib.error.URLError, ConnectionError):
+                return 0
+
+        assert get("gw1") == 200
+        assert get(None) == 0 and get("rogue") == 0
+    finally:
+        agent.stop()
