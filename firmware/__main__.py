@@ -50,6 +50,8 @@ def _describe(cfg: SiteConfig) -> dict[str, Any]:
         "status": {"period_s": cfg.status_period_s, "no_ack_s": cfg.no_ack_s,
                    "device_down_s": cfg.device_down_s},
         "metrics": None if cfg.metrics_bind is None else "{}:{}".format(*cfg.metrics_bind),
+        "status_page": None if cfg.status_page is None
+        else "{}:{}".format(*cfg.status_page.bind),
     }
 
 

@@ -201,3 +201,17 @@ def test_client_certificates_stand_in_for_the_token(tmp_path: Path) -> None:
         assert get(None) == 0 and get("rogue") == 0
     finally:
         agent.stop()
+
+
+def test_check_finds_a_short_or_missing_token_as_run_would(tmp_path: Path) -> None:
+    site, _ = write_till_site(tmp_path, ["till-1"])
+    (tmp_path / "short.token").write_text("abc\n")
+    base = site.read_text()
+    for token, problem in (("short.token", "short.token: a token of 3 characters is too "
+                            "short"), ("gone.token", "does not exist")):
+        site.write_text(base + f'[status_page]\nbind = "0.0.0.0:8080"\ntoken_file = "{token}"\n')
+        done = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              env=os.environ | {"PYTHONPATH": str(ROOT)})
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "status_page.token_file" in done.stderr and problem in done.stderr
