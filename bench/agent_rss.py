@@ -5,9 +5,10 @@ mosquitto, read from /proc after it has settled.
 Drivers not yet on this build are configured disabled, and the result says which
 (``rss_devices``), so the figure is never passed off as covering what did not run.
 
-``rss_mb`` is measured with the OpenMetrics endpoint on (``[metrics] bind``) and scraped
-once before the reading, the heavier of the two ways a gateway runs (issue 18 bounds it
-at 40 MB); ``rss_mb_metrics_off`` is the same agent without it, measured after.
+``rss_mb`` is measured with the OpenMetrics endpoint (``[metrics] bind``) and the status
+page (``[status_page] bind``) on, each fetched once before the reading, the heavier of the
+two ways a gateway runs (issue 18 bounds it at 40 MB); ``rss_mb_metrics_off`` is the same
+agent without either, measured after.
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ def _measure(tmp: Path, settle_s: float, metrics: bool) -> dict[str, Any]:
                                    if not x.split("=")[0].strip().endswith(("_led", "_button")))
             (tmp / "board.toml").write_text(board)
             port = _free_port()
+            page_port = _free_port()
             if metrics:
-                devices += f'[metrics]\nbind = "127.0.0.1:{port}"\n'
+                devices += (f'[metrics]\nbind = "127.0.0.1:{port}"\n'
+                            f'[status_page]\nbind = "127.0.0.1:{page_port}"\n')
             site = tmp / "site.toml"
             site.write_text(f"""
 board_config = "board.toml"
@@ -114,15 +117,19 @@ priority = 20
                 err = proc.stderr.read().decode() if proc.stderr else ""
                 plc.stop()
                 return {"rss_mb": None, "rss_error": err.strip()[-300:]}
-            scraped = 0
+            scraped = paged = 0
             if metrics:  # as Prometheus would: the collectors and the HTTP thread run
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
                                             timeout=10) as resp:
                     scraped = len(resp.read())
+                with urllib.request.urlopen(f"http://127.0.0.1:{page_port}/",
+                                            timeout=10) as resp:
+                    paged = len(resp.read())
             rss = _rss_kb(proc.pid) / 1024
         finally:
             proc.terminate()
             proc.wait(10)
     plc.stop()
     return {"rss_mb": round(rss, 1), "rss_metrics": metrics, "rss_scrape_bytes": scraped,
+            "rss_page_bytes": paged,
             "rss_devices": {"scanner": have["scanner"], "modbus": have["modbus"]}}

@@ -1,6 +1,8 @@
 """python -m firmware: the gateway agent.
 
-  run   --config SITE [--board FILE] [--new-epoch]   start the agent until SIGTERM or Ctrl-C
+  run   --config SITE [--board FILE] [--new-epoch]   start the agent until SIGTERM or Ctrl-C;
+        SIGHUP reloads the config (checked first: a bad one is refused, the running one
+        stays and the alarm config_rejected says why)
   check --config SITE [--board FILE]                validate the config and print what would run
 
 Both check the same things (``firmware/edges/preflight.py``): every key, and on this
@@ -54,6 +56,8 @@ def _describe(cfg: SiteConfig) -> dict[str, Any]:
             "tls": bool(cfg.till_api.tls_cert), "client_certs": bool(cfg.till_api.client_ca),
             "tokens_file": cfg.till_api.tokens_file},
         "sell_rules": cfg.sell_rules,
+        "status_page": None if cfg.status_page is None
+        else "{}:{}".format(*cfg.status_page.bind),
     }
 
 
@@ -102,32 +106,40 @@ def _run(args: argparse.Namespace) -> int:
     if args.clock_control:  # the simulator steers this agent's wall clock (skew, jumps)
         from firmware.edges.clock import FileControlledClock
         clock = FileControlledClock(args.clock_control)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
+    done, hup, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        (hup if signum == signal.SIGHUP else done).set()
+        wake.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     new_epoch = args.new_epoch
     while True:
         agent = Agent(cfg, clock=clock, new_epoch=new_epoch)
+        # SIGHUP and the reload-config command take one path: Agent.request_reload.
+        agent.config_loader = lambda: load_checked(args.config, args.board, need_devices=False)
         agent.start()
         new_epoch = False  # a reload keeps the epoch just started
         try:
-            while (not done.wait(1.0) and not agent.reload_requested.is_set()
+            while (not done.is_set() and not agent.reload_requested.is_set()
                    and not agent.failed.is_set()):
-                pass
+                if hup.is_set():
+                    hup.clear()
+                    agent.request_reload("SIGHUP")
+                    continue
+                wake.wait(1.0)
+                wake.clear()
         finally:
             agent.stop()
         if agent.failed.is_set():
             print(f"error: {agent.supervisor.failure}; exiting so that the agent is restarted",
                   file=sys.stderr)
             return 1
-        if done.is_set():
+        if done.is_set() or agent.next_cfg is None:
             return 0
-        try:  # a reload-config command: the new config must be valid, else keep the old
-            cfg = load_checked(args.config, args.board, need_devices=False)
-            logging.getLogger("firmware").warning("config reloaded from %s", args.config)
-        except ConfigError as exc:
-            logging.getLogger("firmware").error("reload refused, keeping the running config: "
-                                                "%s", exc)
+        cfg = agent.next_cfg
+        logging.getLogger("firmware").warning("config reloaded from %s", args.config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,9 @@ class Agent:
         self._status_thread: threading.Thread | None = None
         self._last_status: str | None = None
         self.forwarding: Any = None
-        self.reload_requested = threading.Event()  # set by a reload-config command
+        self.reload_requested = threading.Event()  # a valid config waits in next_cfg
+        self.config_loader: Callable[[], SiteConfig] | None = None  # reads the files again
+        self.next_cfg: SiteConfig | None = None
         self.notifier = SystemdNotifier()
         self._sync_handler: Any = None
         self.forwarding_options: dict[str, Any] = {}  # tests shorten timers here
@@ -100,6 +103,7 @@ class Agent:
         self.alarm_detail: dict[str, str] = {}
         # device -> outcome (journaled, an invalid reason, a refusal code) -> count
         self.events_by_device: dict[str, dict[str, int]] = {}
+        self.last_value_ms: dict[str, int] = {}  # device -> read time of its last journaled value
         self.boot_id = os.urandom(4).hex()  # the status's boot id (and uplink client ids)
         self.started_ms = self.clock.monotonic_ms()
         self.watch = DeviceWatch(
@@ -107,6 +111,7 @@ class Agent:
              if isinstance(d.settings.get("stale_s"), (int, float))},
             int(cfg.device_down_s * 1000), self.started_ms)
         self.metrics: Any = None  # the OpenMetrics endpoint (edges/metrics.py) when bound
+        self.page: Any = None     # the status page (edges/status_page.py) when bound
         self.supervisor = Supervisor(on_alarm=self.alarm)
         self.tills: Any = None  # the till API (edges/till_api.py) when [till_api] is set
 
@@ -119,6 +124,9 @@ class Agent:
             from firmware.edges.metrics import AgentCollector, MetricsEndpoint
             self.metrics = MetricsEndpoint(AgentCollector(self.snapshot),
                                            self.cfg.metrics_bind).start()
+        if self.cfg.status_page is not None:  # bound first too; it answers once all runs
+            from firmware.edges.status_page import StatusPage
+            self.page = StatusPage(self.cfg.status_page, self.snapshot, self.cfg.store).start()
         jc = self.cfg.journal
         self._sync_handler = open_sync_log(
             self.cfg.sync_log or Path(jc.path).parent / "sync.log", self.cfg.sync_log_max_bytes,
@@ -143,7 +151,7 @@ class Agent:
                                              read_key(self.cfg.key_file), self.local_status,
                                              command_key=command_key, boot_id=self.boot_id,
                                              **self.forwarding_options)
-            self.forwarding.on_reload = self.reload_requested.set
+            self.forwarding.on_reload = lambda: self.request_reload("reload-config command")
             self.forwarding.on_incident = self.incident
             self.forwarding.start(self.supervisor)
             for name in sorted(self.alarms):  # raised before the session existed
@@ -161,6 +169,8 @@ class Agent:
             from firmware.edges.till_api import TillApi  # cheroot only when tills post here
             self.tills = TillApi(self).start()
         self._status_thread = self.supervisor.spawn("status", self._status_loop, self._stopping)
+        if self.page is not None:
+            self.page.serve()
         self.notifier.ready(f"{len(self.drivers)} devices, {len(self.cfg.uplinks)} uplinks")
         log.info("agent %s started: %d devices, journal %s (epoch %016x, next seq %d)",
                  self.cfg.gateway_id, len(self.drivers), jc.path, journal.epoch, journal.next_seq)
@@ -171,6 +181,8 @@ class Agent:
         self._stopping.set()
         if self.metrics is not None:
             self.metrics.stop()
+        if self.page is not None:
+            self.page.stop()
         if self.tills is not None:
             self.tills.stop()
         for drv in self.drivers:
@@ -215,6 +227,8 @@ class Agent:
             self._count_event(source, getattr(exc, "reason", None) or exc.code)
             raise
         self._count_event(source, "journaled")
+        with self._lock:
+            self.last_value_ms[source] = int(event.read_ms)
         return seq
 
     def _count_event(self, source: str, outcome: str) -> None:
@@ -275,6 +289,25 @@ class Agent:
         if self.forwarding is not None:
             self.forwarding.alarm(name, on, detail)
 
+    def request_reload(self, how: str) -> str:
+        """Read the config files again (a ``reload-config`` command or SIGHUP, one path):
+        valid, it waits in ``next_cfg`` and ``reload_requested`` asks ``python -m firmware
+        run`` to restart the agent with it; invalid, the running config stays and the alarm
+        ``config_rejected`` carries the error. Returns the command's result."""
+        if self.config_loader is None:
+            return "not supported here"
+        try:
+            cfg = self.config_loader()
+        except MidshiftError as exc:
+            log.error("reload (%s) refused, keeping the running config: %s", how, exc)
+            self.alarm("config_rejected", True, str(exc))
+            return f"rejected: {exc}"
+        log.warning("reload (%s): the config is valid, restarting with it", how)
+        self.alarm("config_rejected", False)
+        self.next_cfg = cfg
+        self.reload_requested.set()
+        return "ok"
+
     def incident(self, kind: str, data: dict[str, Any]) -> None:
         """Journal an event of the gateway's own (source ``agent``, telemetry) for the
         ledger's report: a link or device state change. Never blocks, never raises: a
@@ -333,7 +366,10 @@ class Agent:
     def local_status(self) -> dict[str, Any]:
         """The parts of the status document only the agent knows (the link session
         writes the rest)."""
-        doc = {"devices": [d.status.as_dict() for d in self.drivers],
+        with self._lock:
+            last = dict(self.last_value_ms)
+        doc = {"devices": [d.status.as_dict() | {"last_value_ms": last.get(d.name)}
+                           for d in self.drivers],
                "devices_down": list(self.watch.down),
                "events_by_device": self._events_by_device(),
                "pipeline": self.pipeline.stats(),

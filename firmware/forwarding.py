@@ -98,7 +98,7 @@ class ForwardingLoop:
                                            self.events, self.session.subscriptions(), will,
                                            keepalive_s=keepalive_s)
                         for u in cfg.uplinks}
-        self.on_reload: Callable[[], None] | None = None
+        self.on_reload: Callable[[], str] | None = None
         self.on_incident: Callable[[str, dict[str, Any]], None] | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -203,7 +203,7 @@ class ForwardingLoop:
             elif isinstance(a, s.SetLogLevel):
                 logging.getLogger("firmware").setLevel(a.level)
             elif isinstance(a, s.Reload) and self.on_reload is not None:
-                self.on_reload()
+                self._carry_out(self.session.command_done(a.cmd_id, self.on_reload()))
             elif isinstance(a, s.Incident) and self.on_incident is not None:
                 self.on_incident(a.kind, a.data)
 

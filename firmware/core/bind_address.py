@@ -19,3 +19,8 @@ def parse_bind(text):
     if not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("%r: port %r is not 0 to 65535" % (text, port))
     return host, int(port)
+
+
+def is_loopback(host):
+    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    return host == "localhost" or host == "::1" or host.startswith("127.")

@@ -82,7 +82,11 @@ class SetLogLevel:
 
 
 class Reload:
-    """The ledger asked for the configuration to be read again."""
+    """The ledger asked for the configuration to be read again (command ``cmd_id``); the
+    runtime answers with ``command_done(cmd_id, result)``."""
+
+    def __init__(self, cmd_id=0):
+        self.cmd_id = cmd_id
 
 
 class StatusDue:
@@ -169,6 +173,7 @@ class LinkSession:
         self.clock_offset_ms = None
         self.alarms = set()
         self.last_command = None
+        self.link_since_ms = None       # wall ms "some uplink is up" last changed (None: never)
         self.counters = {"acks": 0, "bad_acks": 0, "commits": 0, "publish_refused": 0,
                          "commands_rejected": 0, "ignored_inactive": 0, "foreign_topic": 0}
         self._pending_commit = None
@@ -243,6 +248,7 @@ class LinkSession:
             what, old, new = change
             out.append(Note(what, {"from": old, "to": new}))
             if what in ("up", "down"):
+                self.link_since_ms = wall_ms
                 out.append(Incident("link", {"state": "online" if new else "offline",
                                              "uplink": new, "since_ms": wall_ms}))
             self.forwarder.set_uplink(active, now_ms, txn_only=active is not None and
@@ -285,7 +291,8 @@ class LinkSession:
         payload = json.dumps({"v": STATUS_VERSION, "gateway": self.gateway, "site": self.site,
                               "state": "offline", "reason": "stopped", "ts_ms": wall_ms,
                               "version": self.version, "boot_id": self.boot_id,
-                              "uptime_s": self._uptime_s()}).encode()
+                              "uptime_s": self._uptime_s(),
+                              "last_command": self.last_command}).encode()
         topic = topics.topic(self.site, self.gateway, topics.STATUS)
         return [Publish(n, topic, payload, qos=1, retain=True) for n in self.uplinks
                 if self.connected.get(n)]
@@ -396,13 +403,22 @@ class LinkSession:
         elif cmd == "set-log-level" and cmd in self.supports:
             out.append(SetLogLevel(args["level"]))
         elif cmd == "reload-config" and cmd in self.supports:
-            out.append(Reload())
+            out.append(Reload(cmd_id))
         elif cmd != "ping":
             result = "not supported here"
         self.last_command = {"id": cmd_id, "cmd": cmd, "result": result}
         out.append(Note("command", {"id": cmd_id, "cmd": cmd, "result": result}))
         self._status_due = now_ms  # answer (ping included) with a fresh status at once
         return out
+
+    def command_done(self, cmd_id, result):
+        """The runtime carried out command ``cmd_id`` (a reload: the config was valid or
+        not): its result replaces the provisional one, said at once in the status."""
+        if self.last_command is None or self.last_command["id"] != cmd_id:
+            return []
+        self.last_command = {"id": cmd_id, "cmd": self.last_command["cmd"], "result": result}
+        self._status_due = 0
+        return [Note("command", dict(self.last_command))]
 
     # ---- status ------------------------------------------------------------------------
 
@@ -461,6 +477,7 @@ class LinkSession:
                    "alarms": sorted(self.alarms),
                    "rejected": [[f.first, f.last] for f in self.forwarder.rejected],
                    "last_command": self.last_command,
+                   "link_since_ms": self.link_since_ms,
                    "commands": {"accepted": gate.accepted if gate else 0,
                                 "rejected": dict(gate.rejected) if gate else {}}}}
         if local:

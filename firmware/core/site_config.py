@@ -22,7 +22,7 @@ the list of those that are. The gateway's loader finds its types by name
 node hands its own two (``firmware/mpy/node_config.py``).
 """
 
-from firmware.core.bind_address import BIND_FORM, parse_bind
+from firmware.core.bind_address import BIND_FORM, is_loopback, parse_bind
 from firmware.core.broker_url import URL_FORMS, BrokerUrlError, parse_broker_url
 from firmware.core.config_fields import field, finite, no_unknown_keys, positive
 from firmware.core.errors import ConfigError
@@ -30,7 +30,8 @@ from firmware.core.errors import ConfigError
 CLASSES = ("txn", "telemetry")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock", "machine")  # machine: MicroPython node
 SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
-            "status", "uart", "wifi", "store", "till_api", "sell_rules", "metrics")
+            "status", "uart", "wifi", "store", "till_api", "sell_rules", "metrics",
+            "status_page")
 UART_KEYS = ("id", "tx", "rx", "rxbuf")  # [uart.NAME] on a MicroPython board (machine.UART)
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
@@ -106,6 +107,7 @@ class SiteConfig:
         self.no_ack_s = 30.0      # records waiting this long with no ack: the no_ack alarm
         self.device_down_s = 10.0  # not ok this long (without its own stale_s): down
         self.metrics_bind = None  # (host, port) of the OpenMetrics endpoint; None: off
+        self.status_page = None   # StatusPageConfig when [status_page] bind is set
         self.sync_log = None
         self.sync_log_max_bytes = 5 << 20
         self.key_file = None
@@ -193,6 +195,7 @@ def validate(doc, device_types):
             cfg.metrics_bind = parse_bind(bind)
         except ValueError as exc:
             raise ConfigError("metrics.bind", str(exc), BIND_FORM)
+    cfg.status_page = _status_page(_table(doc, "status_page", False))
     cfg.sync_log = field(status, "sync_log", "status", str, default=None)
     cfg.sync_log_max_bytes = field(status, "sync_log_max_bytes", "status", int,
                                    default=5 << 20, check=lambda v: v >= 4096,
@@ -220,6 +223,48 @@ def validate(doc, device_types):
         raise ConfigError("gateway.key_file", "is required when uplinks are configured",
                           "the path of the gateway's key (python -m host_tools provision)")
     return cfg
+
+
+class StatusPageConfig:
+    def __init__(self, bind, token_file, tls_cert, tls_key, client_ca, refresh_s):
+        self.bind = bind              # (host, port)
+        self.token_file = token_file  # a file holding the token; None: no token asked
+        self.tls_cert = tls_cert      # PEM; None: plain HTTP
+        self.tls_key = tls_key
+        self.client_ca = client_ca    # set: a browser must show a certificate it signed
+        self.refresh_s = refresh_s
+
+
+def _status_page(t):
+    """``[status_page]``: off without ``bind``; beyond loopback only with a token or
+    client certificates, so the store LAN cannot read the gateway's state unasked."""
+    p = "status_page"
+    no_unknown_keys(t, p, ("bind", "token_file", "tls_cert", "tls_key", "client_ca",
+                           "refresh_s"))
+    bind = field(t, "bind", p, str, default=None, allowed=BIND_FORM)
+    files = {}
+    for k in ("token_file", "tls_cert", "tls_key", "client_ca"):
+        files[k] = field(t, k, p, str, default=None, check=lambda v: len(v) > 0,
+                         allowed="a file path")
+    refresh_s = field(t, "refresh_s", p, int, default=10, check=lambda v: 2 <= v <= 3600,
+                      allowed="2 to 3600 seconds")
+    if bind is None:
+        return None
+    try:
+        host, port = parse_bind(bind)
+    except ValueError as exc:
+        raise ConfigError(p + ".bind", str(exc), BIND_FORM)
+    if (files["tls_cert"] is None) != (files["tls_key"] is None):
+        raise ConfigError(p + (".tls_key" if files["tls_key"] is None else ".tls_cert"),
+                          "is required with the other", "both tls_cert and tls_key, or neither")
+    if files["client_ca"] is not None and files["tls_cert"] is None:
+        raise ConfigError(p + ".client_ca", "needs TLS", "tls_cert and tls_key as well")
+    if not is_loopback(host) and files["token_file"] is None and files["client_ca"] is None:
+        raise ConfigError(p + ".bind", "%r is beyond loopback with no token_file or client_ca"
+                          % (bind,), "a loopback address, or a token_file (or client_ca) "
+                          "so that only staff can read the page")
+    return StatusPageConfig((host, port), files["token_file"], files["tls_cert"],
+                            files["tls_key"], files["client_ca"], refresh_s)
 
 
 class TillApiConfig:

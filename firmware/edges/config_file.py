@@ -86,11 +86,12 @@ def _relative_paths(doc: dict[str, Any], path: Path) -> None:
             if isinstance(table, dict) and isinstance(table.get(key), str) and not Path(
                     table[key]).is_absolute():
                 table[key] = str((path.parent / table[key]).resolve())
-    api = doc.get("till_api")
-    for key in ("tls_cert", "tls_key", "client_ca", "tokens_file"):
-        if isinstance(api, dict) and isinstance(api.get(key), str) and api[key] and not Path(
-                api[key]).is_absolute():
-            api[key] = str((path.parent / api[key]).resolve())
+    for section in ("till_api", "status_page"):
+        api = doc.get(section)
+        for key in ("tls_cert", "tls_key", "client_ca", "tokens_file", "token_file"):
+            if isinstance(api, dict) and isinstance(api.get(key), str) and api[key] and \
+                    not Path(api[key]).is_absolute():
+                api[key] = str((path.parent / api[key]).resolve())
 
 
 def _origin(key: str, site_path: Path, site: dict[str, Any], board_path: Path,

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # Alarms exported at 0 while quiet, so an alert can tell "quiet" from "never scraped".
 KNOWN_ALARMS = ("no_ack", "device_down", "clock_offset", "ledger_rejected", "journal_lost",
                 "journal_no_space", "journal_commit_write", "command_id_write",
-                "epoch_mark_write", "sync_log_write")
+                "epoch_mark_write", "sync_log_write", "config_rejected")
 ACK_RESULTS = (("acked", "ok"), ("rejected", "rejected"), ("stale_acks", "stale"),
                ("bad_acks", "bad"))
 

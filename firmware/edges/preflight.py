@@ -9,6 +9,7 @@ when ``run`` would start:
 - each enabled serial device's ``port`` is a board ``[serial]`` name, a pyserial URL or a
   device path that exists, and no two of them are the same device under two names
   (``/dev/serial/by-id/...`` and the ``/dev/ttyUSB0`` it points to);
+- the status page's token and TLS files can be read;
 - a journal still to be formatted fits its filesystem and its free space (``statvfs`` of
   the nearest directory that exists).
 
@@ -54,6 +55,20 @@ def preflight(cfg: SiteConfig, need_devices: bool = True) -> None:
     _serial_ports(cfg, need_devices)
     _journal_fits(cfg)
     _tills(cfg)
+    _status_page(cfg)
+
+
+def _status_page(cfg: SiteConfig) -> None:
+    """The page's token and TLS files can be read (and the token is long enough)."""
+    page = cfg.status_page
+    if page is None:
+        return
+    for key in ("tls_cert", "tls_key", "client_ca", "token_file"):
+        if getattr(page, key) is not None:
+            _readable(f"status_page.{key}", getattr(page, key))
+    if page.token_file is not None:
+        from firmware.edges.status_page import read_token
+        read_token(page.token_file)
 
 
 def _tills(cfg: SiteConfig) -> None:

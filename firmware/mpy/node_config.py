@@ -53,6 +53,9 @@ def validate(doc):
         if u.interface is not None or u.source_address is not None:
             raise ConfigError("uplinks.%s" % u.name, "interface and source_address do not "
                               "apply on a MicroPython node", "broker, priority, drain_rate")
+    if cfg.status_page is not None:
+        raise ConfigError("status_page.bind", "there is no status page on a MicroPython node",
+                          "leave [status_page] out; the node's state is in its status")
     if cfg.metrics_bind is not None:
         raise ConfigError("metrics.bind", "there is no metrics endpoint on a MicroPython node",
                           "leave [metrics] out; the node's counters are in its status")

@@ -7,7 +7,8 @@ certificate's CN as the username. The ACL then lets:
   status also being its last will), both under ``midshift/v1/<site>/<gw>/``, and read
   only its own ``ack`` and ``cmd``;
 - the ledger (CN ``midshift.ledger``, a name no gateway id can take) read every batch and
-  write every ``ack`` and ``cmd``, nothing else;
+  every ``status`` (``host_tools command`` waits there for a command's answer) and write
+  every ``ack`` and ``cmd``, nothing else;
 - anonymous clients read the retained statuses only (``host_tools status``), and only if
   the broker was given an anonymous listener (``provision broker --anonymous-port``).
 
@@ -45,6 +46,7 @@ def render_acl(site: str, gateways: Iterable[str]) -> str:
              "",
              f"user {LEDGER_CN}",
              f"topic read {topics.every(topics.EVENTS)}",
+             f"topic read {topics.every(topics.STATUS)}",
              f"topic write {topics.every(topics.ACK)}",
              f"topic write {topics.every(topics.CMD)}",
              ""]

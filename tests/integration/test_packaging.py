@@ -34,7 +34,7 @@ def test_the_unit_is_hardened_below_4() -> None:
     assert float(found.group(1)) < 4.0, done.stdout
 
 
-def test_the_unit_has_no_reload_the_agent_does_not_handle() -> None:
-    # SIGHUP would kill the agent today: ExecReload comes with a SIGHUP handler.
+def test_the_unit_reloads_with_the_signal_the_agent_handles() -> None:
+    # python -m firmware run handles SIGHUP (tests/integration/test_reload_commands.py).
     unit = (ROOT / "firmware/midshift.service").read_text()
-    assert "ExecReload" not in unit.replace("No ExecReload", "")
+    assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in unit

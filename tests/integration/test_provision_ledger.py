@@ -49,6 +49,7 @@ def test_the_acl_gives_the_ledger_batches_acks_and_commands_and_anonymous_status
     assert anonymous == ["topic read midshift/v1/+/+/status"]
     assert blocks[1].splitlines() == [f"user {LEDGER_CN}",
                                       "topic read midshift/v1/+/+/events",
+                                      "topic read midshift/v1/+/+/status",
                                       "topic write midshift/v1/+/+/ack",
                                       "topic write midshift/v1/+/+/cmd"]
     conf = (site / "broker/midshift.conf").read_text()
