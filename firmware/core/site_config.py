@@ -30,7 +30,9 @@ from firmware.core.errors import ConfigError
 CLASSES = ("txn", "telemetry")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock", "machine")  # machine: MicroPython node
 SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
-            "status", "uart", "wifi", "store", "till_api", "sell_rules", "metrics")
+            "status", "uart", "wifi", "store", "till_api", "sell_rules", "metrics", "log")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_KEYS = ("level", "libraries", "device_libraries", "status_interval_s")
 UART_KEYS = ("id", "tx", "rx", "rxbuf")  # [uart.NAME] on a MicroPython board (machine.UART)
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
@@ -108,6 +110,8 @@ class SiteConfig:
         self.metrics_bind = None  # (host, port) of the OpenMetrics endpoint; None: off
         self.sync_log = None
         self.sync_log_max_bytes = 5 << 20
+        self.sync_log_backups = 3
+        self.log = _log({})  # [log]: console log levels (firmware/edges/console_log.py)
         self.key_file = None
         self.command_key_file = None
         self.uart = {}    # MicroPython boards: name -> {"id", "tx", "rx", "rxbuf"}
@@ -178,7 +182,7 @@ def validate(doc, device_types):
     cfg.journal = _journal(_table(doc, "journal"))
     status = _table(doc, "status", False)
     no_unknown_keys(status, "status", ("period_s", "sync_log", "sync_log_max_bytes",
-                                       "no_ack_s", "device_down_s"))
+                                       "no_ack_s", "device_down_s", "sync_log_backups"))
     cfg.status_period_s = field(status, "period_s", "status", float, default=5.0, check=positive)
     cfg.no_ack_s = field(status, "no_ack_s", "status", float, default=30.0,
                          check=lambda v: 1 <= v <= 86400, allowed="1 to 86400 seconds")
@@ -197,6 +201,9 @@ def validate(doc, device_types):
     cfg.sync_log_max_bytes = field(status, "sync_log_max_bytes", "status", int,
                                    default=5 << 20, check=lambda v: v >= 4096,
                                    allowed="at least 4096")
+    cfg.sync_log_backups = field(status, "sync_log_backups", "status", int, default=3,
+                                 check=lambda v: 0 <= v <= 100, allowed="0 to 100")
+    cfg.log = _log(_table(doc, "log", False))
 
     _tills(doc, cfg)
     devices = _table(doc, "devices", cfg.till_api is None)  # a tills-only gateway is fine
@@ -371,6 +378,25 @@ def _uarts(table):
                               "one table per UART")
         ids[u["id"]] = name
         out[name] = u
+    return out
+
+
+def _log(table):
+    """``[log]``: the console log's levels. The device libraries (pymodbus, asyncua) log
+    every failed retry of a connection the driver already reports as a state change, so
+    they are quieter by default than the other libraries (paho, cheroot)."""
+    no_unknown_keys(table, "log", LOG_KEYS)
+    out = {}
+    for key, default in (("level", "INFO"), ("libraries", "WARNING"),
+                         ("device_libraries", "CRITICAL")):
+        value = field(table, key, "log", str, default=default, allowed=", ".join(LOG_LEVELS))
+        if value.upper() not in LOG_LEVELS:
+            raise ConfigError("log." + key, "%r is not a log level" % (value,),
+                              ", ".join(LOG_LEVELS))
+        out[key] = value.upper()
+    out["status_interval_s"] = field(table, "status_interval_s", "log", float, default=300.0,
+                                     check=lambda v: 1 <= v <= 86400,
+                                     allowed="1 to 86400 seconds")
     return out
 
 
