@@ -69,7 +69,7 @@ class DeviceConfig:
 
 class UplinkConfig:
     def __init__(self, name, host, port, tls, priority, interface, source_address, metered,
-                 ca=None, cert=None, key=None, drain_rate=0):
+                 ca=None, cert=None, key=None, drain_rate=0, standby_keepalive_s=60):
         self.name = name
         self.host = host
         self.port = port
@@ -82,6 +82,9 @@ class UplinkConfig:
         self.cert = cert
         self.key = key
         self.drain_rate = drain_rate  # backlog records per second on this uplink; 0: no cap
+        # MQTT keepalive while this uplink idles as a standby (the active one pings every
+        # second): an LTE standby costs a ping a minute, not one a second.
+        self.standby_keepalive_s = standby_keepalive_s
 
 
 class JournalConfig:
@@ -460,7 +463,7 @@ def _uplink(name, table, cfg):
     if not isinstance(table, dict):
         raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
     no_unknown_keys(table, p, ("broker", "priority", "interface", "source_address", "metered",
-                               "ca", "cert", "key", "drain_rate"))
+                               "ca", "cert", "key", "drain_rate", "standby_keepalive_s"))
     broker = field(table, "broker", p, str, allowed=URL_FORMS)
     host, port, tls = _broker_url(broker, p + ".broker")
     interface = field(table, "interface", p, str, default=None)
@@ -482,7 +485,9 @@ def _uplink(name, table, cfg):
                         field(table, "metered", p, bool, default=False),
                         files["ca"], files["cert"], files["key"],
                         field(table, "drain_rate", p, int, default=0,
-                              check=lambda v: v >= 0, allowed="0 (no cap) or more"))
+                              check=lambda v: v >= 0, allowed="0 (no cap) or more"),
+                        field(table, "standby_keepalive_s", p, int, default=60,
+                              check=lambda v: 1 <= v <= 3600, allowed="1 to 3600 seconds"))
 
 
 def _broker_url(url, key):
