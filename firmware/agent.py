@@ -124,7 +124,7 @@ class Agent:
         jc = self.cfg.journal
         self._sync_handler = open_sync_log(
             self.cfg.sync_log or Path(jc.path).parent / "sync.log", self.cfg.sync_log_max_bytes,
-            on_error=lambda on: self.alarm("sync_log_write", on))
+            self.cfg.sync_log_backups, on_error=lambda on: self.alarm("sync_log_write", on))
         journal, self.mark, abandoned = open_gateway_journal(
             jc.path, jc.segment_size, jc.segment_count, self.cfg.gateway_id,
             wall_ms=self.clock.now_ms, max_body=jc.max_body, new_epoch=self.new_epoch)
