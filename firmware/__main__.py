@@ -63,8 +63,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  journal  {j['path']}  {j['segment_count']} x {j['segment_size']} bytes "
           f"({j['size_mib']} MiB), records up to {j['max_body']} bytes")
     for dev in d["devices"]:
-        where = dev.get("port") or dev.get("endpoint") or (
-            f"{dev.get('host')}:{dev.get('port')}" if dev.get("host") else "")
+        where = dev.get("endpoint") or (
+            f"{dev.get('host')}:{dev.get('port')}" if dev.get("host") else dev.get("port", ""))
         state = "" if dev.get("enabled", True) else "  (disabled)"
         print(f"  device   {dev['name']:<12} {dev['type']:<8} {dev['class']:<9} {where}{state}")
     for u in d["uplinks"]:

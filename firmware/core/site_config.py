@@ -31,6 +31,7 @@ CLASSES = ("txn", "telemetry")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock", "machine")  # machine: MicroPython node
 SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
             "status", "uart", "wifi", "store", "till_api", "sell_rules", "metrics", "log")
+DEVICE_KEYS = ("type", "class", "enabled")  # every [devices.NAME]; the rest is the type's
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_KEYS = ("level", "libraries", "device_libraries", "status_interval_s")
 UART_KEYS = ("id", "tx", "rx", "rxbuf")  # [uart.NAME] on a MicroPython board (machine.UART)
@@ -447,7 +448,7 @@ def _device(name, table, cfg, device_types):
     enabled = field(table, "enabled", p, bool, default=True)
     rest = {}
     for k, v in table.items():
-        if k not in ("type", "class", "enabled"):
+        if k not in DEVICE_KEYS:
             rest[k] = v
     port = rest.get("port")
     if isinstance(port, str) and port in cfg.serial:
