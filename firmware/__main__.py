@@ -107,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         try:  # a reload-config command: the new config must be valid, else keep the old
             cfg = load_checked(args.config, args.board, need_devices=False)
+            configure_log(cfg.log, args.log_level)
             logging.getLogger("firmware").warning("config reloaded from %s", args.config)
         except ConfigError as exc:
             logging.getLogger("firmware").error("reload refused, keeping the running config: "

@@ -49,6 +49,8 @@ class LevelByOrigin(logging.Filter):
         return self.libraries
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".", 1)[0] in OWN:
+            return True  # our loggers' own level decided (a set-log-level command moves it)
         return record.levelno >= self.level_for(record.name)
 
 
@@ -67,9 +69,12 @@ def configure(log: dict[str, Any], level_override: str | None = None,
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    # The root passes everything any origin wants; the filter decides per origin. The
-    # libraries' own loggers are lowered too, so they do not build records nobody reads.
-    root.setLevel(min(levels.own, levels.libraries, levels.device_libraries))
+    # Our loggers carry our level (the set-log-level command changes the "firmware"
+    # logger's); the root carries the libraries', the device libraries theirs, so no
+    # record is built that nobody reads. The filter then sorts by origin.
+    root.setLevel(min(levels.libraries, levels.device_libraries))
+    for name in OWN:
+        logging.getLogger(name).setLevel(levels.own)
     for name in DEVICE_LIBRARIES:
         logging.getLogger(name).setLevel(levels.device_libraries)
     return handler

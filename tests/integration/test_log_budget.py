@@ -19,7 +19,7 @@ import pytest
 
 from firmware.core.errors import ConfigError
 from firmware.core.site_config import _log
-from firmware.edges.console_log import LevelByOrigin
+from firmware.edges.console_log import LevelByOrigin, configure
 from simulator.devices.modbus import ModbusPLC
 from simulator.devices.opcua import OpcUaPLC
 
@@ -109,7 +109,6 @@ def test_log_bytes_per_day_under_budget_with_a_plc_unreachable(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("name,level,passes", [
-    ("firmware.agent", "INFO", True),
     ("asyncua.common.subscription", "INFO", False),
     ("asyncua.client.ua_client", "ERROR", False),
     ("pymodbus.logging", "ERROR", False),
@@ -131,3 +130,28 @@ def test_log_table_is_checked() -> None:
         _log({"libraries": "LOUD"})
     with pytest.raises(ConfigError, match="log.colour"):
         _log({"colour": True})
+
+
+def test_set_log_level_command_still_reaches_the_console() -> None:
+    """The agent's own lines follow the "firmware" logger's level, which the signed
+    set-log-level command changes at run time; the libraries stay quiet."""
+    import io
+    out = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("firmware").level)
+    try:
+        configure(_log({}), handler=logging.StreamHandler(out))
+        logging.getLogger("firmware.agent").debug("hidden at INFO")
+        logging.getLogger("firmware").setLevel("DEBUG")  # what SetLogLevel does
+        logging.getLogger("firmware.agent").debug("shown at DEBUG")
+        logging.getLogger("pymodbus.logging").error("retry noise")
+        logging.getLogger("paho.mqtt.client").warning("a library warning")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        logging.getLogger("firmware").setLevel(saved[2])
+        for name in ("asyncua", "pymodbus", "midshift", "__main__"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+    text = out.getvalue()
+    assert "shown at DEBUG" in text and "hidden at INFO" not in text
+    assert "retry noise" not in text and "a library warning" in text
