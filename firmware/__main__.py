@@ -29,6 +29,7 @@ from typing import Any
 from firmware import __version__
 from firmware.core.errors import ConfigError, MidshiftError
 from firmware.core.site_config import SiteConfig
+from firmware.edges.console_log import configure as configure_log
 from firmware.edges.preflight import load_checked
 
 
@@ -72,8 +73,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  journal  {j['path']}  {j['segment_count']} x {j['segment_size']} bytes "
           f"({j['size_mib']} MiB), records up to {j['max_body']} bytes")
     for dev in d["devices"]:
-        where = dev.get("port") or dev.get("endpoint") or (
-            f"{dev.get('host')}:{dev.get('port')}" if dev.get("host") else "")
+        where = dev.get("endpoint") or (
+            f"{dev.get('host')}:{dev.get('port')}" if dev.get("host") else dev.get("port", ""))
         state = "" if dev.get("enabled", True) else "  (disabled)"
         print(f"  device   {dev['name']:<12} {dev['type']:<8} {dev['class']:<9} {where}{state}")
     for u in d["uplinks"]:
@@ -102,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     from firmware.agent import Agent  # drivers and journal only when running
 
     cfg = load_checked(args.config, args.board, need_devices=False)  # see preflight.py
+    configure_log(cfg.log, args.log_level)  # [log] of the site file; --log-level wins
     clock = None
     if args.clock_control:  # the simulator steers this agent's wall clock (skew, jumps)
         from firmware.edges.clock import FileControlledClock
@@ -139,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         if done.is_set() or agent.next_cfg is None:
             return 0
         cfg = agent.next_cfg
+        configure_log(cfg.log, args.log_level)
         logging.getLogger("firmware").warning("config reloaded from %s", args.config)
 
 
@@ -160,8 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                            help="do not require the serial devices to be present (a config "
                            "checked away from its gateway)")
         else:
-            p.add_argument("--log-level", default="INFO",
-                           choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+            p.add_argument("--log-level", default=None,
+                           choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                           help="the agent's own lines (default: [log] level of the site "
+                           "file, INFO)")
             p.add_argument("--new-epoch", action="store_true",
                            help="start a new journal epoch although this gateway's journal is "
                            "gone (the ledger is told which epoch was abandoned and where)")
@@ -169,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                            help="simulation only: follow the wall-clock offset and drift the "
                            "simulator writes to FILE (see firmware/edges/clock.py)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "WARNING"),
+    logging.basicConfig(level=getattr(args, "log_level", None) or "WARNING",
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return _check(args) if args.command == "check" else _run(args)

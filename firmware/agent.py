@@ -89,7 +89,9 @@ class Agent:
         self.incidents_dropped = 0     # link/device incidents the journal refused
         self._stopping = threading.Event()
         self._status_thread: threading.Thread | None = None
-        self._last_status: str | None = None
+        self._last_status: dict[str, Any] | None = None  # states of the last status line
+        self._last_status_line = ""
+        self._last_status_ms = 0
         self.forwarding: Any = None
         self.reload_requested = threading.Event()  # a valid config waits in next_cfg
         self.config_loader: Callable[[], SiteConfig] | None = None  # reads the files again
@@ -130,7 +132,7 @@ class Agent:
         jc = self.cfg.journal
         self._sync_handler = open_sync_log(
             self.cfg.sync_log or Path(jc.path).parent / "sync.log", self.cfg.sync_log_max_bytes,
-            on_error=lambda on: self.alarm("sync_log_write", on))
+            self.cfg.sync_log_backups, on_error=lambda on: self.alarm("sync_log_write", on))
         journal, self.mark, abandoned = open_gateway_journal(
             jc.path, jc.segment_size, jc.segment_count, self.cfg.gateway_id,
             wall_ms=self.clock.now_ms, max_body=jc.max_body, new_epoch=self.new_epoch)
@@ -443,10 +445,14 @@ class Agent:
         snap = self.snapshot()
         if self.lights is not None:
             self.lights.update(snap)
-        line = json.dumps({k: snap[k] for k in ("backlog_records", "journal_refusing_txn",
-                                                "devices_in_error")} |
-                          {"devices": {d["name"]: d["state"] for d in snap["devices"]}},
-                          sort_keys=True)
-        if line != self._last_status:
+        state = {k: snap[k] for k in ("journal_refusing_txn", "devices_in_error")} | {
+            "devices": {d["name"]: d["state"] for d in snap["devices"]}}
+        # A state change is logged at once; a backlog that only grows or drains is logged
+        # at most every [log] status_interval_s (a line a second would fill an SD card).
+        now_ms = self.clock.monotonic_ms()
+        due = now_ms - self._last_status_ms >= self.cfg.log["status_interval_s"] * 1000
+        line = json.dumps(state | {"backlog_records": snap["backlog_records"]}, sort_keys=True)
+        if state != self._last_status or (due and line != self._last_status_line):
             log.info("status %s", line)
-            self._last_status = line
+            self._last_status, self._last_status_line = state, line
+            self._last_status_ms = now_ms

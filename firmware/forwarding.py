@@ -96,8 +96,9 @@ class ForwardingLoop:
         will = s.last_will(cfg.site, cfg.gateway_id, __version__, self.boot_id)
         self.uplinks = {u.name: MqttUplink(u, f"{cfg.gateway_id}-{u.name}-{self.boot_id}",
                                            self.events, self.session.subscriptions(), will,
-                                           keepalive_s=keepalive_s)
-                        for u in cfg.uplinks}
+                                           keepalive_s=keepalive_s, preferred=i == 0)
+                        for i, u in enumerate(cfg.uplinks)}
+        self._pinging: str | None = None  # the uplink told it is active (pings every second)
         self.on_reload: Callable[[], str] | None = None
         self.on_incident: Callable[[str, dict[str, Any]], None] | None = None
         self._stopping = threading.Event()
@@ -169,6 +170,16 @@ class ForwardingLoop:
             except queue.Empty:
                 pass
             self._carry_out(self.session.poll(self.clock.monotonic_ms(), self.clock.now_ms()))
+            self._follow_active()
+
+    def _follow_active(self) -> None:
+        """The active uplink pings every second, the standbys at their standby keepalive."""
+        active = self.session.active
+        if active == self._pinging:
+            return
+        for name, uplink in self.uplinks.items():
+            uplink.set_active(name == active)
+        self._pinging = active
 
     def _handle(self, item: Any) -> None:
         now = self.clock.monotonic_ms()

@@ -30,7 +30,7 @@ from typing import Any
 
 from firmware.core.percentile import percentile
 from firmware.core.redact import redact_text
-from host_tools.ground_truth import read_ground_truth
+from host_tools.ground_truth import latest_run, read_ground_truth
 from host_tools.ledger.store import LedgerStore
 
 VALUE_FIELDS = {"scan": "code", "weight": "weight"}  # other kinds carry "value"
@@ -76,7 +76,10 @@ def event_value(kind: str, data: dict[str, Any]) -> Any:
     return _norm(data.get(VALUE_FIELDS.get(kind, "value")))
 
 
-def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> dict[str, Any]:
+def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = (),
+              run: str | None = None) -> dict[str, Any]:
+    """The report; against ``ground_truth`` files, only entries of ``run`` count (default:
+    the latest run in them, ``host_tools.ground_truth.latest_run``)."""
     report: dict[str, Any] = {"gateways": {}}
     # Bodies are parsed here, not in SQL (json_extract, jsonb), so the same report comes
     # out of SQLite and PostgreSQL.
@@ -129,8 +132,10 @@ def reconcile(store: LedgerStore, ground_truth: Iterable[str | Path] = ()) -> di
     truth_files = list(ground_truth)
     if truth_files:
         expected: dict[str, list[Any]] = defaultdict(list)
+        run = latest_run(truth_files) if run is None else run
+        report["ground_truth_run"] = run
         for path in truth_files:
-            for entry in read_ground_truth(path):
+            for entry in read_ground_truth(path, run):
                 if entry.get("expect"):
                     expected[entry["device"]].append(_norm(entry.get("value")))
         truth: dict[str, Any] = {}
@@ -179,7 +184,9 @@ def format_report(r: dict[str, Any]) -> str:
             lines.append(f"  device {dev}: {d['events']} events, latency p99 "
                          f"{d['latency_ms']['p99']} ms")
     if "ground_truth" in r:
-        lines.append(f"against ground truth: {r['lost']} lost, {r['unexpected']} unexpected")
+        run = f" (run {r['ground_truth_run']})" if r.get("ground_truth_run") else ""
+        lines.append(f"against ground truth{run}: {r['lost']} lost, "
+                     f"{r['unexpected']} unexpected")
         for dev, t in sorted(r["ground_truth"].items()):
             lines.append(f"  {dev}: expected {t['expected']}, in ledger {t['in_ledger']}, "
                          f"lost {t['lost']}, unexpected {t['unexpected']}")

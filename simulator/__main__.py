@@ -163,6 +163,9 @@ def load_devices(config: Path, ground_truth_dir: Path,
             raise UsageError(f"{where}: is not a table")
         cfg = dict(table)
         kind = cfg.pop("type", None)
+        cfg.pop("class", None)  # the agent's record class: nothing to emulate
+        if cfg.pop("enabled", True) is False:
+            continue  # the agent's table of a device switched off: nothing to serve
         if kind in registry:
             module_name, _, class_name = registry[kind].partition(":")
             try:

@@ -10,6 +10,9 @@ can later compare what the devices did with what the ledger holds. Fields:
 - ``value``: the value as the device produced it (a barcode string, grams, a number);
 - ``expect``: whether a correct agent should turn it into exactly one journaled event
   (garbage bytes, unstable weights and injected faults are logged with ``expect: false``);
+- ``run``: the run that produced it: ``$MIDSHIFT_RUN_ID`` when set, else one id per
+  simulator process (start time and pid). The logs are appended to, so a directory used
+  twice holds two runs; ``reconcile --ground-truth`` reads only the latest (or ``--run``);
 - optional extra fields per device (``unit``, ``address``, ``node``, ``fault``...).
 
 Not modelled: the device's own clock; ``t_ms`` is the host's wall clock. The reader,
@@ -20,6 +23,7 @@ reads these logs, and host tools never import the simulator); it is re-exported 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -27,7 +31,10 @@ from typing import Any
 
 from host_tools.ground_truth import read_ground_truth
 
-__all__ = ["GroundTruthLog", "read_ground_truth"]
+__all__ = ["RUN_ID", "GroundTruthLog", "read_ground_truth"]
+
+# Hex milliseconds first, so runs sort by when they started.
+RUN_ID = os.environ.get("MIDSHIFT_RUN_ID") or f"{int(time.time() * 1000):x}-{os.getpid()}"
 
 
 class GroundTruthLog:
@@ -51,6 +58,7 @@ class GroundTruthLog:
                 "kind": kind,
                 "value": value,
                 "expect": expect,
+                "run": RUN_ID,
             }
             entry.update(extra)
             self.entries.append(entry)

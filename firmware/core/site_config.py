@@ -30,8 +30,11 @@ from firmware.core.errors import ConfigError
 CLASSES = ("txn", "telemetry")
 PIN_FACTORIES = ("lgpio", "rpigpio", "native", "mock", "machine")  # machine: MicroPython node
 SECTIONS = ("gateway", "board", "pins", "serial", "interfaces", "journal", "devices", "uplinks",
-            "status", "uart", "wifi", "store", "till_api", "sell_rules", "metrics",
+            "status", "uart", "wifi", "store", "till_api", "sell_rules", "metrics", "log",
             "status_page")
+DEVICE_KEYS = ("type", "class", "enabled")  # every [devices.NAME]; the rest is the type's
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_KEYS = ("level", "libraries", "device_libraries", "status_interval_s")
 UART_KEYS = ("id", "tx", "rx", "rxbuf")  # [uart.NAME] on a MicroPython board (machine.UART)
 NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
 
@@ -68,7 +71,7 @@ class DeviceConfig:
 
 class UplinkConfig:
     def __init__(self, name, host, port, tls, priority, interface, source_address, metered,
-                 ca=None, cert=None, key=None, drain_rate=0):
+                 ca=None, cert=None, key=None, drain_rate=0, standby_keepalive_s=60):
         self.name = name
         self.host = host
         self.port = port
@@ -81,6 +84,9 @@ class UplinkConfig:
         self.cert = cert
         self.key = key
         self.drain_rate = drain_rate  # backlog records per second on this uplink; 0: no cap
+        # MQTT keepalive while this uplink idles as a standby (the active one pings every
+        # second): an LTE standby costs a ping a minute, not one a second.
+        self.standby_keepalive_s = standby_keepalive_s
 
 
 class JournalConfig:
@@ -110,6 +116,8 @@ class SiteConfig:
         self.status_page = None   # StatusPageConfig when [status_page] bind is set
         self.sync_log = None
         self.sync_log_max_bytes = 5 << 20
+        self.sync_log_backups = 3
+        self.log = _log({})  # [log]: console log levels (firmware/edges/console_log.py)
         self.key_file = None
         self.command_key_file = None
         self.uart = {}    # MicroPython boards: name -> {"id", "tx", "rx", "rxbuf"}
@@ -180,7 +188,7 @@ def validate(doc, device_types):
     cfg.journal = _journal(_table(doc, "journal"))
     status = _table(doc, "status", False)
     no_unknown_keys(status, "status", ("period_s", "sync_log", "sync_log_max_bytes",
-                                       "no_ack_s", "device_down_s"))
+                                       "no_ack_s", "device_down_s", "sync_log_backups"))
     cfg.status_period_s = field(status, "period_s", "status", float, default=5.0, check=positive)
     cfg.no_ack_s = field(status, "no_ack_s", "status", float, default=30.0,
                          check=lambda v: 1 <= v <= 86400, allowed="1 to 86400 seconds")
@@ -200,6 +208,9 @@ def validate(doc, device_types):
     cfg.sync_log_max_bytes = field(status, "sync_log_max_bytes", "status", int,
                                    default=5 << 20, check=lambda v: v >= 4096,
                                    allowed="at least 4096")
+    cfg.sync_log_backups = field(status, "sync_log_backups", "status", int, default=3,
+                                 check=lambda v: 0 <= v <= 100, allowed="0 to 100")
+    cfg.log = _log(_table(doc, "log", False))
 
     _tills(doc, cfg)
     devices = _table(doc, "devices", cfg.till_api is None)  # a tills-only gateway is fine
@@ -419,6 +430,25 @@ def _uarts(table):
     return out
 
 
+def _log(table):
+    """``[log]``: the console log's levels. The device libraries (pymodbus, asyncua) log
+    every failed retry of a connection the driver already reports as a state change, so
+    they are quieter by default than the other libraries (paho, cheroot)."""
+    no_unknown_keys(table, "log", LOG_KEYS)
+    out = {}
+    for key, default in (("level", "INFO"), ("libraries", "WARNING"),
+                         ("device_libraries", "CRITICAL")):
+        value = field(table, key, "log", str, default=default, allowed=", ".join(LOG_LEVELS))
+        if value.upper() not in LOG_LEVELS:
+            raise ConfigError("log." + key, "%r is not a log level" % (value,),
+                              ", ".join(LOG_LEVELS))
+        out[key] = value.upper()
+    out["status_interval_s"] = field(table, "status_interval_s", "log", float, default=300.0,
+                                     check=lambda v: 1 <= v <= 86400,
+                                     allowed="1 to 86400 seconds")
+    return out
+
+
 def _wifi(table):
     """``[wifi]`` of a MicroPython board: the SSID; the passphrase lives in ``key_file``."""
     if not table:
@@ -463,7 +493,7 @@ def _device(name, table, cfg, device_types):
     enabled = field(table, "enabled", p, bool, default=True)
     rest = {}
     for k, v in table.items():
-        if k not in ("type", "class", "enabled"):
+        if k not in DEVICE_KEYS:
             rest[k] = v
     port = rest.get("port")
     if isinstance(port, str) and port in cfg.serial:
@@ -479,7 +509,7 @@ def _uplink(name, table, cfg):
     if not isinstance(table, dict):
         raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
     no_unknown_keys(table, p, ("broker", "priority", "interface", "source_address", "metered",
-                               "ca", "cert", "key", "drain_rate"))
+                               "ca", "cert", "key", "drain_rate", "standby_keepalive_s"))
     broker = field(table, "broker", p, str, allowed=URL_FORMS)
     host, port, tls = _broker_url(broker, p + ".broker")
     interface = field(table, "interface", p, str, default=None)
@@ -501,7 +531,9 @@ def _uplink(name, table, cfg):
                         field(table, "metered", p, bool, default=False),
                         files["ca"], files["cert"], files["key"],
                         field(table, "drain_rate", p, int, default=0,
-                              check=lambda v: v >= 0, allowed="0 (no cap) or more"))
+                              check=lambda v: v >= 0, allowed="0 (no cap) or more"),
+                        field(table, "standby_keepalive_s", p, int, default=60,
+                              check=lambda v: 1 <= v <= 3600, allowed="1 to 3600 seconds"))
 
 
 def _broker_url(url, key):

@@ -96,6 +96,7 @@ class Driver:
         self._thread: threading.Thread | None = None
         # Told of every state change (name, state, error): the agent journals it.
         self.on_state: Callable[[str, str, str | None], None] | None = None
+        self._state_logged = False
 
     @staticmethod
     def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
@@ -141,11 +142,15 @@ class Driver:
         """Wake a blocking read so ``_run`` sees the stop flag; default: nothing to wake."""
 
     def set_state(self, state: str, error: str | None = None) -> None:
-        if self.status.set(state, self.clock.now_ms(), error):
+        """Logged once per change, never per poll or retry; the first state is logged
+        too (a device starts ``disconnected``, and one that never connects says why)."""
+        changed = self.status.set(state, self.clock.now_ms(), error)
+        if changed or not self._state_logged:
+            self._state_logged = True
             level = logging.INFO if state == "ok" else logging.WARNING
             log.log(level, "%s: %s%s", self.name, state, f" ({error})" if error else "")
-            if self.on_state is not None:
-                self.on_state(self.name, state, error)
+        if changed and self.on_state is not None:
+            self.on_state(self.name, state, error)
 
     def emit(self, event: Event) -> Emitted:
         """Hand ``event`` to the pipeline: accepted with its seq, or refused (counted,

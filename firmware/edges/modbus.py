@@ -246,7 +246,9 @@ class ModbusDriver(Driver):
             except Exception as exc:  # noqa: BLE001 - the poller outlives any one bad poll
                 if self._stopping.is_set():
                     break
-                log.exception("%s: poll failed", self.name)
+                # The traceback once, when the state changes; a repeat is a counter.
+                log.log(logging.ERROR if self.status.state != "error" else logging.DEBUG,
+                        "%s: poll failed", self.name, exc_info=True)
                 self.status.count("poll_failures")
                 self.set_state("error", f"poll failed: {exc!r}")
                 self._close()

@@ -2,7 +2,18 @@
 
 Health is MQTT's own ping on a short keepalive (default 1 s: a silent partition is found
 in about two keepalives, not the 90 s of a 60 s keepalive), plus ``TCP_USER_TIMEOUT`` on
-the socket so unacknowledged TCP data fails the connection in seconds too. A down link
+the socket so unacknowledged TCP data fails the connection in seconds too.
+
+A standby uplink (any but the most preferred, while another carries the traffic) pings
+only every ``standby_keepalive_s`` (default 60 s): an idle LTE link costs a ping exchange
+a minute (4 bytes of MQTT, about 5.8 kB a day) instead of one a second (345 kB a day,
+some 20 MB with TCP/IP headers). It connects with that keepalive, so the broker allows
+it; when it becomes the active link it pings every second from then on (a client may
+ping more often than it said), so the link carrying the traffic is watched as closely
+as ever and failover, which the active link's failure drives, is no slower. Sharp edge:
+a standby that dies unnoticed is found within about two standby keepalives, or about a
+second after it has been made active; the broker fires its last will up to 1.5 standby
+keepalives after it vanished. A down link
 is retried on a short interval (0.25 s growing to ``max_retry_s``, default 0.5 s), so the
 first batch after a restore goes out within about a second, not minutes.
 
@@ -71,12 +82,18 @@ class MqttUplink:
     def __init__(self, cfg: UplinkConfig, client_id: str, events: queue.Queue[Any],
                  subscriptions: list[str], will: tuple[str, bytes] | None = None,
                  keepalive_s: int = 1, max_retry_s: float = 0.5,
-                 user_timeout_ms: int = 3000) -> None:
+                 user_timeout_ms: int = 3000, preferred: bool = True) -> None:
+        """``preferred``: the first uplink by priority, which is never a standby for long
+        (it takes the traffic back once healthy) and keeps ``keepalive_s`` throughout."""
         self.name = cfg.name
         self.cfg = cfg
         self.events = events
         self.subscriptions = subscriptions
         self.keepalive_s = keepalive_s
+        standby_s = max(keepalive_s, getattr(cfg, "standby_keepalive_s", keepalive_s))
+        # What CONNECT tells the broker, and how often we ping while idle.
+        self.standby_keepalive_s = keepalive_s if preferred else standby_s
+        self.active = False
         self.user_timeout_ms = user_timeout_ms
         self.connected = False
         self.counters = {"connects": 0, "disconnects": 0, "published": 0, "publish_errors": 0}
@@ -100,6 +117,7 @@ class MqttUplink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_socket_open = self._on_socket_open
+        self.client.on_pre_connect = self._on_pre_connect
 
     def bind_address(self) -> str:
         if self.cfg.source_address:
@@ -114,10 +132,22 @@ class MqttUplink:
         except OSError as exc:
             log.error("uplink %s: %s; using the default route", self.name, exc)
             bind = ""
-        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.keepalive_s,
-                                  bind_address=bind)
+        self.client.connect_async(self.cfg.host, self.cfg.port,
+                                  keepalive=self.standby_keepalive_s, bind_address=bind)
         self.client.loop_start()
         return self
+
+    def set_active(self, active: bool) -> None:
+        """This link carries the traffic (ping every ``keepalive_s``) or idles as a standby
+        (every ``standby_keepalive_s``). paho refuses to change the keepalive of an open
+        connection through its property, because CONNECT announced it; pinging more often
+        than announced is allowed (MQTT 3.1.1, 3.1.2.10), so the ping period is set under it
+        and CONNECT always announces the standby value (``_on_pre_connect``)."""
+        self.active = active
+        self.client._keepalive = self._ping_s()  # noqa: SLF001 - see above
+
+    def _ping_s(self) -> int:
+        return self.keepalive_s if self.active else self.standby_keepalive_s
 
     def stop(self) -> None:
         self.client.disconnect()
@@ -153,6 +183,9 @@ class MqttUplink:
 
     # ---- paho callbacks (network thread): queue and return ------------------------------
 
+    def _on_pre_connect(self, client: mqtt.Client, userdata: Any) -> None:
+        client._keepalive = self.standby_keepalive_s  # noqa: SLF001 - what CONNECT announces
+
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, self.user_timeout_ms)
@@ -165,6 +198,7 @@ class MqttUplink:
         if reason.is_failure:
             self.events.put(LinkDown(self.name, f"broker refused: {reason}"))
             return
+        client._keepalive = self._ping_s()  # noqa: SLF001 - see set_active
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected = True

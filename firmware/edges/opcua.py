@@ -301,7 +301,10 @@ class OpcUaDriver(Driver):
                     if not self._stopping.is_set():
                         if not isinstance(exc, SessionLost | ConnectionError | OSError
                                           | TimeoutError | ua.UaError):
-                            log.exception("%s: session failed", self.name)
+                            # A surprise: its traceback once per state change, not per retry.
+                            log.log(logging.ERROR if self.status.state == "ok"
+                                    else logging.DEBUG, "%s: session failed", self.name,
+                                    exc_info=True)
                         self.status.count("connection_lost")
                         self.set_state("disconnected", f"connection to {endpoint} lost: {_text(exc)}")
                 finally:

@@ -2,7 +2,10 @@
 
 Events: ``sent``, ``acked``, ``rejected``, ``resent``, ``failover``, ``failback``, ``up``,
 ``down``, ``uplink_up``, ``uplink_down``, ``command``, ``command_rejected``. Each line has
-``ts_ms`` (wall clock) and ``event``. The logger (``midshift.sync``) does not propagate to
+``ts_ms`` (wall clock, ms since the Unix epoch), ``ts`` (the same instant in ISO 8601,
+UTC, to the millisecond: ``2026-12-05T09:01:09.123Z``) and ``event``. The file is rotated
+by the standard library's ``RotatingFileHandler`` at ``[status] sync_log_max_bytes``,
+keeping ``sync_log_backups`` old files (``sync.log.1`` the newest). The logger (``midshift.sync``) does not propagate to
 the agent's console log: an integrator reads this file, not a scrolling terminal.
 
 A write that fails (a full disk) loses that line, never the caller's work: the handler
@@ -25,10 +28,17 @@ logger.propagate = False
 logger.setLevel(logging.INFO)
 
 
+def iso_ms(ts_ms: int) -> str:
+    """``ts_ms`` as ISO 8601 UTC with milliseconds (what a person greps for)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms // 1000)) + \
+        f".{ts_ms % 1000:03d}Z"
+
+
 def sync_event(event: str, **fields: Any) -> None:
     if logger.handlers:
-        logger.info(json.dumps({"ts_ms": int(time.time() * 1000), "event": event, **fields},
-                               separators=(",", ":"), default=str))
+        ts_ms = int(time.time() * 1000)
+        logger.info(json.dumps({"ts_ms": ts_ms, "ts": iso_ms(ts_ms), "event": event,
+                                **fields}, separators=(",", ":"), default=str))
 
 
 class SyncLogHandler(logging.handlers.RotatingFileHandler):

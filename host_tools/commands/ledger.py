@@ -148,7 +148,7 @@ def serve_ledger(args: argparse.Namespace) -> int:
             print("ledger: --workers N > 1 needs --db postgresql://... (a SQLite file has "
                   "one writer)", file=sys.stderr)
             return 2
-        return _supervise(args)
+        return _supervise(args, tls_files)
     store = _open(args.db, args.migrate, "ledger")
     if store is None:
         return 2
@@ -200,10 +200,17 @@ def _clock(control: str | None) -> Any:
     return SystemClock() if control is None else FileControlledClock(control)
 
 
-def _supervise(args: argparse.Namespace) -> int:
+def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None) -> int:
     """N worker processes; a worker that dies is started again (the broker has already
-    given its unacknowledged batches to the others)."""
+    given its unacknowledged batches to the others). A broker without MQTT 5 is found
+    before any worker starts: one line, exit 2, no restart loop."""
+    from host_tools.ledger.service import check_mqtt5
     group = args.shared or "ledger"
+    try:
+        check_mqtt5(args.broker, tls_files)
+    except ValueError as exc:
+        print(f"ledger: {exc}", file=sys.stderr)
+        return 2
     if args.migrate:
         store = _open(args.db, True, "ledger")
         if store is None:

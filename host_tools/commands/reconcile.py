@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
     rec.add_argument("--ground-truth", nargs="*", default=[], metavar="FILE",
                      help="device ground-truth logs (JSON lines) from the simulator")
+    rec.add_argument("--run", metavar="ID", dest="truth_run",
+                     help="the ground-truth run to compare with (default: the latest in "
+                     "the files; a log appended to by several runs holds each)")
     rec.add_argument("--json", action="store_true", help="one JSON object")
     rec.set_defaults(run=run_reconcile)
 
@@ -41,7 +44,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
         print(f"reconcile: {exc}", file=sys.stderr)
         return 2
     try:
-        report = reconcile(store, args.ground_truth)
+        report = reconcile(store, args.ground_truth, args.truth_run)
     finally:
         store.close()
     print(json.dumps(report, sort_keys=True) if args.json else format_report(report))

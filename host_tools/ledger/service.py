@@ -33,6 +33,7 @@ import logging
 import queue
 import ssl
 import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,50 @@ def load_keys(path: str | Path) -> dict[str, bytes]:
         except (TypeError, ValueError):
             raise ValueError(f"{path}: gateways.{gw}: not a hex key") from None
     return keys
+
+
+def _unsupported_protocol(reason: Any) -> bool:
+    """CONNACK of a broker that does not speak the protocol version asked for: return
+    code 1 of MQTT 3.1.1 (3.2.2.3), which paho reports as reason code 132 (MQTT 5, 3.2.2.2)."""
+    return getattr(reason, "value", None) in (1, 132)
+
+
+def needs_mqtt5(host: str, port: int, reason: Any) -> str:
+    return (f"broker {host}:{port} does not speak MQTT 5 (CONNACK: {reason}): --shared and "
+            "--workers N need MQTT 5 shared subscriptions; against this broker run a "
+            "single worker (no --shared, --workers 1), or use an MQTT 5 broker "
+            "(mosquitto 1.6 or later, EMQX, HiveMQ)")
+
+
+def check_mqtt5(broker: str, tls_files: tuple[str, str, str] | None = None,
+                timeout_s: float = 10.0) -> None:
+    """Connect once as MQTT 5 and leave: ValueError (one line, the requirement and the
+    alternative) if the broker refuses the protocol version. Other failures are left to
+    the workers, which retry them."""
+    host, port, _tls = parse_broker_url(broker)
+    answered = threading.Event()
+    result: list[Any] = []
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
+                   props: Any = None) -> None:
+        result.append(reason)
+        answered.set()
+
+    probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    if tls_files is not None:
+        ctx = ssl.create_default_context(cafile=str(tls_files[0]))
+        ctx.load_cert_chain(str(tls_files[1]), str(tls_files[2]))
+        probe.tls_set_context(ctx)
+    probe.on_connect = on_connect
+    try:
+        probe.connect_async(host, port, keepalive=10)
+        probe.loop_start()
+        answered.wait(timeout_s)
+    finally:
+        probe.disconnect()
+        probe.loop_stop()
+    if result and result[0].is_failure and _unsupported_protocol(result[0]):
+        raise ValueError(needs_mqtt5(host, port, result[0]))
 
 
 class LedgerService:
@@ -105,6 +150,7 @@ class LedgerService:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self._refused: Any = None  # the broker's CONNACK reason when it refused MQTT 5
 
     @property
     def topic(self) -> str:
@@ -118,10 +164,16 @@ class LedgerService:
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
-        if not self._subscribed.wait(timeout_s):
+        deadline = time.monotonic() + timeout_s
+        while not self._subscribed.wait(0.05) and self._refused is None:
+            if time.monotonic() > deadline:
+                self.client.loop_stop()
+                raise RuntimeError(f"no subscription at {self.host}:{self.port} "
+                                   f"within {timeout_s} s")
+        if self._refused is not None:  # retrying would be refused the same way, forever
+            self.client.disconnect()
             self.client.loop_stop()
-            raise RuntimeError(f"ledger: no subscription at {self.host}:{self.port} "
-                               f"within {timeout_s} s")
+            raise ValueError(needs_mqtt5(self.host, self.port, self._refused))
         return self
 
     def stop(self) -> None:
@@ -134,6 +186,10 @@ class LedgerService:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     props: Any = None) -> None:
         if reason.is_failure:
+            if self.shared_group and _unsupported_protocol(reason):
+                self._refused = reason
+                client.disconnect()
+                return
             log.error("ledger: broker refused the connection: %s", reason)
             return
         client.subscribe(self.topic, qos=1)

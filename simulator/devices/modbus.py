@@ -2,7 +2,10 @@
 
 Config (``[devices.NAME]``, type ``modbus``): ``host`` ("127.0.0.1"), ``port`` (0 = a free
 port, reported by ``describe()`` and kept across restarts), ``unit_id`` (1; requests to
-other unit ids are not answered), ``seed`` (0), and ``[[devices.NAME.registers]]``:
+other unit ids are not answered), ``seed`` (0), and ``[[devices.NAME.registers]]``. The
+agent's own table drives it too: its poller keys (``poll_ms``, ``timeout_s``, ``stale_s``,
+a register's ``scale`` and ``deadband``) are ignored here, and a register without
+``behaviour`` is ``static``:
 
 - ``tag`` (unique name), ``table`` ``holding`` (function 3), ``input`` (4) or ``coil`` (1),
   ``address`` (0-based);
@@ -70,6 +73,10 @@ BEHAVIOURS = ("static", "counter", "random_walk", "changes_every_read")
 CONFIG_KEYS = ("host", "port", "unit_id", "seed", "registers")
 REGISTER_KEYS = ("tag", "table", "address", "type", "word_order", "value", "behaviour",
                  "step", "period_ms")
+# Keys of the agent's table (firmware/edges/modbus.py) that are the poller's business: the
+# same file drives the agent and this PLC, which ignores them.
+AGENT_ONLY_KEYS = ("poll_ms", "timeout_s", "stale_s")
+AGENT_ONLY_REGISTER_KEYS = ("scale", "deadband")
 EXCEPTION_CODES = (1, 2, 3, 4, 5, 6, 8, 10, 11)  # Modbus Application Protocol v1.1b3, 7
 
 
@@ -124,6 +131,7 @@ class Register:
         where = f"devices.{device}.registers[{i}]"
         if not isinstance(t, dict):
             raise ValueError(f"{where}: {t!r} is not a table")
+        t = {k: v for k, v in t.items() if k not in AGENT_ONLY_REGISTER_KEYS}
         unknown = sorted(set(t) - set(REGISTER_KEYS))
         if unknown:
             raise ValueError(f"{where}.{unknown[0]}: not a known key; "
@@ -284,6 +292,7 @@ class ModbusPLC:
     def from_config(cls, name: str, cfg: dict[str, Any],
                     ground_truth_dir: str | Path | None) -> ModbusPLC:
         """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``."""
+        cfg = {k: v for k, v in cfg.items() if k not in AGENT_ONLY_KEYS}
         unknown = sorted(set(cfg) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"devices.{name}.{unknown[0]}: not a known key; "

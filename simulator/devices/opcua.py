@@ -21,6 +21,9 @@ Config (``[devices.NAME]`` with ``type = "opcua"``; defaults shown)::
     period_ms = 500            # how often values move
     seed = 0                   # same seed and name: same temperatures and states
     certificate = "plc.der"    # optional, with private_key: offer Basic256Sha256 too
+    # The agent's own table works too: nodes = [{tag, node_id = "ns=2;s=TEXT"}], each
+    # served at its node id, typed by its tag (temperature if it has "temp", status if
+    # "status", "state" or "mode", else counter); the agent's other keys are ignored.
     [[devices.NAME.variables]]  # default: counter, temperature, status
     tag = "counter"            # type "counter": start = 0, step = 1
     type = "counter"           # "temperature": start = 20.0, noise = 0.3, min = -40, max = 150
@@ -83,6 +86,11 @@ T = TypeVar("T")
 
 CONFIG_KEYS = ("endpoint", "host", "port", "path", "namespace", "period_ms", "seed",
                "variables", "certificate", "private_key")
+# Keys of the agent's table (firmware/edges/opcua.py) that are the client's business.
+AGENT_ONLY_KEYS = ("publishing_ms", "sampling_ms", "queue_size", "timeout_s", "stale_s",
+                   "security_policy", "security_mode", "certificate", "private_key",
+                   "server_certificate")
+NODE_ID_RE = re.compile(r"ns=2;s=(.+)\Z")
 VARIABLE_KEYS = {
     "counter": ("tag", "type", "start", "step"),
     "temperature": ("tag", "type", "start", "noise", "min", "max"),
@@ -126,6 +134,8 @@ class PlcVariable:
         kind = spec.get("type")
         if kind not in VARIABLE_KEYS:
             raise ValueError(f"{where}.type: {kind!r} is not one of {', '.join(VARIABLE_KEYS)}")
+        self.ident: str = spec.get("ident") or f"{device}.{spec.get('tag')}"  # the node's s=
+        spec = {k: v for k, v in spec.items() if k != "ident"}
         unknown = sorted(set(spec) - set(VARIABLE_KEYS[kind]))
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)} for type {kind}; "
@@ -264,6 +274,8 @@ class OpcUaPLC:
         """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``.
 
         ``endpoint = "opc.tcp://HOST:PORT/PATH"`` or ``host``/``port``/``path`` (not both)."""
+        if "nodes" in cfg:
+            cfg = agent_form(name, cfg)
         unknown = sorted(set(cfg) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"devices.{name}: unknown key(s) {', '.join(unknown)}; "
@@ -365,7 +377,7 @@ class OpcUaPLC:
         """The node id string of variable ``tag`` (``ns=2;s=line1.counter``)."""
         if tag not in self.variables:
             raise KeyError(f"{self.name}: no variable {tag!r}")
-        return f"ns={self._ns()};s={self.name}.{tag}"
+        return f"ns={self._ns()};s={self.variables[tag].ident}"
 
     def _ns(self) -> int:
         if self.ns_index is None:
@@ -455,7 +467,7 @@ class OpcUaPLC:
         obj = await server.nodes.objects.add_object(ua.NodeId(self.name, idx),
                                                     ua.QualifiedName(self.name, idx))
         for var in self.variables.values():
-            node = await obj.add_variable(ua.NodeId(f"{self.name}.{var.tag}", idx),
+            node = await obj.add_variable(ua.NodeId(var.ident, idx),
                                           ua.QualifiedName(var.tag, idx),
                                           ua.Variant(var.value if var.kind != "status" else "",
                                                      var.vtype))
@@ -531,13 +543,13 @@ class OpcUaPLC:
                           SourceTimestamp=ts, ServerTimestamp=ts)
         var.dv = dv
         self.ground_truth.record("opcua", value, expect=True, tag=var.tag,
-                                 node=f"ns={self.ns_index};s={self.name}.{var.tag}",
+                                 node=f"ns={self.ns_index};s={var.ident}",
                                  source_ms=_ms(ts), source=source)
         if self._server is not None:
             await self._server.write_attribute_value(self._node(var), dv)
 
     def _node(self, var: PlcVariable) -> ua.NodeId:
-        return ua.NodeId(f"{self.name}.{var.tag}", self._ns())
+        return ua.NodeId(var.ident, self._ns())
 
     async def _set(self, var: PlcVariable, value: Any, source: str) -> None:
         if var.bad:
@@ -547,7 +559,7 @@ class OpcUaPLC:
 
     async def _set_bad(self, var: PlcVariable, on: bool, code: str) -> None:
         ts = datetime.now(UTC)
-        node = f"ns={self.ns_index};s={self.name}.{var.tag}"
+        node = f"ns={self.ns_index};s={var.ident}"
         if on:
             var.bad = code
             dv = ua.DataValue(ua.Variant(), ua.StatusCode(getattr(ua.StatusCodes, code)),
@@ -575,6 +587,46 @@ class OpcUaPLC:
                 if var.value != 0:
                     await self._set(var, 0, "method")
         return [ua.Variant(n, ua.VariantType.UInt32)]
+
+
+def variable_type(tag: str) -> str:
+    """The emulated type of a node the agent's table names (it carries no type): by tag."""
+    low = tag.lower()
+    if "temp" in low:
+        return "temperature"
+    if any(word in low for word in ("status", "state", "mode")):
+        return "status"
+    return "counter"
+
+
+def agent_form(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The agent's ``[devices.NAME]`` table (``endpoint``, ``nodes`` of ``{tag, node_id}``)
+    as this emulator's: each node a variable served at its ``node_id`` (``ns=2;s=TEXT``:
+    this server's namespace is index 2), its type by ``variable_type``; the agent's
+    subscription and security settings are its own (its ``certificate`` is the client's,
+    not this server's) and are left out."""
+    if "variables" in cfg:
+        raise ValueError(f"devices.{name}: give either nodes (the agent's form) or "
+                         "variables, not both")
+    out = {k: v for k, v in cfg.items() if k not in AGENT_ONLY_KEYS and k != "nodes"}
+    nodes = cfg["nodes"]
+    if not isinstance(nodes, list) or not nodes:
+        raise ValueError(f"devices.{name}.nodes: {nodes!r} is not a list of {{tag, node_id}}")
+    variables = []
+    for i, node in enumerate(nodes):
+        where = f"devices.{name}.nodes[{i}]"
+        if not isinstance(node, dict) or set(node) - {"tag", "node_id"}:
+            raise ValueError(f"{where}: {node!r} is not a {{tag, node_id}} table")
+        tag, node_id = node.get("tag"), node.get("node_id")
+        m = NODE_ID_RE.match(node_id) if isinstance(node_id, str) else None
+        if m is None:
+            raise ValueError(f"{where}.node_id: {node_id!r} is not ns=2;s=TEXT (a string "
+                             "id in this server's namespace, index 2)")
+        if not isinstance(tag, str):
+            raise ValueError(f"{where}.tag: {tag!r} is not a name")
+        variables.append({"tag": tag, "type": variable_type(tag), "ident": m.group(1)})
+    out["variables"] = variables
+    return out
 
 
 def parse_endpoint(name: str, endpoint: Any) -> dict[str, Any]:
