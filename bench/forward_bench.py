@@ -15,6 +15,11 @@ the journal on this machine's disk (durable: every event fsynced before it is se
 - ``drain_s_120k`` / ``drain_events_per_s``: ``drain_events`` events journaled while both
   uplinks refuse connections, then the time from restoring them until the ledger holds
   every one.
+- ``blackhole_p99_ms``: events offered at ``rate`` per second from 2 s before to 10 s after
+  the primary is blackholed (the secondary healthy), each measured from its scheduled time
+  to its commit in the ledger: what hedged sends make of a dead primary.
+  ``hedge_overhead_pct``: in the steady state before it, the bytes of hedged copies over
+  the bytes of first sends, in percent (a healthy primary should cost almost nothing).
 - ``failover_s``: the primary is blackholed (connection open, nothing flows); the time
   until the first batch is acknowledged through the secondary.
 - ``rss_mb``: resident memory of an agent process (``python -m firmware run``) with a
@@ -178,6 +183,45 @@ def _ten_k(tmp: Path, duration_s: float, say: Callable[[str], None]) -> dict[str
             "latency_lost_10k": r["latency_lost"]}
 
 
+def _blackhole(tmp: Path, before_s: float, after_s: float, rate: int,
+               say: Callable[[str], None]) -> dict[str, Any]:
+    lab = Lab(tmp, uplinks=2)
+    try:
+        agent = lab.start_agent()
+        wait_for(lambda: agent.forwarding.active == "up0"
+                 and agent.forwarding.session.connected.get("up1"), 10)
+        say(f"forward: steady state, {before_s:.0f} s at {rate}/s, then the primary blackholed")
+        fwd = agent.forwarding.forwarder
+        steady: dict[str, int] = {}
+
+        def blackhole() -> None:
+            steady.update(fwd.counters)  # what the healthy steady state cost
+            lab.proxies[0].set_mode("blackhole")
+
+        n = int((before_s + after_s) * rate)
+        timer = threading.Timer(before_s, blackhole)
+        timer.start()
+        due_ms, handed = _offer(lab, n, rate, 1)
+        timer.join()
+        wait_for(lambda: lab.ledger_count() >= n, 30)
+        committed = {}
+        for first, last, ledger_ms in lab.store.query(
+                "SELECT first, last, ledger_ms FROM receipts ORDER BY ledger_ms DESC"):
+            for seq in range(first, last + 1):
+                committed[seq] = ledger_ms
+        lat = [committed[s] - t for s, t in due_ms.items() if s in committed]
+        c = fwd.counters
+        return {"blackhole_p99_ms": round(percentile(lat, 0.99), 1),
+                "blackhole_max_ms": round(max(lat), 1), "blackhole_lost": n - len(lat),
+                "blackhole_rate_achieved_per_s": round(n / handed, 1),
+                "blackhole_demotions": agent.forwarding.selector.demotions,
+                "blackhole_hedged": c["hedged"], "blackhole_hedges_won": c["hedges_won"],
+                "hedge_overhead_pct": round(100.0 * steady["hedge_bytes"]
+                                            / max(1, steady["sent_bytes"]), 2)}
+    finally:
+        lab.close()
+
+
 def _rss(tmp: Path, say: Callable[[str], None]) -> dict[str, Any]:
     from bench.agent_rss import measure_rss_mb
     say("forward: agent resident memory")
@@ -193,6 +237,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
                            ("latency_10k", lambda p: _ten_k(p, 2 if quick else 10, say)),
                            ("drain", lambda p: _drain(p, 12000 if quick else 120000, say)),
                            ("failover", lambda p: _failover(p, say)),
+                           ("blackhole", lambda p: _blackhole(p, 2, 3 if quick else 10, 1000,
+                                                              say)),
                            ("rss", lambda p: _rss(p, say))):
             sub = root / name
             sub.mkdir()

@@ -34,6 +34,7 @@ from typing import Any
 from firmware import __version__
 from firmware.core import session as s
 from firmware.core.commands import CommandGate
+from firmware.core.forwarder import HEDGE_FLOOR_MS
 from firmware.core.signing import Signer
 from firmware.core.site_config import SiteConfig
 from firmware.edges.driver import Clock
@@ -67,7 +68,8 @@ class ForwardingLoop:
                  ack_timeout_ms: int = 3000, keepalive_s: int = 1, max_events: int = 500,
                  linger_ms: int = 2, window: int = 8, drain_rate: int = 0,
                  command_key: bytes | None = None,
-                 commit_every_ms: int = s.COMMIT_EVERY_MS, boot_id: str | None = None) -> None:
+                 commit_every_ms: int = s.COMMIT_EVERY_MS, boot_id: str | None = None,
+                 hedge_floor_ms: int = HEDGE_FLOOR_MS) -> None:
         self.cfg = cfg
         self.journal = journal
         self.clock = clock
@@ -92,7 +94,9 @@ class ForwardingLoop:
             commit_every_ms=commit_every_ms, runtime="cpython",
             supports=("set-log-level", "reload-config"), max_events=max_events,
             linger_ms=linger_ms, window=window, ack_timeout_ms=ack_timeout_ms,
-            no_ack_ms=int(cfg.no_ack_s * 1000), version=__version__, boot_id=self.boot_id)
+            no_ack_ms=int(cfg.no_ack_s * 1000), version=__version__, boot_id=self.boot_id,
+            hedge={u.name: u.hedge for u in cfg.uplinks if u.hedge},
+            hedge_floor_ms=hedge_floor_ms)
         will = s.last_will(cfg.site, cfg.gateway_id, __version__, self.boot_id)
         self.uplinks = {u.name: MqttUplink(u, f"{cfg.gateway_id}-{u.name}-{self.boot_id}",
                                            self.events, self.session.subscriptions(), will,

@@ -17,13 +17,24 @@ Rules, each for a failure peers have shipped:
   uplink, records per second), while new events go out at once in the live lane.
 - Bounded memory: in flight are (seq range, positions) only; records are re-read from
   the journal for a resend. A two-hour outage costs flash, not RAM.
+- Hedged sends: a batch not acknowledged within the hedge delay goes once more on the
+  first healthy alternate uplink (``hedges``), without waiting for the active one to be
+  declared dead; the ledger's unique key makes the copy harmless and the first ack wins.
+  The delay follows the measured round trip (``HEDGE_FACTOR`` times the 90th percentile
+  of recent first-attempt acks, never under the floor, never past the ack timeout), so a
+  slow but healthy uplink is not doubled. A metered alternate takes only batches of
+  transactions unless told otherwise.
 """
 
+from firmware.core.percentile import percentile
 from firmware.core.record import TXN
 from firmware.core.wire import Batch, encode_batch
 
 LIVE = "live"
 BACKLOG = "backlog"
+HEDGE_FLOOR_MS = 50   # never hedge sooner: below this a copy is mostly wasted bytes
+HEDGE_FACTOR = 2      # times the recent round trip's 90th percentile
+RTT_SAMPLES = 64
 
 
 class TokenBucket:
@@ -59,6 +70,8 @@ class InFlight:
         self.uplink = uplink
         self.attempts = 1
         self.runs = None        # [(first, last, end_pos)] when the batch skipped records
+        self.all_txn = False    # only transactions: a metered alternate may carry a hedge
+        self.hedged_on = None   # the alternate uplink a copy went on, once
 
 
 class Lane:
@@ -75,7 +88,8 @@ class Lane:
 class Forwarder:
     def __init__(self, journal, gateway, signer, compress=None, max_events=500,
                  max_bytes=256 * 1024, linger_ms=5, window=8, ack_timeout_ms=5000,
-                 drain_rate=0, now_ms=0):
+                 drain_rate=0, now_ms=0, hedge_floor_ms=HEDGE_FLOOR_MS,
+                 hedge_factor=HEDGE_FACTOR):
         self.journal = journal
         self.gateway = gateway
         self.signer = signer
@@ -97,8 +111,15 @@ class Forwarder:
         self._wall_ms = now_ms
         self.txn_only = False
         self.ack_sent_ms = None
+        self.ack_hedge_won = None  # after on_ack: True when a hedged copy's path answered
+        self.hedge_floor_ms = hedge_floor_ms  # 0 or None: no hedging
+        self.hedge_factor = hedge_factor
+        self.alternates = []  # [(uplink, carries telemetry)]: healthy, not active
+        self._rtts = []
+        self._hedge_delay = None  # cached until the next round trip is measured
         self.counters = {"batches": 0, "sent": 0, "acked": 0, "resent": 0, "stale_acks": 0,
-                         "rejected": 0}
+                         "rejected": 0, "hedged": 0, "hedge_bytes": 0, "hedges_won": 0,
+                         "sent_bytes": 0}
 
     # ---- events from the edge ------------------------------------------------------------
 
@@ -140,21 +161,35 @@ class Forwarder:
         """Lift the backlog's rate cap (an operator's order to catch up now)."""
         self.bucket.rate = 0
 
-    def on_ack(self, first, last, status, now_ms):
-        """The ledger acknowledged ``first..last``: returns (seq, pos) to commit, or None.
-        ``ack_sent_ms`` is then when the matching batch was last sent (None: no match),
-        for the round trip."""
-        self.ack_sent_ms = None
-        match = None
+    def in_flight(self, first, last):
         for f in self.inflight:
             if f.first == first and f.last == last:
-                match = f
-                break
+                return f
+        return None
+
+    def on_ack(self, first, last, status, now_ms, via=None):
+        """The ledger acknowledged ``first..last`` (heard on uplink ``via``): returns
+        (seq, pos) to commit, or None. ``ack_sent_ms`` is then when the matching batch was
+        last sent (None: no match), for the round trip; ``ack_hedge_won`` says whether a
+        hedged batch was answered on its hedge's uplink (None: not a hedged batch)."""
+        self.ack_sent_ms = None
+        self.ack_hedge_won = None
+        match = self.in_flight(first, last)
         if match is None:
             self.counters["stale_acks"] += 1  # a resent batch acked twice, or an old life's
             return None
         self.inflight.remove(match)
         self.ack_sent_ms = match.sent_ms
+        if match.hedged_on is None:
+            if match.attempts == 1:  # a clean round trip: what the hedge delay follows
+                self._rtts.append(now_ms - match.sent_ms)
+                if len(self._rtts) > RTT_SAMPLES:
+                    self._rtts.pop(0)
+                self._hedge_delay = None
+        else:
+            self.ack_hedge_won = via == match.hedged_on
+            if self.ack_hedge_won:
+                self.counters["hedges_won"] += 1
         if status != "ok":
             # The ledger's final word: sending it again gets the same answer. Its records
             # stay unreclaimed (the commit point stops before them) until an operator
@@ -226,6 +261,43 @@ class Forwarder:
                 self.lanes.remove(lane)
         return out
 
+    def hedge_delay_ms(self):
+        """How long a batch waits for its ack before a copy goes on an alternate."""
+        if self._hedge_delay is None:
+            rtt = percentile(self._rtts, 0.9) if self._rtts else 0
+            self._hedge_delay = int(min(self.ack_timeout_ms,
+                                        max(self.hedge_floor_ms, self.hedge_factor * rtt)))
+        return self._hedge_delay
+
+    def hedges(self, now_ms):
+        """Copies to publish now on an alternate uplink: [(uplink, first, last, bytes)].
+        Each batch in flight on the active uplink is hedged once, when its hedge delay has
+        passed, on the first alternate (``self.alternates``, preferred first) that carries
+        it; the copy is re-read from the journal, the original stays in flight."""
+        if not self.hedge_floor_ms or not self.alternates or self.uplink is None:
+            return []
+        delay = self.hedge_delay_ms()
+        out = []
+        for f in self.inflight:
+            if f.hedged_on is not None or f.uplink != self.uplink \
+                    or now_ms - f.sent_ms < delay:
+                continue
+            alt = None
+            for name, any_class in self.alternates:
+                if name != f.uplink and (any_class or f.all_txn):
+                    alt = name
+                    break
+            if alt is None:
+                continue
+            data = self._reencode(f, now_ms)
+            if data is None:
+                continue
+            f.hedged_on = alt
+            self.counters["hedged"] += 1
+            self.counters["hedge_bytes"] += len(data)
+            out.append((alt, f.first, f.last, data))
+        return out
+
     def next_deadline_ms(self):
         """The earliest time ``poll`` has something to do by the clock alone, or None.
         With no uplink nothing can go, whatever is overdue: None, or a silent outage
@@ -233,6 +305,10 @@ class Forwarder:
         if self.uplink is None:
             return None
         times = [f.sent_ms + self.ack_timeout_ms for f in self.inflight]
+        if self.hedge_floor_ms and self.alternates:
+            delay = self.hedge_delay_ms()
+            times.extend(f.sent_ms + delay for f in self.inflight
+                         if f.hedged_on is None and f.uplink == self.uplink)
         # A lingering batch is only due when the window has room for it; with a full
         # window its past deadline would spin the loop until an ack arrived (it did, at
         # more than a million polls per drain, starving the ledger in the same process).
@@ -278,6 +354,7 @@ class Forwarder:
         data = self._encode(bfirst, recs, now_ms)
         f = InFlight(lane.name, bfirst, last, start_pos, recs[-1].end_pos, len(recs), now_ms,
                      self.uplink)
+        f.all_txn = all(r.cls == TXN for r in recs)
         if len(recs) != recs[-1].seq - recs[0].seq + 1:  # records skipped: ack runs only
             f.runs = _runs(recs)
             f.first = bfirst = recs[0].seq
@@ -288,6 +365,7 @@ class Forwarder:
             self.bucket.take(len(recs))
         self.counters["batches"] += 1
         self.counters["sent"] += len(recs)
+        self.counters["sent_bytes"] += len(data)
         return (lane.name, bfirst, last, data)
 
     def _is_acked(self, seq):

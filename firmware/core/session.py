@@ -23,6 +23,13 @@ ledger's time for the HLC), ``SetLogLevel``, ``Reload``, ``Note`` (a sync-log li
 (``firmware/forwarding.py``) and the MicroPython node (``firmware/mpy/node.py``) are
 thin loops around it, so both runtimes obey the same rules.
 
+Hedged sends (``core/forwarder.py``): a batch unanswered past the hedge delay goes once more
+on the first healthy standby that carries it (``hedge`` per uplink: every class, ``txn``
+only, or none); its ack is taken from that standby. When the active uplink's batches keep
+being answered through their hedges (``DEMOTE_AFTER`` in a row), it is demoted before its
+keepalive notices: the traffic fails over, and it takes it back only after the fail-back
+hold time.
+
 When the far end is gone: no healthy uplink means no publishes; records wait in the
 journal, in flight are only seq ranges, and everything unacknowledged goes again on the
 next uplink. Records waiting with no ack for ``no_ack_ms`` (no uplink, or a ledger that
@@ -34,7 +41,7 @@ import json
 
 from firmware.core import topics
 from firmware.core.commands import CommandRejected
-from firmware.core.forwarder import Forwarder
+from firmware.core.forwarder import HEDGE_FACTOR, HEDGE_FLOOR_MS, Forwarder
 from firmware.core.record import TELEMETRY
 from firmware.core.uplink_selector import UplinkSelector
 from firmware.core.wire import WireError, decode_ack
@@ -43,6 +50,10 @@ STATUS_VERSION = 1
 OFFSET_ALARM_MS = 500
 COMMIT_EVERY_MS = 500
 NO_ACK_MS = 30000
+DEMOTE_AFTER = 3  # hedges in a row answered on their standby: the active uplink is failing
+HEDGE_ALL = "all"
+HEDGE_TXN = "txn"
+HEDGE_OFF = "off"
 
 
 class Publish:
@@ -135,13 +146,17 @@ class LinkSession:
                  status_period_ms=10000, commit_every_ms=COMMIT_EVERY_MS,
                  offset_alarm_ms=OFFSET_ALARM_MS, runtime="cpython", supports=(),
                  max_events=500, max_bytes=256 * 1024, linger_ms=5, window=8,
-                 ack_timeout_ms=5000, no_ack_ms=NO_ACK_MS, version="", boot_id=""):
+                 ack_timeout_ms=5000, no_ack_ms=NO_ACK_MS, version="", boot_id="",
+                 hedge=None, hedge_floor_ms=HEDGE_FLOOR_MS, hedge_factor=HEDGE_FACTOR):
         """``journal``: the core Journal or anything with its read-only verbs (``read``,
         ``tail``, ``durable``, ``durable_seq``, ``backlog``, ``stats``, ``free_bytes``,
         ``data_size``, ``epoch``). ``uplinks``: names, preferred first. ``supports``: the
         optional commands this runtime can carry out (``set-log-level``,
         ``reload-config``). ``version``: the firmware's (``firmware.__version__``);
-        ``boot_id``: random per start, so a reader tells a restart from a long silence."""
+        ``boot_id``: random per start, so a reader tells a restart from a long silence.
+        ``hedge``: {uplink: "all" | "txn" | "off"}, what hedged copies that uplink may
+        carry (default: "txn" on a metered uplink, "all" on the others);
+        ``hedge_floor_ms`` 0: no hedging at all."""
         self.journal = journal
         self.site = site
         self.gateway = gateway
@@ -150,7 +165,12 @@ class LinkSession:
         self.forwarder = Forwarder(journal, gateway, signer, compress, max_events=max_events,
                                    max_bytes=max_bytes, linger_ms=linger_ms, window=window,
                                    ack_timeout_ms=ack_timeout_ms, drain_rate=drain_rate,
-                                   now_ms=now_ms)
+                                   now_ms=now_ms, hedge_floor_ms=hedge_floor_ms,
+                                   hedge_factor=hedge_factor)
+        metered = set(metered)
+        self.hedge = dict((n, HEDGE_TXN if n in metered else HEDGE_ALL) for n in self.uplinks)
+        self.hedge.update(hedge or {})
+        self._hedge_streak = 0  # hedges in a row answered on their standby
         self.gate = gate
         self.drain_rates = drain_rates or {}
         self.default_drain_rate = drain_rate
@@ -228,12 +248,16 @@ class LinkSession:
     def message(self, uplink, topic, payload, now_ms, wall_ms):
         # Every connected uplink subscribes, and they usually reach the same broker: take
         # acks and commands from the active one only, or each would arrive twice.
+        # A hedged batch's ack is taken from the standby its copy went on: with the active
+        # uplink blackholed, it is the only way the answer comes back.
+        leaf = self.own.get(topic)
         if uplink != self.selector.active:
+            if leaf == topics.ACK and self._answers_a_hedge(uplink, payload):
+                return self._on_ack(payload, now_ms, wall_ms, uplink)
             self.counters["ignored_inactive"] += 1
             return []
-        leaf = self.own.get(topic)
         if leaf == topics.ACK:
-            return self._on_ack(payload, now_ms, wall_ms)
+            return self._on_ack(payload, now_ms, wall_ms, uplink)
         if leaf == topics.CMD:
             return self._on_command(payload, now_ms)
         self.counters["foreign_topic"] += 1
@@ -245,18 +269,7 @@ class LinkSession:
         out.extend(self._check_acks(now_ms))
         active, change = self.selector.select(now_ms)
         if change is not None:
-            what, old, new = change
-            out.append(Note(what, {"from": old, "to": new}))
-            if what in ("up", "down"):
-                self.link_since_ms = wall_ms
-                out.append(Incident("link", {"state": "online" if new else "offline",
-                                             "uplink": new, "since_ms": wall_ms}))
-            self.forwarder.set_uplink(active, now_ms, txn_only=active is not None and
-                                      not self.selector.carries(active, TELEMETRY))
-            if active is not None:
-                self.forwarder.bucket.rate = self.drain_rates.get(active) or \
-                    self.default_drain_rate
-            self._status_due = now_ms
+            out.extend(self._switch(active, change, now_ms, wall_ms))
         if active is None:
             return out
         events = topics.topic(self.site, self.gateway, topics.EVENTS)
@@ -265,10 +278,43 @@ class LinkSession:
             out.append(Note("resent" if lane == "resend" else "sent",
                             {"lane": lane, "first": first, "last": last, "bytes": len(data),
                              "uplink": active}))
+        self.forwarder.alternates = [
+            (n, self.hedge.get(n) == HEDGE_ALL) for n in self.uplinks
+            if n != active and self.connected.get(n) and self.selector.healthy(n)
+            and self.hedge.get(n) != HEDGE_OFF]
+        for uplink, first, last, data in self.forwarder.hedges(now_ms):
+            out.append(Publish(uplink, events, data))
+            out.append(Note("hedged", {"first": first, "last": last, "bytes": len(data),
+                                       "uplink": uplink, "from": active}))
         if now_ms >= self._status_due:
             self._status_due = now_ms + self.status_period_ms
             out.append(StatusDue())
         return out
+
+    def _switch(self, active, change, now_ms, wall_ms):
+        """The selector changed the active uplink: resend from the acknowledged point."""
+        what, old, new = change
+        out = [Note(what, {"from": old, "to": new})]
+        if what in ("up", "down"):
+            self.link_since_ms = wall_ms
+            out.append(Incident("link", {"state": "online" if new else "offline",
+                                         "uplink": new, "since_ms": wall_ms}))
+        self.forwarder.set_uplink(active, now_ms, txn_only=active is not None and
+                                  not self.selector.carries(active, TELEMETRY))
+        if active is not None:
+            self.forwarder.bucket.rate = self.drain_rates.get(active) or \
+                self.default_drain_rate
+        self._hedge_streak = 0
+        self._status_due = now_ms
+        return out
+
+    def _answers_a_hedge(self, uplink, payload):
+        try:
+            epoch, first, last, _, _ = decode_ack(payload, self.forwarder.signer)
+        except WireError:
+            return False
+        f = self.forwarder.in_flight(first, last)
+        return epoch == self.journal.epoch and f is not None and f.hedged_on == uplink
 
     def next_deadline_ms(self, now_ms=0):
         now_times = [self.forwarder.next_deadline_ms(), self.selector.next_failback_ms(now_ms)]
@@ -314,7 +360,7 @@ class LinkSession:
                 self.journal.durable_seq - self.forwarder.commit_seq))
         return []
 
-    def _on_ack(self, payload, now_ms, wall_ms):
+    def _on_ack(self, payload, now_ms, wall_ms, uplink=None):
         try:
             epoch, first, last, ledger_ms, status = decode_ack(payload, self.forwarder.signer)
         except WireError as exc:
@@ -324,9 +370,10 @@ class LinkSession:
             self.counters["bad_acks"] += 1
             return [Note("bad_ack", {"reason": "epoch"})]
         self.counters["acks"] += 1
-        commit = self.forwarder.on_ack(first, last, status, now_ms)
+        commit = self.forwarder.on_ack(first, last, status, now_ms, uplink)
         sent = self.forwarder.ack_sent_ms
         out = [Note("acked" if status == "ok" else "rejected", {"first": first, "last": last})]
+        out.extend(self._learn_from_hedge(now_ms))
         if sent is not None:  # the ledger answered a batch of ours: it is there
             self._waiting_since = now_ms
             out.extend(self.alarm("no_ack", False))
@@ -341,6 +388,23 @@ class LinkSession:
             self._pending_commit = commit
             out.extend(self._commit_if_due(now_ms))
         return out
+
+    def _learn_from_hedge(self, now_ms):
+        """The active uplink's batches keep being answered through their hedges: demote
+        it now (a failover), rather than wait for its keepalive to notice."""
+        won = self.forwarder.ack_hedge_won
+        if won is None:
+            if self.forwarder.ack_sent_ms is not None:
+                self._hedge_streak = 0  # a batch answered without help
+            return []
+        self._hedge_streak = self._hedge_streak + 1 if won else 0
+        if self._hedge_streak < DEMOTE_AFTER:
+            return []
+        active, change = self.selector.demote(self.selector.active, now_ms)
+        if change is None:
+            return []
+        return [Note("demoted", {"uplink": change[1], "hedges_won": self._hedge_streak})] + \
+            self._switch(active, change, now_ms, now_ms)
 
     def _commit_if_due(self, now_ms, force=False):
         """The commit point moves at most every ``commit_every_ms`` (one sync each), sooner
@@ -472,6 +536,8 @@ class LinkSession:
                    "counters": _merged(self.forwarder.counters, self.counters),
                    "failovers": self.selector.failovers,
                    "failbacks": self.selector.failbacks,
+                   "demotions": self.selector.demotions,
+                   "hedge_delay_ms": self.forwarder.hedge_delay_ms(),
                    "clock_offset_ms": None if self.clock_offset_ms is None
                    else round(self.clock_offset_ms),
                    "alarms": sorted(self.alarms),

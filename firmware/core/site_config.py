@@ -71,7 +71,8 @@ class DeviceConfig:
 
 class UplinkConfig:
     def __init__(self, name, host, port, tls, priority, interface, source_address, metered,
-                 ca=None, cert=None, key=None, drain_rate=0, standby_keepalive_s=60):
+                 ca=None, cert=None, key=None, drain_rate=0, standby_keepalive_s=60,
+                 hedge=None):
         self.name = name
         self.host = host
         self.port = port
@@ -87,6 +88,9 @@ class UplinkConfig:
         # MQTT keepalive while this uplink idles as a standby (the active one pings every
         # second): an LTE standby costs a ping a minute, not one a second.
         self.standby_keepalive_s = standby_keepalive_s
+        # What hedged copies this uplink may carry as a standby: "all", "txn" or "off";
+        # None: "txn" when metered, else "all" (firmware/core/session.py).
+        self.hedge = hedge
 
 
 class JournalConfig:
@@ -509,7 +513,8 @@ def _uplink(name, table, cfg):
     if not isinstance(table, dict):
         raise ConfigError(p, "%r is not a table" % (table,), "a [%s] table" % p)
     no_unknown_keys(table, p, ("broker", "priority", "interface", "source_address", "metered",
-                               "ca", "cert", "key", "drain_rate", "standby_keepalive_s"))
+                               "ca", "cert", "key", "drain_rate", "standby_keepalive_s",
+                               "hedge"))
     broker = field(table, "broker", p, str, allowed=URL_FORMS)
     host, port, tls = _broker_url(broker, p + ".broker")
     interface = field(table, "interface", p, str, default=None)
@@ -533,7 +538,10 @@ def _uplink(name, table, cfg):
                         field(table, "drain_rate", p, int, default=0,
                               check=lambda v: v >= 0, allowed="0 (no cap) or more"),
                         field(table, "standby_keepalive_s", p, int, default=60,
-                              check=lambda v: 1 <= v <= 3600, allowed="1 to 3600 seconds"))
+                              check=lambda v: 1 <= v <= 3600, allowed="1 to 3600 seconds"),
+                        field(table, "hedge", p, str, default=None,
+                              check=lambda v: v in ("all", "txn", "off"),
+                              allowed='"all", "txn" or "off"'))
 
 
 def _broker_url(url, key):

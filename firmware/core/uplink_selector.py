@@ -10,7 +10,11 @@ error); ``select(now_ms)`` returns the uplink to use and the change, if any:
   interruption for ``hold_ms`` (fail-back), so a flapping primary does not drag the
   traffic back and forth; one that has never failed (at start-up the LTE modem may
   connect a few milliseconds before the Ethernet) takes it at once, as a fail-back;
-- with nothing healthy, there is no active uplink and batches wait in the journal.
+- with nothing healthy, there is no active uplink and batches wait in the journal;
+- ``demote(name, now_ms)``: the active uplink is answering through others' hedges (it
+  is failing, though its keepalive has not noticed yet): the most preferred other healthy
+  uplink takes over at once, and the demoted one may take the traffic back only after
+  ``hold_ms``, like any fail-back.
 
 A metered uplink carries only ``txn`` records (``carries(name, cls)``).
 """
@@ -30,6 +34,7 @@ class UplinkSelector:
         self.active = None
         self.failovers = 0
         self.failbacks = 0
+        self.demotions = 0
 
     def report(self, name, healthy, now_ms):
         if name not in self.names:
@@ -74,6 +79,24 @@ class UplinkSelector:
             return new, ("failback", old, new)
         self.failovers += 1
         return new, ("failover", old, new)
+
+    def demote(self, name, now_ms):
+        """(active name, change or None): as ``select``, change ("failover", name, new)."""
+        if name is None or name != self.active:
+            return self.active, None
+        new = None
+        for other in self.names:
+            if other != name and self.healthy(other):
+                new = other
+                break
+        if new is None:
+            return self.active, None
+        self._failed.add(name)
+        self._healthy_since[name] = now_ms  # healthy, but the hold time starts again
+        self.active = new
+        self.failovers += 1
+        self.demotions += 1
+        return new, ("failover", name, new)
 
     def carries(self, name, cls):
         return name not in self.metered or cls == TXN

@@ -151,6 +151,13 @@ def agent_families(doc: dict[str, Any]) -> Iterator[Any]:
                   fc.get("resent"))
     yield gauge("midshift_batches_in_flight", "Batches sent, not yet acknowledged.",
                 fwd.get("in_flight"))
+    yield counter("midshift_batches_hedged", "Batches copied onto a standby uplink after "
+                  "the hedge delay.", fc.get("hedged"))
+    yield counter("midshift_hedge_bytes", "Bytes those copies cost.", fc.get("hedge_bytes"))
+    yield counter("midshift_hedges_won", "Hedged batches answered on the standby first.",
+                  fc.get("hedges_won"))
+    yield gauge("midshift_hedge_delay_seconds", "How long a batch waits for its ack before "
+                "it is hedged (follows the round trip).", (fwd.get("hedge_delay_ms") or 0) / 1000)
     yield labelled(CounterMetricFamily, "midshift_acks", "Acks from the ledger by result: ok, "
                    "rejected (the ledger refused the batch for good), stale (no batch in "
                    "flight matched), bad (signature or epoch).", ["result"],
@@ -184,6 +191,8 @@ def agent_families(doc: dict[str, Any]) -> Iterator[Any]:
                   fwd.get("failovers"))
     yield counter("midshift_uplink_failbacks", "Returns to a more preferred uplink.",
                   fwd.get("failbacks"))
+    yield counter("midshift_uplink_demotions", "Failovers because the active uplink's "
+                  "batches kept being answered through their hedges.", fwd.get("demotions"))
     uc = doc.get("uplink_counters") or {}
     for key, what in (("connects", "Connections made"), ("disconnects", "Connections lost"),
                       ("published", "Messages handed to the client"),
