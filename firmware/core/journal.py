@@ -214,12 +214,11 @@ class Journal:
         self.durable_seq = seq - 1
         self._last_crc = self._durable_crc = prev if prev is not None else 0
         self.last_hlc = max(last_hlc, cursor_hlc)
-        if repair:
-            if r.cut_bytes:
-                # Zero the torn frame so a later open does not report it again.
-                self._write_span(pos, bytes(r.cut_bytes))
-                self.storage.sync()
-                self._cache_off = -1
+        if repair and r.cut_bytes:
+            # Zero the torn frame so a later open does not report it again.
+            self._write_span(pos, bytes(r.cut_bytes))
+            self.storage.sync()
+            self._cache_off = -1
         ghosts = self._ghosts(pos)
         r.ghost_frames = len(ghosts)
         if repair:

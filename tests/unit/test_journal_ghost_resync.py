@@ -106,7 +106,7 @@ def _end_frame_left():
     st, j, old = _life1(4, 5, 40)
     two = old[1]
     other = rec.encode_frame(j._seed, rec.TYPE_RECORD, rec.TXN, 2, 2,
-                             rec.FrameHeader(st.read(j._phys(two.pos), 36)).prev_crc,
+                             rec.FrameHeader(st.read(j._phys(two.pos), rec.HEADER_SIZE)).prev_crc,
                              bytes(len(two.body)))
     st.write(j._phys(two.pos), other)
     return st, [bytes(r.body) for r in old[2:]]
@@ -126,11 +126,13 @@ def test_the_frame_at_the_end_is_left_and_its_successors_cleared():
     _tear_next_header(st, j, b"x" * len(old_bodies[0]), 50, old_bodies)
 
 
-def _across_the_wrap():
+def _across_the_wrap(torn=False):
     """Life 1 fills and acknowledges a ring of three segments until the head is near the
     end of the last, then flushes nine records: four there, a pad, five at the start of
     the first segment again. The first of them was torn and zeroed: eight records and the
-    pad stay behind, on both sides of the segment end and of the ring's wrap."""
+    pad stay behind, on both sides of the segment end and of the ring's wrap. ``torn``:
+    the first is torn in its body instead and the second lost, so that opening cuts the
+    first (zeroes it, one sync) before it clears the seven records and the pad after."""
     st, j = fresh(3)
     i = 0
     while not (j.head_pos >= j.data_size and j.head_pos % j.data_size > 2 * SEG + 3000):
@@ -145,8 +147,16 @@ def _across_the_wrap():
     batch = [r for r in j.records() if r.seq >= first]
     assert [r.pos % j.data_size // SEG for r in batch] == [2] * 4 + [0] * 5
     assert SEG - batch[3].end_pos % SEG >= rec.HEADER_SIZE  # room for the pad
+    if torn:
+        st.write(j._phys(batch[0].end_pos - 10), bytes(10))
+        _wipe(st, j, batch[1])
+        return st, [bytes(r.body) for r in batch]
     _wipe(st, j, batch[0])
     return st, [bytes(r.body) for r in batch[1:]]
+
+
+def _torn_then_lost():
+    return _across_the_wrap(torn=True)
 
 
 def test_ghosts_across_a_segment_end_and_the_wrap_are_all_cleared():
@@ -193,18 +203,20 @@ def _cut_images(cs, n, rnd, scratch):
                 yield
 
 
-@cases("build", [_across_the_wrap, _end_frame_left])
-def test_a_power_cut_while_clearing_leaves_nothing_a_later_open_misses(build):
-    """Opening (the ghost headers zeroed last first, one sync, the commit point) is cut
-    after every prefix of its writes, with its unsynced writes lost or torn: the next
+@cases("build, ghosts, cut", [(_across_the_wrap, 9, None), (_end_frame_left, 2, None),
+                              (_torn_then_lost, 8, "bad crc")])
+def test_a_power_cut_while_clearing_leaves_nothing_a_later_open_misses(build, ghosts, cut):
+    """Opening (the torn tail zeroed and synced, the ghost headers zeroed last first, one
+    sync, the commit point) is cut after every prefix of its writes, with its unsynced writes lost or torn: the next
     open finds the same log and clears whatever is left. (Zeroing the frame at the end as
     well fails here: that header half-zeroed, its successor's zeroing lost, the next
     recovery takes it for a flipped bit and resyncs onto the successor.)"""
     st, old_bodies = build()
     cs = CrashStorage(st.size(), base=st.image())
-    expect = _records(Journal.open(cs))
+    first = Journal.open(cs)
+    expect = _records(first)
+    assert (first.recovery.ghost_frames, first.recovery.cut_reason) == (ghosts, cut)
     ops = len(cs.trace)
-    assert ops >= 4  # headers zeroed, a sync, the commit point and its sync
     scratch, count, every = mem(cs.base), 0, 1
     if SCALE > 1:  # MicroPython's heap (no GC there) takes about two of them
         every = max(1, sum(1 for n in range(ops + 1)
