@@ -21,6 +21,15 @@ durable together at ``flush()``: that is the group commit, paced by the caller.
 Recovery scans from the tail, accepting only frames whose CRC holds, whose seq is the
 next expected one and whose ``prev_crc`` chains to the frame before; it stops at the
 first frame that fails, which is the torn tail, and reports what it cut.
+
+Ghost frames: a power cut during a flush can leave whole frames past the end recovery
+finds (the write of an earlier frame was lost or torn, a later one survived). They are
+never part of the log, but a later life writing over them could tear a header before its
+CRC field, leaving the old frame's CRC there, and recovery's resync (meant for a bit flip)
+would follow it to the old frame's successor. So opening zeroes their headers. A flush
+writes at most up to the end of the segment after the one holding the durable end before
+it syncs (``take_pending``), so they can only lie there: opening scans at most two
+segments past the end.
 """
 
 import binascii
@@ -63,12 +72,14 @@ class Recovery:
         self.corrupt_seqs = []   # records skipped mid-log because their CRC failed
         self.cursor_slot = None  # which slot held the newest valid commit point
         self.cursor_fallback = False  # newest slot was torn; the older one was used
+        self.ghost_frames = 0    # whole frames of an earlier life past the end (zeroed)
 
     def as_dict(self):
         return {"records": self.records, "first_seq": self.first_seq, "last_seq": self.last_seq,
                 "cut_pos": self.cut_pos, "cut_bytes": self.cut_bytes,
                 "cut_reason": self.cut_reason, "corrupt_seqs": list(self.corrupt_seqs),
-                "cursor_slot": self.cursor_slot, "cursor_fallback": self.cursor_fallback}
+                "cursor_slot": self.cursor_slot, "cursor_fallback": self.cursor_fallback,
+                "ghost_frames": self.ghost_frames}
 
 
 class Journal:
@@ -203,10 +214,21 @@ class Journal:
         self.durable_seq = seq - 1
         self._last_crc = self._durable_crc = prev if prev is not None else 0
         self.last_hlc = max(last_hlc, cursor_hlc)
+        if repair and r.cut_bytes:
+            # Zero the torn frame so a later open does not report it again.
+            self._write_span(pos, bytes(r.cut_bytes))
+            self.storage.sync()
+            self._cache_off = -1
+        ghosts = self._ghosts(pos)
+        r.ghost_frames = len(ghosts)
         if repair:
-            if r.cut_bytes:
-                # Zero the torn frame so a later open does not report it again.
-                self._write_span(pos, bytes(r.cut_bytes))
+            if ghosts:
+                # Last first, one sync. Any subset of these writes may survive a power cut
+                # (torn, reordered): a header partly zeroed is no longer a whole frame, and
+                # the frame at the end itself is never touched, so the next open ends the
+                # log at the same place and finds whatever is left whole.
+                for at in reversed(ghosts):
+                    self._write_span(at, bytes(rec.HEADER_SIZE))
                 self.storage.sync()
                 self._cache_off = -1
             # A new generation per life: pads carry it, so a pad this life writes is never
@@ -214,6 +236,32 @@ class Journal:
             # frame left behind that chained to that one cannot chain to this one.
             self._persist_cursor(self.tail_pos, self.tail_seq, self.committed_seq, self.dropped)
         self.recovery = r
+
+    def _ghosts(self, end):
+        """Positions of the whole frames after ``end`` (the end of the log) that carry a seq
+        the log has not reached: frames of an earlier life that a power cut left behind.
+        The frame at ``end`` itself is not one of them: recovery looked at it and stopped
+        (it does not chain), and clearing it could leave it half-zeroed, which the next
+        recovery would take for damage and resync past. Only the rest of the end's segment
+        and the next one are scanned, never past the tail: a flush never writes further
+        before its sync (``take_pending``)."""
+        seg = self.segment_size
+        limit = min(end - end % seg + 2 * seg, self.tail_pos + self.data_size)
+        found = []
+        start = end + 1
+        while start < limit:
+            stop = min(start - start % seg + seg, limit)
+            span = bytes(self.storage.read(self._phys(start), stop - start))
+            i = span.find(rec.MAGIC)
+            while 0 <= i <= len(span) - rec.HEADER_SIZE:
+                h = rec.FrameHeader(span[i:i + rec.HEADER_SIZE])
+                body_end = i + rec.HEADER_SIZE + h.length
+                if (h.plausible() and h.seq >= self.next_seq and body_end <= len(span)
+                        and h.crc_ok(self._seed, span[i + rec.HEADER_SIZE:body_end])):
+                    found.append(start + i)
+                i = span.find(rec.MAGIC, i + 1)
+            start = stop
+        return found
 
     # ---- the ring ----------------------------------------------------------------
 
@@ -386,9 +434,10 @@ class Journal:
         return len(self._pending)
 
     def flush(self):
-        """Write every queued frame, then one sync; returns the durable seq."""
-        runs, seq, pos = self.take_pending()
-        if runs:
+        """Write every queued frame and sync; returns the durable seq. One sync, or one per
+        two segments' worth of frames (see ``take_pending``)."""
+        while self._pending:
+            runs, seq, pos = self.take_pending()
             for offset, data in runs:
                 self.storage.write(offset, data)
             self.storage.sync()
@@ -398,20 +447,35 @@ class Journal:
     def take_pending(self):
         """Hand the queued frames to a flusher that writes and syncs them outside any lock:
         returns ([(storage offset, bytes)], last seq, end pos). Frames that sit next to each
-        other in a segment become one write. Call ``mark_durable`` after the sync."""
+        other in a segment become one write. Call ``mark_durable`` after the sync.
+
+        Only the frames that end by the end of the segment after the durable end's are
+        handed out (always at least one record); the rest stay queued for the next call.
+        So unsynced writes, all that a power cut can leave behind as ghost frames, never
+        reach further, and opening need not look further for them (``_ghosts``)."""
         if not self._pending:
             return [], self.durable_seq, self.durable_pos
+        limit = self.durable_pos - self.durable_pos % self.segment_size + 2 * self.segment_size
+        take = 0
+        while take < len(self._pending):
+            # A pad and the record after it go together: the pad's end is that record's start.
+            unit = take + 2 if self._pending[take][1][3] == rec.TYPE_PAD else take + 1
+            pos, frame = self._pending[unit - 1]
+            if take and pos + len(frame) > limit:
+                break
+            take = unit
+        batch, self._pending = self._pending[:take], self._pending[take:]
         runs = []
-        run_pos, run = self._pending[0][0], bytearray()
-        for pos, frame in self._pending:
+        run_pos, run = batch[0][0], bytearray()
+        for pos, frame in batch:
             if pos != run_pos + len(run) or self._seg_room(run_pos) < len(run) + len(frame):
                 runs.append((self._phys(run_pos), bytes(run)))
                 run_pos, run = pos, bytearray()
             run += frame
         runs.append((self._phys(run_pos), bytes(run)))
-        self._pending = []
-        self._inflight_crc = self._last_crc
-        return runs, self.next_seq - 1, self.head_pos
+        pos, last = batch[-1]
+        self._inflight_crc = _frame_crc(last)
+        return runs, struct.unpack_from("<Q", last, 12)[0], pos + len(last)
 
     def mark_durable(self, seq, pos):
         """The frames handed out by ``take_pending`` are synced. Once a segment's worth has

@@ -180,7 +180,7 @@ def open_or_create_journal(directory: str | Path, segment_size: int, segment_cou
                     "(reformat to change it)", d, journal.segment_count, journal.segment_size,
                     segment_count, segment_size)
     r = journal.recovery
-    if r.cut_reason or r.corrupt_seqs:
+    if r.cut_reason or r.corrupt_seqs or r.ghost_frames:
         log.warning("journal %s recovered with damage: %s", d, r.as_dict())
     return journal
 

@@ -1,14 +1,14 @@
 """Group commit for the journal on CPython: leader/follower, plus a background flusher.
 
 Producers append under a lock and get their seq at once. A producer that then waits for
-durability becomes the leader if no flush is in flight: it takes everything queued, writes
-it in one run and syncs once, without the lock, then wakes the followers that queued
-meanwhile; they share the next sync. So the sync rate adapts to the load (at low rates
-each append gets its own sync at once, at high rates hundreds share one) and no thread
-hand-off sits on the latency path. Records nobody waits for (telemetry, the open-loop
-benchmark) are flushed by a background thread the same way. ``window_ms`` adds an
-optional linger before a sync to batch more at the price of latency (default 0: the
-in-flight sync is the window).
+durability becomes the leader if no flush is in flight: it takes everything queued (up to
+two segments' worth, the journal's bound on unsynced writes), writes it and syncs once,
+without the lock, then wakes the followers that queued meanwhile; they share the next
+sync. So the sync rate adapts to the load (at low rates each append gets its own sync at
+once, at high rates hundreds share one) and no thread hand-off sits on the latency path.
+Records nobody waits for (telemetry, the open-loop benchmark) are flushed by a background
+thread the same way. ``window_ms`` adds an optional linger before a sync to batch more at
+the price of latency (default 0: the in-flight sync is the window).
 
 A full filesystem (ENOSPC on a write or sync) is not the end: the journal refuses new
 records with ``JournalNoSpace`` and the flusher retries the same writes every

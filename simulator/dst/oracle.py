@@ -5,7 +5,7 @@ What a gateway reported durable (a flush returned) is the oracle's truth; agains
 - ``durable_lost``: after a power cut the journal recovered less than was reported durable;
 - ``seq_reused``: a seq of an epoch became durable, or was recovered, with another body;
 - ``ghost_record``: recovery brought back a record a power cut had taken in an earlier
-  life (a known core finding: tests/unit/test_journal_ghost_resync.py);
+  life (found in the core and fixed: tests/unit/test_journal_ghost_resync.py);
 - ``stored_twice``: the ledger inserted a (gateway, epoch, seq) it already held;
 - ``body_differs``: the ledger stored a body that is not the one the gateway journaled and
   signed (or a record that was never durable);
