@@ -10,6 +10,17 @@ Against a provisioned broker the ledger connects over TLS with its own certifica
 ``--broker mqtts://HOST:8884 --site SITE_DIR`` (which finds ``ca/ca.crt``,
 ``ledger/ledger.crt``, ``ledger/ledger.key`` and, unless ``--keys`` says otherwise,
 ``ledger/keys.toml``), or ``--ca/--cert/--key`` one by one.
+
+SIGTERM or SIGINT stops ``serve``: the group being stored is finished, the broker left,
+the store closed (``host_tools/ledger/stop_signals.py`` takes the signals). Exit codes:
+
+  0  stopped by SIGTERM or SIGINT after a clean stop
+  1  no subscription at the broker within 10 s of starting
+  2  bad configuration or arguments (one line on stderr); a supervisor does not restart
+     a worker that exits 2
+  3  could not stop within 10 s of the signal (the store did not answer: a database
+     that hangs, a link that went silent): one line saying so, then the process ends
+     without closing the store; the batches not yet acknowledged come again
 """
 
 from __future__ import annotations
