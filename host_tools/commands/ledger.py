@@ -10,17 +10,29 @@ Against a provisioned broker the ledger connects over TLS with its own certifica
 ``--broker mqtts://HOST:8884 --site SITE_DIR`` (which finds ``ca/ca.crt``,
 ``ledger/ledger.crt``, ``ledger/ledger.key`` and, unless ``--keys`` says otherwise,
 ``ledger/keys.toml``), or ``--ca/--cert/--key`` one by one.
+
+SIGTERM or SIGINT stops ``serve``: the group being stored is finished, the broker left,
+the store closed (``host_tools/ledger/stop_signals.py`` takes the signals). Exit codes:
+
+  0  stopped by SIGTERM or SIGINT after a clean stop
+  1  no subscription at the broker within 10 s of starting
+  2  bad configuration or arguments (one line on stderr); a supervisor does not restart
+     a worker that exits 2
+  3  could not stop within 10 s of the signal (the store did not answer: a database
+     that hangs, a link that went silent): one line saying so, then the process ends
+     without closing the store; the batches not yet acknowledged come again
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import subprocess
 import sys
-import threading
+import time
 from typing import TYPE_CHECKING, Any
+
+from host_tools.ledger.stop_signals import STOP_BOUND_S, StopSignals
 
 if TYPE_CHECKING:
     from host_tools.ledger.store import LedgerStore
@@ -116,6 +128,8 @@ def serve_ledger(args: argparse.Namespace) -> int:
     from host_tools.ledger.service import LedgerService, load_keys
     from host_tools.ledger.store import backend_of
 
+    # Before any thread starts, so that every thread inherits the blocked signals.
+    stops = StopSignals().install()
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -148,13 +162,10 @@ def serve_ledger(args: argparse.Namespace) -> int:
             print("ledger: --workers N > 1 needs --db postgresql://... (a SQLite file has "
                   "one writer)", file=sys.stderr)
             return 2
-        return _supervise(args, tls_files)
+        return _supervise(args, tls_files, stops)
     store = _open(args.db, args.migrate, "ledger")
     if store is None:
         return 2
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     try:
         service = LedgerService(store, keys, args.broker, args.shared, tls_files=tls_files,
                                 clock=_clock(args.clock_control)).start()
@@ -183,14 +194,18 @@ def serve_ledger(args: argparse.Namespace) -> int:
           f"{store.description}" + (f" as a worker of $share/{args.shared}" if args.shared
                                     else ""), flush=True)
     try:
-        while not done.wait(5):
+        while not stops.requested.wait(5):
             logging.getLogger("ledger").info("counters %s", service.counters)
     finally:
         if endpoint is not None:
             endpoint.stop()
-        service.stop()
+        # A second short of the bound, so that an unclean stop is reported from here.
+        if not service.stop(timeout_s=max(0.5, stops.remaining(STOP_BOUND_S) - 1.0)):
+            # The writer may be inside a call on the store's connection: closing it under
+            # the writer is not safe, and waiting could be for ever.
+            stops.give_up("the writer did not finish (the store does not answer)")
         store.close()
-    print(f"ledger: stopped; {service.counters}")
+    print(f"ledger: stopped; {service.counters}", flush=True)
     return 0
 
 
@@ -200,7 +215,8 @@ def _clock(control: str | None) -> Any:
     return SystemClock() if control is None else FileControlledClock(control)
 
 
-def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None) -> int:
+def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None,
+               stops: StopSignals) -> int:
     """N worker processes; a worker that dies is started again (the broker has already
     given its unacknowledged batches to the others). A broker without MQTT 5 is found
     before any worker starts: one line, exit 2, no restart loop."""
@@ -222,15 +238,12 @@ def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None)
     for flag in ("site", "ca", "cert", "key", "clock_control"):
         if getattr(args, flag):
             argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
     workers = [subprocess.Popen(argv) for _ in range(args.workers)]
     print(f"ledger: {args.workers} workers on $share/{group} (pids "
           f"{', '.join(str(w.pid) for w in workers)})", flush=True)
     status = 0
     try:
-        while not done.wait(0.5):
+        while status == 0 and not stops.requested.wait(0.5):
             for i, w in enumerate(workers):
                 code = w.poll()
                 if code is None:
@@ -238,7 +251,6 @@ def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None)
                 if code == 2:  # bad configuration: every restart would fail the same way
                     print(f"ledger: worker pid {w.pid} refused to start; stopping",
                           file=sys.stderr)
-                    done.set()
                     status = 2
                     break
                 print(f"ledger: worker pid {w.pid} exited ({code}); starting another",
@@ -248,10 +260,13 @@ def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None)
         for w in workers:
             if w.poll() is None:
                 w.terminate()
+        # Each worker bounds its own stop (exit 3); whatever is left a second and a half
+        # before this process's bound is killed, so no worker outlives its supervisor.
+        deadline = time.monotonic() + max(0.5, stops.remaining(STOP_BOUND_S) - 1.5)
         for w in workers:
             try:
-                w.wait(10)
+                w.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 w.kill()
-                w.wait(10)
+                w.wait(1)
     return status

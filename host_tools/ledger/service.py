@@ -176,12 +176,27 @@ class LedgerService:
             raise ValueError(needs_mqtt5(self.host, self.port, self._refused))
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 8.0) -> bool:
+        """Disconnect from the broker and end the network loop and the writer, waiting
+        ``timeout_s`` at most. True when both ended (the writer finished its group and
+        flushed the rejection tally); False when one is still running, stuck in a store
+        call that does not return or on the broker's socket: the caller must then not
+        close the store under it (``stop_signals.StopSignals.give_up``)."""
+        deadline = time.monotonic() + timeout_s
         self.client.disconnect()
-        self.client.loop_stop()
+        # paho's loop_stop() joins its thread with no bound: it waits in a thread of its own.
+        network = threading.Thread(target=self.client.loop_stop, name="ledger-mqtt-stop",
+                                   daemon=True)
+        network.start()
         self._closing.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
+        for thread in (network, self._thread):
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in (network, self._thread) if t.is_alive()]
+        if stuck:
+            log.error("ledger: %s still running %g s after the stop", " and ".join(stuck),
+                      timeout_s)
+        return not stuck
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     props: Any = None) -> None:

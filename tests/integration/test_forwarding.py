@@ -213,11 +213,12 @@ def _emit_for(rig: Lab, seconds: float, per_s: int) -> None:
 
 
 def test_a_flapping_primary_loses_and_duplicates_nothing(rig: Lab) -> None:
-    """Stands for a primary flapping every few seconds for a minute (here 15 s)."""
+    """Stands for a primary flapping every few seconds for a minute (here 10 s: two down
+    periods of 3 s, each longer than the 1 s keepalive takes to notice)."""
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
     rig.proxies[0].set_mode("flap", up_ms=2000, down_ms=3000, down_mode="blackhole")
-    _emit_for(rig, 15, 50)
+    _emit_for(rig, 10, 50)
     rig.proxies[0].set_mode("pass")
     n = rig.n
     assert wait_for(lambda: rig.ledger_count() == n, 20), (rig.ledger_count(), n)

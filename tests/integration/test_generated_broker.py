@@ -91,15 +91,25 @@ def _anonymous_connects(port: int, ca: Path | None) -> bool:
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anon")
     if ca is not None:
         c.tls_set_context(ssl.create_default_context(cafile=str(ca)))
-    ok = threading.Event()
-    c.on_connect = lambda cl, u, f, rc, p=None: None if rc.is_failure else ok.set()
+    # Answered: a CONNACK either way, or the connection closed (a TLS port that a plain
+    # client or one without a certificate reaches). Only a CONNACK that accepts is True;
+    # no answer within 3 s is False, as before.
+    answered, accepted = threading.Event(), threading.Event()
+
+    def on_connect(cl: mqtt.Client, u: Any, f: Any, rc: Any, p: Any = None) -> None:
+        if not rc.is_failure:
+            accepted.set()
+        answered.set()
+    c.on_connect = on_connect
+    c.on_disconnect = lambda *a: answered.set()
     try:
         c.connect("127.0.0.1", port, keepalive=2)
     except (OSError, ssl.SSLError):
         return False
     c.loop_start()
     try:
-        return ok.wait(3)
+        answered.wait(3)
+        return accepted.is_set()
     finally:
         c.disconnect()
         c.loop_stop()

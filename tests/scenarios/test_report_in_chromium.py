@@ -7,11 +7,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.scenarios.test_scenario_runs import run_short
+from tests.conftest import ShortRun
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -43,10 +44,11 @@ def _png_rows_vary(png: bytes) -> int:
     return len({raw[i + 1:i + stride] for i in range(0, len(raw), stride)})
 
 
-def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
-    proc, r = run_short("bad-input", tmp_path / "report")
+def test_report_renders_in_headless_chromium(tmp_path: Path,
+                                              short_run: Callable[[str], ShortRun]) -> None:
+    proc, r, report = short_run("bad-input")  # the run test_scenario_runs judges too
     assert proc.returncode == 0, r["assertions"]
-    page = (tmp_path / "report" / "report.html").as_uri()
+    page = (report / "report.html").as_uri()
     common = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", page], capture_output=True, text=True,
                          timeout=120).stdout

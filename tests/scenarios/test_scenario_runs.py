@@ -6,26 +6,16 @@ against, so its fields are checked by name; the full-length runs are `make scena
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from simulator.scenario import SCENARIO_DIR
+from tests.conftest import ShortRun
 
-ROOT = Path(__file__).resolve().parents[2]
 CONTRACT = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency_p99_ms",
             "failovers", "alarms", "passed")
 SHIPPED = sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
-
-
-def run_short(name: str, tmp: Path) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = subprocess.run([sys.executable, "-m", "simulator", "run", name, "--short", "--json",
-                           "--report", str(tmp)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=240)
-    assert proc.stdout.strip(), f"no JSON on stdout; stderr:\n{proc.stderr[-3000:]}"
-    return proc, json.loads(proc.stdout)
 
 
 def test_every_scenario_the_issue_names_is_shipped() -> None:
@@ -34,8 +24,9 @@ def test_every_scenario_the_issue_names_is_shipped() -> None:
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_short_scenario_loses_and_duplicates_nothing(name: str, tmp_path: Path) -> None:
-    proc, r = run_short(name, tmp_path)
+def test_short_scenario_loses_and_duplicates_nothing(
+        name: str, short_run: Callable[[str], ShortRun]) -> None:
+    proc, r, report = short_run(name)  # bad-input's run is also read by the Chromium test
     for key in CONTRACT:
         assert key in r, f"{key} missing from the JSON"
     failed = [a for a in r["assertions"] if not a["passed"]]
@@ -43,8 +34,8 @@ def test_short_scenario_loses_and_duplicates_nothing(name: str, tmp_path: Path) 
     assert r["lost"] == 0 and r["duplicates"] == 0 and r["corrupt"] == 0
     assert r["produced"] > 0 and r["committed"] == r["produced"] - r["unobserved"]
     assert r["events"] >= r["committed"]
-    assert (tmp_path / "report.html").stat().st_size > 5000
-    assert json.loads((tmp_path / "result.json").read_text())["passed"] is True
+    assert (report / "report.html").stat().st_size > 5000
+    assert json.loads((report / "result.json").read_text())["passed"] is True
     # Each lasting fault was played and ended (the timeline really ran).
     assert all(f["end_ms"] is not None for f in r["faults"])
     if name == "shift":
@@ -65,9 +56,9 @@ def test_short_scenario_loses_and_duplicates_nothing(name: str, tmp_path: Path) 
         cut, = (f for f in r["faults"] if f["kind"] == "power_cut")
         assert cut["mid_post"], "the power went while no till was waiting for an answer"
         assert r["morning_report"]["exit"] == 0
-        page = (tmp_path / "morning" / "report.html").read_text()
+        page = (report / "morning" / "report.html").read_text()
         assert "store-1" in page and "Offline periods" in page
-        figures = json.loads((tmp_path / "morning" / "report.json").read_text())
+        figures = json.loads((report / "morning" / "report.json").read_text())
         assert figures["day"] == r["till_business_day"]
         store_day_across_the_clock_change(r, figures, page)
     if name == "fleet":
