@@ -23,7 +23,7 @@ from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers the drivers speak for: their retries and closed sessions are device states.
-DEVICE_LIBRARIES = ("asyncua", "pymodbus")
+DEVICE_LIBRARIES = ("asyncua", "pymodbus", "can", "canopen")
 # Everything else that logs under the agent; anything not in either list and not ours
 # (``firmware``, ``midshift``) falls under ``libraries`` too, by the filter below.
 OWN = ("firmware", "midshift", "__main__")

@@ -1,0 +1,457 @@
+"""Device type ``canopen``: one CANopen node on a CAN bus (python-can and canopen).
+
+The node's TPDOs and the objects polled over SDO become ``canopen`` events; its EMCY
+frames become ``alarm`` events. Exports ``TYPE``, ``DEFAULT_CLASS`` and ``DRIVER``, as every
+``firmware/edges/<type>.py``.
+
+Config (``[devices.NAME]``, type ``canopen``; ``docs/configuration.md`` has an example):
+
+- ``interface`` (``socketcan``: a Pi CAN HAT, ``can0``; ``slcan``: a USB-CAN adapter on a
+  serial port; ``virtual``: python-can's in-process bus, for tests), ``channel`` (required:
+  ``can0``, ``/dev/serial/by-id/...``), ``bitrate`` (500000; slcan sets it on the adapter,
+  socketcan takes it from ``ip link``);
+- ``node_id`` (1 to 127), ``eds`` (the node's EDS file, relative to the site file),
+  ``tpdos`` (TPDO numbers to take, [] for none), ``pdo_mapping`` (``eds``: the mapping is
+  the EDS's defaults; ``sdo``: read from the node over SDO at every (re)start);
+- ``heartbeat_ms`` (1000): written to the node's 0x1017 at every (re)start; no heartbeat
+  for twice that makes the device ``disconnected``; ``start_node`` (true): send NMT
+  start after a (re)start; ``sdo_timeout_s`` (0.5);
+- ``objects``, a list of tables: ``tag``, ``index``, ``subindex`` (0), ``poll_ms`` (poll
+  the object over SDO this often; absent: the object comes by TPDO only), ``scale`` (1.0),
+  ``deadband`` (0). A TPDO-mapped object without a table is tagged with its EDS name in
+  snake_case (``Pack voltage`` -> ``pack_voltage``), scale 1, deadband 0.
+
+Events: kind ``canopen``, data ``{"tag", "value", "index", "subindex", "via"}`` (``via``
+``tpdo`` or ``sdo``), ``read_ms`` the wall time the frame arrived. A value is emitted when
+first seen and then when it moves by more than its deadband from the last value emitted,
+as for Modbus. EMCY: kind ``alarm``, data ``{"code", "error_register", "text", "vendor"}``
+(``code`` 0 is the node's error reset); every EMCY frame is one event.
+
+States, as the node's far end goes wrong:
+
+- ``disconnected``: the bus cannot be opened (counter ``bus_open_failures``), its receive
+  thread failed (``bus_errors``: a USB-CAN adapter unplugged), a bus-off error frame
+  (``bus_off``), or no heartbeat for ``2 * heartbeat_ms`` (``heartbeat_losses``); the bus
+  is opened again with a backoff (0.2 s doubling to 5 s);
+- ``stale``: heartbeats say an NMT state other than OPERATIONAL (``PRE-OPERATIONAL``
+  after a reboot: counter ``node_boots``, the driver re-reads the PDO configuration,
+  writes the heartbeat time and starts the node if ``start_node``);
+- ``error``: the node answered an SDO with an abort (``SDO abort 0x06020000 (Object does
+  not exist) reading 0x2099:00``; counters ``sdo_aborts``, ``sdo_abort_<code>``), until
+  that object reads again; an SDO with no answer counts ``sdo_timeouts``;
+- frames of this node with the wrong length or an unknown NMT state are dropped and
+  counted in ``bad_frames`` (no event); frames of other nodes are not looked at.
+
+Sharp edges: socketcan recovers from bus-off only with ``restart-ms`` set on the link
+(``ip link set can0 type can bitrate 500000 restart-ms 100``): the driver reopens its
+socket but cannot restart the controller without root. Not modelled: RPDOs (writes to the
+node), SYNC-driven TPDOs as a SYNC producer, SDO block transfers, LSS, several nodes in one
+driver (configure one device per node; on socketcan they share the interface).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+from typing import Any
+
+import can
+import canopen
+from canopen.emcy import EmcyError
+from canopen.nmt import NMT_STATES
+from canopen.sdo import SdoAbortedError, SdoCommunicationError, SdoVariable
+
+from firmware.core.config_fields import field, no_unknown_keys, non_negative, positive
+from firmware.core.errors import ConfigError
+from firmware.core.event import Event
+from firmware.edges.driver import Driver
+
+log = logging.getLogger(__name__)
+
+DEVICE_KEYS = ("interface", "channel", "bitrate", "node_id", "eds", "tpdos", "pdo_mapping",
+               "heartbeat_ms", "start_node", "sdo_timeout_s", "objects")
+OBJECT_KEYS = ("tag", "index", "subindex", "poll_ms", "scale", "deadband")
+INTERFACES = ("socketcan", "slcan", "virtual")
+BITRATES = (10_000, 20_000, 50_000, 100_000, 125_000, 250_000, 500_000, 800_000, 1_000_000)
+TICK_S = 0.02            # the supervision loop: heartbeat watchdog, SDO polls, restarts
+NOTIFIER_CYCLE_S = 0.1   # how long the receive thread blocks; bounds stop()
+BACKOFF_FIRST_S = 0.2
+BACKOFF_MAX_S = 5.0
+CONFIGURE_RETRY_S = 1.0  # a node that does not answer its (re)start SDOs is asked again
+CAN_ERR_BUSOFF = 0x40    # linux/can/error.h: error class bit in an error frame's id
+OPERATIONAL = 5
+NMT_START = 1            # CiA 301 7.2.8.3.1: start remote node
+
+
+def snake(name: str) -> str:
+    """``Pack voltage`` -> ``pack_voltage``: the tag of an object without a table."""
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
+
+
+def load_eds(eds: str, node_id: int, where: str) -> Any:
+    try:
+        return canopen.import_od(eds, node_id)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(where, f"{eds!r} cannot be read as an EDS file: {exc}",
+                          "the path of the node's EDS file") from None
+
+
+def _object(o: Any, op: str, od: Any, tags: set[str]) -> dict[str, Any]:
+    if not isinstance(o, dict):
+        raise ConfigError(op, f"{o!r} is not a table", "a table with tag, index ...")
+    no_unknown_keys(o, op, OBJECT_KEYS)
+    obj = {"tag": field(o, "tag", op, str, check=lambda v: bool(v.strip()), allowed="a name"),
+           "index": field(o, "index", op, int, check=lambda v: 0 < v <= 0xFFFF,
+                          allowed="0x0001 to 0xFFFF"),
+           "subindex": field(o, "subindex", op, int, default=0, check=lambda v: 0 <= v <= 255,
+                             allowed="0 to 255"),
+           "poll_ms": field(o, "poll_ms", op, int, default=None,
+                            check=lambda v: 10 <= v <= 3_600_000, allowed="10 to 3600000"),
+           "scale": field(o, "scale", op, float, default=1.0,
+                          check=lambda v: v != 0 and math.isfinite(v),
+                          allowed="a finite number other than 0"),
+           "deadband": field(o, "deadband", op, float, default=0.0, check=non_negative,
+                             allowed="0 or more")}
+    if obj["tag"] in tags:
+        raise ConfigError(op + ".tag", f"{obj['tag']!r} is used twice", "a unique tag")
+    if od_variable(od, obj["index"], obj["subindex"]) is None:
+        raise ConfigError(op + ".index", f"0x{obj['index']:04X}:{obj['subindex']:02X} is not "
+                          "in the EDS", "an object of the node's EDS file")
+    return obj
+
+
+def od_variable(od: Any, index: int, subindex: int) -> Any:
+    """The EDS's variable at ``index:subindex``, or None."""
+    try:
+        obj = od[index]
+    except KeyError:
+        return None
+    if isinstance(obj, canopen.objectdictionary.ODVariable):
+        return obj if subindex == 0 else None
+    try:
+        return obj[subindex]
+    except KeyError:
+        return None
+
+
+class _Receiver(can.Listener):
+    """The bus's receive thread: checks each frame of our node before canopen sees it."""
+
+    def __init__(self, driver: CanOpenDriver, network: Any) -> None:
+        self.driver = driver
+        self.network = network
+
+    def on_message_received(self, msg: can.Message) -> None:
+        self.driver._on_frame(self.network, msg)
+
+
+class CanOpenDriver(Driver):
+    kind = "canopen"
+
+    @staticmethod
+    def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
+        no_unknown_keys(table, path, DEVICE_KEYS)
+        cfg = {
+            "interface": field(table, "interface", path, str, choices=INTERFACES),
+            "channel": field(table, "channel", path, str, check=lambda v: bool(v.strip()),
+                             allowed="can0, a serial port path, a virtual channel name"),
+            "bitrate": field(table, "bitrate", path, int, default=500_000, choices=BITRATES),
+            "node_id": field(table, "node_id", path, int, check=lambda v: 1 <= v <= 127,
+                             allowed="1 to 127"),
+            "eds": field(table, "eds", path, str, check=lambda v: bool(v.strip()),
+                         allowed="the path of the node's EDS file"),
+            "pdo_mapping": field(table, "pdo_mapping", path, str, default="eds",
+                                 choices=("eds", "sdo")),
+            "heartbeat_ms": field(table, "heartbeat_ms", path, int, default=1000,
+                                  check=lambda v: 10 <= v <= 65535, allowed="10 to 65535"),
+            "start_node": field(table, "start_node", path, bool, default=True),
+            "sdo_timeout_s": field(table, "sdo_timeout_s", path, float, default=0.5,
+                                   check=lambda v: positive(v) and v <= 10,
+                                   allowed="above 0, up to 10"),
+        }
+        tpdos = field(table, "tpdos", path, list, default=[], allowed="a list of TPDO numbers")
+        od = load_eds(cfg["eds"], cfg["node_id"], path + ".eds")
+        for i, n in enumerate(tpdos):
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 512:
+                raise ConfigError(f"{path}.tpdos[{i}]", f"{n!r} is not a TPDO number",
+                                  "1 to 512")
+            if 0x1800 + n - 1 not in od or 0x1A00 + n - 1 not in od:
+                raise ConfigError(f"{path}.tpdos[{i}]", f"TPDO{n} is not in the EDS",
+                                  "a TPDO the EDS defines (0x1800 + n - 1, 0x1A00 + n - 1)")
+        if len(set(tpdos)) != len(tpdos):
+            raise ConfigError(path + ".tpdos", f"{tpdos!r} names a TPDO twice", "unique numbers")
+        cfg["tpdos"] = list(tpdos)
+        objs = field(table, "objects", path, list, default=[],
+                     allowed="a list of [[objects]] tables")
+        tags: set[str] = set()
+        cfg["objects"] = []
+        for i, o in enumerate(objs):
+            obj = _object(o, f"{path}.objects[{i}]", od, tags)
+            tags.add(obj["tag"])
+            cfg["objects"].append(obj)
+        if not cfg["tpdos"] and not any(o["poll_ms"] for o in cfg["objects"]):
+            raise ConfigError(path + ".tpdos", "no TPDO and no polled object",
+                              "at least one TPDO or one object with poll_ms")
+        return cfg
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cfg = self.cfg
+        self.od = load_eds(cfg["eds"], cfg["node_id"], f"devices.{self.name}.eds")
+        self.by_index = {(o["index"], o["subindex"]): o for o in cfg["objects"]}
+        self.polled = [o for o in cfg["objects"] if o["poll_ms"]]
+        self.heartbeat_timeout_ms = 2 * cfg["heartbeat_ms"]
+        self._lock = threading.Lock()            # _last and the frame-side state
+        self._last: dict[str, Any] = {}          # tag -> last value emitted (accepted)
+        self._network: Any = None
+        self._node: Any = None
+        self._pdo_lengths: dict[int, int] = {}   # TPDO COB-ID -> data bytes it must carry
+        self._hb_mono: int | None = None         # monotonic ms of the last heartbeat
+        self._nmt_state: int | None = None
+        self._hb_lost = False
+        self._configure_due: int | None = None   # monotonic ms the node is to be (re)started
+        self._bus_off = False
+        self._aborted: dict[str, str] = {}       # tag -> its last SDO abort, until it reads
+        self._next_poll: dict[str, int] = {}
+
+    # -- the bus ----------------------------------------------------------------------
+
+    def _open(self) -> bool:
+        cfg = self.cfg
+        try:
+            bus = can.Bus(interface=cfg["interface"], channel=cfg["channel"],
+                          bitrate=cfg["bitrate"])
+        except (can.CanError, OSError, ValueError) as exc:
+            self.status.count("bus_open_failures")
+            self.set_state("disconnected", f"cannot open {cfg['interface']} {cfg['channel']}: "
+                           f"{exc}")
+            return False
+        network = canopen.Network(bus)
+        node = canopen.RemoteNode(cfg["node_id"], self.od)
+        node.sdo.RESPONSE_TIMEOUT = cfg["sdo_timeout_s"]
+        node.sdo.MAX_RETRIES = 1  # one request, no retry (0 would retry forever)
+        network.add_node(node)
+        node.emcy.add_callback(self._on_emcy)
+        for n in cfg["tpdos"]:
+            node.tpdo[n].add_callback(self._on_tpdo)
+        network.listeners = [_Receiver(self, network)]
+        network.notifier = can.Notifier(bus, network.listeners, NOTIFIER_CYCLE_S)
+        with self._lock:
+            self._network, self._node = network, node
+            self._hb_mono = self._nmt_state = None
+            self._bus_off = False
+        self._configure_due = self.clock.monotonic_ms()
+        self.status.count("bus_opens")
+        return True
+
+    def _close(self) -> None:
+        with self._lock:
+            network, self._network, self._node = self._network, None, None
+            self._pdo_lengths = {}
+        if network is not None:
+            try:
+                network.disconnect()
+            except Exception:  # noqa: BLE001 - a dead adapter may fail to shut down
+                log.debug("%s: closing the bus failed", self.name, exc_info=True)
+
+    def _run(self) -> None:
+        backoff = BACKOFF_FIRST_S
+        while not self._stopping.is_set():
+            if self._network is None:
+                if not self._open():
+                    if self.wait(backoff):
+                        break
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    continue
+                backoff = BACKOFF_FIRST_S
+            try:
+                self._tick()
+            except Exception as exc:  # noqa: BLE001 - the driver outlives any one bad tick
+                log.log(logging.ERROR if self.status.state != "error" else logging.DEBUG,
+                        "%s: supervision failed", self.name, exc_info=True)
+                self.status.count("tick_failures")
+                self.set_state("error", f"driver failed: {exc!r}")
+            if self.wait(TICK_S):
+                break
+        self._close()
+
+    def _tick(self) -> None:
+        network = self._network
+        failed = network.notifier.exception if network.notifier is not None else None
+        if failed is not None or self._bus_off:
+            self.status.count("bus_off" if self._bus_off else "bus_errors")
+            why = "bus-off" if self._bus_off else f"CAN interface failed: {failed!r}"
+            self.set_state("disconnected", why)
+            self._close()
+            return
+        now = self.clock.monotonic_ms()
+        with self._lock:
+            hb_mono, nmt_state = self._hb_mono, self._nmt_state
+        if hb_mono is None or now - hb_mono > self.heartbeat_timeout_ms:
+            if hb_mono is not None and not self._hb_lost:
+                self._hb_lost = True
+                self.status.count("heartbeat_losses")
+                # A node that rebooted unseen may have its heartbeat off: ask it again.
+                self._configure_due = now + int(CONFIGURE_RETRY_S * 1000)
+            if self._configure_due is not None and now >= self._configure_due:
+                self._configure(now)  # a node that boots without telling us: try anyway
+            waited = "no heartbeat yet" if hb_mono is None else \
+                f"no heartbeat for {(now - hb_mono) / 1000:.1f} s"
+            self.set_state("disconnected", waited)
+            return
+        if self._hb_lost:  # heartbeats again: the node may have lost its settings meanwhile
+            self._hb_lost = False
+            self._configure_due = now
+        if self._configure_due is not None and now >= self._configure_due:
+            self._configure(now)
+        self._poll_due(now)
+        if nmt_state != OPERATIONAL:
+            self.set_state("stale", f"NMT state {NMT_STATES.get(nmt_state or 0, nmt_state)}")
+        elif self._aborted:
+            self.set_state("error", "; ".join(self._aborted[t] for t in sorted(self._aborted)))
+        else:
+            self.set_state("ok")
+
+    # -- (re)starting the node ----------------------------------------------------------
+
+    def _configure(self, now: int) -> None:
+        """Read the PDO configuration, write the heartbeat time, start the node."""
+        node = self._node
+        from_od = self.cfg["pdo_mapping"] == "eds"
+        try:
+            lengths = {}
+            for n in self.cfg["tpdos"]:
+                pdo = node.tpdo[n]
+                pdo.read(from_od=from_od)
+                lengths[pdo.cob_id] = (pdo.length + 7) // 8
+            node.sdo[0x1017].raw = self.cfg["heartbeat_ms"]
+            if self.cfg["start_node"]:
+                node.nmt.send_command(NMT_START)
+        except SdoAbortedError as exc:
+            self._sdo_aborted("configure", exc, "configuring the node")
+            self._configure_due = now + int(CONFIGURE_RETRY_S * 1000)
+            return
+        except SdoCommunicationError:
+            self.status.count("sdo_timeouts")
+            self._configure_due = now + int(CONFIGURE_RETRY_S * 1000)
+            return
+        with self._lock:
+            self._pdo_lengths = lengths
+        self._aborted.pop("configure", None)
+        self._configure_due = None
+        self.status.count("configures")
+
+    # -- SDO polls ----------------------------------------------------------------------
+
+    def _poll_due(self, now: int) -> None:
+        for obj in self.polled:
+            tag = obj["tag"]
+            if now < self._next_poll.get(tag, 0):
+                continue
+            self._next_poll[tag] = now + obj["poll_ms"]
+            var = self._node.sdo[obj["index"]]
+            if not isinstance(var, SdoVariable):
+                var = var[obj["subindex"]]
+            try:
+                value = var.raw
+            except SdoAbortedError as exc:
+                self._sdo_aborted(tag, exc, f"reading 0x{obj['index']:04X}:{obj['subindex']:02X}")
+                continue
+            except SdoCommunicationError:
+                self.status.count("sdo_timeouts")
+                continue
+            self._aborted.pop(tag, None)
+            self.status.count("sdo_reads")
+            self._changed(obj, obj["tag"], value, self.clock.now_ms(), "sdo")
+
+    def _sdo_aborted(self, key: str, exc: SdoAbortedError, doing: str) -> None:
+        self.status.count("sdo_aborts")
+        self.status.count(f"sdo_abort_0x{exc.code:08X}")
+        text = SdoAbortedError.CODES.get(exc.code, "unknown abort code")
+        self._aborted[key] = f"SDO abort 0x{exc.code:08X} ({text}) {doing}"
+
+    # -- frames (the receive thread) --------------------------------------------------
+
+    def _on_frame(self, network: Any, msg: can.Message) -> None:
+        if msg.is_error_frame:
+            self.status.count("error_frames")
+            if msg.arbitration_id & CAN_ERR_BUSOFF:
+                self._bus_off = True
+            return
+        if msg.is_remote_frame:
+            return
+        can_id, data, node_id = msg.arbitration_id, msg.data, self.cfg["node_id"]
+        if can_id == 0x700 + node_id:
+            if len(data) != 1 or (data[0] & 0x7F) not in NMT_STATES:
+                self._bad_frame(can_id, data)
+                return
+            state = data[0] & 0x7F
+            with self._lock:
+                self._hb_mono = self.clock.monotonic_ms()
+                self._nmt_state = state
+            if state == 0:  # boot-up: CiA 301 7.2.8.3.2.1
+                self.status.count("node_boots")
+                log.warning("%s: node %d booted; restarting it", self.name, node_id)
+                self._configure_due = self.clock.monotonic_ms()
+            return
+        if can_id == 0x80 + node_id and len(data) != 8:
+            self._bad_frame(can_id, data)
+            return
+        if can_id == 0x580 + node_id and len(data) != 8:
+            self._bad_frame(can_id, data)
+            return
+        want = self._pdo_lengths.get(can_id)
+        if want is not None and len(data) != want:
+            self._bad_frame(can_id, data)
+            return
+        try:
+            network.notify(can_id, data, msg.timestamp)
+        except Exception:  # noqa: BLE001 - one frame must not end the receive thread
+            self.status.count("frame_failures")
+            log.debug("%s: frame 0x%03X failed", self.name, can_id, exc_info=True)
+
+    def _bad_frame(self, can_id: int, data: bytes) -> None:
+        self.status.count("bad_frames")
+        log.debug("%s: bad frame 0x%03X %s", self.name, can_id, bytes(data).hex())
+
+    def _on_tpdo(self, pdo: Any) -> None:
+        read_ms = self.clock.now_ms()
+        for var in pdo.map:
+            obj = self.by_index.get((var.index, var.subindex))
+            tag = obj["tag"] if obj is not None else snake(var.name)
+            self._changed(obj, tag, var.raw, read_ms, "tpdo", var.index, var.subindex)
+        self.status.count("tpdos")
+
+    def _on_emcy(self, entry: EmcyError) -> None:
+        self.status.count("emcy")
+        self.emit(Event(self.name, "alarm", self.clock.now_ms(), {
+            "code": entry.code, "error_register": entry.register, "text": str(entry),
+            "vendor": bytes(entry.data).hex()}))
+
+    def _changed(self, obj: dict[str, Any] | None, tag: str, value: Any, read_ms: int,
+                 via: str, index: int | None = None, subindex: int | None = None) -> None:
+        scale = obj["scale"] if obj is not None else 1.0
+        deadband = obj["deadband"] if obj is not None else 0.0
+        if isinstance(value, int | float) and not isinstance(value, bool) and scale != 1.0:
+            value = round(value * scale, 9)
+        with self._lock:
+            if tag in self._last:
+                last = self._last[tag]
+                if deadband == 0 or not isinstance(value, int | float):
+                    if value == last:
+                        return
+                elif abs(value - last) <= deadband:
+                    return
+            accepted = self.emit(Event(self.name, "canopen", read_ms, {
+                "tag": tag, "value": value,
+                "index": obj["index"] if obj is not None else index,
+                "subindex": obj["subindex"] if obj is not None else subindex, "via": via}))
+            if accepted.ok:
+                self._last[tag] = value
+
+
+TYPE = "canopen"
+DEFAULT_CLASS = "telemetry"  # measurements a node sends again: state, not transactions
+DRIVER = CanOpenDriver
