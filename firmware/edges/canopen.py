@@ -76,10 +76,11 @@ OBJECT_KEYS = ("tag", "index", "subindex", "poll_ms", "scale", "deadband")
 INTERFACES = ("socketcan", "slcan", "virtual")
 BITRATES = (10_000, 20_000, 50_000, 100_000, 125_000, 250_000, 500_000, 800_000, 1_000_000)
 TICK_S = 0.02            # the supervision loop: heartbeat watchdog, SDO polls, restarts
-NOTIFIER_CYCLE_S = 0.1   # how long the receive thread blocks; bounds stop()
+RECV_TIMEOUT_S = 0.1     # how long the receive thread blocks; bounds stop()
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
 CONFIGURE_RETRY_S = 1.0  # a node that does not answer its (re)start SDOs is asked again
+SLCAN_SETTLE_S = 0.2
 CAN_ERR_BUSOFF = 0x40    # linux/can/error.h: error class bit in an error frame's id
 OPERATIONAL = 5
 NMT_START = 1            # CiA 301 7.2.8.3.1: start remote node
@@ -136,15 +137,38 @@ def od_variable(od: Any, index: int, subindex: int) -> Any:
         return None
 
 
-class _Receiver(can.Listener):
-    """The bus's receive thread: checks each frame of our node before canopen sees it."""
+class _Receiver:
+    """The bus's receive thread: each frame of our node is checked before canopen sees it.
 
-    def __init__(self, driver: CanOpenDriver, network: Any) -> None:
+    Not a ``can.Notifier``: when the interface fails (an adapter pulled out) a Notifier's
+    thread either dies with a traceback or, told the error is handled, spins on it; this
+    one keeps the error for the supervision loop and ends."""
+
+    def __init__(self, driver: CanOpenDriver, network: Any, bus: can.BusABC) -> None:
         self.driver = driver
         self.network = network
+        self.bus = bus
+        self.failure: Exception | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"can-rx-{driver.name}")
+        self._thread.start()
 
-    def on_message_received(self, msg: can.Message) -> None:
-        self.driver._on_frame(self.network, msg)
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                msg = self.bus.recv(RECV_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - any interface failure ends this bus
+                if not self._stopping.is_set():
+                    self.failure = exc
+                return
+            if msg is not None:
+                self.driver._on_frame(self.network, msg)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(RECV_TIMEOUT_S * 20)
 
 
 class CanOpenDriver(Driver):
@@ -206,6 +230,7 @@ class CanOpenDriver(Driver):
         self._lock = threading.Lock()            # _last and the frame-side state
         self._last: dict[str, Any] = {}          # tag -> last value emitted (accepted)
         self._network: Any = None
+        self._receiver: _Receiver | None = None
         self._node: Any = None
         self._pdo_lengths: dict[int, int] = {}   # TPDO COB-ID -> data bytes it must carry
         self._hb_mono: int | None = None         # monotonic ms of the last heartbeat
@@ -220,9 +245,12 @@ class CanOpenDriver(Driver):
 
     def _open(self) -> bool:
         cfg = self.cfg
+        # python-can waits 2 s after opening an slcan port (for boards that reset on
+        # open); a CANable or Lawicel adapter answers at once, and a replug waits less.
+        extra = {"sleep_after_open": SLCAN_SETTLE_S} if cfg["interface"] == "slcan" else {}
         try:
             bus = can.Bus(interface=cfg["interface"], channel=cfg["channel"],
-                          bitrate=cfg["bitrate"])
+                          bitrate=cfg["bitrate"], **extra)
         except (can.CanError, OSError, ValueError) as exc:
             self.status.count("bus_open_failures")
             self.set_state("disconnected", f"cannot open {cfg['interface']} {cfg['channel']}: "
@@ -236,10 +264,9 @@ class CanOpenDriver(Driver):
         node.emcy.add_callback(self._on_emcy)
         for n in cfg["tpdos"]:
             node.tpdo[n].add_callback(self._on_tpdo)
-        network.listeners = [_Receiver(self, network)]
-        network.notifier = can.Notifier(bus, network.listeners, NOTIFIER_CYCLE_S)
         with self._lock:
             self._network, self._node = network, node
+            self._receiver = _Receiver(self, network, bus)
             self._hb_mono = self._nmt_state = None
             self._bus_off = False
         self._configure_due = self.clock.monotonic_ms()
@@ -249,7 +276,10 @@ class CanOpenDriver(Driver):
     def _close(self) -> None:
         with self._lock:
             network, self._network, self._node = self._network, None, None
+            receiver, self._receiver = self._receiver, None
             self._pdo_lengths = {}
+        if receiver is not None:
+            receiver.stop()
         if network is not None:
             try:
                 network.disconnect()
@@ -278,8 +308,7 @@ class CanOpenDriver(Driver):
         self._close()
 
     def _tick(self) -> None:
-        network = self._network
-        failed = network.notifier.exception if network.notifier is not None else None
+        failed = self._receiver.failure if self._receiver is not None else None
         if failed is not None or self._bus_off:
             self.status.count("bus_off" if self._bus_off else "bus_errors")
             why = "bus-off" if self._bus_off else f"CAN interface failed: {failed!r}"

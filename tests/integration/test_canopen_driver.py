@@ -19,6 +19,7 @@ from firmware.core.errors import ConfigError
 from firmware.edges.canopen import CanOpenDriver, snake
 from firmware.edges.clock import SystemClock
 from simulator.devices.canopen import EDS, BatteryModule
+from tests.integration.canopen_values import journaled_values, wire_values
 from tests.integration.event_sink import Sink, wait_until
 
 _channels = itertools.count()
@@ -61,37 +62,16 @@ def run_driver() -> Iterator[Any]:
     assert not any(t.name == "driver-bms1" for t in threading.enumerate())
 
 
-def _truth(bm: BatteryModule) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for e in bm.truth():
-        if e["kind"] == "canopen":
-            out.setdefault(e["tag"], []).append(e["value"])
-        elif e["kind"] == "emcy":
-            out.setdefault("(emcy)", []).append(e["value"])
-    return out
-
-
-def _journaled(sink: Sink) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for e in sink.snapshot():
-        if e.kind == "canopen":
-            out.setdefault(e.data["tag"], []).append(e.data["value"])
-        else:
-            assert e.kind == "alarm", e
-            out.setdefault("(emcy)", []).append(e.data["code"])
-    return out
-
-
 def _settled(bm: BatteryModule, sink: Sink) -> dict[str, list[Any]]:
     """Stop the node, let its last frames arrive, and check: every value it put on the
     wire is one event, in order per tag, and no other event exists."""
     bm.stop()
     try:
-        wait_until(lambda: _journaled(sink) == _truth(bm), 2.0)
+        wait_until(lambda: journaled_values(sink) == wire_values(bm), 2.0)
     except AssertionError:
         pass  # the comparison below says what differs
-    assert _journaled(sink) == _truth(bm)
-    return _truth(bm)
+    assert journaled_values(sink) == wire_values(bm)
+    return wire_values(bm)
 
 
 def _faults(bm: BatteryModule) -> list[str]:
