@@ -55,6 +55,7 @@ import logging
 import math
 import re
 import threading
+from collections import deque
 from typing import Any
 
 import can
@@ -79,6 +80,11 @@ TICK_S = 0.02            # the supervision loop: heartbeat watchdog, SDO polls, 
 RECV_TIMEOUT_S = 0.1     # how long the receive thread blocks; bounds stop()
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
+# Events read but not yet journaled: every emit waits for its record to be durable (one
+# sync, ~0.5 ms on an SSD, several on an SD card); the frames must not wait behind that,
+# or heartbeats and SDO answers arrive late and a busy bus looks like a lost node.
+QUEUE_MAX = 20_000       # 8 s of a busy bus at one new value per frame; beyond: counted drops
+DRAIN_S = 5.0            # how long stop() lets queued events reach the journal
 CONFIGURE_RETRY_S = 1.0  # a node that does not answer its (re)start SDOs is asked again
 SLCAN_SETTLE_S = 0.2
 CAN_ERR_BUSOFF = 0x40    # linux/can/error.h: error class bit in an error frame's id
@@ -240,6 +246,10 @@ class CanOpenDriver(Driver):
         self._bus_off = False
         self._aborted: dict[str, str] = {}       # tag -> its last SDO abort, until it reads
         self._next_poll: dict[str, int] = {}
+        self._pending: deque[Event] = deque()    # read, not yet handed to the journal
+        self._pending_cond = threading.Condition()
+        self._overflowing = False
+        self._draining = False
 
     # -- the bus ----------------------------------------------------------------------
 
@@ -287,6 +297,20 @@ class CanOpenDriver(Driver):
                 log.debug("%s: closing the bus failed", self.name, exc_info=True)
 
     def _run(self) -> None:
+        self._draining = False
+        journaler = threading.Thread(target=self._journal_events, daemon=True,
+                                     name=f"canopen-journal-{self.name}")
+        journaler.start()
+        try:
+            self._supervise()
+        finally:
+            self._close()
+            with self._pending_cond:  # what was read while we watched is still journaled
+                self._draining = True
+                self._pending_cond.notify()
+            journaler.join(DRAIN_S)
+
+    def _supervise(self) -> None:
         backoff = BACKOFF_FIRST_S
         while not self._stopping.is_set():
             if self._network is None:
@@ -305,7 +329,6 @@ class CanOpenDriver(Driver):
                 self.set_state("error", f"driver failed: {exc!r}")
             if self.wait(TICK_S):
                 break
-        self._close()
 
     def _tick(self) -> None:
         failed = self._receiver.failure if self._receiver is not None else None
@@ -455,7 +478,7 @@ class CanOpenDriver(Driver):
 
     def _on_emcy(self, entry: EmcyError) -> None:
         self.status.count("emcy")
-        self.emit(Event(self.name, "alarm", self.clock.now_ms(), {
+        self._queue_event(Event(self.name, "alarm", self.clock.now_ms(), {
             "code": entry.code, "error_register": entry.register, "text": str(entry),
             "vendor": bytes(entry.data).hex()}))
 
@@ -473,13 +496,44 @@ class CanOpenDriver(Driver):
                         return
                 elif abs(value - last) <= deadband:
                     return
-            accepted = self.emit(Event(self.name, "canopen", read_ms, {
+            event = Event(self.name, "canopen", read_ms, {
                 "tag": tag, "value": value,
                 "index": obj["index"] if obj is not None else index,
-                "subindex": obj["subindex"] if obj is not None else subindex, "via": via}))
-            if accepted.ok:
-                self._last[tag] = value
+                "subindex": obj["subindex"] if obj is not None else subindex, "via": via})
+            if self._queue_event(event):
+                self._last[tag] = value  # taken back if the journal refuses it
 
+    # -- the journal's side: one thread, so frames never wait for a sync ---------------
+
+    def _queue_event(self, event: Event) -> bool:
+        """Hand ``event`` to the journaling thread; False (counted) if its queue is full."""
+        with self._pending_cond:
+            if len(self._pending) >= QUEUE_MAX:
+                self.status.count("queue_overflows")
+                if not self._overflowing:
+                    self._overflowing = True
+                    log.error("%s: %d events wait for the journal; dropping new ones",
+                              self.name, QUEUE_MAX)
+                return False
+            self._overflowing = False
+            self._pending.append(event)
+            self._pending_cond.notify()
+            return True
+
+    def _journal_events(self) -> None:
+        """Emit queued events in arrival order until stopped and the queue is empty."""
+        while True:
+            with self._pending_cond:
+                while not self._pending and not self._draining:
+                    self._pending_cond.wait()
+                if not self._pending:
+                    return
+                event = self._pending.popleft()
+            if not self.emit(event) and event.kind == "canopen":
+                tag, value = event.data["tag"], event.data["value"]
+                with self._lock:  # refused: the next reading of this tag is emitted again
+                    if tag in self._last and self._last[tag] == value:
+                        del self._last[tag]
 
 TYPE = "canopen"
 DEFAULT_CLASS = "telemetry"  # measurements a node sends again: state, not transactions
