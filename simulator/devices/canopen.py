@@ -8,11 +8,13 @@ one more at every close) that a master polls over SDO. It boots as a CiA 301 sla
 boot-up message, PRE-OPERATIONAL, heartbeat at 0x1017's default (1,000 ms) until a master
 writes 0x1017, TPDOs only once a master sends NMT start.
 
-Config (``[devices.NAME]``, type ``canopen``): ``node_id`` (16), ``channel`` (the virtual
-bus's channel name, "midshift-can"), ``seed`` (0), ``tpdo_period_ms`` (100); the agent's
-keys (``interface``, ``bitrate``, ``eds``, ``tpdos``, ``objects`` ...) are ignored here.
-The node always sits on python-can's in-process ``virtual`` bus; a process of its own
-reaches it through ``slcan_adapter.SlcanAdapter`` (a USB-CAN adapter on a pty).
+Config (``[devices.NAME]``, type ``canopen``; the agent's table drives it too): ``node_id``
+(16), ``interface`` and ``channel`` (``virtual``: the node sits on that in-process bus
+channel; ``slcan`` (default): behind an emulated USB-CAN adapter whose pty is linked at
+``channel``, see ``slcan_adapter.py``, so an agent in another process reaches it as it
+would a real adapter; ``socketcan`` is refused: this host has none), ``seed`` (0),
+``tpdo_period_ms`` (100). The agent's other keys (``bitrate``, ``eds``, ``tpdos``,
+``objects`` ...) are ignored here.
 
 Faults, switchable while running: ``heartbeat(False)`` (heartbeats stop, everything else
 goes on), ``reboot()`` (boot-up message, PRE-OPERATIONAL, 0x1017 back to its default, TPDOs
@@ -52,9 +54,9 @@ from simulator.ground_truth import GroundTruthLog
 log = logging.getLogger(__name__)
 
 EDS = Path(__file__).resolve().parent / "battery_module.eds"
-CONFIG_KEYS = ("node_id", "channel", "seed", "tpdo_period_ms")
-AGENT_ONLY_KEYS = ("interface", "bitrate", "eds", "tpdos", "pdo_mapping", "heartbeat_ms",
-                   "start_node", "sdo_timeout_s", "objects")
+CONFIG_KEYS = ("node_id", "interface", "channel", "seed", "tpdo_period_ms")
+AGENT_ONLY_KEYS = ("bitrate", "eds", "tpdos", "pdo_mapping", "heartbeat_ms", "start_node",
+                   "sdo_timeout_s", "objects")
 OPERATIONAL = "OPERATIONAL"
 # Start values and the largest step of each measurement per TPDO period.
 MEASUREMENTS = {0x2001: (52_000, 40), 0x2002: (12_000, 300), 0x2003: (800, 1),
@@ -126,18 +128,30 @@ class BatteryModule:
 
     @classmethod
     def from_config(cls, name: str, cfg: dict[str, Any],
-                    ground_truth_dir: str | Path | None) -> BatteryModule:
+                    ground_truth_dir: str | Path | None) -> Any:
+        """The node on a virtual channel, or (``interface = "slcan"``) the adapter in
+        front of it at ``channel``; not started."""
         cfg = {k: v for k, v in cfg.items() if k not in AGENT_ONLY_KEYS}
         unknown = sorted(set(cfg) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"devices.{name}.{unknown[0]}: not a known key; "
                              f"allowed: {', '.join(CONFIG_KEYS)}")
+        interface = cfg.get("interface", "slcan")
+        if interface not in ("slcan", "virtual"):
+            raise ValueError(f"devices.{name}.interface: {interface!r} cannot be emulated "
+                             "here; allowed: slcan (a pty), virtual (in-process)")
         gt = None
         if ground_truth_dir is not None:
             Path(ground_truth_dir).mkdir(parents=True, exist_ok=True)
             gt = Path(ground_truth_dir) / f"{name}.jsonl"
-        return cls(name, cfg.get("node_id", 16), cfg.get("channel", "midshift-can"),
-                   cfg.get("seed", 0), cfg.get("tpdo_period_ms", 100), gt)
+        channel = str(cfg.get("channel", "midshift-can"))
+        bus = channel if interface == "virtual" else f"slcan-{name}-{id(cfg):x}"
+        node = cls(name, cfg.get("node_id", 16), bus, cfg.get("seed", 0),
+                   cfg.get("tpdo_period_ms", 100), gt)
+        if interface == "virtual":
+            return node
+        from simulator.devices.slcan_adapter import SlcanAdapter
+        return SlcanAdapter(channel, node)
 
     # ---- life ------------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from simulator.devices.slcan_adapter import SlcanAdapter, frame_line, parse_fram
 from tests.integration.canopen_values import journaled_values
 from tests.integration.event_sink import Sink, wait_until
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture
 def adapter(tmp_path: Path) -> Iterator[SlcanAdapter]:
@@ -109,3 +111,27 @@ def _truth_outside(node: BatteryModule, window: tuple[int, int]) -> dict[str, li
         slot = 0 if e["n"] < window[0] else (1 if e["n"] > first_back else 2)
         out.setdefault(e["tag"], [[], [], []])[slot].append(e["value"])
     return {tag: [v[0], v[1], v[2]] for tag, v in out.items()}
+
+
+def test_the_example_drives_the_emulator_behind_an_adapter(tmp_path: Path) -> None:
+    """``python -m simulator devices --config`` takes the agent's own table: with
+    ``interface = "slcan"`` the adapter's pty is linked at the table's ``channel``."""
+    import tomllib
+
+    from simulator.__main__ import load_devices
+    text = (ROOT / "board_configs" / "examples" / "canopen.toml").read_text()
+    doc = tomllib.loads(text)
+    port = tmp_path / "canable"
+    text = text.replace(doc["devices"]["bms1"]["channel"], str(port))
+    (tmp_path / "site.toml").write_text(text)
+    devices = load_devices(tmp_path / "site.toml", tmp_path / "truth")
+    adapter = devices["bms1"]
+    assert isinstance(adapter, SlcanAdapter)
+    with adapter:
+        assert port.is_symlink() and adapter.describe()["port"] == str(port)
+        with can.Bus(interface="slcan", channel=str(port), bitrate=500_000,
+                     sleep_after_open=0.1) as bus:
+            boot = bus.recv(2.0)  # heartbeats of a PRE-OPERATIONAL node, 1 s apart
+            while boot is not None and boot.arbitration_id != 0x710:
+                boot = bus.recv(2.0)
+            assert boot is not None and bytes(boot.data) == bytes([127])
