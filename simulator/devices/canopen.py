@@ -22,7 +22,7 @@ stop until started again; values go on from where they were), ``emcy(code, regis
 vendor)``, ``garbage()`` (frames of this node with wrong lengths and an unknown NMT state,
 and a frame of nobody), ``silence(True)`` (the node neither sends nor hears anything: a
 cut bus), ``sdo_abort(index, code)`` (SDO reads of that object are aborted with ``code``;
-None clears).
+None clears). ``remap(tpdo, indexes)`` changes a TPDO's mapping away from the EDS.
 
 Ground truth (``truth()``, ``DIR/NAME.jsonl``): every value the node put on the wire (in a
 TPDO or an SDO answer) that differs from the last one it put there for that tag, kind
@@ -272,6 +272,16 @@ class BatteryModule:
     def command_contactor(self, closed: bool) -> None:
         """As a master's SDO write to 0x2010 would."""
         self._on_write(0x2010, 0, None, bytes([1 if closed else 0]))
+
+    def remap(self, tpdo: int, indexes: tuple[int, ...]) -> None:
+        """Map other objects into ``tpdo`` (as a maker's tool would, so the node's mapping
+        no longer matches its EDS); kept across ``reboot()`` like a stored mapping."""
+        with self._lock:
+            pdo = self.node.tpdo[tpdo]
+            pdo.clear()
+            for index in indexes:
+                pdo.add_variable(index)
+            pdo.save()  # into the node's 0x1A00 + tpdo - 1, where an SDO read finds it
 
     # ---- faults ----------------------------------------------------------------------
 

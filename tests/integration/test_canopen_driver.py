@@ -212,6 +212,31 @@ def test_pdo_mapping_read_over_sdo(node: BatteryModule, bus: str, run_driver: An
     _settled(node, sink)
 
 
+def test_a_mapping_unlike_the_eds_is_read_over_sdo_again_after_a_reboot(
+        node: BatteryModule, bus: str, run_driver: Any) -> None:
+    node.remap(2, (0x2004, 0x2011, 0x2003))  # 5 bytes: temperature, contactor, charge
+    sink = Sink()
+    drv = run_driver(bus, sink, pdo_mapping="sdo", objects=[])
+    wait_until(lambda: drv.status.state == "ok" and len(sink.values("contactor_state")) == 1)
+    node.remap(2, (0x2003,))  # the maker's tool again; the node restarts
+    node.reboot()
+    wait_until(lambda: drv.status.counter("configures") == 2 and drv.status.state == "ok")
+    n = len(sink.values("state_of_charge"))
+    wait_until(lambda: len(sink.values("state_of_charge")) > n + 2)
+    assert drv.status.counter("bad_frames") == 0
+    _settled(node, sink)
+
+
+def test_a_mapping_unlike_the_eds_taken_from_the_eds_is_refused_frame_by_frame(
+        node: BatteryModule, bus: str, run_driver: Any) -> None:
+    node.remap(2, (0x2004, 0x2011, 0x2003))
+    sink = Sink()
+    drv = run_driver(bus, sink, objects=[])
+    wait_until(lambda: drv.status.state == "ok" and drv.status.counter("bad_frames") >= 5)
+    tags = {e.data["tag"] for e in sink.snapshot()}
+    assert tags == {"pack_voltage", "pack_current"}  # TPDO2 never decoded with a wrong map
+
+
 def test_deadband_and_scale(node: BatteryModule, bus: str, run_driver: Any) -> None:
     sink = Sink()
     run_driver(bus, sink, tpdos=[1], objects=[

@@ -135,3 +135,25 @@ def test_the_example_drives_the_emulator_behind_an_adapter(tmp_path: Path) -> No
             while boot is not None and boot.arbitration_id != 0x710:
                 boot = bus.recv(2.0)
             assert boot is not None and bytes(boot.data) == bytes([127])
+
+
+def test_the_simulated_site_gets_an_adapter_and_an_agent_table(tmp_path: Path) -> None:
+    import tomllib
+
+    from simulator.devices import canopen as canopen_type
+    spec = {"type": "canopen", "node_id": 20, "tpdo_period_ms": 200, "heartbeat_ms": 150}
+    adapter = canopen_type.emulate("bms2", spec, tmp_path, 5, 2.0, tmp_path / "bms2.jsonl")
+    try:
+        lines = canopen_type.site_table("bms2", spec, adapter)
+        table = tomllib.loads("\n".join(lines))
+        cfg = CanOpenDriver.validate_config("bms2", table, "devices.bms2")
+        assert cfg["channel"] == str(tmp_path / "bms2") and cfg["node_id"] == 20
+        assert cfg["heartbeat_ms"] == 150 and adapter.node.tpdo_period_ms == 100
+        sink = Sink()
+        drv = CanOpenDriver("bms2", cfg, sink, SystemClock()).start()
+        try:
+            wait_until(lambda: drv.status.state == "ok" and len(sink.snapshot()) >= 4, 10.0)
+        finally:
+            drv.stop()
+    finally:
+        adapter.stop()
