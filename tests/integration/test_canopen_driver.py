@@ -142,6 +142,18 @@ def test_node_reboot_is_stale_then_restarted_by_the_driver(node: BatteryModule, 
     _settled(node, sink)
 
 
+def test_a_node_not_started_stays_stale_and_sends_nothing(node: BatteryModule, bus: str,
+                                                          run_driver: Any) -> None:
+    sink = Sink()
+    drv = run_driver(bus, sink, start_node=False, objects=[])
+    wait_until(lambda: drv.status.state == "stale" and drv.status.counter("configures") == 1)
+    assert drv.status.last_error == "NMT state PRE-OPERATIONAL"
+    assert node.nmt_state() == "PRE-OPERATIONAL" and sink.snapshot() == []
+    node.node.nmt.state = "OPERATIONAL"  # started by another master on the bus
+    wait_until(lambda: drv.status.state == "ok" and len(sink.values("pack_voltage")) >= 2)
+    _settled(node, sink)
+
+
 def test_garbage_frames_are_counted_and_make_no_event(node: BatteryModule, bus: str,
                                                       run_driver: Any) -> None:
     sink = Sink()
