@@ -30,9 +30,11 @@ as for Modbus. EMCY: kind ``alarm``, data ``{"code", "error_register", "text", "
 States, as the node's far end goes wrong:
 
 - ``disconnected``: the bus cannot be opened (counter ``bus_open_failures``), its receive
-  thread failed (``bus_errors``: a USB-CAN adapter unplugged), a bus-off error frame
-  (``bus_off``), or no heartbeat for ``2 * heartbeat_ms`` (``heartbeat_losses``); the bus
-  is opened again with a backoff (0.2 s doubling to 5 s);
+  thread failed (``bus_errors``: a USB-CAN adapter unplugged) or a bus-off error frame
+  came (``bus_off``, SocketCAN's ``CAN_ERR_BUSOFF``): the bus is closed and opened again
+  with a backoff (0.2 s doubling to 5 s) and the node restarted; or no heartbeat for
+  ``2 * heartbeat_ms`` (``heartbeat_losses``): the node is asked again (0x1017, NMT start)
+  every second until it answers, and when heartbeats return;
 - ``stale``: heartbeats say an NMT state other than OPERATIONAL (``PRE-OPERATIONAL``
   after a reboot: counter ``node_boots``, the driver re-reads the PDO configuration,
   writes the heartbeat time and starts the node if ``start_node``);
@@ -41,6 +43,14 @@ States, as the node's far end goes wrong:
   that object reads again; an SDO with no answer counts ``sdo_timeouts``;
 - frames of this node with the wrong length or an unknown NMT state are dropped and
   counted in ``bad_frames`` (no event); frames of other nodes are not looked at.
+
+Threads: one receives frames and checks them (heartbeats, SDO answers and TPDO decoding
+never wait for anything else), one supervises (heartbeat watchdog, restarts, SDO polls),
+one hands events to the journal in arrival order. Every emit waits for its record to be
+durable, so the journal's sync time bounds the event rate of one node (about 2,000 a
+second on an SSD); the events wait in a queue of ``QUEUE_MAX``, and beyond it new ones are
+dropped and counted (``queue_overflows``), never silently. On stop, queued events are
+still journaled (up to ``DRAIN_S``).
 
 Sharp edges: socketcan recovers from bus-off only with ``restart-ms`` set on the link
 (``ip link set can0 type can bitrate 500000 restart-ms 100``): the driver reopens its
