@@ -16,7 +16,8 @@ import can
 import pytest
 
 from firmware.core.errors import ConfigError
-from firmware.edges.canopen import CanOpenDriver, snake
+from firmware.edges.canopen import CanOpenDriver
+from firmware.edges.canopen_config import snake
 from firmware.edges.clock import SystemClock
 from simulator.devices.canopen import EDS, BatteryModule
 from tests.integration.canopen_values import journaled_values, wire_values
