@@ -28,7 +28,9 @@ Ground truth (``truth()``, ``DIR/NAME.jsonl``): every value the node put on the 
 TPDO or an SDO answer) that differs from the last one it put there for that tag, kind
 ``canopen`` with ``tag``, ``index``, ``subindex``, ``via``; tags are the EDS names in
 snake_case, as the agent's driver names unlisted objects. Every EMCY it sent, kind
-``emcy`` (one event each). Faults, kind ``fault``, ``expect: false``.
+``emcy`` (one event each). Faults, kind ``fault``, ``expect: false``. Values sent while
+no master could hear them (``hearing()`` false: the adapter in front of the node is
+unplugged or its channel closed) are logged with ``expect: false`` and ``unheard: true``.
 
 Not modelled: bit timing and arbitration (the virtual bus delivers every frame at memory
 speed, so bus load is modelled only by the rate the benchmark offers), error frames and
@@ -41,6 +43,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +126,9 @@ class BatteryModule:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.gate: GatedBus | None = None
+        # Whether a master can hear this node now (an adapter in front of it says so):
+        # values sent while it cannot are logged with expect false.
+        self.hearing: Callable[[], bool] = lambda: True
         self.network: Any = None
         self.node: Any = None
 
@@ -240,8 +246,10 @@ class BatteryModule:
         if self._last_sent.get(tag, object()) == value:
             return
         self._last_sent[tag] = value
-        self.ground_truth.record("canopen", value, tag=tag, index=od.index,
-                                 subindex=od.subindex, via=via)
+        heard = self.hearing()
+        self.ground_truth.record("canopen", value, expect=heard, tag=tag, index=od.index,
+                                 subindex=od.subindex, via=via,
+                                 **({} if heard else {"unheard": True}))
 
     # ---- the object dictionary's live values ------------------------------------------
 
@@ -308,7 +316,9 @@ class BatteryModule:
             if self.gate is None or self.gate.silent:
                 return
             self.node.emcy.send(code, register, vendor)
-            self.ground_truth.record("emcy", code, error_register=register)
+            heard = self.hearing()
+            self.ground_truth.record("emcy", code, expect=heard, error_register=register,
+                                     **({} if heard else {"unheard": True}))
 
     def sdo_abort(self, index: int, code: int | None) -> None:
         with self._lock:

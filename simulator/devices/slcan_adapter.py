@@ -89,6 +89,7 @@ class SlcanAdapter:
         self._bus: can.BusABC | None = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        node.hearing = lambda: self.is_open and self.port.is_up
 
     def start(self) -> SlcanAdapter:
         self.node.start()
