@@ -12,7 +12,11 @@ second; ``OFFERED_PER_S`` = 2,500 is two thirds of that. The virtual bus has no 
 timing, so the schedule is the bus: ``offered_per_s`` and ``sent_per_s`` say what was
 offered and what the emulator managed on a shared machine, ``tpdo_per_s`` what was
 journaled (events accepted with a seq, from the first TPDO to the last journaled), and
-``lost`` how many sent values never became an event (must be 0).
+``lost`` how many sent values never became an event (must be 0). Every emit waits for
+its record to be durable and one driver emits one at a time, so the rate is about one
+event per journal sync: ``journal_syncs`` and ``sync_ms`` (wall time per sync) show it, and
+a shared machine's disk makes the figure vary run to run (the driver's queue absorbs the
+difference; ``queue_overflows`` says if it did not).
 
 ``python -m bench devices --json`` prints ``canopen_tpdo_per_s`` from ``tpdo_per_s()``.
 """
@@ -74,6 +78,7 @@ def tpdo_per_s(seconds: float = 5.0, offered_per_s: int = OFFERED_PER_S) -> dict
                     raise RuntimeError(f"node not started: {drv.status.as_dict()}")
                 time.sleep(0.01)
             base = _journaled(agent)
+            syncs = agent.journal.syncs if agent.journal is not None else 0
             voltage = 40_000
             sent = 0
             per_slot = offered_per_s * SLOT_S
@@ -102,6 +107,7 @@ def tpdo_per_s(seconds: float = 5.0, offered_per_s: int = OFFERED_PER_S) -> dict
                     seen, last_change = now_seen, time.monotonic()
             journal_s = last_change - started
             counters = drv.status.as_dict()["counters"]
+            syncs = (agent.journal.syncs if agent.journal is not None else 0) - syncs
         finally:
             agent.stop()
             node.stop()
@@ -109,7 +115,10 @@ def tpdo_per_s(seconds: float = 5.0, offered_per_s: int = OFFERED_PER_S) -> dict
             "canopen_offered_per_s": offered_per_s,
             "canopen_sent_per_s": round(sent / sent_s),
             "canopen_tpdos_sent": sent, "canopen_events_journaled": seen,
-            "canopen_lost": want - seen, "canopen_bad_frames": counters.get("bad_frames", 0)}
+            "canopen_lost": want - seen, "canopen_bad_frames": counters.get("bad_frames", 0),
+            "canopen_queue_overflows": counters.get("queue_overflows", 0),
+            "canopen_journal_syncs": syncs,
+            "canopen_sync_ms": round(journal_s * 1000 / max(1, syncs), 3)}
 
 
 if __name__ == "__main__":

@@ -73,7 +73,11 @@ def test_agent_process_journals_every_value_once_through_faults(tmp_path: Path) 
             node.heartbeat(True)
             _wait_log(log_path, "bms1: ok", 3)
             node.command_contactor(True)
-            time.sleep(0.5)  # a few more TPDOs and polls while the agent watches
+            sent = node.tpdos_sent  # a few more TPDOs and polls while the agent watches
+            deadline = time.monotonic() + 10
+            while node.tpdos_sent < sent + 10:
+                assert time.monotonic() < deadline, "the node stopped sending"
+                time.sleep(0.01)
             node.silence(True)  # the node stops sending; the agent drains its queue
             _wait_log(log_path, "bms1: disconnected", 2)
         finally:
