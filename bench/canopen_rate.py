@@ -1,7 +1,8 @@
 """TPDOs journaled per second from one CANopen node, through the real driver and journal.
 
 The battery-module emulator (``simulator/devices/canopen.py``) sends TPDO1 (pack voltage
-and current, 8 data bytes) on a schedule, each with a new voltage, on python-can's
+and current, 8 data bytes) on a schedule, each with a new voltage and current (two
+values, two events per TPDO, as a battery's current never sits still), on python-can's
 ``virtual`` bus; an in-process ``Agent`` built from a site file runs the ``canopen``
 driver (heartbeat, NMT start, the TPDO's mapping from the EDS) and journals each TPDO's
 new value as one event through the pipeline and the group-committed journal.
@@ -11,10 +12,12 @@ bits before stuffing, up to 135 with it, so the bus is full at about 3,700 such 
 second; ``OFFERED_PER_S`` = 2,500 is two thirds of that. The virtual bus has no bit
 timing, so the schedule is the bus: ``offered_per_s`` and ``sent_per_s`` say what was
 offered and what the emulator managed on a shared machine, ``tpdo_per_s`` what was
-journaled (events accepted with a seq, from the first TPDO to the last journaled), and
+journaled (events accepted with a seq, halved, from the first TPDO to the last
+journaled), ``events_per_s`` the same in events, and
 ``lost`` how many sent values never became an event (must be 0). Every emit waits for
-its record to be durable and one driver emits one at a time, so the rate is about one
-event per journal sync: ``journal_syncs`` and ``sync_ms`` (wall time per sync) show it, and
+its record to be durable; the driver's lanes (``firmware/edges/emit_lanes.py``) let the
+two tags share a sync, so the rate is about one TPDO per journal sync: ``journal_syncs``
+and ``sync_ms`` (wall time per sync) show it, and
 a shared machine's disk makes the figure vary run to run (the driver's queue absorbs the
 difference; ``queue_overflows`` says if it did not).
 
@@ -79,7 +82,7 @@ def tpdo_per_s(seconds: float = 5.0, offered_per_s: int = OFFERED_PER_S) -> dict
                 time.sleep(0.01)
             base = _journaled(agent)
             syncs = agent.journal.syncs if agent.journal is not None else 0
-            voltage = 40_000
+            voltage, current = 40_000, 10_000
             sent = 0
             per_slot = offered_per_s * SLOT_S
             started = time.monotonic()
@@ -90,14 +93,14 @@ def tpdo_per_s(seconds: float = 5.0, offered_per_s: int = OFFERED_PER_S) -> dict
                     break
                 due = int((now - started) / SLOT_S + 1) * per_slot
                 while sent < due:
-                    voltage += 1
+                    voltage, current = voltage + 1, current + 1
                     node.set_value(0x2001, voltage)
+                    node.set_value(0x2002, current)
                     sent += node.send_tpdos((1,))
                 next_slot += SLOT_S
                 time.sleep(max(0.0, next_slot - time.monotonic()))
             sent_s = time.monotonic() - started
-            # The first TPDO also carried the current: one more value, one more event.
-            want = sent + 1
+            want = 2 * sent  # each TPDO: a new voltage and a new current
             last_change = time.monotonic()
             seen = _journaled(agent) - base
             while seen < want and time.monotonic() - last_change < 2.0:
@@ -111,7 +114,8 @@ def tpdo_per_s(seconds: float = 5.0, offered_per_s: int = OFFERED_PER_S) -> dict
         finally:
             agent.stop()
             node.stop()
-    return {"canopen_tpdo_per_s": round(seen / journal_s),
+    return {"canopen_tpdo_per_s": round(seen / 2 / journal_s),
+            "canopen_events_per_s": round(seen / journal_s),
             "canopen_offered_per_s": offered_per_s,
             "canopen_sent_per_s": round(sent / sent_s),
             "canopen_tpdos_sent": sent, "canopen_events_journaled": seen,

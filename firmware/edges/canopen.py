@@ -46,11 +46,12 @@ States, as the node's far end goes wrong:
 
 Threads: one receives frames and checks them (heartbeats, SDO answers and TPDO decoding
 never wait for anything else), one supervises (heartbeat watchdog, restarts, SDO polls),
-one hands events to the journal in arrival order. Every emit waits for its record to be
-durable, so the journal's sync time bounds the event rate of one node (about 2,000 a
-second on an SSD); the events wait in a queue of ``QUEUE_MAX``, and beyond it new ones are
-dropped and counted (``queue_overflows``), never silently. On stop, queued events are
-still journaled (up to ``DRAIN_S``).
+and ``LANES`` hand events to the journal, each tag's in arrival order
+(``firmware/edges/emit_lanes.py``). Every emit waits for its record to be durable, so the
+journal's sync time bounds the rate of each tag (about 2,000 a second on an SSD, far less
+on an SD card) while different tags share syncs; events wait in a lane of ``QUEUE_MAX``,
+and beyond it new ones are dropped and counted (``queue_overflows``), never silently. On
+stop, queued events are still journaled (up to ``DRAIN_S``).
 
 Sharp edges: socketcan recovers from bus-off only with ``restart-ms`` set on the link
 (``ip link set can0 type can bitrate 500000 restart-ms 100``): the driver reopens its
@@ -63,7 +64,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from typing import Any
 
 import can
@@ -75,6 +75,7 @@ from canopen.sdo import SdoAbortedError, SdoCommunicationError, SdoVariable
 from firmware.core.event import Event
 from firmware.edges.canopen_config import load_eds, snake, validate_config
 from firmware.edges.driver import Driver
+from firmware.edges.emit_lanes import EmitLanes
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,10 @@ TICK_S = 0.02            # the supervision loop: heartbeat watchdog, SDO polls, 
 RECV_TIMEOUT_S = 0.1     # how long the receive thread blocks; bounds stop()
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
-# Events read but not yet journaled: every emit waits for its record to be durable (one
-# sync, ~0.5 ms on an SSD, several on an SD card); the frames must not wait behind that,
-# or heartbeats and SDO answers arrive late and a busy bus looks like a lost node.
-QUEUE_MAX = 20_000       # 8 s of a busy bus at one new value per frame; beyond: counted drops
+# Events read but not yet journaled wait in lanes (firmware/edges/emit_lanes.py): each
+# emit waits for a journal sync, and the frames must not wait behind it.
+LANES = 4                # journaling threads: up to 4 changing tags share one sync
+QUEUE_MAX = 5_000        # events waiting per lane; beyond: counted drops
 DRAIN_S = 5.0            # how long stop() lets queued events reach the journal
 CONFIGURE_RETRY_S = 1.0  # a node that does not answer its (re)start SDOs is asked again
 SLCAN_SETTLE_S = 0.2
@@ -153,10 +154,9 @@ class CanOpenDriver(Driver):
         self._bus_off = False
         self._aborted: dict[str, str] = {}       # tag -> its last SDO abort, until it reads
         self._next_poll: dict[str, int] = {}
-        self._pending: deque[Event] = deque()    # read, not yet handed to the journal
-        self._pending_cond = threading.Condition()
+        # Read, not yet journaled: frames never wait for a sync (emit_lanes.py says why).
+        self._lanes = EmitLanes(self.name, self.emit, self._refused, LANES, QUEUE_MAX)
         self._overflowing = False
-        self._draining = False
 
     # -- the bus ----------------------------------------------------------------------
 
@@ -204,18 +204,12 @@ class CanOpenDriver(Driver):
                 log.debug("%s: closing the bus failed", self.name, exc_info=True)
 
     def _run(self) -> None:
-        self._draining = False
-        journaler = threading.Thread(target=self._journal_events, daemon=True,
-                                     name=f"canopen-journal-{self.name}")
-        journaler.start()
+        self._lanes.start()
         try:
             self._supervise()
         finally:
             self._close()
-            with self._pending_cond:  # what was read while we watched is still journaled
-                self._draining = True
-                self._pending_cond.notify()
-            journaler.join(DRAIN_S)
+            self._lanes.close(DRAIN_S)  # what was read while we watched is still journaled
 
     def _supervise(self) -> None:
         backoff = BACKOFF_FIRST_S
@@ -413,34 +407,26 @@ class CanOpenDriver(Driver):
     # -- the journal's side: one thread, so frames never wait for a sync ---------------
 
     def _queue_event(self, event: Event) -> bool:
-        """Hand ``event`` to the journaling thread; False (counted) if its queue is full."""
-        with self._pending_cond:
-            if len(self._pending) >= QUEUE_MAX:
-                self.status.count("queue_overflows")
-                if not self._overflowing:
-                    self._overflowing = True
-                    log.error("%s: %d events wait for the journal; dropping new ones",
-                              self.name, QUEUE_MAX)
-                return False
-            self._overflowing = False
-            self._pending.append(event)
-            self._pending_cond.notify()
-            return True
+        """Hand ``event`` to the journal's lanes; False (counted) if its lane is full."""
+        key = event.data["tag"] if event.kind == "canopen" else "(alarm)"
+        if not self._lanes.put(key, event):
+            self.status.count("queue_overflows")
+            if not self._overflowing:
+                self._overflowing = True
+                log.error("%s: %d events of %s wait for the journal; dropping new ones",
+                          self.name, QUEUE_MAX, key)
+            return False
+        self._overflowing = False
+        return True
 
-    def _journal_events(self) -> None:
-        """Emit queued events in arrival order until stopped and the queue is empty."""
-        while True:
-            with self._pending_cond:
-                while not self._pending and not self._draining:
-                    self._pending_cond.wait()
-                if not self._pending:
-                    return
-                event = self._pending.popleft()
-            if not self.emit(event) and event.kind == "canopen":
-                tag, value = event.data["tag"], event.data["value"]
-                with self._lock:  # refused: the next reading of this tag is emitted again
-                    if tag in self._last and self._last[tag] == value:
-                        del self._last[tag]
+    def _refused(self, event: Event) -> None:
+        """The journal refused ``event``: the next reading of its tag is emitted again."""
+        if event.kind != "canopen":
+            return
+        tag, value = event.data["tag"], event.data["value"]
+        with self._lock:
+            if tag in self._last and self._last[tag] == value:
+                del self._last[tag]
 
 TYPE = "canopen"
 DEFAULT_CLASS = "telemetry"  # measurements a node sends again: state, not transactions

@@ -92,23 +92,21 @@ def test_driver_over_slcan_every_value_once_and_the_adapter_replugged(
 
 
 def _unplugged_window(adapter: SlcanAdapter) -> tuple[int, int]:
-    faults = {e["fault"]: e["n"] for e in adapter.truth() if e["kind"] == "fault"}
-    return faults["adapter_unplugged"], faults["adapter_replugged"]
+    """The ground truth's ``t_ms`` from which values may be lost (frames still in the pty
+    when the adapter is pulled go with it, as with a real one: 200 ms before the unplug),
+    and its ``n`` from which the agent is back (the garbage, sent once it was ok again)."""
+    faults = {e["fault"]: e for e in adapter.truth() if e["kind"] == "fault"}
+    return faults["adapter_unplugged"]["t_ms"] - 200, faults["garbage"]["n"]
 
 
 def _truth_outside(node: BatteryModule, window: tuple[int, int]) -> dict[str, list[list[Any]]]:
     """Per tag: [values before the unplug, values after the agent was back, values in
     between (may or may not have arrived)]."""
     out: dict[str, list[list[Any]]] = {}
-    first_back = None
-    for e in node.truth():
-        if e["kind"] == "fault" and e["fault"] == "garbage":
-            first_back = e["n"]  # sent once the driver was ok again
-    assert first_back is not None
     for e in node.truth():
         if e["kind"] != "canopen":
             continue
-        slot = 0 if e["n"] < window[0] else (1 if e["n"] > first_back else 2)
+        slot = 0 if e["t_ms"] < window[0] else (1 if e["n"] > window[1] else 2)
         out.setdefault(e["tag"], [[], [], []])[slot].append(e["value"])
     return {tag: [v[0], v[1], v[2]] for tag, v in out.items()}
 
