@@ -11,7 +11,7 @@ log; the libraries under them say the same thing on every retry:
 
 So the ``[log]`` table of the site file sets three levels: ``level`` (the agent's own
 lines, default INFO), ``libraries`` (paho, cheroot and every other library, default
-WARNING) and ``device_libraries`` (pymodbus and asyncua, whose failures the drivers fold
+WARNING) and ``device_libraries`` (pymodbus, asyncua, can and canopen, whose failures the drivers fold
 into state changes, default CRITICAL). ``--log-level`` on the command line overrides
 ``level``. Set ``device_libraries = "DEBUG"`` to see the wire while diagnosing a driver.
 """
