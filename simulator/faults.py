@@ -264,3 +264,53 @@ class BadInput(FaultKind):
             for _ in range(p["count"]):
                 play(d)
         return None
+
+
+class CanNode(FaultKind):
+    """A CANopen node's trouble: reboot | emcy | garbage (a moment, ``count`` times);
+    heartbeat_stop | silence (its heartbeats, or everything it sends and hears, for for_s);
+    unplug (the USB-CAN adapter pulled out, put back after for_s; without for_s, at once)."""
+
+    name = "can_node"
+    keys = ("device", "fault", "count", "code")
+    MOMENTS: ClassVar[dict[str, Callable[[Any, dict[str, Any]], Any]]] = {
+        "reboot": lambda a, p: a.node.reboot(),
+        "emcy": lambda a, p: a.node.emcy(p["code"]),
+        "garbage": lambda a, p: a.node.garbage(),
+    }
+    LASTING: ClassVar[dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]]] = {
+        "heartbeat_stop": (lambda a: a.node.heartbeat(False), lambda a: a.node.heartbeat(True)),
+        "silence": (lambda a: a.node.silence(True), lambda a: a.node.silence(False)),
+        "unplug": (lambda a: a.unplug(), lambda a: a.replug()),
+    }
+
+    @classmethod
+    def check(cls, params: dict[str, Any], sc: Scenario, t: TableCheck) -> None:
+        dev = params.get("device")
+        if dev not in sc.devices or sc.devices[dev]["type"] != "canopen":
+            names = [n for n, s in sc.devices.items() if s["type"] == "canopen"]
+            raise t.fail("device", f"{dev!r} is not one of the canopen devices "
+                         f"({', '.join(names) or 'none'})")
+        if params.get("fault") not in (*cls.MOMENTS, *cls.LASTING):
+            raise t.fail("fault", f"{params.get('fault')!r} is not one of "
+                         f"{', '.join((*cls.MOMENTS, *cls.LASTING))}")
+        params["count"] = int(t.num("count", 1, 1, 100))
+        params["code"] = int(t.num("code", 0x1000, 0, 0xFFFF))
+
+    @classmethod
+    def label(cls, p: dict[str, Any]) -> str:
+        return f"{p['device']} {p['fault']}"
+
+    @classmethod
+    def start(cls, p: dict[str, Any], site: SimulatedSite, gws: list[Gateway],
+              rng: random.Random, detail: dict[str, Any]) -> Undo | None:
+        adapters = [g.devices[p["device"]] for g in gws]
+        if p["fault"] in cls.LASTING:
+            begin, end = cls.LASTING[p["fault"]]
+            for a in adapters:
+                begin(a)
+            return lambda: [end(a) for a in adapters]
+        for a in adapters:
+            for _ in range(p["count"]):
+                cls.MOMENTS[p["fault"]](a, p)
+        return None

@@ -86,6 +86,11 @@ def _relative_paths(doc: dict[str, Any], path: Path) -> None:
             if isinstance(table, dict) and isinstance(table.get(key), str) and not Path(
                     table[key]).is_absolute():
                 table[key] = str((path.parent / table[key]).resolve())
+    devices = doc.get("devices")
+    for table in (devices.values() if isinstance(devices, dict) else ()):
+        if isinstance(table, dict) and isinstance(table.get("eds"), str) and table["eds"] \
+                and not Path(table["eds"]).is_absolute():  # a CANopen node's EDS file
+            table["eds"] = str((path.parent / table["eds"]).resolve())
     for section in ("till_api", "status_page"):
         api = doc.get(section)
         for key in ("tls_cert", "tls_key", "client_ca", "tokens_file", "token_file"):

@@ -11,7 +11,7 @@ log; the libraries under them say the same thing on every retry:
 
 So the ``[log]`` table of the site file sets three levels: ``level`` (the agent's own
 lines, default INFO), ``libraries`` (paho, cheroot and every other library, default
-WARNING) and ``device_libraries`` (pymodbus and asyncua, whose failures the drivers fold
+WARNING) and ``device_libraries`` (pymodbus, asyncua, can and canopen, whose failures the drivers fold
 into state changes, default CRITICAL). ``--log-level`` on the command line overrides
 ``level``. Set ``device_libraries = "DEBUG"`` to see the wire while diagnosing a driver.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers the drivers speak for: their retries and closed sessions are device states.
-DEVICE_LIBRARIES = ("asyncua", "pymodbus")
+DEVICE_LIBRARIES = ("asyncua", "pymodbus", "can", "canopen")
 # Everything else that logs under the agent; anything not in either list and not ours
 # (``firmware``, ``midshift``) falls under ``libraries`` too, by the filter below.
 OWN = ("firmware", "midshift", "__main__")
