@@ -411,8 +411,10 @@ class ModbusPLC:
 
     # ---- serving ----------------------------------------------------------------------------
 
-    def _serve(self, table: str, address: int, count: int) -> Any:
-        """One read request: the words (or bits) at ``address``, or an exception code."""
+    def _serve(self, table: str, address: int, count: int, delivered: bool = True) -> Any:
+        """One read request: the words (or bits) at ``address``, or an exception code.
+        ``delivered`` False: the answer will not reach the client whole (an RTU line's
+        CRC fault), so its values are not logged as served."""
         with self._lock:
             self.requests += 1
             name = TABLE_NAMES.get(table, table)
@@ -434,7 +436,7 @@ class ModbusPLC:
                 for k, w in enumerate(r.words()):
                     if address <= r.address + k < address + count:
                         out[r.address + k - address] = w
-                if r.address >= address and r.address + r.width <= address + count:
+                if delivered and r.address >= address and r.address + r.width <= address + count:
                     self._log_served(r)
             return [bool(x) for x in out] if table == "c" else out
 
