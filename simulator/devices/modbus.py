@@ -536,8 +536,10 @@ EMULATOR = ModbusPLC
 TRANSACTION = False
 SERIAL = False
 # registers as in the module docstring; the agent's register map is derived from them.
-SCENARIO_KEYS = ("poll_ms", "registers")
-SCENARIO_NUMBERS: dict[str, tuple[float, float, float]] = {}
+# rtu = true: the PLC is unit 1 on an emulated RS-485 line at baudrate (a pty at
+# DIR/NAME, simulator/devices/modbus_rtu.py) and the agent polls it over Modbus RTU.
+SCENARIO_KEYS = ("poll_ms", "registers", "rtu", "baudrate")
+SCENARIO_NUMBERS: dict[str, tuple[float, float, float]] = {"baudrate": (19200, 1200, 115200)}
 
 
 def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: float,
@@ -546,12 +548,24 @@ def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: 
     for r in regs or []:
         if "period_ms" in r:
             r["period_ms"] = max(1, int(r["period_ms"] / speed))
-    return ModbusPLC(name, regs, "127.0.0.1", 0, 1, seed, ground_truth).start()
+    plc = ModbusPLC(name, regs, "127.0.0.1", 0, 1, seed, ground_truth)
+    if spec.get("rtu"):
+        from simulator.devices.modbus_rtu import RtuLinePLC  # it builds on this module
+        return RtuLinePLC(name, directory / name, [plc], baudrate=int(spec.get("baudrate", 19200)),
+                          parity="N", stop_bits=2).start()
+    return plc.start()
 
 
-def site_table(name: str, spec: dict[str, Any], device: ModbusPLC) -> list[str]:
+def site_table(name: str, spec: dict[str, Any], device: Any) -> list[str]:
     d = device.describe()
-    lines = ['host = "127.0.0.1"', f"port = {d['port']}", f"poll_ms = {spec.get('poll_ms', 200)}"]
+    poll = f"poll_ms = {spec.get('poll_ms', 200)}"
+    if "units" in d:  # an RTU line: the agent's port is the line's pty, parity N on a pty
+        unit, d = next(iter(d["units"].items()))
+        lines = [f'port = "{device.link_path}"', f"unit_id = {unit}",
+                 f"baudrate = {device.baudrate}", 'parity = "N"', "stop_bits = 2", poll,
+                 "timeout_s = 0.5"]
+    else:
+        lines = ['host = "127.0.0.1"', f"port = {d['port']}", poll]
     for r in d["registers"]:
         lines.append(f"[[devices.{name}.registers]]\n" + "".join(
             f'{k} = "{r[k]}"\n' for k in ("tag", "table", "type", "word_order")
