@@ -37,7 +37,11 @@ not logged. Faults are logged as kind ``fault`` with ``expect: false``.
 ``requests`` counts read requests that reached the register map and ``request_log`` keeps
 the last 1,000 as ``(table, address, count)``, so tests can see how a client batches.
 
-Not modelled: writes from the client (answered, not stored), discrete inputs, serial RTU,
+Modbus RTU: the same PLC, never started on TCP, is a unit on an emulated RS-485 line
+(``simulator/devices/modbus_rtu.py``, pymodbus's serial server on a pty); in a scenario,
+``rtu = true`` (and ``baudrate``) puts the device there, as unit 1 of its own line.
+
+Not modelled: writes from the client (answered, not stored), discrete inputs,
 the delay of a real PLC's scan cycle, exception code 0x0B for unknown unit ids (a
 gateway's answer; this PLC stays silent like most single devices).
 """
