@@ -75,6 +75,7 @@ TABLES = {"holding": "h", "input": "i", "coil": "c"}
 TABLE_NAMES = {v: k for k, v in TABLES.items()} | {"d": "discrete"}
 BEHAVIOURS = ("static", "counter", "random_walk", "changes_every_read")
 CONFIG_KEYS = ("host", "port", "unit_id", "seed", "registers")
+RTU_KEYS = ("baudrate", "parity", "stop_bits")  # with a serial port: a unit on an RTU line
 REGISTER_KEYS = ("tag", "table", "address", "type", "word_order", "value", "behaviour",
                  "step", "period_ms")
 # Keys of the agent's table (firmware/edges/modbus.py) that are the poller's business: the
@@ -294,9 +295,14 @@ class ModbusPLC:
 
     @classmethod
     def from_config(cls, name: str, cfg: dict[str, Any],
-                    ground_truth_dir: str | Path | None) -> ModbusPLC:
-        """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``."""
+                    ground_truth_dir: str | Path | None) -> Any:
+        """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``.
+        A table whose ``port`` is a path is a Modbus RTU unit: its line (``modbus_rtu.py``)
+        is returned, with the pty's link at that path (units of one path are joined into
+        one line by ``RtuLinePLC.absorb``)."""
         cfg = {k: v for k, v in cfg.items() if k not in AGENT_ONLY_KEYS}
+        serial = isinstance(cfg.get("port"), str)
+        line = {k: cfg.pop(k) for k in RTU_KEYS if k in cfg} if serial else {}
         unknown = sorted(set(cfg) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"devices.{name}.{unknown[0]}: not a known key; "
@@ -305,6 +311,12 @@ class ModbusPLC:
         if ground_truth_dir is not None:
             Path(ground_truth_dir).mkdir(parents=True, exist_ok=True)
             gt = Path(ground_truth_dir) / f"{name}.jsonl"
+        if serial:
+            from simulator.devices.modbus_rtu import RtuLinePLC  # it builds on this module
+            unit = cls(name, cfg.get("registers"), "127.0.0.1", 0,  # type: ignore[arg-type]
+                       cfg.get("unit_id", 1), cfg.get("seed", 0), gt)
+            return RtuLinePLC(name, cfg["port"], [unit], line.get("baudrate", 19200),
+                              line.get("parity", "E"), line.get("stop_bits", 1))
         return cls(name, cfg.get("registers"), cfg.get("host", "127.0.0.1"),  # type: ignore[arg-type]
                    cfg.get("port", 0), cfg.get("unit_id", 1), cfg.get("seed", 0), gt)
 

@@ -135,6 +135,20 @@ class RtuLinePLC:
     def link_path(self) -> Path:
         return self.port.link_path
 
+    def absorb(self, other: RtuLinePLC) -> RtuLinePLC:
+        """Take ``other``'s units (built from another table naming the same port, not
+        started): one line, one server, as the agent's devices share one port."""
+        settings = (self.baudrate, self.parity, self.stop_bits)
+        if (other.baudrate, other.parity, other.stop_bits) != settings:
+            raise ValueError(f"devices.{other.name}: {other.link_path} is devices.{self.name}'s "
+                             f"line at {settings}, not {(other.baudrate, other.parity, other.stop_bits)}")
+        for unit, plc in other.units.items():
+            if unit in self.units:
+                raise ValueError(f"devices.{other.name}.unit_id: {unit} is also "
+                                 f"devices.{self.units[unit].name}'s on {self.link_path}")
+            self.units[unit] = plc
+        return self
+
     # ---- life ------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> RtuLinePLC:

@@ -227,3 +227,34 @@ def test_bad_rtu_config_names_the_key(change: dict[str, Any], key: str) -> None:
 ])
 def test_frame_gap(baud: int, parity: str, stop_bits: int, gap_s: float) -> None:
     assert modbus_rtu.frame_gap_s(baud, parity, stop_bits) == pytest.approx(gap_s)
+
+
+def test_the_emulators_take_the_agents_tables_one_line_per_port(tmp_path: Path) -> None:
+    """``python -m simulator devices --config SITE``: two RTU tables naming one port are
+    one emulated line serving both unit ids; the agent polls both through it."""
+    from simulator.__main__ import load_devices
+    port = tmp_path / "rs485"
+    text = "".join(
+        f'[devices.meter{u}]\ntype = "modbus"\nport = "{port}"\nunit_id = {u}\n'
+        'baudrate = 115200\nparity = "N"\nstop_bits = 2\npoll_ms = 20\n'
+        f'[[devices.meter{u}.registers]]\ntag = "energy_wh"\naddress = 0\ntype = "uint32"\n'
+        for u in (1, 2))
+    (tmp_path / "site.toml").write_text(text)
+    devices = load_devices(tmp_path / "site.toml", tmp_path / "truth")
+    line = devices["meter1"]
+    assert devices["meter2"] is line and sorted(line.units) == [1, 2]
+    line.units[2].set_value("energy_wh", 7)
+    tables = tomllib.loads(text)["devices"]
+    sinks = [Sink(), Sink()]
+    with line:
+        drivers = [ModbusDriver(n, ModbusDriver.validate_config(
+            n, {k: v for k, v in t.items() if k != "type"}, f"devices.{n}"), s,
+            SystemClock()).start() for (n, t), s in zip(tables.items(), sinks, strict=True)]
+        try:
+            wait_until(lambda: [s.values("energy_wh") for s in sinks] == [[0], [7]])
+        finally:
+            for drv in drivers:
+                drv.stop()
+    (tmp_path / "site.toml").write_text(text.replace("unit_id = 2", "unit_id = 1"))
+    with pytest.raises(Exception, match="unit_id: 1 is also devices.meter1's"):
+        load_devices(tmp_path / "site.toml", tmp_path / "truth")
