@@ -104,7 +104,12 @@ class ModbusDriver(Driver):
 
     @staticmethod
     def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
-        if isinstance(table.get("port"), str):  # a serial port: Modbus RTU
+        port = table.get("port")
+        if isinstance(port, str) and port.strip().isdigit():
+            raise ConfigError(path + ".port", f"{port!r} is a number in quotes",
+                              "a TCP port number without quotes (Modbus TCP), or a serial "
+                              "port path or URL (Modbus RTU)")
+        if isinstance(port, str):  # a serial port: Modbus RTU
             if "host" in table:
                 raise ConfigError(path + ".host", "is set with a serial port",
                                   "host and a TCP port number (Modbus TCP), or a serial port "

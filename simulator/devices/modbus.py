@@ -302,6 +302,9 @@ class ModbusPLC:
         one line by ``RtuLinePLC.absorb``)."""
         cfg = {k: v for k, v in cfg.items() if k not in AGENT_ONLY_KEYS}
         serial = isinstance(cfg.get("port"), str)
+        if serial and cfg["port"].strip().isdigit():
+            raise ValueError(f"devices.{name}.port: {cfg['port']!r} is a number in quotes, not "
+                             "a TCP port number (unquoted) or a serial port path")
         line = {k: cfg.pop(k) for k in RTU_KEYS if k in cfg} if serial else {}
         unknown = sorted(set(cfg) - set(CONFIG_KEYS))
         if unknown:

@@ -213,6 +213,7 @@ def test_a_line_shared_wrongly_is_refused(second: str, key: str, words: str) -> 
     ({"stop_bits": 3}, "devices.m.stop_bits"),
     ({"baudrate": 12345}, "devices.m.baudrate"),
     ({"port": "bogus://x"}, "devices.m.port"),
+    ({"port": "502"}, "devices.m.port"),
 ])
 def test_bad_rtu_config_names_the_key(change: dict[str, Any], key: str) -> None:
     table = {"port": "/dev/ttyUSB0", "registers": [{"tag": "a", "address": 0}]} | change
