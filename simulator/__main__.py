@@ -179,10 +179,21 @@ def load_devices(config: Path, ground_truth_dir: Path,
                 raise UsageError(f"{where}.type: {kind!r} is not one of {', '.join(known)}")
             cls = module.EMULATOR
         try:
-            devices[name] = cls.from_config(name, cfg, ground_truth_dir)
+            devices[name] = _shared_line(devices, cls.from_config(name, cfg, ground_truth_dir))
         except (ValueError, TypeError, KeyError) as exc:
             raise UsageError(f"{where}: {exc}") from None
     return devices
+
+
+def _shared_line(devices: dict[str, Any], device: Any) -> Any:
+    """Modbus RTU units naming one port are one emulated line (one server on one pty):
+    the device built for a later table joins the line of the first."""
+    if not hasattr(device, "absorb"):
+        return device
+    for other in devices.values():
+        if hasattr(other, "absorb") and other.link_path == device.link_path:
+            return other.absorb(device)
+    return device
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -192,6 +203,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     started: list[Any] = []
     try:
         for name, device in devices.items():
+            if any(device is d for d in started):
+                continue  # a second unit of an RTU line already serving
             try:
                 with deferred_stop():  # Ctrl-C waits until the device is up, then stops it
                     device.start()

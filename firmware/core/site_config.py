@@ -392,17 +392,37 @@ def _finite_numbers(value, path):
 def _one_device_per_line(devices):
     """Two enabled devices on one serial line would steal each other's bytes. A device's
     serial line is its ``port`` when that is a string (a path, a pyserial URL, a node's
-    UART name); Modbus's ``port`` is a TCP port number and shares nothing."""
+    UART name); Modbus's ``port`` is a TCP port number and shares nothing. Units of a
+    multi-drop bus (Modbus RTU on RS-485) say so with ``settings["multidrop"]``, their
+    line's settings and their address: they share a line whose settings they all have,
+    each at an address of its own."""
     seen = {}
     for d in devices:
         port = d.settings.get("port")
         if not isinstance(port, str) or not d.settings.get("enabled", True):
             continue
-        if port in seen:
-            raise ConfigError("devices.%s.port" % d.name,
-                              "%r is also devices.%s's" % (port, seen[port]),
-                              "one device per serial line")
-        seen[port] = d.name
+        if port not in seen:
+            seen[port] = (d, {})
+        first, addresses = seen[port]
+        bus = d.settings.get("multidrop")
+        if first is not d:
+            first_bus = first.settings.get("multidrop")
+            if bus is None or first_bus is None:
+                raise ConfigError("devices.%s.port" % d.name,
+                                  "%r is also devices.%s's" % (port, first.name),
+                                  "one device per serial line")
+            if bus["line"] != first_bus["line"]:
+                raise ConfigError("devices.%s.port" % d.name,
+                                  "%r is devices.%s's line at %s, not %s"
+                                  % (port, first.name, first_bus["line"], bus["line"]),
+                                  "the same line settings on every device of one port")
+        if bus is not None:
+            if bus["address"] in addresses:
+                raise ConfigError("devices.%s.%s" % (d.name, bus.get("address_key", "address")),
+                                  "%r is also devices.%s's on %r"
+                                  % (bus["address"], addresses[bus["address"]], port),
+                                  "one address per unit on a line")
+            addresses[bus["address"]] = d.name
 
 
 def _uarts(table):

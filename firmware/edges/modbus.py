@@ -1,11 +1,18 @@
-"""Device type ``modbus``: a Modbus TCP PLC whose register map is polled (pymodbus).
+"""Device type ``modbus``: a PLC or meter whose register map is polled (pymodbus), over
+Modbus TCP or, when ``port`` names a serial port, Modbus RTU.
 
 Each poll's changes become ``register`` events. Exports ``TYPE``, ``DEFAULT_CLASS`` and
-``DRIVER``, as every ``firmware/edges/<type>.py``.
+``DRIVER``, as every ``firmware/edges/<type>.py``. The register map, its decoding and its
+block reads are ``modbus_registers.py``'s, the same for both wires.
 
 Config (``[devices.NAME]``, type ``modbus``):
 
-- ``host`` (required), ``port`` (502), ``unit_id`` (1, 0 to 247);
+- Modbus TCP: ``host`` (required), ``port`` (502), ``unit_id`` (1, 0 to 247);
+- Modbus RTU: ``port`` a serial port (a path, a ``[serial]`` name or a pyserial URL),
+  ``unit_id`` (1, 1 to 247), ``baudrate`` (19200), ``parity`` (``E``; ``N``, ``O``),
+  ``stop_bits`` (1 or 2). Devices naming the same port are units on one RS-485 line:
+  one serial client, one request at a time (``modbus_rtu.py``); their line settings must
+  agree and their unit ids differ (the site check says so);
 - ``poll_ms`` (500): one poll of the whole map per period;
 - ``timeout_s`` (1.0): how long one request may wait for its answer;
 - ``stale_s`` (5.0): no answer at all for this long makes the device ``stale``;
@@ -37,40 +44,52 @@ Failures, as a PLC's far end goes wrong:
 - anything else raised while polling (a library surprise): counter ``poll_failures``,
   state ``error``, the connection is renewed.
 
+- RTU only: an answer whose CRC is wrong: counter ``crc_errors``, state ``error`` (the unit
+  is there; the line is noisy), nothing is emitted for that block; a unit that does not
+  answer (``timeouts``) waits a back-off (0.2 s doubling to 5 s) before it is asked
+  again, so the line's other units keep their turns; ``line_wait_ms`` counts the time
+  this unit waited for the line (a slow neighbour shows there). A timeout never closes
+  the shared port; a failing port makes every unit on it ``disconnected``.
+
 None of them ends the polling loop; when the PLC answers again polling resumes by itself.
 A value that was not read again is never emitted again: a PLC that stops answering is
 marked stale, not repeated. A value the pipeline refuses (journal full, counted by the
 base class) is not taken as emitted, so the next read of it, with its own time, is
 offered again.
 
-Not modelled: writes to the PLC, discrete inputs, Modbus RTU, per-register poll periods,
-strings and 64-bit types.
+Not modelled: writes to the PLC, discrete inputs, Modbus ASCII, broadcast (unit 0 on a
+line), per-register poll periods, strings and 64-bit types.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import socket
-import struct
 from typing import Any
 
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from firmware.core.config_fields import field, no_unknown_keys, non_negative, positive
+from firmware.core.config_fields import field, no_unknown_keys, positive
 from firmware.core.errors import ConfigError
 from firmware.core.event import Event
+from firmware.edges import modbus_rtu
 from firmware.edges.driver import Driver
+from firmware.edges.modbus_registers import (  # noqa: F401 - their home before the split
+    TYPES,
+    Block,
+    answer_size_problem,
+    decode_words,
+    float32_value,
+    plan_blocks,
+    register_config,
+)
 
 log = logging.getLogger(__name__)
 
-TYPES = {"int16": (">h", 1), "uint16": (">H", 1), "int32": (">i", 2), "uint32": (">I", 2),
-         "float32": (">f", 2), "bool": (None, 1)}
-TABLES = ("holding", "input", "coil")
-DEVICE_KEYS = ("host", "port", "unit_id", "poll_ms", "timeout_s", "stale_s", "registers")
-REGISTER_KEYS = ("tag", "table", "address", "type", "word_order", "scale", "deadband")
-MAX_BLOCK = {"holding": 125, "input": 125, "coil": 2000}  # Modbus spec 6.1, 6.3, 6.4
+POLL_KEYS = ("poll_ms", "timeout_s", "stale_s", "registers")
+DEVICE_KEYS = ("host", "port", "unit_id", *POLL_KEYS)
+RTU_DEVICE_KEYS = ("port", "unit_id", "baudrate", "parity", "stop_bits", *POLL_KEYS)
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
 # Modbus Application Protocol Specification v1.1b3, section 7.
@@ -80,116 +99,34 @@ EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal
                    11: "gateway target device failed to respond"}
 
 
-def float32_value(f32: float) -> float:
-    """The shortest decimal that reads back as the same float32 (``f32`` is one)."""
-    if not math.isfinite(f32):
-        return f32
-    bits = struct.pack(">f", f32)
-    for digits in range(1, 10):
-        text = float(f"{f32:.{digits}g}")
-        if struct.pack(">f", text) == bits:
-            return text
-    return f32
-
-
-def decode_words(words: list[int], dtype: str, word_order: str) -> float | int | bool:
-    fmt, n = TYPES[dtype]
-    if fmt is None:
-        return bool(words[0])
-    ws = words[:n][::-1] if word_order == "little" else words[:n]
-    value = struct.unpack(fmt, b"".join(w.to_bytes(2, "big") for w in ws))[0]
-    return float32_value(value) if dtype == "float32" else value
-
-
-class Block:
-    """Adjacent registers of one table, read with one request."""
-
-    def __init__(self, table: str, regs: list[dict[str, Any]]) -> None:
-        self.table = table
-        self.regs = regs
-        self.address = regs[0]["address"]
-        self.count = max(r["address"] + TYPES[r["type"]][1] for r in regs) - self.address
-
-    def __repr__(self) -> str:
-        return f"Block({self.table} {self.address}+{self.count})"
-
-
-def plan_blocks(registers: list[dict[str, Any]]) -> list[Block]:
-    """Group registers that touch or overlap into blocks of at most the PDU limit."""
-    blocks = []
-    for table in TABLES:
-        regs = sorted((r for r in registers if r["table"] == table), key=lambda r: r["address"])
-        run: list[dict[str, Any]] = []
-        end = 0
-        for r in regs:
-            r_end = r["address"] + TYPES[r["type"]][1]
-            if run and (r["address"] > end or max(end, r_end) - run[0]["address"] > MAX_BLOCK[table]):
-                blocks.append(Block(table, run))
-                run = []
-            end = max(end, r_end) if run else r_end
-            run.append(r)
-        if run:
-            blocks.append(Block(table, run))
-    return blocks
-
-
-def _register(r: Any, rp: str, tags: set[str]) -> dict[str, Any]:
-    if not isinstance(r, dict):
-        raise ConfigError(rp, f"{r!r} is not a table", "a table with tag, address, type ...")
-    no_unknown_keys(r, rp, REGISTER_KEYS)
-    reg = {"tag": field(r, "tag", rp, str, check=lambda v: bool(v.strip()), allowed="a name"),
-           "table": field(r, "table", rp, str, default="holding", choices=TABLES)}
-    if reg["tag"] in tags:
-        raise ConfigError(rp + ".tag", f"{reg['tag']!r} is used twice", "a unique tag")
-    default_type = "bool" if reg["table"] == "coil" else "uint16"
-    reg["type"] = field(r, "type", rp, str, default=default_type, choices=TYPES)
-    if (reg["type"] == "bool") != (reg["table"] == "coil"):
-        raise ConfigError(rp + ".type", f"{reg['type']!r} does not fit table {reg['table']}",
-                          "bool for coils; int16, uint16, int32, uint32 or float32 for "
-                          "registers")
-    last = 65536 - TYPES[reg["type"]][1]
-    reg["address"] = field(r, "address", rp, int, check=lambda v: 0 <= v <= last,
-                           allowed=f"0 to {last}")
-    reg["word_order"] = field(r, "word_order", rp, str, default="big", choices=("big", "little"))
-    reg["scale"] = field(r, "scale", rp, float, default=1.0,
-                         check=lambda v: v != 0 and math.isfinite(v),
-                         allowed="a finite number other than 0")
-    reg["deadband"] = field(r, "deadband", rp, float, default=0.0,
-                            check=lambda v: non_negative(v) and math.isfinite(v),
-                            allowed="0 or more")
-    return reg
-
-
-def answer_size_problem(block: Block, got: int) -> str | None:
-    """What is wrong with an answer of ``got`` values to ``block``'s request, or None.
-
-    Registers come back exactly as many as asked. Coils come packed in whole bytes and
-    pymodbus unpacks every byte received, so ``count`` coils read as ``8 * ceil(count / 8)``
-    bits (or exactly ``count``, should a library trim the padding).
-    """
-    where = f"{block.table} {block.address}..{block.address + block.count - 1}"
-    if block.table == "coil":
-        if got in (block.count, 8 * ((block.count + 7) // 8)):
-            return None
-        return f"answer of {got} coil bits to a request for {block.count} at {where}"
-    if got != block.count:
-        return f"answer of {got} registers to a request for {block.count} at {where}"
-    return None
-
-
 class ModbusDriver(Driver):
     kind = "modbus"
 
     @staticmethod
     def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
-        no_unknown_keys(table, path, DEVICE_KEYS)
-        cfg = {
-            "host": field(table, "host", path, str, check=lambda v: bool(v.strip()),
-                          allowed="a host name or address"),
-            "port": field(table, "port", path, int, default=502,
-                          check=lambda v: 0 < v < 65536, allowed="1 to 65535"),
-            "unit_id": field(table, "unit_id", path, int, default=1,
-                             check=lambda v: 0 <= v <= 247, allowed="0 to 247"),
+        port = table.get("port")
+        if isinstance(port, str) and port.strip().isdigit():
+            raise ConfigError(path + ".port", f"{port!r} is a number in quotes",
+                              "a TCP port number without quotes (Modbus TCP), or a serial "
+                              "port path or URL (Modbus RTU)")
+        if isinstance(port, str):  # a serial port: Modbus RTU
+            if "host" in table:
+                raise ConfigError(path + ".host", "is set with a serial port",
+                                  "host and a TCP port number (Modbus TCP), or a serial port "
+                                  "without host (Modbus RTU)")
+            no_unknown_keys(table, path, RTU_DEVICE_KEYS)
+            cfg = modbus_rtu.line_config(table, path)
+        else:
+            no_unknown_keys(table, path, DEVICE_KEYS)
+            cfg = {
+                "host": field(table, "host", path, str, check=lambda v: bool(v.strip()),
+                              allowed="a host name or address"),
+                "port": field(table, "port", path, int, default=502,
+                              check=lambda v: 0 < v < 65536, allowed="1 to 65535"),
+                "unit_id": field(table, "unit_id", path, int, default=1,
+                                 check=lambda v: 0 <= v <= 247, allowed="0 to 247"),
+            }
+        cfg |= {
             "poll_ms": field(table, "poll_ms", path, int, default=500,
                              check=lambda v: 10 <= v <= 3_600_000, allowed="10 to 3600000"),
             "timeout_s": field(table, "timeout_s", path, float, default=1.0,
@@ -203,7 +140,7 @@ class ModbusDriver(Driver):
         tags: set[str] = set()
         cfg["registers"] = []
         for i, r in enumerate(regs):
-            reg = _register(r, f"{path}.registers[{i}]", tags)
+            reg = register_config(r, f"{path}.registers[{i}]", tags)
             tags.add(reg["tag"])
             cfg["registers"].append(reg)
         return cfg
@@ -212,6 +149,9 @@ class ModbusDriver(Driver):
         super().__init__(*args, **kwargs)
         self.blocks = plan_blocks(self.cfg["registers"])
         self._client: ModbusTcpClient | None = None
+        self.rtu = isinstance(self.cfg["port"], str)
+        self._line: modbus_rtu.RtuLine | None = None
+        self._unit_backoff_s = 0.0  # RTU: a unit that did not answer waits this long
         self._last: dict[str, Any] = {}  # tag -> last value emitted (accepted downstream)
         self._last_answer_ms = self.clock.monotonic_ms()
         self._ever_connected = False
@@ -232,7 +172,7 @@ class ModbusDriver(Driver):
         backoff = BACKOFF_FIRST_S
         poll_s = self.cfg["poll_ms"] / 1000
         while not self._stopping.is_set():
-            if self._client is None or not self._client.connected:
+            if not self._connected():
                 if not self._connect():
                     self._check_stale()
                     if self.wait(backoff):
@@ -254,15 +194,27 @@ class ModbusDriver(Driver):
                 self._close()
             self._check_stale()
             left = poll_s - (self.clock.monotonic_ms() - started) / 1000
-            if self.wait(max(0.0, left)):
+            if self.wait(max(0.0, left, self._unit_backoff_s)):
                 break
         self._close()
+        if self._line is not None:
+            modbus_rtu.detach(self._line)
+            self._line = None
 
     def _close(self) -> None:
+        """TCP: the connection goes. RTU: nothing; the port is the line's, and its other
+        units still use it (it is closed when it fails or its last device detaches)."""
         if self._client is not None:
             self._client.close()
 
+    def _connected(self) -> bool:
+        if self.rtu:
+            return self._line is not None and self._line.is_open
+        return self._client is not None and self._client.connected
+
     def _connect(self) -> bool:
+        if self.rtu:
+            return self._open_line()
         self._close()
         self._client = ModbusTcpClient(self.cfg["host"], port=self.cfg["port"],
                                        timeout=self.cfg["timeout_s"], retries=0,
@@ -279,6 +231,24 @@ class ModbusDriver(Driver):
         self.set_state("disconnected", f"cannot connect to {self.cfg['host']}:{self.cfg['port']}")
         return False
 
+    def _open_line(self) -> bool:
+        """RTU: join the line on the port (shared with the other units named on it)."""
+        c = self.cfg
+        if self._line is None:
+            self._line = modbus_rtu.attach(c["port"], c["baudrate"], c["parity"],
+                                           c["stop_bits"])
+        if self._line.open(self._stopping):
+            if self._ever_connected and not self._link_up:
+                self.status.count("reconnects")
+            if not self._link_up:
+                self.status.count("connects")
+            self._ever_connected = self._link_up = True
+            return True
+        self._link_up = False
+        self.status.count("connect_failures")
+        self.set_state("disconnected", f"cannot open {c['port']} ({self._line.name})")
+        return False
+
     def _poll(self) -> None:
         """Read every block once; the state follows the worst answer of this poll."""
         errors = []
@@ -287,23 +257,34 @@ class ModbusDriver(Driver):
                 return
             try:
                 rr = self._read(block)
+            except modbus_rtu.CrcError as exc:
+                # The unit answered, through noise: alive (not stale), but nothing usable.
+                self._last_answer_ms = self.clock.monotonic_ms()
+                self.status.count("crc_errors")
+                errors.append(f"{exc} reading {block.table} {block.address}.."
+                              f"{block.address + block.count - 1}")
+                continue
             except (ModbusException, OSError) as exc:
                 if self._stopping.is_set():
                     return  # our own stop() shut the socket: not the PLC's doing
-                client = self._client
-                if isinstance(exc, ConnectionException | OSError) or client is None or \
-                        not client.connected:
+                if isinstance(exc, ConnectionException | OSError) or not self._connected():
                     self.status.count("disconnects")
                     self._link_up = False
                     self.set_state("disconnected", f"connection lost: {exc}")
                     self._close()
                     return
-                # No answer in time. A late answer would come with an old transaction id
-                # and be taken for the next request's: start again on a fresh connection.
+                # No answer in time. TCP: a late answer would come with an old transaction
+                # id and be taken for the next request's: start again on a fresh
+                # connection. RTU: the line is the other units' too; this unit waits a
+                # back-off before it asks again, so a dead unit does not starve them.
                 self.status.count("timeouts")
                 log.debug("%s: no answer reading %r: %s", self.name, block, exc)
+                if self.rtu:
+                    self._unit_backoff_s = min(max(self._unit_backoff_s * 2, BACKOFF_FIRST_S),
+                                               BACKOFF_MAX_S)
                 self._close()
                 return
+            self._unit_backoff_s = 0.0
             read_ms = self.clock.now_ms()
             self._last_answer_ms = self.clock.monotonic_ms()
             if rr.isError():
@@ -333,15 +314,16 @@ class ModbusDriver(Driver):
             self.set_state("ok")
 
     def _read(self, block: Block) -> Any:
+        unit = self.cfg["unit_id"]
+        if self._line is not None:
+            rr, waited_s = self._line.request(self._stopping, self.cfg["timeout_s"],
+                                              lambda client: read_block(client, block, unit))
+            self.status.count("line_wait_ms", int(waited_s * 1000))
+            return rr
         client = self._client
         if client is None:
             raise ConnectionException("closed")
-        unit = self.cfg["unit_id"]
-        if block.table == "coil":
-            return client.read_coils(block.address, count=block.count, device_id=unit)
-        if block.table == "input":
-            return client.read_input_registers(block.address, count=block.count, device_id=unit)
-        return client.read_holding_registers(block.address, count=block.count, device_id=unit)
+        return read_block(client, block, unit)
 
     def _changed(self, r: dict[str, Any], value: Any, read_ms: int) -> None:
         tag = r["tag"]
@@ -364,6 +346,15 @@ class ModbusDriver(Driver):
         if quiet_s > self.cfg["stale_s"] and self.status.state != "stale" and (
                 self._link_up or self.status.state in ("ok", "error")):
             self.set_state("stale", f"no answer for {quiet_s:.1f} s")
+
+
+def read_block(client: Any, block: Block, unit: int) -> Any:
+    """One request for ``block`` to ``unit``, on a TCP or a serial pymodbus client."""
+    if block.table == "coil":
+        return client.read_coils(block.address, count=block.count, device_id=unit)
+    if block.table == "input":
+        return client.read_input_registers(block.address, count=block.count, device_id=unit)
+    return client.read_holding_registers(block.address, count=block.count, device_id=unit)
 
 
 TYPE = "modbus"

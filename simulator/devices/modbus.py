@@ -37,7 +37,11 @@ not logged. Faults are logged as kind ``fault`` with ``expect: false``.
 ``requests`` counts read requests that reached the register map and ``request_log`` keeps
 the last 1,000 as ``(table, address, count)``, so tests can see how a client batches.
 
-Not modelled: writes from the client (answered, not stored), discrete inputs, serial RTU,
+Modbus RTU: the same PLC, never started on TCP, is a unit on an emulated RS-485 line
+(``simulator/devices/modbus_rtu.py``, pymodbus's serial server on a pty); in a scenario,
+``rtu = true`` (and ``baudrate``) puts the device there, as unit 1 of its own line.
+
+Not modelled: writes from the client (answered, not stored), discrete inputs,
 the delay of a real PLC's scan cycle, exception code 0x0B for unknown unit ids (a
 gateway's answer; this PLC stays silent like most single devices).
 """
@@ -71,6 +75,7 @@ TABLES = {"holding": "h", "input": "i", "coil": "c"}
 TABLE_NAMES = {v: k for k, v in TABLES.items()} | {"d": "discrete"}
 BEHAVIOURS = ("static", "counter", "random_walk", "changes_every_read")
 CONFIG_KEYS = ("host", "port", "unit_id", "seed", "registers")
+RTU_KEYS = ("baudrate", "parity", "stop_bits")  # with a serial port: a unit on an RTU line
 REGISTER_KEYS = ("tag", "table", "address", "type", "word_order", "value", "behaviour",
                  "step", "period_ms")
 # Keys of the agent's table (firmware/edges/modbus.py) that are the poller's business: the
@@ -290,9 +295,17 @@ class ModbusPLC:
 
     @classmethod
     def from_config(cls, name: str, cfg: dict[str, Any],
-                    ground_truth_dir: str | Path | None) -> ModbusPLC:
-        """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``."""
+                    ground_truth_dir: str | Path | None) -> Any:
+        """Build from a ``[devices.NAME]`` table; the ground truth goes to ``DIR/NAME.jsonl``.
+        A table whose ``port`` is a path is a Modbus RTU unit: its line (``modbus_rtu.py``)
+        is returned, with the pty's link at that path (units of one path are joined into
+        one line by ``RtuLinePLC.absorb``)."""
         cfg = {k: v for k, v in cfg.items() if k not in AGENT_ONLY_KEYS}
+        serial = isinstance(cfg.get("port"), str)
+        if serial and cfg["port"].strip().isdigit():
+            raise ValueError(f"devices.{name}.port: {cfg['port']!r} is a number in quotes, not "
+                             "a TCP port number (unquoted) or a serial port path")
+        line = {k: cfg.pop(k) for k in RTU_KEYS if k in cfg} if serial else {}
         unknown = sorted(set(cfg) - set(CONFIG_KEYS))
         if unknown:
             raise ValueError(f"devices.{name}.{unknown[0]}: not a known key; "
@@ -301,6 +314,12 @@ class ModbusPLC:
         if ground_truth_dir is not None:
             Path(ground_truth_dir).mkdir(parents=True, exist_ok=True)
             gt = Path(ground_truth_dir) / f"{name}.jsonl"
+        if serial:
+            from simulator.devices.modbus_rtu import RtuLinePLC  # it builds on this module
+            unit = cls(name, cfg.get("registers"), "127.0.0.1", 0,  # type: ignore[arg-type]
+                       cfg.get("unit_id", 1), cfg.get("seed", 0), gt)
+            return RtuLinePLC(name, cfg["port"], [unit], line.get("baudrate", 19200),
+                              line.get("parity", "E"), line.get("stop_bits", 1))
         return cls(name, cfg.get("registers"), cfg.get("host", "127.0.0.1"),  # type: ignore[arg-type]
                    cfg.get("port", 0), cfg.get("unit_id", 1), cfg.get("seed", 0), gt)
 
@@ -411,8 +430,10 @@ class ModbusPLC:
 
     # ---- serving ----------------------------------------------------------------------------
 
-    def _serve(self, table: str, address: int, count: int) -> Any:
-        """One read request: the words (or bits) at ``address``, or an exception code."""
+    def _serve(self, table: str, address: int, count: int, delivered: bool = True) -> Any:
+        """One read request: the words (or bits) at ``address``, or an exception code.
+        ``delivered`` False: the answer will not reach the client whole (an RTU line's
+        CRC fault), so its values are not logged as served."""
         with self._lock:
             self.requests += 1
             name = TABLE_NAMES.get(table, table)
@@ -434,7 +455,7 @@ class ModbusPLC:
                 for k, w in enumerate(r.words()):
                     if address <= r.address + k < address + count:
                         out[r.address + k - address] = w
-                if r.address >= address and r.address + r.width <= address + count:
+                if delivered and r.address >= address and r.address + r.width <= address + count:
                     self._log_served(r)
             return [bool(x) for x in out] if table == "c" else out
 
@@ -534,8 +555,10 @@ EMULATOR = ModbusPLC
 TRANSACTION = False
 SERIAL = False
 # registers as in the module docstring; the agent's register map is derived from them.
-SCENARIO_KEYS = ("poll_ms", "registers")
-SCENARIO_NUMBERS: dict[str, tuple[float, float, float]] = {}
+# rtu = true: the PLC is unit 1 on an emulated RS-485 line at baudrate (a pty at
+# DIR/NAME, simulator/devices/modbus_rtu.py) and the agent polls it over Modbus RTU.
+SCENARIO_KEYS = ("poll_ms", "registers", "rtu", "baudrate")
+SCENARIO_NUMBERS: dict[str, tuple[float, float, float]] = {"baudrate": (19200, 1200, 115200)}
 
 
 def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: float,
@@ -544,12 +567,24 @@ def emulate(name: str, spec: dict[str, Any], directory: Path, seed: int, speed: 
     for r in regs or []:
         if "period_ms" in r:
             r["period_ms"] = max(1, int(r["period_ms"] / speed))
-    return ModbusPLC(name, regs, "127.0.0.1", 0, 1, seed, ground_truth).start()
+    plc = ModbusPLC(name, regs, "127.0.0.1", 0, 1, seed, ground_truth)
+    if spec.get("rtu"):
+        from simulator.devices.modbus_rtu import RtuLinePLC  # it builds on this module
+        return RtuLinePLC(name, directory / name, [plc], baudrate=int(spec.get("baudrate", 19200)),
+                          parity="N", stop_bits=2).start()
+    return plc.start()
 
 
-def site_table(name: str, spec: dict[str, Any], device: ModbusPLC) -> list[str]:
+def site_table(name: str, spec: dict[str, Any], device: Any) -> list[str]:
     d = device.describe()
-    lines = ['host = "127.0.0.1"', f"port = {d['port']}", f"poll_ms = {spec.get('poll_ms', 200)}"]
+    poll = f"poll_ms = {spec.get('poll_ms', 200)}"
+    if "units" in d:  # an RTU line: the agent's port is the line's pty, parity N on a pty
+        unit, d = next(iter(d["units"].items()))
+        lines = [f'port = "{device.link_path}"', f"unit_id = {unit}",
+                 f"baudrate = {device.baudrate}", 'parity = "N"', "stop_bits = 2", poll,
+                 "timeout_s = 0.5"]
+    else:
+        lines = ['host = "127.0.0.1"', f"port = {d['port']}", poll]
     for r in d["registers"]:
         lines.append(f"[[devices.{name}.registers]]\n" + "".join(
             f'{k} = "{r[k]}"\n' for k in ("tag", "table", "type", "word_order")

@@ -63,6 +63,12 @@ def test_short_scenario_loses_and_duplicates_nothing(
         store_day_across_the_clock_change(r, figures, page)
     if name == "fleet":
         assert r["fleet_lost"] == 0 and r["fleet_drained"] and r["fleet_events"] > 0
+    if name == "e-mobility-line":  # each protocol of the line journaled through the outage
+        rows = {row["device"]: row for row in r["devices"]}
+        assert {"cell1", "conveyor1", "meter1"} <= set(rows)  # battery1 once CANopen is merged
+        for dev in ("cell1", "conveyor1", "meter1"):
+            assert rows[dev]["produced"] > 0 and rows[dev]["committed"] == rows[dev]["produced"]
+        assert {f["kind"] for f in r["faults"]} >= {"link"}
 
 
 def store_day_across_the_clock_change(r: dict, figures: dict, page: str) -> None:

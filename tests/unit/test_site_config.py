@@ -194,6 +194,40 @@ def test_a_disabled_device_may_name_a_busy_line_and_tcp_ports_share_nothing():
     assert [d.name for d in cfg.devices] == ["scan1", "plc1", "spare", "plc2"]
 
 
+def unit_check(name, table, path):
+    """A multi-drop unit as a runtime's type says it (Modbus RTU's ``multidrop``)."""
+    return {"port": table["port"], "multidrop": {"line": table["line"],
+                                                 "address": table["unit"],
+                                                 "address_key": "unit"}}
+
+
+UNITS = {**CHECKS, "unit": DeviceType("telemetry", unit_check)}
+
+
+@pytest.mark.parametrize("second, key, words", [
+    ({"line": "19200 8E1", "unit": 2}, None, None),
+    ({"line": "19200 8E1", "unit": 1}, "devices.u2.unit", "1 is also devices.u1's"),
+    ({"line": "9600 8E1", "unit": 2}, "devices.u2.port", "at 19200 8E1, not 9600 8E1"),
+])
+def test_units_of_one_bus_share_a_line_with_one_setting_and_own_addresses(second, key, words):
+    u1 = {"type": "unit", "port": "/dev/rs485", "line": "19200 8E1", "unit": 1}
+    u2 = {"type": "unit", "port": "/dev/rs485", **second}
+    if key is None:
+        cfg = validate(doc(devices__u1=u1, devices__u2=u2), UNITS)
+        assert [d.name for d in cfg.devices][-2:] == ["u1", "u2"]
+        return
+    with pytest.raises(ConfigError) as err:
+        validate(doc(devices__u1=u1, devices__u2=u2), UNITS)
+    assert err.value.key == key and words in str(err.value)
+
+
+def test_a_bus_unit_and_a_plain_device_never_share_a_line():
+    unit = {"type": "unit", "port": "/dev/ttyACM0", "line": "19200 8E1", "unit": 1}
+    with pytest.raises(ConfigError) as err:
+        validate(doc(devices__u1=unit), UNITS)
+    assert err.value.key == "devices.u1.port" and "also devices.scan1's" in str(err.value)
+
+
 def test_two_uplinks_with_one_priority_are_refused():
     """The later one in the file is named (lte comes first in SITE)."""
     with pytest.raises(ConfigError) as err:
