@@ -226,23 +226,35 @@ class WearRun:
 def recovered_ok(run: WearRun, image: bytes, durable: int, acked: int) -> str | None:
     """None if the journal on ``image`` still holds every record that was durable and not
     yet acknowledged by the ledger, with its body; else what is wrong."""
-    fs = mount(WearDevice(image))
+    try:
+        fs = mount(WearDevice(image))
+    except Exception as exc:  # noqa: BLE001 - a filesystem that does not mount lost all
+        return f"littlefs does not mount: {exc!r}"
     with on_littlefs(fs):
-        journal = open_journal(fs)
-        if journal.durable_seq < durable:
-            return f"durable seq {journal.durable_seq} < {durable}"
-        if journal.tail_seq > acked + 1:
-            return f"tail {journal.tail_seq} past the ledger's ack {acked}"
-        want = journal.tail_seq
-        for r in journal.records():
-            if r.seq > durable:
-                break
-            if r.seq != want or bytes(r.body) != run.bodies.get(r.seq):
-                return f"seq {r.seq}: expected {want} or a different body"
-            want += 1
-        if want <= durable:
-            return f"records {want}..{durable} missing"
-        journal.close()
+        try:
+            journal = open_journal(fs)
+        except Exception as exc:  # noqa: BLE001 - the node would not boot
+            return f"the journal does not open: {exc!r}"
+        try:
+            return _check(run, journal, durable, acked)
+        finally:
+            journal.close()  # before the filesystem goes: littlefs-python frees files late
+
+
+def _check(run: WearRun, journal: Any, durable: int, acked: int) -> str | None:
+    if journal.durable_seq < durable:
+        return f"durable seq {journal.durable_seq} < {durable}"
+    if journal.tail_seq > acked + 1:
+        return f"tail {journal.tail_seq} past the ledger's ack {acked}"
+    want = journal.tail_seq
+    for r in journal.records():
+        if r.seq > durable:
+            break
+        if r.seq != want or bytes(r.body) != run.bodies.get(r.seq):
+            return f"seq {r.seq}: expected {want} or a different body"
+        want += 1
+    if want <= durable:
+        return f"records {want}..{durable} missing"
     return None
 
 
