@@ -25,7 +25,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from littlefs import LittleFS, UserContext
+from littlefs import LittleFS, LittleFSError, UserContext
 
 BLOCK_SIZE = 4096
 BLOCK_COUNT = 212  # 848 KiB: the Pico W's filesystem (2 MiB flash less the firmware)
@@ -121,7 +121,13 @@ def on_littlefs(fs: LittleFS) -> Iterator[Any]:
     from firmware.mpy import flash_storage
     saved = (flash_storage.os, getattr(flash_storage, "open", None), flash_storage._fsync)
     flash_storage.os = LfsOs(fs)  # type: ignore[assignment]
-    flash_storage.open = lambda path, mode="r": fs.open(path, mode, buffering=0)  # type: ignore[attr-defined]
+    def lfs_open(path: str, mode: str = "r") -> Any:
+        try:
+            return fs.open(path, mode, buffering=0)
+        except LittleFSError as exc:  # MicroPython raises OSError(errno)
+            raise OSError(abs(getattr(exc, "code", 5)), str(exc)) from None
+
+    flash_storage.open = lfs_open  # type: ignore[attr-defined]
     flash_storage._fsync = None
     try:
         yield flash_storage
