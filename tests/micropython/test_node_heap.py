@@ -15,7 +15,7 @@ import pytest
 
 from bench.node_bench import heap_figures, run_micropython, stage
 
-HEAP_BOUND_KIB = 140  # measured 128.9 KiB peak (bench node, 10,000 events): see the docs
+HEAP_BOUND_KIB = 125  # measured 115.5 KiB peak (bench node, 10,000 events): see the docs
 EVENTS = 1500
 
 
