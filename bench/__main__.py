@@ -4,7 +4,7 @@ Every benchmark measures midshift against a baseline in the same run and reports
 because shared 2-core machines are noisy: compare the ratio, not the absolute figure.
 
 A benchmark is added by adding ``bench/NAME_bench.py`` with a ``run(quick, progress)``
-that returns a dict: the file name is the registration. Today: "forward", "journal",
+that returns a dict: the file name is the registration. Today: "forward", "journal", "node",
 "ledger", "hostile", "till", "dst", "devices" (a unit test keeps this line true).
 """
 

@@ -23,21 +23,43 @@ What a power cut can and cannot tear here (littlefs is copy-on-write):
   formatted with FAT instead (some older ESP32 images) gives none of this: a cut during a
   FAT write can tear a sector, which the journal's CRCs detect but cannot undo.
 
-Cost: littlefs rewrites a file from a changed block to its end, so segments are kept
-small (``segment_size`` 4096, one erase block on the Pico W and ESP32) and each sync
-rewrites at most a block or two. On CPython (tests) the same code runs on ordinary files
-and ``sync()`` adds ``os.fsync``.
+Cost, and the log in front of the segments: littlefs never programs a flash page twice
+between erases, so a sync of a segment file copies the whole block the change is in
+(4096 bytes, one erase) however small the change. At one event a second that was a
+block erased per event for the segment and one for the head (``bench node``). So small
+writes go first to ``log/recent``, a file of at most ``LOG_MAX`` bytes, which littlefs
+keeps inline in the metadata log of its own directory: a sync rewrites only that file,
+appended to the metadata log, and erases a block only when that log fills (every ten
+or so syncs). When the log is full, its entries are written to their segment files,
+which are synced, and the log is replaced by the new writes (or emptied): a segment
+block is rewritten every few events instead of every event. Reads see the segment files
+with the log's entries laid over them. The log is committed atomically (one file), so a
+sync that fits the log is atomic as a whole; entries go to the segment files only
+before the log is replaced, so a file never holds data newer than a log entry for the
+same bytes, and replaying the log after a cut only writes what was already there.
+On CPython (tests) the same code runs on ordinary files, ``sync()`` adds ``os.fsync``
+and the log is replaced by rename.
 
 When the far end is gone: there is none; a failed read or write (flash full, I/O error)
 is a ``StorageError`` to the caller, which counts it and goes on.
 """
 
+import binascii
 import os
+import struct
 
 from firmware.core.errors import JournalUnformatted, StorageError
 from firmware.core.journal import DATA_START, Journal
 
 HEAD_NAME = "journal.head"
+LOG_DIR = "log"        # a directory of its own: its littlefs metadata pair holds one file
+LOG_NAME = "log/recent"
+# What the log file may hold: under littlefs's inline limit (min(cache_size 1024,
+# block_size / 8 = 512) on a Pico W), so the file lives inside its directory's metadata
+# log and rewriting it erases nothing until that log fills.
+LOG_MAX = 448
+_ENTRY = "<IH"  # storage offset, length; then the bytes. The file ends with a CRC-32.
+_ENTRY_SIZE = 6
 _CHUNK = 512  # zero-fill in small writes: a board has little RAM
 _fsync = getattr(os, "fsync", None)  # CPython only; littlefs commits at flush()
 
@@ -71,6 +93,8 @@ class FlashStorage:
         self._size = DATA_START + self.segment_size * count
         self._open = []   # [(index, file)], most recently used last
         self._dirty = []  # indexes written since the last sync
+        self._pending = []  # [(offset, bytes)] written since the last sync
+        self._log = self._read_log()  # [(offset, bytes)] committed in the log file
 
     @classmethod
     def create(cls, directory, segment_size, segment_count):
@@ -82,6 +106,10 @@ class FlashStorage:
         if _size(directory + "/" + HEAD_NAME) >= 0:
             raise StorageError("%s: a journal already exists here; refusing to overwrite it"
                                % directory)
+        try:
+            os.mkdir(directory + "/" + LOG_DIR)
+        except OSError:
+            pass  # exists
         zeros = bytes(_CHUNK)
         names = [segment_name(i) for i in range(segment_count)] + [HEAD_NAME]
         for name in names:  # the head last: without it the directory is not a journal
@@ -133,31 +161,69 @@ class FlashStorage:
 
     def read(self, offset, n):
         i, off = self._locate(offset, n)
+        data = self._read_file(i, off, n)
+        for entries in (self._log, self._pending):  # newer writes over older, in order
+            for at, raw in entries:
+                lo, hi = max(at, offset), min(at + len(raw), offset + n)
+                if lo < hi:
+                    if not isinstance(data, bytearray):
+                        data = bytearray(data)
+                    data[lo - offset:hi - offset] = raw[lo - at:hi - at]
+        return bytes(data)
+
+    def _read_file(self, i, off, n):
         f = self._file(i)
         try:
             f.seek(off)
             data = f.read(n)
         except OSError as exc:
-            raise StorageError("read at %d failed: %s" % (offset, exc))
+            raise StorageError("read at %d failed: %s" % (off, exc))
         if data is None or len(data) != n:
-            raise StorageError("short read at %d: %d of %d bytes" % (
-                offset, 0 if data is None else len(data), n))
+            raise StorageError("short read in %s at %d: %d of %d bytes" % (
+                self._path(i), off, 0 if data is None else len(data), n))
         return data
 
     def write(self, offset, data):
-        i, off = self._locate(offset, len(data))
-        f = self._file(i)
-        try:
-            f.seek(off)
-            done = f.write(data)
-        except OSError as exc:
-            raise StorageError("write at %d failed: %s" % (offset, exc))
-        if done is not None and done != len(data):
-            raise StorageError("short write at %d: %d of %d bytes" % (offset, done, len(data)))
-        if i not in self._dirty:
-            self._dirty.append(i)
+        self._locate(offset, len(data))  # checked now, written at sync
+        self._pending.append((offset, bytes(data)))
 
     def sync(self):
+        """Make every write since the last sync durable: into the log when it fits,
+        otherwise the log's entries to their files first, then the new writes."""
+        if not self._pending:
+            return
+        pending = self._pending
+        if _log_size(self._log) + _log_size(pending) - 4 <= LOG_MAX:
+            entries = self._log + pending
+            self._write_log(entries)
+        else:
+            if self._log:
+                self._to_files(self._log)  # older than anything written since
+            if _log_size(pending) <= LOG_MAX:
+                entries = pending
+                self._write_log(entries)  # replaces the old entries, now in their files
+            else:
+                entries = []
+                if self._log:
+                    self._write_log(entries)  # before newer bytes reach the same files
+                self._to_files(pending)
+        self._log = entries
+        self._pending = []
+
+    def _to_files(self, entries):
+        for offset, data in entries:
+            i, off = self._locate(offset, len(data))
+            f = self._file(i)
+            try:
+                f.seek(off)
+                done = f.write(data)
+            except OSError as exc:
+                raise StorageError("write at %d failed: %s" % (offset, exc))
+            if done is not None and done != len(data):
+                raise StorageError("short write at %d: %d of %d bytes" % (
+                    offset, done, len(data)))
+            if i not in self._dirty:
+                self._dirty.append(i)
         for i, f in self._open:
             if i in self._dirty:
                 try:
@@ -168,10 +234,54 @@ class FlashStorage:
                     raise StorageError("sync failed: %s" % exc)
         self._dirty = []
 
+    def _read_log(self):
+        path = self.directory + "/" + LOG_NAME
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError:
+            return []  # none yet (or a journal made before the log existed)
+        if len(raw) < 4 or _crc(raw[:-4]) != struct.unpack("<I", raw[-4:])[0]:
+            # littlefs commits the file whole; only a damaged flash gets here. What the
+            # log held reads as a torn tail, which the journal cuts at recovery.
+            return []
+        out, at = [], 0
+        while at < len(raw) - 4:
+            offset, n = struct.unpack_from(_ENTRY, raw, at)
+            at += _ENTRY_SIZE
+            out.append((offset, raw[at:at + n]))
+            at += n
+        return out
+
+    def _write_log(self, entries):
+        parts = []
+        for offset, data in entries:
+            parts.append(struct.pack(_ENTRY, offset, len(data)))
+            parts.append(data)
+        body = b"".join(parts)
+        body += struct.pack("<I", _crc(body))
+        path = self.directory + "/" + LOG_NAME
+        try:
+            if _fsync is None:  # littlefs: the file is committed whole at close
+                with open(path, "wb") as f:
+                    f.write(body)
+                return
+            with open(path + ".new", "wb") as f:  # CPython files: write, fsync, rename
+                f.write(body)
+                f.flush()
+                _fsync(f.fileno())
+            os.replace(path + ".new", path)
+        except OSError as exc:
+            if exc.args and exc.args[0] == 2:  # ENOENT: a journal made before the log
+                os.mkdir(self.directory + "/" + LOG_DIR)
+                return self._write_log(entries)
+            raise StorageError("log write failed: %s" % exc)
+
     def size(self):
         return self._size
 
     def close(self):
+        """Close the files; writes not yet synced are dropped, as at a power cut."""
         for _, f in self._open:
             try:
                 f.close()
@@ -179,6 +289,18 @@ class FlashStorage:
                 pass
         self._open = []
         self._dirty = []
+        self._pending = []
+
+
+def _log_size(entries):
+    n = 4  # the CRC
+    for _, data in entries:
+        n += _ENTRY_SIZE + len(data)
+    return n
+
+
+def _crc(data):
+    return binascii.crc32(data) & 0xFFFFFFFF
 
 
 def random_epoch():

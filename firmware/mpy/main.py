@@ -29,7 +29,7 @@ from firmware.mpy.wifi import WifiStation
 
 DEFAULTS = {"timeout_s": 1.0, "ping_ms": 2000, "keepalive_s": 10, "max_retry_ms": 4000,
             "ack_timeout_ms": 5000, "max_events": 50, "max_bytes": 8192, "window": 2,
-            "idle_ms": 20, "status_period_ms": None}
+            "idle_ms": 20, "status_period_ms": None, "commit_every_ms": 30000}
 EDGES = {"scanner": UartScanner, "scale": UartScale}
 
 
@@ -101,7 +101,7 @@ def build(base="", options=None):
                 max_events=opts["max_events"], max_bytes=opts["max_bytes"],
                 window=opts["window"], ack_timeout_ms=opts["ack_timeout_ms"],
                 idle_ms=opts["idle_ms"], status_period_ms=opts["status_period_ms"],
-                boot_id=boot_id)
+                boot_id=boot_id, commit_every_ms=opts["commit_every_ms"])
 
 
 def _nonce():

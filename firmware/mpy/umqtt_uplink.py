@@ -23,8 +23,9 @@ umqtt allocates it (counted ``oversized``): the link is dropped and made again.
 
 Version notes: umqtt.simple 1.1 (the newest on PyPI that pip can install, used by the
 CPython tests) has no keepalive, username or last will; the micropython-lib release that
-``mip install umqtt.simple`` puts on a board has all three. The keepalive and the last
-will are used when the client has them. TLS is not done on the node yet (mqtt:// only):
+``mip install umqtt.simple`` puts on a board (1.8.0) has all three. The keepalive and the
+last will are used when the client has them (tests/integration/test_umqtt_180.py runs
+this uplink with 1.8.0 against mosquitto). TLS is not done on the node yet (mqtt:// only):
 the batches' HMAC still proves origin and integrity end to end.
 """
 

@@ -41,7 +41,8 @@ def test_the_ring_wraps_over_segment_files_and_reopens_as_it_was(tmp_path: Path)
     assert [r.body for r in j.records()] == [_body(i) for i in range(written - 4, written + 1)]
     assert j.recovery.cut_reason is None and j.recovery.corrupt_seqs == []
     assert sorted(p.name for p in (tmp_path / "journal").iterdir()) == \
-        ["journal.head"] + [f"seg-{i:05d}.dat" for i in range(8)]
+        ["journal.head", "log"] + [f"seg-{i:05d}.dat" for i in range(8)]
+    assert [p.name for p in (tmp_path / "journal" / "log").iterdir()] == ["recent"]
     j.close()
 
 

@@ -36,6 +36,7 @@ COMMAND_KEY = bytes(range(140, 172))
 SHIM_MODULES = ("machine", "network", "usocket", "ustruct", "ubinascii", "umqtt",
                 "umqtt.simple")
 FAST = {"timeout_s": 0.5, "ping_ms": 500, "max_retry_ms": 500, "ack_timeout_ms": 3000,
+        "commit_every_ms": 500,
         "idle_ms": 5, "status_period_ms": 1000}
 
 

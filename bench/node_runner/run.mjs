@@ -1,0 +1,73 @@
+// Runs bench/node_runner/node_loop.py under the official MicroPython WebAssembly port
+// (npm @micropython/micropython-webassembly-pyscript) with a fixed heap, and measures the
+// live heap from the top level between slices of the loop.
+//
+//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [inner]
+//
+// TREE holds firmware/ (.py or .mpy) and node_loop.py; it is copied into the port's
+// in-memory filesystem and put on sys.path. Prints one JSON line.
+import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
+import fs from "node:fs";
+import path from "node:path";
+
+const [tree, heapArg, eventsArg, sliceArg, ...flags] = process.argv.slice(2);
+const heapsize = parseInt(heapArg, 10);
+const events = parseInt(eventsArg, 10);
+const slice = parseInt(sliceArg, 10);
+const out = [];
+const mp = await loadMicroPython({ heapsize, stdout: (s) => out.push(s), stderr: (s) => out.push(s) });
+
+function copyTree(src, dst) {
+  for (const name of fs.readdirSync(src)) {
+    const s = path.join(src, name);
+    const d = dst + "/" + name;
+    if (fs.statSync(s).isDirectory()) {
+      mp.FS.mkdirTree(d);
+      copyTree(s, d);
+    } else {
+      mp.FS.writeFile(d, fs.readFileSync(s));
+    }
+  }
+}
+mp.FS.mkdirTree("/bench");
+copyTree(tree, "/bench");
+
+const py = (code) => mp.runPython(code);
+// runPython returns nothing for statements: results come back through a global.
+const value = (expr) => { py("_v = " + expr); return mp.globals.get("_v"); };
+// This port never collects inside running code (it cannot scan the wasm stack): a
+// gc.collect() there, or a full heap, only marks a collection pending and grows the heap,
+// and the collection runs when control returns to the top level, with no Python frame
+// live. So collect in one call and read mem_alloc in the next: only live objects remain.
+const live = () => { py("gc.collect()"); return value("gc.mem_alloc()"); };
+const result = { heapsize, events, slice, live: [], slice_alloc: [] };
+try {
+  py("import gc, sys\nsys.path.insert(0, '/bench')");
+  result.heap_empty = live();
+  py("import node_loop");
+  result.heap_after_loop_module = live();
+  py("import node_loop as _n\n_n.import_node()");
+  result.heap_after_import = live();
+  py(`node_loop.setup(leak_per_event=${flags.includes("leak") ? "True" : "False"})`);
+  result.heap_after_setup = live();
+  let loopNs = 0n;
+  for (let done = 0; done < events; done += slice) {
+    const n = Math.min(slice, events - done);
+    const a = process.hrtime.bigint();
+    py(`node_loop.run(${n})`);
+    // live heap before the slice + everything the slice allocated: an upper bound of the
+    // slice's own peak (nothing was freed inside it)
+    py("gc.collect()");  // a board collects too: its time counts in the throughput
+    loopNs += process.hrtime.bigint() - a;
+    result.slice_alloc.push(value("node_loop.state['slice_alloc']"));
+    result.live.push(value("gc.mem_alloc()"));
+  }
+  result.loop_s = Number(loopNs) / 1e9;
+  result.loop = JSON.parse(value("__import__('json').dumps(node_loop.result())"));
+  result.ok = true;
+} catch (e) {
+  result.ok = false;
+  result.error = String(e).slice(0, 2000);
+}
+result.output = out.slice(-20);
+console.log(JSON.stringify(result));
