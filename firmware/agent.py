@@ -34,7 +34,7 @@ from typing import Any
 
 from firmware import __version__
 from firmware.core import record as rec
-from firmware.core.errors import ConfigError, JournalFull, MidshiftError
+from firmware.core.errors import ConfigError, JournalFull, MidshiftError, StorageError
 from firmware.core.event import Event, encode_body
 from firmware.core.health import DeviceWatch
 from firmware.core.hlc import HybridLogicalClock
@@ -162,6 +162,7 @@ class Agent:
             if d.settings.get("enabled", True):
                 settings = {k: v for k, v in d.settings.items() if k != "enabled"}
                 drv = driver_class(d.type)(d.name, settings, self.emit, self.clock)
+                drv.emit_many_fn = self.emit_many
                 drv.on_state = self._device_incident
                 self.drivers.append(drv)
         for drv in self.drivers:
@@ -233,6 +234,49 @@ class Agent:
             self.last_value_ms[source] = int(event.read_ms)
         return seq
 
+    def emit_many(self, events: list[Event]) -> list[int | MidshiftError]:
+        """``emit`` for values read together (a Modbus block, a burst of CAN frames): one
+        journal hand-over, one wait for the sync they share, instead of one each. Per event
+        its seq or the error that refused it; the others go on. Raises StorageError (the
+        flash failed or nothing became durable in time): none of them was accepted."""
+        if self.journal is None:
+            raise RuntimeError("agent not started")
+        out: list[int | MidshiftError | None] = [None] * len(events)
+        ready: list[tuple[int, bytes, int]] = []
+        for i, event in enumerate(events):
+            try:
+                body, cls = self.pipeline.prepare(event)
+            except MidshiftError as exc:
+                out[i] = exc
+                continue
+            ready.append((i, body, cls))
+        appended = self.journal.append_many([(body, cls) for _, body, cls in ready])
+        last = 0
+        for (i, _, cls), got in zip(ready, appended, strict=True):
+            out[i] = got
+            if isinstance(got, int):
+                last = max(last, got)
+            elif cls == rec.TXN:
+                self._refusing_txns(got)
+        if last and not self.journal.wait_durable(last, self.durable_timeout_s):
+            raise StorageError(f"records up to {last} not durable within "
+                               f"{self.durable_timeout_s} s")
+        if last and self.forwarding is not None:
+            self.forwarding.wake()
+        if self._refusing_need and any(isinstance(got, int) and cls == rec.TXN
+                                       for (_, _, cls), got in zip(ready, appended, strict=True)):
+            self._taking_txns()
+        with self._lock:
+            for event, got in zip(events, out, strict=True):
+                source = event.source if event.source in self.pipeline.classes else "(unknown)"
+                by = self.events_by_device.setdefault(source, {})
+                outcome = ("journaled" if isinstance(got, int)
+                           else getattr(got, "reason", None) or got.code)  # type: ignore[union-attr]
+                by[outcome] = by.get(outcome, 0) + 1
+                if isinstance(got, int):
+                    self.last_value_ms[source] = int(event.read_ms)
+        return out  # type: ignore[return-value]
+
     def _count_event(self, source: str, outcome: str) -> None:
         with self._lock:
             by = self.events_by_device.setdefault(source, {})
@@ -246,21 +290,27 @@ class Agent:
             seq = self.journal.append_durable(body, cls, timeout_s=self.durable_timeout_s)
         except JournalFull as exc:
             if cls == rec.TXN:
-                with self._lock:
-                    first = not self._refusing_need
-                    self._refusing_need = exc.need_bytes
-                if first:
-                    log.error("journal refuses transactions: %s", exc)
-                    self._refresh_lights()
+                self._refusing_txns(exc)
             raise
         if self.forwarding is not None:
             self.forwarding.wake()
         if cls == rec.TXN and self._refusing_need:
-            with self._lock:
-                self._refusing_need = 0
-            log.warning("journal takes transactions again")
-            self._refresh_lights()
+            self._taking_txns()
         return seq
+
+    def _refusing_txns(self, exc: JournalFull) -> None:
+        with self._lock:
+            first = not self._refusing_need
+            self._refusing_need = exc.need_bytes
+        if first:
+            log.error("journal refuses transactions: %s", exc)
+            self._refresh_lights()
+
+    def _taking_txns(self) -> None:
+        with self._lock:
+            self._refusing_need = 0
+        log.warning("journal takes transactions again")
+        self._refresh_lights()
 
     # ---- state ------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from firmware.core.errors import StorageError
+from firmware.core.errors import JournalFull, StorageError
 from firmware.core.hlc import HybridLogicalClock
 from firmware.core.journal import Journal
 from firmware.core.record import TXN
@@ -72,18 +72,36 @@ class GroupCommitJournal:
         """Queue a record; durable once ``wait_durable(seq)`` returns True. ``hlc`` None:
         stamped now by the HLC (0 without one)."""
         with self.lock:
-            if self._error is not None:
-                raise StorageError(f"journal storage failed: {self._error}")
-            if self.lost is not None:
-                raise JournalLost(f"journal lost ({self.lost}): new records refused")
-            if self._no_space is not None:
-                raise JournalNoSpace(f"journal storage full ({self._no_space.strerror}): new "
-                                     "records refused until space returns")
-            if hlc is None:
-                hlc = self._hlc.now() if self._hlc is not None else 0
-            seq = self.journal.append(body, cls, hlc)
+            seq = self._append_locked(body, cls, hlc)
             self._queued.notify()
             return seq
+
+    def append_many(self, records: list[tuple[bytes, int]]) -> list[int | JournalFull]:
+        """Queue ``(body, cls)`` records under one lock hold, in order: a driver that read
+        many values at once hands them over together, so they share one sync and no other
+        producer's record lands between them. Per record its seq, or the ``JournalFull``
+        that refused it (the others still go in); any other storage error refuses all."""
+        out: list[int | JournalFull] = []
+        with self.lock:
+            for body, cls in records:
+                try:
+                    out.append(self._append_locked(body, cls, None))
+                except JournalFull as exc:
+                    out.append(exc)
+            self._queued.notify()
+        return out
+
+    def _append_locked(self, body: bytes, cls: int, hlc: int | None) -> int:
+        if self._error is not None:
+            raise StorageError(f"journal storage failed: {self._error}")
+        if self.lost is not None:
+            raise JournalLost(f"journal lost ({self.lost}): new records refused")
+        if self._no_space is not None:
+            raise JournalNoSpace(f"journal storage full ({self._no_space.strerror}): new "
+                                 "records refused until space returns")
+        if hlc is None:
+            hlc = self._hlc.now() if self._hlc is not None else 0
+        return self.journal.append(body, cls, hlc)
 
     def wait_durable(self, seq: int, timeout_s: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout_s

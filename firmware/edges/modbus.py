@@ -301,13 +301,22 @@ class ModbusDriver(Driver):
                 self.status.count("wrong_count_answers")
                 errors.append(wrong)
                 continue
+            changed: list[tuple[dict[str, Any], Any]] = []
             for r in block.regs:
                 off = r["address"] - block.address
                 raw = [int(v) for v in values[off:off + TYPES[r["type"]][1]]]
                 value = decode_words(raw, r["type"], r["word_order"])
                 if r["scale"] != 1.0 and not isinstance(value, bool):
                     value = round(value * r["scale"], 9)
-                self._changed(r, value, read_ms)
+                if self._changed(r, value):
+                    changed.append((r, value))
+            # One block's changed values are journaled together: one sync for all.
+            accepted = self.emit_many([Event(self.name, "register", read_ms, {
+                "tag": r["tag"], "value": value, "address": r["address"],
+                "table": r["table"]}) for r, value in changed])
+            for (r, value), ok in zip(changed, accepted, strict=True):
+                if ok:
+                    self._last[r["tag"]] = value
         if errors:
             self.set_state("error", "; ".join(errors))
         else:
@@ -325,19 +334,14 @@ class ModbusDriver(Driver):
             raise ConnectionException("closed")
         return read_block(client, block, unit)
 
-    def _changed(self, r: dict[str, Any], value: Any, read_ms: int) -> None:
-        tag = r["tag"]
-        if tag in self._last:
-            last = self._last[tag]
-            if isinstance(value, bool) or r["deadband"] == 0:
-                if value == last:
-                    return
-            elif abs(value - last) <= r["deadband"]:
-                return
-        accepted = self.emit(Event(self.name, "register", read_ms, {
-            "tag": tag, "value": value, "address": r["address"], "table": r["table"]}))
-        if accepted.ok:
-            self._last[tag] = value
+    def _changed(self, r: dict[str, Any], value: Any) -> bool:
+        """First read, or moved by more than the deadband from the last value emitted."""
+        if r["tag"] not in self._last:
+            return True
+        last = self._last[r["tag"]]
+        if isinstance(value, bool) or r["deadband"] == 0:
+            return value != last
+        return abs(value - last) > r["deadband"]
 
     def _check_stale(self) -> None:
         """Connected, but no answer at all (good or exception) for ``stale_s``: stale. A
