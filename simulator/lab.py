@@ -88,6 +88,20 @@ class Lab:
                                               {"code": f"C{self.n:08d}"})))
         return seqs
 
+    def emit_block(self, count: int, source: str = "plc1") -> list[int]:
+        """``count`` values read together (one poll of a PLC's block), handed over at once
+        through ``agent.emit_many``: they share one journal sync."""
+        if self.agent is None:
+            raise RuntimeError("start_agent() first")
+        now = int(time.time() * 1000)
+        events = []
+        for _ in range(count):
+            self.n += 1
+            events.append(Event(source, "register", now, {"tag": f"r{self.n % 64}",
+                                                          "value": self.n}))
+        got = self.agent.emit_many(events)
+        return [g for g in got if isinstance(g, int)]
+
     def ledger_codes(self) -> list[str]:
         """The data of the devices' events (not the agent's own incidents), by seq."""
         rows = self.store.query("SELECT data FROM event_fields WHERE gateway='gw-t' "
