@@ -94,6 +94,8 @@ SECURITY_FILES = ("certificate", "private_key", "server_certificate")
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 5.0
 SLICE_S = 0.1  # longest the loop waits for a notification: bounds how late stop or loss is seen
+BATCH_MAX = 1000        # data changes journaled together at the most
+BATCH_WAIT_S = 0.0005   # a publish's changes are queued at once: wait no longer for more
 EVENT_QUEUE_MAX = 100_000  # notifications waiting for emit; past it asyncua forces a reconnect
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 JSON_SCALARS = (bool, int, str)
@@ -365,17 +367,28 @@ class OpcUaDriver(Driver):
                                              f"monitor: {result.name}"
         self._update_state()
         started = self.clock.monotonic_ms()
+        ev = None  # an event taken from the queue and not handled yet
         while not self._stopping.is_set():
             if client.uaclient.state is not UaClientState.CONNECTED:
                 raise SessionLost(f"client {client.uaclient.state.value}")
-            ev = await sub.next_event(timeout=SLICE_S)
+            if ev is None:
+                ev = await sub.next_event(timeout=SLICE_S)
             if isinstance(ev, DataChangeEvent):
-                self._on_value(ev)
+                # One publish's data changes are queued together: take them all and
+                # journal them at once (one sync for all, not one each).
+                events = []
+                while isinstance(ev, DataChangeEvent) and len(events) < BATCH_MAX:
+                    event = self._on_value(ev)
+                    if event is not None:
+                        events.append(event)
+                    ev = await sub.next_event(timeout=BATCH_WAIT_S)
+                self.emit_many(events)
                 continue
             if isinstance(ev, StatusChangeEvent):
                 status = ev.notification.Status
                 if not status.is_good():
                     raise SessionLost(f"subscription status {status.name}")
+            ev = None
             self._check_stale(sub.last_publish_at)
         return self.clock.monotonic_ms() - started > 10_000
 
@@ -394,19 +407,20 @@ class OpcUaDriver(Driver):
         else:
             self.set_state("ok")
 
-    def _on_value(self, ev: DataChangeEvent) -> None:
+    def _on_value(self, ev: DataChangeEvent) -> Event | None:
+        """The event a notification makes, or None (counted) if it makes none."""
         node = ev.node.nodeid.to_string()
         tag = self._tags.get(node)
         dv = ev.data.monitored_item.Value
         if tag is None or dv is None:
             self.status.count("unknown_notifications")
-            return
+            return None
         status = dv.StatusCode if dv.StatusCode is not None else ua.StatusCode()
         if status.is_bad():
             self.status.count("bad_status")
             self._bad[node] = f"{tag} ({node}): {status.name}"
             self._update_state()
-            return
+            return None
         ts = dv.SourceTimestamp or dv.ServerTimestamp
         if ts is not None:
             read_ms = timestamp_ms(ts)
@@ -418,19 +432,19 @@ class OpcUaDriver(Driver):
             self.status.count("rejected_values")
             log.warning("%s: %s (%s): value %r cannot be carried in an event", self.name, tag,
                         node, dv.Value)
-            return
+            return None
         if self._bad.pop(node, None) is not None or self.status.state != "ok":
             self._update_state()
         key = (read_ms, value)
         if self._last.get(node) == key:
             self.status.count("repeated_values")
-            return
+            return None
         self._last[node] = key
         if status.is_uncertain():
             self.status.count("uncertain_status")
-        self.emit(Event(source=self.name, kind="opcua", read_ms=read_ms,
-                        data={"tag": tag, "node": node, "value": value,
-                              "status": "Good" if status.is_good() else status.name}))
+        return Event(source=self.name, kind="opcua", read_ms=read_ms,
+                     data={"tag": tag, "node": node, "value": value,
+                           "status": "Good" if status.is_good() else status.name})
 
 
 def _text(exc: BaseException) -> str:

@@ -87,3 +87,43 @@ def test_a_refused_event_among_many_does_not_hold_back_the_others(tmp_path: Path
         assert sorted(r[0] for r in rows) == seqs  # each once
     finally:
         lab.close()
+
+
+def test_one_opcua_publish_of_many_changes_shares_one_sync(tmp_path: Path) -> None:
+    from simulator.devices.opcua import OpcUaPLC
+
+    tags = TAGS[:30]
+    plc = OpcUaPLC("cell1", port=0, period_ms=100,
+                   variables=[{"tag": t, "type": "counter", "start": 1} for t in tags]).start()
+    try:
+        (tmp_path / "gw.key").write_text("11" * 32)
+        (tmp_path / "board.toml").write_text('[board]\nname = "test"\n[journal]\n'
+                                             'path = "journal"\n')
+        nodes = "".join(f'[[devices.cell1.nodes]]\ntag = "{t}"\nnode_id = "{plc.node_id(t)}"\n'
+                        for t in tags)
+        site = tmp_path / "site.toml"
+        site.write_text(f'board_config = "board.toml"\n[gateway]\nid = "gw-b"\nsite = "lab"\n'
+                        f'key_file = "gw.key"\n[devices.cell1]\ntype = "opcua"\n'
+                        f'endpoint = "{plc.endpoint}"\npublishing_ms = 50\n{nodes}')
+        agent = Agent(load_config(site)).start()
+        try:
+            assert agent.journal is not None
+
+            def journaled() -> list[dict]:
+                assert agent.journal is not None
+                return [b for b in (decode_body(r.body) for r in agent.journal.journal.records())
+                        if b["source"] == "cell1"]
+
+            assert wait_for(lambda: len(journaled()) >= 30, 20)  # subscribed, first values in
+            syncs0, n0 = agent.journal.syncs, len(journaled())
+            assert wait_for(lambda: len(journaled()) >= n0 + 300, 20)
+            syncs = agent.journal.syncs - syncs0
+            got = journaled()
+        finally:
+            agent.stop()
+    finally:
+        plc.stop()
+    assert syncs * 5 < len(got) - n0, (syncs, len(got) - n0)
+    for tag in tags:
+        values = [e["data"]["value"] for e in got if e["data"]["tag"] == tag]
+        assert values == sorted(set(values)), tag  # each change once, in order
