@@ -155,7 +155,7 @@ class CanOpenDriver(Driver):
         self._aborted: dict[str, str] = {}       # tag -> its last SDO abort, until it reads
         self._next_poll: dict[str, int] = {}
         # Read, not yet journaled: frames never wait for a sync (emit_lanes.py says why).
-        self._lanes = EmitLanes(self.name, self.emit, self._refused, LANES, QUEUE_MAX)
+        self._lanes = EmitLanes(self.name, self.emit_many, self._refused, LANES, QUEUE_MAX)
         self._overflowing = False
 
     # -- the bus ----------------------------------------------------------------------

@@ -33,10 +33,11 @@ class _Lane:
 
 
 class EmitLanes:
-    """``lanes`` threads calling ``emit(event)``; ``refused(event)`` is told of each event
-    ``emit`` returned falsy for (the journal refused it)."""
+    """``lanes`` threads calling ``emit(events)`` with what queued in their lane (in order;
+    one call, one sync for them all); ``refused(event)`` is told of each event ``emit``
+    returned falsy for (the journal refused it)."""
 
-    def __init__(self, name: str, emit: Callable[[Event], Any],
+    def __init__(self, name: str, emit: Callable[[list[Event]], list[Any]],
                  refused: Callable[[Event], None], lanes: int = 4,
                  capacity: int = 5000) -> None:
         self.name = name
@@ -91,6 +92,8 @@ class EmitLanes:
                     lane.cond.wait()
                 if not lane.queue:
                     return
-                event = lane.queue.popleft()
-            if not self._emit(event):
-                self._refused(event)
+                events = list(lane.queue)  # all that queued during the last sync: one more
+                lane.queue.clear()
+            for event, ok in zip(events, self._emit(events), strict=True):
+                if not ok:
+                    self._refused(event)
