@@ -32,6 +32,8 @@ the journal on this machine's disk (durable: every event fsynced before it is se
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -51,20 +53,9 @@ def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]
     """The ledger runs as its own process (``python -m host_tools ledger serve``), as it
     is deployed; latency is its commit time (``receipts.ledger_ms``, wall clock, 1 ms
     resolution) minus the wall time the event was *due* on the schedule."""
-    import subprocess
-    import sys
-
     lab = Lab(tmp, uplinks=1, direct=True)  # no fault proxy in the path: steady state
-    lab.ledger.stop()  # replaced by a ledger process on the same database
-    keys = tmp / "keys.toml"
-    keys.write_text(f'[gateways]\n"gw-t" = "{KEY.hex()}"\n')
-    ledger = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
-                               f"sqlite:///{tmp / 'ledger.db'}", "--broker", lab.broker.url,
-                               "--keys", str(keys), "--log-level", "WARNING"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    ledger = _ledger_process(lab, tmp)
     try:
-        assert ledger.stdout is not None
-        ledger.stdout.readline()  # "ledger: serving ..." once subscribed
         agent = lab.start_agent()
         wait_for(lambda: agent.forwarding.active is not None, 10)
         n = int(rate * duration_s)
@@ -91,6 +82,21 @@ def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]
         ledger.terminate()
         ledger.wait(10)
         lab.close()
+
+
+def _ledger_process(lab: Lab, tmp: Path) -> subprocess.Popen[bytes]:
+    """Replace the lab's in-process ledger by ``ledger serve`` on the same database, as it
+    is deployed: a process of its own, not sharing the agent's interpreter lock."""
+    lab.ledger.stop()
+    keys = tmp / "keys.toml"
+    keys.write_text(f'[gateways]\n"gw-t" = "{KEY.hex()}"\n')
+    ledger = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
+                               f"sqlite:///{tmp / 'ledger.db'}", "--broker", lab.broker.url,
+                               "--keys", str(keys), "--log-level", "WARNING"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert ledger.stdout is not None
+    ledger.stdout.readline()  # "ledger: serving ..." once subscribed
+    return ledger
 
 
 def _offer(lab: Lab, n: int, rate: int, producers: int,
@@ -150,7 +156,11 @@ def _broker_rtt(lab: Lab, n: int = 300) -> list[float]:
 
 
 def _drain(tmp: Path, events: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """The ledger is a process of its own, as deployed; done when it holds every event.
+    Polled cheaply (is the last event in? then count them all), so the poll does not
+    take the agent's interpreter lock from the drain it measures."""
     lab = Lab(tmp, uplinks=2, journal_segments=256, max_events=1000, window=16)
+    ledger = _ledger_process(lab, tmp)
     try:
         agent = lab.start_agent()
         wait_for(lambda: agent.forwarding.active is not None, 10)
@@ -158,16 +168,25 @@ def _drain(tmp: Path, events: int, say: Callable[[str], None]) -> dict[str, Any]
             p.set_mode("refuse")
         wait_for(lambda: agent.forwarding.active is None, 10)
         say(f"forward: journaling {events} events with both uplinks down")
-        lab.emit(events)
+        last = max(lab.emit(events))
+
+        def all_in() -> bool:
+            if not lab.store.query("SELECT 1 FROM events WHERE gateway='gw-t' AND seq=?",
+                                   (last,)):
+                return False
+            return lab.ledger_count() >= events
+
         t0 = time.perf_counter()
         for p in lab.proxies:
             p.set_mode("pass")
-        ok = wait_for(lambda: lab.ledger_count() >= events, 120, 0.01)
+        ok = wait_for(all_in, 120, 0.005)
         took = time.perf_counter() - t0
         return {"drain_s_120k": round(took, 2) if ok else None, "drain_events": events,
                 "drain_events_per_s": round(events / took) if ok else 0,
                 "drain_complete": ok}
     finally:
+        ledger.terminate()
+        ledger.wait(10)
         lab.close()
 
 

@@ -8,7 +8,9 @@ import json
 import logging
 import sys
 
-from host_tools.opcua_browse import OBJECTS, BrowseError, browse, table_lines, toml_text
+# host_tools/opcua_browse.py (asyncua: about 37 MB resident and half a second to import) is
+# imported only when browsing: every host_tools command, ``ledger serve`` among them,
+# registers this one.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "[[devices.NAME.nodes]] tables for every readable variable, ready "
                          "to paste into a site file.")
     b.add_argument("endpoint", help="opc.tcp://HOST:PORT[/PATH]")
-    b.add_argument("--node", default=OBJECTS, metavar="ID",
-                   help=f"start here (default {OBJECTS}, the Objects folder): ns=2;s=NAME, i=N")
+    b.add_argument("--node", metavar="ID",
+                   help="start here (default i=85, the Objects folder): ns=2;s=NAME, i=N")
     b.add_argument("--depth", type=int, default=3, metavar="N",
                    help="levels below the start node (default 3)")
     b.add_argument("--security", metavar="POLICY,MODE,CERT,KEY[,SERVER_CERT]",
@@ -41,13 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from host_tools.opcua_browse import OBJECTS, BrowseError, browse, table_lines, toml_text
+
     if args.depth < 0:
         print("opcua browse: --depth must be 0 or more", file=sys.stderr)
         return 2
     # asyncua warns about what it negotiates (a shorter session timeout): not the user's news.
     logging.getLogger("asyncua").setLevel(logging.ERROR)
     try:
-        nodes = browse(args.endpoint, args.node, args.depth, args.security, args.timeout_s,
+        nodes = browse(args.endpoint, args.node or OBJECTS, args.depth, args.security, args.timeout_s,
                        args.all_namespaces)
     except BrowseError as exc:
         print(f"opcua browse: {exc}", file=sys.stderr)

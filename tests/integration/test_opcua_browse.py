@@ -129,3 +129,14 @@ def test_tag_of(name: str, taken: set[str], tag: str) -> None:
                                          (2, "write"), (5, "read/history")])
 def test_access_text(level: int, text: str) -> None:
     assert access_text(level) == text
+
+
+def test_other_host_tools_commands_do_not_load_asyncua() -> None:
+    """``ledger serve`` and every other command register ``opcua`` too: asyncua (tens of MB,
+    half a second) is loaded only by ``opcua browse`` itself."""
+    p = subprocess.run([sys.executable, "-c", "import sys, host_tools.__main__ as m\n"
+                        "try:\n    m.main(['ledger', '--help'])\nexcept SystemExit:\n    pass\n"
+                        "print(sorted(n for n in sys.modules if n.startswith('asyncua')))"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == "[]"
