@@ -169,10 +169,11 @@ def _drain(tmp: Path, events: int, say: Callable[[str], None]) -> dict[str, Any]
         wait_for(lambda: agent.forwarding.active is None, 10)
         say(f"forward: journaling {events} events with both uplinks down")
         last = max(lab.emit(events))
+        epoch = f"{agent.journal.epoch:016x}"  # as the ledger keys it: a primary-key lookup
 
         def all_in() -> bool:
-            if not lab.store.query("SELECT 1 FROM events WHERE gateway='gw-t' AND seq=?",
-                                   (last,)):
+            if not lab.store.query("SELECT 1 FROM events WHERE gateway='gw-t' AND epoch=? "
+                                   "AND seq=?", (epoch, last)):
                 return False
             return lab.ledger_count() >= events
 
