@@ -16,8 +16,8 @@ the journal on this machine's disk (durable: every event fsynced before it is se
   together (``agent.emit_many``, one sync for them, as the Modbus driver does with a
   block) and each measured from its poll's scheduled time.
 - ``drain_s_120k`` / ``drain_events_per_s``: ``drain_events`` events journaled while both
-  uplinks refuse connections, then the time from restoring them until the ledger holds
-  every one.
+  uplinks refuse connections, then the time from restoring them until the ledger (a
+  process of its own, as deployed) holds every one.
 - ``blackhole_p99_ms``: events offered at ``rate`` per second from 2 s before to 10 s after
   the primary is blackholed (the secondary healthy), each measured from its scheduled time
   to its commit in the ledger: what hedged sends make of a dead primary.

@@ -17,6 +17,9 @@ returns an ``Emitted``: accepted (durable, with its ``seq``) or refused with a s
 - ``storage``: the flash failed or the record was not durable in time;
 - otherwise the error's ``code``.
 
+``emit_many(events)`` is the same for values read together (one block, one publish): one
+journal hand-over and one sync for them all instead of one each, an ``Emitted`` each.
+
 A module ``firmware/edges/<type>.py`` that holds a driver exports it as ``DRIVER``, with
 ``TYPE`` and ``DEFAULT_CLASS`` (``firmware/edges/device_types.py`` finds it by name).
 """
