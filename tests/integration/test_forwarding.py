@@ -191,6 +191,14 @@ def test_status_retained_will_sync_log_and_systemd_notify(tmp_path: Path,
         online = [s for s in seen if s.get("state") == "online"][-1]
         assert online["gateway"] == "gw-t" and online["uplink"] == "primary"
         assert {"backlog_records", "devices", "forwarding", "journal"} <= set(online)
+
+        def logged() -> set[str]:
+            lines = [json.loads(x) for x in (tmp_path / "sync.log").read_text().splitlines()]
+            return {x["event"] for x in lines}
+
+        # The ledger holds the events before its ack reaches the gateway: wait for the ack
+        # to be logged, or the reset below may cut it off.
+        assert wait_for(lambda: "acked" in logged(), 10), logged()
         lab.proxies[0].set_mode("reset")  # the gateway vanishes without a DISCONNECT
         assert wait_for(lambda: any(s.get("state") == "offline" for s in seen), 10)
         lines = [json.loads(x) for x in (tmp_path / "sync.log").read_text().splitlines()]

@@ -383,7 +383,7 @@ def test_cli_devices_reports_an_unknown_type(runtime: Path) -> None:
     conf.write_text('[devices.gun]\ntype = "raygun"\n')
     out = _sim(runtime, "devices", "--config", str(conf))
     assert out.returncode == 2
-    assert "devices.gun.type: 'raygun' is not one of modbus, opcua, scale, scanner" in out.stderr
+    assert "devices.gun.type: 'raygun' is not one of canopen, modbus, opcua, scale, scanner" in out.stderr
 
 
 # ---- shutdown --------------------------------------------------------------------------------
