@@ -29,7 +29,7 @@ lint:
 	$(PY) -m ruff check .
 
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 # Tests that need the package index (PyPI), left out of `make test`: the offline install
 # end to end (a wheelhouse for this machine) and the Raspberry Pi platforms' wheels.

@@ -78,6 +78,14 @@ def judge_tills(truth_dirs: Iterable[Path], store: LedgerStore, flash_dirs: Iter
             1 for c in unknown_refunds if c not in flagged.get("unknown_original", set())),
         "till_flags": dict(Counter(f["kind"] for f in flags)),
         "till_ledger_rows": len(rows),
+        # Each key accepted twice, as the ledger holds it and as its till heard it: what a
+        # failed run needs to be understood without its files.
+        "till_twice_detail": [
+            {"key": k, "rows": [[r["gateway"], r["epoch"], r["seq"], r["accepted_ms"]]
+                                for r in rows if r["idem_key"] == k],
+             "told": [[t["till"], t["till_seq"], t["status"], t["seq"]]
+                      for t in told if t["key"] == k]}
+            for k in sorted({t["key"] for t in accepted if by_key[t["key"]] > 1})][:5],
         "full_pans_typed": len(pan_bytes),
         "full_pans_found": len(found),
         "full_pan_files": found[:10],

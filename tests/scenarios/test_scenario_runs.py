@@ -30,7 +30,8 @@ def test_short_scenario_loses_and_duplicates_nothing(
     for key in CONTRACT:
         assert key in r, f"{key} missing from the JSON"
     failed = [a for a in r["assertions"] if not a["passed"]]
-    assert proc.returncode == 0 and r["passed"], (failed, r["notes"], proc.stderr[-3000:])
+    assert proc.returncode == 0 and r["passed"], (failed, r["notes"], r.get("till_twice_detail"),
+                                                  proc.stderr[-3000:])
     assert r["lost"] == 0 and r["duplicates"] == 0 and r["corrupt"] == 0
     assert r["produced"] > 0 and r["committed"] == r["produced"] - r["unobserved"]
     assert r["events"] >= r["committed"]
