@@ -145,6 +145,12 @@ class Agent:
             self.journal.append_durable(encode_body("agent", "epoch_abandoned",
                                                     self.clock.now_ms(), abandoned), rec.TXN)
         self.lights = self._open_lights()
+        if self.cfg.till_api is not None:
+            # The till keys index is rebuilt from the journal before forwarding starts: an
+            # ack arriving during the rebuild would reclaim a sale whose key the index lost
+            # in a power cut, and the till's retry would be taken twice.
+            from firmware.edges.till_api import TillApi  # cheroot only when tills post here
+            self.tills = TillApi(self).rebuild()
         if self.cfg.uplinks:
             from firmware.forwarding import ForwardingLoop  # paho only when uplinks are set
             command_key = (read_key(self.cfg.command_key_file, "gateway.command_key_file")
@@ -168,9 +174,8 @@ class Agent:
         for drv in self.drivers:
             drv.start()
             self.supervisor.watch(f"driver-{drv.name}", drv.alive, self._restarter(drv))
-        if self.cfg.till_api is not None:
-            from firmware.edges.till_api import TillApi  # cheroot only when tills post here
-            self.tills = TillApi(self).start()
+        if self.tills is not None:
+            self.tills.start()
         self._status_thread = self.supervisor.spawn("status", self._status_loop, self._stopping)
         if self.page is not None:
             self.page.serve()

@@ -149,11 +149,20 @@ class TillApi:
         self.server: wsgi.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self._rebuilt = False
 
     # ---- life ------------------------------------------------------------------------------
 
+    def rebuild(self) -> TillApi:
+        """The index and the queue from the journal's unreclaimed transactions: before
+        forwarding starts (the agent's order), so no ack reclaims one first."""
+        if not self._rebuilt:
+            self._rebuild()
+            self._rebuilt = True
+        return self
+
     def start(self) -> TillApi:
-        self._rebuild()
+        self.rebuild()
         self._link = (self._uplink_active(), self.agent.clock.now_ms())
         self.server = wsgi.Server((self.cfg.bind, self.cfg.port), self.app,
                                   numthreads=self.cfg.threads, server_name="midshift-till-api",

@@ -221,6 +221,51 @@ def test_offline_rules_follow_the_uplink(tmp_path: Path) -> None:
         lab.close()
 
 
+def test_the_index_is_rebuilt_before_an_ack_can_reclaim_a_sale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power cut after a sale reached the ledger, before its ack came back and before its
+    key reached the index: at the next start the ledger acknowledges it again at once. The
+    index must be rebuilt from the journal before that ack reclaims the record (here the
+    rebuild is slow, as on a long journal on an SD card), or the retry is taken twice."""
+    from firmware.edges.till_api import TillApi
+
+    lab = Lab(tmp_path, uplinks=1)
+    try:
+        site, tokens = write_till_site(tmp_path / "gw", TILLS, rules=RULES,
+                                       uplink_ports=(lab.proxies[0].address[1],))
+        agent = Agent(load_checked(site))
+        agent.forwarding_options = lab.forwarding
+        lab.agent = agent.start()
+        till = TillClient(agent.tills.port, tokens["till-1"])
+        assert wait_for(lambda: till.request("GET", "/v1/status")[1]["state"] == "online", 15)
+        assert agent.journal is not None
+        agent.journal.hold()  # the ack is not taken: as if the power went before it came
+        status, first = till.post(sale("till-1", 1), "k-1")
+        assert status == 201
+        assert wait_for(lambda: len(lab.store.transactions()) == 1, 15)
+        agent.stop()
+        for f in (tmp_path / "gw" / "journal").glob("till-keys.sqlite*"):
+            f.unlink()  # the key had not reached the index
+        rebuild = TillApi._rebuild
+
+        def slow_rebuild(self: TillApi) -> None:
+            assert wait_for(lambda: False, 1.5) is False  # a long journal on a slow card
+            rebuild(self)
+
+        monkeypatch.setattr(TillApi, "_rebuild", slow_rebuild)
+        agent = Agent(load_checked(site))
+        agent.forwarding_options = lab.forwarding
+        lab.agent = agent.start()
+        till = TillClient(agent.tills.port, tokens["till-1"])
+        status, again = till.post(sale("till-1", 1), "k-1")
+        assert (status, again["seq"]) == (200, first["seq"])
+        assert wait_for(lambda: till.request("GET", "/v1/transactions/k-1")[1]["state"] ==
+                        "in_ledger", 15)
+        assert [t["idem_key"] for t in lab.store.transactions()] == ["k-1"]
+    finally:
+        lab.close()
+
+
 def test_tls_with_a_token_or_a_client_certificate(tmp_path: Path) -> None:
     import ssl
 
