@@ -9,6 +9,15 @@ ack goes to ``.../ack`` with the ledger's time.
 The broker's PUBACK for the batch is sent only after that (paho ``manual_ack``), so a
 worker that dies mid-batch leaves the batch to be redelivered, not lost.
 
+Sessions: with a ``client_id`` the ledger's session outlives its connection (MQTT 3.1.1
+``clean_session=0``; as a shared-subscription worker, MQTT 5 ``clean_start=0`` and a
+``session_expiry_s``), so the broker queues the batches published while the ledger is
+away (a broker restart with persistence, a ledger restart) and hands them over at the
+reconnect instead of dropping them and leaving the gateways to their ack timeout. The
+subscription is made again on every connect: a broker that lost its state
+(``session_present`` false) gets it back, one that kept it loses nothing. Without a
+client id the session is clean, as before.
+
 Hostile input costs little and stops nothing:
 
 - Before anything is written, every field is checked against what the store can hold
@@ -39,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from firmware.core import topics
 from firmware.core.broker_url import parse_broker_url
@@ -116,11 +127,16 @@ class LedgerService:
     def __init__(self, store: LedgerStore, keys: dict[str, bytes], broker: str,
                  shared_group: str | None = None, client_id: str = "",
                  tls_files: tuple[str | Path, str | Path, str | Path] | None = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None, session_expiry_s: int = 300) -> None:
         """``tls_files``: (CA, certificate, key) for an ``mqtts://`` broker: the ledger's
         own identity (``provision`` issues it), which the broker's ACL confines to reading
         batches and writing acks and commands. ``clock``: what stamps arrivals and acks
-        (``now_ms()``; the host's wall clock unless a simulator steers it)."""
+        (``now_ms()``; the host's wall clock unless a simulator steers it).
+        ``client_id``: non-empty for a session that survives the connection (module
+        docstring); one id per running ledger or worker, or they knock each other off.
+        ``session_expiry_s``: how long a shared-subscription worker's session (and the
+        batches queued in it) outlives the worker; a single worker's MQTT 3.1.1 session
+        lasts until the broker's ``persistent_client_expiration``."""
         self.store = store
         self.clock = clock or SystemClock()
         self.signers = {gw: Signer(k) for gw, k in keys.items()}
@@ -151,6 +167,9 @@ class LedgerService:
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self._refused: Any = None  # the broker's CONNACK reason when it refused MQTT 5
+        self.persistent = bool(client_id)
+        self.session_expiry_s = session_expiry_s
+        self.session_present: bool | None = None  # from the last CONNACK
 
     @property
     def topic(self) -> str:
@@ -162,7 +181,17 @@ class LedgerService:
         # A handful of workers, not a fleet: back within half a second of the broker, or
         # every batch the gateways send meanwhile waits for their ack timeout.
         self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect_async(self.host, self.port, keepalive=10)
+        if self.shared_group:
+            # MQTT 5: clean_start=False on every connect, the first too, so a restarted
+            # worker takes over its session; paho's default starts clean the first time.
+            props = None
+            if self.persistent:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.session_expiry_s
+            self.client.connect_async(self.host, self.port, keepalive=10,
+                                      clean_start=not self.persistent, properties=props)
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
         deadline = time.monotonic() + timeout_s
         while not self._subscribed.wait(0.05) and self._refused is None:
@@ -207,8 +236,13 @@ class LedgerService:
                 return
             log.error("ledger: broker refused the connection: %s", reason)
             return
+        # Always: a broker restarted without its state (session_present false) has
+        # forgotten the subscription, and subscribing again to a kept one loses nothing.
+        self.session_present = bool(getattr(flags, "session_present", False))
         client.subscribe(self.topic, qos=1)
-        log.info("ledger: subscribed to %s on %s:%d", self.topic, self.host, self.port)
+        log.info("ledger: subscribed to %s on %s:%d (%s)", self.topic, self.host, self.port,
+                 "session resumed" if self.session_present else
+                 "new session" if self.persistent else "clean session")
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, per-gateway events and the broker link, read together (metrics)."""
