@@ -146,6 +146,8 @@ class LedgerService:
                              "certificate and key" if tls else "certificate files given for "
                              "a plain mqtt:// broker; use mqtts://"))
         self.shared_group = shared_group
+        self.broker = broker
+        self.tls_files = tls_files
         self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0,
                          "store_unavailable": 0}
         self.events_by_gateway: dict[str, int] = {}  # new events stored, per gateway
@@ -177,6 +179,11 @@ class LedgerService:
         return f"$share/{self.shared_group}/{t}" if self.shared_group else t
 
     def start(self, timeout_s: float = 10.0) -> LedgerService:
+        if self.shared_group and self.persistent:
+            # A 3.1.1-only broker cannot parse a CONNECT with properties and just hangs
+            # up; a bare MQTT 5 CONNECT first gets its refusal in words (ValueError).
+            tls = None if self.tls_files is None else tuple(str(f) for f in self.tls_files)
+            check_mqtt5(self.broker, tls, timeout_s)  # type: ignore[arg-type]
         self._thread.start()
         # A handful of workers, not a fleet: back within half a second of the broker, or
         # every batch the gateways send meanwhile waits for their ack timeout.
