@@ -18,6 +18,12 @@ subscription is made again on every connect: a broker that lost its state
 (``session_present`` false) gets it back, one that kept it loses nothing. Without a
 client id the session is clean, as before.
 
+A subscription made on a session the broker had not kept (a broker back without its
+persisted state, or a clean session) follows a gap in which batches reached no one:
+once the broker has confirmed it, every gateway heard from since this process started
+gets a signed ``resend`` nudge on its ``ack`` topic and sends what it has in flight at
+once, instead of at its ack timeout (``nudges`` counts them).
+
 Hostile input costs little and stops nothing:
 
 - Before anything is written, every field is checked against what the store can hold
@@ -54,7 +60,7 @@ from paho.mqtt.properties import Properties
 from firmware.core import topics
 from firmware.core.broker_url import parse_broker_url
 from firmware.core.signing import Signer
-from firmware.core.wire import Batch, WireError, encode_ack
+from firmware.core.wire import Batch, WireError, encode_ack, encode_resend
 from firmware.edges.clock import SystemClock
 from host_tools.ledger.rejections import RejectionTally
 from host_tools.ledger.store import MAX_INT, LedgerStore
@@ -149,7 +155,8 @@ class LedgerService:
         self.broker = broker
         self.tls_files = tls_files
         self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0,
-                         "store_unavailable": 0}
+                         "store_unavailable": 0, "nudges": 0}
+        self._ack_topics: dict[str, str] = {}  # gateway -> its ack topic, as heard
         self.events_by_gateway: dict[str, int] = {}  # new events stored, per gateway
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -167,8 +174,9 @@ class LedgerService:
             self.client.tls_set_context(ctx)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self._refused: Any = None  # the broker's CONNACK reason when it refused MQTT 5
+        self._nudge_due = False  # a SUBACK on a session the broker had not kept is due
         self.persistent = bool(client_id)
         self.session_expiry_s = session_expiry_s
         self.session_present: bool | None = None  # from the last CONNACK
@@ -246,10 +254,26 @@ class LedgerService:
         # Always: a broker restarted without its state (session_present false) has
         # forgotten the subscription, and subscribing again to a kept one loses nothing.
         self.session_present = bool(getattr(flags, "session_present", False))
+        self._nudge_due = not self.session_present
         client.subscribe(self.topic, qos=1)
         log.info("ledger: subscribed to %s on %s:%d (%s)", self.topic, self.host, self.port,
                  "session resumed" if self.session_present else
                  "new session" if self.persistent else "clean session")
+
+    def _on_subscribe(self, client: mqtt.Client, *args: Any) -> None:
+        if self._nudge_due:  # the subscription is in place: what comes now reaches us
+            self._nudge_due = False
+            with self._lock:
+                known = sorted(self._ack_topics.items())
+            for gateway, topic in known:
+                client.publish(topic, encode_resend(self.signers[gateway],
+                                                    self.clock.now_ms()), qos=1)
+            with self._lock:
+                self.counters["nudges"] += len(known)
+            if known:
+                log.warning("ledger: subscribed on a new session; %d gateway(s) asked to "
+                            "resend what they have in flight", len(known))
+        self._subscribed.set()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, per-gateway events and the broker link, read together (metrics)."""
@@ -320,7 +344,9 @@ class LedgerService:
                                        (topic, batch.epoch, batch.first_seq, batch.last_seq))
                 continue
             new, dup = result
+            reply = topics.reply_to(topic)
             with self._lock:
+                self._ack_topics[batch.gateway] = reply  # type: ignore[assignment]
                 self.counters["batches"] += 1
                 self.counters["events"] += new
                 self.counters["duplicates"] += dup
@@ -328,7 +354,7 @@ class LedgerService:
                     self.events_by_gateway.get(batch.gateway, 0) + new
             ack = encode_ack(self.signers[batch.gateway], batch.epoch, batch.first_seq,
                              batch.last_seq, now, duplicates=dup)
-            self.client.publish(topics.reply_to(topic), ack, qos=1)
+            self.client.publish(reply, ack, qos=1)  # type: ignore[arg-type]
             acks[i] = ack
         return acks
 

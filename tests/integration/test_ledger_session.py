@@ -58,12 +58,12 @@ class OneShotGateway:
         info.wait_for_publish(5)  # the broker has it (PUBACK)
         assert info.is_published()
 
-    def ack_for(self, first_seq: int, timeout_s: float = 5.0) -> bool:
+    def ack_for(self, first_seq: int, timeout_s: float = 5.0, status: str = "ok") -> bool:
         try:
             while True:  # bounded: each get waits timeout_s at most, then raises
-                _epoch, first, _last, _ms, status = decode_ack(
+                _epoch, first, _last, _ms, got = decode_ack(
                     self.acks.get(timeout=timeout_s), Signer(KEY))
-                if first == first_seq and status == "ok":
+                if first == first_seq and got == status:
                     return True
         except queue.Empty:
             return False
@@ -125,25 +125,36 @@ def test_a_batch_sent_while_ledger_and_broker_were_down_waits_at_the_broker(
 
 def test_a_broker_back_without_its_state_is_subscribed_again(broker: Broker,
                                                              tmp_path: Path) -> None:
-    """The broker crashes and its database is gone: the ledger's CONNACK says no session,
-    it subscribes again, and a batch published afterwards is stored. About 1 s."""
+    """The broker crashes and its database is gone; a batch sent before the ledger is back
+    reaches no one. The ledger's CONNACK says no session: it subscribes again, then asks
+    the gateway it has heard from to resend (a signed ``resend`` nudge on its ack topic),
+    and a batch published afterwards is stored. About 1 s."""
     with open_store(f"sqlite:///{tmp_path / 'l.db'}") as store:
         ledger = LedgerService(store, {GW: KEY}, broker.url, client_id="ledger-t").start()
         try:
             assert ledger.session_present is False  # a first connect: nothing to resume
+            gw = OneShotGateway(broker)
+            gw.publish(1)
+            assert gw.ack_for(1)
+            gw.close()
+            ledger.client.loop_stop()  # held off the broker until the gateway is back
             broker.crash()
             broker.db_path.unlink()
             ledger._subscribed.clear()
             broker.start()
-            assert ledger._subscribed.wait(10), "the ledger did not subscribe again"
-            assert ledger.session_present is False
             gw = OneShotGateway(broker)
             try:
-                gw.publish(1)
-                assert gw.ack_for(1)
+                gw.publish(4)  # no subscriber yet: gone
+                ledger.client.loop_start()
+                assert ledger._subscribed.wait(10), "the ledger did not subscribe again"
+                assert ledger.session_present is False
+                assert gw.ack_for(0, status="resend"), "no resend nudge"
+                assert ledger.snapshot()["counters"]["nudges"] == 1
+                gw.publish(7)
+                assert gw.ack_for(7)
             finally:
                 gw.close()
-            assert _events(ledger) == 3
+            assert _events(ledger) == 6  # 1..3 and 7..9; 4..6 await the gateway's resend
         finally:
             ledger.stop()
 
@@ -154,14 +165,19 @@ def test_a_ledger_back_on_a_kept_session_resumes_it(broker: Broker, tmp_path: Pa
     with open_store(f"sqlite:///{tmp_path / 'l.db'}") as store:
         ledger = LedgerService(store, {GW: KEY}, broker.url, client_id="ledger-t").start()
         try:
+            gw = OneShotGateway(broker)
+            gw.publish(1)
+            assert gw.ack_for(1)
+            gw.close()
             ledger._subscribed.clear()
             broker.restart(crash=True)
             assert ledger._subscribed.wait(10)
             assert ledger.session_present is True
+            assert ledger.snapshot()["counters"]["nudges"] == 0  # nothing was lost
             gw = OneShotGateway(broker)
             try:
-                gw.publish(1)
-                assert gw.ack_for(1)
+                gw.publish(4)
+                assert gw.ack_for(4)
             finally:
                 gw.close()
         finally:
