@@ -9,12 +9,16 @@ pass ``--migrate`` to a single serve), so that workers starting together never r
 The ledger's MQTT session outlives its connection, so batches published while the
 ledger is away (a broker restart, a ledger restart) wait at the broker instead of for
 the gateways' ack timeout. Its client id (``--client-id``) is ``midshift-ledger`` for a
-single worker, ``midshift-ledger-GROUP-HOST`` for a ``--shared`` worker and that plus
-``-wI`` for worker I of ``--workers N``; two ledgers running with one id knock each
-other off the broker, so give each its own. ``--client-id ''`` asks for a clean session
-(the broker then forgets the ledger at each disconnect). A shared worker's session
-expires ``--session-expiry-s`` after it leaves. Across a broker restart the session
-lasts only with the broker's persistence on (mosquitto: ``persistence true``).
+single worker and ``midshift-ledger-GROUP-wI`` for worker I of ``--workers N``; two
+ledgers running with one id knock each other off the broker, so a second ledger on the
+same broker needs an id of its own. A ``--shared`` worker started by hand keeps a
+session only with ``--client-id`` (one per worker; without it its session is clean, as
+several such workers often run on one host). ``--client-id ''`` asks for a clean
+session (the broker then forgets the ledger at each disconnect). A shared worker's
+session expires ``--session-expiry-s`` after it leaves. Across a broker restart the
+session lasts only with the broker's persistence on (mosquitto: ``persistence true``);
+when the broker comes back without it, the ledger subscribes again and asks the gateways
+it has heard from to resend what they have in flight.
 
 Against a provisioned broker the ledger connects over TLS with its own certificate:
 ``--broker mqtts://HOST:8884 --site SITE_DIR`` (which finds ``ca/ca.crt``,
@@ -73,8 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "group 'ledger' unless --shared says)")
     serve.add_argument("--client-id", metavar="ID",
                        help="the MQTT client id of a session kept across disconnects and "
-                       "broker restarts (default midshift-ledger, or midshift-ledger-GROUP-"
-                       "HOST with --shared); '' for a clean session")
+                       "broker restarts (default midshift-ledger; with --shared none: a "
+                       "clean session); '' for a clean session")
     serve.add_argument("--session-expiry-s", type=int, default=300, metavar="S",
                        help="a --shared worker's session (and the batches queued for it) "
                        "outlives the worker by S seconds (default 300)")
@@ -167,8 +171,7 @@ def serve_ledger(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     if args.client_id is None:
-        args.client_id = default_client_id(args.shared or ("ledger" if args.workers > 1
-                                                           else None))
+        args.client_id = default_client_id(args.shared, args.workers)
     bind = None
     if args.metrics is not None:
         from firmware.core.bind_address import BIND_FORM, parse_bind
@@ -235,14 +238,14 @@ def serve_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
-def default_client_id(shared_group: str | None) -> str:
-    """The ledger's client id when ``--client-id`` is not given: one ledger per broker is
-    ``midshift-ledger``; a shared worker adds its group and host, so workers on several
-    machines do not take each other's session."""
-    if shared_group is None:
-        return "midshift-ledger"
-    import socket
-    return f"midshift-ledger-{shared_group}-{socket.gethostname()}"
+def default_client_id(shared_group: str | None, workers: int) -> str:
+    """The ledger's client id when ``--client-id`` is not given: ``midshift-ledger`` for
+    the one ledger of a broker; the base of the slot ids (``-wI``) for ``--workers N``;
+    none (a clean session) for a ``--shared`` worker started by hand, since several of
+    them on one host would otherwise share an id and knock each other off the broker."""
+    if workers > 1:
+        return f"midshift-ledger-{shared_group or 'ledger'}"
+    return "" if shared_group else "midshift-ledger"
 
 
 def _clock(control: str | None) -> Any:
