@@ -187,6 +187,7 @@ class LedgerService:
         return f"$share/{self.shared_group}/{t}" if self.shared_group else t
 
     def start(self, timeout_s: float = 10.0) -> LedgerService:
+        deadline = time.monotonic() + timeout_s
         if self.shared_group and self.persistent:
             # A 3.1.1-only broker cannot parse a CONNECT with properties and just hangs
             # up; a bare MQTT 5 CONNECT first gets its refusal in words (ValueError).
@@ -208,7 +209,6 @@ class LedgerService:
         else:
             self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
-        deadline = time.monotonic() + timeout_s
         while not self._subscribed.wait(0.05) and self._refused is None:
             if time.monotonic() > deadline:
                 self.client.loop_stop()
