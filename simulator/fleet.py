@@ -214,6 +214,11 @@ class Fleet:
                 self.counters["bad_acks"] = self.counters.get("bad_acks", 0) + 1
             return
         with self._lock:
+            if status == "resend":  # the ledger lost what was sent before it subscribed
+                self.counters["resend_asked"] = self.counters.get("resend_asked", 0) + 1
+                for f, (n, _, data) in g.inflight.items():  # type: ignore[union-attr]
+                    g.inflight[f] = (n, 0.0, data)  # type: ignore[union-attr]
+                return
             self.counters["acks"] += 1
             if g is None or status != "ok":
                 self.counters["rejected_acks"] += 1

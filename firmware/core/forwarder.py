@@ -157,6 +157,12 @@ class Forwarder:
                       Lane(BACKLOG, tail_pos, tail_seq, durable_seq)]
         return start
 
+    def resend_now(self, now_ms):
+        """The ledger says batches sent before it subscribed may have reached no one:
+        what is in flight goes again at the next poll, not at its ack timeout."""
+        for f in self.inflight:
+            f.sent_ms = min(f.sent_ms, now_ms - self.ack_timeout_ms)
+
     def drain_now(self):
         """Lift the backlog's rate cap (an operator's order to catch up now)."""
         self.bucket.rate = 0

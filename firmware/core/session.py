@@ -195,7 +195,8 @@ class LinkSession:
         self.last_command = None
         self.link_since_ms = None       # wall ms "some uplink is up" last changed (None: never)
         self.counters = {"acks": 0, "bad_acks": 0, "commits": 0, "publish_refused": 0,
-                         "commands_rejected": 0, "ignored_inactive": 0, "foreign_topic": 0}
+                         "commands_rejected": 0, "ignored_inactive": 0, "foreign_topic": 0,
+                         "resend_asked": 0}
         self._pending_commit = None
         self._last_commit_ms = now_ms - commit_every_ms  # the first commit is not held
         self._status_due = now_ms
@@ -366,6 +367,10 @@ class LinkSession:
         except WireError as exc:
             self.counters["bad_acks"] += 1
             return [Note("bad_ack", {"reason": exc.reason})]
+        if status == "resend":  # of no batch and no epoch: the ledger lost what we sent
+            self.counters["resend_asked"] += 1
+            self.forwarder.resend_now(now_ms)
+            return [Note("resend_asked", {"in_flight": len(self.forwarder.inflight)})]
         if epoch != self.journal.epoch:
             self.counters["bad_acks"] += 1
             return [Note("bad_ack", {"reason": "epoch"})]

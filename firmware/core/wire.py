@@ -34,6 +34,9 @@ RECORD = "<QBQI"  # seq, class, hlc, body length
 RECORD_SIZE = struct.calcsize(RECORD)  # 21
 MAX_COUNT = 65535
 ACK_VERSION = 2  # 2: signed (``sig``); a version 1 ack is unsigned and refused
+# ``resend`` answers no batch (epoch 0, range 0..0): the ledger has just subscribed on a
+# session the broker had not kept, so batches sent before may have reached no one.
+ACK_STATUSES = ("ok", "rejected", "resend")
 ACK_DOMAIN = b"midshift-ack\n"  # a batch MAC can never pass as an ack MAC, nor back
 ACK_SIG = b',"sig":"'
 MAX_ACK = 512  # bytes: an ack is about 150; anything larger is refused unparsed
@@ -193,6 +196,11 @@ def encode_ack(signer, epoch, first, last, ledger_ms, status="ok", reason=None,
     return body[:-1] + ACK_SIG + tag + b'"}'
 
 
+def encode_resend(signer, ledger_ms):
+    """The ledger's signed ``resend`` nudge (see ``ACK_STATUSES``)."""
+    return encode_ack(signer, 0, 0, 0, ledger_ms, status="resend")
+
+
 def decode_ack(data, signer):
     """(epoch, first, last, ledger_ms, status) from a signed ack; WireError (reason
     ``bad_ack``, or ``bad_ack_mac`` when the signature does not verify). The signature
@@ -225,7 +233,7 @@ def decode_ack(data, signer):
     if out[1] > out[2]:
         raise WireError("bad_ack", "ack range %d..%d is empty" % (out[1], out[2]))
     status = doc.get("status")
-    if status not in ("ok", "rejected"):
+    if status not in ACK_STATUSES:
         raise WireError("bad_ack", "ack status %r" % (status,))
     out.append(status)
     return tuple(out)

@@ -6,6 +6,20 @@ broker spreads gateways over them; N processes on N machines started with ``--sh
 do the same. On PostgreSQL a worker does not migrate: run ``ledger migrate`` first (or
 pass ``--migrate`` to a single serve), so that workers starting together never race DDL.
 
+The ledger's MQTT session outlives its connection, so batches published while the
+ledger is away (a broker restart, a ledger restart) wait at the broker instead of for
+the gateways' ack timeout. Its client id (``--client-id``) is ``midshift-ledger`` for a
+single worker and ``midshift-ledger-GROUP-wI`` for worker I of ``--workers N``; two
+ledgers running with one id knock each other off the broker, so a second ledger on the
+same broker needs an id of its own. A ``--shared`` worker started by hand keeps a
+session only with ``--client-id`` (one per worker; without it its session is clean, as
+several such workers often run on one host). ``--client-id ''`` asks for a clean
+session (the broker then forgets the ledger at each disconnect). A shared worker's
+session expires ``--session-expiry-s`` after it leaves. Across a broker restart the
+session lasts only with the broker's persistence on (mosquitto: ``persistence true``);
+when the broker comes back without it, the ledger subscribes again and asks the gateways
+it has heard from to resend what they have in flight.
+
 Against a provisioned broker the ledger connects over TLS with its own certificate:
 ``--broker mqtts://HOST:8884 --site SITE_DIR`` (which finds ``ca/ca.crt``,
 ``ledger/ledger.crt``, ``ledger/ledger.key`` and, unless ``--keys`` says otherwise,
@@ -61,6 +75,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="run N worker processes on a shared subscription (PostgreSQL only; "
                             "group 'ledger' unless --shared says)")
+    serve.add_argument("--client-id", metavar="ID",
+                       help="the MQTT client id of a session kept across disconnects and "
+                       "broker restarts (default midshift-ledger; with --shared none: a "
+                       "clean session); '' for a clean session")
+    serve.add_argument("--session-expiry-s", type=int, default=300, metavar="S",
+                       help="a --shared worker's session (and the batches queued for it) "
+                       "outlives the worker by S seconds (default 300)")
     serve.add_argument("--migrate", action="store_true",
                        help="bring a PostgreSQL schema up to date before serving")
     serve.add_argument("--clock-control", metavar="PATH",
@@ -145,6 +166,12 @@ def serve_ledger(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"ledger: --workers {args.workers}: must be 1 or more", file=sys.stderr)
         return 2
+    if args.session_expiry_s < 0:
+        print(f"ledger: --session-expiry-s {args.session_expiry_s}: must be 0 or more",
+              file=sys.stderr)
+        return 2
+    if args.client_id is None:
+        args.client_id = default_client_id(args.shared, args.workers)
     bind = None
     if args.metrics is not None:
         from firmware.core.bind_address import BIND_FORM, parse_bind
@@ -167,8 +194,10 @@ def serve_ledger(args: argparse.Namespace) -> int:
     if store is None:
         return 2
     try:
-        service = LedgerService(store, keys, args.broker, args.shared, tls_files=tls_files,
-                                clock=_clock(args.clock_control)).start()
+        service = LedgerService(store, keys, args.broker, args.shared,
+                                client_id=args.client_id, tls_files=tls_files,
+                                clock=_clock(args.clock_control),
+                                session_expiry_s=args.session_expiry_s).start()
     except ValueError as exc:
         print(f"ledger: {exc}", file=sys.stderr)
         store.close()
@@ -209,6 +238,16 @@ def serve_ledger(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_client_id(shared_group: str | None, workers: int) -> str:
+    """The ledger's client id when ``--client-id`` is not given: ``midshift-ledger`` for
+    the one ledger of a broker; the base of the slot ids (``-wI``) for ``--workers N``;
+    none (a clean session) for a ``--shared`` worker started by hand, since several of
+    them on one host would otherwise share an id and knock each other off the broker."""
+    if workers > 1:
+        return f"midshift-ledger-{shared_group or 'ledger'}"
+    return "" if shared_group else "midshift-ledger"
+
+
 def _clock(control: str | None) -> Any:
     """The ledger's wall clock: the host's, or one following a control file."""
     from firmware.edges.clock import FileControlledClock, SystemClock
@@ -234,11 +273,15 @@ def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None,
         store.close()
     argv = [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", args.db,
             "--broker", args.broker, "--keys", args.keys, "--shared", group,
-            "--log-level", args.log_level]
+            "--log-level", args.log_level, "--session-expiry-s", str(args.session_expiry_s)]
     for flag in ("site", "ca", "cert", "key", "clock_control"):
         if getattr(args, flag):
             argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
-    workers = [subprocess.Popen(argv) for _ in range(args.workers)]
+    # One id per slot, kept when the slot's worker is restarted: the new worker takes
+    # over the session and the batches the broker queued for the one that died.
+    argvs = [argv + ["--client-id", f"{args.client_id}-w{i}" if args.client_id else ""]
+             for i in range(args.workers)]
+    workers = [subprocess.Popen(a) for a in argvs]
     print(f"ledger: {args.workers} workers on $share/{group} (pids "
           f"{', '.join(str(w.pid) for w in workers)})", flush=True)
     status = 0
@@ -255,7 +298,7 @@ def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None,
                     break
                 print(f"ledger: worker pid {w.pid} exited ({code}); starting another",
                       file=sys.stderr, flush=True)
-                workers[i] = subprocess.Popen(argv)
+                workers[i] = subprocess.Popen(argvs[i])
     finally:
         for w in workers:
             if w.poll() is None:

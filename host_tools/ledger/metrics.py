@@ -45,6 +45,9 @@ class LedgerCollector(Collector):
         yield counter("midshift_ledger_store_unavailable",
                       "Batches left unacknowledged because the store was down.",
                       c.get("store_unavailable"))
+        yield counter("midshift_ledger_nudges",
+                      "Resend nudges sent to gateways after subscribing on a new session.",
+                      c.get("nudges"))
         yield gauge("midshift_ledger_broker_connected", "1 while connected to the broker.",
                     snap["connected"])
         yield gauge("midshift_ledger_inbox", "Batches received, waiting for the writer.",

@@ -9,6 +9,21 @@ ack goes to ``.../ack`` with the ledger's time.
 The broker's PUBACK for the batch is sent only after that (paho ``manual_ack``), so a
 worker that dies mid-batch leaves the batch to be redelivered, not lost.
 
+Sessions: with a ``client_id`` the ledger's session outlives its connection (MQTT 3.1.1
+``clean_session=0``; as a shared-subscription worker, MQTT 5 ``clean_start=0`` and a
+``session_expiry_s``), so the broker queues the batches published while the ledger is
+away (a broker restart with persistence, a ledger restart) and hands them over at the
+reconnect instead of dropping them and leaving the gateways to their ack timeout. The
+subscription is made again on every connect: a broker that lost its state
+(``session_present`` false) gets it back, one that kept it loses nothing. Without a
+client id the session is clean, as before.
+
+A subscription made on a session the broker had not kept (a broker back without its
+persisted state, or a clean session) follows a gap in which batches reached no one:
+once the broker has confirmed it, every gateway heard from since this process started
+gets a signed ``resend`` nudge on its ``ack`` topic and sends what it has in flight at
+once, instead of at its ack timeout (``nudges`` counts them).
+
 Hostile input costs little and stops nothing:
 
 - Before anything is written, every field is checked against what the store can hold
@@ -39,11 +54,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from firmware.core import topics
 from firmware.core.broker_url import parse_broker_url
 from firmware.core.signing import Signer
-from firmware.core.wire import Batch, WireError, encode_ack
+from firmware.core.wire import Batch, WireError, encode_ack, encode_resend
 from firmware.edges.clock import SystemClock
 from host_tools.ledger.rejections import RejectionTally
 from host_tools.ledger.store import MAX_INT, LedgerStore
@@ -116,11 +133,16 @@ class LedgerService:
     def __init__(self, store: LedgerStore, keys: dict[str, bytes], broker: str,
                  shared_group: str | None = None, client_id: str = "",
                  tls_files: tuple[str | Path, str | Path, str | Path] | None = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None, session_expiry_s: int = 300) -> None:
         """``tls_files``: (CA, certificate, key) for an ``mqtts://`` broker: the ledger's
         own identity (``provision`` issues it), which the broker's ACL confines to reading
         batches and writing acks and commands. ``clock``: what stamps arrivals and acks
-        (``now_ms()``; the host's wall clock unless a simulator steers it)."""
+        (``now_ms()``; the host's wall clock unless a simulator steers it).
+        ``client_id``: non-empty for a session that survives the connection (module
+        docstring); one id per running ledger or worker, or they knock each other off.
+        ``session_expiry_s``: how long a shared-subscription worker's session (and the
+        batches queued in it) outlives the worker; a single worker's MQTT 3.1.1 session
+        lasts until the broker's ``persistent_client_expiration``."""
         self.store = store
         self.clock = clock or SystemClock()
         self.signers = {gw: Signer(k) for gw, k in keys.items()}
@@ -130,8 +152,11 @@ class LedgerService:
                              "certificate and key" if tls else "certificate files given for "
                              "a plain mqtt:// broker; use mqtts://"))
         self.shared_group = shared_group
+        self.broker = broker
+        self.tls_files = tls_files
         self.counters = {"batches": 0, "events": 0, "duplicates": 0, "rejected": 0,
-                         "store_unavailable": 0}
+                         "store_unavailable": 0, "nudges": 0}
+        self._ack_topics: dict[str, str] = {}  # gateway -> its ack topic, as heard
         self.events_by_gateway: dict[str, int] = {}  # new events stored, per gateway
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -149,8 +174,12 @@ class LedgerService:
             self.client.tls_set_context(ctx)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_subscribe = self._on_subscribe
         self._refused: Any = None  # the broker's CONNACK reason when it refused MQTT 5
+        self._nudge_due = False  # a SUBACK on a session the broker had not kept is due
+        self.persistent = bool(client_id)
+        self.session_expiry_s = session_expiry_s
+        self.session_present: bool | None = None  # from the last CONNACK
 
     @property
     def topic(self) -> str:
@@ -158,13 +187,28 @@ class LedgerService:
         return f"$share/{self.shared_group}/{t}" if self.shared_group else t
 
     def start(self, timeout_s: float = 10.0) -> LedgerService:
+        deadline = time.monotonic() + timeout_s
+        if self.shared_group and self.persistent:
+            # A 3.1.1-only broker cannot parse a CONNECT with properties and just hangs
+            # up; a bare MQTT 5 CONNECT first gets its refusal in words (ValueError).
+            tls = None if self.tls_files is None else tuple(str(f) for f in self.tls_files)
+            check_mqtt5(self.broker, tls, timeout_s)  # type: ignore[arg-type]
         self._thread.start()
         # A handful of workers, not a fleet: back within half a second of the broker, or
         # every batch the gateways send meanwhile waits for their ack timeout.
         self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect_async(self.host, self.port, keepalive=10)
+        if self.shared_group:
+            # MQTT 5: clean_start=False on every connect, the first too, so a restarted
+            # worker takes over its session; paho's default starts clean the first time.
+            props = None
+            if self.persistent:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self.session_expiry_s
+            self.client.connect_async(self.host, self.port, keepalive=10,
+                                      clean_start=not self.persistent, properties=props)
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=10)
         self.client.loop_start()
-        deadline = time.monotonic() + timeout_s
         while not self._subscribed.wait(0.05) and self._refused is None:
             if time.monotonic() > deadline:
                 self.client.loop_stop()
@@ -207,8 +251,29 @@ class LedgerService:
                 return
             log.error("ledger: broker refused the connection: %s", reason)
             return
+        # Always: a broker restarted without its state (session_present false) has
+        # forgotten the subscription, and subscribing again to a kept one loses nothing.
+        self.session_present = bool(getattr(flags, "session_present", False))
+        self._nudge_due = not self.session_present
         client.subscribe(self.topic, qos=1)
-        log.info("ledger: subscribed to %s on %s:%d", self.topic, self.host, self.port)
+        log.info("ledger: subscribed to %s on %s:%d (%s)", self.topic, self.host, self.port,
+                 "session resumed" if self.session_present else
+                 "new session" if self.persistent else "clean session")
+
+    def _on_subscribe(self, client: mqtt.Client, *args: Any) -> None:
+        if self._nudge_due:  # the subscription is in place: what comes now reaches us
+            self._nudge_due = False
+            with self._lock:
+                known = sorted(self._ack_topics.items())
+            for gateway, topic in known:
+                client.publish(topic, encode_resend(self.signers[gateway],
+                                                    self.clock.now_ms()), qos=1)
+            with self._lock:
+                self.counters["nudges"] += len(known)
+            if known:
+                log.warning("ledger: subscribed on a new session; %d gateway(s) asked to "
+                            "resend what they have in flight", len(known))
+        self._subscribed.set()
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, per-gateway events and the broker link, read together (metrics)."""
@@ -279,7 +344,9 @@ class LedgerService:
                                        (topic, batch.epoch, batch.first_seq, batch.last_seq))
                 continue
             new, dup = result
+            reply = topics.reply_to(topic)
             with self._lock:
+                self._ack_topics[batch.gateway] = reply  # type: ignore[assignment]
                 self.counters["batches"] += 1
                 self.counters["events"] += new
                 self.counters["duplicates"] += dup
@@ -287,7 +354,7 @@ class LedgerService:
                     self.events_by_gateway.get(batch.gateway, 0) + new
             ack = encode_ack(self.signers[batch.gateway], batch.epoch, batch.first_seq,
                              batch.last_seq, now, duplicates=dup)
-            self.client.publish(topics.reply_to(topic), ack, qos=1)
+            self.client.publish(reply, ack, qos=1)  # type: ignore[arg-type]
             acks[i] = ack
         return acks
 

@@ -11,7 +11,7 @@ from firmware.core.commands import CommandGate, sign_command
 from firmware.core.journal import Journal, storage_size
 from firmware.core.signing import Signer
 from firmware.core.storage import MemoryStorage
-from firmware.core.wire import decode_batch, encode_ack
+from firmware.core.wire import decode_batch, encode_ack, encode_resend
 
 KEY = b"k" * 32
 HOST = b"h" * 32
@@ -131,6 +131,24 @@ def test_an_unacknowledged_batch_goes_again_after_the_ack_timeout():
     again = sess.poll(1000, WALL + 1000)
     assert batches(again) == [("eth", 1, 3)]
     assert [n.what for n in of(again, s.Note)] == ["resent"]
+
+
+def test_the_ledgers_resend_nudge_sends_what_is_in_flight_at_once():
+    # The broker lost the ledger's subscription: batches sent before it subscribed again
+    # reached no one, and the ledger says so instead of leaving them to the ack timeout.
+    j = journal_with(3)
+    sess = session_for(j)
+    up(sess, 0)
+    out = sess.message("eth", ACK, encode_resend(LEDGER, WALL), 100, WALL + 100)
+    assert [n.what for n in of(out, s.Note)] == ["resend_asked"]
+    assert of(out, s.Commit) == [] and sess.counters["bad_acks"] == 0
+    assert sess.counters["resend_asked"] == 1
+    again = sess.poll(101, WALL + 101)
+    assert batches(again) == [("eth", 1, 3)]
+    assert batches(sess.poll(900, WALL + 900)) == []  # its own ack timeout starts again
+    forged = encode_resend(Signer(b"f" * 32), WALL)
+    sess.message("eth", ACK, forged, 902, WALL + 902)
+    assert sess.counters["bad_acks"] == 1 and batches(sess.poll(903, WALL + 903)) == []
 
 
 def test_failover_resends_everything_in_flight_on_the_next_uplink():
