@@ -66,9 +66,12 @@ def test_short_scenario_loses_and_duplicates_nothing(
         assert r["fleet_lost"] == 0 and r["fleet_drained"] and r["fleet_events"] > 0
     if name == "e-mobility-line":  # each protocol of the line journaled through the outage
         rows = {row["device"]: row for row in r["devices"]}
-        assert {"cell1", "conveyor1", "meter1"} <= set(rows)  # battery1 once CANopen is merged
-        for dev in ("cell1", "conveyor1", "meter1"):
-            assert rows[dev]["produced"] > 0 and rows[dev]["committed"] == rows[dev]["produced"]
+        devices = ("cell1", "conveyor1", "meter1", "battery1")
+        assert set(devices) <= set(rows)
+        for dev in devices:  # unobserved: served before the agent's first read of it
+            row = rows[dev]
+            assert row["produced"] > 0 and row["lost"] == 0 and row["duplicates"] == 0, row
+            assert row["committed"] == row["produced"] - row["unobserved"], row
         assert {f["kind"] for f in r["faults"]} >= {"link"}
 
 
