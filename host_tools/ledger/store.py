@@ -157,20 +157,24 @@ class LedgerStore:
 
     def transactions(self, store: str | None = None, day: str | None = None,
                      ) -> list[dict[str, Any]]:
-        """Transaction rows (``migrations`` version 3 columns), by store, business day,
-        till and till_seq; ``lines`` and ``tenders`` as lists, ``offline`` as bool."""
+        """Transaction rows (``migrations`` version 4 columns), by store, business day,
+        till and till_seq; ``lines`` and ``tenders`` as lists, read from the event's body
+        (as booking read them: absent is an empty list), ``offline`` as bool."""
         from host_tools.ledger.transactions import COLUMNS
         where, args = [], []
         for col, val in (("store", store), ("business_day", day)):
             if val is not None:
-                where.append(f"{col} = ?")
+                where.append(f"t.{col} = ?")
                 args.append(val)
-        rows = self._select(f"SELECT {', '.join(COLUMNS)} FROM transactions"
+        rows = self._select(f"SELECT {', '.join('t.' + c for c in COLUMNS)}, e.body "
+                            "FROM transactions t JOIN events e ON e.gateway = t.gateway "
+                            "AND e.epoch = t.epoch AND e.seq = t.seq"
                             + (f" WHERE {' AND '.join(where)}" if where else "")
-                            + " ORDER BY store, business_day, till, till_seq, accepted_ms",
-                            tuple(args))
+                            + " ORDER BY t.store, t.business_day, t.till, t.till_seq, "
+                            "t.accepted_ms", tuple(args))
         for r in rows:
-            r["lines"], r["tenders"] = json.loads(r["lines"]), json.loads(r["tenders"])
+            txn = json.loads(r.pop("body"))["d"]["txn"]
+            r["lines"], r["tenders"] = txn.get("lines", []), txn.get("tenders", [])
             r["original"] = None if r["original"] is None else json.loads(r["original"])
             r["offline"] = bool(r["offline"])
         return rows

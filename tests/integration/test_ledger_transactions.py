@@ -178,3 +178,55 @@ def test_agent_to_ledger_over_mosquitto(tmp_path: Path) -> None:
         assert lab.ledger.counters["events"] >= 21
     finally:
         lab.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_version_3_ledger_migrates_and_keeps_its_transactions(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Version 4 drops ``lines`` and ``tenders`` (read from the event's body since): a
+    ledger booked under version 3 keeps its rows, reads the same, and books on."""
+    import json
+    import sqlite3
+
+    from host_tools.ledger.migrations import POSTGRESQL, SCHEMA_VERSION_TABLE, SQLITE
+    first = body(sale(till_seq=1, amount=500, tender="card", auth="offline_pending"), "k1", T0)
+    doc = json.loads(first)
+    v3 = ("gw-a", f"{1:016x}", 1, "store-1", "till-1", 1, "2026-03-29", "sale", "EUR", "k1",
+          doc["d"]["sha"], "R-till-1-1", 0, T0, T0 + 5, 500, 0, 500, 0,
+          json.dumps(doc["d"]["txn"]["lines"]), json.dumps(doc["d"]["txn"]["tenders"]), None,
+          "Europe/Berlin", "ann", None)
+    event = ("gw-a", f"{1:016x}", 1, 0, 1, first.decode(), 0, T0 + 5)
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'v3.db'}"
+        db = sqlite3.connect(tmp_path / "v3.db", isolation_level=None)
+        db.execute(SCHEMA_VERSION_TABLE)
+        for version, sql in SQLITE[:3]:
+            db.executescript(f"BEGIN;\n{sql}\nINSERT INTO schema_version VALUES ({version}, 0);"
+                             "\nCOMMIT;")
+        db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?)", event)
+        db.execute(f"INSERT INTO transactions VALUES ({', '.join('?' * len(v3))})", v3)
+        db.close()
+    else:
+        import psycopg
+        pg: ThrowawayPostgres = request.getfixturevalue("pg")
+        url = pg.create_database(f"txn_v3_{time.time_ns() % 10**9}")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SCHEMA_VERSION_TABLE)
+            for version, sql in POSTGRESQL[:3]:
+                conn.execute(sql)
+                conn.execute("INSERT INTO schema_version VALUES (%s, 0)", (version,))
+            conn.execute("INSERT INTO events VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", event)
+            conn.execute(f"INSERT INTO transactions VALUES ({', '.join(['%s'] * len(v3))})", v3)
+    with open_store(url, migrate=True) as s:
+        assert s.schema_version() == 4
+        (row,) = s.transactions()
+        assert (row["till_seq"], row["card"], row["ledger_ms"]) == (1, 500, T0 + 5)
+        assert row["lines"] == doc["d"]["txn"]["lines"]
+        assert row["tenders"] == doc["d"]["txn"]["tenders"]
+        # Booking goes on against the migrated table and its indexes.
+        s.store_many([batch("gw-b", 2, [body(sale(till_seq=1, amount=7), "k1", T0)])], T0)
+        assert [r["till_seq"] for r in s.transactions()] == [1, 1]
+        assert _kinds(s) == Counter({("gw-a", 1, "conflict_till_seq"): 1,
+                                     ("gw-b", 1, "conflict_till_seq"): 1,
+                                     ("gw-a", 1, "conflict_key"): 1,
+                                     ("gw-b", 1, "conflict_key"): 1})

@@ -5,7 +5,8 @@ from __future__ import annotations
 from bench.till_bench import run
 
 FIELDS = ("till_post_p50_ms", "till_post_p99_ms", "replay_p99_ms", "rss_added_mb",
-          "offline_drain_s", "offline_drain_baseline_s")
+          "offline_drain_s", "offline_drain_baseline_s", "offline_drain_ledger_cpu_s",
+          "offline_drain_agent_cpu_s")
 
 
 def test_the_quick_till_bench_reports_every_figure() -> None:
