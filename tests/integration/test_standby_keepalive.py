@@ -15,8 +15,8 @@ import pytest
 
 from simulator.lab import Lab, wait_for
 
-STANDBY_S = 5   # shortened for the test; the default is 60
-WINDOW_S = 20.0
+STANDBY_S = 3   # shortened for the test; the default is 60
+WINDOW_S = 12.0
 PING_EXCHANGE = 4  # PINGREQ + PINGRESP, 2 bytes each (MQTT 3.1.1, 3.12 and 3.13)
 
 
