@@ -20,28 +20,36 @@ from simulator.lab import Lab, wait_for
 TAGS = [f"r{i:02d}" for i in range(40)]
 
 
+def _agent(tmp: Path, device: str) -> Agent:
+    """A started agent with one device table (``device``: the lines after its header)."""
+    (tmp / "gw.key").write_text("11" * 32)
+    (tmp / "board.toml").write_text('[board]\nname = "test"\n[journal]\npath = "journal"\n')
+    site = tmp / "site.toml"
+    site.write_text('board_config = "board.toml"\n[gateway]\nid = "gw-b"\nsite = "lab"\n'
+                    f'key_file = "gw.key"\n{device}')
+    return Agent(load_config(site)).start()
+
+
+def _journaled(agent: Agent, source: str) -> list[dict]:
+    assert agent.journal is not None
+    return [b for b in (decode_body(r.body) for r in agent.journal.journal.records())
+            if b["source"] == source]
+
+
 def test_a_block_of_changed_registers_shares_one_sync(tmp_path: Path) -> None:
     regs = [{"tag": t, "address": i, "type": "uint16", "behaviour": "counter",
              "period_ms": 100} for i, t in enumerate(TAGS)]
     with ModbusPLC("plc1", regs) as plc:
-        (tmp_path / "gw.key").write_text("11" * 32)
-        (tmp_path / "board.toml").write_text('[board]\nname = "test"\n[journal]\n'
-                                             'path = "journal"\n')
         table = "".join(f'[[devices.plc1.registers]]\ntag = "{t}"\naddress = {i}\n'
                         'type = "uint16"\n' for i, t in enumerate(TAGS))
-        site = tmp_path / "site.toml"
-        site.write_text(f'board_config = "board.toml"\n[gateway]\nid = "gw-b"\nsite = "lab"\n'
-                        f'key_file = "gw.key"\n[devices.plc1]\ntype = "modbus"\n'
-                        f'host = "127.0.0.1"\nport = {plc.port}\npoll_ms = 20\n{table}')
-        agent = Agent(load_config(site)).start()
+        agent = _agent(tmp_path, f'[devices.plc1]\ntype = "modbus"\nhost = "127.0.0.1"\n'
+                                 f'port = {plc.port}\npoll_ms = 20\n{table}')
         try:
             assert agent.journal is not None
             syncs0 = agent.journal.syncs
 
             def journaled() -> list[dict]:
-                assert agent.journal is not None
-                return [b for b in (decode_body(r.body) for r in agent.journal.journal.records())
-                        if b["source"] == "plc1"]
+                return _journaled(agent, "plc1")
 
             assert wait_for(lambda: len(journaled()) >= 400, 20)
             syncs = agent.journal.syncs - syncs0
@@ -96,23 +104,15 @@ def test_one_opcua_publish_of_many_changes_shares_one_sync(tmp_path: Path) -> No
     plc = OpcUaPLC("cell1", port=0, period_ms=100,
                    variables=[{"tag": t, "type": "counter", "start": 1} for t in tags]).start()
     try:
-        (tmp_path / "gw.key").write_text("11" * 32)
-        (tmp_path / "board.toml").write_text('[board]\nname = "test"\n[journal]\n'
-                                             'path = "journal"\n')
         nodes = "".join(f'[[devices.cell1.nodes]]\ntag = "{t}"\nnode_id = "{plc.node_id(t)}"\n'
                         for t in tags)
-        site = tmp_path / "site.toml"
-        site.write_text(f'board_config = "board.toml"\n[gateway]\nid = "gw-b"\nsite = "lab"\n'
-                        f'key_file = "gw.key"\n[devices.cell1]\ntype = "opcua"\n'
-                        f'endpoint = "{plc.endpoint}"\npublishing_ms = 50\n{nodes}')
-        agent = Agent(load_config(site)).start()
+        agent = _agent(tmp_path, f'[devices.cell1]\ntype = "opcua"\nendpoint = "{plc.endpoint}"'
+                                 f'\npublishing_ms = 50\n{nodes}')
         try:
             assert agent.journal is not None
 
             def journaled() -> list[dict]:
-                assert agent.journal is not None
-                return [b for b in (decode_body(r.body) for r in agent.journal.journal.records())
-                        if b["source"] == "cell1"]
+                return _journaled(agent, "cell1")
 
             assert wait_for(lambda: len(journaled()) >= 30, 20)  # subscribed, first values in
             syncs0, n0 = agent.journal.syncs, len(journaled())

@@ -182,16 +182,22 @@ def test_a_journal_that_refuses_gives_507(tmp_path: Path) -> None:
         agent.stop()
 
 
+def _online(lab: Lab, site: Path, token: str) -> tuple[Agent, TillClient]:
+    """An agent on ``site`` forwarding through the lab, started; its till, once online."""
+    agent = Agent(load_checked(site))
+    agent.forwarding_options = lab.forwarding
+    lab.agent = agent.start()
+    till = TillClient(agent.tills.port, token)
+    assert wait_for(lambda: till.request("GET", "/v1/status")[1]["state"] == "online", 15)
+    return agent, till
+
+
 def test_offline_rules_follow_the_uplink(tmp_path: Path) -> None:
     lab = Lab(tmp_path, uplinks=1)
     try:
         site, tokens = write_till_site(tmp_path / "gw", TILLS, rules=RULES,
                                        uplink_ports=(lab.proxies[0].address[1],))
-        agent = Agent(load_checked(site))
-        agent.forwarding_options = lab.forwarding
-        lab.agent = agent.start()
-        till = TillClient(agent.tills.port, tokens["till-1"])
-        assert wait_for(lambda: till.request("GET", "/v1/status")[1]["state"] == "online", 15)
+        agent, till = _online(lab, site, tokens["till-1"])
         voucher = sale("till-1", 1, tender="voucher")
         status, online = till.post(voucher, "v-1")
         assert status == 201
@@ -233,11 +239,7 @@ def test_the_index_is_rebuilt_before_an_ack_can_reclaim_a_sale(
     try:
         site, tokens = write_till_site(tmp_path / "gw", TILLS, rules=RULES,
                                        uplink_ports=(lab.proxies[0].address[1],))
-        agent = Agent(load_checked(site))
-        agent.forwarding_options = lab.forwarding
-        lab.agent = agent.start()
-        till = TillClient(agent.tills.port, tokens["till-1"])
-        assert wait_for(lambda: till.request("GET", "/v1/status")[1]["state"] == "online", 15)
+        agent, till = _online(lab, site, tokens["till-1"])
         assert agent.journal is not None
         agent.journal.hold()  # the ack is not taken: as if the power went before it came
         status, first = till.post(sale("till-1", 1), "k-1")
@@ -253,10 +255,7 @@ def test_the_index_is_rebuilt_before_an_ack_can_reclaim_a_sale(
             rebuild(self)
 
         monkeypatch.setattr(TillApi, "_rebuild", slow_rebuild)
-        agent = Agent(load_checked(site))
-        agent.forwarding_options = lab.forwarding
-        lab.agent = agent.start()
-        till = TillClient(agent.tills.port, tokens["till-1"])
+        agent, till = _online(lab, site, tokens["till-1"])
         status, again = till.post(sale("till-1", 1), "k-1")
         assert (status, again["seq"]) == (200, first["seq"])
         assert wait_for(lambda: till.request("GET", "/v1/transactions/k-1")[1]["state"] ==
