@@ -116,6 +116,7 @@ class Agent:
         self.page: Any = None     # the status page (edges/status_page.py) when bound
         self.supervisor = Supervisor(on_alarm=self.alarm)
         self.tills: Any = None  # the till API (edges/till_api.py) when [till_api] is set
+        self.refdata: Any = None  # reference data down (edges/refdata_sync.py), with the API
 
     # ---- life ---------------------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class Agent:
             # in a power cut, and the till's retry would be taken twice.
             from firmware.edges.till_api import TillApi  # cheroot only when tills post here
             self.tills = TillApi(self).rebuild()
+            self.refdata = self._open_refdata()
         if self.cfg.uplinks:
             from firmware.forwarding import ForwardingLoop  # paho only when uplinks are set
             command_key = (read_key(self.cfg.command_key_file, "gateway.command_key_file")
@@ -193,6 +195,9 @@ class Agent:
             self.page.stop()
         if self.tills is not None:
             self.tills.stop()
+        if self.refdata is not None:
+            self.refdata.stop()
+            self.refdata.store.close()
         for drv in self.drivers:
             drv.stop()
         if self.forwarding is not None:
@@ -212,6 +217,22 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _open_refdata(self) -> Any:
+        """The store of prices, stock, ... beside the journal; kept in step with the ledger
+        side over the first uplink when the gateway has one and a command key (which signs
+        reference data as it signs commands)."""
+        from firmware.edges.refdata_store import FILE, RefdataStore
+        from firmware.edges.refdata_sync import RefdataSync
+        store = RefdataStore(Path(self.cfg.journal.path) / FILE)
+        if not self.cfg.uplinks or not self.cfg.command_key_file:
+            log.warning("reference data: no uplink or no command key; the tills read what "
+                        "%s holds and it never changes", FILE)
+            return RefdataSync.offline(store)
+        first = min(self.cfg.uplinks, key=lambda u: u.priority)
+        key = read_key(self.cfg.command_key_file, "gateway.command_key_file")
+        return RefdataSync(store, key, self.cfg.site, self.cfg.gateway_id, first,
+                           self.clock.now_ms).start()
 
     def _open_lights(self) -> Any:
         if not self.cfg.pins:
@@ -435,6 +456,8 @@ class Agent:
                "incidents_dropped": self.incidents_dropped}
         if self.tills is not None:
             doc["tills"] = self.tills.status()
+        if self.refdata is not None:
+            doc["refdata"] = self.refdata.status(self.clock.now_ms())
         return doc
 
     def snapshot(self) -> dict[str, Any]:

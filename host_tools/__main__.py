@@ -16,7 +16,7 @@ from firmware import __version__
 
 # One module per command, in the order --help lists them.
 COMMANDS = ("ledger", "reconcile", "review", "day", "report", "provision", "bundle",
-            "journal", "audit", "status", "command", "wheelhouse", "opcua")
+            "journal", "audit", "status", "command", "refdata", "wheelhouse", "opcua")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,14 +49,37 @@ def canonical(doc):
     for k in doc:
         if k != "sig":
             body[k] = doc[k]
-    return _dump(body).encode()
+    return dump_canonical(body).encode()
 
 
-def _dump(v):
+def _sorted_encoder():
+    """CPython's C encoder when it writes the same bytes as ``_dump_slow`` (checked once);
+    MicroPython has no JSONEncoder: None."""
+    try:
+        enc = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+    except (AttributeError, TypeError):
+        return None
+    if enc({"b": 1, "a": [1.5, "\u00e9"]}) != '{"a":[1.5,"\\u00e9"],"b":1}':
+        return None
+    return enc
+
+
+_ENCODE = _sorted_encoder()
+
+
+def dump_canonical(v):
+    """JSON with sorted keys and no spaces: what both ends sign and hash byte for byte."""
+    if _ENCODE is not None:
+        return _ENCODE(v)
+    return _dump_slow(v)
+
+
+def _dump_slow(v):
     if isinstance(v, dict):
-        return "{" + ",".join(json.dumps(k) + ":" + _dump(v[k]) for k in sorted(v)) + "}"
+        return "{" + ",".join(json.dumps(k) + ":" + _dump_slow(v[k])
+                              for k in sorted(v)) + "}"
     if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_dump(x) for x in v) + "]"
+        return "[" + ",".join(_dump_slow(x) for x in v) + "]"
     return json.dumps(v)
 
 

@@ -18,13 +18,18 @@ is no limit):
   offline longer than ``card_max_offline_age_s``), ``txn_cap`` (the transaction's total
   above it), ``offline_exposure_cap`` (what was taken offline and is not yet in the ledger,
   plus this one, above it).
+- ``stale_reference_data`` (sales only, offline only): the gateway's prices are older than
+  ``prices_max_age_s`` (seconds since the gateway last knew it held the newest version;
+  a gateway that never received prices counts as too old), checked first among the
+  offline rules: a sale at a stale price is wrong whatever the tender.
 """
 
 from firmware.core.till_txn import card_tenders, lines_total, tenders_total
 
-RULES = ("max_queue", "tender_not_offline", "card_floor_limit", "card_offline_age", "txn_cap",
+RULES = ("max_queue", "stale_reference_data", "tender_not_offline", "card_floor_limit", "card_offline_age", "txn_cap",
          "offline_exposure_cap")
-LIMIT_KEYS = {"max_queue": "max_queue", "card_floor_limit": "card_floor_limit",
+LIMIT_KEYS = {"max_queue": "max_queue", "stale_reference_data": "prices_max_age_s",
+              "card_floor_limit": "card_floor_limit",
               "card_offline_age": "card_max_offline_age_s", "txn_cap": "txn_cap",
               "offline_exposure_cap": "offline_exposure_cap"}
 
@@ -33,12 +38,13 @@ class SellState:
     """What the rules are checked against, as the API sees it now."""
 
     def __init__(self, online, queued_count=0, offline_amount=0, now_ms=0,
-                 offline_since_ms=None):
+                 offline_since_ms=None, prices_age_s=None):
         self.online = online                    # an uplink and not forced offline
         self.queued_count = queued_count        # accepted, not yet in the ledger
         self.offline_amount = offline_amount    # of those, taken offline (minor units)
         self.now_ms = now_ms
         self.offline_since_ms = offline_since_ms
+        self.prices_age_s = prices_age_s        # None: no prices ever received
 
 
 class SellRules:
@@ -65,6 +71,9 @@ class SellRules:
             return "max_queue"
         if state.online or txn["type"] == "void":
             return None
+        if txn["type"] == "sale" and lim["stale_reference_data"] is not None and (
+                state.prices_age_s is None or state.prices_age_s > lim["stale_reference_data"]):
+            return "stale_reference_data"
         for t in txn["tenders"]:
             if t["kind"] not in self.offline_tenders:
                 return "tender_not_offline"
@@ -94,7 +103,10 @@ class SellRules:
         """Per rule: its limit, what is left under it now (None: no limit) and how many
         transactions it refused."""
         lim = self.limits
+        age = state.prices_age_s
         left = {"max_queue": _left(lim["max_queue"], state.queued_count),
+                "stale_reference_data": None if age is None
+                else _left(lim["stale_reference_data"], age),
                 "tender_not_offline": None,
                 "card_floor_limit": lim["card_floor_limit"],
                 "card_offline_age": _left(lim["card_offline_age"], self.offline_age_s(state)),

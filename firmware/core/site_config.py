@@ -297,7 +297,7 @@ class TillApiConfig:
 
 TENDER_KINDS = ("cash", "card", "voucher")
 SELL_LIMITS = ("card_floor_limit", "txn_cap", "offline_exposure_cap", "max_queue",
-               "card_max_offline_age_s")
+               "card_max_offline_age_s", "prices_max_age_s")
 
 
 def _tills(doc, cfg):

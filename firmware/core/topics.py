@@ -19,6 +19,24 @@ def topic(site, gateway, leaf):
     return "%s/%s/%s/%s" % (ROOT, site, gateway, leaf)
 
 
+REFDATA = "refdata"  # reference data down: not a LEAF, it has a subtree (docs/reference-data.md)
+
+
+def refdata_topic(site, gateway, dataset, kind, *more):
+    """Reference data for one gateway: ``.../<gw>/refdata/<dataset>/latest`` (the retained
+    pointer), ``.../delta/<to_version>`` (retained deltas), ``.../snapshot/<version>/<i>``
+    (retained chunks). ``+`` or ``#`` in any part makes a filter."""
+    parts = [ROOT, site, gateway, REFDATA, dataset, kind]
+    for m in more:
+        parts.append(str(m))
+    return "/".join(parts)
+
+
+def refdata_filter(site, gateway):
+    """Everything reference-data of one gateway (``+`` for either: every one)."""
+    return "%s/%s/%s/%s/#" % (ROOT, site, gateway, REFDATA)
+
+
 def every(leaf):
     """The filter for ``leaf`` of every gateway at every site."""
     return topic("+", "+", leaf)

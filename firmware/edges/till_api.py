@@ -278,8 +278,10 @@ class TillApi:
         self.queued.drop_through(self._committed_seq())
         count, _, offline_amount, _ = self.queued.totals()
         really_online = online and not self.forced_offline
+        ref = self.agent.refdata
         return SellState(really_online, count, offline_amount, now_ms,
-                         None if really_online else since)
+                         None if really_online else since,
+                         None if ref is None else ref.age_s("prices", now_ms))
 
     def state_of(self, e: Entry) -> str:
         j = self.agent.journal
@@ -329,6 +331,8 @@ class TillApi:
                 status, body = 200, self.status()
             elif path == "/v1/forced-offline" and method == "POST":
                 status, body = self._forced(environ, till)
+            elif path.startswith(("/v1/prices/", "/v1/stock/")) and method == "GET":
+                status, body = self._reference(path)
             elif path in ("/v1/transactions", "/v1/status", "/v1/forced-offline"):
                 raise Answer(405, "method_not_allowed", f"{method} {path}")
             else:
@@ -430,7 +434,44 @@ class TillApi:
             with self._lock:
                 self._in_flight.discard(key)
         self.counters["accepted"] += 1
+        self._count_stock(txn)
         return 201, self._answer(entry)
+
+    def _count_stock(self, txn: dict[str, Any]) -> None:
+        """A sale takes its lines' quantities off the local stock, provisionally (a refund
+        puts them back) until the next authoritative stock delta."""
+        ref = self.agent.refdata
+        if ref is None or txn["type"] not in ("sale", "refund"):
+            return
+        sign = 1 if txn["type"] == "sale" else -1
+        try:
+            ref.store.sold([(line["sku"], sign * line["qty_milli"]) for line in txn["lines"]])
+        except Exception as exc:  # the sale is journaled; only the provisional level lags
+            log.error("till API: provisional stock not updated: %s", exc)
+
+    def _reference(self, path: str) -> tuple[int, dict[str, Any]]:
+        """A price or stock level from the gateway's own copy: the same answer with the
+        link up or down, with its version and age (``docs/reference-data.md``)."""
+        from urllib.parse import unquote
+        ref = self.agent.refdata
+        dataset, _, sku = path[len("/v1/"):].partition("/")
+        sku = unquote(sku)
+        if ref is None:
+            raise Answer(404, "not_found", "this gateway holds no reference data")
+        now = self.agent.clock.now_ms()
+        version, _, published, _ = ref.store.state(dataset)
+        meta = {"sku": sku, "version": version, "age_s": ref.age_s(dataset, now),
+                "published_ms": published, "latest": (ref.pointer.get(dataset) or {}).get(
+                    "version")}
+        if dataset == "prices":
+            row = ref.store.lookup("prices", sku)
+            if row is None:
+                raise Answer(404, "not_found", f"no price for {sku[:80]} in version {version}")
+            return 200, {**meta, "price": row.get("price"), "row": row}
+        level = ref.store.stock(sku)
+        if level is None:
+            raise Answer(404, "not_found", f"no stock level for {sku[:80]} in version {version}")
+        return 200, {**meta, **level}
 
     def _journal(self, key: str, sha: str, txn: dict[str, Any], now: int, total: int,
                  offline: bool) -> Entry:
