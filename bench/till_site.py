@@ -31,19 +31,24 @@ def write_till_site(d: Path, tills: list[str], port: int = 0, uplink_ports: tupl
                     rules: dict[str, Any] | None = None, segment_size: int = 65536,
                     segment_count: int = 64, window_ms: float = 0.0,
                     till_api: dict[str, Any] | None = None,
-                    with_api: bool = True) -> tuple[Path, dict[str, str]]:
+                    with_api: bool = True,
+                    command_key: bytes | None = None) -> tuple[Path, dict[str, str]]:
     """(site file path, {till: token}). ``with_api=False``: the same gateway without the
-    till API (one disabled scanner, as a gateway needs a device then): the RSS baseline."""
+    till API (one disabled scanner, as a gateway needs a device then): the RSS baseline.
+    ``command_key``: the gateway's command key (it also verifies reference data)."""
     d.mkdir(parents=True, exist_ok=True)
     (d / "board.toml").write_text(BOARD)
     (d / "gw.key").write_text(KEY.hex())
+    if command_key:
+        (d / "cmd.key").write_text(command_key.hex())
     paths = provision_tills(d / "tills", STORE, tills, force=True)
     tokens = {t: Path(p).read_text().strip() for t, p in paths.items()}
     api = {"bind": "127.0.0.1", "port": port, "tokens_file": str(d / "tills" / HASHES_FILE)}
     api.update(till_api or {})
     rules = {"offline_tenders": ["cash", "card"]} if rules is None else rules
     lines = ['board_config = "board.toml"', "[gateway]", 'id = "gw-t"', 'site = "lab"',
-             'key_file = "gw.key"', "[journal]", 'path = "journal"',
+             'key_file = "gw.key"',
+             *(['command_key_file = "cmd.key"'] if command_key else []), "[journal]", 'path = "journal"',
              f"segment_size = {segment_size}", f"segment_count = {segment_count}",
              f"window_ms = {window_ms}"]
     if with_api:

@@ -68,3 +68,16 @@ def test_headroom_and_counters():
     assert room["card_offline_age"]["headroom"] == 3540
     assert room["tender_not_offline"]["limit"] == ["cash", "card"]
     assert SellRules({}).headroom(SellState(True))["max_queue"]["headroom"] is None
+
+
+def test_stale_reference_data_refuses_offline_sales_at_old_prices():
+    rules = SellRules(dict(LIMITS, prices_max_age_s=600))
+    assert rules.check(txn(), offline(prices_age_s=600)) is None
+    assert rules.check(txn(), offline(prices_age_s=601)) == "stale_reference_data"
+    assert rules.check(txn(), offline(prices_age_s=None)) == "stale_reference_data"  # never had
+    assert rules.check(txn(kind="refund"), offline(prices_age_s=9999)) is None
+    assert rules.check(txn(), SellState(True, now_ms=T0, prices_age_s=9999)) is None  # online
+    assert rules.check(txn(), offline(prices_age_s=None)) == "stale_reference_data"
+    room = rules.headroom(offline(prices_age_s=100))["stale_reference_data"]
+    assert room == {"limit": 600, "headroom": 500, "refused": 3}
+    assert SellRules(LIMITS).check(txn(), offline(prices_age_s=None)) is None  # no limit
