@@ -213,6 +213,31 @@ def agent_families(doc: dict[str, Any]) -> Iterator[Any]:
     tills = doc.get("tills")
     if isinstance(tills, dict):
         yield from till_families(tills)
+    refdata = doc.get("refdata")
+    if isinstance(refdata, dict):
+        yield from refdata_families(refdata)
+
+
+def refdata_families(r: dict[str, Any]) -> Iterator[Any]:
+    """Reference data down (issue 20): each dataset's version and age, the rejections."""
+    ds = r.get("datasets") or {}
+    yield labelled(GaugeMetricFamily, "midshift_refdata_version",
+                   "The version of each dataset the gateway holds (0: none yet).", ["dataset"],
+                   (([d], v.get("version")) for d, v in sorted(ds.items())))
+    yield labelled(GaugeMetricFamily, "midshift_refdata_age_seconds",
+                   "Seconds since the gateway last knew its version was the newest (0 while "
+                   "connected and current; absent before the first version).", ["dataset"],
+                   (([d], v["age_s"]) for d, v in sorted(ds.items())
+                    if isinstance(v.get("age_s"), (int, float))))
+    yield labelled(CounterMetricFamily, "midshift_refdata_rejected",
+                   "Reference data messages refused, by reason.", ["reason"],
+                   (([k], v) for k, v in sorted((r.get("rejected") or {}).items())))
+    yield counter("midshift_refdata_deltas_applied", "Deltas applied.", r.get("deltas_applied"))
+    yield counter("midshift_refdata_snapshots_installed", "Snapshots installed.",
+                  r.get("snapshots_installed"))
+    yield counter("midshift_refdata_stock_corrections",
+                  "Provisional stock levels an authoritative delta replaced.",
+                  (r.get("stock_corrections") or {}).get("count"))
 
 
 def till_families(t: dict[str, Any]) -> Iterator[Any]:

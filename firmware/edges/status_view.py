@@ -43,7 +43,10 @@ RULE_WORDS = {
     "card_offline_age": ("Card payments stop after offline for", "seconds"),
     "txn_cap": ("Largest sale while offline", "money"),
     "offline_exposure_cap": ("Total sales allowed while offline", "money"),
+    "stale_reference_data": ("Offline sales stop when prices are older than", "seconds"),
 }
+DATASET_WORDS = {"prices": "Prices", "promotions": "Promotions", "stock": "Stock levels",
+                 "sell_rules": "Selling rules"}
 
 STYLE = """
 body{font:16px/1.4 system-ui,sans-serif;margin:0;background:#f4f4f4;color:#111}
@@ -265,6 +268,29 @@ def _tills(t: dict[str, Any], clock: Clock) -> str:
     return "".join(out)
 
 
+def _refdata(r: dict[str, Any], clock: Clock) -> str:
+    rows = []
+    for ds, d in (r.get("datasets") or {}).items():
+        age, latest, version = d.get("age_s"), d.get("latest"), d.get("version")
+        if not version:
+            state = '<span class="s-warn">None received yet</span>'
+        elif latest is not None and latest > version:
+            state = f'<span class="s-warn">Catching up to version {_e(latest)}</span>'
+        elif age == 0:
+            state = '<span class="s-ok">Up to date</span>'
+        else:
+            state = f'<span class="s-warn">Not checked for {duration(float(age or 0))}</span>'
+        rows.append([_e(DATASET_WORDS.get(ds, ds)), _e(version), state,
+                     clock.at(d.get("published_ms")) if d.get("published_ms") else ""])
+    # Not newer (stale) and out of order (gap) happen on every reconnect; the rest is wrong.
+    refused = sum(v for k, v in (r.get("rejected") or {}).items() if k not in ("stale", "gap"))
+    out = _table(["Data", "Version", "State", "Published"], rows)
+    if refused:
+        out += (f'<p class="s-bad">{_e(refused)} updates from head office were refused '
+                "(see the gateway's log).</p>")
+    return out
+
+
 def render(doc: dict[str, Any], tz: tzinfo | None, refresh_s: int, tz_name: str = "") -> str:
     now_ms = doc.get("at_ms") or int(time.time() * 1000)
     clock = Clock(tz, now_ms)
@@ -284,6 +310,9 @@ def render(doc: dict[str, Any], tz: tzinfo | None, refresh_s: int, tz_name: str 
     if isinstance(doc.get("tills"), dict):
         parts += ['<h2>Tills</h2><section id="tills">', _tills(doc["tills"], clock),
                   "</section>"]
+    if isinstance(doc.get("refdata"), dict):
+        parts += ['<h2>Prices and stock from head office</h2><section id="refdata">',
+                  _refdata(doc["refdata"], clock), "</section>"]
     zone = f" ({_e(tz_name)})" if tz_name else ""
     parts.append(f'<footer>Shown at {clock.at(now_ms)}{zone}; this page refreshes every '
                  f'{int(refresh_s)} s. Gateway software {_e(doc.get("version", ""))}, '

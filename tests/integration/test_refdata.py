@@ -18,7 +18,9 @@ from firmware.agent import Agent
 from firmware.core import topics
 from firmware.core.refdata import checksum_of, sign_message
 from firmware.core.signing import Signer
+from firmware.edges.metrics import refdata_families
 from firmware.edges.preflight import load_checked
+from firmware.edges.status_view import render
 from host_tools import refdata_publisher
 from host_tools.__main__ import main as host_main
 from host_tools.refdata_publisher import Publisher
@@ -208,8 +210,17 @@ def test_forged_and_wrong_deltas_are_counted_then_a_gap_is_fetched(rig: Rig,
     assert wait_for(lambda: gate.rejected["stale"] > stale, 10)
     assert rig.version("prices") == 3
     assert rig.agent.refdata.store.checksum_now("prices") == checksum_of(v3)
-    rej = rig.agent.snapshot()["refdata"]["rejected"]
+    doc = rig.agent.snapshot()
+    rej = doc["refdata"]["rejected"]
     assert rej["bad_signature"] >= 1 and rej["bad_checksum"] >= 1 and rej["gap"] >= 1
+    # The same figures on the status page and as metrics.
+    page = render(doc, None, 5)
+    assert 'id="refdata"' in page and "updates from head office were refused" in page
+    fams = {f.name: f for f in refdata_families(doc["refdata"])}
+    assert [s.value for s in fams["midshift_refdata_version"].samples
+            if s.labels == {"dataset": "prices"}] == [3]
+    assert [s.value for s in fams["midshift_refdata_rejected"].samples
+            if s.labels == {"reason": "bad_checksum"}][0] >= 1
 
 
 def test_first_start_far_behind_takes_the_snapshot_in_chunks(
