@@ -5,10 +5,10 @@ certificate's CN as the username. The ACL then lets:
 
 - each gateway (CN = gateway id) publish only its own ``events`` and ``status`` (the
   status also being its last will), both under ``midshift/v1/<site>/<gw>/``, and read
-  only its own ``ack`` and ``cmd``;
+  only its own ``ack``, ``cmd`` and ``refdata/#``;
 - the ledger (CN ``midshift.ledger``, a name no gateway id can take) read every batch and
   every ``status`` (``host_tools command`` waits there for a command's answer) and write
-  every ``ack`` and ``cmd``, nothing else;
+  every ``ack``, ``cmd`` and reference data (``host_tools refdata publish``), nothing else;
 - anonymous clients read the retained statuses only (``host_tools status``), and only if
   the broker was given an anonymous listener (``provision broker --anonymous-port``).
 
@@ -49,6 +49,7 @@ def render_acl(site: str, gateways: Iterable[str]) -> str:
              f"topic read {topics.every(topics.STATUS)}",
              f"topic write {topics.every(topics.ACK)}",
              f"topic write {topics.every(topics.CMD)}",
+             f"topic write {topics.refdata_filter('+', '+')}",
              ""]
     for gw in sorted(gateways):
         lines += [f"user {gw}",
@@ -56,6 +57,7 @@ def render_acl(site: str, gateways: Iterable[str]) -> str:
                   f"topic write {topics.topic(site, gw, topics.STATUS)}",
                   f"topic read {topics.topic(site, gw, topics.ACK)}",
                   f"topic read {topics.topic(site, gw, topics.CMD)}",
+                  f"topic read {topics.refdata_filter(site, gw)}",
                   ""]
     return "\n".join(lines)
 
