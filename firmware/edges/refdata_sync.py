@@ -226,6 +226,11 @@ class RefdataSync:
         """Seconds since this gateway last knew its version of ``dataset`` was the newest
         (0 while connected and current); None before it ever held one."""
         version, _, _, synced = self.store.state(dataset)
+        return self.age_of(dataset, version, synced, now_ms)
+
+    def age_of(self, dataset: str, version: int, synced: int | None,
+               now_ms: int) -> float | None:
+        """``age_s`` from a state already read."""
         if synced is None:
             return None
         ptr = self.pointer.get(dataset)

@@ -459,12 +459,14 @@ class TillApi:
         if ref is None:
             raise Answer(404, "not_found", "this gateway holds no reference data")
         now = self.agent.clock.now_ms()
-        version, _, published, _ = ref.store.state(dataset)
-        meta = {"sku": sku, "version": version, "age_s": ref.age_s(dataset, now),
+        if dataset == "prices":
+            row, version, published, synced = ref.store.read("prices", sku)
+        else:
+            version, _, published, synced = ref.store.state(dataset)
+        meta = {"sku": sku, "version": version, "age_s": ref.age_of(dataset, version, synced, now),
                 "published_ms": published, "latest": (ref.pointer.get(dataset) or {}).get(
                     "version")}
         if dataset == "prices":
-            row = ref.store.lookup("prices", sku)
             if row is None:
                 raise Answer(404, "not_found", f"no price for {sku[:80]} in version {version}")
             return 200, {**meta, "price": row.get("price"), "row": row}
