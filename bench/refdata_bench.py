@@ -166,3 +166,8 @@ def measure(quick: bool = False, progress: Callable[[str], None] | None = None
                      f"{out['refdata_apply_ratio']})")
         out.update(_read(d, n, 2.0 if quick else 10.0, progress))
     return out
+
+
+def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``python -m bench refdata``: these fields alone (``both_ways`` carries them too)."""
+    return measure(quick, progress)

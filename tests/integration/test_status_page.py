@@ -150,7 +150,8 @@ def test_the_page_renders_in_headless_chromium(store_gateway: dict[str, Any],
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
                          timeout=120).stdout
     assert "Gateway gw-t" in dom and "store store-7" in dom and "Online since" in dom
-    assert dom.count("<table>") == 4  # uplinks, waiting, devices, sell rules
+    # uplinks, waiting, devices, sell rules, prices and stock from head office
+    assert dom.count("<table>") == 5 and 'id="refdata"' in dom
     assert "Sales not yet at head office" in dom
     shot = Path(os.environ.get("MIDSHIFT_SHOT_DIR", tmp_path)) / "status-page.png"
     subprocess.run([*common, "--window-size=1000,1400", f"--screenshot={shot}", url],
