@@ -111,7 +111,7 @@ class RefdataGate:
         if not self.signer.verify(tag, DOMAIN, body):
             raise self.reject("bad_signature", "message signature does not verify")
         try:
-            doc = json.loads(body)
+            doc = json.loads(body.decode())  # MicroPython's json.loads wants str
         except (ValueError, UnicodeError):
             raise self.reject("malformed", "message is not JSON")
         if not isinstance(doc, dict) or doc.get("v") != VERSION or doc.get("kind") not in KINDS:

@@ -121,7 +121,7 @@ def prices(n: int, base: int = 100) -> dict[str, dict[str, int]]:
 
 
 def test_published_prices_and_stock_reach_the_till_and_stay_readable_offline(
-        rig: Rig, broker: Broker) -> None:
+        rig: Rig, broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
     rig.start()
     assert rig.publish("prices", prices(50), "p.csv") == 0
     assert wait_for(lambda: rig.version("prices") == 1, 10)
@@ -137,6 +137,12 @@ def test_published_prices_and_stock_reach_the_till_and_stay_readable_offline(
     assert rig.get("/v1/prices/SKU0001")[0] == 404
     assert rig.agent is not None
     assert rig.agent.refdata.store.checksum_now("prices") == checksum_of(changed)
+    capsys.readouterr()
+    assert host_main(["refdata", "show", "--store", "store-7", "--dataset", "prices",
+                      "--site-dir", str(rig.site)]) == 0
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0].startswith("prices v2 ") and f"checksum {checksum_of(changed)}" in shown[0]
+    assert "changes 2" in shown[0] and shown[1].startswith("prices v1 ")
     # Stock: a sale takes it down provisionally, the next delta's level replaces it.
     assert rig.publish("stock", {"BREAD": {"qty_milli": 10000}}, "s.csv") == 0
     assert wait_for(lambda: rig.version("stock") == 1, 10)
