@@ -33,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = p.add_subparsers(dest="verb", required=True)
-    pub = verbs.add_parser("publish", help="diff a file against the last version, publish it")
+    pub = verbs.add_parser("publish", help="diff a file against the last version, publish it",
+                           description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     pub.add_argument("file", metavar="FILE", type=Path, help="a .csv or .json file")
     pub.add_argument("--store", required=True, help="the store id ([store] id)")
     pub.add_argument("--dataset", required=True, choices=DATASETS)
@@ -44,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     pub.add_argument("--site-dir", default="midshift-site", type=Path,
                      help="the site directory (default ./midshift-site)")
     pub.set_defaults(run=publish)
-    show = verbs.add_parser("show", help="the store's versions, newest first")
+    show = verbs.add_parser("show", help="the store's versions, newest first",
+                            description="Each dataset's published versions, newest first: "
+                            "time, rows, changes, checksum, source file.")
     show.add_argument("--store", required=True)
     show.add_argument("--dataset", choices=DATASETS, help="only this dataset")
     show.add_argument("--site-dir", default="midshift-site", type=Path)
