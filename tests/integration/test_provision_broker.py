@@ -247,3 +247,30 @@ def test_a_revoked_certificate_is_refused_once_mosquitto_has_read_the_new_crl(
         other.close()
     assert "user gw-03" not in (lab["site"] / "broker/acl").read_text()
     assert "gw-03" not in load_keys(lab["site"] / "ledger/keys.toml")
+
+
+def test_reference_data_published_as_the_ledger_is_read_by_its_gateway_only(
+        lab: dict[str, Any]) -> None:
+    """``refdata publish`` over TLS with the ledger's certificate leaves gw-02's prices on
+    the broker; gw-02 reads them, gw-01 asking for gw-02's gets nothing (the ACL)."""
+    site = lab["site"]
+    prices = lab["tmp"] / "prices.csv"
+    prices.write_text("sku,price\nA,100\nB,250\n")
+    assert host_tools(["refdata", "publish", "--store", "store-7", "--dataset", "prices",
+                       str(prices), "--gateway", "gw-02", "--broker", lab["broker"].tls_url,
+                       "--site-dir", str(site)]) == 0
+    mine, other = _peer(lab, "gw-02"), _peer(lab, "gw-01")
+    got: dict[str, list[str]] = {"gw-02": [], "gw-01": []}
+    mine.client.on_message = lambda c, u, m: got["gw-02"].append(m.topic)
+    other.client.on_message = lambda c, u, m: got["gw-01"].append(m.topic)
+    try:
+        assert mine.outcome() == "connected" and other.outcome() == "connected"
+        other.client.subscribe(f"midshift/v1/{SITE}/gw-02/refdata/#", qos=1)
+        mine.client.subscribe(f"midshift/v1/{SITE}/gw-02/refdata/#", qos=1)
+        # latest, delta/1, snapshot/1/0
+        assert wait_for(lambda: len(got["gw-02"]) == 3 and len(other.subacks) == 1, 10)
+    finally:
+        mine.close()
+        other.close()
+    assert f"midshift/v1/{SITE}/gw-02/refdata/prices/latest" in got["gw-02"]
+    assert got["gw-01"] == []
