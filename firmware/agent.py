@@ -228,7 +228,7 @@ class Agent:
         if not self.cfg.uplinks or not self.cfg.command_key_file:
             log.warning("reference data: no uplink or no command key; the tills read what "
                         "%s holds and it never changes", FILE)
-            return RefdataSync.offline(store)
+            return RefdataSync.offline(store).start()
         first = min(self.cfg.uplinks, key=lambda u: u.priority)
         key = read_key(self.cfg.command_key_file, "gateway.command_key_file")
         return RefdataSync(store, key, self.cfg.site, self.cfg.gateway_id, first,

@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 PENDING_MAX = 64
 
 
+class Sold:
+    """Lines a till sold (``[(sku, qty_milli)]``, negative for a refund), for the provisional
+    stock: written by the sync thread, so a till's 201 never waits on this write."""
+
+    def __init__(self, lines: list[tuple[str, int]]) -> None:
+        self.lines = lines
+
+
 class RefdataSync:
     def __init__(self, store: RefdataStore, command_key: bytes, site: str, gateway: str,
                  uplink_cfg: Any, now_ms: Any) -> None:
@@ -89,9 +97,11 @@ class RefdataSync:
             self._thread.join(5)
 
     def _run(self) -> None:
-        while not self._stopping.is_set():
+        while True:  # what was queued before stop() is still handled (a till's sale)
             ev = self.events.get()
             if ev is None:
+                if self._stopping.is_set():
+                    return
                 continue
             try:
                 self.handle(ev)
@@ -100,8 +110,14 @@ class RefdataSync:
 
     # ---- what arrives (the sync thread) -------------------------------------------------
 
+    def sold(self, lines: list[tuple[str, int]]) -> None:
+        """From the till API: queue a sale's lines for the provisional stock."""
+        self.events.put(Sold(lines))
+
     def handle(self, ev: Any) -> None:
-        if isinstance(ev, LinkUp):
+        if isinstance(ev, Sold):
+            self.store.sold(ev.lines)
+        elif isinstance(ev, LinkUp):
             self.live = True
             self.counters["connects"] += 1
             self.asked_at.clear()

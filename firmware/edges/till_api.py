@@ -444,10 +444,7 @@ class TillApi:
         if ref is None or txn["type"] not in ("sale", "refund"):
             return
         sign = 1 if txn["type"] == "sale" else -1
-        try:
-            ref.store.sold([(line["sku"], sign * line["qty_milli"]) for line in txn["lines"]])
-        except Exception as exc:  # the sale is journaled; only the provisional level lags
-            log.error("till API: provisional stock not updated: %s", exc)
+        ref.sold([(line["sku"], sign * line["qty_milli"]) for line in txn["lines"]])
 
     def _reference(self, path: str) -> tuple[int, dict[str, Any]]:
         """A price or stock level from the gateway's own copy: the same answer with the
