@@ -60,6 +60,8 @@ def test_a_tills_only_gateway_needs_no_device() -> None:
      "voucher"),
     ({"sell_rules__txn_cap": -1}, "sell_rules.txn_cap", "0 or more"),
     ({"sell_rules__max_queue": 1.5}, "sell_rules.max_queue", "0 or more"),
+    ({"sell_rules__prices_max_age_s": -5}, "sell_rules.prices_max_age_s", "0 or more"),
+    ({"sell_rules__prices_max_age_s": "1h"}, "sell_rules.prices_max_age_s", "0 or more"),
     ({"sell_rules__manager_code_sha256": "1234"}, "sell_rules.manager_code_sha256", "64"),
     ({"sell_rules__floor": 1}, "sell_rules.floor", "card_floor_limit"),
 ])
