@@ -44,7 +44,7 @@ def shrink(kind: str | None = None, fault_s: float = 20.0, gateways: int = 2,
         return r.violation is not None and (kind is None or r.violation.kind == kind)
 
     found = find(histories(fault_s), fails, settings=settings(
-        max_examples=max_examples, database=None, deadline=None,
+        max_examples=max_examples, database=None, deadline=None, derandomize=True,
         suppress_health_check=list(HealthCheck)))
     seed, hop_fault, schedule = found
     r = run_seed(seed, Config(gateways=gateways, fault_s=fault_s, hop_fault=hop_fault),
