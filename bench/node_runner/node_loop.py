@@ -161,9 +161,11 @@ class Broker:
 
 
 def import_node():
-    """Import what the node imports, build nothing (the ``heap_import_kib`` baseline)."""
+    """Import what the running node holds, build nothing (the ``heap_import_kib``
+    baseline): not the config checker, which boot releases (``node_config.release``)."""
+    import firmware.core.journal  # noqa: F401
+    import firmware.core.storage  # noqa: F401
     import firmware.mpy.node  # noqa: F401
-    import firmware.mpy.node_config  # noqa: F401
     import firmware.mpy.uart_scanner  # noqa: F401
     import firmware.mpy.umqtt_uplink  # noqa: F401
 
@@ -209,6 +211,7 @@ def setup(leak_per_event=False, journal=None, status_period_ms=10000):
     clock = Clock()
     node = Node(cfg, journal, [scanner], uplink, None, clock, signer,
                 status_period_ms=status_period_ms)
+    node_config.release()  # as firmware/mpy/main.py's build does after boot
     state.update(node=node, uart=uart, clock=clock, broker=broker, leak=leak_per_event,
                  storage_heap=storage_heap)
 

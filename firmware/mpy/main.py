@@ -16,9 +16,7 @@ import time
 
 from firmware import __version__
 from firmware.core import session
-from firmware.core.commands import CommandGate
 from firmware.core.signing import Signer
-from firmware.mpy import node_config
 from firmware.mpy.board_clock import BoardClock
 from firmware.mpy.flash_storage import open_or_create_journal
 from firmware.mpy.node import Node
@@ -65,6 +63,9 @@ def build(base="", options=None):
     opts = dict(DEFAULTS)
     if options:
         opts.update(options)
+    # The config checker is imported here, not at the top, and released below: on a
+    # board its bytecode would otherwise stay in RAM for good (node_config.release).
+    from firmware.mpy import node_config
     cfg = node_config.load(base + "node.json")
     clock = BoardClock()
     jc = cfg.journal
@@ -77,6 +78,7 @@ def build(base="", options=None):
             devices.append(EDGES[d.type](d.name, uart, d.settings))
     gate = None
     if cfg.command_key_file:
+        from firmware.core.commands import CommandGate  # not loaded without a command key
         key = node_config.read_key(base + cfg.command_key_file, "gateway.command_key_file")
         gate = CommandGate(Signer(key), cfg.gateway_id,
                            _last_command_id(base + "last-command-id"))
@@ -96,12 +98,14 @@ def build(base="", options=None):
             passphrase = node_config.read_text(base + cfg.wifi["key_file"], "wifi.key_file")
         wifi = WifiStation(cfg.wifi["ssid"], passphrase)
     signer = Signer(node_config.read_key(base + cfg.key_file, "gateway.key_file"))
-    return Node(cfg, journal, devices, uplink, wifi, clock, signer, command_gate=gate,
+    node = Node(cfg, journal, devices, uplink, wifi, clock, signer, command_gate=gate,
                 command_state=_saver(base + "last-command-id") if gate else None,
                 max_events=opts["max_events"], max_bytes=opts["max_bytes"],
                 window=opts["window"], ack_timeout_ms=opts["ack_timeout_ms"],
                 idle_ms=opts["idle_ms"], status_period_ms=opts["status_period_ms"],
                 boot_id=boot_id, commit_every_ms=opts["commit_every_ms"])
+    node_config.release()
+    return node
 
 
 def _nonce():
