@@ -7,6 +7,7 @@
 | --- | --- |
 | ``main.py`` | the boot entry, as source (MicroPython runs ``/main.py``, never a ``.mpy``) |
 | ``firmware/__init__.mpy``, ``firmware/core/*.mpy``, ``firmware/mpy/*.mpy`` | compiled with ``mpy-cross`` |
+| ``firmware.romfs`` | the same ``.mpy`` files as a ROMFS image (``mpy_flash --romfs``: used in place from flash, not loaded into RAM) |
 | ``node.json`` | board + site merged, node paths, checked with the node's own validator |
 | ``gw.key``, ``cmd.key``, ``wifi.key`` | batch HMAC key and command key (hex), Wi-Fi passphrase; 0600 |
 | ``manifest.json`` | gateway, board, mpy-cross version, and the sha256 of every file above |
@@ -130,6 +131,34 @@ def sources() -> list[tuple[Path, str]]:
     return out
 
 
+ROMFS_IMAGE = "firmware.romfs"
+
+
+def romfs_image(tree: Path) -> bytes:
+    """A ROMFS image of the ``.mpy`` files under ``tree`` (paths kept), made with
+    mpremote's own writer, as ``mpremote romfs build`` makes one. A board with a ROM
+    partition mounts it at ``/rom`` and imports its modules in place: their bytecode and
+    constants stay in flash instead of being copied into the heap."""
+    try:
+        from mpremote.romfs import VfsRomWriter
+    except ImportError:
+        raise BundleError("mpremote is not installed (pip install mpremote): it writes the "
+                          "bundle's ROMFS image and flashes the board") from None
+    writer = VfsRomWriter()
+
+    def add(folder: Path) -> None:
+        for p in sorted(folder.iterdir()):
+            if p.is_dir():
+                writer.opendir(p.name)
+                add(p)
+                writer.closedir()
+            elif p.suffix == ".mpy":
+                writer.mkfile(p.name, p.read_bytes())
+
+    add(tree)
+    return bytes(writer.finalise())
+
+
 def _write_secret(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as f:
@@ -157,6 +186,7 @@ def build_mpy_bundle(gateway: str, board: str, out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     for src, rel in sources():
         compile_module(src, out_dir / rel)
+    (out_dir / ROMFS_IMAGE).write_bytes(romfs_image(out_dir))
     (out_dir / "main.py").write_bytes((ROOT / "firmware" / "mpy" / "main.py").read_bytes())
     (out_dir / "node.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     _write_secret(out_dir / KEY_FILES["hmac"], hmac_key.hex())

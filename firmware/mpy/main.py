@@ -11,8 +11,30 @@ base directory and shorter timers (``options``), on CPython with the stand-ins f
 board modules in ``tests/mpy_board/``.
 """
 
+# ruff: noqa: E402 - the firmware imports come after _code_from chose where they come from
 import os
+import sys
 import time
+
+
+def _code_from(path="code_from"):
+    """Import the node from where the flash tool put it (``host_tools.mpy_flash`` writes
+    ``code_from``): ``rom``, a ROMFS image at ``/rom`` (modules run in place from flash);
+    ``fs``, ``/firmware`` on the filesystem, so a ROMFS image left from an earlier flash
+    must not shadow it. Runs before the first ``firmware`` import."""
+    try:
+        with open(path) as f:
+            where = f.read().strip()
+    except OSError:
+        return
+    for p in ("/rom", "/rom/lib"):
+        while p in sys.path:
+            sys.path.remove(p)
+    if where == "rom":
+        sys.path.insert(0, "/rom")
+
+
+_code_from()
 
 from firmware import __version__
 from firmware.core import session
