@@ -248,7 +248,13 @@ def drive(n, slice_steps, base, leak_per_event=False):
     here lives in ``state`` (a global) or is a small int, and ``gc.collect()`` runs only
     between slices, with no frame of the node live. ``base``: the heap in use before the
     node was imported (the interpreter and the image itself, flash on a board). Prints one
-    JSON line: live heap above ``base`` after import, after setup and after every slice."""
+    JSON line: live heap above ``base`` after import, after setup and after every slice.
+    The list of readings is in the measured heap (4 bytes a reading, grown in steps).
+    Sharp edge: this build runs the driver script's own bytecode from the heap with
+    nothing but the C stack referring to it, so what the driver and this function
+    allocate between collections decides whether the run survives: small changes here
+    have made it trap (out of bounds); it then fails loudly, never with a wrong figure
+    that passes the journaled and acknowledged counts."""
     import json
     gc.collect()
     state["live"] = []
