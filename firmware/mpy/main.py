@@ -42,15 +42,21 @@ from firmware.core.signing import Signer
 from firmware.mpy.board_clock import BoardClock
 from firmware.mpy.flash_storage import open_or_create_journal
 from firmware.mpy.node import Node
-from firmware.mpy.uart_scale import UartScale
-from firmware.mpy.uart_scanner import UartScanner
 from firmware.mpy.umqtt_uplink import UmqttUplink
 from firmware.mpy.wifi import WifiStation
 
 DEFAULTS = {"timeout_s": 1.0, "ping_ms": 2000, "keepalive_s": 10, "max_retry_ms": 4000,
             "ack_timeout_ms": 5000, "max_events": 50, "max_bytes": 8192, "window": 2,
             "idle_ms": 20, "status_period_ms": None, "commit_every_ms": 30000}
-EDGES = {"scanner": UartScanner, "scale": UartScale}
+# Device type -> (module in firmware/mpy, class). Imported only for a type the config
+# has: a scanner-only node never loads the scale's MT-SICS code (about 8 KiB of RAM).
+EDGES = {"scanner": ("uart_scanner", "UartScanner"), "scale": ("uart_scale", "UartScale")}
+
+
+def edge_class(kind):
+    """The edge class for a device type of ``EDGES``, imported now."""
+    module, name = EDGES[kind]
+    return getattr(__import__("firmware.mpy." + module, None, None, [name]), name)
 
 
 def open_uart(uart, baudrate):
@@ -97,7 +103,7 @@ def build(base="", options=None):
     for d in cfg.devices:
         if d.settings.get("enabled", True):
             uart = open_uart(cfg.uart[d.settings["port"]], d.settings["baudrate"])
-            devices.append(EDGES[d.type](d.name, uart, d.settings))
+            devices.append(edge_class(d.type)(d.name, uart, d.settings))
     gate = None
     if cfg.command_key_file:
         from firmware.core.commands import CommandGate  # not loaded without a command key

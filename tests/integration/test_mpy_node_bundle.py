@@ -86,7 +86,8 @@ import json
 from firmware.mpy import node_config, node, umqtt_uplink, uart_scanner, uart_scale
 from firmware.mpy import flash_storage, wifi, board_clock
 import main  # the boot file imports (as a module it does not start the loop)
-assert main.EDGES['scanner'] is uart_scanner.UartScanner
+assert main.edge_class('scanner') is uart_scanner.UartScanner
+assert main.edge_class('scale') is uart_scale.UartScale
 with open('/input/node.json') as f:
     doc = json.loads(f.read())
 cfg = node_config.validate(doc)
