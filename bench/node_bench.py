@@ -75,21 +75,20 @@ class RunnerMissing(RuntimeError):
 
 
 UMQTT = ROOT / "tests" / "mpy_board" / "umqtt_180" / "simple.py"  # the release mip installs
-ON_FILESYSTEM = ("main.py", "lib")  # on a board beside a ROMFS image, not in it
+ON_FILESYSTEM = ("lib",)  # on a board beside a ROMFS image, not in it
 
 
 def stage(tmp: Path) -> tuple[Path, int]:
     """The tree the port imports from: the bundle's .mpy files and the loop, and what a
-    board holds on its filesystem beside them: ``main.py`` as source (compiled at boot)
-    and umqtt.simple in ``lib/`` as ``mip`` installs it. Returns the tree and the size of
-    the bundle's .mpy files."""
+    board holds on its filesystem beside them: umqtt.simple in ``lib/`` as ``mip``
+    installs it. Returns the tree and the size of the bundle's .mpy files. (The board's
+    ``/main.py``, ``board_main.py``, a few lines compiled at boot, is not loaded.)"""
     total = 0
     for src, rel in sources():
         out = tmp / rel
         compile_module(src, out)
         total += out.stat().st_size
     compile_module(RUNNER / "node_loop.py", tmp / "node_loop.mpy")
-    shutil.copy(ROOT / "firmware" / "mpy" / "main.py", tmp / "main.py")
     compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy")
     return tmp, total
 

@@ -5,7 +5,7 @@
 
 | path | what |
 | --- | --- |
-| ``main.py`` | the boot entry, as source (MicroPython runs ``/main.py``, never a ``.mpy``) |
+| ``main.py`` | the boot entry (``firmware/mpy/board_main.py``), as source (MicroPython runs ``/main.py``, never a ``.mpy``); it runs the compiled ``firmware/mpy/main.mpy`` |
 | ``firmware/__init__.mpy``, ``firmware/core/*.mpy``, ``firmware/mpy/*.mpy`` | compiled with ``mpy-cross`` |
 | ``firmware.romfs`` | the same ``.mpy`` files as a ROMFS image (``mpy_flash --romfs``: used in place from flash, not loaded into RAM) |
 | ``node.json`` | board + site merged, node paths, checked with the node's own validator |
@@ -123,8 +123,8 @@ def sources() -> list[tuple[Path, str]]:
     out = [(ROOT / "firmware" / "__init__.py", "firmware/__init__.mpy")]
     for sub in ("core", "mpy"):
         for src in sorted((ROOT / "firmware" / sub).glob("*.py")):
-            if sub == "mpy" and src.name == "main.py":
-                continue
+            if sub == "mpy" and src.name == "board_main.py":
+                continue  # the board's /main.py, kept as source
             if sub == "core" and src.name == "crash_storage.py":
                 continue  # the power-cut fake is for tests
             out.append((src, f"firmware/{sub}/{src.stem}.mpy"))
@@ -190,7 +190,7 @@ def build_mpy_bundle(gateway: str, board: str, out_dir: Path, *,
     for src, rel in sources():
         compile_module(src, out_dir / rel)
     (out_dir / ROMFS_IMAGE).write_bytes(romfs_image(out_dir))
-    (out_dir / "main.py").write_bytes((ROOT / "firmware" / "mpy" / "main.py").read_bytes())
+    (out_dir / "main.py").write_bytes((ROOT / "firmware" / "mpy" / "board_main.py").read_bytes())
     (out_dir / "node.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     _write_secret(out_dir / KEY_FILES["hmac"], hmac_key.hex())
     if command_key is not None:

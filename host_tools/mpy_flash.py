@@ -11,8 +11,8 @@ board is touched. Then the plan, one mpremote command per line:
 2. ``mpremote connect PORT fs cp -r firmware :`` (the compiled core and node);
 3. ``mpremote connect PORT fs cp main.py node.json gw.key [cmd.key] [wifi.key] :``;
 4. ``mpremote connect PORT exec ...``: writes ``/code_from`` (``fs``), which tells
-   ``main.py`` to import the node from ``/firmware`` even where an older ROMFS image is
-   mounted;
+   the board's ``/main.py`` to import the node from ``/firmware`` even where an older
+   ROMFS image is mounted;
 5. ``mpremote connect PORT reset`` (the node boots from ``/main.py``).
 
 ``--romfs`` (a board whose MicroPython has a ROM partition: ``vfs.rom_ioctl``, 1.25 and
@@ -43,7 +43,7 @@ from pathlib import Path
 MANIFEST = "manifest.json"
 ROOT_FILES = ("main.py", "node.json", "gw.key", "cmd.key", "wifi.key")
 ROMFS_IMAGE = "firmware.romfs"  # host_tools.mpy_bundle.ROMFS_IMAGE
-CODE_FROM = "code_from"  # read by firmware/mpy/main.py at boot: "fs" or "rom"
+CODE_FROM = "code_from"  # read by the board's /main.py at boot (board_main.py): fs or rom
 
 
 class BundleInvalid(ValueError):

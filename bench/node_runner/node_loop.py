@@ -162,16 +162,16 @@ class Broker:
 
 def import_node():
     """Import what the running node holds, build nothing (the ``heap_import_kib``
-    baseline): the boot file ``main`` (as source, as on a board) with everything it
-    imports (littlefs storage, Wi-Fi and clock edges too, though this loop runs on
+    baseline): the node's ``main`` with everything it imports (littlefs storage, Wi-Fi and clock edges too, though this loop runs on
     ``MemoryStorage`` and fakes), the scanner's edge, umqtt.simple as ``mip`` installs
     it; not the config checker, which boot releases (``node_config.release``)."""
     import sys
 
     if "socket" not in sys.modules:  # no socket module in these ports: umqtt imports one
         sys.modules["socket"] = Sockets
-    import main
     import umqtt.simple  # noqa: F401
+
+    from firmware.mpy import main
 
     main.edge_class("scanner")
 

@@ -1,9 +1,11 @@
-"""Boot entry of the MicroPython node: read ``node.json``, build the edges, run the loop.
+"""Start of the MicroPython node: read ``node.json``, build the edges, run the loop.
 
-On a board this file is ``/main.py`` (run at boot); everything else is compiled
-(``firmware/core/*.mpy``, ``firmware/mpy/*.mpy``) by ``host_tools/mpy_bundle.py``, which
-also writes ``node.json`` (the checked board + site config) and the keys: ``gw.key``
-(batch HMAC), ``cmd.key`` (downlink commands, optional), ``wifi.key`` (the passphrase).
+A board boots ``/main.py``, a small source file (``firmware/mpy/board_main.py``) that
+calls ``run()`` here; this module is compiled like the rest (``firmware/core/*.mpy``,
+``firmware/mpy/*.mpy``) by ``host_tools/mpy_bundle.py``, so its bytecode can stay in
+flash with a ROMFS flash. The bundle also holds ``node.json`` (the checked board + site
+config) and the keys: ``gw.key`` (batch HMAC), ``cmd.key`` (downlink commands,
+optional), ``wifi.key`` (the passphrase).
 
 Start-up refuses to run on a config error (``ConfigError``: file, key, what is allowed)
 and says so on the console; it never guesses. Tests call ``build()`` and ``run()`` with a
@@ -11,30 +13,8 @@ base directory and shorter timers (``options``), on CPython with the stand-ins f
 board modules in ``tests/mpy_board/``.
 """
 
-# ruff: noqa: E402 - the firmware imports come after _code_from chose where they come from
 import os
-import sys
 import time
-
-
-def _code_from(path="code_from"):
-    """Import the node from where the flash tool put it (``host_tools.mpy_flash`` writes
-    ``code_from``): ``rom``, a ROMFS image at ``/rom`` (modules run in place from flash);
-    ``fs``, ``/firmware`` on the filesystem, so a ROMFS image left from an earlier flash
-    must not shadow it. Runs before the first ``firmware`` import."""
-    try:
-        with open(path) as f:
-            where = f.read().strip()
-    except OSError:
-        return
-    for p in ("/rom", "/rom/lib"):
-        while p in sys.path:
-            sys.path.remove(p)
-    if where == "rom":
-        sys.path.insert(0, "/rom")
-
-
-_code_from()
 
 from firmware import __version__
 from firmware.core import session

@@ -59,8 +59,10 @@ def test_bundle_holds_compiled_modules_config_keys_and_a_true_manifest(bundle: P
                  "wifi", "board_clock", "node_config"):
         assert f"firmware/mpy/{name}.mpy" in files
     assert "firmware.romfs" in files  # the same modules as a ROMFS image (mpy_flash --romfs)
-    assert "firmware/mpy/main.mpy" not in files and "firmware/core/crash_storage.mpy" not in files
-    assert (bundle / "main.py").read_text().startswith('"""Boot entry')
+    assert "firmware/mpy/main.mpy" in files and "firmware/mpy/board_main.mpy" not in files
+    assert "firmware/core/crash_storage.mpy" not in files
+    assert (bundle / "main.py").read_bytes() == (
+        Path(__file__).resolve().parents[2] / "firmware/mpy/board_main.py").read_bytes()
     assert (bundle / "firmware/core/journal.mpy").read_bytes()[:1] == b"M"
     doc = json.loads((bundle / "node.json").read_text())
     assert doc["gateway"] == {"id": "node-7", "site": "door3", "key_file": "gw.key",
@@ -85,7 +87,7 @@ sys.path.insert(0, '/input')
 import json
 from firmware.mpy import node_config, node, umqtt_uplink, uart_scanner, uart_scale
 from firmware.mpy import flash_storage, wifi, board_clock
-import main  # the boot file imports (as a module it does not start the loop)
+from firmware.mpy import main  # what the boot file runs (importing it starts nothing)
 assert main.edge_class('scanner') is uart_scanner.UartScanner
 assert main.edge_class('scale') is uart_scale.UartScale
 with open('/input/node.json') as f:
