@@ -3,7 +3,9 @@
 #
 #   flash.sh --bundle DIR --target PATH [--require-mount] [--owner UID:GID] [--dry-run]
 #   flash.sh --bundle DIR --target ssh://USER@HOST[:PORT] [--sudo] [--dry-run]
-#   flash.sh --bundle DIR --target mpy:PORT [--dry-run]   (MicroPython: host_tools/mpy_flash.py)
+#   flash.sh --bundle DIR --target mpy:PORT [--romfs] [--dry-run]
+#            (MicroPython: host_tools/mpy_flash.py; --romfs: the compiled modules into the
+#            board's ROM partition, run in place from flash)
 #
 # PATH is the root of the card's file system: a mounted SD card, an image mounted with
 # losetup, or any directory. The bundle's manifest is verified first (every file's
@@ -32,7 +34,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 die() { echo "$prog: $*" >&2; exit 2; }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 
-bundle="" target="" dry_run=0 require_mount=0 owner="" site_dir="" sudo=0
+bundle="" target="" dry_run=0 require_mount=0 owner="" site_dir="" sudo=0 romfs=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=${2:-}; shift 2 || die "--bundle needs a directory" ;;
@@ -41,6 +43,7 @@ while [ $# -gt 0 ]; do
     --site-dir) site_dir=${2:-}; shift 2 || die "--site-dir needs a directory" ;;
     --dry-run) dry_run=1; shift ;;
     --sudo) sudo=1; shift ;;
+    --romfs) romfs=1; shift ;;
     --require-mount) require_mount=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
@@ -63,6 +66,7 @@ case "$target" in
     if [ -f "$here/host_tools/mpy_flash.py" ]; then
       py="$here/.venv/bin/python"; [ -x "$py" ] || py=python3
       extra=(); [ "$dry_run" = 1 ] && extra=(--dry-run)
+      [ "$romfs" = 1 ] && extra+=(--romfs)
       echo "MicroPython target: handing over to python -m host_tools.mpy_flash" >&2
       set +e
       PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m host_tools.mpy_flash \
@@ -75,6 +79,7 @@ case "$target" in
     die "MicroPython targets need host_tools/mpy_flash.py, which is not in this build (bundles for them come from host_tools/mpy_bundle.py)"
     ;;
 esac
+[ "$romfs" = 0 ] || die "--romfs applies to mpy:PORT targets only"
 
 # ---- the bundle must verify before anything else happens ------------------------------
 [ -d "$bundle" ] || die "--bundle $bundle: no such directory"

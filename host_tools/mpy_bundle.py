@@ -5,8 +5,9 @@
 
 | path | what |
 | --- | --- |
-| ``main.py`` | the boot entry, as source (MicroPython runs ``/main.py``, never a ``.mpy``) |
+| ``main.py`` | the boot entry (``firmware/mpy/board_main.py``), as source (MicroPython runs ``/main.py``, never a ``.mpy``); it runs the compiled ``firmware/mpy/main.mpy`` |
 | ``firmware/__init__.mpy``, ``firmware/core/*.mpy``, ``firmware/mpy/*.mpy`` | compiled with ``mpy-cross`` |
+| ``firmware.romfs`` | the same ``.mpy`` files as a ROMFS image (``mpy_flash --romfs``: used in place from flash, not loaded into RAM) |
 | ``node.json`` | board + site merged, node paths, checked with the node's own validator |
 | ``gw.key``, ``cmd.key``, ``wifi.key`` | batch HMAC key and command key (hex), Wi-Fi passphrase; 0600 |
 | ``manifest.json`` | gateway, board, mpy-cross version, and the sha256 of every file above |
@@ -122,12 +123,43 @@ def sources() -> list[tuple[Path, str]]:
     out = [(ROOT / "firmware" / "__init__.py", "firmware/__init__.mpy")]
     for sub in ("core", "mpy"):
         for src in sorted((ROOT / "firmware" / sub).glob("*.py")):
-            if sub == "mpy" and src.name == "main.py":
-                continue
+            if sub == "mpy" and src.name == "board_main.py":
+                continue  # the board's /main.py, kept as source
             if sub == "core" and src.name == "crash_storage.py":
                 continue  # the power-cut fake is for tests
             out.append((src, f"firmware/{sub}/{src.stem}.mpy"))
     return out
+
+
+ROMFS_IMAGE = "firmware.romfs"
+
+
+def romfs_image(tree: Path, skip: tuple[str, ...] = ()) -> bytes:
+    """A ROMFS image of the ``.mpy`` files under ``tree`` (paths kept; top-level names in
+    ``skip`` left out), made with mpremote's own writer, as ``mpremote romfs build`` makes
+    one. A board with a ROM partition mounts it at ``/rom`` and imports its modules in
+    place: their bytecode and constants stay in flash instead of being copied into the
+    heap."""
+    try:
+        from mpremote.romfs import VfsRomWriter
+    except ImportError:
+        raise BundleError("mpremote is not installed (pip install mpremote): it writes the "
+                          "bundle's ROMFS image and flashes the board") from None
+    writer = VfsRomWriter()
+
+    def add(folder: Path) -> None:
+        for p in sorted(folder.iterdir()):
+            if folder == tree and p.name in skip:
+                continue
+            if p.is_dir():
+                writer.opendir(p.name)
+                add(p)
+                writer.closedir()
+            elif p.suffix == ".mpy":
+                writer.mkfile(p.name, p.read_bytes())
+
+    add(tree)
+    return bytes(writer.finalise())
 
 
 def _write_secret(path: Path, text: str) -> None:
@@ -157,7 +189,8 @@ def build_mpy_bundle(gateway: str, board: str, out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     for src, rel in sources():
         compile_module(src, out_dir / rel)
-    (out_dir / "main.py").write_bytes((ROOT / "firmware" / "mpy" / "main.py").read_bytes())
+    (out_dir / ROMFS_IMAGE).write_bytes(romfs_image(out_dir))
+    (out_dir / "main.py").write_bytes((ROOT / "firmware" / "mpy" / "board_main.py").read_bytes())
     (out_dir / "node.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     _write_secret(out_dir / KEY_FILES["hmac"], hmac_key.hex())
     if command_key is not None:

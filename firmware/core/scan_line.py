@@ -45,7 +45,6 @@ and ``take(line, ...)``: a framed line becomes a ``scan`` event (data ``{"code":
 length, never the bytes (a rejected line may hold a card number).
 """
 
-from firmware.core.config_fields import baudrate_field, field, latin1_field, no_unknown_keys
 from firmware.core.errors import ConfigError
 from firmware.core.event import Event
 
@@ -266,6 +265,10 @@ def check_config(table, path, port, extra_keys=()):
     ``port(table, path)`` checks the ``port`` key the runtime's way (a pyserial URL on a
     gateway, a ``[uart.NAME]`` on a node); ``extra_keys`` are the runtime's own keys, left
     for the caller to read."""
+    # Imported here: a node checks its config at boot only and then drops the checker
+    # from RAM (firmware/mpy/node_config.py's release), which a module-level import pins.
+    from firmware.core.config_fields import baudrate_field, field, latin1_field, no_unknown_keys
+
     no_unknown_keys(table, path, CONFIG_KEYS + tuple(extra_keys))
     cfg = {
         "port": port(table, path),

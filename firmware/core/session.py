@@ -40,7 +40,6 @@ counted and changes nothing; a command that fails its signature or id check like
 import json
 
 from firmware.core import topics
-from firmware.core.commands import CommandRejected
 from firmware.core.forwarder import HEDGE_FACTOR, HEDGE_FLOOR_MS, Forwarder
 from firmware.core.record import TELEMETRY
 from firmware.core.uplink_selector import UplinkSelector
@@ -450,6 +449,9 @@ class LinkSession:
         if self.gate is None:
             self.counters["commands_rejected"] += 1
             return [Note("command_rejected", {"reason": "no_command_key"})]
+        # Imported here: a node without a command key never loads the command code.
+        from firmware.core.commands import CommandRejected
+
         try:
             cmd_id, cmd, args = self.gate.check(payload)
         except CommandRejected as exc:

