@@ -1,0 +1,158 @@
+"""The ledger's outbox (issue 20): the booked transactions still to go out to a sink.
+
+There is no outbox table: each ``transactions`` row carries its delivery state per sink
+(``migrations`` version 5: ``<sink>_ms``, ``<sink>_lease_ms``, ``<sink>_tries``), so the
+insert that books a transaction is also its outbox entry, in the same database
+transaction, at the cost of one entry in a partial index (``WHERE <sink>_ms IS NULL``).
+A committed transaction is therefore never missed; one that is not yet marked delivered
+is offered again, under the same identity, so a crash between the ERP's 2xx and the mark
+costs a retry the ERP deduplicates, never a loss.
+
+Sinks: ``erp`` (the ERP webhook, ``erp_delivery.py``) and ``feed`` (plain JSON on MQTT,
+``ledger_feed.py``). Several workers share a sink through leases: ``claim`` takes up to
+N due rows whose lease is free or expired and leases them for ``lease_s``; on PostgreSQL
+the rows are chosen with ``FOR UPDATE SKIP LOCKED``, so two workers claiming together get
+disjoint rows, and on SQLite ``BEGIN IMMEDIATE`` serialises the claims. A worker that dies
+leaves its lease to expire; the rows then go to whoever claims next (a retry with the same
+identity). A live worker renews its lease while it retries.
+
+Each ``Outbox`` has a connection of its own (a SQLite one with ``synchronous=NORMAL``:
+a lost lease or delivery mark after a power cut only means a retry with the same key).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from host_tools.ledger.store import backend_of, sqlite_path
+
+SINKS = ("erp", "feed")
+Key = tuple[str, str, int]
+# What a delivery needs of a row, in this order, then the event's body.
+FIELDS = ("gateway", "epoch", "seq", "store", "till", "till_seq", "business_day", "type",
+          "currency", "receipt", "offline", "accepted_ms", "ledger_ms", "total", "cash",
+          "card", "voucher", "original", "tz", "cashier", "tries")
+
+
+class Outbox:
+    """One sink's view of the outbox over a connection of its own."""
+
+    def __init__(self, url: str, sink: str, lease_s: float = 30.0) -> None:
+        if sink not in SINKS:
+            raise ValueError(f"outbox sink {sink!r}: expected one of {', '.join(SINKS)}")
+        self.sink, self.lease_ms = sink, int(lease_s * 1000)
+        self.backend = backend_of(url)
+        cols = ", ".join(f"t.{c}" for c in FIELDS[:-1]) + f", t.{sink}_tries, e.body"
+        join = "e.gateway = t.gateway AND e.epoch = t.epoch AND e.seq = t.seq"
+        due = f"t.{sink}_ms IS NULL AND (t.{sink}_lease_ms IS NULL OR t.{sink}_lease_ms < %s)"
+        if self.backend == "postgresql":
+            import psycopg
+            self.ph = "%s"
+            self.db: Any = psycopg.connect(url, autocommit=True, connect_timeout=5)
+            self._claim_sql = (
+                f"WITH c AS (SELECT gateway, epoch, seq FROM transactions t WHERE {due} "
+                "ORDER BY ledger_ms LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"UPDATE transactions t SET {sink}_lease_ms = %s FROM c, events e "
+                "WHERE t.gateway = c.gateway AND t.epoch = c.epoch AND t.seq = c.seq AND "
+                f"{join} RETURNING {cols}")
+        else:
+            self.ph = "?"
+            self.db = sqlite3.connect(sqlite_path(url), isolation_level=None, timeout=30,
+                                      check_same_thread=False)
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._claim_sql = (f"SELECT {cols} FROM transactions t JOIN events e ON {join} "
+                               f"WHERE {due.replace('%s', '?')} ORDER BY t.ledger_ms LIMIT ?")
+
+    def _many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """``sql`` (``?`` placeholders, the key last) for each row, in one transaction."""
+        sql = sql.replace("?", self.ph)
+        if self.backend == "postgresql":
+            with self.db.transaction(), self.db.cursor() as cur:
+                cur.executemany(sql, rows)
+            return
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany(sql, rows)
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def claim(self, n: int, now_ms: int) -> list[dict[str, Any]]:
+        """Lease up to ``n`` due rows (oldest booked first); each a dict of ``FIELDS`` and
+        ``body`` (the event as stored)."""
+        until = now_ms + self.lease_ms
+        if self.backend == "postgresql":
+            rows = self.db.execute(self._claim_sql, (now_ms, n, until)).fetchall()
+            rows.sort(key=lambda r: (r[12], r[0], r[1], r[2]))
+        else:
+            cur = self.db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                rows = cur.execute(self._claim_sql, (now_ms, n)).fetchall()
+                cur.executemany(f"UPDATE transactions SET {self.sink}_lease_ms = ? WHERE "
+                                "gateway = ? AND epoch = ? AND seq = ?",
+                                [(until, r[0], r[1], r[2]) for r in rows])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return [dict(zip((*FIELDS, "body"), r, strict=True)) for r in rows]
+
+    def renew(self, keys: list[Key], now_ms: int) -> None:
+        """Hold the lease on ``keys`` for another ``lease_s`` (a worker still retrying)."""
+        self._many(f"UPDATE transactions SET {self.sink}_lease_ms = ? WHERE gateway = ? "
+                   "AND epoch = ? AND seq = ?", [(now_ms + self.lease_ms, *k) for k in keys])
+
+    def release(self, keys: list[Key]) -> None:
+        """Give ``keys`` back undelivered (a worker stopping): due again at once."""
+        self._many(f"UPDATE transactions SET {self.sink}_lease_ms = NULL WHERE gateway = ? "
+                   "AND epoch = ? AND seq = ?", list(keys))
+
+    def done(self, keys: list[Key], now_ms: int) -> None:
+        """``keys`` delivered at ``now_ms``: out of the due index for good."""
+        self._many(f"UPDATE transactions SET {self.sink}_ms = ?, {self.sink}_lease_ms = NULL "
+                   "WHERE gateway = ? AND epoch = ? AND seq = ?",
+                   [(now_ms, *k) for k in keys])
+
+    def refused(self, keys: list[Key]) -> None:
+        """One more refusal for each of ``keys`` (``tries``); they stay leased."""
+        self._many(f"UPDATE transactions SET {self.sink}_tries = {self.sink}_tries + 1 "
+                   "WHERE gateway = ? AND epoch = ? AND seq = ?", list(keys))
+
+    def park(self, parked: list[tuple[Key, str]], now_ms: int) -> None:
+        """Dead letter: each key leaves the due index and gets an open review flag
+        ``<sink>_refused`` with the far end's answer (``host_tools review``, the morning
+        report), in one transaction."""
+        if not parked:
+            return
+        flag = (f"INSERT INTO flags (gateway, epoch, seq, kind, detail, raised_ms) VALUES "
+                f"(?, ?, ?, '{self.sink}_refused', ?, ?) ON CONFLICT (gateway, epoch, seq, "
+                "kind) DO NOTHING").replace("?", self.ph)
+        mark = (f"UPDATE transactions SET {self.sink}_ms = ?, {self.sink}_lease_ms = NULL "
+                "WHERE gateway = ? AND epoch = ? AND seq = ?").replace("?", self.ph)
+        rows = [(*k, detail[:500], now_ms) for k, detail in parked]
+        if self.backend == "postgresql":
+            with self.db.transaction(), self.db.cursor() as cur:
+                cur.executemany(flag, rows)
+                cur.executemany(mark, [(now_ms, *k) for k, _ in parked])
+            return
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany(flag, rows)
+            cur.executemany(mark, [(now_ms, *k) for k, _ in parked])
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
+    def due(self) -> int:
+        """Rows not yet delivered nor parked (the backlog)."""
+        return int(self.db.execute(f"SELECT COUNT(*) FROM transactions WHERE {self.sink}_ms "
+                                   "IS NULL").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
