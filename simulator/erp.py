@@ -68,6 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
         erp = self.server.erp
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
+        with erp.lock:
+            erp.arrived += 1
         if erp.delay_s:
             time.sleep(erp.delay_s)
         if self.path == "/v1/orders":
@@ -80,6 +82,12 @@ class _Handler(BaseHTTPRequestHandler):
         status, doc, headers = erp.receive(raw, self.headers.get("Idempotency-Key"),
                                            self.headers.get("Authorization"))
         self._answer(status, doc, headers)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client died waiting (a test killed it): what it sent is recorded
 
 
 class _Server(ThreadingHTTPServer):
@@ -100,7 +108,8 @@ class ErpEmulator:
         self.accepted: dict[str, dict[str, Any]] = {}
         self.accepted_at: dict[str, float] = {}  # key -> time.time() when first accepted
         self.duplicates: Counter[str] = Counter()
-        self.requests: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []  # judged (after ``delay_s``)
+        self.arrived = 0  # requests read, before ``delay_s``: in flight when > requests
         self.orders: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.down: str | None = None
