@@ -291,3 +291,47 @@ def test_bad_erp_configuration_is_one_line(tmp_path: Path, flags: list[str], say
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"ledger: {says}"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_version_5_leaves_older_transactions_home(backend: str, tmp_path: Path,
+                                                  request: pytest.FixtureRequest) -> None:
+    """Under a second: a ledger at version 4 with a booked transaction migrates to 5; that
+    transaction is marked sent at 0 (the ERP link did not exist when it was booked), the
+    next one booked is due for both sinks."""
+    import sqlite3
+
+    from host_tools.ledger.migrations import POSTGRESQL, SCHEMA_VERSION_TABLE, SQLITE
+    from host_tools.ledger.transactions import Booker
+
+    t0 = 1_774_000_000_000
+    first = till_txns.body(till_txns.sale(), "k1", t0)
+    event = ("gw-1", f"{EPOCH:016x}", 1, 0, 1, first.decode(), 0, t0)
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'v4.db'}"
+        db: Any = sqlite3.connect(tmp_path / "v4.db", isolation_level=None)
+        db.execute(SCHEMA_VERSION_TABLE)
+        for version, sql in SQLITE[:4]:
+            db.executescript(f"BEGIN;\n{sql}\nINSERT INTO schema_version VALUES ({version}, 0);"
+                             "\nCOMMIT;")
+        db.execute("INSERT INTO events VALUES (?,?,?,?,?,?,?,?)", event)
+        Booker(db.cursor(), "?").book([(*event[:3], first)], t0)
+        db.close()
+    else:
+        import psycopg
+        pg: ThrowawayPostgres = request.getfixturevalue("pg")
+        url = pg.create_database("erp_v4")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(SCHEMA_VERSION_TABLE)
+            for version, sql in POSTGRESQL[:4]:
+                conn.execute(sql)
+                conn.execute("INSERT INTO schema_version VALUES (%s, 0)", (version,))
+            conn.execute("INSERT INTO events VALUES (%s,%s,%s,%s,%s,%s,%s,%s)", event)
+            with conn.cursor() as cur:
+                Booker(cur, "%s").book([(*event[:3], first)], t0)
+    open_store(url, migrate=True).close()
+    book(url, 1, first_seq=2)
+    with open_store(url) as s:
+        assert s.schema_version() == 5
+        rows = s.query("SELECT seq, erp_ms, feed_ms FROM transactions ORDER BY seq")
+    assert rows == [(1, 0, 0), (2, None, None)]
