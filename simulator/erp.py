@@ -259,7 +259,10 @@ class ErpEmulator:
     # -- what it saw -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
+            times = self.accepted_at.values()
             return {"accepted": len(self.accepted),
+                    "first_accept_t": min(times, default=None),
+                    "last_accept_t": max(times, default=None),
                     "duplicates": sum(self.duplicates.values()),
                     "requests": len(self.requests),
                     "by_status": dict(Counter(r.get("status") for r in self.requests)),
@@ -276,10 +279,14 @@ def main() -> None:
     args = p.parse_args()
     erp = ErpEmulator(rate_per_s=args.rate, delay_s=args.delay_s, port=args.port).start()
     print(json.dumps({"port": erp.port}), flush=True)
-    try:
-        for line in iter(input, "quit"):  # "stats" on stdin: the snapshot on stdout
+    try:  # on stdin: "stats" (the snapshot on stdout), "down", "back", "quit"
+        for line in iter(input, "quit"):
             if line == "stats":
                 print(json.dumps(erp.snapshot()), flush=True)
+            elif line == "down":
+                erp.go_down("503")
+            elif line == "back":
+                erp.come_back()
     except EOFError:
         pass
     erp.stop()
