@@ -38,7 +38,9 @@ FIELDS = ("gateway", "epoch", "seq", "store", "till", "till_seq", "business_day"
 class Outbox:
     """One sink's view of the outbox over a connection of its own."""
 
-    def __init__(self, url: str, sink: str, lease_s: float = 30.0) -> None:
+    def __init__(self, url: str, sink: str, lease_s: float = 30.0,
+                 returning: bool = True) -> None:
+        """``returning=False``: claim as on a SQLite older than 3.35 (for its test)."""
         if sink not in SINKS:
             raise ValueError(f"outbox sink {sink!r}: expected one of {', '.join(SINKS)}")
         self.sink, self.lease_ms = sink, int(lease_s * 1000)
@@ -61,8 +63,18 @@ class Outbox:
             self.db = sqlite3.connect(sqlite_path(url), isolation_level=None, timeout=30,
                                       check_same_thread=False)
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self._claim_sql = (f"SELECT {cols} FROM transactions t JOIN events e ON {join} "
-                               f"WHERE {due.replace('%s', '?')} ORDER BY t.ledger_ms LIMIT ?")
+            # One statement (RETURNING: SQLite 3.35+), the body by a subquery per row; an
+            # older SQLite selects and updates in one BEGIN IMMEDIATE transaction instead.
+            self._select_sql = (f"SELECT {cols} FROM transactions t JOIN events e ON {join} "
+                                f"WHERE {due.replace('%s', '?')} ORDER BY t.ledger_ms LIMIT ?")
+            old = sqlite3.sqlite_version_info < (3, 35) or not returning
+            self._claim_sql = None if old else (
+                f"UPDATE transactions SET {sink}_lease_ms = ? WHERE (gateway, epoch, seq) "
+                f"IN (SELECT gateway, epoch, seq FROM transactions t WHERE "
+                f"{due.replace('%s', '?')} ORDER BY ledger_ms LIMIT ?) RETURNING "
+                + cols.replace("t.", "transactions.").replace("e.body", (
+                    "(SELECT e.body FROM events e WHERE " + join.replace("t.", "transactions.")
+                    + ")")))
 
     def _many(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """``sql`` (``?`` placeholders, the key last) for each row, in one transaction."""
@@ -86,12 +98,13 @@ class Outbox:
         until = now_ms + self.lease_ms
         if self.backend == "postgresql":
             rows = self.db.execute(self._claim_sql, (now_ms, n, until)).fetchall()
-            rows.sort(key=lambda r: (r[12], r[0], r[1], r[2]))
+        elif self._claim_sql is not None:
+            rows = self.db.execute(self._claim_sql, (until, now_ms, n)).fetchall()
         else:
             cur = self.db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                rows = cur.execute(self._claim_sql, (now_ms, n)).fetchall()
+                rows = cur.execute(self._select_sql, (now_ms, n)).fetchall()
                 cur.executemany(f"UPDATE transactions SET {self.sink}_lease_ms = ? WHERE "
                                 "gateway = ? AND epoch = ? AND seq = ?",
                                 [(until, r[0], r[1], r[2]) for r in rows])
@@ -99,6 +112,7 @@ class Outbox:
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
+        rows.sort(key=lambda r: (r[12], r[0], r[1], r[2]))  # RETURNING has no order
         return [dict(zip((*FIELDS, "body"), r, strict=True)) for r in rows]
 
     def renew(self, keys: list[Key], now_ms: int) -> None:

@@ -335,3 +335,28 @@ def test_version_5_leaves_older_transactions_home(backend: str, tmp_path: Path,
         assert s.schema_version() == 5
         rows = s.query("SELECT seq, erp_ms, feed_ms FROM transactions ORDER BY seq")
     assert rows == [(1, 0, 0), (2, None, None)]
+
+
+@pytest.mark.parametrize("returning", [True, False])
+def test_sqlite_leases_share_the_outbox(tmp_path: Path, returning: bool) -> None:
+    """Instant: two outboxes on one SQLite file (one statement with RETURNING, or as on a
+    SQLite older than 3.35) claim disjoint rows; a lease that expired is claimed again,
+    a delivered row never."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    want = book(db, 10)
+    a, b = Outbox(db, "erp", 10, returning), Outbox(db, "erp", 10, returning)
+    t = 1_000_000
+    try:
+        got_a, got_b = a.claim(4, t), b.claim(4, t)
+        ka = [(r["gateway"], r["epoch"], r["seq"]) for r in got_a]
+        kb = [(r["gateway"], r["epoch"], r["seq"]) for r in got_b]
+        assert [k[2] for k in ka] == [1, 2, 3, 4] and [k[2] for k in kb] == [5, 6, 7, 8]
+        assert [r["seq"] for r in a.claim(4, t + 1)] == [9, 10]
+        assert a.claim(4, t + 2) == []
+        a.done(ka, t + 3)
+        # b died: its lease (10 s) expires and its rows are due again; a's are delivered.
+        assert [r["seq"] for r in a.claim(10, t + 10_001)] == [5, 6, 7, 8]
+        assert a.due() == 6 and len(want) == 10
+    finally:
+        a.close()
+        b.close()
