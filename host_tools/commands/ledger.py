@@ -256,7 +256,8 @@ def serve_ledger(args: argparse.Namespace) -> int:
                                     else ""), flush=True)
     try:
         while not stops.requested.wait(5):
-            logging.getLogger("ledger").info("counters %s", service.counters)
+            logging.getLogger("ledger").info("counters %s", service.counters | {
+                k: v for w in outgoing for k, v in w.snapshot().items()})
     finally:
         for worker in outgoing:
             worker.stop()

@@ -54,6 +54,9 @@ class LedgerFeed:
         self.box.close()
         return True
 
+    def snapshot(self) -> dict[str, int]:
+        return {"feed_published": self.published}
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
