@@ -51,6 +51,7 @@ class Outbox:
         if self.backend == "postgresql":
             import psycopg
             self.ph = "%s"
+            self.url = url
             self.db: Any = psycopg.connect(url, autocommit=True, connect_timeout=5)
             self._claim_sql = (
                 f"WITH c AS (SELECT gateway, epoch, seq FROM transactions t WHERE {due} "
@@ -96,6 +97,10 @@ class Outbox:
         """Lease up to ``n`` due rows (oldest booked first); each a dict of ``FIELDS`` and
         ``body`` (the event as stored)."""
         until = now_ms + self.lease_ms
+        if self.backend == "postgresql" and (self.db.closed or self.db.broken):
+            # The server restarted or the link broke: the next claim opens it again.
+            import psycopg
+            self.db = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
         if self.backend == "postgresql":
             rows = self.db.execute(self._claim_sql, (now_ms, n, until)).fetchall()
         elif self._claim_sql is not None:
