@@ -149,16 +149,19 @@ def _backlog(tmp: Path, count: int, say: Callable[[str], None]) -> dict[str, Any
             worker.wake()
         say(f"erp bench: {count} transactions booked in {time.monotonic() - t0:.1f} s "
             "with the ERP down")
-        box = Outbox(db, "erp")
         back = time.time()
         erp.say("back")
         deadline = time.monotonic() + 300
-        while box.due() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # The worker's own count, not the outbox's: a COUNT over the due index every few
+        # milliseconds would take this interpreter's lock from the worker being measured.
+        while (worker.snapshot()["erp_delivered"] < count
+               and time.monotonic() < deadline):
+            time.sleep(0.005)
         done = time.time()
+        worker.stop()
+        box = Outbox(db, "erp")
         left = box.due()
         box.close()
-        worker.stop()
         stats = erp.stats()
     finally:
         erp.close()

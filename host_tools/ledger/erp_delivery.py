@@ -45,6 +45,7 @@ from host_tools.ledger.outbox import Key, Outbox
 
 log = logging.getLogger(__name__)
 MISCONFIGURED = (401, 403, 404, 405)
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 class ErpConfig:
@@ -249,12 +250,11 @@ class ErpDelivery:
         if not self.rate.acquire(self._stop):
             return Answer(0, None, "stopping")
         if len(keys) == 1:
-            body = json.dumps(docs[keys[0]], separators=(",", ":")).encode()
+            body = _encode(docs[keys[0]]).encode()
             header = identity(*keys[0])
         else:
             ids = [identity(*k) for k in keys]
-            body = json.dumps({"transactions": [docs[k] for k in keys]},
-                              separators=(",", ":")).encode()
+            body = _encode({"transactions": [docs[k] for k in keys]}).encode()
             header = "batch-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
         self._count("erp_requests")
         answer = client.post(body, header)

@@ -36,16 +36,29 @@ def identity(gateway: str, epoch: str, seq: int) -> str:
     return f"{gateway}/{epoch}/{seq}"
 
 
+_masked: dict[str, bool] = {}  # masked_pan_ok per PAN seen: a drain sees the same ones
+
+
+def _masked_ok(pan: str) -> bool:
+    ok = _masked.get(pan)
+    if ok is None:
+        if len(_masked) > 50_000:
+            _masked.clear()
+        ok = _masked[pan] = masked_pan_ok(pan)
+    return ok
+
+
 def _tender(t: Any) -> dict[str, Any] | None:
     if not isinstance(t, dict):
         return None
-    out: dict[str, Any] = {"kind": t.get("kind"), "amount": t.get("amount")}
-    if t.get("kind") == "card":
-        out["scheme"] = t.get("scheme")
-        out["auth"] = t.get("auth")
-        pan = t.get("pan")
-        if isinstance(pan, str) and masked_pan_ok(pan):
-            out["pan"] = pan
+    kind = t.get("kind")
+    if kind != "card":
+        return {"kind": kind, "amount": t.get("amount")}
+    out = {"kind": kind, "amount": t.get("amount"), "scheme": t.get("scheme"),
+           "auth": t.get("auth")}
+    pan = t.get("pan")
+    if isinstance(pan, str) and _masked_ok(pan):
+        out["pan"] = pan
     return out
 
 
@@ -64,6 +77,6 @@ def payload(row: dict[str, Any], level: str = "lines") -> dict[str, Any]:
         return doc
     txn = _scan(row["body"], 0)[0]["d"]["txn"]  # booked, so it parsed as a transaction once
     doc["lines"] = [{k: line[k] for k in LINE_FIELDS if k in line}
-                    for line in txn.get("lines", []) if isinstance(line, dict)]
-    doc["tenders"] = [t for t in map(_tender, txn.get("tenders", [])) if t is not None]
+                    if isinstance(line, dict) else {} for line in txn.get("lines", ())]
+    doc["tenders"] = [t for t in map(_tender, txn.get("tenders", ())) if t is not None]
     return doc
