@@ -25,6 +25,10 @@ Against a provisioned broker the ledger connects over TLS with its own certifica
 ``ledger/ledger.crt``, ``ledger/ledger.key`` and, unless ``--keys`` says otherwise,
 ``ledger/keys.toml``), or ``--ca/--cert/--key`` one by one.
 
+With ``--erp-url URL`` each committed till transaction also goes to the ERP's webhook
+(rate-limited, retried, refused ones parked for ``review``), and with ``--feed`` it is
+published as plain JSON on ``midshift/v1/ledger/feed/STORE/txn``: ``docs/erp.md``.
+
 SIGTERM or SIGINT stops ``serve``: the group being stored is finished, the broker left,
 the store closed (``host_tools/ledger/stop_signals.py`` takes the signals). Exit codes:
 
@@ -250,7 +254,15 @@ def serve_ledger(args: argparse.Namespace) -> int:
             store.close()
             return 2
         print(f"ledger: metrics on http://{bind[0]}:{endpoint.port}/metrics", flush=True)
-    outgoing = _start_outgoing(args, erp_config, service)
+    try:
+        outgoing = _start_outgoing(args, erp_config, service)
+    except Exception as exc:  # noqa: BLE001 - its database connection: one line, exit 2
+        print(f"ledger: the outbox for --erp-url/--feed: {type(exc).__name__}: "
+              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+              file=sys.stderr)
+        service.stop()
+        store.close()
+        return 2
     print(f"ledger: serving {len(keys)} gateway(s) from {args.broker} into "
           f"{store.description}" + (f" as a worker of $share/{args.shared}" if args.shared
                                     else ""), flush=True)
