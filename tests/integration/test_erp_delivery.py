@@ -358,3 +358,20 @@ def test_sqlite_leases_share_the_outbox(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_the_configured_rate_is_respected(tmp_path: Path) -> None:
+    """About half a second: 10 transactions one per request at 20 requests/s over two
+    threads: the ERP sees them no faster than that (10 requests span 9 gaps of 50 ms)."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    want = book(db, 10)
+    with ErpEmulator() as erp:
+        worker = ErpDelivery(db, config(erp, batch=1, rate_per_s=20.0, concurrency=2)).start()
+        try:
+            assert wait_for(lambda: len(erp.accepted) == 10, 10), erp.snapshot()
+        finally:
+            assert worker.stop()
+        times = sorted(r["t"] for r in erp.requests)
+        assert len(times) == 10 and times[-1] - times[0] >= 9 * 0.05 - 0.01
+        assert_exactly_once(erp, want)
+        assert all(r["key"] in want for r in erp.requests)  # one per request: its own key
