@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from firmware.core import topics
-from host_tools.ledger.erp_payload import payload
 from host_tools.ledger.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,7 @@ class LedgerFeed:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                rows = self.box.claim(self.batch, int(time.time() * 1000))
+                rows = self.box.claim_docs(self.batch, int(time.time() * 1000), self.level)
             except Exception:  # noqa: BLE001 - the database is away: again later
                 log.exception("feed: claiming from the outbox failed")
                 rows = []
@@ -68,12 +67,10 @@ class LedgerFeed:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
                 continue
-            keys = [(r["gateway"], r["epoch"], r["seq"]) for r in rows]
+            keys = [k for k, _, _ in rows]
             try:
-                infos = [self.client.publish(
-                    topics.ledger_feed(r["store"]),
-                    json.dumps(payload(r, self.level), separators=(",", ":")), qos=1)
-                    for r in rows]
+                infos = [self.client.publish(topics.ledger_feed(json.loads(doc)["store"]), doc,
+                                             qos=1) for _, _, doc in rows]
                 deadline = time.monotonic() + self.puback_timeout_s
                 for info in infos:
                     info.wait_for_publish(max(0.01, deadline - time.monotonic()))

@@ -22,12 +22,22 @@ a lost lease or delivery mark after a power cut only means a retry with the same
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import threading
+from contextlib import nullcontext
 from typing import Any
 
+from host_tools.ledger.erp_payload import LEVELS, payload, sqlite_doc
 from host_tools.ledger.store import backend_of, sqlite_path
 
 SINKS = ("erp", "feed")
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+# One per SQLite file: the threads of this process take turns at its write lock here,
+# where a waiter wakes the moment it is free, instead of in SQLite's busy handler, which
+# sleeps 1, 2, 5, 10 ... 100 ms between tries (and made three threads slower than one).
+_file_locks: dict[str, threading.Lock] = {}
+_file_locks_guard = threading.Lock()
 Key = tuple[str, str, int]
 # What a delivery needs of a row, in this order, then the event's body.
 FIELDS = ("gateway", "epoch", "seq", "store", "till", "till_seq", "business_day", "type",
@@ -51,6 +61,7 @@ class Outbox:
             self.ph = "%s"
             self.url = url
             self.db: Any = psycopg.connect(url, autocommit=True, connect_timeout=5)
+            self._turn = nullcontext()  # row locks, not a file lock
             self._claim_sql = (
                 f"WITH c AS (SELECT gateway, epoch, seq FROM transactions t WHERE {due} "
                 "ORDER BY ledger_ms LIMIT %s FOR UPDATE SKIP LOCKED) "
@@ -59,6 +70,9 @@ class Outbox:
                 f"{join} RETURNING {cols}")
         else:
             self.ph = "?"
+            with _file_locks_guard:
+                self._turn: Any = _file_locks.setdefault(str(sqlite_path(url).resolve()),
+                                                         threading.Lock())
             self.db = sqlite3.connect(sqlite_path(url), isolation_level=None, timeout=30,
                                       check_same_thread=False)
             self.db.execute("PRAGMA synchronous=NORMAL")
@@ -70,6 +84,14 @@ class Outbox:
             # needs SQLite 3.35.)
             self._select_sql = (f"SELECT {cols} FROM transactions t JOIN events e ON {join} "
                                 f"WHERE {due.replace('%s', '?')} ORDER BY t.ledger_ms LIMIT ?")
+            self._keys_sql = (f"SELECT gateway, epoch, seq, {sink}_tries FROM transactions t "
+                              f"WHERE {due.replace('%s', '?')} ORDER BY ledger_ms LIMIT ?")
+            # The documents of the leased keys, given as one JSON array of [g, e, seq].
+            self._docs_sql = {level: (
+                f"SELECT t.gateway, t.epoch, t.seq, {sqlite_doc(level)} FROM transactions t "
+                f"JOIN events e ON {join} WHERE (t.gateway, t.epoch, t.seq) IN (SELECT "
+                "json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
+                "json_extract(value, '$[2]') FROM json_each(?))") for level in LEVELS}
             self._claim_sql = (
                 f"UPDATE transactions SET {sink}_lease_ms = ? WHERE (gateway, epoch, seq) "
                 f"IN (SELECT gateway, epoch, seq FROM transactions t WHERE "
@@ -82,14 +104,15 @@ class Outbox:
             with self.db.transaction(), self.db.cursor() as cur:
                 cur.executemany(sql, rows)
             return
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            cur.executemany(sql, rows)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+        with self._turn:
+            cur = self.db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.executemany(sql, rows)
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
 
     def claim(self, n: int, now_ms: int) -> list[dict[str, Any]]:
         """Lease up to ``n`` due rows (oldest booked first); each a dict of ``FIELDS`` and
@@ -102,19 +125,46 @@ class Outbox:
         if self.backend == "postgresql":
             rows = self.db.execute(self._claim_sql, (now_ms, n, until)).fetchall()
         else:
+            with self._turn:
+                cur = self.db.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = cur.execute(self._select_sql, (now_ms, n)).fetchall()
+                    if rows:
+                        cur.execute(self._claim_sql, (until, now_ms, n))
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+        if self.backend == "postgresql":
+            rows.sort(key=lambda r: (r[12], r[0], r[1], r[2]))  # RETURNING has no order
+        return [dict(zip((*FIELDS, "body"), r, strict=True)) for r in rows]
+
+    def claim_docs(self, n: int, now_ms: int, level: str) -> list[tuple[Key, int, str]]:
+        """Lease up to ``n`` due rows like ``claim``; each as (key, tries, the sanitized
+        document as JSON text, ``erp_payload``). On SQLite the documents are built by
+        SQLite (``erp_payload.sqlite_doc``) after the lease is committed, outside the write
+        lock; on PostgreSQL by ``erp_payload.payload``."""
+        if self.backend == "postgresql":
+            return [((r["gateway"], r["epoch"], r["seq"]), int(r["tries"]),
+                     _encode(payload(r, level))) for r in self.claim(n, now_ms)]
+        until = now_ms + self.lease_ms
+        with self._turn:
             cur = self.db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                rows = cur.execute(self._select_sql, (now_ms, n)).fetchall()
-                if rows:
+                keys = cur.execute(self._keys_sql, (now_ms, n)).fetchall()
+                if keys:
                     cur.execute(self._claim_sql, (until, now_ms, n))
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-        if self.backend == "postgresql":
-            rows.sort(key=lambda r: (r[12], r[0], r[1], r[2]))  # RETURNING has no order
-        return [dict(zip((*FIELDS, "body"), r, strict=True)) for r in rows]
+        if not keys:
+            return []
+        docs = {(g, e, q): doc for g, e, q, doc in self.db.execute(
+            self._docs_sql[level], (json.dumps([k[:3] for k in keys]),))}
+        return [((g, e, q), int(tries), docs[(g, e, q)]) for g, e, q, tries in keys]
 
     def renew(self, keys: list[Key], now_ms: int) -> None:
         """Hold the lease on ``keys`` for another ``lease_s`` (a worker still retrying)."""
@@ -154,15 +204,16 @@ class Outbox:
                 cur.executemany(flag, rows)
                 cur.executemany(mark, [(now_ms, *k) for k, _ in parked])
             return
-        cur = self.db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            cur.executemany(flag, rows)
-            cur.executemany(mark, [(now_ms, *k) for k, _ in parked])
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+        with self._turn:
+            cur = self.db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                cur.executemany(flag, rows)
+                cur.executemany(mark, [(now_ms, *k) for k, _ in parked])
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
 
     def due(self) -> int:
         """Rows not yet delivered nor parked (the backlog)."""

@@ -375,3 +375,41 @@ def test_the_configured_rate_is_respected(tmp_path: Path) -> None:
         assert len(times) == 10 and times[-1] - times[0] >= 9 * 0.05 - 0.01
         assert_exactly_once(erp, want)
         assert all(r["key"] in want for r in erp.requests)  # one per request: its own key
+
+
+@pytest.mark.parametrize("level", ["lines", "totals"])
+def test_sqlite_builds_the_same_documents_as_python(tmp_path: Path, level: str) -> None:
+    """Instant: the SQLite-built document (``erp_payload.sqlite_doc``) equals the Python
+    one (``erp_payload.payload``), odd bodies included: an unmasked PAN (dropped), a PAN
+    that is a number, extra keys on lines and tenders, a line that is not an object, a
+    refund with its original, no tenders at all, an offline sale."""
+    from host_tools.ledger.erp_payload import payload
+
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    odd = [
+        till_txns.sale("t", 1, tender="card"),
+        till_txns.sale("t", 2, tender="card"),
+        till_txns.sale("t", 3, tender="card"),
+        till_txns.sale("t", 4, type="refund", original={"till": "t", "till_seq": 1}),
+        till_txns.sale("t", 5),
+        till_txns.sale("t", 6, tender="voucher"),
+    ]
+    odd[1]["tenders"][0]["pan"] = "4111111111111111"
+    odd[2]["tenders"][0].update(pan=4111111111111111, cvv="123")
+    odd[4]["lines"] = [{"sku": "S", "qty_milli": 1, "unit_price": 2, "discount": 0,
+                        "note": "x"}, {"sku": "T", "qty_milli": 1000, "unit_price": 0}]
+    odd[5]["tenders"] = []
+    bodies = [till_txns.body(t, f"k{i}", 1_774_000_000_000 + i, offline=i == 3)
+              for i, t in enumerate(odd)]
+    with open_store(db) as store:
+        store.store_many([till_txns.batch("gw-1", EPOCH, bodies)], 1_774_000_000_000)
+    box = Outbox(db, "erp", 10)
+    try:
+        from_sql = {k: json.loads(doc) for k, _, doc in box.claim_docs(10, 1, level)}
+        from_python = {(r["gateway"], r["epoch"], r["seq"]): payload(r, level)
+                       for r in box.claim(10, 1 + 20_000)}  # the leases expired
+    finally:
+        box.close()
+    assert len(from_sql) == 6 and from_sql == from_python
+    text = json.dumps(list(from_sql.values()))
+    assert "4111111111111111" not in text and "123" not in text.replace("1234", "")
