@@ -87,11 +87,13 @@ class Outbox:
             self._keys_sql = (f"SELECT gateway, epoch, seq, {sink}_tries FROM transactions t "
                               f"WHERE {due.replace('%s', '?')} ORDER BY ledger_ms LIMIT ?")
             # The documents of the leased keys, given as one JSON array of [g, e, seq].
+            # CROSS JOIN: SQLite keeps that order, one primary-key lookup per key (as an
+            # IN list it scanned every event of the gateway's epoch).
             self._docs_sql = {level: (
-                f"SELECT t.gateway, t.epoch, t.seq, {sqlite_doc(level)} FROM transactions t "
-                f"JOIN events e ON {join} WHERE (t.gateway, t.epoch, t.seq) IN (SELECT "
-                "json_extract(value, '$[0]'), json_extract(value, '$[1]'), "
-                "json_extract(value, '$[2]') FROM json_each(?))") for level in LEVELS}
+                f"SELECT t.gateway, t.epoch, t.seq, {sqlite_doc(level)} FROM json_each(?) k "
+                "CROSS JOIN transactions t ON t.gateway = json_extract(k.value, '$[0]') AND "
+                "t.epoch = json_extract(k.value, '$[1]') AND t.seq = json_extract(k.value, "
+                f"'$[2]') CROSS JOIN events e ON {join}") for level in LEVELS}
             self._claim_sql = (
                 f"UPDATE transactions SET {sink}_lease_ms = ? WHERE (gateway, epoch, seq) "
                 f"IN (SELECT gateway, epoch, seq FROM transactions t WHERE "
