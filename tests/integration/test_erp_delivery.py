@@ -413,3 +413,30 @@ def test_sqlite_builds_the_same_documents_as_python(tmp_path: Path, level: str) 
     assert len(from_sql) == 6 and from_sql == from_python
     text = json.dumps(list(from_sql.values()))
     assert "4111111111111111" not in text and "123" not in text.replace("1234", "")
+
+
+def test_a_batch_the_ledger_commits_wakes_the_delivery(tmp_path: Path) -> None:
+    """About 1 s: a signed batch of two sales through the real ledger service (broker,
+    verify, store, ack); its commit wakes the worker (``after_commit``), whose own poll
+    is 60 s away, and the ERP has both."""
+    from firmware.core.signing import Signer
+    from firmware.core.wire import encode_batch
+    from host_tools.ledger.service import LedgerService
+    from host_tools.ledger.sqlite_store import SqliteStore
+
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    key = bytes.fromhex("11" * 32)
+    bodies = [till_txns.body(till_txns.sale("till-1", i), f"k{i}", 1_774_000_000_000 + i)
+              for i in (1, 2)]
+    payload_bytes = encode_batch(Signer(key), till_txns.batch("gw-1", EPOCH, bodies))
+    with Broker() as broker, ErpEmulator() as erp, SqliteStore(db) as store:
+        service = LedgerService(store, {"gw-1": key}, broker.url).start()
+        worker = ErpDelivery(db, config(erp, poll_s=60.0)).start()
+        service.after_commit.append(worker.wake)
+        try:
+            assert service.handle("midshift/v1/lab/gw-1/events", payload_bytes) is not None
+            assert wait_for(lambda: len(erp.accepted) == 2, 10), erp.snapshot()
+        finally:
+            assert worker.stop()
+            service.stop()
+    assert sorted(erp.accepted) == [f"gw-1/{EPOCH:016x}/{i}" for i in (1, 2)]
