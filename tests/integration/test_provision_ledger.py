@@ -51,7 +51,8 @@ def test_the_acl_gives_the_ledger_batches_acks_and_commands_and_anonymous_status
                                       "topic read midshift/v1/+/+/events",
                                       "topic read midshift/v1/+/+/status",
                                       "topic write midshift/v1/+/+/ack",
-                                      "topic write midshift/v1/+/+/cmd"]
+                                      "topic write midshift/v1/+/+/cmd",
+                                      "topic write midshift/v1/ledger/feed/+/txn"]
     conf = (site / "broker/midshift.conf").read_text()
     assert "allow_anonymous false" in conf and "listener 1883" not in conf
     assert host_tools(["provision", "--site-dir", str(site), "broker", "--host", "127.0.0.1",
