@@ -5,8 +5,8 @@ because shared 2-core machines are noisy: compare the ratio, not the absolute fi
 
 A benchmark is added by adding ``bench/NAME_bench.py`` with a ``run(quick, progress)``
 that returns a dict: the file name is the registration. Today: "forward", "journal", "node",
-"ledger", "hostile", "till", "dst", "devices", "both_ways", "refdata" (a unit test keeps
-this line true).
+"ledger", "hostile", "till", "dst", "devices", "both_ways", "refdata", "erp" (a unit
+test keeps this line true).
 """
 
 from __future__ import annotations

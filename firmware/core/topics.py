@@ -63,3 +63,10 @@ def reply_to(events_topic, leaf=ACK):
     if got is None:
         return None
     return topic(got[0], got[1], leaf)
+
+
+def ledger_feed(store="+"):
+    """The ledger's plain-JSON feed of one store's committed till transactions (issue 20,
+    ``docs/erp.md``); ``+`` makes the filter for every store. Six levels, so no
+    gateway topic filter (five levels) ever matches it."""
+    return "%s/ledger/feed/%s/txn" % (ROOT, store)

@@ -25,6 +25,10 @@ Against a provisioned broker the ledger connects over TLS with its own certifica
 ``ledger/ledger.crt``, ``ledger/ledger.key`` and, unless ``--keys`` says otherwise,
 ``ledger/keys.toml``), or ``--ca/--cert/--key`` one by one.
 
+With ``--erp-url URL`` each committed till transaction also goes to the ERP's webhook
+(rate-limited, retried, refused ones parked for ``review``), and with ``--feed`` it is
+published as plain JSON on ``midshift/v1/ledger/feed/STORE/txn``: ``docs/erp.md``.
+
 SIGTERM or SIGINT stops ``serve``: the group being stored is finished, the broker left,
 the store closed (``host_tools/ledger/stop_signals.py`` takes the signals). Exit codes:
 
@@ -92,6 +96,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--metrics", metavar="HOST:PORT",
                        help="serve OpenMetrics on http://HOST:PORT/metrics (off by default; "
                        "docs/metrics.md). One worker's counters: not with --workers N > 1")
+    erp = serve.add_argument_group("out to the ERP and the feed (docs/erp.md)")
+    erp.add_argument("--erp-url", metavar="URL",
+                     help="post each committed till transaction to this webhook "
+                     "(http(s)://HOST[:PORT]/PATH); off when not given")
+    erp.add_argument("--erp-token-file", metavar="FILE",
+                     help="a file holding the ERP's bearer token (sent as Authorization)")
+    erp.add_argument("--erp-rate", type=float, default=10.0, metavar="REQ_PER_S",
+                     help="requests per second at most, over this worker (default 10)")
+    erp.add_argument("--erp-batch", type=int, default=1, metavar="N",
+                     help="transactions per request (default 1: the ERP takes one at a "
+                     "time; more only if it accepts {\"transactions\": [...]})")
+    erp.add_argument("--erp-sanitize", default="lines", choices=("lines", "totals"),
+                     help="what leaves: lines and tenders with masked PANs (default), or "
+                     "only totals per tender")
+    erp.add_argument("--erp-concurrency", type=int, default=1, metavar="N",
+                     help="requests in flight at once (default 1)")
+    erp.add_argument("--erp-lease-s", type=float, default=30.0, metavar="S",
+                     help="a claimed transaction goes to another worker S seconds after "
+                     "this one died (default 30)")
+    erp.add_argument("--erp-refuse-limit", type=int, default=3, metavar="N",
+                     help="park a transaction for review after N refusals (4xx) (default 3)")
+    erp.add_argument("--erp-timeout-s", type=float, default=10.0, metavar="S",
+                     help="one request's bound (default 10)")
+    erp.add_argument("--feed", action="store_true",
+                     help="publish each committed transaction as plain JSON on "
+                     "midshift/v1/ledger/feed/STORE/txn (sanitized as --erp-sanitize)")
     serve.set_defaults(run=serve_ledger)
     migrate = lsub.add_parser("migrate", help="apply the schema migrations not yet applied")
     migrate.add_argument("--db", required=True, help=DB_HELP)
@@ -170,6 +200,11 @@ def serve_ledger(args: argparse.Namespace) -> int:
         print(f"ledger: --session-expiry-s {args.session_expiry_s}: must be 0 or more",
               file=sys.stderr)
         return 2
+    try:
+        erp_config = _erp_config(args)
+    except ValueError as exc:
+        print(f"ledger: {exc}", file=sys.stderr)
+        return 2
     if args.client_id is None:
         args.client_id = default_client_id(args.shared, args.workers)
     bind = None
@@ -219,13 +254,25 @@ def serve_ledger(args: argparse.Namespace) -> int:
             store.close()
             return 2
         print(f"ledger: metrics on http://{bind[0]}:{endpoint.port}/metrics", flush=True)
+    try:
+        outgoing = _start_outgoing(args, erp_config, service)
+    except Exception as exc:  # noqa: BLE001 - its database connection: one line, exit 2
+        print(f"ledger: the outbox for --erp-url/--feed: {type(exc).__name__}: "
+              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+              file=sys.stderr)
+        service.stop()
+        store.close()
+        return 2
     print(f"ledger: serving {len(keys)} gateway(s) from {args.broker} into "
           f"{store.description}" + (f" as a worker of $share/{args.shared}" if args.shared
                                     else ""), flush=True)
     try:
         while not stops.requested.wait(5):
-            logging.getLogger("ledger").info("counters %s", service.counters)
+            logging.getLogger("ledger").info("counters %s", service.counters | {
+                k: v for w in outgoing for k, v in w.snapshot().items()})
     finally:
+        for worker in outgoing:
+            worker.stop()
         if endpoint is not None:
             endpoint.stop()
         # A second short of the bound, so that an unclean stop is reported from here.
@@ -236,6 +283,46 @@ def serve_ledger(args: argparse.Namespace) -> int:
         store.close()
     print(f"ledger: stopped; {service.counters}", flush=True)
     return 0
+
+
+def _erp_config(args: argparse.Namespace) -> Any:
+    """The ERP link's settings from the flags, None when ``--erp-url`` is not given;
+    ValueError (one line) for a bad value or an unreadable token file."""
+    from pathlib import Path
+
+    from host_tools.ledger.erp_delivery import ErpConfig
+    if args.erp_url is None:
+        if args.erp_token_file:
+            raise ValueError("--erp-token-file goes with --erp-url URL")
+        return None
+    token = None
+    if args.erp_token_file:
+        try:
+            token = Path(args.erp_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"--erp-token-file {args.erp_token_file}: cannot read: "
+                             f"{exc.strerror}") from None
+        if not token:
+            raise ValueError(f"--erp-token-file {args.erp_token_file}: empty")
+    return ErpConfig(args.erp_url, token, rate_per_s=args.erp_rate, batch=args.erp_batch,
+                     sanitize=args.erp_sanitize, concurrency=args.erp_concurrency,
+                     lease_s=args.erp_lease_s, refuse_limit=args.erp_refuse_limit,
+                     timeout_s=args.erp_timeout_s)
+
+
+def _start_outgoing(args: argparse.Namespace, erp_config: Any, service: Any) -> list[Any]:
+    """The ERP delivery and the feed, when configured, woken by each commit."""
+    out: list[Any] = []
+    if erp_config is not None:
+        from host_tools.ledger.erp_delivery import ErpDelivery
+        out.append(ErpDelivery(args.db, erp_config).start())
+        print(f"ledger: delivering to the ERP at {args.erp_url} (at most {args.erp_rate:g} "
+              f"requests/s, {args.erp_batch} per request)", flush=True)
+    if args.feed:
+        from host_tools.ledger.ledger_feed import LedgerFeed
+        out.append(LedgerFeed(args.db, service.client, args.erp_sanitize).start())
+    service.after_commit += [w.wake for w in out]
+    return out
 
 
 def default_client_id(shared_group: str | None, workers: int) -> str:
@@ -274,9 +361,17 @@ def _supervise(args: argparse.Namespace, tls_files: tuple[str, str, str] | None,
     argv = [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", args.db,
             "--broker", args.broker, "--keys", args.keys, "--shared", group,
             "--log-level", args.log_level, "--session-expiry-s", str(args.session_expiry_s)]
-    for flag in ("site", "ca", "cert", "key", "clock_control"):
+    for flag in ("site", "ca", "cert", "key", "clock_control", "erp_url", "erp_token_file"):
         if getattr(args, flag):
             argv += [f"--{flag.replace('_', '-')}", getattr(args, flag)]
+    if args.erp_url:
+        argv += ["--erp-rate", str(args.erp_rate / args.workers), "--erp-batch",
+                 str(args.erp_batch), "--erp-sanitize", args.erp_sanitize,
+                 "--erp-concurrency", str(args.erp_concurrency), "--erp-lease-s",
+                 str(args.erp_lease_s), "--erp-refuse-limit", str(args.erp_refuse_limit),
+                 "--erp-timeout-s", str(args.erp_timeout_s)]
+    if args.feed:
+        argv += ["--feed", "--erp-sanitize", args.erp_sanitize]
     # One id per slot, kept when the slot's worker is restarted: the new worker takes
     # over the session and the batches the broker queued for the one that died.
     argvs = [argv + ["--client-id", f"{args.client_id}-w{i}" if args.client_id else ""]

@@ -27,6 +27,16 @@ Version 4 drops ``transactions.lines`` and ``transactions.tenders``: they are re
 event's body (``store.transactions`` joins ``events``), which holds them already; encoding
 and storing them a second time was more than a third of booking a drained outage. SQLite
 rebuilds the table (``DROP COLUMN`` needs 3.35, newer than some hosts' SQLite).
+
+Version 5 is the outbox (issue 20): each ``transactions`` row carries its own delivery
+state for two sinks, the ERP (``erp_*``) and the plain-JSON MQTT feed (``feed_*``):
+``<sink>_ms`` NULL while due and the time it was delivered (or parked) after,
+``<sink>_lease_ms`` until when a worker holds it, ``<sink>_tries`` how often it was
+refused. The row is the outbox entry, so it is written by the very insert that books the
+transaction (same database transaction, no extra statement); a partial index per sink
+(``WHERE <sink>_ms IS NULL``) holds only what is due, so a delivery worker finds its work
+without scanning the table. Rows booked before version 5 are marked delivered at 0 (they
+never go out: the ERP link did not exist when they were booked).
 """
 
 from __future__ import annotations
@@ -109,6 +119,17 @@ CREATE INDEX transactions_till_seq ON transactions (store, till, till_seq);
 CREATE INDEX transactions_key ON transactions (idem_key);
 CREATE INDEX transactions_day ON transactions (store, business_day);
 """),
+    (5, """
+ALTER TABLE transactions ADD COLUMN erp_ms INTEGER;
+ALTER TABLE transactions ADD COLUMN erp_lease_ms INTEGER;
+ALTER TABLE transactions ADD COLUMN erp_tries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE transactions ADD COLUMN feed_ms INTEGER;
+ALTER TABLE transactions ADD COLUMN feed_lease_ms INTEGER;
+ALTER TABLE transactions ADD COLUMN feed_tries INTEGER NOT NULL DEFAULT 0;
+UPDATE transactions SET erp_ms = 0, feed_ms = 0;
+CREATE INDEX transactions_erp_due ON transactions (ledger_ms) WHERE erp_ms IS NULL;
+CREATE INDEX transactions_feed_due ON transactions (ledger_ms) WHERE feed_ms IS NULL;
+"""),
 ]
 
 POSTGRESQL: list[tuple[int, str]] = [
@@ -179,6 +200,17 @@ CREATE TABLE closed_days (
 """),
     (4, """
 ALTER TABLE transactions DROP COLUMN lines, DROP COLUMN tenders;
+"""),
+    (5, """
+ALTER TABLE transactions ADD COLUMN erp_ms BIGINT;
+ALTER TABLE transactions ADD COLUMN erp_lease_ms BIGINT;
+ALTER TABLE transactions ADD COLUMN erp_tries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE transactions ADD COLUMN feed_ms BIGINT;
+ALTER TABLE transactions ADD COLUMN feed_lease_ms BIGINT;
+ALTER TABLE transactions ADD COLUMN feed_tries INTEGER NOT NULL DEFAULT 0;
+UPDATE transactions SET erp_ms = 0, feed_ms = 0;
+CREATE INDEX transactions_erp_due ON transactions (ledger_ms) WHERE erp_ms IS NULL;
+CREATE INDEX transactions_feed_due ON transactions (ledger_ms) WHERE feed_ms IS NULL;
 """),
 ]
 

@@ -180,6 +180,10 @@ class LedgerService:
         self.persistent = bool(client_id)
         self.session_expiry_s = session_expiry_s
         self.session_present: bool | None = None  # from the last CONNACK
+        # Called (no arguments, on the writer thread) after a group committed new events:
+        # the outbox's workers (``erp_delivery``, ``ledger_feed``) look at once instead of
+        # at their next poll. Each must return at once (they set an event).
+        self.after_commit: list[Any] = []
 
     @property
     def topic(self) -> str:
@@ -336,7 +340,11 @@ class LedgerService:
                 self._reject(None, "internal", f"{type(exc).__name__}: {exc}", now)
             if batch is not None:
                 verified.append((i, topic, batch))
-        for (i, topic, batch), result in self._store(verified, now):
+        stored = self._store(verified, now)
+        if self.after_commit and any(isinstance(r, tuple) and r[0] for _, r in stored):
+            for wake in self.after_commit:
+                wake()
+        for (i, topic, batch), result in stored:
             if result is None:
                 continue  # the store is down: no ack, the gateway sends it again
             if isinstance(result, str):

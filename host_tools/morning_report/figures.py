@@ -38,6 +38,7 @@ FLAG_WORDS = {
     "unbalanced": "items do not add up to the payment",
     "late": "arrived after the day was closed",
     "invalid": "could not be read as a transaction",
+    "erp_refused": "the ERP refused it (dead letter; not in the ERP)",
 }
 
 

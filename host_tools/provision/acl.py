@@ -50,6 +50,7 @@ def render_acl(site: str, gateways: Iterable[str]) -> str:
              f"topic write {topics.every(topics.ACK)}",
              f"topic write {topics.every(topics.CMD)}",
              f"topic write {topics.refdata_filter('+', '+')}",
+             f"topic write {topics.ledger_feed()}",  # `ledger serve --feed` (docs/erp.md)
              ""]
     for gw in sorted(gateways):
         lines += [f"user {gw}",

@@ -52,7 +52,8 @@ def test_the_acl_gives_the_ledger_batches_acks_and_commands_and_anonymous_status
                                       "topic read midshift/v1/+/+/status",
                                       "topic write midshift/v1/+/+/ack",
                                       "topic write midshift/v1/+/+/cmd",
-                                      "topic write midshift/v1/+/+/refdata/#"]
+                                      "topic write midshift/v1/+/+/refdata/#",
+                                      "topic write midshift/v1/ledger/feed/+/txn"]
     assert "topic read midshift/v1/p1/gw-01/refdata/#" in blocks[2].splitlines()
     conf = (site / "broker/midshift.conf").read_text()
     assert "allow_anonymous false" in conf and "listener 1883" not in conf
