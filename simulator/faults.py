@@ -314,3 +314,57 @@ class CanNode(FaultKind):
             for _ in range(p["count"]):
                 cls.MOMENTS[p["fault"]](a, p)
         return None
+
+
+class Erp(FaultKind):
+    """The ERP (``[erp]``) answers 503 with Retry-After (``503``), refuses connections
+    (``refuse``) or answers after 2 s (``slow``); back after for_s."""
+
+    name = "erp"
+    keys = ("mode",)
+    per_gateway = False  # the site's one ERP
+    needs_duration = "how long the ERP stays down is required"
+    modes = ("503", "refuse", "slow")
+
+    @classmethod
+    def check(cls, params: dict[str, Any], sc: Scenario, t: TableCheck) -> None:
+        if not sc.erp:
+            raise t.fail("kind", "an erp fault needs an [erp] table")
+        if params.setdefault("mode", "503") not in cls.modes:
+            raise t.fail("mode", f"must be one of {', '.join(cls.modes)}")
+
+    @classmethod
+    def label(cls, p: dict[str, Any]) -> str:
+        return f"ERP {'slow' if p['mode'] == 'slow' else 'down (' + p['mode'] + ')'}"
+
+    @classmethod
+    def start(cls, p: dict[str, Any], site: SimulatedSite, gws: list[Gateway],
+              rng: random.Random, detail: dict[str, Any]) -> Undo | None:
+        site.both_ways.erp_down(p["mode"])
+        return site.both_ways.erp_back
+
+
+class Refdata(FaultKind):
+    """Not a fault of the site's: head office publishes new prices (``share`` of the SKUs
+    change) to every gateway, whatever state their links are in."""
+
+    name = "refdata"
+    keys = ("share",)
+    lasting = False
+    per_gateway = False
+
+    @classmethod
+    def check(cls, params: dict[str, Any], sc: Scenario, t: TableCheck) -> None:
+        if not sc.refdata:
+            raise t.fail("kind", "a refdata change needs a [refdata] table")
+        params["share"] = t.num("share", 0.5, 0.01, 1)
+
+    @classmethod
+    def label(cls, p: dict[str, Any]) -> str:
+        return f"new prices ({p['share']:.0%} of SKUs)"
+
+    @classmethod
+    def start(cls, p: dict[str, Any], site: SimulatedSite, gws: list[Gateway],
+              rng: random.Random, detail: dict[str, Any]) -> Undo | None:
+        detail["version"] = site.both_ways.change_prices(p["share"])
+        return None

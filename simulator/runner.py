@@ -184,7 +184,8 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             latest = monitor.latest()
             empty = all((latest.get(g.gw_id) or {}).get("backlog_records", 1) == 0
                         for g in site.gateways)
-            return empty and time.monotonic() - last[1] >= 2.0
+            return (empty and time.monotonic() - last[1] >= 2.0
+                    and site.both_ways.erp_caught_up(_ledger_txns(store)))
         if not wait_for(drained, scenario.settle_s, 0.5):
             notes.append(f"the backlog had not drained {scenario.settle_s:g} s after the shift")
             say(f"warning: {notes[-1]}")
@@ -209,6 +210,8 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             outcome.update(_till_outcome(site, store),
                            **judge_local_times(store, scenario.tills["tz"]),
                            till_business_day=scenario.tills["business_day"])
+        if scenario.erp or scenario.refdata:
+            outcome.update(_both_ways_outcome(site, store, timeline))
         torn = sum(_count_in_log(g.directory / "agent.log", b"recovered with damage")
                    for g in site.gateways)
         delivered = outcome.pop("_delivered")
@@ -272,6 +275,36 @@ def _fleet_outcome(site: SimulatedSite, timeline: Timeline,
             "fleet_drained": bool(fr.get("drained")),
             "fleet_drain_s": fr.get("drain_s"),
             "fleet_resends": fr.get("resends")}
+
+
+def _ledger_txns(store: LedgerStore | None) -> int:
+    if store is None:
+        return 0
+    try:
+        return int(store.query("SELECT COUNT(*) FROM transactions")[0][0])
+    except Exception:  # noqa: BLE001 - not created yet, or busy: not caught up either
+        return 1 << 62
+
+
+def _both_ways_outcome(site: SimulatedSite, store: LedgerStore,
+                       timeline: Timeline) -> dict[str, Any]:
+    from simulator.both_ways_judge import judge_erp, judge_feed, judge_prices
+    bw, out = site.both_ways, {}
+    pans = site.pans_typed()
+    if bw.erp is not None:
+        out.update(judge_erp(store.transactions(), bw.erp, pans))
+        out["erp_rate_limited"] = out["erp_requests_by_status"].get("429", 0)
+        if site.scenario.erp["feed"]:
+            out.update(judge_feed(list(bw.feed), pans))
+    if site.scenario.refdata:
+        # Both uplinks cut: the gateway is offline and serves what it has.
+        cut = [(w.start_ms / 1000, (w.end_ms or w.start_ms) / 1000) for w in timeline.windows
+               if w.kind == "link" and w.label.startswith("all ")]
+        out.update(judge_prices([f for g in site.gateways
+                                 for f in sorted(g.till_truth_dir.glob("*.jsonl"))],
+                                bw.published, cut, site.scenario.refdata["grace_s"]))
+        out["price_versions_published"] = len(bw.published)
+    return out
 
 
 def _till_outcome(site: SimulatedSite, store: LedgerStore) -> dict[str, Any]:

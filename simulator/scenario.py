@@ -48,7 +48,13 @@ METRICS = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency
            "till_accepted", "till_accepted_missing", "till_accepted_twice", "till_altered",
            "till_refused", "till_refused_in_ledger", "till_unknown", "till_conflicts_unflagged",
            "till_unknown_originals_unflagged", "full_pans_found", "till_retries",
-           "till_utc_offsets", "till_business_days")
+           "till_utc_offsets", "till_business_days",
+           # both ways: the ERP and the reference data (simulator/both_ways_judge.py)
+           "erp_transactions", "erp_accepted", "erp_missing", "erp_extra", "erp_altered",
+           "erp_redeliveries", "erp_rate_limited", "ghost_units", "webshop_orders",
+           "card_numbers_left_ledger", "feed_messages", "card_numbers_in_feed",
+           "price_lookups", "price_lookups_unanswered", "prices_served_offline_old",
+           "stale_prices_served_online", "price_versions_published")
 LEDGER_DBS = ("sqlite", "postgresql")  # postgresql: a throwaway cluster (simulator/postgres.py)
 _OPS = ("<=", ">=", "==", "<", ">")
 
@@ -109,6 +115,8 @@ class Scenario:
     metered: list[str]
     fleet: dict[str, Any]
     tills: dict[str, Any]
+    erp: dict[str, Any]
+    refdata: dict[str, Any]
     short: dict[str, Any]
     clock: dict[str, Any]
     devices: dict[str, dict[str, Any]]
@@ -176,7 +184,8 @@ def load(name_or_path: str) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path.name}: not valid TOML: {exc}") from None
     _only(path, doc, "(top)", ("scenario", "short", "broker", "gateways", "devices", "fault",
-                               "expect", "fleet", "ledger", "tills", "clock"))
+                               "expect", "fleet", "ledger", "tills", "clock", "erp",
+                               "refdata"))
     sc = doc.get("scenario", {})
     _only(path, sc, "scenario", ("name", "description", "duration_s", "max_speed", "settle_s"))
     short = doc.get("short", {})
@@ -210,14 +219,51 @@ def load(name_or_path: str) -> Scenario:
         ledger_db=ledger.get("db", "sqlite"),
         gateway_count=int(_num(path, gws, "count", "gateways", 1, 1, 500)),
         status_period_s=_num(path, gws, "status_period_s", "gateways", 1, 0.1, 60),
-        uplinks=uplinks, metered=metered, fleet={}, tills={}, short=short,
+        uplinks=uplinks, metered=metered, fleet={}, tills={}, erp={}, refdata={}, short=short,
         clock=_clock(path, doc.get("clock", {}), duration),
         devices=_devices(path, doc.get("devices", {})),
         faults=[], expect=_expect(path, doc.get("expect", {})))
+    scenario.tills = _tills(path, doc.get("tills", {}), duration, scenario.clock)
+    scenario.erp = _erp(path, doc.get("erp", {}), scenario.tills)
+    scenario.refdata = _refdata(path, doc.get("refdata", {}), scenario.tills)
     scenario.faults = [_fault(path, i, f, scenario) for i, f in enumerate(doc.get("fault", []))]
     scenario.fleet = _fleet(path, doc.get("fleet", {}), duration)
-    scenario.tills = _tills(path, doc.get("tills", {}), duration, scenario.clock)
     return scenario
+
+
+def _erp(path: Path, t: dict[str, Any], tills: dict[str, Any]) -> dict[str, Any]:
+    """``[erp]``: the ERP emulator (simulator/erp.py) the ledger delivers to. ``rate_per_s``
+    is the ERP's own limit (429 beyond), ``ledger_rate_per_s`` and ``batch`` the ledger's
+    ``--erp-rate`` and ``--erp-batch``; ``stock_units`` per SKU at the ERP; the web shop
+    sells from it at ``webshop_orders_per_s``; ``feed``: the plain-JSON feed on."""
+    if not t:
+        return {}
+    if not tills:
+        raise _err(path, "erp", "needs [tills]: the ERP receives the tills' transactions")
+    _only(path, t, "erp", ("rate_per_s", "ledger_rate_per_s", "batch", "stock_units",
+                           "webshop_orders_per_s", "feed"))
+    if not isinstance(t.get("feed", True), bool):
+        raise _err(path, "erp.feed", "must be true or false")
+    return {"rate_per_s": _num(path, t, "rate_per_s", "erp", 50, 0.1, 10000),
+            "ledger_rate_per_s": _num(path, t, "ledger_rate_per_s", "erp", 50, 0.1, 10000),
+            "batch": int(_num(path, t, "batch", "erp", 100, 1, 500)),
+            "stock_units": int(_num(path, t, "stock_units", "erp", 1000, 0, 1e7)),
+            "webshop_orders_per_s": _num(path, t, "webshop_orders_per_s", "erp", 0, 0, 100),
+            "feed": t.get("feed", True)}
+
+
+def _refdata(path: Path, t: dict[str, Any], tills: dict[str, Any]) -> dict[str, Any]:
+    """``[refdata]``: the store's prices (the tills' list, version 1 before the agents
+    start) and ``stock_units`` per SKU, published to every gateway; the tills look their
+    prices up on the gateway. ``grace_s``: host seconds a published version may take to
+    reach an online gateway before the judge calls an older answer stale."""
+    if not t:
+        return {}
+    if not tills:
+        raise _err(path, "refdata", "needs [tills]: they read the prices")
+    _only(path, t, "refdata", ("stock_units", "grace_s"))
+    return {"stock_units": int(_num(path, t, "stock_units", "refdata", 0, 0, 1e7)),
+            "grace_s": _num(path, t, "grace_s", "refdata", 3, 0, 600)}
 
 
 def _clock(path: Path, t: dict[str, Any], duration_s: float) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware.edges.clock import host_wall_ms
+from simulator.both_ways import BothWays
 from simulator.broker import Broker, free_port
 from simulator.children import deferred_stop, spawn
 from simulator.clock import SimClock, site_offset_ms
@@ -136,6 +137,9 @@ class SimulatedSite:
                                window=4, ack_timeout_s=5.0)
         self.gateways = [Gateway(i, f"gw-{i + 1:02d}", directory / f"gw-{i + 1:02d}",
                                  secrets.token_bytes(32)) for i in range(gateways)]
+        # The ERP out and the reference data down ([erp], [refdata]): idle without them.
+        self.both_ways = BothWays(scenario.erp, scenario.refdata, directory,
+                                  (scenario.tills or {}).get("store", "store-1"), SITE)
 
     # ---- bring up --------------------------------------------------------------------
 
@@ -158,17 +162,22 @@ class SimulatedSite:
                         + ("".join(f'"{n}" = "{k.hex()}"\n' for n, k in self.fleet.keys().items())
                            if self.fleet else ""))
         os.chmod(keys, 0o600)
+        self.both_ways.start_erp()
         with open(self.directory / "ledger.log", "ab") as ledger_log:
             self.ledger = spawn(
                 [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", self.db_url,
                  "--migrate", "--broker", self.broker.url, "--keys", str(keys),
-                 "--log-level", "WARNING",
+                 "--log-level", "WARNING", *self.both_ways.ledger_args(),
                  *(["--clock-control", str(self.clock.control_path)]
                    if self.clock.control_path else [])],
                 cwd=ROOT, stdout=ledger_log, stderr=subprocess.STDOUT)
         for g in self.gateways:
             with deferred_stop():  # a Ctrl-C now waits until this gateway's parts are up
                 self._prepare(g)
+        # On the broker before the agents start: their first connection finds version 1.
+        self.both_ways.publish_first(self.broker.port, [
+            (g.gw_id, bytes.fromhex((g.directory / "host-cmd.key").read_text()))
+            for g in self.gateways])
         for g in self.gateways:
             g.start_agent()
 
@@ -204,6 +213,7 @@ class SimulatedSite:
         t = self.scenario.tills
         if not t:
             return
+        self.both_ways.start_traffic(self.broker.port)
         busy = (t["busy"][0] / self.speed, t["busy"][1] / self.speed, t["busy"][2])
         for g in self.gateways:
             specs = [(n, n, 1, 0) for n in t["names"]]
@@ -221,7 +231,8 @@ class SimulatedSite:
                                     and not k else 0.0),
                     full_pan_every=0 if k else t["full_pan_every"],
                     unknown_refund_every=0 if k else t["unknown_refund_every"],
-                    timeout_s=2.0, retries=8, twin=bool(k)).start())
+                    timeout_s=2.0, retries=8, twin=bool(k),
+                    price_lookup=bool(self.scenario.refdata)).start())
 
     def pans_typed(self) -> list[str]:
         return sorted({p for g in self.gateways for t in g.tills for p in t.pans_typed})
@@ -275,6 +286,7 @@ class SimulatedSite:
             return
         self._devices_stopped = True
         self.stop_tills()
+        self.both_ways.stop_traffic()
         for g in self.gateways:
             for dev in g.devices.values():
                 try:
@@ -295,6 +307,7 @@ class SimulatedSite:
                 self.ledger.wait(15)
             except subprocess.TimeoutExpired:
                 self.ledger.kill()
+        self.both_ways.close()
         for g in self.gateways:
             for p in g.proxies.values():
                 p.stop()

@@ -26,6 +26,11 @@ transaction carries a full card number in the cashier field: the API must refuse
 400 and write it nowhere; the PANs are listed in ``pans_typed``), ``unknown_refund_every``
 (a refund of a sale the ledger never saw), ``seq_from`` (start the till's running number
 there: two tills with one id and overlapping numbers are a split-brain conflict).
+
+``price_lookup``: each line's price is asked of the gateway (``GET /v1/prices/{sku}``, the
+cached reference data, link up or down) as a real till does, instead of the built-in list;
+the truth line's ``prices`` says which version each answer came from and when (host time),
+for the both-ways judge (``simulator/both_ways_judge.py``).
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ class Till:
                  unknown_refund_every: int = 0, clock_offset_s: float = 0.0,
                  seq_from: int = 1, day_start: dt.datetime | None = None,
                  clock_speed: float = 1.0, clock: Any = None,
-                 busy: tuple[float, float, float] | None = None, twin: bool = False) -> None:
+                 busy: tuple[float, float, float] | None = None, twin: bool = False,
+                 price_lookup: bool = False) -> None:
         """``busy``: (from_s, to_s, factor) in wall seconds from ``start()``: the rate is
         ``factor`` times higher then (the busiest hour). ``clock``: the site's wall clock
         (``now_ms()``, simulator/clock.py) the till's clock follows; without it the till's
@@ -90,6 +96,8 @@ class Till:
         self.clock = clock
         self.busy = busy
         self.twin = twin  # a second till posting this till's id and numbers (split brain)
+        self.price_lookup = price_lookup
+        self._looked_up: list[dict[str, Any]] = []  # this transaction's price answers
         self._wall0 = time.monotonic()
         self.sales: list[dict[str, Any]] = []   # accepted sales, for refunds and voids
         self.pans_typed: list[str] = []
@@ -184,6 +192,8 @@ class Till:
         lines = []
         for _ in range(self.rng.randint(1, 5)):
             sku, price = SKUS[self.rng.randrange(len(SKUS))]
+            if self.price_lookup:
+                price = self._price(sku, price)
             line = {"sku": sku, "qty_milli": 1000 * self.rng.randint(1, 3), "unit_price": price}
             if self.rng.random() < 0.1:
                 line["discount"] = 20
@@ -198,6 +208,31 @@ class Till:
         else:
             tender = {"kind": "cash", "amount": total}
         return {"lines": lines, "tenders": [tender]}
+
+    def _price(self, sku: str, fallback: int) -> int:
+        """The gateway's price for ``sku`` (its version and the host time noted), or the
+        built-in one when the gateway has none (404) or does not answer."""
+        t = time.time()
+        conn = self._connection()
+        try:
+            conn.request("GET", f"/v1/prices/{sku}",
+                         headers={"Authorization": f"Bearer {self.token}"})
+            resp = conn.getresponse()
+            doc = json.loads(resp.read() or b"{}")
+        except (OSError, http.client.HTTPException, ValueError):
+            resp, doc = None, {}
+        finally:
+            conn.close()
+        ok = resp is not None and resp.status == 200 and isinstance(doc.get("price"), int)
+        self._looked_up.append({"sku": sku, "t": t, "status": None if resp is None else
+                                resp.status, "version": doc.get("version") if ok else None})
+        return doc["price"] if ok else fallback
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.tls is None:
+            return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
+        return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s,
+                                           context=self.tls)
 
     def _refund_of(self, orig: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
         line = orig["lines"][0]
@@ -219,6 +254,8 @@ class Till:
                 "status": status, "rule": body.get("rule"), "error": body.get("error"),
                 "sha": canonical_sha(doc), "seq": body.get("seq"),
                 "receipt": body.get("receipt"), "twin": self.twin, "txn": doc}
+        if self._looked_up:
+            line["prices"], self._looked_up = self._looked_up, []
         with self._lock:
             self.counters["posted"] += 1
             self.counters[told] += 1
@@ -238,10 +275,7 @@ class Till:
                 self.counters["retries"] += 1
                 if self._stop.wait(min(0.1 * 2 ** attempt, 2.0)):
                     break
-            conn = (http.client.HTTPConnection(self.host, self.port, timeout=self.timeout_s)
-                    if self.tls is None else
-                    http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout_s,
-                                                context=self.tls))
+            conn = self._connection()
             self.posting.set()
             try:
                 conn.request("POST", "/v1/transactions", body=data, headers=headers)
