@@ -552,10 +552,16 @@ class Journal:
         to continue from. A position behind the tail restarts at the tail."""
         if pos is None or seq is None or seq < self.tail_seq:
             pos, seq = self.tail_pos, self.tail_seq
-        out, size = [], 0
-        walk = self._frames(pos, seq, None)
+        out, size, prev = [], 0, None
         while seq <= self.durable_seq and len(out) < max_records and size < max_bytes:
-            kind, item, pos, seq, _ = next(walk)
+            got = self._cached_record(pos, seq, prev)
+            if got is not None:  # the common case, without the frame iterator's steps
+                item, prev = got
+                pos, seq = item.end_pos, seq + 1
+                out.append(item)
+                size += len(item.body)
+                continue
+            kind, item, pos, seq, prev = next(self._frames(pos, seq, prev))
             if kind == "record":
                 out.append(item)
                 size += len(item.body)
@@ -563,8 +569,32 @@ class Journal:
                 self._note_damage(item, item)
             elif kind == "end":
                 pos, seq = self._skip_damage(pos, seq)
-                walk = self._frames(pos, seq, None)
+                prev = None
         return out, pos, seq
+
+    def _cached_record(self, pos, seq, prev):
+        """(Record, crc) for the frame at ``pos`` when it lies whole in the read window and
+        is one ``_walk`` would take as it is (a record, ``seq``, chained to ``prev``, CRC
+        right); None for anything else, which ``_walk`` then decides. A drain reads every
+        record once: per frame this is one unpack and one CRC over the window's bytes."""
+        cache = self._cache
+        start = self._phys(pos) - self._cache_off
+        room = self._seg_room(pos)
+        if (self._cache_off < 0 or start < 0 or start + rec.HEADER_SIZE > len(cache)
+                or room < rec.HEADER_SIZE or pos - self.tail_pos >= self.data_size):
+            return None
+        (magic, version, ftype, cls, flags, _r, length, hseq, hlc, prev_crc,
+         crc) = struct.unpack_from(rec.HEADER, cache, start)
+        end = start + rec.HEADER_SIZE + length
+        if (hseq != seq or ftype != rec.TYPE_RECORD or magic != rec.MAGIC
+                or version != rec.FRAME_VERSION or cls > rec.TELEMETRY or end > len(cache)
+                or length > room - rec.HEADER_SIZE or (prev is not None and prev_crc != prev)):
+            return None
+        body = cache[start + rec.HEADER_SIZE:end]
+        if binascii.crc32(body, binascii.crc32(cache[start:start + 32], self._seed)) \
+                & 0xFFFFFFFF != crc:
+            return None
+        return rec.Record(seq, cls, hlc, flags, body, pos, pos + rec.HEADER_SIZE + length), crc
 
     def _skip_damage(self, pos, seq):
         """A frame that should be durable is unreadable and the next one does not chain to
