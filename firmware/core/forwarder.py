@@ -23,7 +23,11 @@ Rules, each for a failure peers have shipped:
   The delay follows the measured round trip (``HEDGE_FACTOR`` times the 90th percentile
   of recent first-attempt acks, never under the floor, never past the ack timeout), so a
   slow but healthy uplink is not doubled. A metered alternate takes only batches of
-  transactions unless told otherwise.
+  transactions unless told otherwise. Backlog batches are not hedged: in a drain their
+  acks queue behind each other at the ledger, so a late one means a busy ledger, not a
+  dead uplink, and a copy would double the drain's work on both ends (it did: a third of
+  the agent's drain CPU was hedged copies); a dead uplink still costs them only the
+  keepalive's failover or their ack timeout.
 """
 
 from firmware.core.percentile import percentile
@@ -285,7 +289,7 @@ class Forwarder:
         delay = self.hedge_delay_ms()
         out = []
         for f in self.inflight:
-            if f.hedged_on is not None or f.uplink != self.uplink \
+            if f.hedged_on is not None or f.uplink != self.uplink or f.lane == BACKLOG \
                     or now_ms - f.sent_ms < delay:
                 continue
             alt = None
@@ -314,7 +318,8 @@ class Forwarder:
         if self.hedge_floor_ms and self.alternates:
             delay = self.hedge_delay_ms()
             times.extend(f.sent_ms + delay for f in self.inflight
-                         if f.hedged_on is None and f.uplink == self.uplink)
+                         if f.hedged_on is None and f.uplink == self.uplink
+                         and f.lane != BACKLOG)
         # A lingering batch is only due when the window has room for it; with a full
         # window its past deadline would spin the loop until an ack arrived (it did, at
         # more than a million polls per drain, starving the ledger in the same process).

@@ -57,6 +57,7 @@ Candidate = tuple[str, str, int, bytes]
 Row = namedtuple("Row", (*COLUMNS, "tenders"))  # type: ignore[misc]
 _N = len(COLUMNS)
 _scan = json.JSONDecoder().scan_once  # json.loads without its per-call checks
+_new_row = tuple.__new__  # Row's own __new__ binds 24 arguments in Python, per row
 
 
 def candidates(batch: Batch) -> dict[int, bytes]:
@@ -109,16 +110,15 @@ def row_of(gateway: str, epoch: str, seq: int, body: bytes, ledger_ms: int) -> R
                                    for k in TENDER_KINDS)
         original = txn.get("original")
         # In the order of the columns: the first field that fails names the error.
-        row = Row(gateway, epoch, seq, str(d["store"]), str(txn["till"]),
-                  int(txn["till_seq"]), str(txn["business_day"]), str(txn["type"]),
-                  str(txn["currency"]), str(d["key"]), str(d["sha"]),
-                  str(d.get("receipt", "")), 1 if d.get("offline") else 0,
-                  int(doc.get("t")), ledger_ms, int(till_txn.lines_total(txn)),
-                  cash, card, voucher,
-                  None if original is None else json.dumps(
-                      original, separators=(",", ":"), sort_keys=True),
-                  str(d.get("tz") or "UTC"), str(txn.get("cashier", "")),
-                  txn.get("till_time"), tenders)
+        row = _new_row(Row, (
+            gateway, epoch, seq, str(d["store"]), str(txn["till"]), int(txn["till_seq"]),
+            str(txn["business_day"]), str(txn["type"]), str(txn["currency"]), str(d["key"]),
+            str(d["sha"]), str(d.get("receipt", "")), 1 if d.get("offline") else 0,
+            int(doc.get("t")), ledger_ms, int(till_txn.lines_total(txn)), cash, card, voucher,
+            None if original is None else json.dumps(
+                original, separators=(",", ":"), sort_keys=True),
+            str(d.get("tz") or "UTC"), str(txn.get("cashier", "")), txn.get("till_time"),
+            tenders))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"not a readable transaction ({type(exc).__name__}: {exc})") from None
     if row.type not in ("sale", "refund", "void"):

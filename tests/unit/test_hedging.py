@@ -15,12 +15,13 @@ PORTABLE = True
 
 
 def journal_of(classes, segments=6):
+    """Records appended, not yet durable: ``both_up`` syncs them once both uplinks are up,
+    so they go in the live lane (a backlog found at uplink-up is not hedged)."""
     st = MemoryStorage(storage_size(4096, segments))
     Journal.format(st, 4096, 0xC0FFEE, GW)
     j = Journal.open(st)
     for i, cls in enumerate(classes):
         j.append(b'{"i":%d}' % i, cls, i + 1)
-    j.flush()
     return j
 
 
@@ -31,6 +32,8 @@ def both_up(j, **kw):
     sess = s.LinkSession(j, SITE, GW, Signer(KEY), ["eth", "lte"], 0, **opts)
     sess.uplink_changed("eth", True, 0)
     sess.uplink_changed("lte", True, 0)
+    sess.poll(0, WALL)  # eth becomes active, with nothing durable to send yet
+    j.flush()
     return sess
 
 
@@ -98,6 +101,22 @@ def test_a_metered_standby_carries_hedged_transactions_only_unless_told():
     never = both_up(journal_of(classes), hedge_floor_ms=0)
     never.poll(0, WALL)
     assert batches(never.poll(999, WALL + 999)) == []
+
+
+def test_a_backlog_found_at_uplink_up_is_not_hedged_but_live_records_beside_it_are():
+    j = journal_of([rec.TXN] * 6)
+    j.flush()  # durable before the uplinks come up: the backlog lane's
+    sess = both_up(j)  # its first poll sends the backlog
+    assert [(f.lane, f.first, f.last) for f in sess.forwarder.inflight] == [
+        ("backlog", 1, 2), ("backlog", 3, 4), ("backlog", 5, 6)]
+    j.append(b'{"i":6}', rec.TXN, 7)
+    j.append(b'{"i":7}', rec.TXN, 8)
+    j.flush()
+    assert batches(sess.poll(1, WALL + 1)) == [("eth", 7, 8)]  # live, beside the backlog
+    assert batches(sess.poll(51, WALL + 51)) == [("lte", 7, 8)]  # only the live one
+    assert batches(sess.poll(999, WALL + 999)) == []
+    assert sess.forwarder.counters["hedged"] == 1
+    assert sess.forwarder.next_deadline_ms() == 1000  # the backlog's ack timeout, no hedge
 
 
 def test_an_ack_on_the_standby_counts_only_for_a_batch_hedged_there():
