@@ -18,6 +18,11 @@ process of its own (so its JSON parsing does not share this interpreter's lock).
   ``erp_backlog_ideal_s`` = backlog / 500 / 50 beside it and ``erp_backlog_ratio``.
   Target ratio <= 1.1. ``erp_backlog_resume_s``: from the ERP being back to its first
   accepted request (the worker waits out the 503's Retry-After, 1 s).
+- ``erp_backlog_baseline_s``: the same number of documents, built in memory beforehand,
+  posted by the same client, rate limit and threads to a fresh emulator: what this host
+  allows at this moment with no ledger in the way (the emulator's JSON parsing shares the
+  two cores). ``erp_backlog_vs_baseline`` = drain / baseline, the worker's own share of
+  the gap to the ideal; both rise together when other work takes the cores.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,12 +40,14 @@ from typing import Any
 
 from firmware.core.event import encode_body
 from firmware.core.wire import Batch
-from host_tools.ledger.erp_delivery import ErpConfig, ErpDelivery
+from host_tools.ledger.erp_client import ErpClient
+from host_tools.ledger.erp_delivery import ErpConfig, ErpDelivery, RateLimit
 from host_tools.ledger.outbox import Outbox
 from host_tools.ledger.sqlite_store import SqliteStore
 
 RATE_LIMIT = 50.0  # the ERP's requests/s
 BATCH = 500  # transactions per request the ERP takes
+CONCURRENCY = 3  # the worker's threads in the backlog drain (and the baseline's)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -138,7 +146,7 @@ def _backlog(tmp: Path, count: int, say: Callable[[str], None]) -> dict[str, Any
     store = SqliteStore(db)
     try:
         erp.say("down")
-        worker = ErpDelivery(db, _config(erp.url, 3)).start()
+        worker = ErpDelivery(db, _config(erp.url, CONCURRENCY)).start()
         t0 = time.monotonic()
         per = 1000
         for first in range(1, count + 1, per):
@@ -180,6 +188,55 @@ def _backlog(tmp: Path, count: int, say: Callable[[str], None]) -> dict[str, Any
             "backlog_erp_duplicates": stats["duplicates"], "backlog_left": left}
 
 
+def _baseline(count: int) -> dict[str, Any]:
+    """``count`` documents shaped as the worker's, built beforehand, posted ``BATCH`` a
+    request at ``RATE_LIMIT`` over ``CONCURRENCY`` threads: the drain without a ledger."""
+    erp = _Erp(RATE_LIMIT)
+    doc = json.dumps({"store": "store-bf", "till": "till-1", "till_seq": 0,
+                      "business_day": "2026-11-27", "type": "sale", "currency": "EUR",
+                      "total": 1299, "receipt": "R-0", "offline": False,
+                      "accepted_ms": 1795000000000, "ledger_ms": 1795000000000,
+                      "tz": "Europe/Berlin", "original": None,
+                      "lines": [{"sku": "SKU-0", "qty_milli": 1000, "unit_price": 1299,
+                                 "discount": 0}],
+                      "tenders": [{"kind": "card", "amount": 1299, "scheme": "visa",
+                                   "auth": "approved", "pan": "411111******1111"}]},
+                     separators=(",", ":"))
+    bodies = [('{"transactions":[' + ",".join(
+        f'{{"idempotency_key":"base/{i}",' + doc[1:]
+        for i in range(first, min(count, first + BATCH))) + "]}").encode()
+        for first in range(0, count, BATCH)]
+    rate, stop, lock, bad = RateLimit(RATE_LIMIT), threading.Event(), threading.Lock(), []
+
+    def send() -> None:
+        client = ErpClient(erp.url, timeout_s=10)
+        try:
+            while True:
+                with lock:
+                    if not bodies:
+                        return
+                    body = bodies.pop()
+                while rate.acquire(stop) and (status := client.post(body, "b").status) >= 300:
+                    bad.append(status)
+        finally:
+            client.close()
+
+    try:
+        threads = [threading.Thread(target=send) for _ in range(CONCURRENCY)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        done = time.time()
+        stats = erp.stats()
+    finally:
+        stop.set()
+        erp.close()
+    ok = stats["accepted"] == count and stats["first_accept_t"]
+    return {"erp_backlog_baseline_s": round(done - stats["first_accept_t"], 2) if ok else None,
+            "backlog_baseline_erp_by_status": stats["by_status"]}
+
+
 def measure(quick: bool = False, progress: Callable[[str], None] | None = None
             ) -> dict[str, Any]:
     """{"erp_delivery_p99_ms", "erp_backlog_drain_s", ...} (module docstring)."""
@@ -189,9 +246,13 @@ def measure(quick: bool = False, progress: Callable[[str], None] | None = None
         out = _steady(tmp, rate=20.0, duration_s=5.0 if quick else 15.0)
         say(f"erp bench: steady p99 {out.get('erp_delivery_p99_ms')} ms, achieved "
             f"{out.get('steady_rate_achieved')} of {out.get('steady_rate_offered')} /s")
-        out |= _backlog(tmp, 10_000 if quick else 100_000, say)
-        say(f"erp bench: backlog {out['erp_backlog_drain_s']} s (ideal "
-            f"{out['erp_backlog_ideal_s']} s, ratio {out['erp_backlog_ratio']})")
+        count = 10_000 if quick else 100_000
+        out |= _backlog(tmp, count, say)
+        out |= _baseline(count)
+        drain, base = out["erp_backlog_drain_s"], out["erp_backlog_baseline_s"]
+        out["erp_backlog_vs_baseline"] = round(drain / base, 3) if drain and base else None
+        say(f"erp bench: backlog {drain} s (ideal {out['erp_backlog_ideal_s']} s, ratio "
+            f"{out['erp_backlog_ratio']}; baseline {base} s)")
     return out
 
 

@@ -1,7 +1,7 @@
 """The ERP delivery worker (issue 20): the outbox's ``erp`` rows out to the ERP's webhook.
 
 Each of ``concurrency`` threads claims up to ``batch`` due transactions
-(``outbox.Outbox.claim``), posts them sanitized (``erp_payload``) and marks them
+(``outbox.Outbox.claim_batch``), posts them sanitized (``erp_payload``) and marks them
 delivered on a 2xx. One transaction goes as one JSON object with ``Idempotency-Key`` =
 its identity (``gateway/epoch/seq``); with ``batch`` > 1 several go as
 ``{"transactions": [...]}``, each carrying its ``idempotency_key``, the header then being
@@ -164,8 +164,8 @@ class ErpDelivery:
         try:
             while not self._stop.is_set():
                 try:
-                    rows = box.claim_docs(self.config.batch, self._now_ms(),
-                                          self.config.sanitize)
+                    rows, docs, joined = box.claim_batch(self.config.batch, self._now_ms(),
+                                                         self.config.sanitize)
                 except Exception:  # noqa: BLE001 - the database is away: try again later
                     log.exception("erp: claiming from the outbox failed")
                     self._stop.wait(self.config.poll_s)
@@ -178,12 +178,12 @@ class ErpDelivery:
                 if len(rows) == self.config.batch:
                     self._wake.set()
                 try:
-                    self._deliver(box, client, rows)
+                    self._deliver(box, client, rows, docs, joined)
                 except Exception:  # noqa: BLE001 - released below, delivered later
                     log.exception("erp: delivering %d transactions failed", len(rows))
                     self._stop.wait(self.config.poll_s)
                 finally:
-                    left = [k for k, _, _ in rows]
+                    left = [k for k, _ in rows]
                     if self._stop.is_set():
                         try:
                             box.release(left)
@@ -192,18 +192,20 @@ class ErpDelivery:
         finally:
             client.close()
 
-    def _deliver(self, box: Outbox, client: ErpClient, rows: list[tuple[Key, int, str]]
-                 ) -> None:
-        """Until every row (key, tries, document) is delivered or parked, or the worker
-        stops."""
-        docs = {k: doc for k, _, doc in rows}
-        tries = {k: n for k, n, _ in rows}
-        pending = list(docs)
+    def _deliver(self, box: Outbox, client: ErpClient, rows: list[tuple[Key, int]],
+                 docs: dict[Key, str], joined: str | None) -> None:
+        """Until every row (key, tries) is delivered or parked, or the worker stops.
+        ``joined``: all their documents as one JSON array (``Outbox.claim_batch``), sent
+        as long as the request holds them all; ``docs``: those known by key, the others
+        fetched (``Outbox.docs``) when a request holds fewer."""
+        tries = dict(rows)
+        pending = [k for k, _ in rows]
+        whole = (list(pending), joined)
         singly = False  # after a batch refused without names: one by one
         attempt = 0
         while pending and not self._stop.is_set():
             group = pending[:1] if singly else pending
-            outcome = self._send(client, group, docs)
+            outcome = self._send(client, group, self._body(box, group, docs, whole))
             status = outcome.status
             if 200 <= status < 300:
                 box.done(group, self._now_ms())
@@ -246,15 +248,23 @@ class ErpDelivery:
                         len(park), self.config.refuse_limit, detail)
         return set(park)
 
-    def _send(self, client: ErpClient, keys: list[Key], docs: dict[Key, str]) -> Answer:
+    def _body(self, box: Outbox, keys: list[Key], docs: dict[Key, str],
+              whole: tuple[list[Key], str | None]) -> bytes:
+        """The request's body for ``keys``: one document, or ``{"transactions": [...]}``."""
+        if whole[1] is not None and keys == whole[0]:
+            array = whole[1]
+        else:
+            docs.update(box.docs([k for k in keys if k not in docs], self.config.sanitize))
+            array = "[" + ",".join([docs[k] for k in keys]) + "]"
+        return (array[1:-1] if len(keys) == 1 else '{"transactions":' + array + "}").encode()
+
+    def _send(self, client: ErpClient, keys: list[Key], body: bytes) -> Answer:
         if not self.rate.acquire(self._stop):
             return Answer(0, None, "stopping")
         if len(keys) == 1:
-            body = docs[keys[0]].encode()
             header = identity(*keys[0])
         else:
             ids = [identity(*k) for k in keys]
-            body = ('{"transactions":[' + ",".join([docs[k] for k in keys]) + "]}").encode()
             header = "batch-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:32]
         self._count("erp_requests")
         answer = client.post(body, header)

@@ -97,7 +97,9 @@ _MASKED_SQL = ("(typeof(p) = 'text' AND length(p) BETWEEN 13 AND 19 AND p NOT GL
 
 def sqlite_doc(level: str = "lines") -> str:
     """A SQLite expression over ``transactions t`` joined with ``events e``: ``payload``'s
-    document as JSON text (keys in the same order)."""
+    document as JSON text (keys in the same order). The tenders' ``LIMIT -1`` keeps their
+    subquery from being flattened into ``json_group_array``, which read each field again
+    for every mention in the masked-PAN test (a seventh of a drain's document cost)."""
     head = ("'idempotency_key', t.gateway || '/' || t.epoch || '/' || t.seq, "
             "'store', t.store, 'till', t.till, 'till_seq', t.till_seq, "
             "'business_day', t.business_day, 'type', t.type, 'currency', t.currency, "
@@ -121,4 +123,4 @@ def sqlite_doc(level: str = "lines") -> str:
                         f"AS {a}" for k, a in (("kind", "kind"), ("amount", "amount"),
                                                ("scheme", "scheme"), ("auth", "auth"),
                                                ("pan", "p")))
-            + " FROM json_each(e.body, '$.d.txn.tenders') v) x))")
+            + " FROM json_each(e.body, '$.d.txn.tenders') v LIMIT -1) x))")

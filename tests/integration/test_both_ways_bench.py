@@ -19,7 +19,8 @@ def test_the_quick_both_ways_bench_prints_every_contract_field() -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    for f in (*CONTRACT, "erp_backlog_ideal_s", "refdata_apply_baseline_per_s",
+    for f in (*CONTRACT, "erp_backlog_ideal_s", "erp_backlog_baseline_s",
+              "refdata_apply_baseline_per_s",
               "refdata_read_baseline_p99_ms"):
         assert isinstance(out[f], (int, float)) and out[f] > 0, (f, out)
     assert out["backlog_left"] == 0 and out["backlog_txns"] == 10_000

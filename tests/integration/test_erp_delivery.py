@@ -360,6 +360,32 @@ def test_sqlite_leases_share_the_outbox(tmp_path: Path) -> None:
         b.close()
 
 
+def test_sqlite_batch_marks_span_gateways(tmp_path: Path) -> None:
+    """Instant: one claimed batch holding two gateways' transactions is leased, given back
+    and marked delivered as a whole (one statement per gateway and epoch), nothing else."""
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    book(db, 3, gateway="gw-1")
+    book(db, 2, gateway="gw-2")
+    book(db, 2, gateway="gw-3")
+    box = Outbox(db, "erp", 10)
+    t = 1_000_000
+    try:
+        rows, _, joined = box.claim_batch(5, t, "totals")
+        keys = [k for k, _ in rows]
+        assert [k[0] for k in keys] == ["gw-1"] * 3 + ["gw-2"] * 2 and joined is not None
+        assert [d["idempotency_key"] for d in json.loads(joined)] == [
+            f"{g}/{e}/{q}" for g, e, q in keys]
+        assert [k[0] for k, _ in box.claim_batch(5, t, "totals")[0]] == ["gw-3"] * 2
+        box.release(keys[2:4])  # gw-1's third and gw-2's first: due again at once
+        assert [k for k, _ in box.claim_batch(5, t, "totals")[0]] == keys[2:4]
+        box.done(keys, t)
+        assert box.due() == 2  # gw-3's, still leased
+        assert box.claim_batch(5, t + 10_001, "totals")[0] == [
+            (("gw-3", f"{EPOCH:016x}", q), 0) for q in (1, 2)]
+    finally:
+        box.close()
+
+
 def test_the_configured_rate_is_respected(tmp_path: Path) -> None:
     """About half a second: 10 transactions one per request at 20 requests/s over two
     threads: the ERP sees them no faster than that (10 requests span 9 gaps of 50 ms)."""
@@ -408,9 +434,13 @@ def test_sqlite_builds_the_same_documents_as_python(tmp_path: Path, level: str) 
         from_sql = {k: json.loads(doc) for k, _, doc in box.claim_docs(10, 1, level)}
         from_python = {(r["gateway"], r["epoch"], r["seq"]): payload(r, level)
                        for r in box.claim(10, 1 + 20_000)}  # the leases expired
+        # What the worker sends: all of a batch's documents as one array, in its keys' order.
+        rows, by_key, joined = box.claim_batch(10, 1 + 40_000, level)
     finally:
         box.close()
     assert len(from_sql) == 6 and from_sql == from_python
+    assert by_key == {} and joined is not None
+    assert json.loads(joined) == [from_python[k] for k, _ in rows] and len(rows) == 6
     text = json.dumps(list(from_sql.values()))
     assert "4111111111111111" not in text and "123" not in text.replace("1234", "")
 
