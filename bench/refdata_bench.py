@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import random
 import sqlite3
 import tempfile
@@ -88,7 +89,17 @@ def _open_loop(port: int, token: str, paths: list[str], base: list[str], duratio
                ) -> tuple[list[float], list[float], float, int]:
     """Price and baseline GETs alternating on one schedule, so both meet the same noise of
     a shared machine: their latencies (ms, from the scheduled time), the achieved rate of
-    both together, errors."""
+    both together, errors. Run in a process of its own (``_tills``): a till is another
+    machine, and client threads inside the agent's process would take the agent's GIL."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process running threads
+    with ctx.Pool(1) as pool:
+        return pool.apply(_tills, (port, token, paths, base, duration_s))
+
+
+def _tills(port: int, token: str, paths: list[str], base: list[str], duration_s: float
+           ) -> tuple[list[float], list[float], float, int]:
+    """``TILLS`` keep-alive sessions (a till keeps its HTTP/1.1 connection), each offering
+    its share of ``RATE`` on a fixed schedule: open loop, a late answer delays none."""
     from tests.integration.till_client import TillClient
     lat: tuple[list[float], list[float]] = ([], [])
     errors = [0]
