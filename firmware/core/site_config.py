@@ -347,8 +347,13 @@ def _tills(doc, cfg):
     cfg.sell_rules = _sell_rules(rules)
 
 
-def _sell_rules(t):
-    p = "sell_rules"
+def check_sell_rules(t, p="sell_rules"):
+    """A ``[sell_rules]`` table checked as the site file's is (ConfigError naming ``p``):
+    for rules published as reference data (``edges/till_api.py``)."""
+    return _sell_rules(t, p)
+
+
+def _sell_rules(t, p="sell_rules"):
     no_unknown_keys(t, p, ("offline_tenders", "manager_code_sha256") + SELL_LIMITS)
     out = {"offline_tenders": field(t, "offline_tenders", p, list, default=["cash"])}
     for i, kind in enumerate(out["offline_tenders"]):

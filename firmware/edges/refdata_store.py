@@ -224,6 +224,13 @@ class RefdataStore:
         value = None if row[0] is None else json.loads(row[0])
         return value, row[1] or 0, row[2], row[3]
 
+    def rows(self, dataset: str) -> dict[str, Any]:
+        """Every row of ``dataset`` (small ones: the sell rules), by key."""
+        with self._read_lock:
+            got = self._read.execute("SELECT key, value FROM rows WHERE dataset = ?",
+                                     (dataset,)).fetchall()
+        return {k: json.loads(v) for k, v in got}
+
     def lookup(self, dataset: str, key: str) -> Any:
         """The row's value, or None."""
         with self._read_lock:

@@ -39,6 +39,7 @@ from firmware.core import record as rec
 from firmware.core.errors import ConfigError, JournalFull, MidshiftError, RecordTooLarge
 from firmware.core.event import decode_body, encode_body
 from firmware.core.sell_rules import SellRules, SellState, amount
+from firmware.core.site_config import check_sell_rules
 from firmware.core.till_txn import TxnInvalid, canonical_sha, find_card_data, has_pan, validate
 from firmware.edges.till_index import Entry, IdempotencyIndex
 
@@ -134,6 +135,7 @@ class TillApi:
         self.cfg = agent.cfg.till_api
         self.store = agent.cfg.store
         self.rules = SellRules(agent.cfg.sell_rules or {})
+        self.rules_version = 0  # the published sell_rules dataset's in force (0: the site's)
         self.tokens = TokenBook(self.cfg.tokens_file)
         data_dir = Path(agent.cfg.journal.path)
         self.audit_path = data_dir / AUDIT_FILE
@@ -143,7 +145,7 @@ class TillApi:
         self._in_flight: set[str] = set()
         self.counters = {"accepted": 0, "replayed": 0, "conflict_in_flight": 0,
                          "key_reused": 0, "invalid": 0, "card_data": 0, "refused": 0,
-                         "journal_refused": 0, "unauthorized": 0}
+                         "journal_refused": 0, "unauthorized": 0, "rules_refused": 0}
         self.forced_offline = self._forced_from_audit()
         self._link: tuple[bool, int] = (False, agent.clock.now_ms())  # (online, since_ms)
         self.server: wsgi.Server | None = None
@@ -304,7 +306,7 @@ class TillApi:
         with self._lock:
             state = self._sell_state(now)
             count, total, offline_amount, oldest = self.queued.totals()
-            rules = self.rules.headroom(state)
+            rules = self._rules().headroom(state)
         online, since = self._link
         return {"gateway": self.agent.cfg.gateway_id, "store": self.store["id"],
                 "state": "online" if state.online else "offline", "since_ms": since,
@@ -312,7 +314,8 @@ class TillApi:
                 "queued": {"count": count, "amount": total, "offline_amount": offline_amount,
                            "oldest_age_s": None if oldest is None
                            else round(max(0, now - oldest) / 1000, 1)},
-                "rules": rules, "counters": dict(self.counters), "port": self.port}
+                "rules": rules, "rules_version": self.rules_version,
+                "counters": dict(self.counters), "port": self.port}
 
     # ---- HTTP ------------------------------------------------------------------------------
 
@@ -415,7 +418,7 @@ class TillApi:
             stored = self.index.get(key)
             if stored is None:
                 state = self._sell_state(now)
-                rule = self.rules.check(txn, state)
+                rule = self._rules().check(txn, state)
                 if rule is not None:
                     self.counters["refused"] += 1
                     raise Answer(403, "refused", "an offline sell rule refuses it", rule=rule)
@@ -445,6 +448,35 @@ class TillApi:
             return
         sign = 1 if txn["type"] == "sale" else -1
         ref.sold([(line["sku"], sign * line["qty_milli"]) for line in txn["lines"]])
+
+    def _rules(self) -> SellRules:
+        """The offline sell rules in force: the site's ``[sell_rules]`` with the published
+        ``sell_rules`` dataset over it (a row per key, ``{"value": V}``), checked as the site
+        file is. A published version that does not pass is logged and counted; the rules
+        in force stay. Called under ``_lock``."""
+        ref = self.agent.refdata
+        if ref is None:
+            return self.rules
+        version = ref.store.state("sell_rules")[0]
+        if version == self.rules_version:
+            return self.rules
+        self.rules_version = version
+        table = {k: v for k, v in (self.agent.cfg.sell_rules or {}).items() if v is not None}
+        try:
+            for key, row in ref.store.rows("sell_rules").items():
+                if not isinstance(row, dict) or "value" not in row:
+                    raise ConfigError(f"sell_rules.{key}", "a published rule is not "
+                                      "{\"value\": ...}", '{"value": ...}')
+                table[key] = row["value"]
+            rules = SellRules(check_sell_rules(table, "published sell_rules"))
+        except ConfigError as exc:
+            self.counters["rules_refused"] += 1
+            log.error("till API: sell_rules version %d not in force: %s", version, exc)
+            return self.rules
+        rules.refused = self.rules.refused  # the counts run on across versions
+        self.rules = rules
+        log.warning("till API: published sell_rules version %d in force", version)
+        return rules
 
     def _reference(self, path: str) -> tuple[int, dict[str, Any]]:
         """A price or stock level from the gateway's own copy: the same answer with the

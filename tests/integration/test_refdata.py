@@ -312,3 +312,29 @@ def test_stale_prices_refuse_offline_sales(tmp_path: Path, broker: Broker) -> No
         assert rig.get("/v1/status")[1]["rules"]["stale_reference_data"]["refused"] == 1
     finally:
         rig.stop()
+
+
+def test_published_sell_rules_are_in_force_and_a_bad_version_is_refused(
+        tmp_path: Path, broker: Broker) -> None:
+    """Head office tightens the offline rules by publishing them: cards no longer taken
+    offline. A later version with a bad value is counted and logged; the good one stays."""
+    rig = Rig(tmp_path, broker, rules={"offline_tenders": ["cash", "card"]})
+    try:
+        rig.start()
+        assert rig.till is not None
+        assert rig.publish("sell_rules", {"offline_tenders": {"value": ["cash"]}},
+                           name="rules.json") == 0
+        assert wait_for(lambda: rig.version("sell_rules") == 1, 10)
+        assert wait_for(lambda: rig.get("/v1/status")[1]["rules_version"] == 1, 10)
+        assert rig.publish("sell_rules", {"offline_tenders": {"value": ["cash"]},
+                                          "txn_cap": {"value": -5}}, name="rules.json") == 0
+        assert wait_for(lambda: rig.version("sell_rules") == 2, 10)
+        status = rig.get("/v1/status")[1]
+        assert status["counters"]["rules_refused"] == 1 and status["rules_version"] == 2
+        broker.stop()
+        assert wait_for(lambda: rig.get("/v1/status")[1]["state"] == "offline", 10)
+        code, body = rig.till.post(sale("till-1", 1, tender="card"), "k-card")
+        assert (code, body.get("rule")) == (403, "tender_not_offline")
+        assert rig.till.post(sale("till-1", 2), "k-cash")[0] == 201
+    finally:
+        rig.stop()
