@@ -21,6 +21,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,9 @@ class BothWays:
         if self.erp.down is not None:
             self.erp.come_back()
 
-    def erp_caught_up(self, ledger_txns: int) -> bool:
-        return self.erp is None or len(self.erp.accepted) >= ledger_txns
+    def erp_caught_up(self, ledger_txns: Callable[[], int]) -> bool:
+        """The ERP holds as many transactions as the ledger (asked only with an ERP)."""
+        return self.erp is None or len(self.erp.accepted) >= ledger_txns()
 
     # ---- down: reference data --------------------------------------------------------------
 

@@ -185,7 +185,7 @@ def run(scenario: Scenario, speed: float = 1.0, gateways: int | None = None,
             empty = all((latest.get(g.gw_id) or {}).get("backlog_records", 1) == 0
                         for g in site.gateways)
             return (empty and time.monotonic() - last[1] >= 2.0
-                    and site.both_ways.erp_caught_up(_ledger_txns(store)))
+                    and site.both_ways.erp_caught_up(lambda: _ledger_txns(store)))
         if not wait_for(drained, scenario.settle_s, 0.5):
             notes.append(f"the backlog had not drained {scenario.settle_s:g} s after the shift")
             say(f"warning: {notes[-1]}")
