@@ -3,24 +3,24 @@ PY ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 
 .PHONY: setup test test-network lint unit demo scenarios bench clean dst
 
-SCENARIOS := $(basename $(notdir $(wildcard simulator/scenarios/*.toml)))
+SCENARIOS := $(basename $(notdir $(wildcard midshift/simulator/scenarios/*.toml)))
 
 # The simulated shift at 4x: devices, broker, ledger, agent, faults; summary and report.
 demo: setup
-	.venv/bin/python -m simulator run shift --speed 4 --report build/shift-report
+	.venv/bin/python -m midshift.simulator run shift --speed 4 --report build/shift-report
 
 # Every scenario at full length (the default test run plays their short versions), at
 # real speed unless told otherwise: make scenarios SPEED=4 (about 25 min at 1).
 SPEED ?= 1
 scenarios:
 	@set -e; for s in $(SCENARIOS); do \
-	  echo "== $$s"; $(PY) -m simulator run $$s --speed $(SPEED) --report build/scenarios/$$s; \
+	  echo "== $$s"; $(PY) -m midshift.simulator run $$s --speed $(SPEED) --report build/scenarios/$$s; \
 	done
 
 # The deterministic simulation, longer than the budget make test runs: make dst SEEDS=5000
 SEEDS ?= 1000
 dst:
-	$(PY) -m simulator dst --seeds $(SEEDS)
+	$(PY) -m midshift.simulator dst --seeds $(SEEDS)
 
 setup:
 	bash .ci/setup

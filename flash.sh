@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# flash.sh: put a gateway's bundle (python -m host_tools bundle) onto its target.
+# flash.sh: put a gateway's bundle (python -m midshift.host_tools bundle) onto its target.
 #
 #   flash.sh --bundle DIR --target PATH [--require-mount] [--owner UID:GID] [--dry-run]
 #   flash.sh --bundle DIR --target ssh://USER@HOST[:PORT] [--sudo] [--dry-run]
 #   flash.sh --bundle DIR --target mpy:PORT [--romfs] [--dry-run]
-#            (MicroPython: host_tools/mpy_flash.py; --romfs: the compiled modules into the
+#            (MicroPython: midshift/host_tools/mpy_flash.py; --romfs: the compiled modules into the
 #            board's ROM partition, run in place from flash)
 #
 # PATH is the root of the card's file system: a mounted SD card, an image mounted with
@@ -49,13 +49,13 @@ while [ $# -gt 0 ]; do
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
-[ -n "$bundle" ] || die "--bundle DIR is required (python -m host_tools bundle GW ... -o DIR)"
+[ -n "$bundle" ] || die "--bundle DIR is required (python -m midshift.host_tools bundle GW ... -o DIR)"
 [ -n "$target" ] || die "--target is required: PATH, ssh://USER@HOST[:PORT] or mpy:PORT"
 
 audit() {  # action subject detail: one line in the site's audit log, when asked for
   [ -n "$site_dir" ] || return 0
   local py="$here/.venv/bin/python"; [ -x "$py" ] || py=python3
-  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m host_tools audit --site-dir "$site_dir" \
+  PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m midshift.host_tools audit --site-dir "$site_dir" \
     record --action "$1" --subject "$2" --detail "$3" >/dev/null
 }
 
@@ -67,16 +67,16 @@ case "$target" in
       py="$here/.venv/bin/python"; [ -x "$py" ] || py=python3
       extra=(); [ "$dry_run" = 1 ] && extra=(--dry-run)
       [ "$romfs" = 1 ] && extra+=(--romfs)
-      echo "MicroPython target: handing over to python -m host_tools.mpy_flash" >&2
+      echo "MicroPython target: handing over to python -m midshift.host_tools.mpy_flash" >&2
       set +e
-      PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m host_tools.mpy_flash \
+      PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$py" -m midshift.host_tools.mpy_flash \
         --bundle "$bundle" --port "$port" "${extra[@]}"
       rc=$?
       set -e
       [ "$rc" != 0 ] || [ "$dry_run" = 1 ] || audit flash "$bundle" "mpy:$port" 2>/dev/null || true
       exit "$rc"
     fi
-    die "MicroPython targets need host_tools/mpy_flash.py, which is not in this build (bundles for them come from host_tools/mpy_bundle.py)"
+    die "MicroPython targets need midshift/host_tools/mpy_flash.py, which is not in this build (bundles for them come from midshift.host_tools/mpy_bundle.py)"
     ;;
 esac
 [ "$romfs" = 0 ] || die "--romfs applies to mpy:PORT targets only"

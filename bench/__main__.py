@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from firmware import __version__
+from midshift.firmware import __version__
 
 BENCHMARKS = {p.name.removesuffix("_bench.py"): f"bench.{p.stem}"
               for p in Path(__file__).parent.glob("*_bench.py")}

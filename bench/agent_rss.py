@@ -1,4 +1,4 @@
-"""Resident memory of a real agent process: ``python -m firmware run`` with a serial
+"""Resident memory of a real agent process: ``python -m midshift.firmware run`` with a serial
 scanner, a Modbus PLC and two uplinks configured, against emulated devices and a local
 mosquitto, read from /proc after it has settled.
 
@@ -22,14 +22,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from simulator.broker import Broker
+from midshift.simulator.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[1]
 IDLE_AGENT = """
 import sys, time
 from pathlib import Path
-from firmware.agent import Agent
-from simulator.lab import lab_config
+from midshift.firmware.agent import Agent
+from midshift.simulator.lab import lab_config
 agent = Agent(lab_config(Path(sys.argv[1]), [int(sys.argv[2])] * 2)).start()
 time.sleep(60)
 """
@@ -59,10 +59,10 @@ def _free_port() -> int:
 
 
 def _measure(tmp: Path, settle_s: float, metrics: bool) -> dict[str, Any]:
-    have = {m: importlib.util.find_spec(f"firmware.edges.{m}") is not None
+    have = {m: importlib.util.find_spec(f"midshift.firmware.edges.{m}") is not None
             for m in ("scanner", "modbus")}
     (tmp / "gw.key").write_text("11" * 32)
-    from simulator.devices.modbus import ModbusPLC
+    from midshift.simulator.devices.modbus import ModbusPLC
     plc = ModbusPLC("plc1", [{"tag": "count", "address": 0, "type": "uint32",
                               "behaviour": "counter", "period_ms": 200}]).start()
     plc_port = plc.port
@@ -76,8 +76,8 @@ def _measure(tmp: Path, settle_s: float, metrics: bool) -> dict[str, Any]:
                         '[[devices.plc1.registers]]\ntag = "count"\naddress = 0\n'
                         'type = "uint32"\n')
         if devices:
-            have_gpio = importlib.util.find_spec("firmware.edges.gpio") is not None
-            board = (ROOT / "board_configs" / "sim.toml").read_text()
+            have_gpio = importlib.util.find_spec("midshift.firmware.edges.gpio") is not None
+            board = (ROOT / "midshift" / "board_configs" / "sim.toml").read_text()
             if not have_gpio:  # no status lights on this build yet: a board without pins
                 board = board.replace("[pins]", "[unused_pins]").replace("[unused_pins]\n", "")
                 board = "\n".join(x for x in board.splitlines()
@@ -105,7 +105,7 @@ priority = 10
 broker = "mqtt://127.0.0.1:{broker.port}"
 priority = 20
 """)
-            cmd = [sys.executable, "-m", "firmware", "run", "--config", str(site),
+            cmd = [sys.executable, "-m", "midshift.firmware", "run", "--config", str(site),
                    "--log-level", "WARNING"]
         else:  # no driver on this build yet: the same agent, devices disabled
             cmd = [sys.executable, "-c", IDLE_AGENT, str(tmp), str(broker.port)]

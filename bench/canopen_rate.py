@@ -1,6 +1,6 @@
 """TPDOs journaled per second from one CANopen node, through the real driver and journal.
 
-The battery-module emulator (``simulator/devices/canopen.py``) sends TPDO1 (pack voltage
+The battery-module emulator (``midshift/simulator/devices/canopen.py``) sends TPDO1 (pack voltage
 and current, 8 data bytes) on a schedule, each with a new voltage and current (two
 values, two events per TPDO, as a battery's current never sits still), on python-can's
 ``virtual`` bus; an in-process ``Agent`` built from a site file runs the ``canopen``
@@ -15,7 +15,7 @@ offered and what the emulator managed on a shared machine, ``tpdo_per_s`` what w
 journaled (events accepted with a seq, halved, from the first TPDO to the last
 journaled), ``events_per_s`` the same in events, and
 ``lost`` how many sent values never became an event (must be 0). Every emit waits for
-its record to be durable; the driver's lanes (``firmware/edges/emit_lanes.py``) let the
+its record to be durable; the driver's lanes (``midshift/firmware/edges/emit_lanes.py``) let the
 two tags share a sync, so the rate is about one TPDO per journal sync: ``journal_syncs``
 and ``sync_ms`` (wall time per sync) show it, and
 a shared machine's disk makes the figure vary run to run (the driver's queue absorbs the
@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from firmware.agent import Agent
-from firmware.edges.config_file import load_config
-from simulator.devices.canopen import EDS, BatteryModule
+from midshift.firmware.agent import Agent
+from midshift.firmware.edges.config_file import load_config
+from midshift.simulator.devices.canopen import EDS, BatteryModule
 
 OFFERED_PER_S = 2_500
 SLOT_S = 0.01  # frames are offered in slots of 10 ms (25 frames at 2,500/s)

@@ -1,8 +1,8 @@
 """Device protocols benchmark (issue 19): Modbus RTU polls on one line, and the agent's
 memory with the shop-floor protocols configured.
 
-- ``rtu_polls_per_s``: two agent drivers (``firmware/edges/modbus.py``) polling units 1
-  and 2 on one emulated 115,200-baud RS-485 line (``simulator/devices/modbus_rtu.py``:
+- ``rtu_polls_per_s``: two agent drivers (``midshift/firmware/edges/modbus.py``) polling units 1
+  and 2 on one emulated 115,200-baud RS-485 line (``midshift/simulator/devices/modbus_rtu.py``:
   pymodbus's serial server on a pty, each chunk held for its wire time at 115,200 baud,
   8N2), each reading one 4-register block (a uint32 and a float32) every 10 ms, the
   shortest ``poll_ms``. Counted: answers the units served while the drivers ran, per
@@ -12,7 +12,7 @@ memory with the shop-floor protocols configured.
   pymodbus serial client reading the same blocks back to back on the same line, no
   driver, no turns, no events. ``rtu_events`` is how many register events the drivers
   emitted (the counters move every poll).
-- ``rss_mb``: resident memory of a real agent process (``python -m firmware run``) with a
+- ``rss_mb``: resident memory of a real agent process (``python -m midshift.firmware run``) with a
   Modbus TCP PLC, two Modbus RTU meters on one pty line, a CANopen battery module (slcan
   on a pty) and an OPC UA cell configured
   and answering (emulators in this process), one uplink to a local mosquitto; read from
@@ -42,15 +42,15 @@ from typing import Any
 
 from bench.agent_rss import _free_port, _rss_kb
 from bench.canopen_rate import tpdo_per_s
-from firmware.edges.clock import SystemClock
-from firmware.edges.modbus import ModbusDriver
-from firmware.edges.modbus_rtu import frame_gap_s
-from simulator.broker import Broker
-from simulator.devices.canopen import EDS, BatteryModule
-from simulator.devices.modbus import ModbusPLC
-from simulator.devices.modbus_rtu import RtuLinePLC, char_time_s
-from simulator.devices.opcua import OpcUaPLC
-from simulator.devices.slcan_adapter import SlcanAdapter
+from midshift.firmware.edges.clock import SystemClock
+from midshift.firmware.edges.modbus import ModbusDriver
+from midshift.firmware.edges.modbus_rtu import frame_gap_s
+from midshift.simulator.broker import Broker
+from midshift.simulator.devices.canopen import EDS, BatteryModule
+from midshift.simulator.devices.modbus import ModbusPLC
+from midshift.simulator.devices.modbus_rtu import RtuLinePLC, char_time_s
+from midshift.simulator.devices.opcua import OpcUaPLC
+from midshift.simulator.devices.slcan_adapter import SlcanAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
 BAUD = 115200
@@ -145,7 +145,7 @@ def measure_rss(tmp: Path, settle_s: float, opcua: bool = True) -> dict[str, Any
                         "publishing_ms = 100\nnodes = [\n" + "".join(
                             f'  {{ tag = "{v}", node_id = "ns=2;s=cell1.{v}" }},\n'
                             for v in ("counter", "temperature", "status")) + "]\n")
-            board = (ROOT / "board_configs" / "sim.toml").read_text()
+            board = (ROOT / "midshift" / "board_configs" / "sim.toml").read_text()
             (tmp / "board.toml").write_text(board)
             metrics_port = _free_port()
             site = tmp / "site.toml"
@@ -155,7 +155,7 @@ def measure_rss(tmp: Path, settle_s: float, opcua: bool = True) -> dict[str, Any
                             f'broker = "mqtt://127.0.0.1:{broker.port}"\npriority = 10\n'
                             f"[status]\nperiod_s = 5.0\n[metrics]\n"
                             f'bind = "127.0.0.1:{metrics_port}"\n')
-            proc = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config",
+            proc = subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config",
                                      str(site), "--log-level", "WARNING"], cwd=ROOT,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:

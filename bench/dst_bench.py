@@ -12,7 +12,7 @@ and whether every planted bug is found.
   average across the fleet, one message hop in five lost, doubled or delayed): simulated
   seconds per wall second;
 - ``planted_bugs_found`` of ``planted_bugs``: each known bug of
-  ``simulator/dst/planted.py``, planted alone, run over at most ``FIND_WITHIN`` seeds.
+  ``midshift/simulator/dst/planted.py``, planted alone, run over at most ``FIND_WITHIN`` seeds.
 
 The baseline in the same run is the simulation itself: every figure is the real core's
 own code (journal, session, ledger verify) under the fault model, nothing stubbed.
@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from simulator.dst.planted import FIND_WITHIN, PLANTED
-from simulator.dst.world import Config, run_seed
+from midshift.simulator.dst.planted import FIND_WITHIN, PLANTED
+from midshift.simulator.dst.world import Config, run_seed
 
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:

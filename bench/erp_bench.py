@@ -2,8 +2,8 @@
 backlog drains against the ERP's rate limit.
 
 All on loopback: the SQLite reference ledger (``SqliteStore``, its real booking path),
-the delivery worker (``host_tools/ledger/erp_delivery.py``) in this process, woken by each
-commit as ``ledger serve`` wakes it, and the ERP emulator (``simulator/erp.py``) as a
+the delivery worker (``midshift/host_tools/ledger/erp_delivery.py``) in this process, woken by each
+commit as ``ledger serve`` wakes it, and the ERP emulator (``midshift/simulator/erp.py``) as a
 process of its own (so its JSON parsing does not share this interpreter's lock).
 
 - ``erp_delivery_p99_ms`` (and ``_p50_ms``): sales committed on an open-loop schedule
@@ -38,12 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from firmware.core.event import encode_body
-from firmware.core.wire import Batch
-from host_tools.ledger.erp_client import ErpClient
-from host_tools.ledger.erp_delivery import ErpConfig, ErpDelivery, RateLimit
-from host_tools.ledger.outbox import Outbox
-from host_tools.ledger.sqlite_store import SqliteStore
+from midshift.firmware.core.event import encode_body
+from midshift.firmware.core.wire import Batch
+from midshift.host_tools.ledger.erp_client import ErpClient
+from midshift.host_tools.ledger.erp_delivery import ErpConfig, ErpDelivery, RateLimit
+from midshift.host_tools.ledger.outbox import Outbox
+from midshift.host_tools.ledger.sqlite_store import SqliteStore
 
 RATE_LIMIT = 50.0  # the ERP's requests/s
 BATCH = 500  # transactions per request the ERP takes
@@ -69,7 +69,7 @@ class _Erp:
     """The emulator as a child process, driven over its stdin."""
 
     def __init__(self, rate: float | None) -> None:
-        argv = [sys.executable, "-m", "simulator.erp"] + ([] if rate is None
+        argv = [sys.executable, "-m", "midshift.simulator.erp"] + ([] if rate is None
                                                           else ["--rate", str(rate)])
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)
@@ -102,7 +102,7 @@ def _config(url: str, concurrency: int) -> ErpConfig:
 
 
 def _steady(tmp: Path, rate: float, duration_s: float) -> dict[str, Any]:
-    from simulator.erp import ErpEmulator
+    from midshift.simulator.erp import ErpEmulator
 
     db = f"sqlite:///{tmp / 'steady.db'}"
     store = SqliteStore(db)

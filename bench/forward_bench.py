@@ -26,7 +26,7 @@ the journal on this machine's disk (durable: every event fsynced before it is se
   first sends, in percent (a healthy primary should cost almost nothing).
 - ``failover_s``: the primary is blackholed (connection open, nothing flows); the time
   until the first batch is acknowledged through the secondary.
-- ``rss_mb``: resident memory of an agent process (``python -m firmware run``) with a
+- ``rss_mb``: resident memory of an agent process (``python -m midshift.firmware run``) with a
   serial scanner, a Modbus PLC and two uplinks configured, after it has settled, with the
   metrics endpoint on and scraped once (``rss_mb_metrics_off``: the same without it).
 """
@@ -42,8 +42,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from firmware.core.percentile import percentile
-from simulator.lab import KEY, Lab, wait_for
+from midshift.firmware.core.percentile import percentile
+from midshift.simulator.lab import KEY, Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_10K = 10  # values per poll in the 10,000/s run: 1,000 polls a second from 8 PLCs
@@ -51,7 +51,7 @@ BLOCK_10K = 10  # values per poll in the 10,000/s run: 1,000 polls a second from
 
 def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None],
              producers: int = 1, block: int = 1) -> dict[str, Any]:
-    """The ledger runs as its own process (``python -m host_tools ledger serve``), as it
+    """The ledger runs as its own process (``python -m midshift.host_tools ledger serve``), as it
     is deployed; latency is its commit time (``receipts.ledger_ms``, wall clock, 1 ms
     resolution) minus the wall time the event was *due* on the schedule."""
     lab = Lab(tmp, uplinks=1, direct=True)  # no fault proxy in the path: steady state
@@ -91,7 +91,7 @@ def _ledger_process(lab: Lab, tmp: Path) -> subprocess.Popen[bytes]:
     lab.ledger.stop()
     keys = tmp / "keys.toml"
     keys.write_text(f'[gateways]\n"gw-t" = "{KEY.hex()}"\n')
-    ledger = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
+    ledger = subprocess.Popen([sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db",
                                f"sqlite:///{tmp / 'ledger.db'}", "--broker", lab.broker.url,
                                "--keys", str(keys), "--log-level", "WARNING"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)

@@ -1,10 +1,10 @@
 """Hostile-input benchmark: what forged, unstorable and inflating batches cost the ledger.
 
-Everything over loopback: a real mosquitto (``simulator/broker.py``), the ledger as its own
-process (``python -m host_tools ledger serve`` on SQLite), gateways and attackers as paho
+Everything over loopback: a real mosquitto (``midshift/simulator/broker.py``), the ledger as its own
+process (``python -m midshift.host_tools ledger serve`` on SQLite), gateways and attackers as paho
 clients. Each figure is measured beside a baseline in the same run:
 
-- ``honest_ingest_ratio_under_flood``: virtual gateways (``simulator/fleet.py``) drain a
+- ``honest_ingest_ratio_under_flood``: virtual gateways (``midshift/simulator/fleet.py``) drain a
   backlog with and without a forger publishing 3,000 forged batches (another key, on an
   honest gateway's topic) spread over the baseline's drain time, from its own process;
   honest events/s during the flood divided by events/s without it (target >= 0.9). The
@@ -19,7 +19,7 @@ clients. Each figure is measured beside a baseline in the same run:
   sent_ms and HLC past 2**63, a body that is not UTF-8); the longest gap between the honest
   gateway's acks from the first poison batch until the last rejected ack (target <= 1).
   Baseline ``poison_stall_baseline_s``: the longest gap over the same stretch without poison.
-- ``forged_acks_reclaimed``: a real agent (``simulator/lab.py``) with its ledger stopped
+- ``forged_acks_reclaimed``: a real agent (``midshift/simulator/lab.py``) with its ledger stopped
   journals events; a forger reads its batches off the broker and answers each with acks
   signed with a wrong key, unsigned, and version 1; the journal records reclaimed
   (committed_seq moved) (target 0). Control ``right_key_acks_reclaimed``: the same acks
@@ -46,11 +46,19 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from firmware.core import topics
-from firmware.core.percentile import percentile
-from firmware.core.signing import Signer
-from firmware.core.wire import FIXED, FLAG_ZLIB, MAGIC, VERSION, Batch, decode_ack, encode_batch
-from simulator.broker import Broker
+from midshift.firmware.core import topics
+from midshift.firmware.core.percentile import percentile
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import (
+    FIXED,
+    FLAG_ZLIB,
+    MAGIC,
+    VERSION,
+    Batch,
+    decode_ack,
+    encode_batch,
+)
+from midshift.simulator.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "hostile"
@@ -110,7 +118,7 @@ def bomb_batch(gw: str, inflated: int = 1 << 30, first: int = 500_000) -> bytes:
 # -- processes and clients -------------------------------------------------------------------
 
 class LedgerProcess:
-    """``python -m host_tools ledger serve`` on SQLite, as its own process."""
+    """``python -m midshift.host_tools ledger serve`` on SQLite, as its own process."""
 
     def __init__(self, tmp: Path, broker_url: str, keys: dict[str, bytes],
                  db: str | None = None) -> None:
@@ -121,7 +129,7 @@ class LedgerProcess:
         self.log = tmp / f"ledger-{time.monotonic_ns()}.log"  # its rejections, one a minute
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", self.db,
+                [sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", self.db,
                  "--broker", broker_url, "--keys", str(keyfile), "--log-level", "WARNING"],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True)
         assert self.proc.stdout is not None
@@ -266,7 +274,7 @@ def flood_main(url: str, topic: str, gateway: str, n: str, seconds: str) -> None
 
 def _ingest(tmp: Path, gateways: int, backlog: int, flood_s: float | None,
             forged: int) -> dict[str, Any]:
-    from simulator.fleet import Fleet
+    from midshift.simulator.fleet import Fleet
 
     with Broker(tmp / f"broker-{time.monotonic_ns()}") as broker:
         fleet = Fleet(broker.url, gateways=gateways, backlog=backlog, batch_events=500,
@@ -413,7 +421,7 @@ def _ack_forger(lab: Any, key: bytes | None) -> int:
     """Answer every batch the lab's agent sends with acks signed by ``key`` (None: the
     forger's three forms: another key, unsigned, version 1); returns the records the
     agent reclaimed (its committed seq moved) meanwhile."""
-    from firmware.core.wire import encode_ack
+    from midshift.firmware.core.wire import encode_ack
 
     agent = lab.agent
     seen: list[tuple[int, int, int]] = []
@@ -454,7 +462,7 @@ def _ack_forger(lab: Any, key: bytes | None) -> int:
 
 
 def measure_forged_acks(tmp: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    from simulator.lab import KEY, Lab
+    from midshift.simulator.lab import KEY, Lab
 
     out = {}
     for name, key in (("forged_acks_reclaimed", None), ("right_key_acks_reclaimed", KEY)):

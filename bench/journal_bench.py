@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from firmware.core.errors import JournalFull
-from firmware.core.journal import Journal
-from firmware.core.percentile import percentile
-from firmware.edges.flash import FileStorage, open_or_create_journal
-from firmware.edges.group_commit import GroupCommitJournal
+from midshift.firmware.core.errors import JournalFull
+from midshift.firmware.core.journal import Journal
+from midshift.firmware.core.percentile import percentile
+from midshift.firmware.edges.flash import FileStorage, open_or_create_journal
+from midshift.firmware.edges.group_commit import GroupCommitJournal
 
 BODY = bytes(range(128))
 PRODUCERS = 8  # devices appending at once: scanners, scales, PLC pollers

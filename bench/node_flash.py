@@ -6,7 +6,7 @@ MicroPython's ``os.VfsLfs2``) on an in-memory block device configured like the P
 MicroPython's rp2 port makes a littlefs of 848 KiB (212 blocks of 4096 bytes) with
 ``progsize=256`` (``ports/rp2/modules/_boot.py``), and ``extmod/vfs_lfsx.c`` sets
 ``read_size`` 32, ``cache_size`` 4 x max(read, prog) = 1024, ``lookahead`` 32 bytes and
-``block_cycles`` 100. The node's own ``firmware/mpy/flash_storage.py`` runs unchanged on
+``block_cycles`` 100. The node's own ``midshift/firmware/mpy/flash_storage.py`` runs unchanged on
 it: its module-level ``os`` and ``open`` are pointed at the littlefs for the run.
 
 ``WearDevice`` counts every erase per block and every byte programmed, and can keep the
@@ -118,7 +118,7 @@ class LfsOs:
 @contextlib.contextmanager
 def on_littlefs(fs: LittleFS) -> Iterator[Any]:
     """flash_storage.py with its ``os`` and ``open`` pointed at ``fs`` (and no fsync)."""
-    from firmware.mpy import flash_storage
+    from midshift.firmware.mpy import flash_storage
     saved = (flash_storage.os, getattr(flash_storage, "open", None), flash_storage._fsync)
     flash_storage.os = LfsOs(fs)  # type: ignore[assignment]
     def lfs_open(path: str, mode: str = "r") -> Any:
@@ -143,7 +143,7 @@ def on_littlefs(fs: LittleFS) -> Iterator[Any]:
 NODE_LOOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node_runner",
                          "node_loop.py")
 JOURNAL_DIR = "journal"
-SEGMENT_SIZE = 4096   # board_configs/pico-w.toml [journal]
+SEGMENT_SIZE = 4096   # midshift/board_configs/pico-w.toml [journal]
 SEGMENT_COUNT = 64
 MAX_BODY = 1024
 

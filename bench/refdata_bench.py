@@ -33,10 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from firmware.core.commands import dump_canonical
-from firmware.core.percentile import percentile
-from firmware.core.refdata import RefdataGate, checksum_of, sign_message
-from firmware.core.signing import Signer
+from midshift.firmware.core.commands import dump_canonical
+from midshift.firmware.core.percentile import percentile
+from midshift.firmware.core.refdata import RefdataGate, checksum_of, sign_message
+from midshift.firmware.core.signing import Signer
 
 KEY = bytes(range(32))
 RATE = 400      # GETs per second offered, over 4 tills
@@ -56,7 +56,7 @@ def _prices(n: int, add: int) -> dict[str, Any]:
 
 
 def _apply(d: Path, n: int) -> dict[str, float]:
-    from firmware.edges.refdata_store import RefdataStore
+    from midshift.firmware.edges.refdata_store import RefdataStore
     signer = Signer(KEY)
     gate = RefdataGate(signer, "gw-t")
     first, second = _delta(signer, 0, _prices(n, 0)), _delta(signer, 1, _prices(n, 1))
@@ -141,8 +141,8 @@ def _tills(port: int, token: str, paths: list[str], base: list[str], duration_s:
 def _read(d: Path, n: int, duration_s: float, progress: Callable[[str], None] | None
           ) -> dict[str, float]:
     from bench.till_site import write_till_site
-    from firmware.agent import Agent
-    from firmware.edges.preflight import load_checked
+    from midshift.firmware.agent import Agent
+    from midshift.firmware.edges.preflight import load_checked
     site, tokens = write_till_site(d / "gw", ["till-1"])
     agent = Agent(load_checked(site)).start()
     try:

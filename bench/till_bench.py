@@ -1,7 +1,7 @@
 """Till API benchmark (issue 17): POST to a durable 201, a replayed key, the memory the
 API adds, and the drain of a 30-minute outage's transactions.
 
-All on loopback: a real agent process (``python -m firmware run``) with the till API and
+All on loopback: a real agent process (``python -m midshift.firmware run``) with the till API and
 one uplink to a real mosquitto and the SQLite reference ledger (this process), tills as
 threads with stdlib ``http.client``, the journal on this machine's disk.
 
@@ -41,10 +41,10 @@ from typing import Any
 
 from bench.agent_rss import _rss_kb
 from bench.till_site import sale, write_till_site
-from firmware.core.percentile import percentile
-from simulator.broker import Broker
-from simulator.lab import KEY, Lab, wait_for
-from simulator.network import FaultProxy
+from midshift.firmware.core.percentile import percentile
+from midshift.simulator.broker import Broker
+from midshift.simulator.lab import KEY, Lab, wait_for
+from midshift.simulator.network import FaultProxy
 from tests.integration.till_client import TillClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def _free_port() -> int:
 
 
 def _agent_process(site: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config", str(site),
+    return subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config", str(site),
                              "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -198,7 +198,7 @@ def _drain(tmp: Path, count: int, say: Callable[[str], None]) -> dict[str, Any]:
         keys = tmp / "keys.toml"
         keys.write_text(f'[gateways]\n"gw-t" = "{KEY.hex()}"\n')
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", f"sqlite:///{db}",
+            [sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", f"sqlite:///{db}",
              "--broker", f"mqtt://127.0.0.1:{broker.port}", "--keys", str(keys),
              "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL))

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from host_tools.provision.tills import HASHES_FILE, provision_tills
-from simulator.lab import KEY
+from midshift.host_tools.provision.tills import HASHES_FILE, provision_tills
+from midshift.simulator.lab import KEY
 
 STORE = "store-7"
 TZ = "Europe/Berlin"

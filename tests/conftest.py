@@ -1,7 +1,7 @@
 """Fixtures shared by the test files: one PostgreSQL cluster per run, the shipped
 scenarios' short runs, and helpers that several files need.
 
-The cluster (``simulator/postgres.py``) is started the first time a test asks for ``pg``
+The cluster (``midshift/simulator/postgres.py``) is started the first time a test asks for ``pg``
 and stopped when the run ends, so a run that selects no PostgreSQL test starts none, and
 a full run starts one instead of one per module. Each test makes a database of its own in
 it (``pg.create_database("<name unique in the run>")``), so tests stay independent of each
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from simulator.postgres import ThrowawayPostgres
+from midshift.simulator.postgres import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[1]
 ShortRun = tuple[subprocess.CompletedProcess, dict[str, Any], Path]
@@ -39,14 +39,14 @@ def pg() -> Iterator[ThrowawayPostgres]:
 
 @pytest.fixture(scope="session")
 def short_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ShortRun]:
-    """``short_run(name)``: (process, JSON, report directory) of ``python -m simulator run
+    """``short_run(name)``: (process, JSON, report directory) of ``python -m midshift.simulator run
     NAME --short --json --report DIR``, played on the first call for NAME."""
     runs: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
 
     def run(name: str) -> ShortRun:
         if name not in runs:
             report = tmp_path_factory.mktemp(f"short-{name}")
-            proc = subprocess.run([sys.executable, "-m", "simulator", "run", name, "--short",
+            proc = subprocess.run([sys.executable, "-m", "midshift.simulator", "run", name, "--short",
                                    "--json", "--report", str(report)], cwd=ROOT,
                                   capture_output=True, text=True, timeout=240)
             runs[name] = (proc, report)

@@ -7,8 +7,8 @@ import hashlib
 import json
 from typing import Any
 
-from firmware.core.event import encode_body
-from firmware.core.wire import Batch
+from midshift.firmware.core.event import encode_body
+from midshift.firmware.core.wire import Batch
 
 DAY = "2026-03-29"  # Europe/Berlin springs forward at 02:00 that day
 

@@ -171,7 +171,7 @@ def import_node():
         sys.modules["socket"] = Sockets
     import umqtt.simple  # noqa: F401
 
-    from firmware.mpy import main
+    from midshift.firmware.mpy import main
 
     main.edge_class("scanner")
 
@@ -180,14 +180,14 @@ def setup(leak_per_event=False, journal=None, status_period_ms=10000):
     """Import and build the node (the imports are part of what the board holds).
     ``journal``: a journal on other storage (the flash-wear run passes one on littlefs,
     under CPython); by default the core's ``MemoryStorage``."""
-    from firmware.core.journal import Journal, storage_size
-    from firmware.core.signing import Signer
-    from firmware.core.storage import MemoryStorage
-    from firmware.core.wire import encode_ack
-    from firmware.mpy import node_config
-    from firmware.mpy.node import Node
-    from firmware.mpy.uart_scanner import UartScanner
-    from firmware.mpy.umqtt_uplink import UmqttUplink
+    from midshift.firmware.core.journal import Journal, storage_size
+    from midshift.firmware.core.signing import Signer
+    from midshift.firmware.core.storage import MemoryStorage
+    from midshift.firmware.core.wire import encode_ack
+    from midshift.firmware.mpy import node_config
+    from midshift.firmware.mpy.node import Node
+    from midshift.firmware.mpy.uart_scanner import UartScanner
+    from midshift.firmware.mpy.umqtt_uplink import UmqttUplink
 
     cfg = node_config.validate({
         "board": {"name": "Raspberry Pi Pico W", "pin_factory": "machine"},
@@ -217,7 +217,7 @@ def setup(leak_per_event=False, journal=None, status_period_ms=10000):
     clock = Clock()
     node = Node(cfg, journal, [scanner], uplink, None, clock, signer,
                 status_period_ms=status_period_ms)
-    node_config.release()  # as firmware/mpy/main.py's build does after boot
+    node_config.release()  # as midshift/firmware/mpy/main.py's build does after boot
     state.update(node=node, uart=uart, clock=clock, broker=broker, leak=leak_per_event,
                  storage_heap=storage_heap)
 

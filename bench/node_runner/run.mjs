@@ -4,7 +4,7 @@
 //
 //   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [inner]
 //
-// TREE holds firmware/ (.py or .mpy) and node_loop.py; it is copied into the port's
+// TREE holds midshift/firmware/ (.py or .mpy) and node_loop.py; it is copied into the port's
 // in-memory filesystem and put on sys.path. Prints one JSON line.
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 import fs from "node:fs";

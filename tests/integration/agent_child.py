@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from firmware.agent import Agent
-from firmware.core.event import Event
-from simulator.lab import lab_config
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.event import Event
+from midshift.simulator.lab import lab_config
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from simulator.devices.canopen import BatteryModule
+from midshift.simulator.devices.canopen import BatteryModule
 from tests.integration.event_sink import Sink
 
 

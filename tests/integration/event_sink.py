@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from firmware.core.errors import JournalFull
-from firmware.core.event import Event
+from midshift.firmware.core.errors import JournalFull
+from midshift.firmware.core.event import Event
 
 WAIT_S = 5.0
 

@@ -10,10 +10,10 @@ import random
 import sys
 import threading
 
-from firmware.core.errors import JournalFull
-from firmware.core.record import TELEMETRY, TXN
-from firmware.edges.flash import open_or_create_journal
-from firmware.edges.group_commit import GroupCommitJournal
+from midshift.firmware.core.errors import JournalFull
+from midshift.firmware.core.record import TELEMETRY, TXN
+from midshift.firmware.edges.flash import open_or_create_journal
+from midshift.firmware.edges.group_commit import GroupCommitJournal
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """A throwaway PKI for TLS tests: a site CA, a server certificate for 127.0.0.1, gateway
 client certificates, and a second, untrusted CA. (Provisioning for real sites is
-``python -m host_tools provision``.)"""
+``python -m midshift.host_tools provision``.)"""
 
 from __future__ import annotations
 

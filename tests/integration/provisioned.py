@@ -1,12 +1,12 @@
 """A provisioned site directory for tests: ``host_tools provision`` run in-process, one
 command after another, each of which must succeed (the CLI's own tests check refusals
-with ``host_tools.__main__.main`` directly)."""
+with ``midshift.host_tools.__main__.main`` directly)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from host_tools.__main__ import main as host_tools
+from midshift.host_tools.__main__ import main as host_tools
 
 
 def provisioned_site(site: Path, *commands: list[str]) -> Path:

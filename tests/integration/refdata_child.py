@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from firmware.core.refdata import RefdataGate
-from firmware.core.signing import Signer
-from firmware.edges.refdata_store import RefdataStore
+from midshift.firmware.core.refdata import RefdataGate
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.edges.refdata_store import RefdataStore
 
 
 class PausingDb:

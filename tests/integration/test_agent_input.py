@@ -1,7 +1,7 @@
 """The agent's input side from a TOML config: emulated scanner and scale on ptys, the real
 drivers, the pipeline and the journal. Every proper scan and stable weight is journaled
 exactly once, card numbers are masked before they reach flash, a full journal refuses
-transactions and says so, and `python -m firmware check` names the file and key of a bad
+transactions and says so, and `python -m midshift.firmware check` names the file and key of a bad
 config."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from firmware.agent import Agent
-from firmware.core.event import decode_body
-from firmware.edges.config_file import load_config
-from simulator.devices.scale import Scale
-from simulator.devices.scanner import BarcodeScanner
-from simulator.lab import wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.event import decode_body
+from midshift.firmware.edges.config_file import load_config
+from midshift.simulator.devices.scale import Scale
+from midshift.simulator.devices.scanner import BarcodeScanner
+from midshift.simulator.lab import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def test_a_full_journal_refuses_scans_and_lights_the_red_led(tmp_path: Path) -> 
 ])
 def test_check_names_the_file_and_the_key(tmp_path: Path, extra: str, key: str) -> None:
     site = _site(tmp_path, extra)
-    r = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site)],
+    r = subprocess.run([sys.executable, "-m", "midshift.firmware", "check", "--config", str(site)],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.startswith(f"config error: {site}: {key}: "), r.stderr
@@ -137,7 +137,7 @@ def test_check_names_the_file_and_the_key(tmp_path: Path, extra: str, key: str) 
 
 def test_check_prints_what_would_run(tmp_path: Path) -> None:
     site = _site(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site),
+    r = subprocess.run([sys.executable, "-m", "midshift.firmware", "check", "--config", str(site),
                         "--json", "--offline"],  # no scanner or scale on this machine
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -149,7 +149,7 @@ def test_check_prints_what_would_run(tmp_path: Path) -> None:
 
 def test_a_bad_pin_in_the_board_file_names_that_file(tmp_path: Path) -> None:
     site = _site(tmp_path, pins=PINS.replace("fault_led = 23", "fault_led = 22"))
-    r = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site)],
+    r = subprocess.run([sys.executable, "-m", "midshift.firmware", "check", "--config", str(site)],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.startswith(f"config error: {tmp_path / 'board.toml'}: pins.fault_led: 22 "
@@ -157,8 +157,8 @@ def test_a_bad_pin_in_the_board_file_names_that_file(tmp_path: Path) -> None:
 
 
 def test_a_modbus_plc_from_the_site_file_is_journaled_as_telemetry(tmp_path: Path) -> None:
-    from firmware.core.record import TELEMETRY
-    from simulator.devices.modbus import ModbusPLC
+    from midshift.firmware.core.record import TELEMETRY
+    from midshift.simulator.devices.modbus import ModbusPLC
 
     regs = [{"tag": "count", "address": 0, "type": "uint32", "behaviour": "counter",
              "period_ms": 100}]
@@ -192,7 +192,7 @@ type = "uint32"
 
 
 def test_an_opcua_plc_from_the_site_file_is_journaled_through_a_restart(tmp_path: Path) -> None:
-    from simulator.devices.opcua import OpcUaPLC
+    from midshift.simulator.devices.opcua import OpcUaPLC
 
     plc = OpcUaPLC("line1", port=0, period_ms=60,
                    variables=[{"tag": "counter", "type": "counter", "start": 1}]).start()

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from simulator.lab import Lab, wait_for
+from midshift.simulator.lab import Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,5 +1,5 @@
 """No thread dies silently: a crash in the forwarder loop is alarmed, counted and the loop
-restarted, forwarding again; a loop that keeps crashing makes ``python -m firmware run``
+restarted, forwarding again; a loop that keeps crashing makes ``python -m midshift.firmware run``
 exit non-zero. Writes outside the journal that fail on a full filesystem (a real tmpfs)
 raise alarms and forwarding goes on; the journal itself refuses records while its
 storage is full and takes them again when space returns."""
@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from firmware.core.errors import StorageError
-from simulator.lab import COMMAND_KEY, Lab, lab_config, wait_for
+from midshift.firmware.core.errors import StorageError
+from midshift.simulator.lab import COMMAND_KEY, Lab, lab_config, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,8 +35,8 @@ def _command(rig: Lab, cmd_id: int, cmd: str, args: dict[str, Any] | None = None
     """Publish a signed command to the lab gateway."""
     import paho.mqtt.publish as publish
 
-    from firmware.core.commands import sign_command
-    from firmware.core.signing import Signer
+    from midshift.firmware.core.commands import sign_command
+    from midshift.firmware.core.signing import Signer
 
     payload = sign_command(Signer(COMMAND_KEY), "gw-t", cmd_id, cmd, args)
     publish.single("midshift/v1/lab/gw-t/cmd", payload, qos=1, hostname="127.0.0.1",
@@ -145,11 +145,11 @@ priority = 10
 
 CRASHING_RUN = """
 import sys
-from firmware.core import session
+from midshift.firmware.core import session
 def poll(self, now_ms, wall_ms):
     raise RuntimeError("injected: the forwarder cannot go on")
 session.LinkSession.poll = poll
-from firmware.__main__ import main
+from midshift.firmware.__main__ import main
 sys.exit(main(["run", "--config", sys.argv[1]]))
 """
 
@@ -270,9 +270,9 @@ def test_a_full_journal_storage_refuses_records_and_resumes_when_space_returns(
 
 
 def test_a_crashed_driver_thread_is_alarmed_and_restarted(tmp_path: Path) -> None:
-    from firmware.agent import Agent
-    from firmware.edges.config_file import load_config
-    from simulator.devices.modbus import ModbusPLC
+    from midshift.firmware.agent import Agent
+    from midshift.firmware.edges.config_file import load_config
+    from midshift.simulator.devices.modbus import ModbusPLC
 
     regs = [{"tag": "count", "address": 0, "type": "uint32", "behaviour": "counter",
              "period_ms": 50}]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.__main__ import main as host_tools
-from host_tools.audit_log import AuditLog
+from midshift.host_tools.__main__ import main as host_tools
+from midshift.host_tools.audit_log import AuditLog
 from tests.integration.provisioned import provisioned_site
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firmware.agent import Agent
-from firmware.core.event import Event, decode_body
-from firmware.edges.config_file import load_config
-from simulator.devices.modbus import ModbusPLC
-from simulator.lab import Lab, wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.event import Event, decode_body
+from midshift.firmware.edges.config_file import load_config
+from midshift.simulator.devices.modbus import ModbusPLC
+from midshift.simulator.lab import Lab, wait_for
 
 TAGS = [f"r{i:02d}" for i in range(40)]
 
@@ -98,7 +98,7 @@ def test_a_refused_event_among_many_does_not_hold_back_the_others(tmp_path: Path
 
 
 def test_one_opcua_publish_of_many_changes_shares_one_sync(tmp_path: Path) -> None:
-    from simulator.devices.opcua import OpcUaPLC
+    from midshift.simulator.devices.opcua import OpcUaPLC
 
     tags = TAGS[:30]
     plc = OpcUaPLC("cell1", port=0, period_ms=100,

@@ -13,12 +13,12 @@ import threading
 
 import paho.mqtt.client as mqtt
 
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService
-from simulator.broker import Broker
-from simulator.fleet import Fleet
-from simulator.lab import wait_for
-from simulator.postgres import ThrowawayPostgres
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService
+from midshift.simulator.broker import Broker
+from midshift.simulator.fleet import Fleet
+from midshift.simulator.lab import wait_for
+from midshift.simulator.postgres import ThrowawayPostgres
 
 
 class Probe:

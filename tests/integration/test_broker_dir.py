@@ -23,10 +23,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from firmware.core import topics
-from host_tools.__main__ import main as host_tools
-from simulator.broker import find_mosquitto, free_port
-from simulator.lab import wait_for
+from midshift.firmware.core import topics
+from midshift.host_tools.__main__ import main as host_tools
+from midshift.simulator.broker import find_mosquitto, free_port
+from midshift.simulator.lab import wait_for
 from tests.integration.provisioned import provisioned_site
 from tests.integration.test_provision_broker import Peer
 

@@ -1,5 +1,5 @@
 """Bundles and flash.sh: a bundle flashed into a temporary directory is a tree from which
-``python -m firmware run`` starts and forwards to a mosquitto configured from the site's
+``python -m midshift.firmware run`` starts and forwards to a mosquitto configured from the site's
 material; a second flash changes nothing; unsafe targets and tampered bundles are refused;
 the ssh path is exercised with --dry-run and with fake ssh/scp/rsync on PATH (there is
 no ssh server here); MicroPython boards are handed to their own tools (mpy_bundle.py,
@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from host_tools.__main__ import main as host_tools
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService, load_keys
-from simulator.broker import Broker, TlsListener
-from simulator.devices.scanner import BarcodeScanner
-from simulator.lab import wait_for
+from midshift.host_tools.__main__ import main as host_tools
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService, load_keys
+from midshift.simulator.broker import Broker, TlsListener
+from midshift.simulator.devices.scanner import BarcodeScanner
+from midshift.simulator.lab import wait_for
 from tests.integration.provisioned import provisioned_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def test_a_flashed_tree_runs_the_agent_which_forwards_to_the_broker_and_a_second
 
     opt = card / "opt/midshift"
     env = {**os.environ, "PYTHONPATH": str(opt)}
-    where = subprocess.run([sys.executable, "-c", "import firmware; print(firmware.__file__)"],
+    where = subprocess.run([sys.executable, "-c", "import midshift.firmware; print(midshift.firmware.__file__)"],
                            cwd=opt, env=env, capture_output=True, text=True, timeout=60)
     assert where.stdout.strip().startswith(str(opt))     # the flashed agent, not the repo's
     store = open_store(f"sqlite:///{site['tmp'] / 'ledger.db'}")
@@ -103,7 +103,7 @@ def test_a_flashed_tree_runs_the_agent_which_forwards_to_the_broker_and_a_second
                            tls_files=(s / "ca/ca.crt", s / "ledger/ledger.crt",
                                       s / "ledger/ledger.key")).start()
     with BarcodeScanner("scanner1", site["tmp"] / "scanner1") as scanner:
-        agent = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config",
+        agent = subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config",
                                   str(card / "etc/midshift/site.toml")], cwd=opt, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
@@ -252,9 +252,9 @@ def test_ssh_flash_with_sudo_checks_sudo_then_copies_and_enables_as_root(
 def test_micropython_boards_are_built_by_mpy_bundle_with_the_provisioned_keys(
         site: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    """The wiring only: host_tools/mpy_bundle.py is another engineer's module, replaced
+    """The wiring only: midshift/host_tools/mpy_bundle.py is another engineer's module, replaced
     here by a recorder so this test does not depend on mpy-cross."""
-    import host_tools.mpy_bundle as mpy_bundle
+    import midshift.host_tools.mpy_bundle as mpy_bundle
     calls: list[tuple[Any, ...]] = []
 
     def fake(gateway: str, board: str, out_dir: Path, **kw: Any) -> Path:
@@ -267,20 +267,20 @@ def test_micropython_boards_are_built_by_mpy_bundle_with_the_provisioned_keys(
                        "--board", "pico-w"]) == 0
     assert host_tools(["bundle", "node-01", "--board", "pico-w", "--site-dir", str(s),
                        "--config", str(site["template"]), "-o", str(tmp_path / "mpy")]) == 0
-    assert "built by host_tools/mpy_bundle.py" in capsys.readouterr().out
+    assert "built by midshift/host_tools/mpy_bundle.py" in capsys.readouterr().out
     (gw, board, out, kw), = calls
     assert (gw, board, out) == ("node-01", "pico-w", tmp_path / "mpy")
     assert kw["hmac_key"].hex() == (s / "gateways/node-01/batch.key").read_text().strip()
     assert kw["command_key"].hex() == (s / "gateways/node-01/command.key").read_text().strip()
-    monkeypatch.setitem(sys.modules, "host_tools.mpy_bundle", None)  # as if it were absent
+    monkeypatch.setitem(sys.modules, "midshift.host_tools.mpy_bundle", None)  # as if it were absent
     assert host_tools(["bundle", "node-01", "--board", "pico-w", "--site-dir", str(s),
                        "--config", str(site["template"]), "-o", str(tmp_path / "mpy2")]) == 2
-    assert "host_tools/mpy_bundle.py, which is not in this build" in capsys.readouterr().err
-    # flash.sh hands mpy: targets to host_tools/mpy_flash.py (another engineer's, tested
+    assert "midshift/host_tools/mpy_bundle.py, which is not in this build" in capsys.readouterr().err
+    # flash.sh hands mpy: targets to midshift/host_tools/mpy_flash.py (another engineer's, tested
     # there with a fake mpremote), which checks the bundle first: a CPython bundle is not one.
     out = flash("--bundle", str(site["bundle"]), "--target", "mpy:/dev/ttyACM0", "--dry-run")
     assert out.returncode == 2
-    assert "handing over to python -m host_tools.mpy_flash" in out.stderr
+    assert "handing over to python -m midshift.host_tools.mpy_flash" in out.stderr
     assert "mpy_flash: " in out.stderr and "node.json" in out.stderr
     out = flash("--bundle", str(site["bundle"]), "--target", "mpy:/dev/ttyACM0", "--romfs",
                 "--dry-run")

@@ -1,4 +1,4 @@
-"""The agent as a process of its own (``python -m firmware run``) reading the battery module
+"""The agent as a process of its own (``python -m midshift.firmware run``) reading the battery module
 through the emulated USB-CAN adapter (slcan on a pty): faults on the node, and afterwards
 the journal on disk holds every value the node put on the wire exactly once, and every EMCY.
 """
@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from firmware.core.event import decode_body
-from firmware.edges.flash import open_or_create_journal
-from simulator.devices.canopen import EDS, BatteryModule
-from simulator.devices.slcan_adapter import SlcanAdapter
+from midshift.firmware.core.event import decode_body
+from midshift.firmware.edges.flash import open_or_create_journal
+from midshift.simulator.devices.canopen import EDS, BatteryModule
+from midshift.simulator.devices.slcan_adapter import SlcanAdapter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def test_agent_process_journals_every_value_once_through_faults(tmp_path: Path) 
     with SlcanAdapter(tmp_path / "canable", node) as adapter:
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "firmware", "run", "--config",
+                [sys.executable, "-m", "midshift.firmware", "run", "--config",
                  str(_site(tmp_path, adapter.link_path))], cwd=ROOT, stdout=out, stderr=out,
                 env=os.environ | {"PYTHONPATH": str(ROOT)})
         try:

@@ -15,11 +15,11 @@ from typing import Any
 import can
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.edges.canopen import CanOpenDriver
-from firmware.edges.canopen_config import snake
-from firmware.edges.clock import SystemClock
-from simulator.devices.canopen import EDS, BatteryModule
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.edges.canopen import CanOpenDriver
+from midshift.firmware.edges.canopen_config import snake
+from midshift.firmware.edges.clock import SystemClock
+from midshift.simulator.devices.canopen import EDS, BatteryModule
 from tests.integration.canopen_values import journaled_values, wire_values
 from tests.integration.event_sink import Sink, wait_until
 

@@ -1,4 +1,4 @@
-"""simulator/children.py: a spawned child dies with the simulator (parent-death signal),
+"""midshift/simulator/children.py: a spawned child dies with the simulator (parent-death signal),
 and not with the thread that asked for it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from simulator import children
+from midshift.simulator import children
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def test_a_child_outlives_the_thread_that_spawned_it() -> None:
 def test_a_child_dies_when_the_simulator_is_killed() -> None:
     code = textwrap.dedent("""
         import time
-        from simulator import children
+        from midshift.simulator import children
         p = children.spawn(["sleep", "60"])
         print(p.pid, flush=True)
         time.sleep(60)

@@ -1,5 +1,5 @@
 """docs/configuration.md lists every key the loader accepts, and no key it refuses; each
-annotated example in board_configs/examples/ passes ``python -m firmware check``.
+annotated example in midshift/board_configs/examples/ passes ``python -m midshift.firmware check``.
 
 The accepted keys come from the loader's own tables, caught as it checks them: every table
 is checked by ``config_fields.no_unknown_keys(table, path, known)`` (the core's sections,
@@ -24,16 +24,16 @@ from typing import Any
 
 import pytest
 
-import firmware.core.config_fields as config_fields
-from firmware.core.errors import ConfigError
-from firmware.core.site_config import DEVICE_KEYS, SECTIONS, DeviceType, validate
-from firmware.edges import device_types
-from firmware.edges.config_file import load_config
-from firmware.edges.gpio import PIN_KEYS
+import midshift.firmware.core.config_fields as config_fields
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.site_config import DEVICE_KEYS, SECTIONS, DeviceType, validate
+from midshift.firmware.edges import device_types
+from midshift.firmware.edges.config_file import load_config
+from midshift.firmware.edges.gpio import PIN_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
-EXAMPLES = sorted((ROOT / "board_configs" / "examples").glob("*.toml"))
+EXAMPLES = sorted((ROOT / "midshift" / "board_configs" / "examples").glob("*.toml"))
 FREE_FORM = ("serial", "interfaces")  # NAME = "..." tables: any name is a key
 TOP_LEVEL_EXTRA = ("board_config",)   # read (and removed) by config_file before validate
 
@@ -99,7 +99,7 @@ class Recorder:
 def examples(tmp_path: Path) -> Iterator[Path]:
     """The examples, copied beside the key files they name (provision writes real ones)."""
     d = tmp_path / "examples"
-    shutil.copytree(ROOT / "board_configs" / "examples", d)
+    shutil.copytree(ROOT / "midshift" / "board_configs" / "examples", d)
     (d / "keys").mkdir()
     for name in ("gateway.key", "host-cmd.key"):
         (d / "keys" / name).write_text(secrets.token_hex(32))
@@ -109,13 +109,13 @@ def examples(tmp_path: Path) -> Iterator[Path]:
 def test_every_device_type_has_an_example_and_a_section() -> None:
     doc = documented()
     for dtype in device_types.known():
-        assert (ROOT / "board_configs" / "examples" / f"{dtype}.toml").exists(), dtype
+        assert (ROOT / "midshift" / "board_configs" / "examples" / f"{dtype}.toml").exists(), dtype
         assert f"devices.{dtype}" in doc, f"docs/configuration.md: no section for {dtype}"
 
 
 @pytest.mark.parametrize("example", [p.name for p in EXAMPLES])
 def test_example_passes_firmware_check(examples: Path, example: str) -> None:
-    p = subprocess.run([sys.executable, "-m", "firmware", "check", "--offline", "--config",
+    p = subprocess.run([sys.executable, "-m", "midshift.firmware", "check", "--offline", "--config",
                         str(examples / example)], capture_output=True, text=True, timeout=60,
                        cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr

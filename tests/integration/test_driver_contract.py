@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from firmware.core.errors import ConfigError, JournalFull, StorageError
-from firmware.core.event import Event
-from firmware.core.pipeline import InvalidEvent
-from firmware.edges import device_types
-from firmware.edges.clock import SystemClock
-from firmware.edges.config_file import load_config
-from firmware.edges.driver import Driver, Emitted
+from midshift.firmware.core.errors import ConfigError, JournalFull, StorageError
+from midshift.firmware.core.event import Event
+from midshift.firmware.core.pipeline import InvalidEvent
+from midshift.firmware.edges import device_types
+from midshift.firmware.edges.clock import SystemClock
+from midshift.firmware.edges.config_file import load_config
+from midshift.firmware.edges.driver import Driver, Emitted
 
 
 def test_every_edge_device_module_is_found_by_its_name() -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import threading
 
-from firmware.core.event import Event
-from firmware.edges.emit_lanes import EmitLanes
+from midshift.firmware.core.event import Event
+from midshift.firmware.edges.emit_lanes import EmitLanes
 
 
 def _ev(tag: str, value: int) -> Event:

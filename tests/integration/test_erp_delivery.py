@@ -1,8 +1,8 @@
 """Out to the ERP (issue 20): the outbox, the delivery worker and the feed against real peers.
 
-The ledger's real stores (SQLite, and PostgreSQL via ``simulator/postgres.py``) book till
+The ledger's real stores (SQLite, and PostgreSQL via ``midshift/simulator/postgres.py``) book till
 transactions as the ledger does (``store_many``); the delivery worker posts them over
-real HTTP on loopback to the ERP emulator (``simulator/erp.py``), which records what it
+real HTTP on loopback to the ERP emulator (``midshift/simulator/erp.py``), which records what it
 accepted by idempotency key and counts duplicates. The judge is always the same: every
 booked transaction accepted exactly once by key with the same amounts, or parked for
 review; duplicates only as retries of a key, counted.
@@ -22,16 +22,16 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from firmware.core import topics
-from host_tools.ledger.erp_delivery import ErpConfig, ErpDelivery
-from host_tools.ledger.ledger_feed import LedgerFeed
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.outbox import Outbox
-from simulator.broker import Broker
-from simulator.erp import ErpEmulator
-from simulator.lab import wait_for
-from simulator.postgres import ThrowawayPostgres
-from simulator.webshop import WebShop
+from midshift.firmware.core import topics
+from midshift.host_tools.ledger.erp_delivery import ErpConfig, ErpDelivery
+from midshift.host_tools.ledger.ledger_feed import LedgerFeed
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.outbox import Outbox
+from midshift.simulator.broker import Broker
+from midshift.simulator.erp import ErpEmulator
+from midshift.simulator.lab import wait_for
+from midshift.simulator.postgres import ThrowawayPostgres
+from midshift.simulator.webshop import WebShop
 from tests import till_txns
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def test_a_refused_transaction_is_parked_for_review(tmp_path: Path) -> None:
     """About 1 s: one of five is refused (422) every time; after ``refuse_limit`` it is
     parked: an open ``erp_refused`` flag in `review` and in the morning report; the four
     others reach the ERP, once each."""
-    from host_tools.morning_report.figures import build
+    from midshift.host_tools.morning_report.figures import build
 
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     want = book(db, 5)
@@ -135,7 +135,7 @@ def test_a_refused_transaction_is_parked_for_review(tmp_path: Path) -> None:
     review = report["stores"][0]["review"]
     assert [(r["kind"], r["till_seq"], r["open"]) for r in review] == [("erp_refused", 3, True)]
     assert not report["verdict"]["ok"]
-    out = subprocess.run([sys.executable, "-m", "host_tools", "review", "--db", db, "--open"],
+    out = subprocess.run([sys.executable, "-m", "midshift.host_tools", "review", "--db", db, "--open"],
                          cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "erp_refused" in out.stdout and "unknown SKU" in out.stdout
 
@@ -168,7 +168,7 @@ def _keys_file(tmp_path: Path) -> Path:
 
 
 def _serve(db: str, broker: str, keys: Path, *extra: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db", db,
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", db,
                              "--broker", broker, "--keys", str(keys), "--log-level", "WARNING",
                              "--client-id", "", *extra], cwd=ROOT, stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -285,7 +285,7 @@ def test_web_shop_oversells_what_the_erp_did_not_know_yet(tmp_path: Path) -> Non
 ])
 def test_bad_erp_configuration_is_one_line(tmp_path: Path, flags: list[str], says: str) -> None:
     """Instant: exit 2 and one line naming the option, before anything connects."""
-    proc = subprocess.run([sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
+    proc = subprocess.run([sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db",
                            f"sqlite:///{tmp_path / 'l.db'}", "--broker", "mqtt://127.0.0.1:1",
                            "--keys", str(_keys_file(tmp_path)), *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
@@ -301,8 +301,8 @@ def test_version_5_leaves_older_transactions_home(backend: str, tmp_path: Path,
     next one booked is due for both sinks."""
     import sqlite3
 
-    from host_tools.ledger.migrations import POSTGRESQL, SCHEMA_VERSION_TABLE, SQLITE
-    from host_tools.ledger.transactions import Booker
+    from midshift.host_tools.ledger.migrations import POSTGRESQL, SCHEMA_VERSION_TABLE, SQLITE
+    from midshift.host_tools.ledger.transactions import Booker
 
     t0 = 1_774_000_000_000
     first = till_txns.body(till_txns.sale(), "k1", t0)
@@ -409,7 +409,7 @@ def test_sqlite_builds_the_same_documents_as_python(tmp_path: Path, level: str) 
     one (``erp_payload.payload``), odd bodies included: an unmasked PAN (dropped), a PAN
     that is a number, extra keys on lines and tenders, a line that is not an object, a
     refund with its original, no tenders at all, an offline sale."""
-    from host_tools.ledger.erp_payload import payload
+    from midshift.host_tools.ledger.erp_payload import payload
 
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     odd = [
@@ -449,10 +449,10 @@ def test_a_batch_the_ledger_commits_wakes_the_delivery(tmp_path: Path) -> None:
     """About 1 s: a signed batch of two sales through the real ledger service (broker,
     verify, store, ack); its commit wakes the worker (``after_commit``), whose own poll
     is 60 s away, and the ERP has both."""
-    from firmware.core.signing import Signer
-    from firmware.core.wire import encode_batch
-    from host_tools.ledger.service import LedgerService
-    from host_tools.ledger.sqlite_store import SqliteStore
+    from midshift.firmware.core.signing import Signer
+    from midshift.firmware.core.wire import encode_batch
+    from midshift.host_tools.ledger.service import LedgerService
+    from midshift.host_tools.ledger.sqlite_store import SqliteStore
 
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     key = bytes.fromhex("11" * 32)

@@ -1,4 +1,4 @@
-"""`python -m firmware check` is as strict as `run`: each bad site file gives exit status 2
+"""`python -m midshift.firmware check` is as strict as `run`: each bad site file gives exit status 2
 and one line naming the file, the key, the value and what is allowed; a good one gives 0.
 `run` refuses the same files with the same line, before anything is created; only a
 serial device that is absent (unplugged at boot) `run` starts without, as `check
@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.edges import preflight
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.edges import preflight
 from tests.integration.pki import make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ segment_count = 16
 
 
 def firmware(command: str, site: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "firmware", command, "--config", str(site),
+    return subprocess.run([sys.executable, "-m", "midshift.firmware", command, "--config", str(site),
                            *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
 
@@ -118,7 +118,7 @@ BAD = [
     (edit('command_key_file = "cmd.key"', 'command_key_file = "pki"'),
      "gateway.command_key_file", "'{dir}/pki' is a directory"),
     (_empty_key, "gateway.key_file",
-     "'{dir}/gw.key' is empty; allowed: the file python -m host_tools provision wrote"),
+     "'{dir}/gw.key' is empty; allowed: the file python -m midshift.host_tools provision wrote"),
     # TLS files: missing, a certificate with another's key, a CA that is not one
     (edit('cert = "pki/gw1.crt"', 'cert = "pki/nope.crt"'), "uplinks.lte.cert",
      "'{dir}/pki/nope.crt' does not exist"),
@@ -222,7 +222,7 @@ def test_run_starts_without_an_unplugged_device_and_reads_the_others(
     """The scanner's adapter is unplugged at boot: the journal still drains and the scale
     is still read; the scanner's driver waits for it (what check without --offline flags)."""
     edit('port = "scanner"', 'port = "/dev/serial/by-id/usb-unplugged-if00"')(gateway)
-    agent = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config",
+    agent = subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config",
                               str(gateway.site), "--log-level", "WARNING"], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -255,7 +255,7 @@ def test_check_shows_the_till_api_and_the_offline_sell_rules(tmp_path: Path) -> 
     site, _ = write_till_site(tmp_path / "gw", ["till-1"], port=8123, uplink_ports=(1883,),
                               rules={"offline_tenders": ["cash", "card"],
                                      "card_floor_limit": 2000, "txn_cap": 50000})
-    out = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site),
+    out = subprocess.run([sys.executable, "-m", "midshift.firmware", "check", "--config", str(site),
                           "--offline"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     tills = next(ln for ln in out.stdout.splitlines() if ln.strip().startswith("tills"))

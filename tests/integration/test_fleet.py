@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService
-from host_tools.ledger.store import LedgerStore
-from simulator.broker import Broker
-from simulator.fleet import Fleet
-from simulator.postgres import ThrowawayPostgres
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService
+from midshift.host_tools.ledger.store import LedgerStore
+from midshift.simulator.broker import Broker
+from midshift.simulator.fleet import Fleet
+from midshift.simulator.postgres import ThrowawayPostgres
 
 
 def workers(store_url: str, fleet: Fleet, broker: Broker, n: int) -> list[LedgerService]:
@@ -89,14 +89,14 @@ def test_the_cli_writes_the_keys_then_drains_the_same_fleet(tmp_path: Path) -> N
     import subprocess
     import sys
 
-    from host_tools.ledger.service import load_keys
+    from midshift.host_tools.ledger.service import load_keys
 
     root = Path(__file__).resolve().parents[2]
     keys = tmp_path / "keys.toml"
     common = ["--gateways", "5", "--seed", "7", "--site", "cli"]
 
     def simulator(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "simulator", "fleet", *common, *argv],
+        return subprocess.run([sys.executable, "-m", "midshift.simulator", "fleet", *common, *argv],
                               cwd=root, capture_output=True, text=True, timeout=60)
 
     assert simulator("--keys-out", str(keys)).returncode == 0
@@ -118,7 +118,7 @@ def test_a_real_agent_drains_beside_the_fleet_into_the_same_workers(
     uplink) and 200 virtual gateways share one broker and two PostgreSQL workers."""
     import threading
 
-    from simulator.lab import KEY, Lab, wait_for
+    from midshift.simulator.lab import KEY, Lab, wait_for
 
     url = pg.create_database("with_agent")
     open_store(url, migrate=True).close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.lab import Lab, wait_for
+from midshift.simulator.lab import Lab, wait_for
 
 
 @pytest.fixture
@@ -91,8 +91,8 @@ def test_broker_restart_without_persistence_resends_from_committed(rig: Lab) -> 
 
 
 def test_a_forged_batch_is_rejected_by_the_ledger(rig: Lab) -> None:
-    from firmware.core.signing import Signer
-    from firmware.core.wire import Batch, encode_batch
+    from midshift.firmware.core.signing import Signer
+    from midshift.firmware.core.wire import Batch, encode_batch
     forged = encode_batch(Signer(b"x" * 32), Batch("gw-t", 1, [(1, 0, 0, b"{}")], 0))
     assert rig.ledger.handle("midshift/v1/lab/gw-t/events", forged) is None
     assert rig.ledger.counters["rejected"] == 1 and rig.ledger_count() == 0
@@ -103,9 +103,9 @@ def test_a_forged_batch_is_rejected_by_the_ledger(rig: Lab) -> None:
 def test_a_replayed_command_is_rejected_and_changes_nothing(rig: Lab) -> None:
     import paho.mqtt.publish as publish
 
-    from firmware.core.commands import sign_command
-    from firmware.core.signing import Signer
-    from simulator.lab import COMMAND_KEY
+    from midshift.firmware.core.commands import sign_command
+    from midshift.firmware.core.signing import Signer
+    from midshift.simulator.lab import COMMAND_KEY
 
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
@@ -127,9 +127,9 @@ def test_a_replayed_command_is_rejected_and_changes_nothing(rig: Lab) -> None:
 
 
 def test_reconcile_reports_once_delivery_against_ground_truth(rig: Lab) -> None:
-    from host_tools.__main__ import main as host_main
-    from host_tools.reconcile import reconcile
-    from simulator.ground_truth import GroundTruthLog
+    from midshift.host_tools.__main__ import main as host_main
+    from midshift.host_tools.reconcile import reconcile
+    from midshift.simulator.ground_truth import GroundTruthLog
 
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
@@ -273,8 +273,8 @@ def test_ledger_down_nothing_is_committed_on_a_broker_puback(rig: Lab) -> None:
     # Nothing of the 100 reclaimed (the link's "online" incident, seq 1, may have been
     # acked before the ledger stopped).
     assert j.durable_seq == 101 and j.tail_seq <= 2 and j.backlog()[0] >= 100
-    from host_tools.ledger.service import LedgerService
-    from simulator.lab import KEY
+    from midshift.host_tools.ledger.service import LedgerService
+    from midshift.simulator.lab import KEY
     rig.ledger = LedgerService(rig.store, {"gw-t": KEY}, rig.broker.url).start()
     assert wait_for(lambda: rig.ledger_count() == 100, 15)
     _exactly_once(rig, 100)
@@ -298,7 +298,7 @@ def test_first_batch_after_a_restore_is_acked_within_two_seconds(rig: Lab) -> No
 
 
 def test_two_readings_in_one_millisecond_stay_two_events_with_their_read_time(rig: Lab) -> None:
-    from firmware.core.event import Event
+    from midshift.firmware.core.event import Event
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
     t = 1_700_000_000_123
@@ -311,7 +311,7 @@ def test_two_readings_in_one_millisecond_stay_two_events_with_their_read_time(ri
 
 
 def test_a_gateway_clock_800_ms_fast_raises_the_offset_alarm(rig: Lab) -> None:
-    from firmware.edges.clock import SystemClock
+    from midshift.firmware.edges.clock import SystemClock
 
     class FastClock(SystemClock):
         def now_ms(self) -> int:
@@ -329,9 +329,9 @@ def test_a_gateway_clock_800_ms_fast_raises_the_offset_alarm(rig: Lab) -> None:
 
 def test_two_ledger_workers_on_a_shared_subscription_store_each_event_once(tmp_path: Path) -> None:
     """Past one site: stateless workers on an MQTT 5 shared subscription, one database."""
-    from host_tools.ledger.opener import open_store
-    from host_tools.ledger.service import LedgerService
-    from simulator.lab import KEY
+    from midshift.host_tools.ledger.opener import open_store
+    from midshift.host_tools.ledger.service import LedgerService
+    from midshift.simulator.lab import KEY
 
     lab = Lab(tmp_path, uplinks=1)
     lab.ledger.stop()  # replaced by two workers sharing the subscription
@@ -361,8 +361,8 @@ def test_forged_acks_while_the_ledger_is_down_reclaim_nothing(rig: Lab) -> None:
     real ack's signature pasted onto a wider range. None may commit."""
     import paho.mqtt.publish as publish
 
-    from firmware.core.signing import Signer
-    from firmware.core.wire import encode_ack
+    from midshift.firmware.core.signing import Signer
+    from midshift.firmware.core.wire import encode_ack
 
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
@@ -391,8 +391,8 @@ def test_forged_acks_while_the_ledger_is_down_reclaim_nothing(rig: Lab) -> None:
     assert wait_for(lambda: session.counters["bad_acks"] >= len(forged), 10), session.counters
     assert j.tail_seq == tail0 and j.backlog()[0] >= 50  # nothing reclaimed
     assert session.counters["commits"] == commits0
-    from host_tools.ledger.service import LedgerService
-    from simulator.lab import KEY
+    from midshift.host_tools.ledger.service import LedgerService
+    from midshift.simulator.lab import KEY
     rig.ledger = LedgerService(rig.store, {"gw-t": KEY}, rig.broker.url).start()
     assert wait_for(lambda: rig.ledger_count() == 50, 15)  # the real ledger's acks do commit
     _exactly_once(rig, 50)

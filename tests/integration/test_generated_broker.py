@@ -4,7 +4,7 @@ the ACL, the CA, the CRL, the server certificate), with the ledger on its own ce
 What each test proves is in its name. Started as root, mosquitto would drop to user
 ``mosquitto``, which cannot read our 0600 server key nor enter the test's temporary
 directory: then a one-line wrapper config says ``user root`` and includes the generated
-file unchanged (``include_dir``), as ``simulator/broker.py`` does for its own configs.
+file unchanged (``include_dir``), as ``midshift/simulator/broker.py`` does for its own configs.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from firmware.core.commands import CommandGate, CommandRejected
-from firmware.core.signing import Signer
-from firmware.core.wire import Batch, decode_ack, encode_batch
-from host_tools.__main__ import main as host_tools
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService, load_keys
-from simulator.broker import find_mosquitto, free_port
-from simulator.lab import wait_for
+from midshift.firmware.core.commands import CommandGate, CommandRejected
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import Batch, decode_ack, encode_batch
+from midshift.host_tools.__main__ import main as host_tools
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService, load_keys
+from midshift.simulator.broker import find_mosquitto, free_port
+from midshift.simulator.lab import wait_for
 from tests.integration.provisioned import provisioned_site
 from tests.integration.test_provision_broker import Peer
 
@@ -229,7 +229,7 @@ def test_a_gateway_cannot_take_another_gateways_client_id(lab: dict[str, Any]) -
 
 def test_ledger_serve_finds_its_tls_files_in_the_site_directory(lab: dict[str, Any]) -> None:
     db = lab["tmp"] / "cli-ledger.db"
-    argv = [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", f"sqlite:///{db}",
+    argv = [sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", f"sqlite:///{db}",
             "--broker", f"mqtts://127.0.0.1:{lab['ledger_port']}"]
     half = subprocess.run([*argv, "--keys", str(lab["site"] / "ledger/keys.toml"), "--cert",
                            str(lab["site"] / "ledger/ledger.crt")], capture_output=True,

@@ -22,10 +22,10 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPin
 from gpiozero.threads import GPIOThread
 
-from firmware.core import indicators
-from firmware.core.errors import ConfigError
-from firmware.edges.gpio import StatusLights, make_pin_factory, validate_pins
-from simulator.lab import wait_for
+from midshift.firmware.core import indicators
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.edges.gpio import StatusLights, make_pin_factory, validate_pins
+from midshift.simulator.lab import wait_for
 
 PINS = {"uplink_led": 17, "backlog_amber_led": 27, "backlog_red_led": 22, "fault_led": 23,
         "ack_button": 24}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.lab import Lab, wait_for
+from midshift.simulator.lab import Lab, wait_for
 
 
 @pytest.fixture

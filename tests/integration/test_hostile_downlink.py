@@ -10,9 +10,9 @@ from pathlib import Path
 import paho.mqtt.publish as publish
 import pytest
 
-from firmware.core.commands import ID_WINDOW, sign_command
-from firmware.core.signing import Signer
-from simulator.lab import COMMAND_KEY, Lab, wait_for
+from midshift.firmware.core.commands import ID_WINDOW, sign_command
+from midshift.firmware.core.signing import Signer
+from midshift.simulator.lab import COMMAND_KEY, Lab, wait_for
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from firmware.edges.driver import Driver
-from simulator.lab import Lab, wait_for
+from midshift.firmware.edges.driver import Driver
+from midshift.simulator.lab import Lab, wait_for
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from host_tools.__main__ import main as host_tools
+from midshift.host_tools.__main__ import main as host_tools
 from tests.integration.provisioned import provisioned_site
 
 ROOT = Path(__file__).resolve().parents[2]
-INSTALL = ROOT / "firmware/install.sh"
+INSTALL = ROOT / "midshift/firmware/install.sh"
 # The OS's Python, as on a gateway (a pyenv one under /root is not the service user's).
 SYSTEM_PYTHON = "/usr/bin/python3"
 PY = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
@@ -115,7 +115,7 @@ def _assert_installed(root: Path) -> None:
     for k in keys.glob("*.key"):
         st = k.stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, gid, 0o640), k
-    assert not (root / "opt/midshift/firmware").exists()   # the agent is the wheel's
+    assert not (root / "opt/midshift/midshift/firmware").exists()   # the agent is the wheel's
     argv = _exec_start(root)
     assert argv[0] == str(root / "opt/midshift/.venv/bin/python") and "run" in argv
     # The unit's command line, as the service's user: --help, then check in place of run.
@@ -129,7 +129,7 @@ def _assert_installed(root: Path) -> None:
                              text=True, timeout=60, cwd=root / "opt/midshift", env=env)
     assert checked.returncode == 0, checked.stderr
     assert "config ok: gateway gw-01" in checked.stdout
-    where = subprocess.run([argv[0], "-c", "import firmware; print(firmware.__file__)"],
+    where = subprocess.run([argv[0], "-c", "import midshift.firmware; print(midshift.firmware.__file__)"],
                            capture_output=True, text=True, timeout=60, env=env,
                            cwd=root / "opt/midshift")
     assert "/opt/midshift/.venv/lib/" in where.stdout, where.stdout
@@ -233,7 +233,7 @@ def test_a_bundle_with_wheels_carries_them_the_installer_and_no_source_tree(
     assert (root / "opt/midshift/wheels/wheelhouse.json").is_file()
     assert (root / "opt/midshift/install.sh").stat().st_mode & 0o777 == 0o755
     assert "u midshift" in (root / "usr/lib/sysusers.d/midshift.conf").read_text()
-    assert not (root / "opt/midshift/firmware").exists()
+    assert not (root / "opt/midshift/midshift/firmware").exists()
     import json
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["wheelhouse"] == {"arch": "aarch64", "python": "3.11"}

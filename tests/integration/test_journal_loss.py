@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from firmware.agent import Agent
-from firmware.core.errors import StorageError
-from firmware.edges.flash import FileStorage
-from simulator.lab import Lab, wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.errors import StorageError
+from midshift.firmware.edges.flash import FileStorage
+from midshift.simulator.lab import Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,7 @@ def test_journal_files_lost_under_a_running_agent_are_alarmed_and_refuse_events(
 
 def test_a_lost_journal_refuses_to_start_until_a_new_epoch_and_reconcile_shows_the_gap(
         rig: Lab) -> None:
-    from host_tools.reconcile import format_report, reconcile
+    from midshift.host_tools.reconcile import format_report, reconcile
 
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)
@@ -114,7 +114,7 @@ def test_run_without_new_epoch_exits_with_one_line(tmp_path: Path) -> None:
     site.write_text('board_config = "board.toml"\n[gateway]\nid = "gw-l"\nsite = "lab"\n'
                     '[devices.scanner1]\ntype = "scanner"\nport = "loop://"\n'
                     'enabled = false\n')
-    run = [sys.executable, "-c", "import sys; from firmware.__main__ import main; "
+    run = [sys.executable, "-c", "import sys; from midshift.firmware.__main__ import main; "
            "sys.exit(main(sys.argv[1:]))", "run", "--config", str(site)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(run, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
@@ -167,7 +167,7 @@ def test_a_journal_that_does_not_fit_is_refused_in_one_line_leaving_nothing(
         u = real_usage(path)
         return type(u)(u.total, u.used, max(u.free, storage_bytes))
     filler.write_bytes(bytes(free - 200 * 1024))
-    monkeypatch.setattr("firmware.edges.flash.shutil.disk_usage", shrinking)
+    monkeypatch.setattr("midshift.firmware.edges.flash.shutil.disk_usage", shrinking)
     with pytest.raises(StorageError, match="nothing was left behind"):
         FileStorage.create(tiny_fs / "journal", 65536, 8)
     assert list((tiny_fs / "journal").iterdir()) == []

@@ -13,9 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from firmware.core.journal import Journal
-from firmware.core.record import TELEMETRY
-from firmware.edges.flash import FileStorage
+from midshift.firmware.core.journal import Journal
+from midshift.firmware.core.record import TELEMETRY
+from midshift.firmware.edges.flash import FileStorage
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 50

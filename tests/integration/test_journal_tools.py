@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core.event import encode_body
-from firmware.core.journal import DATA_START
-from firmware.core.record import HEADER_SIZE
-from firmware.edges.flash import open_or_create_journal
-from host_tools.__main__ import main as host_tools
+from midshift.firmware.core.event import encode_body
+from midshift.firmware.core.journal import DATA_START
+from midshift.firmware.core.record import HEADER_SIZE
+from midshift.firmware.edges.flash import open_or_create_journal
+from midshift.host_tools.__main__ import main as host_tools
 
 SEGMENT = 4096
 N = 40

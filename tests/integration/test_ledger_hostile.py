@@ -32,14 +32,14 @@ from bench.hostile_bench import (
     record,
     wait_until,
 )
-from firmware.core.signing import Signer
-from firmware.core.wire import Batch, encode_batch
-from host_tools.ledger import service as service_module
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService
-from host_tools.ledger.store import LedgerStore
-from simulator.broker import Broker
-from simulator.postgres import ThrowawayPostgres
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import Batch, encode_batch
+from midshift.host_tools.ledger import service as service_module
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService
+from midshift.host_tools.ledger.store import LedgerStore
+from midshift.simulator.broker import Broker
+from midshift.simulator.postgres import ThrowawayPostgres
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.broker import Broker
+from midshift.simulator.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = os.environ | {"PYTHONPATH": str(ROOT)}
@@ -29,7 +29,7 @@ def broker311() -> Iterator[Broker]:
 def _serve(broker: Broker, tmp: Path, db: str, *extra: str) -> list[str]:
     keys = tmp / "keys.toml"
     keys.write_text('[gateways]\n"gw-1" = "%s"\n' % ("00" * 32))
-    return [sys.executable, "-m", "host_tools", "ledger", "serve", "--db", db,
+    return [sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", db,
             "--broker", broker.url, "--keys", str(keys), *extra]
 
 

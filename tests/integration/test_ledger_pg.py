@@ -1,6 +1,6 @@
 """The ledger's store on PostgreSQL beside SQLite: migrations, errors, and one report.
 
-A throwaway PostgreSQL cluster (``simulator/postgres.py``: initdb in a temporary
+A throwaway PostgreSQL cluster (``midshift/simulator/postgres.py``: initdb in a temporary
 directory, a free loopback port, removed afterwards) serves the module; each test gets a
 database of its own. The same batches go into both stores (resends, a gap, bodies that
 need escaping, a body that is not JSON, a rejection) and the reconciliation report must
@@ -16,20 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core.wire import Batch
-from host_tools.ledger.migrations import LATEST
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.store import LedgerStore, StoreError
-from host_tools.reconcile import reconcile
-from simulator.broker import free_port
-from simulator.postgres import ThrowawayPostgres
+from midshift.firmware.core.wire import Batch
+from midshift.host_tools.ledger.migrations import LATEST
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.store import LedgerStore, StoreError
+from midshift.host_tools.reconcile import reconcile
+from midshift.simulator.broker import free_port
+from midshift.simulator.postgres import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_LATEST = LATEST["postgresql"]
 
 
 def host_tools(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "host_tools", *argv], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "midshift.host_tools", *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -121,7 +121,7 @@ def test_a_worker_killed_mid_copy_leaves_nothing_behind(pg: ThrowawayPostgres) -
     url = pg.create_database("mid_copy")
     big = [Batch("gw-k", 1, [(s, 0, s, body("s", s, "k")) for s in range(1, 5001)], 1)]
     with open_store(url, migrate=True) as store:
-        text = __import__("host_tools.ledger.pg_store", fromlist=["copy_text"]).copy_text(
+        text = __import__("midshift.host_tools.ledger.pg_store", fromlist=["copy_text"]).copy_text(
             big, 2)
         child = subprocess.Popen(
             [sys.executable, "-c", "import sys, psycopg\n"
@@ -163,7 +163,7 @@ def test_after_a_server_crash_the_group_in_flight_fails_and_the_next_reconnects(
 
 def test_two_migrations_at_once_apply_each_version_once(pg: ThrowawayPostgres) -> None:
     url = pg.create_database("race")
-    runs = [subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "migrate", "--db",
+    runs = [subprocess.Popen([sys.executable, "-m", "midshift.host_tools", "ledger", "migrate", "--db",
                               url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]
     outs = [r.communicate(timeout=60) for r in runs]

@@ -1,7 +1,7 @@
 """The ledger's MQTT session outlives its connection: batches published while the ledger
 is away wait at the broker and reach it at the reconnect, not at a gateway's resend.
 
-A real mosquitto with persistence (``simulator/broker.py``), the real ledger (in this
+A real mosquitto with persistence (``midshift/simulator/broker.py``), the real ledger (in this
 process, or ``ledger serve`` as a process with its default client id), and a publisher
 that sends each batch exactly once and never resends: whatever the ledger stores came
 from the broker's queue. The publisher also listens on its ``ack`` topic, so the ack the
@@ -20,13 +20,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from firmware.core import topics
-from firmware.core.signing import Signer
-from firmware.core.wire import Batch, decode_ack, encode_batch
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService
-from simulator.broker import Broker
-from simulator.lab import wait_for
+from midshift.firmware.core import topics
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import Batch, decode_ack, encode_batch
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService
+from midshift.simulator.broker import Broker
+from midshift.simulator.lab import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GW = "gw-s"
@@ -85,7 +85,7 @@ def _events(ledger: LedgerService) -> int:
 
 def _serve(broker: Broker, db: str, keys: Path) -> subprocess.Popen[str]:
     """``ledger serve`` with no session flags (its default client id), once serving."""
-    proc = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db", db,
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", db,
                              "--broker", broker.url, "--keys", str(keys), "--log-level",
                              "WARNING"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

@@ -1,7 +1,7 @@
 """A ledger process on PostgreSQL stops when told, and within a bound when it cannot stop
-cleanly (``host_tools/ledger/stop_signals.py``).
+cleanly (``midshift/host_tools/ledger/stop_signals.py``).
 
-A real mosquitto, the run's PostgreSQL cluster, ``python -m host_tools ledger serve``:
+A real mosquitto, the run's PostgreSQL cluster, ``python -m midshift.host_tools ledger serve``:
 SIGTERM or SIGINT ends it at once with exit 0 after its last group is stored. With its
 PostgreSQL backend paused (SIGSTOP: the server has the query and never answers, as a
 server that hangs or a dead link behind a live TCP peer would), the writer cannot finish;
@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core import topics
-from firmware.core.signing import Signer
-from firmware.core.wire import Batch, encode_batch
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.stop_signals import EXIT_STUCK, STOP_BOUND_S
-from simulator.broker import Broker
-from simulator.lab import wait_for
-from simulator.postgres import ThrowawayPostgres
+from midshift.firmware.core import topics
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import Batch, encode_batch
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.stop_signals import EXIT_STUCK, STOP_BOUND_S
+from midshift.simulator.broker import Broker
+from midshift.simulator.lab import wait_for
+from midshift.simulator.postgres import ThrowawayPostgres
 from tests.integration.mqtt_probe import Probe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ KEY = bytes(range(32))
 def _serve(db: str, broker: Broker, tmp: Path) -> subprocess.Popen[str]:
     keys = tmp / "keys.toml"
     keys.write_text(f'[gateways]\ngw-s = "{KEY.hex()}"\n')
-    proc = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db", db,
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", db,
                              "--broker", broker.url, "--keys", str(keys), "--migrate"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -147,7 +147,7 @@ def test_a_ledger_whose_store_hangs_still_exits_within_the_bound(
 
 CHILD = """
 import threading
-from host_tools.ledger.stop_signals import StopSignals
+from midshift.host_tools.ledger.stop_signals import StopSignals
 stops = StopSignals(bound_s={bound}).install()
 print("ready", flush=True)
 threading.Event().wait()  # a main thread that never comes back to stop anything

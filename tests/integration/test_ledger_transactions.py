@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core import record as rec
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.store import LedgerStore
-from simulator.lab import Lab, wait_for
-from simulator.postgres import ThrowawayPostgres
+from midshift.firmware.core import record as rec
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.store import LedgerStore
+from midshift.simulator.lab import Lab, wait_for
+from midshift.simulator.postgres import ThrowawayPostgres
 from tests.till_txns import batch, body, sale
 
 T0 = 1_774_746_000_000  # 2026-03-29 01:00 UTC
@@ -136,7 +136,7 @@ def test_original_arriving_after_its_refund_clears_nothing(store: LedgerStore) -
 
 
 def test_unreadable_transaction_is_kept_and_flagged(store: LedgerStore) -> None:
-    from firmware.core.event import encode_body
+    from midshift.firmware.core.event import encode_body
     bad = encode_body("till-1", "txn", T0, {"key": "k", "txn": {"type": "sale"}})
     scan = encode_body("scanner", "scan", T0, {"code": '"k":"txn"'})  # looks like one
     assert store.store_many([batch("gw-a", 1, [bad, scan])], T0) == [(2, 0)]
@@ -188,7 +188,12 @@ def test_a_version_3_ledger_migrates_and_keeps_its_transactions(
     import json
     import sqlite3
 
-    from host_tools.ledger.migrations import LATEST, POSTGRESQL, SCHEMA_VERSION_TABLE, SQLITE
+    from midshift.host_tools.ledger.migrations import (
+        LATEST,
+        POSTGRESQL,
+        SCHEMA_VERSION_TABLE,
+        SQLITE,
+    )
     first = body(sale(till_seq=1, amount=500, tender="card", auth="offline_pending"), "k1", T0)
     doc = json.loads(first)
     v3 = ("gw-a", f"{1:016x}", 1, "store-1", "till-1", 1, "2026-03-29", "sale", "EUR", "k1",

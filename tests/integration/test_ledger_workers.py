@@ -1,8 +1,8 @@
 """Ledger workers on a shared subscription in front of PostgreSQL, under faults.
 
-A real mosquitto, a throwaway PostgreSQL cluster, ``python -m host_tools ledger serve``
+A real mosquitto, a throwaway PostgreSQL cluster, ``python -m midshift.host_tools ledger serve``
 worker processes on ``$share/ledger/midshift/v1/+/+/events``, and a fleet of virtual
-gateways (``simulator/fleet.py``) that resend what the ledger has not acknowledged. A
+gateways (``midshift/simulator/fleet.py``) that resend what the ledger has not acknowledged. A
 worker SIGKILLed mid-flow and a broker crashed and restarted mid-flow must both end with
 every event in the ledger exactly once: the unique key absorbs what was committed twice,
 the gateways' resends bring what was lost, and reconcile finds no gap.
@@ -19,19 +19,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from host_tools.ledger.opener import open_store
-from host_tools.reconcile import reconcile
-from simulator.broker import Broker
-from simulator.fleet import Fleet
-from simulator.lab import wait_for
-from simulator.postgres import ThrowawayPostgres
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.reconcile import reconcile
+from midshift.simulator.broker import Broker
+from midshift.simulator.fleet import Fleet
+from midshift.simulator.lab import wait_for
+from midshift.simulator.postgres import ThrowawayPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def serve(db: str, broker: str, keys: Path, *extra: str) -> subprocess.Popen[str]:
     """A ledger process, returned once it says it is serving (or has died)."""
-    proc = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db", db,
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db", db,
                              "--broker", broker, "--keys", str(keys), "--log-level", "WARNING",
                              *extra], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None

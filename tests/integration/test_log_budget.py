@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.core.site_config import _log
-from firmware.edges.console_log import LevelByOrigin, configure
-from simulator.devices.modbus import ModbusPLC
-from simulator.devices.opcua import OpcUaPLC
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.site_config import _log
+from midshift.firmware.edges.console_log import LevelByOrigin, configure
+from midshift.simulator.devices.modbus import ModbusPLC
+from midshift.simulator.devices.opcua import OpcUaPLC
 
 ROOT = Path(__file__).resolve().parents[2]
 BUDGET_PER_DAY = 1_000_000  # bytes: under 1 MB a day at the default level
@@ -80,7 +80,7 @@ def test_log_bytes_per_day_under_budget_with_a_plc_unreachable(tmp_path: Path) -
     try:
         site = _site(tmp_path, plc, opc)
         with err.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config",
+            proc = subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config",
                                      str(site)], cwd=ROOT, stderr=out, stdout=out,
                                     env=os.environ | {"PYTHONPATH": str(ROOT)})
         _wait_for(err, "plc1: ok", 15)
@@ -138,18 +138,18 @@ def test_set_log_level_command_still_reaches_the_console() -> None:
     import io
     out = io.StringIO()
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level, logging.getLogger("firmware").level)
+    saved = (root.handlers[:], root.level, logging.getLogger("midshift.firmware").level)
     try:
         configure(_log({}), handler=logging.StreamHandler(out))
-        logging.getLogger("firmware.agent").debug("hidden at INFO")
-        logging.getLogger("firmware").setLevel("DEBUG")  # what SetLogLevel does
-        logging.getLogger("firmware.agent").debug("shown at DEBUG")
+        logging.getLogger("midshift.firmware.agent").debug("hidden at INFO")
+        logging.getLogger("midshift.firmware").setLevel("DEBUG")  # what SetLogLevel does
+        logging.getLogger("midshift.firmware.agent").debug("shown at DEBUG")
         logging.getLogger("pymodbus.logging").error("retry noise")
         logging.getLogger("paho.mqtt.client").warning("a library warning")
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
-        logging.getLogger("firmware").setLevel(saved[2])
+        logging.getLogger("midshift.firmware").setLevel(saved[2])
         for name in ("asyncua", "pymodbus", "midshift", "__main__"):
             logging.getLogger(name).setLevel(logging.NOTSET)
     text = out.getvalue()

@@ -16,12 +16,12 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from bench.till_site import sale, write_till_site
-from firmware.agent import Agent
-from firmware.core.errors import ConfigError
-from firmware.core.event import Event
-from firmware.core.pipeline import InvalidEvent
-from firmware.edges.preflight import load_checked
-from simulator.lab import KEY, Lab, wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.event import Event
+from midshift.firmware.core.pipeline import InvalidEvent
+from midshift.firmware.edges.preflight import load_checked
+from midshift.simulator.lab import KEY, Lab, wait_for
 from tests.integration.till_client import TillClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,7 +132,7 @@ def test_the_ledger_endpoint_counts_what_it_stored_and_refused(tmp_path: Path) -
     keys = tmp_path / "keys.toml"
     keys.write_text(f'[gateways]\n"gw-t" = "{KEY.hex()}"\n')
     port = _free_port()
-    ledger = subprocess.Popen([sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
+    ledger = subprocess.Popen([sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db",
                                f"sqlite:///{tmp_path / 'ledger.db'}", "--broker",
                                lab.broker.url, "--keys", str(keys), "--log-level", "WARNING",
                                "--metrics", f"127.0.0.1:{port}"],
@@ -176,7 +176,7 @@ def test_a_bad_metrics_bind_is_one_clear_line(tmp_path: Path) -> None:
                               "65535)")
     keys = tmp_path / "keys.toml"
     keys.write_text(f'[gateways]\n"gw-t" = "{KEY.hex()}"\n')
-    out = subprocess.run([sys.executable, "-m", "host_tools", "ledger", "serve", "--db",
+    out = subprocess.run([sys.executable, "-m", "midshift.host_tools", "ledger", "serve", "--db",
                           f"sqlite:///{tmp_path / 'x.db'}", "--broker", "mqtt://127.0.0.1:1",
                           "--keys", str(keys), "--metrics", "localhost"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)

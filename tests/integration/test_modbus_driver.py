@@ -13,10 +13,15 @@ from typing import Any
 
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.edges.clock import SystemClock
-from firmware.edges.modbus import ModbusDriver, answer_size_problem, decode_words, plan_blocks
-from simulator.devices.modbus import ModbusPLC
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.edges.clock import SystemClock
+from midshift.firmware.edges.modbus import (
+    ModbusDriver,
+    answer_size_problem,
+    decode_words,
+    plan_blocks,
+)
+from midshift.simulator.devices.modbus import ModbusPLC
 from tests.integration.event_sink import Sink, wait_until
 
 REGS = [

@@ -1,5 +1,5 @@
 """Modbus RTU: two units on one emulated RS-485 line (pymodbus's serial server on a pty,
-``simulator/devices/modbus_rtu.py``), polled by two agent devices naming the same port.
+``midshift/simulator/devices/modbus_rtu.py``), polled by two agent devices naming the same port.
 
 Each unit's ground truth lists every value it served whole; each entry must arrive as
 exactly one event of that unit's device, nothing else may arrive, and each fault shows
@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.core.site_config import validate
-from firmware.edges import modbus_rtu
-from firmware.edges.clock import SystemClock
-from firmware.edges.device_types import EdgeDeviceTypes
-from firmware.edges.modbus import ModbusDriver
-from simulator.devices.modbus import ModbusPLC
-from simulator.devices.modbus_rtu import RtuLinePLC
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.site_config import validate
+from midshift.firmware.edges import modbus_rtu
+from midshift.firmware.edges.clock import SystemClock
+from midshift.firmware.edges.device_types import EdgeDeviceTypes
+from midshift.firmware.edges.modbus import ModbusDriver
+from midshift.simulator.devices.modbus import ModbusPLC
+from midshift.simulator.devices.modbus_rtu import RtuLinePLC
 from tests.integration.event_sink import Sink, wait_until
 
 REGS = [
@@ -253,9 +253,9 @@ def test_frame_gap(baud: int, parity: str, stop_bits: int, gap_s: float) -> None
 
 
 def test_the_emulators_take_the_agents_tables_one_line_per_port(tmp_path: Path) -> None:
-    """``python -m simulator devices --config SITE``: two RTU tables naming one port are
+    """``python -m midshift.simulator devices --config SITE``: two RTU tables naming one port are
     one emulated line serving both unit ids; the agent polls both through it."""
-    from simulator.__main__ import load_devices
+    from midshift.simulator.__main__ import load_devices
     port = tmp_path / "rs485"
     text = "".join(
         f'[devices.meter{u}]\ntype = "modbus"\nport = "{port}"\nunit_id = {u}\n'

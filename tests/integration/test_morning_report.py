@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.store import LedgerStore
-from simulator.postgres import ThrowawayPostgres
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.store import LedgerStore
+from midshift.simulator.postgres import ThrowawayPostgres
 from tests.scenarios.test_report_in_chromium import CHROMIUM_FLAGS, _chromium, _png_rows_vary
 from tests.till_txns import batch, body, incident, sale
 
@@ -66,7 +66,7 @@ def fill(s: LedgerStore) -> None:
 
 
 def host_tools(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "host_tools", *argv], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "midshift.host_tools", *argv], cwd=cwd,
                           capture_output=True, text=True, timeout=120)
 
 

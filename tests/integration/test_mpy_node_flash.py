@@ -1,4 +1,4 @@
-"""The node's journal storage (firmware/mpy/flash_storage.py) on real files: the ring
+"""The node's journal storage (midshift/firmware/mpy/flash_storage.py) on real files: the ring
 wraps across many segment files with only two open at a time, everything reopens as it
 was, a process killed between creating the files and formatting them comes back, and a
 missing or foreign directory is a clear StorageError. (On a board these files live on
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core.errors import StorageError
-from firmware.core.journal import Journal
-from firmware.mpy.flash_storage import FlashStorage, open_or_create_journal
+from midshift.firmware.core.errors import StorageError
+from midshift.firmware.core.journal import Journal
+from midshift.firmware.mpy.flash_storage import FlashStorage, open_or_create_journal
 
 SEG = 4096
 

@@ -20,7 +20,7 @@ def test_a_power_cut_at_every_flash_write_loses_nothing_acknowledged() -> None:
 
 
 def test_the_trials_catch_a_storage_that_does_not_commit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from firmware.mpy import flash_storage
+    from midshift.firmware.mpy import flash_storage
 
     def to_files_uncommitted(self: flash_storage.FlashStorage, entries: list) -> None:
         # The planted bug: the log's entries written to their segment files but not

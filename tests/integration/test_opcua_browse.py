@@ -1,4 +1,4 @@
-"""``python -m host_tools opcua browse`` against a real asyncua server (the OPC UA PLC
+"""``python -m midshift.host_tools opcua browse`` against a real asyncua server (the OPC UA PLC
 emulator): the table, a subtree, security, an unreachable endpoint, and the ``--toml``
 output pasted into a site file that ``firmware check`` accepts."""
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware.edges.opcua import OpcUaDriver
-from host_tools.opcua_browse import access_text, tag_of
-from simulator.devices.opcua import OpcUaPLC
+from midshift.firmware.edges.opcua import OpcUaDriver
+from midshift.host_tools.opcua_browse import access_text, tag_of
+from midshift.simulator.devices.opcua import OpcUaPLC
 from tests.integration.test_opcua_driver import CLIENT_URI, rsa_cert
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def plc(cert_dir: Path) -> Iterator[OpcUaPLC]:
 
 
 def host_tools(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "host_tools", "opcua", "browse", *args],
+    return subprocess.run([sys.executable, "-m", "midshift.host_tools", "opcua", "browse", *args],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
 
 
@@ -87,7 +87,7 @@ def test_toml_pasted_into_a_site_file_passes_firmware_check(plc: OpcUaPLC,
     site.write_text('board_config = "rpi4-eth-lte"\n\n[gateway]\nid = "gw1"\nsite = "s1"\n'
                     'key_file = "keys/gateway.key"\n\n[uplinks.eth]\n'
                     'broker = "mqtt://10.0.0.5:1883"\n\n' + p.stdout)
-    check = subprocess.run([sys.executable, "-m", "firmware", "check", "--offline", "--config",
+    check = subprocess.run([sys.executable, "-m", "midshift.firmware", "check", "--offline", "--config",
                             str(site)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert check.returncode == 0, check.stderr
     assert check.stdout.startswith("config ok:"), check.stdout
@@ -134,7 +134,7 @@ def test_access_text(level: int, text: str) -> None:
 def test_other_host_tools_commands_do_not_load_asyncua() -> None:
     """``ledger serve`` and every other command register ``opcua`` too: asyncua (tens of MB,
     half a second) is loaded only by ``opcua browse`` itself."""
-    p = subprocess.run([sys.executable, "-c", "import sys, host_tools.__main__ as m\n"
+    p = subprocess.run([sys.executable, "-c", "import sys, midshift.host_tools.__main__ as m\n"
                         "try:\n    m.main(['ledger', '--help'])\nexcept SystemExit:\n    pass\n"
                         "print(sorted(n for n in sys.modules if n.startswith('asyncua')))"],
                        capture_output=True, text=True, timeout=60)

@@ -19,12 +19,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from firmware.core.errors import ConfigError, JournalFull
-from firmware.core.event import Event
-from firmware.edges.clock import SystemClock
-from firmware.edges.opcua import OpcUaDriver
-from simulator.devices.opcua import OpcUaPLC
-from simulator.network import FaultProxy
+from midshift.firmware.core.errors import ConfigError, JournalFull
+from midshift.firmware.core.event import Event
+from midshift.firmware.edges.clock import SystemClock
+from midshift.firmware.edges.opcua import OpcUaDriver
+from midshift.simulator.devices.opcua import OpcUaPLC
+from midshift.simulator.network import FaultProxy
 
 WAIT_S = 8.0
 TAGS = ("counter", "temperature", "status")

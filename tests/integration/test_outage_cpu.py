@@ -1,4 +1,4 @@
-"""A silent outage costs no CPU: a real agent process (``python -m firmware run``) whose
+"""A silent outage costs no CPU: a real agent process (``python -m midshift.firmware run``) whose
 only uplink is blackholed (fault proxy) with batches in flight stays under a few percent
 of a core and keeps polling its Modbus PLC at the configured rate, then delivers what it
 journaled meanwhile. (The issue measured a full core from the forwarder spinning on
@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from simulator.devices.modbus import ModbusPLC
-from simulator.lab import KEY, Lab, wait_for
+from midshift.simulator.devices.modbus import ModbusPLC
+from midshift.simulator.lab import KEY, Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTAGE_S = 10.0
@@ -79,7 +79,7 @@ def test_an_agent_with_its_only_uplink_blackholed_burns_no_cpu_and_keeps_polling
         with ModbusPLC("plc1", regs) as plc:
             site = _site(tmp_path, lab.proxies[0].address[1], plc.port)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "firmware", "run", "--config", str(site)], cwd=ROOT,
+                [sys.executable, "-m", "midshift.firmware", "run", "--config", str(site)], cwd=ROOT,
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONPATH": str(ROOT)})
             assert wait_for(lambda: lab.ledger_count() >= 20, 20), "nothing forwarded"

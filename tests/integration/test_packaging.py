@@ -1,5 +1,5 @@
 """What an integrator installs: every command answers ``--version`` with the one version
-string (``firmware.__version__``), and the systemd unit stays hardened:
+string (``midshift.firmware.__version__``), and the systemd unit stays hardened:
 ``systemd-analyze security --offline=true`` rates it under 4.0 (it was 8.9 EXPOSED)."""
 
 from __future__ import annotations
@@ -11,23 +11,24 @@ from pathlib import Path
 
 import pytest
 
-import firmware
+import midshift.firmware
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("package", ["firmware", "host_tools", "simulator", "bench"])
+@pytest.mark.parametrize("package", ["midshift.firmware", "midshift.host_tools", "midshift.simulator",
+                                     "bench"])
 def test_every_command_says_its_version(package: str) -> None:
     done = subprocess.run([sys.executable, "-m", package, "--version"], capture_output=True,
                           text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"midshift {firmware.__version__}\n"
-    assert firmware.__version__ != "unknown"     # the test venv has midshift installed
+    assert done.stdout == f"midshift {midshift.firmware.__version__}\n"
+    assert midshift.firmware.__version__ != "unknown"     # the test venv has midshift installed
 
 
 def test_the_unit_is_hardened_below_4() -> None:
     done = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
-                           str(ROOT / "firmware/midshift.service")], capture_output=True,
+                           str(ROOT / "midshift/firmware/midshift.service")], capture_output=True,
                           text=True, timeout=60)
     found = re.search(r"Overall exposure level for midshift\.service: (\d+\.\d+)", done.stdout)
     assert found, done.stdout[-2000:] + done.stderr
@@ -35,6 +36,6 @@ def test_the_unit_is_hardened_below_4() -> None:
 
 
 def test_the_unit_reloads_with_the_signal_the_agent_handles() -> None:
-    # python -m firmware run handles SIGHUP (tests/integration/test_reload_commands.py).
-    unit = (ROOT / "firmware/midshift.service").read_text()
+    # python -m midshift.firmware run handles SIGHUP (tests/integration/test_reload_commands.py).
+    unit = (ROOT / "midshift/firmware/midshift.service").read_text()
     assert "\nExecReload=/bin/kill -HUP $MAINPID\n" in unit

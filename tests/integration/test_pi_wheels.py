@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.__main__ import main as host_tools
+from midshift.host_tools.__main__ import main as host_tools
 
 pytestmark = pytest.mark.network
 

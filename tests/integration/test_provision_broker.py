@@ -20,16 +20,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography import x509
 
-from firmware.agent import Agent
-from firmware.core.event import Event
-from firmware.core.signing import Signer
-from firmware.core.site_config import DeviceType, validate
-from firmware.core.wire import Batch, encode_batch
-from host_tools.__main__ import main as host_tools
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService, load_keys
-from simulator.broker import Broker, TlsListener
-from simulator.lab import wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.event import Event
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.site_config import DeviceType, validate
+from midshift.firmware.core.wire import Batch, encode_batch
+from midshift.host_tools.__main__ import main as host_tools
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService, load_keys
+from midshift.simulator.broker import Broker, TlsListener
+from midshift.simulator.lab import wait_for
 from tests.integration.provisioned import provisioned_site
 
 SITE = "plant1"

@@ -1,4 +1,4 @@
-"""``python -m host_tools provision`` on disk: file modes, refusals, CSR signing,
+"""``python -m midshift.host_tools provision`` on disk: file modes, refusals, CSR signing,
 rotation with its overlap window, revocation, and that no secret reaches the output or
 the audit log. (The broker-facing half is test_provision_broker.py.)"""
 
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from host_tools.__main__ import main as host_tools
+from midshift.host_tools.__main__ import main as host_tools
 from tests.integration.provisioned import provisioned_site
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +75,7 @@ def test_no_secret_is_printed_or_audited(tmp_path: Path) -> None:
     out = ""
     for argv in (["init-site", "p1"], ["gateway", "gw-01", "--board", "sim"], ["rotate", "gw-01"],
                  ["broker", "--host", "127.0.0.1"], ["list"], ["revoke", "gw-01"]):
-        p = subprocess.run([sys.executable, "-m", "host_tools", "provision", "--site-dir",
+        p = subprocess.run([sys.executable, "-m", "midshift.host_tools", "provision", "--site-dir",
                             str(site), *argv], capture_output=True, text=True, cwd=ROOT,
                            timeout=60)
         assert p.returncode == 0, p.stderr

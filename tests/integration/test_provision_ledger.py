@@ -10,8 +10,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from host_tools.__main__ import main as host_tools
-from host_tools.provision.registry import LEDGER_CN, check_name
+from midshift.host_tools.__main__ import main as host_tools
+from midshift.host_tools.provision.registry import LEDGER_CN, check_name
 from tests.integration.provisioned import provisioned_site
 
 

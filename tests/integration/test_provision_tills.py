@@ -1,4 +1,4 @@
-"""``python -m host_tools provision tills``: one 0600 token per till, the digests file the
+"""``python -m midshift.host_tools provision tills``: one 0600 token per till, the digests file the
 gateway reads, an audit line; the gateway's TokenBook takes exactly those tokens."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 import stat
 from pathlib import Path
 
-from firmware.edges.till_api import TokenBook
-from host_tools.__main__ import main
+from midshift.firmware.edges.till_api import TokenBook
+from midshift.host_tools.__main__ import main
 
 
 def test_tokens_hashes_and_audit(tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from host_tools.__main__ import main as host_main
-from host_tools.ground_truth import latest_run
-from host_tools.ledger.opener import open_store
-from host_tools.reconcile import reconcile
+from midshift.host_tools.__main__ import main as host_main
+from midshift.host_tools.ground_truth import latest_run
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.reconcile import reconcile
 
 
 def _log(path: Path, run: str | None, t0: int, values: list[str]) -> None:

@@ -14,19 +14,19 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from bench.till_site import sale, write_till_site
-from firmware.agent import Agent
-from firmware.core import topics
-from firmware.core.refdata import checksum_of, sign_message
-from firmware.core.signing import Signer
-from firmware.edges.metrics import refdata_families
-from firmware.edges.preflight import load_checked
-from firmware.edges.status_view import render
-from host_tools import refdata_publisher
-from host_tools.__main__ import main as host_main
-from host_tools.refdata_publisher import Publisher
-from simulator.broker import Broker
-from simulator.lab import wait_for
-from simulator.network import FaultProxy
+from midshift.firmware.agent import Agent
+from midshift.firmware.core import topics
+from midshift.firmware.core.refdata import checksum_of, sign_message
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.edges.metrics import refdata_families
+from midshift.firmware.edges.preflight import load_checked
+from midshift.firmware.edges.status_view import render
+from midshift.host_tools import refdata_publisher
+from midshift.host_tools.__main__ import main as host_main
+from midshift.host_tools.refdata_publisher import Publisher
+from midshift.simulator.broker import Broker
+from midshift.simulator.lab import wait_for
+from midshift.simulator.network import FaultProxy
 from tests.integration.till_client import TillClient
 
 CMD_KEY = bytes(range(100, 132))
@@ -249,8 +249,8 @@ def test_first_start_far_behind_takes_the_snapshot_in_chunks(
 
 
 def test_a_snapshot_resumes_from_the_chunks_already_stored(tmp_path: Path) -> None:
-    from firmware.core.refdata import RefdataGate
-    from firmware.edges.refdata_store import RefdataStore
+    from midshift.firmware.core.refdata import RefdataGate
+    from midshift.firmware.edges.refdata_store import RefdataStore
     pub = Publisher(tmp_path, "s")
     pub.publish("prices", prices(5000))
     chunks = [(t, p) for t, p in pub.messages("prices", SITE, GW, CMD_KEY) if "/snapshot/" in t]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core.refdata import RefdataGate, checksum_of, sign_message
-from firmware.core.signing import Signer
-from firmware.edges.refdata_store import RefdataStore
+from midshift.firmware.core.refdata import RefdataGate, checksum_of, sign_message
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.edges.refdata_store import RefdataStore
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = bytes(range(100, 132))

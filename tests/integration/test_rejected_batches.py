@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-import host_tools.ledger.verify as verify_module
-from simulator.lab import COMMAND_KEY, Lab, wait_for
+import midshift.host_tools.ledger.verify as verify_module
+from midshift.simulator.lab import COMMAND_KEY, Lab, wait_for
 
 REFUSED: set[str] = set()  # codes the ledger refuses, as a stricter future check might
 
@@ -42,8 +42,8 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
 def _command(rig: Lab, cmd_id: int, cmd: str, args: dict[str, Any]) -> None:
     import paho.mqtt.publish as publish
 
-    from firmware.core.commands import sign_command
-    from firmware.core.signing import Signer
+    from midshift.firmware.core.commands import sign_command
+    from midshift.firmware.core.signing import Signer
     publish.single("midshift/v1/lab/gw-t/cmd",
                    sign_command(Signer(COMMAND_KEY), "gw-t", cmd_id, cmd, args), qos=1,
                    hostname="127.0.0.1", port=rig.broker.port)

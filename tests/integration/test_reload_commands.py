@@ -1,6 +1,6 @@
-"""Reload and commands end to end: a real ``python -m firmware run`` for gw-01 of a
+"""Reload and commands end to end: a real ``python -m midshift.firmware run`` for gw-01 of a
 provisioned site, on mosquitto configured only from what ``provision broker`` generated
-(TLS, the ACL), with the reference ledger; ``python -m host_tools command`` signs as the
+(TLS, the ACL), with the reference ledger; ``python -m midshift.host_tools command`` signs as the
 ledger's identity, sends, and waits for the answer in the gateway's retained status.
 
 SIGHUP and the ``reload-config`` command share one path: a bad site file is refused (the
@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from host_tools.__main__ import main as host_tools
-from simulator.broker import free_port
-from simulator.lab import wait_for
+from midshift.host_tools.__main__ import main as host_tools
+from midshift.simulator.broker import free_port
+from midshift.simulator.lab import wait_for
 from tests.integration.test_generated_broker import lab  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def agent(lab: dict[str, Any]) -> Iterator[dict[str, Any]]:  # noqa: F811
     conf = lab["tmp"] / "gw-01.toml"
     conf.write_text(site_text(lab, port, 10))
     log = open(lab["tmp"] / "agent.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config", str(conf)],
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config", str(conf)],
                             cwd=ROOT, stdout=log, stderr=log,
                             env=os.environ | {"PYTHONPATH": str(ROOT)})
     try:

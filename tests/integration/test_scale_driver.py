@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.core.event import Event
-from firmware.edges.clock import SystemClock
-from firmware.edges.scale import ScaleDriver
-from simulator.devices.pty_port import PtyPort
-from simulator.devices.scale import Scale
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.event import Event
+from midshift.firmware.edges.clock import SystemClock
+from midshift.firmware.edges.scale import ScaleDriver
+from midshift.simulator.devices.pty_port import PtyPort
+from midshift.simulator.devices.scale import Scale
 from tests.integration.event_sink import Sink, wait_until
 
 WAIT_S = 5.0

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.edges.clock import SystemClock
-from firmware.edges.scanner import BarcodeScannerDriver
-from simulator.devices.scanner import BarcodeScanner
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.edges.clock import SystemClock
+from midshift.firmware.edges.scanner import BarcodeScannerDriver
+from midshift.simulator.devices.scanner import BarcodeScanner
 from tests.integration.event_sink import Sink, wait_until
 
 WAIT_S = 5.0

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from firmware.core.event import Event
-from firmware.edges.clock import SystemClock
-from firmware.edges.config_file import load_config
-from firmware.edges.device_types import driver_class
-from simulator.__main__ import UsageError, load_devices
-from simulator.broker import free_port
+from midshift.firmware.core.event import Event
+from midshift.firmware.edges.clock import SystemClock
+from midshift.firmware.edges.config_file import load_config
+from midshift.firmware.edges.device_types import driver_class
+from midshift.simulator.__main__ import UsageError, load_devices
+from midshift.simulator.broker import free_port
 
 SITE = '''board_config = "sim"
 [gateway]

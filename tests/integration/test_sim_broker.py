@@ -21,8 +21,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from simulator.broker import Broker, BrokerUnavailable, TlsListener
-from simulator.power import kill_at, kill_randomly
+from midshift.simulator.broker import Broker, BrokerUnavailable, TlsListener
+from midshift.simulator.power import kill_at, kill_randomly
 from tests.integration.pki import make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,7 +242,7 @@ def test_a_config_mosquitto_rejects_is_reported_with_its_log(tmp_path: Path) -> 
 
 def test_amqtt_fallback_serves_mqtt311_and_says_what_it_lacks(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="simulator.broker"):
+    with caplog.at_level(logging.WARNING, logger="midshift.simulator.broker"):
         broker = Broker(tmp_path, backend="amqtt")
     assert "in-process amqtt broker" in caplog.text
     with broker:
@@ -266,7 +266,7 @@ def test_amqtt_fallback_serves_mqtt311_and_says_what_it_lacks(
 # ---- the command line and shutdown -------------------------------------------------------------
 
 def test_cli_broker_runs_until_ctrl_c(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "simulator", "broker", "--json"], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.simulator", "broker", "--json"], cwd=ROOT,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

@@ -11,10 +11,10 @@ from typing import Any
 import can
 import pytest
 
-from firmware.edges.canopen import CanOpenDriver
-from firmware.edges.clock import SystemClock
-from simulator.devices.canopen import EDS, BatteryModule
-from simulator.devices.slcan_adapter import SlcanAdapter, frame_line, parse_frame
+from midshift.firmware.edges.canopen import CanOpenDriver
+from midshift.firmware.edges.clock import SystemClock
+from midshift.simulator.devices.canopen import EDS, BatteryModule
+from midshift.simulator.devices.slcan_adapter import SlcanAdapter, frame_line, parse_frame
 from tests.integration.canopen_values import journaled_values
 from tests.integration.event_sink import Sink, wait_until
 
@@ -112,12 +112,12 @@ def _truth_outside(node: BatteryModule, window: tuple[int, int]) -> dict[str, li
 
 
 def test_the_example_drives_the_emulator_behind_an_adapter(tmp_path: Path) -> None:
-    """``python -m simulator devices --config`` takes the agent's own table: with
+    """``python -m midshift.simulator devices --config`` takes the agent's own table: with
     ``interface = "slcan"`` the adapter's pty is linked at the table's ``channel``."""
     import tomllib
 
-    from simulator.__main__ import load_devices
-    text = (ROOT / "board_configs" / "examples" / "canopen.toml").read_text()
+    from midshift.simulator.__main__ import load_devices
+    text = (ROOT / "midshift" / "board_configs" / "examples" / "canopen.toml").read_text()
     doc = tomllib.loads(text)
     port = tmp_path / "canable"
     text = text.replace(doc["devices"]["bms1"]["channel"], str(port))
@@ -138,7 +138,7 @@ def test_the_example_drives_the_emulator_behind_an_adapter(tmp_path: Path) -> No
 def test_the_simulated_site_gets_an_adapter_and_an_agent_table(tmp_path: Path) -> None:
     import tomllib
 
-    from simulator.devices import canopen as canopen_type
+    from midshift.simulator.devices import canopen as canopen_type
     spec = {"type": "canopen", "node_id": 20, "tpdo_period_ms": 200, "heartbeat_ms": 150}
     adapter = canopen_type.emulate("bms2", spec, tmp_path, 5, 2.0, tmp_path / "bms2.jsonl")
     try:

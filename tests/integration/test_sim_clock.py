@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core.hlc import HybridLogicalClock, physical_ms
-from firmware.edges.clock import (
+from midshift.firmware.core.hlc import HybridLogicalClock, physical_ms
+from midshift.firmware.edges.clock import (
     ClockControl,
     FileControlledClock,
     SystemClock,
     host_monotonic_ms,
     host_wall_ms,
 )
-from simulator.clock import SimClock, site_offset_ms, write_control
+from midshift.simulator.clock import SimClock, site_offset_ms, write_control
 
 ROOT = Path(__file__).resolve().parents[2]
 T0_MS = 1_700_000_000_000
@@ -186,7 +186,7 @@ def test_control_parsing_names_the_bad_field(data: object, error: str) -> None:
 
 AGENT = """
 import json, sys, time
-from firmware.edges.clock import FileControlledClock
+from midshift.firmware.edges.clock import FileControlledClock
 clock = FileControlledClock(sys.argv[1])
 for line in sys.stdin:
     host_wall, host_mono = time.time_ns() // 10**6, time.monotonic_ns() // 10**6

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from firmware.edges import device_types as agent_types
-from simulator import devices
+from midshift.firmware.edges import device_types as agent_types
+from midshift.simulator import devices
 
 
 def test_each_simulated_type_has_an_agent_driver_and_exports_what_the_simulator_needs() -> None:

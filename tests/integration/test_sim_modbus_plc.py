@@ -18,8 +18,8 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from simulator.devices.modbus import ModbusPLC
-from simulator.ground_truth import read_ground_truth
+from midshift.simulator.devices.modbus import ModbusPLC
+from midshift.simulator.ground_truth import read_ground_truth
 from tests.integration.event_sink import wait_until
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from simulator.__main__ import UsageError, load_devices
-from simulator.broker import Broker
-from simulator.network import FaultProxy, check_mode, send_control
+from midshift.simulator.__main__ import UsageError, load_devices
+from midshift.simulator.broker import Broker
+from midshift.simulator.network import FaultProxy, check_mode, send_control
 from tests.integration.mqtt_probe import Probe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,14 +253,14 @@ def test_a_second_proxy_with_a_live_name_is_refused_a_stale_socket_is_taken(
 
 def _sim(runtime: Path, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess:
     env = {"MIDSHIFT_RUNTIME_DIR": str(runtime), "PATH": "/usr/bin:/bin"}
-    return subprocess.run([sys.executable, "-m", "simulator", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "midshift.simulator", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout_s)
 
 
 def test_cli_proxy_is_controlled_by_proxy_set(broker: Broker, runtime: Path) -> None:
     env = {"MIDSHIFT_RUNTIME_DIR": str(runtime), "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "simulator", "proxy", "127.0.0.1:0", f"127.0.0.1:{broker.port}",
+        [sys.executable, "-m", "midshift.simulator", "proxy", "127.0.0.1:0", f"127.0.0.1:{broker.port}",
          "--name", "eth0", "--json"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -333,7 +333,7 @@ class FakeDevice:
 
 def test_devices_config_dispatches_by_type_and_says_what_is_wrong(tmp_path: Path) -> None:
     registry = {"fake": "tests.integration.test_sim_network:FakeDevice",
-                "ghost": "simulator.devices.no_such_module:Ghost"}
+                "ghost": "midshift.simulator.devices.no_such_module:Ghost"}
     conf = tmp_path / "lab.toml"
     conf.write_text('[devices.till1]\ntype = "fake"\nport = 5020\n'
                     '[devices.till2]\ntype = "fake"\nport = 5021\n')
@@ -357,7 +357,7 @@ def test_devices_config_dispatches_by_type_and_says_what_is_wrong(tmp_path: Path
 
 def test_cli_devices_starts_describes_and_stops_them_all(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    import simulator.__main__ as cli
+    import midshift.simulator.__main__ as cli
 
     monkeypatch.setattr(cli, "DEVICE_TYPES", {"fake": "tests.integration.test_sim_network:FakeDevice"})
     monkeypatch.setattr(cli, "_wait_for_ctrl_c", lambda: FakeDevice.events.append("ctrl-c"))

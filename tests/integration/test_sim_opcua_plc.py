@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import pytest
 from asyncua import Client, ua
 
-from simulator.devices.opcua import OpcUaPLC
-from simulator.ground_truth import read_ground_truth
+from midshift.simulator.devices.opcua import OpcUaPLC
+from midshift.simulator.ground_truth import read_ground_truth
 
 T = TypeVar("T")
 WAIT_S = 5.0

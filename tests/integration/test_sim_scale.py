@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import serial
 
-from simulator.devices.scale import Scale
-from simulator.ground_truth import read_ground_truth
+from midshift.simulator.devices.scale import Scale
+from midshift.simulator.ground_truth import read_ground_truth
 
 CLIENT_TIMEOUT_S = 2.0
 # "S D" + space + 10-character right-aligned value + space + unit + CR LF

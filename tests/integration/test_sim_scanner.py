@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import serial
 
-from simulator.devices.pty_port import PtyPort
-from simulator.devices.scanner import BarcodeScanner
-from simulator.ground_truth import read_ground_truth
+from midshift.simulator.devices.pty_port import PtyPort
+from midshift.simulator.devices.scanner import BarcodeScanner
+from midshift.simulator.ground_truth import read_ground_truth
 
 CLIENT_TIMEOUT_S = 2.0
 

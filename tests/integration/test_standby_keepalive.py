@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.lab import Lab, wait_for
+from midshift.simulator.lab import Lab, wait_for
 
 STANDBY_S = 3   # shortened for the test; the default is 60
 WINDOW_S = 12.0

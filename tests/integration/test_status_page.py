@@ -1,4 +1,4 @@
-"""The status page of a real ``python -m firmware run``: a store gateway with the till API,
+"""The status page of a real ``python -m midshift.firmware run``: a store gateway with the till API,
 a scanner on a pty that scans, one whose port is not there, an uplink to mosquitto and the
 ledger and one to a closed port. The page is bound beyond loopback with a token: fetched
 over HTTP without it (401), with it (Basic, as a browser sends it, and Bearer), and
@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 
 from bench.till_site import sale, write_till_site
-from firmware.agent import Agent
-from firmware.core.site_config import DeviceType, validate
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService
-from simulator.broker import Broker, free_port
-from simulator.devices.scanner import BarcodeScanner
-from simulator.lab import KEY, wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.site_config import DeviceType, validate
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService
+from midshift.simulator.broker import Broker, free_port
+from midshift.simulator.devices.scanner import BarcodeScanner
+from midshift.simulator.lab import KEY, wait_for
 from tests.integration.pki import make_pki
 from tests.integration.till_client import TillClient
 from tests.scenarios.test_report_in_chromium import CHROMIUM_FLAGS, _chromium, _png_rows_vary
@@ -85,7 +85,7 @@ type = "scanner"
 port = "{tmp_path / 'no-such-tty'}"
 """)
     log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config", str(site)],
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config", str(site)],
                             cwd=ROOT, stdout=log, stderr=log,
                             env=os.environ | {"PYTHONPATH": str(ROOT)})
     try:
@@ -163,7 +163,7 @@ def test_beyond_loopback_without_a_token_the_agent_refuses_to_start(tmp_path: Pa
     site, _ = write_till_site(tmp_path, ["till-1"])
     with site.open("a") as f:
         f.write('[status_page]\nbind = "0.0.0.0:8080"\n')
-    done = subprocess.run([sys.executable, "-m", "firmware", "run", "--config", str(site)],
+    done = subprocess.run([sys.executable, "-m", "midshift.firmware", "run", "--config", str(site)],
                           cwd=ROOT, capture_output=True, text=True, timeout=60,
                           env=os.environ | {"PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
@@ -211,7 +211,7 @@ def test_check_finds_a_short_or_missing_token_as_run_would(tmp_path: Path) -> No
     for token, problem in (("short.token", "short.token: a token of 3 characters is too "
                             "short"), ("gone.token", "does not exist")):
         site.write_text(base + f'[status_page]\nbind = "0.0.0.0:8080"\ntoken_file = "{token}"\n')
-        done = subprocess.run([sys.executable, "-m", "firmware", "check", "--config", str(site)],
+        done = subprocess.run([sys.executable, "-m", "midshift.firmware", "check", "--config", str(site)],
                               cwd=ROOT, capture_output=True, text=True, timeout=60,
                               env=os.environ | {"PYTHONPATH": str(ROOT)})
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr

@@ -1,4 +1,4 @@
-"""``python -m host_tools status``: a real agent process publishes its retained status
+"""``python -m midshift.host_tools status``: a real agent process publishes its retained status
 to mosquitto; the tool shows it online, then offline once the agent is SIGKILLed and
 the broker publishes its last will (critical with ``--once``); on a terminal the table is
 redrawn in place. The clean stop and the alarms: ``test_status_truth.py``."""
@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.__main__ import main as host_tools
-from host_tools.status_table import StatusBoard, StatusSubscriber
-from simulator.broker import Broker
-from simulator.lab import wait_for
+from midshift.host_tools.__main__ import main as host_tools
+from midshift.host_tools.status_table import StatusBoard, StatusSubscriber
+from midshift.simulator.broker import Broker
+from midshift.simulator.lab import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def status_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "host_tools", "status", *argv], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "midshift.host_tools", "status", *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
 
@@ -66,7 +66,7 @@ def test_a_live_gateway_is_online_and_a_killed_one_turns_offline(tmp_path: Path)
 def test_on_a_terminal_the_table_is_redrawn_in_place(tmp_path: Path) -> None:
     with Broker(tmp_path / "broker") as broker:
         master, slave = pty.openpty()
-        p = subprocess.Popen([sys.executable, "-m", "host_tools", "status", "--broker",
+        p = subprocess.Popen([sys.executable, "-m", "midshift.host_tools", "status", "--broker",
                               broker.url, "--count", "3", "--refresh-s", "0.1"], cwd=ROOT,
                              stdout=slave, stderr=subprocess.PIPE)
         os.close(slave)

@@ -1,5 +1,5 @@
-"""The status never lies, end to end: a real ``python -m firmware run`` process with three
-devices that are not there, mosquitto, and ``python -m host_tools status --once`` judging
+"""The status never lies, end to end: a real ``python -m midshift.firmware run`` process with three
+devices that are not there, mosquitto, and ``python -m midshift.host_tools status --once`` judging
 the retained status as a monitoring plugin. The ledger is away at first (records wait: the
 ``no_ack`` alarm, critical), comes (acks: only ``device_down`` is left, a warning naming
 the three devices), then the agent is stopped with SIGTERM (its own retained ``offline``:
@@ -19,17 +19,17 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from firmware.agent import Agent
-from firmware.edges.preflight import load_checked
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService
-from host_tools.status_table import StatusBoard, StatusSubscriber
-from simulator.broker import Broker
-from simulator.lab import KEY, wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.edges.preflight import load_checked
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService
+from midshift.host_tools.status_table import StatusBoard, StatusSubscriber
+from midshift.simulator.broker import Broker
+from midshift.simulator.lab import KEY, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DOWN = ["plc1", "scan1", "scan2"]
-FAULT_PIN = 23  # board_configs/sim.toml
+FAULT_PIN = 23  # midshift/board_configs/sim.toml
 
 
 def _closed_port() -> int:
@@ -79,7 +79,7 @@ type = "uint32"
 
 
 def status_once(broker: Broker, *more: str) -> tuple[int, list[str]]:
-    out = subprocess.run([sys.executable, "-m", "host_tools", "status", "--broker", broker.url,
+    out = subprocess.run([sys.executable, "-m", "midshift.host_tools", "status", "--broker", broker.url,
                           "--once", "--wait-s", "5", *more], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     return out.returncode, out.stdout.splitlines()
@@ -90,7 +90,7 @@ def test_outage_devices_down_and_a_clean_stop_are_each_told(tmp_path: Path) -> N
         site = write_site(tmp_path / "gw", broker.port)
         board = StatusBoard()
         sub = StatusSubscriber(board, broker.url, "midshift/v1/+/+/status").start()
-        agent = subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config", str(site),
+        agent = subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config", str(site),
                                   "--log-level", "WARNING"], cwd=ROOT,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         ledger = None

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.core.site_config import DeviceType, validate
-from firmware.edges.sync_log import close_sync_log, iso_ms, open_sync_log, sync_event
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.site_config import DeviceType, validate
+from midshift.firmware.edges.sync_log import close_sync_log, iso_ms, open_sync_log, sync_event
 
 
 def test_rotates_at_size_keeps_count_and_stamps_iso_time(tmp_path: Path) -> None:

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from bench.till_site import sale, write_till_site
-from firmware.agent import Agent
-from firmware.core.till_txn import has_pan
-from firmware.edges.preflight import load_checked
-from simulator.lab import Lab, wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.till_txn import has_pan
+from midshift.firmware.edges.preflight import load_checked
+from midshift.simulator.lab import Lab, wait_for
 from tests.integration.till_client import TillClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,7 +233,7 @@ def test_the_index_is_rebuilt_before_an_ack_can_reclaim_a_sale(
     key reached the index: at the next start the ledger acknowledges it again at once. The
     index must be rebuilt from the journal before that ack reclaims the record (here the
     rebuild is slow, as on a long journal on an SD card), or the retry is taken twice."""
-    from firmware.edges.till_api import TillApi
+    from midshift.firmware.edges.till_api import TillApi
 
     lab = Lab(tmp_path, uplinks=1)
     try:
@@ -305,7 +305,7 @@ def _free_port() -> int:
 
 
 def _run(site: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "firmware", "run", "--config", str(site),
+    return subprocess.Popen([sys.executable, "-m", "midshift.firmware", "run", "--config", str(site),
                              "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
 

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 from bench.till_site import write_till_site
-from firmware.agent import Agent
-from firmware.edges.preflight import load_checked
-from simulator.devices.till import TEST_PAN, Till, read_truth
-from simulator.lab import Lab, wait_for
-from simulator.till_judge import judge_tills
+from midshift.firmware.agent import Agent
+from midshift.firmware.edges.preflight import load_checked
+from midshift.simulator.devices.till import TEST_PAN, Till, read_truth
+from midshift.simulator.lab import Lab, wait_for
+from midshift.simulator.till_judge import judge_tills
 
 RULES = {"offline_tenders": ["cash", "card"], "card_floor_limit": 500}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firmware.edges.till_index import Entry, IdempotencyIndex
+from midshift.firmware.edges.till_index import Entry, IdempotencyIndex
 
 DAY_MS = 86_400_000
 EPOCH = "00000000000000aa"

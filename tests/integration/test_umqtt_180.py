@@ -22,8 +22,8 @@ from types import ModuleType
 
 import pytest
 
-from firmware.core import session
-from simulator.broker import Broker
+from midshift.firmware.core import session
+from midshift.simulator.broker import Broker
 from tests.integration.mqtt_probe import Probe
 from tests.mpy_board.rig import board_modules
 
@@ -54,7 +54,7 @@ def board() -> Iterator[None]:
 def make_uplink(broker: Broker, keepalive_s: int, boot_id: str) -> object:
     import usocket  # the stand-in, on sys.path inside board_modules()
 
-    from firmware.mpy.umqtt_uplink import UmqttUplink
+    from midshift.firmware.mpy.umqtt_uplink import UmqttUplink
     mqtt = umqtt_180()
     will = session.last_will(SITE, GW, "test", boot_id)
     return UmqttUplink(broker.host, broker.port, f"{GW}-wifi-{boot_id}",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import queue
 import socket
 
-from firmware.core.site_config import UplinkConfig
-from firmware.edges.mqtt import MqttUplink, interface_address
+from midshift.firmware.core.site_config import UplinkConfig
+from midshift.firmware.edges.mqtt import MqttUplink, interface_address
 
 
 def test_the_uplink_connects_from_its_source_address() -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from firmware.agent import Agent
-from firmware.core.event import Event
-from firmware.core.site_config import DeviceType, validate
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService
-from simulator.broker import Broker, TlsListener
-from simulator.lab import KEY, wait_for
+from midshift.firmware.agent import Agent
+from midshift.firmware.core.event import Event
+from midshift.firmware.core.site_config import DeviceType, validate
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService
+from midshift.simulator.broker import Broker, TlsListener
+from midshift.simulator.lab import KEY, wait_for
 from tests.integration.pki import make_pki
 
 

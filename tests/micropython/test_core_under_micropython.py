@@ -33,7 +33,7 @@ def test_case_under_micropython(module: str, name: str, staged: Path) -> None:
 
 
 def test_mpy_cross_compiles_every_core_module(tmp_path: Path) -> None:
-    modules = sorted((ROOT / "firmware" / "core").glob("*.py"))
+    modules = sorted((ROOT / "midshift" / "firmware" / "core").glob("*.py"))
     assert len(modules) >= 6
     for src in modules:
         out = tmp_path / (src.stem + ".mpy")

@@ -30,8 +30,8 @@ def test_case_under_micropython(name: str, staged: Path) -> None:
 
 
 def test_mpy_cross_compiles_the_node_and_the_core(tmp_path: Path) -> None:
-    modules = sorted((ROOT / "firmware" / "mpy").glob("*.py"))
-    modules += sorted((ROOT / "firmware" / "core").glob("*.py"))
+    modules = sorted((ROOT / "midshift" / "firmware" / "mpy").glob("*.py"))
+    modules += sorted((ROOT / "midshift" / "firmware" / "core").glob("*.py"))
     assert len(modules) >= 20
     for src in modules:
         out = tmp_path / src.parent.name / (src.stem + ".mpy")

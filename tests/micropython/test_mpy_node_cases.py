@@ -9,16 +9,16 @@ tests (tests/integration/test_mpy_node.py) on real files.
 Plain functions, bare asserts, only the core, the node and MicroPython's stdlib.
 """
 
-from firmware.core.errors import ConfigError
-from firmware.core.journal import Journal, storage_size
-from firmware.core.signing import Signer
-from firmware.core.storage import MemoryStorage
-from firmware.core.wire import decode_batch, encode_ack
-from firmware.mpy import node_config
-from firmware.mpy.node import Node
-from firmware.mpy.uart_scale import UartScale
-from firmware.mpy.uart_scanner import UartScanner
-from firmware.mpy.umqtt_uplink import UmqttUplink
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.journal import Journal, storage_size
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.storage import MemoryStorage
+from midshift.firmware.core.wire import decode_batch, encode_ack
+from midshift.firmware.mpy import node_config
+from midshift.firmware.mpy.node import Node
+from midshift.firmware.mpy.uart_scale import UartScale
+from midshift.firmware.mpy.uart_scanner import UartScanner
+from midshift.firmware.mpy.umqtt_uplink import UmqttUplink
 
 KEY = b"k" * 32
 SEG = 4096
@@ -26,7 +26,7 @@ T0 = 1700000000000
 
 
 def node_doc():
-    """What host_tools/mpy_bundle.py writes as node.json for a Pico W with a scanner."""
+    """What midshift/host_tools/mpy_bundle.py writes as node.json for a Pico W with a scanner."""
     return {
         "board": {"name": "Raspberry Pi Pico W", "pin_factory": "machine"},
         "uart": {"scanner": {"id": 0, "tx": 0, "rx": 1, "rxbuf": 2048},
@@ -327,7 +327,7 @@ def test_node_config_is_checked_on_the_board_too():
 
 
 def test_board_clock_counts_on_through_a_ticks_wrap():
-    from firmware.mpy import board_clock
+    from midshift.firmware.mpy import board_clock
     period = 1 << 30  # ticks_ms wraps here on most ports
     t = [period - 5]
     saved = (board_clock.ticks_ms, board_clock.ticks_diff)
@@ -364,7 +364,7 @@ class FakeWlan:
 
 
 def test_wifi_station_rejoins_after_a_drop_with_a_growing_backoff():
-    from firmware.mpy.wifi import WifiStation
+    from midshift.firmware.mpy.wifi import WifiStation
     wlan = FakeWlan()
     wifi = WifiStation("goods-in", "pw", wlan=wlan, max_retry_ms=2000, join_timeout_ms=1000)
     assert not wifi.check(0)  # the first join starts

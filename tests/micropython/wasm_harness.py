@@ -54,15 +54,16 @@ def case_names(path: Path) -> list[str]:
 
 def stage(tmp: Path, packages: tuple[str, ...], cases_file: str | Path | None = None,
           tests: tuple[Path, ...] = ()) -> Path:
-    """The tree MicroPython imports from (``/input``): ``firmware/<package>/*.py`` for each
+    """The tree MicroPython imports from (``/input``): ``midshift/firmware/<package>/*.py`` for each
     package, the cases file at the top, and ``tests`` files at their place under ROOT
     (with the ``__init__.py`` of each package on the way)."""
-    (tmp / "firmware").mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "firmware" / "__init__.py", tmp / "firmware")
+    (tmp / "midshift" / "firmware").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "midshift" / "__init__.py", tmp / "midshift")
+    shutil.copy(ROOT / "midshift" / "firmware" / "__init__.py", tmp / "midshift" / "firmware")
     for sub in packages:
-        (tmp / "firmware" / sub).mkdir(exist_ok=True)
-        for src in (ROOT / "firmware" / sub).glob("*.py"):
-            shutil.copy(src, tmp / "firmware" / sub)
+        (tmp / "midshift" / "firmware" / sub).mkdir(exist_ok=True)
+        for src in (ROOT / "midshift" / "firmware" / sub).glob("*.py"):
+            shutil.copy(src, tmp / "midshift" / "firmware" / sub)
     if cases_file is not None:
         shutil.copy(Path(cases_file), tmp / Path(cases_file).name)
     for src in tests:

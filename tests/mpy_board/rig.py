@@ -1,4 +1,4 @@
-"""The MicroPython node's test rig on CPython: the node (``firmware/mpy/main.py``
+"""The MicroPython node's test rig on CPython: the node (``midshift/firmware/mpy/main.py``
 unchanged) with the board stand-ins of this directory, a real mosquitto behind a fault
 proxy, the reference ledger on SQLite, and the scanner (and scale) emulators on ptys.
 
@@ -21,11 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from host_tools.ledger.opener import open_store
-from host_tools.ledger.service import LedgerService
-from host_tools.mpy_bundle import KEY_FILES, node_document
-from simulator.broker import Broker
-from simulator.network import FaultProxy
+from midshift.host_tools.ledger.opener import open_store
+from midshift.host_tools.ledger.service import LedgerService
+from midshift.host_tools.mpy_bundle import KEY_FILES, node_document
+from midshift.simulator.broker import Broker
+from midshift.simulator.network import FaultProxy
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -46,7 +46,7 @@ def _forget_board_imports() -> None:
     """The stand-ins, and node modules that bound them (or, imported elsewhere, bound
     CPython's ``socket`` or no ``network``) at import time."""
     for name in list(sys.modules):
-        if name in SHIM_MODULES or name.startswith("firmware.mpy"):
+        if name in SHIM_MODULES or name.startswith("midshift.firmware.mpy"):
             del sys.modules[name]
 
 
@@ -79,8 +79,8 @@ def site_doc(scanner: bool = True, scale: bool = False,
 class NodeRig:
     def __init__(self, tmp: Path, scanner: bool = True, scale: bool = False,
                  board: str = "pico-w", commands: bool = False) -> None:
-        from simulator.devices.scale import Scale
-        from simulator.devices.scanner import BarcodeScanner
+        from midshift.simulator.devices.scale import Scale
+        from midshift.simulator.devices.scanner import BarcodeScanner
         self.tmp = tmp
         self.broker = Broker(tmp / "broker").start()
         self.proxy = FaultProxy(("127.0.0.1", self.broker.port), control=False).start()
@@ -115,7 +115,7 @@ class NodeRig:
     def start(self, **options: Any) -> Any:
         import machine
 
-        from firmware.mpy import main
+        from midshift.firmware.mpy import main
         machine.PORTS.clear()
         machine.PORTS.update(self.uarts)
         self.node = main.build(str(self.node_dir) + "/", FAST | options)
@@ -128,7 +128,7 @@ class NodeRig:
         return self.node
 
     def _run(self) -> None:
-        from firmware.mpy import main
+        from midshift.firmware.mpy import main
         try:
             self.node.run(main._sleep_ms, self._stop.is_set)
         except BaseException as exc:  # noqa: BLE001 - reported by stop()

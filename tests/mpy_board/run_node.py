@@ -17,7 +17,7 @@ sys.path[:0] = [str(HERE), str(HERE.parents[1])]
 
 import machine  # noqa: E402 - the stand-in, found through the path set above
 
-from firmware.mpy import main  # noqa: E402
+from midshift.firmware.mpy import main  # noqa: E402
 
 if __name__ == "__main__":
     node_dir, uarts, options = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])

@@ -1,4 +1,4 @@
-"""``python -m simulator run`` leaves no process behind: stopped by SIGTERM mid-scenario
+"""``python -m midshift.simulator run`` leaves no process behind: stopped by SIGTERM mid-scenario
 (what ``timeout`` or a CI limit sends), killed outright (SIGKILL: its children get their
 parent-death signal), or interrupted with Ctrl-C while it is still starting (one line on
 stderr, no traceback, no asyncio "Task was destroyed").
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.broker import free_port
+from midshift.simulator.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ def _start(tmp_path: Path, ledger: str = "") -> tuple[subprocess.Popen, str]:
     path.write_text(SCENARIO.format(ledger=ledger))
     marker = uuid.uuid4().hex
     # --report: the run's files in tmp_path, so a killed runner's leftovers go with it.
-    proc = subprocess.Popen([sys.executable, "-m", "simulator", "run", str(path), "--report",
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.simulator", "run", str(path), "--report",
                              str(tmp_path / "report")], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "MIDSHIFT_RUN_MARKER": marker})
@@ -160,7 +160,7 @@ def test_devices_command_ctrl_c_while_an_emulator_starts(tmp_path: Path) -> None
     conf = tmp_path / "devices.toml"
     conf.write_text('[devices.scanner1]\ntype = "scanner"\n[devices.plc2]\ntype = "opcua"\n'
                     f"port = {free_port()}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "simulator", "devices", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "midshift.simulator", "devices", "--config",
                              str(conf), "--ground-truth", str(tmp_path)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "MIDSHIFT_RUNTIME_DIR": str(tmp_path / "rt")})

@@ -41,7 +41,7 @@ corrupt = 0
 def test_a_scenario_on_a_postgresql_ledger_loses_and_doubles_nothing(tmp_path: Path) -> None:
     path = tmp_path / "pg-ledger.toml"
     path.write_text(SCENARIO)
-    proc = subprocess.run([sys.executable, "-m", "simulator", "run", str(path), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "midshift.simulator", "run", str(path), "--json"],
                           cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.stdout.strip(), f"no JSON on stdout; stderr:\n{proc.stderr[-3000:]}"
     r = json.loads(proc.stdout)

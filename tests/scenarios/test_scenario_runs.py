@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from simulator.scenario import SCENARIO_DIR
+from midshift.simulator.scenario import SCENARIO_DIR
 from tests.conftest import ShortRun
 
 CONTRACT = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency_p99_ms",

@@ -19,11 +19,11 @@ at each moment, so a power cut after any trace prefix has a precise expectation:
 
 import random
 
-from firmware.core import record as rec
-from firmware.core.crash_storage import CrashStorage
-from firmware.core.errors import JournalFull
-from firmware.core.journal import Journal, storage_size
-from firmware.core.storage import MemoryStorage
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.crash_storage import CrashStorage
+from midshift.firmware.core.errors import JournalFull
+from midshift.firmware.core.journal import Journal, storage_size
+from midshift.firmware.core.storage import MemoryStorage
 from tests.unit.portable import mem
 
 SEG = 4096

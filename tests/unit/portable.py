@@ -13,8 +13,8 @@ and what MicroPython's stdlib has (no ``random``, no pytest there).
 
 import sys
 
-from firmware.core.journal import Journal, storage_size
-from firmware.core.storage import MemoryStorage
+from midshift.firmware.core.journal import Journal, storage_size
+from midshift.firmware.core.storage import MemoryStorage
 
 try:
     import pytest

@@ -3,7 +3,7 @@ uplinks of one gateway reaching the same broker would otherwise share one id."""
 
 from pathlib import Path
 
-from host_tools.provision.acl import render_broker_conf
+from midshift.host_tools.provision.acl import render_broker_conf
 
 
 def _conf(**kw: object) -> list[str]:

@@ -1,6 +1,6 @@
 """The one broker-URL parser: both schemes, default ports, and one line for every bad URL."""
 
-from firmware.core.broker_url import BrokerUrlError, parse_broker_url
+from midshift.firmware.core.broker_url import BrokerUrlError, parse_broker_url
 
 
 def _error(url, tls=True):

@@ -1,7 +1,7 @@
 """Host commands: signed for this gateway, fresh, within the id window and known, or
 rejected with a reason; no shape of message gets past the gate's size and depth checks."""
 
-from firmware.core.commands import (
+from midshift.firmware.core.commands import (
     ID_WINDOW,
     MAX_COMMAND,
     CommandGate,
@@ -9,7 +9,7 @@ from firmware.core.commands import (
     nesting,
     sign_command,
 )
-from firmware.core.signing import Signer
+from midshift.firmware.core.signing import Signer
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

@@ -2,7 +2,7 @@
 hold is taken, the journal never reclaims a record appended after it, whatever the ledger
 acknowledged; after ``release`` the next commit goes through."""
 
-from firmware.edges.group_commit import GroupCommitJournal
+from midshift.firmware.edges.group_commit import GroupCommitJournal
 from tests.unit.portable import body_for, fresh
 
 

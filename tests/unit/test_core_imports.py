@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-CORE = Path(__file__).resolve().parents[2] / "firmware" / "core"
+CORE = Path(__file__).resolve().parents[2] / "midshift" / "firmware" / "core"
 ALLOWED = {"struct", "binascii", "hashlib", "json", "time", "os", "errno", "collections",
            "sys", "gc", "__future__", "typing"}
 
@@ -24,7 +24,7 @@ def _imports(path: Path) -> set[str]:
 def test_core_module_imports_only_the_portable_subset(path: Path) -> None:
     for name in _imports(path):
         top = name.split(".")[0]
-        assert top in ALLOWED or name.startswith("firmware.core"), f"{path.name} imports {name}"
+        assert top in ALLOWED or name.startswith("midshift.firmware.core"), f"{path.name} imports {name}"
 
 
 def test_core_has_no_runtime_dataclasses_or_enums() -> None:

@@ -11,20 +11,20 @@ from pathlib import Path
 
 import pytest
 
-from simulator.__main__ import main
-from simulator.dst.world import Config, run_seed
+from midshift.simulator.__main__ import main
+from midshift.simulator.dst.world import Config, run_seed
 
 # Seeds that failed, with the configuration they failed in and what they found; each is
 # now a regression test: it must hold every invariant.
 REGRESSIONS = [
-    # firmware/core/forwarder.py before its fix: a resend read the journal from the
+    # midshift/firmware/core/forwarder.py before its fix: a resend read the journal from the
     # position of acknowledged records it had skipped, and the ledger acknowledged a range
     # whose records were never sent (commit_ahead). The unit case:
     # tests/unit/test_forwarder_resend_position.py
     pytest.param(228, {}, id="seed228-resend-position"),
     pytest.param(263, {}, id="seed263-resend-position"),
     pytest.param(287, {}, id="seed287-resend-position"),
-    # firmware/core/journal.py before opening cleared ghost frames: recovery resynced onto
+    # midshift/firmware/core/journal.py before opening cleared ghost frames: recovery resynced onto
     # a frame an earlier life left past the end of the log (ghost_record). The unit cases:
     # tests/unit/test_journal_ghost_resync.py
     pytest.param(503, {}, id="seed503-ghost-record"),
@@ -47,7 +47,7 @@ def test_the_run_does_not_depend_on_string_hashing() -> None:
     hashes = []
     for hash_seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=hash_seed, PYTHONPATH=str(root))
-        out = subprocess.run([sys.executable, "-m", "simulator", "dst", "--seed", "3",
+        out = subprocess.run([sys.executable, "-m", "midshift.simulator", "dst", "--seed", "3",
                               "--fault-s", "20", "--trace", "--tail", "1"], cwd=root, env=env,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -88,7 +88,7 @@ def test_the_cli_prints_a_failing_seed_with_its_commit_and_replay(
                  "--plant", "ledger-skips-dedup"]) == 1
     out = capsys.readouterr().out
     assert "FAIL seed 0 (commit " in out and "stored_twice" in out
-    assert ("replay: python -m simulator dst --seed 0 --fault-s 30 --plant "
+    assert ("replay: python -m midshift.simulator dst --seed 0 --fault-s 30 --plant "
             "ledger-skips-dedup --trace") in out
 
 

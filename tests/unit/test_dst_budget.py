@@ -5,7 +5,7 @@ SEEDS=...`` runs longer.
 
 from __future__ import annotations
 
-from simulator.dst.world import Config, run_seed
+from midshift.simulator.dst.world import Config, run_seed
 
 FAULTS = 1_000_000
 # Its speed (faults_per_s, at least 10,000 a second on one core: a million in under two

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.dst.planted import FIND_WITHIN, PLANTED
-from simulator.dst.world import Config, run_seed
+from midshift.simulator.dst.planted import FIND_WITHIN, PLANTED
+from midshift.simulator.dst.world import Config, run_seed
 
 # The invariants each bug can break first (a reused seq shows as the durable record it
 # replaced, or as the other body reaching the ledger under that seq).

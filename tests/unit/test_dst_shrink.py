@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from simulator.dst.planted import PLANTED
-from simulator.dst.shrink import shrink
-from simulator.dst.world import Config, run_seed
+from midshift.simulator.dst.planted import PLANTED
+from midshift.simulator.dst.shrink import shrink
+from midshift.simulator.dst.world import Config, run_seed
 
 
 def test_a_planted_seq_reuse_shrinks_to_one_power_cut() -> None:

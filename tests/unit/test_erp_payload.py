@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from host_tools.ledger.erp_client import retry_after_s
-from host_tools.ledger.erp_delivery import ErpConfig, _named
-from host_tools.ledger.erp_payload import payload
+from midshift.host_tools.ledger.erp_client import retry_after_s
+from midshift.host_tools.ledger.erp_delivery import ErpConfig, _named
+from midshift.host_tools.ledger.erp_payload import payload
 
 
 def _row(tenders: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The event body: what a driver's event becomes on the wire and back."""
 
-from firmware.core.event import Event, decode_body
+from midshift.firmware.core.event import Event, decode_body
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

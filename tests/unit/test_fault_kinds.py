@@ -1,4 +1,4 @@
-"""Fault kinds as one table (simulator/faults.py): the loader knows a kind only through
+"""Fault kinds as one table (midshift/simulator/faults.py): the loader knows a kind only through
 its class, link modes are the fault proxy's, and a mistake names file, key and fix."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from simulator import faults
-from simulator import scenario as sc
-from simulator.network import PARAMS
+from midshift.simulator import faults
+from midshift.simulator import scenario as sc
+from midshift.simulator.network import PARAMS
 
 BASE = """
 [scenario]
@@ -83,6 +83,6 @@ def test_a_new_kind_is_one_class(tmp_path: Path) -> None:
 
 
 def test_every_mode_parameter_has_a_proxy_set_flag() -> None:
-    from simulator.network import PARAM_HELP
+    from midshift.simulator.network import PARAM_HELP
 
     assert set(PARAM_HELP) == {k for p in PARAMS.values() for k in p}

@@ -1,9 +1,9 @@
 """The forwarder on its own: batches out, acks in, resends, lanes and metered uplinks."""
 
-from firmware.core import record as rec
-from firmware.core.forwarder import Forwarder
-from firmware.core.signing import Signer
-from firmware.core.wire import decode_batch
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.forwarder import Forwarder
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import decode_batch
 from tests.unit.portable import body_for, fresh
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

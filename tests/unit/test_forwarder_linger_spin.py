@@ -1,12 +1,12 @@
 """Regression (found by the deterministic simulation, where most of a run's timer wake-ups
 were this): while the window was full, a live batch that had started to linger kept its
 linger deadline, which passed and stayed in the past, so ``next_deadline_ms`` answered
-"now" until an ack freed the window. ``firmware/forwarding.py`` waits
+"now" until an ack freed the window. ``midshift/firmware/forwarding.py`` waits
 ``max(0, deadline - now)``: the CPython agent spun a core for as long as the ledger was
 slow to acknowledge (up to the ack timeout, again and again during a ledger outage)."""
 
-from firmware.core.forwarder import Forwarder
-from firmware.core.signing import Signer
+from midshift.firmware.core.forwarder import Forwarder
+from midshift.firmware.core.signing import Signer
 from tests.unit.portable import body_for, fresh
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

@@ -1,4 +1,4 @@
-"""Regression (found by the deterministic simulation, ``python -m simulator dst --seed 0``):
+"""Regression (found by the deterministic simulation, ``python -m midshift.simulator dst --seed 0``):
 a batch whose first records the ledger had already acknowledged kept the journal position
 of the skipped records, so its resend read the journal from the wrong place. The journal
 took the mismatch for flash damage, counted live records as lost and skipped to the next
@@ -6,9 +6,9 @@ segment; the resend then claimed a seq range whose records it no longer carried,
 ledger acknowledged the range, and the gateway reclaimed records the ledger never stored.
 """
 
-from firmware.core.forwarder import Forwarder
-from firmware.core.signing import Signer
-from firmware.core.wire import decode_batch
+from midshift.firmware.core.forwarder import Forwarder
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import decode_batch
 from tests.unit.portable import body_for, fresh
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

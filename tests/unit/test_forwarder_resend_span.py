@@ -6,9 +6,9 @@ records: the batch went out as a shorter range, the ledger's ack for that range 
 nothing in flight, and the batch was sent again every ack timeout, never acknowledged,
 until the next uplink change. A resend reads exactly the seqs its batch spans."""
 
-from firmware.core.forwarder import Forwarder
-from firmware.core.signing import Signer
-from firmware.core.wire import decode_batch
+from midshift.firmware.core.forwarder import Forwarder
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import decode_batch
 from tests.unit.portable import body_for, fresh
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

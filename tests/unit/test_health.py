@@ -1,8 +1,8 @@
 """When a device counts as down, and the bind address parser. Portable: the same cases
 run under MicroPython."""
 
-from firmware.core.bind_address import parse_bind
-from firmware.core.health import DeviceWatch
+from midshift.firmware.core.bind_address import parse_bind
+from midshift.firmware.core.health import DeviceWatch
 
 PORTABLE = True
 

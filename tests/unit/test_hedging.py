@@ -3,12 +3,12 @@ more on a healthy standby, the first ack wins, the delay follows the round trip,
 standbys carry transactions only, and an uplink whose batches keep being answered through
 their hedges is demoted before its keepalive notices. Portable (runs under MicroPython)."""
 
-from firmware.core import record as rec
-from firmware.core import session as s
-from firmware.core.journal import Journal, storage_size
-from firmware.core.signing import Signer
-from firmware.core.storage import MemoryStorage
-from firmware.core.wire import encode_ack
+from midshift.firmware.core import record as rec
+from midshift.firmware.core import session as s
+from midshift.firmware.core.journal import Journal, storage_size
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.storage import MemoryStorage
+from midshift.firmware.core.wire import encode_ack
 from tests.unit.test_session import ACK, GW, KEY, LEDGER, SITE, WALL, batches, of
 
 PORTABLE = True

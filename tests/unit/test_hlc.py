@@ -1,6 +1,6 @@
 """The hybrid logical clock: monotonic across wall-clock jumps and reboots."""
 
-from firmware.core.hlc import HybridLogicalClock, logical, physical_ms
+from midshift.firmware.core.hlc import HybridLogicalClock, logical, physical_ms
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

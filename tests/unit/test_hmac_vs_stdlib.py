@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from firmware.core.signing import Signer, digest_equal, hmac_sha256
+from midshift.firmware.core.signing import Signer, digest_equal, hmac_sha256
 
 EDGE_KEYS = (16, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200)
 EDGE_MSGS = (0, 1, 55, 56, 63, 64, 65, 119, 120, 127, 128, 129, 1000, 2000)

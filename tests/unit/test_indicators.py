@@ -1,7 +1,7 @@
 """The LED policy and the alarm-acknowledge rule: plain functions and bare asserts, no
 pytest import, so the same cases run under MicroPython (``PORTABLE``)."""
 
-from firmware.core.indicators import (
+from midshift.firmware.core.indicators import (
     BLINK,
     FAULT_BLINK_S,
     LED_NAMES,

@@ -2,11 +2,11 @@
 prefix; many laps of the ring; a full journal; a flipped bit. Deeper checks, CPython
 only: test_journal_ring.py, test_journal_crash.py, test_journal_props.py."""
 
-from firmware.core import record as rec
-from firmware.core.crash_storage import CrashStorage
-from firmware.core.errors import JournalFull
-from firmware.core.journal import Journal, storage_size
-from firmware.core.storage import MemoryStorage
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.crash_storage import CrashStorage
+from midshift.firmware.core.errors import JournalFull
+from midshift.firmware.core.journal import Journal, storage_size
+from midshift.firmware.core.storage import MemoryStorage
 from tests.unit.portable import SCALE, SEG, Rand, body_for, fresh, mem
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

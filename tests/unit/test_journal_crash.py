@@ -14,10 +14,10 @@ import random
 
 import pytest
 
-from firmware.core import record as rec
-from firmware.core.crash_storage import CrashStorage
-from firmware.core.errors import JournalCorrupt, JournalUnformatted, PowerCut
-from firmware.core.journal import DATA_START, SLOT_OFFSETS, SUPER_SIZE, Journal
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.crash_storage import CrashStorage
+from midshift.firmware.core.errors import JournalCorrupt, JournalUnformatted, PowerCut
+from midshift.firmware.core.journal import DATA_START, SLOT_OFFSETS, SUPER_SIZE, Journal
 from tests.unit.journal_workload import (
     SEG,
     History,

@@ -2,7 +2,7 @@
 journal opens so that no later recovery can take them for the log's continuation.
 
 The bug this guards (found by the deterministic simulation, seeds 101 and 112 on commit
-dae43cd and 503 later; fixed in firmware/core/journal.py, ``_ghosts`` and
+dae43cd and 503 later; fixed in midshift/firmware/core/journal.py, ``_ghosts`` and
 ``take_pending``): a power cut left frames K, K+1, ... of a life past the end recovery
 found. A later life appended a new K at the same position and a power cut tore that
 header before its CRC field, leaving the old K's CRC there. Recovery's resync (meant for
@@ -14,9 +14,9 @@ not reached (not the frame at the end itself), and a flush never writes further 
 end of the segment after the durable end's before it syncs, so opening scans only there.
 """
 
-from firmware.core import record as rec
-from firmware.core.crash_storage import CrashStorage
-from firmware.core.journal import DATA_START, Journal
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.crash_storage import CrashStorage
+from midshift.firmware.core.journal import DATA_START, Journal
 from tests.unit.portable import SCALE, SEG, Rand, cases, fresh, mem
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

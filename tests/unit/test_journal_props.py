@@ -9,9 +9,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.core import record as rec
-from firmware.core.crash_storage import CrashStorage
-from firmware.core.journal import Journal
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.crash_storage import CrashStorage
+from midshift.firmware.core.journal import Journal
 from tests.unit.journal_workload import (
     History,
     Workload,

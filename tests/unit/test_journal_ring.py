@@ -6,10 +6,15 @@ import random
 
 import pytest
 
-from firmware.core import record as rec
-from firmware.core.errors import JournalCorrupt, JournalFull, JournalUnformatted, RecordTooLarge
-from firmware.core.journal import DATA_START, SUPER_SIZE, Journal, storage_size
-from firmware.core.storage import MemoryStorage
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.errors import (
+    JournalCorrupt,
+    JournalFull,
+    JournalUnformatted,
+    RecordTooLarge,
+)
+from midshift.firmware.core.journal import DATA_START, SUPER_SIZE, Journal, storage_size
+from midshift.firmware.core.storage import MemoryStorage
 from tests.unit.journal_workload import EPOCH, GW, SEG, formatted, mem
 
 H = rec.HEADER_SIZE

@@ -1,8 +1,8 @@
 """MT-SICS reply parsing, bytes in and replies out: each reply the driver relies on, byte
 for byte, and line splitting. Arbitrary bytes: test_mtsics_props.py (hypothesis)."""
 
-from firmware.core.errors import ConfigError
-from firmware.core.mtsics import MAX_LINE, MtSicsReader, command, parse_reply
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.mtsics import MAX_LINE, MtSicsReader, command, parse_reply
 from tests.unit.portable import cases, raises
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
@@ -89,7 +89,7 @@ def test_mtsics_replies():
 # -- the scale's session (shared by the gateway's driver and the MicroPython node) --------
 
 def session(**settings):
-    from firmware.core.mtsics import ScaleSession
+    from midshift.firmware.core.mtsics import ScaleSession
     counts = {}
 
     def count(name):
@@ -101,7 +101,7 @@ def session(**settings):
 
 
 def events(items):
-    from firmware.core.event import Event
+    from midshift.firmware.core.event import Event
     return [(e.kind, e.read_ms, e.data) for e in items if isinstance(e, Event)]
 
 
@@ -149,7 +149,7 @@ def test_dynamic_readings_are_events_only_when_asked_for():
 
 
 def test_replies_set_the_state_and_count_per_kind():
-    from firmware.core.mtsics import DeviceState
+    from midshift.firmware.core.mtsics import DeviceState
     s, counts = session()
     s.opened(0)
     got = s.feed(b"S +\r\nS -\r\nES\r\nS L\r\nS I\r\n\xff\xfe\r\nZ A\r\n", 1, 2)
@@ -161,8 +161,8 @@ def test_replies_set_the_state_and_count_per_kind():
 
 
 def test_scale_config_is_checked_with_the_runtimes_port_rule():
-    from firmware.core.config_fields import field
-    from firmware.core.mtsics import check_config
+    from midshift.firmware.core.config_fields import field
+    from midshift.firmware.core.mtsics import check_config
 
     def port(table, path):
         return field(table, "port", path, str, choices=("uart0",))

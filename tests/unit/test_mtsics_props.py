@@ -8,13 +8,13 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.core.mtsics import UNITS, MtSicsReader, parse_reply
+from midshift.firmware.core.mtsics import UNITS, MtSicsReader, parse_reply
 
 GRAMS = {"g": 1.0, "kg": 1000.0}
 
 
 def emulator_line(status, grams, decimals, unit):
-    """How simulator/devices/scale.py formats a reply (10-character right-aligned field)."""
+    """How midshift/simulator/devices/scale.py formats a reply (10-character right-aligned field)."""
     factor = GRAMS[unit]
     return f"S {status} {grams / factor:>10.{decimals}f} {unit}\r\n".encode()
 

@@ -1,6 +1,6 @@
 """The one percentile: by rank, no interpolation, None for no values."""
 
-from firmware.core.percentile import percentile
+from midshift.firmware.core.percentile import percentile
 
 
 def test_no_values_has_no_percentile():

@@ -1,9 +1,9 @@
 """The event pipeline: validation, redaction and the record class per source."""
 
-from firmware.core import record as rec
-from firmware.core.errors import MidshiftError
-from firmware.core.event import Event, decode_body
-from firmware.core.pipeline import InvalidEvent, Pipeline
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.errors import MidshiftError
+from midshift.firmware.core.event import Event, decode_body
+from midshift.firmware.core.pipeline import InvalidEvent, Pipeline
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

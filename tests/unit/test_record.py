@@ -1,6 +1,6 @@
 """The record frame: header fields and the epoch-seeded CRC."""
 
-from firmware.core import record as rec
+from midshift.firmware.core import record as rec
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

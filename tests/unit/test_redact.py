@@ -1,6 +1,6 @@
 """Card numbers masked in scans, product codes kept."""
 
-from firmware.core.redact import gtin_ok, luhn_ok, redact_text
+from midshift.firmware.core.redact import gtin_ok, luhn_ok, redact_text
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

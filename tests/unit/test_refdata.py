@@ -2,14 +2,14 @@
 the checksum of the result matching, or rejected with a reason; the checksum updated per
 operation equals the checksum of the whole table."""
 
-from firmware.core.refdata import (
+from midshift.firmware.core.refdata import (
     EMPTY,
     RefdataGate,
     RefdataRejected,
     checksum_of,
     sign_message,
 )
-from firmware.core.signing import Signer
+from midshift.firmware.core.signing import Signer
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

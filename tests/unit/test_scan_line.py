@@ -2,7 +2,7 @@
 split reads and the inter-character timeout. Properties over arbitrary bytes:
 test_scan_line_props.py (hypothesis)."""
 
-from firmware.core.scan_line import REASONS, TERMINATORS, ScanLineFramer, charset_table
+from midshift.firmware.core.scan_line import REASONS, TERMINATORS, ScanLineFramer, charset_table
 from tests.unit.portable import cases, raises
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
@@ -171,7 +171,7 @@ def test_scan_line_framing_and_rejections():
 # -- the scanner's session (shared by the gateway's driver and the MicroPython node) ------
 
 def test_take_makes_a_scan_event_or_counts_a_rejection():
-    from firmware.core.scan_line import framer_for, rejection_text, take
+    from midshift.firmware.core.scan_line import framer_for, rejection_text, take
     counts = []
     settings = {"terminator": "CR", "prefix": "\u0002", "suffix": "", "min_length": 1,
                 "max_length": 8, "charset": "digits", "aim_id": True,
@@ -186,9 +186,9 @@ def test_take_makes_a_scan_event_or_counts_a_rejection():
 
 
 def test_scanner_config_is_checked_with_the_runtimes_port_rule():
-    from firmware.core.config_fields import field
-    from firmware.core.errors import ConfigError
-    from firmware.core.scan_line import check_config
+    from midshift.firmware.core.config_fields import field
+    from midshift.firmware.core.errors import ConfigError
+    from midshift.firmware.core.scan_line import check_config
 
     def port(table, path):
         return field(table, "port", path, str)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware.core.scan_line import REASONS, TERMINATORS, charset_table
+from midshift.firmware.core.scan_line import REASONS, TERMINATORS, charset_table
 from tests.unit.test_scan_line import T, framer
 
 CONFIGS = st.fixed_dictionaries({

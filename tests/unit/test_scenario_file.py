@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator import scenario as sc
+from midshift.simulator import scenario as sc
 
 
 @pytest.mark.parametrize("path", sorted(sc.SCENARIO_DIR.glob("*.toml")), ids=lambda p: p.stem)

@@ -1,6 +1,6 @@
 """The offline sell rules: which rule refuses, headroom per rule, online lets all through."""
 
-from firmware.core.sell_rules import RULES, SellRules, SellState
+from midshift.firmware.core.sell_rules import RULES, SellRules, SellState
 from tests.unit.portable import cases
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

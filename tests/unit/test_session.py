@@ -4,14 +4,14 @@ asserts over the real core journal, so the same cases run under MicroPython."""
 
 import json
 
-from firmware.core import record as rec
-from firmware.core import session as s
-from firmware.core import topics
-from firmware.core.commands import CommandGate, sign_command
-from firmware.core.journal import Journal, storage_size
-from firmware.core.signing import Signer
-from firmware.core.storage import MemoryStorage
-from firmware.core.wire import decode_batch, encode_ack, encode_resend
+from midshift.firmware.core import record as rec
+from midshift.firmware.core import session as s
+from midshift.firmware.core import topics
+from midshift.firmware.core.commands import CommandGate, sign_command
+from midshift.firmware.core.journal import Journal, storage_size
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.storage import MemoryStorage
+from midshift.firmware.core.wire import decode_batch, encode_ack, encode_resend
 
 KEY = b"k" * 32
 HOST = b"h" * 32

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from simulator.outcome import evaluate, match
-from simulator.timeline import FaultWindow
+from midshift.simulator.outcome import evaluate, match
+from midshift.simulator.timeline import FaultWindow
 
 DEVICES = {"scanner1": {"type": "scanner"}, "plc1": {"type": "modbus"}}
 T0 = 1_800_000_000_000

@@ -3,7 +3,7 @@ compares it with CPython's hmac on random inputs)."""
 
 import binascii
 
-from firmware.core.signing import Signer, digest_equal, hmac_sha256
+from midshift.firmware.core.signing import Signer, digest_equal, hmac_sha256
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

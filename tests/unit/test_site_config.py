@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
-from firmware.core.config_fields import field, no_unknown_keys
-from firmware.core.errors import ConfigError
-from firmware.core.site_config import DeviceType, merge, validate
+from midshift.firmware.core.config_fields import field, no_unknown_keys
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.site_config import DeviceType, merge, validate
 
 BOARD = {
     "board": {"name": "test board", "pin_factory": "mock"},

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from firmware.core.errors import ConfigError
-from firmware.core.site_config import validate
+from midshift.firmware.core.errors import ConfigError
+from midshift.firmware.core.site_config import validate
 from tests.unit.test_site_config import ALL_TYPES, doc
 
 TILLS = {"store": {"id": "store-7", "tz": "Europe/Berlin"},

@@ -2,7 +2,15 @@
 
 import pytest
 
-from host_tools.status_judge import CRITICAL, OK, UNKNOWN, WARNING, judge, status_age_s, summary
+from midshift.host_tools.status_judge import (
+    CRITICAL,
+    OK,
+    UNKNOWN,
+    WARNING,
+    judge,
+    status_age_s,
+    summary,
+)
 
 NOW = 1_800_000_000_000
 ONLINE = {"state": "online", "ts_ms": NOW - 2000, "uplink": "primary", "backlog_records": 4}

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from firmware.edges.status_view import duration, link_state, money, render
+from midshift.firmware.edges.status_view import duration, link_state, money, render
 
 AT = 1764928800000  # 2025-12-05 10:00:00 UTC
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'

@@ -1,6 +1,6 @@
 """A till's transaction: shape checked with a field path, money in integers, card data found."""
 
-from firmware.core.till_txn import (
+from midshift.firmware.core.till_txn import (
     TxnInvalid,
     canonical_sha,
     card_tenders,

@@ -1,6 +1,6 @@
 """The uplink selector: failover at once, failback after the hold, metered uplinks."""
 
-from firmware.core.uplink_selector import UplinkSelector
+from midshift.firmware.core.uplink_selector import UplinkSelector
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

@@ -2,8 +2,8 @@
 
 import binascii
 
-from firmware.core.signing import Signer
-from firmware.core.wire import (
+from midshift.firmware.core.signing import Signer
+from midshift.firmware.core.wire import (
     ACK_DOMAIN,
     ACK_SIG,
     Batch,

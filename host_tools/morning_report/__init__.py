@@ -1,2 +1,0 @@
-"""The morning report of a business day (issue 17): ``figures.py`` computes, ``page.py``
-renders; ``python -m host_tools report`` writes both."""

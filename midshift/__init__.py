@@ -1,0 +1,3 @@
+"""midshift: the gateway agent (firmware), the host CLI (host_tools), the
+simulator and the board files, under one name that no other project's
+packages collide with."""

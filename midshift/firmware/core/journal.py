@@ -1,0 +1,709 @@
+"""The journal: a ring of fixed-size segments on flash holding every event until the
+ledger has acknowledged it.
+
+Layout over a storage (see storage.py and docs/journal-format.md):
+
+    [0, 512)        superblock: geometry, epoch, gateway id (written once, at format)
+    [512, 1024)     cursor slot A  } commit points, written alternately, each with a CRC
+    [1024, 1536)    cursor slot B  } and a generation: the newest valid one wins
+    [4096, ...)     segment_count segments of segment_size bytes, used as a ring
+
+Positions are logical byte counts that only grow; a position maps to
+``DATA_START + pos % data_size``. A frame never crosses a segment end: the rest of a
+segment is marked by a pad frame, or skipped when too small to hold a header.
+
+Two cursors: ``durable`` (everything appended and synced) and ``tail`` (the first
+record the ledger has not acknowledged, persisted in the cursor slots). Space behind the
+tail is reclaimed; nothing ahead of it is overwritten, except that telemetry may give up
+its own oldest records to make room (each one counted). Appends are buffered and become
+durable together at ``flush()``: that is the group commit, paced by the caller.
+
+Recovery scans from the tail, accepting only frames whose CRC holds, whose seq is the
+next expected one and whose ``prev_crc`` chains to the frame before; it stops at the
+first frame that fails, which is the torn tail, and reports what it cut.
+
+Ghost frames: a power cut during a flush can leave whole frames past the end recovery
+finds (the write of an earlier frame was lost or torn, a later one survived). They are
+never part of the log, but a later life writing over them could tear a header before its
+CRC field, leaving the old frame's CRC there, and recovery's resync (meant for a bit flip)
+would follow it to the old frame's successor. So opening zeroes their headers. A flush
+writes at most up to the end of the segment after the one holding the durable end before
+it syncs (``take_pending``), so they can only lie there: opening scans at most two
+segments past the end.
+"""
+
+import binascii
+import struct
+
+from midshift.firmware.core import record as rec
+from midshift.firmware.core.errors import (
+    JournalCorrupt,
+    JournalFull,
+    JournalUnformatted,
+    RecordTooLarge,
+)
+
+SUPER = "<4sHHIIQ32sQ"  # magic, version, flags, seg size, seg count, epoch, gw, created
+SUPER_SIZE = struct.calcsize(SUPER)
+SUPER_MAGIC = b"MSJ1"
+JOURNAL_VERSION = 1
+SLOT_OFFSETS = (512, 1024)
+# magic, gen, tail_pos, tail_seq, committed, dropped, hlc, hint_pos, hint_seq, hint_prev_crc
+CURSOR = "<4sQQQQQQQQI"
+CURSOR_SIZE = struct.calcsize(CURSOR)
+CURSOR_MAGIC = b"MSCP"
+DATA_START = 4096
+MIN_SEGMENT = 4096
+
+
+def storage_size(segment_size, segment_count):
+    return DATA_START + segment_size * segment_count
+
+
+def _crc(data, seed=0):
+    return binascii.crc32(data, seed) & 0xFFFFFFFF
+
+
+class Recovery:
+    """What opening the journal found: how many records, and what was cut and why."""
+
+    def __init__(self):
+        self.records = 0
+        self.first_seq = 0
+        self.last_seq = 0
+        self.cut_pos = None      # position of the torn tail, if any
+        self.cut_bytes = 0       # bytes of the torn frame that were discarded
+        self.cut_reason = None   # "bad crc", "short frame", "broken chain", "bad header"
+        self.corrupt_seqs = []   # records skipped mid-log because their CRC failed
+        self.cursor_slot = None  # which slot held the newest valid commit point
+        self.cursor_fallback = False  # newest slot was torn; the older one was used
+        self.ghost_frames = 0    # whole frames of an earlier life past the end (zeroed)
+
+    def as_dict(self):
+        return {"records": self.records, "first_seq": self.first_seq, "last_seq": self.last_seq,
+                "cut_pos": self.cut_pos, "cut_bytes": self.cut_bytes,
+                "cut_reason": self.cut_reason, "corrupt_seqs": list(self.corrupt_seqs),
+                "cursor_slot": self.cursor_slot, "cursor_fallback": self.cursor_fallback,
+                "ghost_frames": self.ghost_frames}
+
+
+class Journal:
+    """Open with ``Journal.open(storage)`` after ``Journal.format(storage, ...)`` once."""
+
+    def __init__(self, storage, segment_size, segment_count, epoch, gateway_id, max_body,
+                 read_window=4096):
+        self.storage = storage
+        self.segment_size = segment_size
+        self.segment_count = segment_count
+        self.data_size = segment_size * segment_count
+        self.epoch = epoch
+        self.gateway_id = gateway_id
+        self.max_body = max_body
+        self.read_window = read_window
+        self._seed = rec.epoch_seed(epoch)
+        self._hint_pos = 0        # durable position last recorded in a commit point
+        self._durable_crc = 0     # CRC of the last durable frame (chains the next one)
+        self._inflight_crc = 0    # CRC of the last frame handed to a flusher
+        self._cache_off = -1      # read window: storage offset and bytes
+        self._cache = b""
+        self._gen = 0
+        self._slot = 0
+        self.tail_pos = 0
+        self.tail_seq = 1
+        self.committed_seq = 0
+        self.dropped = 0          # telemetry records given up to make room (persisted)
+        self.refused = 0          # appends refused with JournalFull (this run)
+        self.lost_to_damage = 0   # durable records found unreadable when read (bit rot)
+        self.damaged = []         # [(first seq, last seq)] of those, the latest 64
+        self.head_pos = 0         # where the next frame goes (pending included)
+        self.next_seq = 1
+        self.durable_pos = 0
+        self.durable_seq = 0
+        self.last_hlc = 0
+        self._last_crc = 0
+        self._pending = []        # [(pos, frame bytes)] appended, not yet written
+        self.recovery = None
+
+    # ---- format and open -------------------------------------------------------------
+
+    @staticmethod
+    def format(storage, segment_size, epoch, gateway_id="", created_ms=0):
+        """Write a fresh superblock and commit point. Data from an earlier format cannot be
+        mistaken for new records: frames are CRC-seeded with the epoch."""
+        if segment_size < MIN_SEGMENT or segment_size % 512:
+            raise ValueError("segment_size %d must be a multiple of 512, at least %d" % (
+                segment_size, MIN_SEGMENT))
+        room = storage.size() - DATA_START
+        if room < 2 * segment_size or room % segment_size:
+            raise ValueError("storage of %d bytes is not %d + N x %d with N >= 2" % (
+                storage.size(), DATA_START, segment_size))
+        if not 0 < epoch < (1 << 64):
+            raise ValueError("epoch must be a non-zero 64-bit integer")
+        gw = gateway_id.encode()
+        if len(gw) > 32:
+            raise ValueError("gateway_id %r is longer than 32 bytes" % gateway_id)
+        head = struct.pack(SUPER, SUPER_MAGIC, JOURNAL_VERSION, 0, segment_size,
+                          room // segment_size, epoch, gw, created_ms)
+        storage.write(0, head + struct.pack("<I", _crc(head)))
+        blank = bytes(512)
+        storage.write(SLOT_OFFSETS[1], blank)
+        storage.write(SLOT_OFFSETS[0], _cursor_bytes(rec.epoch_seed(epoch), 1, 0, 1, 0, 0, 0, 0, 1, 0))
+        storage.sync()
+
+    @classmethod
+    def open(cls, storage, max_body=16384, repair=True, read_window=4096):
+        raw = storage.read(0, SUPER_SIZE + 4)
+        if raw == bytes(len(raw)):
+            raise JournalUnformatted("journal storage is blank: format it first")
+        fields = struct.unpack_from(SUPER, raw, 0)
+        if fields[0] != SUPER_MAGIC or _crc(raw[:SUPER_SIZE]) != struct.unpack_from(
+                "<I", raw, SUPER_SIZE)[0]:
+            raise JournalCorrupt("journal superblock is damaged (magic %r); refusing to guess "
+                                 "its geometry" % (bytes(fields[0]),))
+        if fields[1] != JOURNAL_VERSION:
+            raise JournalCorrupt("journal version %d is not supported (want %d)" % (
+                fields[1], JOURNAL_VERSION))
+        seg_size, seg_count, epoch = fields[3], fields[4], fields[5]
+        if storage.size() < storage_size(seg_size, seg_count):
+            raise JournalCorrupt("storage of %d bytes is smaller than the journal's %d" % (
+                storage.size(), storage_size(seg_size, seg_count)))
+        gw = bytes(fields[6]).rstrip(b"\0").decode()
+        j = cls(storage, seg_size, seg_count, epoch, gw, max_body, read_window)
+        j._recover(repair)
+        return j
+
+    def _recover(self, repair):
+        r = Recovery()
+        best, torn = None, False
+        for i in (0, 1):
+            raw = self.storage.read(SLOT_OFFSETS[i], CURSOR_SIZE + 4)
+            c = _parse_cursor(raw, self._seed)
+            if c is None:
+                torn = torn or raw != bytes(len(raw))
+            elif best is None or c[0] > best[0]:
+                best = c
+                r.cursor_slot = i
+        if best is None:  # format was cut before its commit point became durable
+            best = (0, 0, 1, 0, 0, 0, 0, 1, 0)
+        r.cursor_fallback = torn and best[0] > 0
+        (self._gen, self.tail_pos, self.tail_seq, self.committed_seq, self.dropped,
+         cursor_hlc, hint_pos, hint_seq, hint_crc) = best
+        self._slot = r.cursor_slot if r.cursor_slot is not None else 1
+
+        pos, seq, prev = self.tail_pos, self.tail_seq, None
+        r.first_seq = seq
+        if hint_seq > seq and hint_pos > pos:
+            # Frames before the hint were durable when it was written: they are CRC-checked
+            # when read, not here, so opening costs at most about a segment of scanning.
+            # The hint carries the CRC of the frame before it, so the chain holds across it.
+            r.records = hint_seq - seq
+            pos, seq, prev = hint_pos, hint_seq, hint_crc
+        self._hint_pos = pos
+        last_hlc = 0
+        walk = self._frames(pos, seq, prev)
+        while True:
+            kind, item, pos, seq, prev = next(walk)
+            if kind == "record":
+                last_hlc = item.hlc
+                r.records += 1
+            elif kind == "corrupt":
+                r.corrupt_seqs.append(item)
+                self._note_damage(item, item)
+            elif kind == "end":
+                if item[1] is not None:
+                    r.cut_pos, r.cut_bytes, r.cut_reason = pos, item[0], item[1]
+                break
+        r.last_seq = seq - 1
+        self.head_pos = self.durable_pos = pos
+        self.next_seq = seq
+        self.durable_seq = seq - 1
+        self._last_crc = self._durable_crc = prev if prev is not None else 0
+        self.last_hlc = max(last_hlc, cursor_hlc)
+        if repair and r.cut_bytes:
+            # Zero the torn frame so a later open does not report it again.
+            self._write_span(pos, bytes(r.cut_bytes))
+            self.storage.sync()
+            self._cache_off = -1
+        ghosts = self._ghosts(pos)
+        r.ghost_frames = len(ghosts)
+        if repair:
+            if ghosts:
+                # Last first, one sync. Any subset of these writes may survive a power cut
+                # (torn, reordered): a header partly zeroed is no longer a whole frame, and
+                # the frame at the end itself is never touched, so the next open ends the
+                # log at the same place and finds whatever is left whole.
+                for at in reversed(ghosts):
+                    self._write_span(at, bytes(rec.HEADER_SIZE))
+                self.storage.sync()
+                self._cache_off = -1
+            # A new generation per life: pads carry it, so a pad this life writes is never
+            # byte-identical to one an earlier life wrote at the same place and lost, and a
+            # frame left behind that chained to that one cannot chain to this one.
+            self._persist_cursor(self.tail_pos, self.tail_seq, self.committed_seq, self.dropped)
+        self.recovery = r
+
+    def _ghosts(self, end):
+        """Positions of the whole frames after ``end`` (the end of the log) that carry a seq
+        the log has not reached: frames of an earlier life that a power cut left behind.
+        The frame at ``end`` itself is not one of them: recovery looked at it and stopped
+        (it does not chain), and clearing it could leave it half-zeroed, which the next
+        recovery would take for damage and resync past. Only the rest of the end's segment
+        and the next one are scanned, never past the tail: a flush never writes further
+        before its sync (``take_pending``)."""
+        seg = self.segment_size
+        limit = min(end - end % seg + 2 * seg, self.tail_pos + self.data_size)
+        found = []
+        start = end + 1
+        while start < limit:
+            stop = min(start - start % seg + seg, limit)
+            span = bytes(self.storage.read(self._phys(start), stop - start))
+            i = span.find(rec.MAGIC)
+            while 0 <= i <= len(span) - rec.HEADER_SIZE:
+                h = rec.FrameHeader(span[i:i + rec.HEADER_SIZE])
+                body_end = i + rec.HEADER_SIZE + h.length
+                if (h.plausible() and h.seq >= self.next_seq and body_end <= len(span)
+                        and h.crc_ok(self._seed, span[i + rec.HEADER_SIZE:body_end])):
+                    found.append(start + i)
+                i = span.find(rec.MAGIC, i + 1)
+            start = stop
+        return found
+
+    # ---- the ring ----------------------------------------------------------------
+
+    def _phys(self, pos):
+        return DATA_START + pos % self.data_size
+
+    def _seg_room(self, pos):
+        return self.segment_size - pos % self.segment_size
+
+    def _read(self, offset, n, seg_left):
+        """Read through a window of ``read_window`` bytes (never past the segment end,
+        ``seg_left`` bytes away), so scanning many small frames costs few storage reads."""
+        start = offset - self._cache_off
+        if self._cache_off < 0 or start < 0 or start + n > len(self._cache):
+            want = max(n, min(seg_left, self.read_window))
+            self._cache = self.storage.read(offset, want)
+            self._cache_off = offset
+            start = 0
+        return self._cache[start:start + n]
+
+    def _write_span(self, pos, data):
+        room = self._seg_room(pos)
+        self.storage.write(self._phys(pos), data[:room])
+
+    def _frames(self, pos, seq, prev):
+        """The frame iterator: walk the log from ``pos``, expecting ``seq`` after a frame
+        whose CRC was ``prev`` (None: don't check the chain). Yields
+        ``(kind, item, pos, seq, prev)`` per frame, the last three being where to go on
+        from: ("record", Record, ...), ("pad", None, ...), ("corrupt", the seq given up,
+        ...), and last ("end", (cut_bytes, reason or None), ...) with the walk's position
+        unchanged. Lazy: a frame is read only when the caller asks for it."""
+        while True:
+            step = self._walk(pos, seq, prev)
+            kind = step[0]
+            if kind == "end":
+                yield kind, (step[1], step[2]), pos, seq, prev
+                return
+            if kind == "record":
+                item = step[1]
+                prev, pos, seq = step[2], item.end_pos, seq + 1
+            else:
+                item = seq if kind == "corrupt" else None
+                prev, pos = step[1], step[2]
+                if kind == "corrupt":
+                    seq += 1
+            yield kind, item, pos, seq, prev
+
+    def _walk(self, pos, seq, prev, resync=True):
+        """Examine the frame at ``pos`` expecting ``seq`` after a frame whose CRC was
+        ``prev`` (None: don't check the chain). Returns one of
+        ("record", Record, crc), ("pad", crc, next_pos), ("corrupt", crc, next_pos),
+        ("end", cut_bytes, reason or None)."""
+        if pos - self.tail_pos >= self.data_size:
+            return ("end", 0, None)
+        room = self._seg_room(pos)
+        if room < rec.HEADER_SIZE:
+            return ("pad", prev, pos + room)  # implicit skip: no room for a pad header
+        raw = self._read(self._phys(pos), rec.HEADER_SIZE, room)
+        h = rec.FrameHeader(raw)
+        computed = None
+        if h.plausible() and h.length <= room - rec.HEADER_SIZE:
+            body = self._read(self._phys(pos) + rec.HEADER_SIZE, h.length, room - rec.HEADER_SIZE)
+            computed = h.computed_crc(self._seed, body)
+            if computed == h.crc:
+                if h.seq != seq:
+                    return ("end", 0, None)  # an older lap's frame: the clean end of the log
+                if prev is not None and h.prev_crc != prev:
+                    return ("end", 0, None)  # a ghost from before an earlier crash
+                if h.ftype == rec.TYPE_PAD:
+                    return ("pad", h.crc, pos + room)
+                return ("record", rec.Record(seq, h.cls, h.hlc, h.flags, body, pos,
+                                             pos + rec.HEADER_SIZE + h.length), h.crc)
+        if raw == bytes(rec.HEADER_SIZE):
+            return ("end", 0, None)  # never written: the clean end
+        # Not a whole frame. Torn tail, or one frame damaged in place? If a later frame
+        # is whole and chains to this one (to its stored CRC, or to the computed one when
+        # the CRC field itself is hit), the log goes on past it: a flipped bit, not the end.
+        if resync:
+            found = self._resync(pos, seq, room, h, computed)
+            if found is not None:
+                return found
+        return self._cut(pos, seq, room, raw, h, computed)
+
+    def _cut(self, pos, seq, room, raw, h, computed):
+        """The end of the log at a frame that is not whole: how many bytes to clear, why."""
+        limit = self.tail_pos + self.data_size - pos  # never past the tail: that is live data
+        if h.magic != rec.MAGIC:
+            # Normally zeros or the middle of an older lap's frame (the clean end); but a
+            # frame that is whole once its magic is restored lost a bit there.
+            f = rec.FrameHeader(rec.MAGIC + bytes(raw[2:]))
+            if not f.plausible() or f.seq != seq or f.length > room - rec.HEADER_SIZE:
+                return ("end", 0, None)
+            body = self._read(self._phys(pos) + rec.HEADER_SIZE, f.length, room - rec.HEADER_SIZE)
+            if not f.crc_ok(self._seed, body):
+                return ("end", 0, None)
+            return ("end", min(rec.HEADER_SIZE + f.length, limit), "bad magic")
+        if computed is None:
+            return ("end", min(rec.HEADER_SIZE, room, limit), "bad header")
+        return ("end", min(rec.HEADER_SIZE + h.length, limit), "bad crc")
+
+    def _resync(self, pos, seq, room, h, computed):
+        """Find the whole frame that follows a damaged one at ``pos``: later in the same
+        segment (any byte offset, since the damaged length cannot be trusted) or at the
+        start of the next. It must chain to the damaged frame and carry ``seq + 1`` (the
+        damaged frame was record ``seq``) or ``seq`` at a segment start (it was a pad).
+        Returns ("corrupt", link, pos) or ("pad", link, pos), or None: the torn tail."""
+        links = (h.crc, computed) if computed is not None else (h.crc,)
+        span = bytes(self.storage.read(self._phys(pos), room))
+        i = span.find(rec.MAGIC, 1)
+        while 0 < i <= room - rec.HEADER_SIZE:
+            found = self._successor(pos + i, seq, links)
+            if found is not None:
+                return found
+            i = span.find(rec.MAGIC, i + 1)
+        nxt = pos + room
+        if nxt - self.tail_pos < self.data_size:
+            return self._successor(nxt, seq, links)
+        return None
+
+    def _successor(self, pos, seq, links):
+        room = self._seg_room(pos)
+        h = rec.FrameHeader(self.storage.read(self._phys(pos), rec.HEADER_SIZE))
+        if not h.plausible() or h.prev_crc not in links or h.length > room - rec.HEADER_SIZE:
+            return None
+        at_start = pos % self.segment_size == 0
+        if h.seq != seq + 1 and not (h.seq == seq and at_start):
+            return None
+        body = self.storage.read(self._phys(pos) + rec.HEADER_SIZE, h.length)
+        if not h.crc_ok(self._seed, body):
+            return None
+        return ("corrupt" if h.seq == seq + 1 else "pad", h.prev_crc, pos)
+
+    # ---- append and group commit ----------------------------------------------------
+
+    def free_bytes(self):
+        return self.data_size - (self.head_pos - self.tail_pos)
+
+    def append(self, body, cls=rec.TXN, hlc=0, flags=0):
+        """Queue a record; returns its seq. It is durable only once ``flush()`` has
+        returned a durable seq at or beyond it. Raises JournalFull or RecordTooLarge."""
+        if len(body) > self.max_body or rec.HEADER_SIZE + len(body) > self.segment_size:
+            raise RecordTooLarge("record body of %d bytes exceeds the limit of %d" % (
+                len(body), min(self.max_body, self.segment_size - rec.HEADER_SIZE)))
+        size = rec.HEADER_SIZE + len(body)
+        room = self._seg_room(self.head_pos)
+        pad = room if size > room else 0
+        if self.free_bytes() < pad + size:
+            if cls != rec.TELEMETRY or not self._drop_telemetry(pad + size):
+                self.refused += 1
+                raise JournalFull(rec.CLASS_NAMES[cls], pad + size, self.free_bytes())
+        seq = self.next_seq
+        if pad:
+            if pad >= rec.HEADER_SIZE:
+                frame = rec.encode_frame(self._seed, rec.TYPE_PAD, 0, seq, self._gen,
+                                         self._last_crc, b"")
+                self._pending.append((self.head_pos, frame))
+                self._last_crc = _frame_crc(frame)
+            self.head_pos += pad
+        frame = rec.encode_frame(self._seed, rec.TYPE_RECORD, cls, seq, hlc, self._last_crc,
+                                 body, flags)
+        self._pending.append((self.head_pos, frame))
+        self._last_crc = _frame_crc(frame)
+        self.head_pos += size
+        self.next_seq = seq + 1
+        if hlc > self.last_hlc:
+            self.last_hlc = hlc
+        return seq
+
+    def pending(self):
+        return len(self._pending)
+
+    def flush(self):
+        """Write every queued frame and sync; returns the durable seq. One sync, or one per
+        two segments' worth of frames (see ``take_pending``)."""
+        while self._pending:
+            runs, seq, pos = self.take_pending()
+            for offset, data in runs:
+                self.storage.write(offset, data)
+            self.storage.sync()
+            self.mark_durable(seq, pos)
+        return self.durable_seq
+
+    def take_pending(self):
+        """Hand the queued frames to a flusher that writes and syncs them outside any lock:
+        returns ([(storage offset, bytes)], last seq, end pos). Frames that sit next to each
+        other in a segment become one write. Call ``mark_durable`` after the sync.
+
+        Only the frames that end by the end of the segment after the durable end's are
+        handed out (always at least one record); the rest stay queued for the next call.
+        So unsynced writes, all that a power cut can leave behind as ghost frames, never
+        reach further, and opening need not look further for them (``_ghosts``)."""
+        if not self._pending:
+            return [], self.durable_seq, self.durable_pos
+        limit = self.durable_pos - self.durable_pos % self.segment_size + 2 * self.segment_size
+        take = 0
+        while take < len(self._pending):
+            # A pad and the record after it go together: the pad's end is that record's start.
+            unit = take + 2 if self._pending[take][1][3] == rec.TYPE_PAD else take + 1
+            pos, frame = self._pending[unit - 1]
+            if take and pos + len(frame) > limit:
+                break
+            take = unit
+        batch, self._pending = self._pending[:take], self._pending[take:]
+        runs = []
+        run_pos, run = batch[0][0], bytearray()
+        for pos, frame in batch:
+            if pos != run_pos + len(run) or self._seg_room(run_pos) < len(run) + len(frame):
+                runs.append((self._phys(run_pos), bytes(run)))
+                run_pos, run = pos, bytearray()
+            run += frame
+        runs.append((self._phys(run_pos), bytes(run)))
+        pos, last = batch[-1]
+        self._inflight_crc = _frame_crc(last)
+        return runs, struct.unpack_from("<Q", last, 12)[0], pos + len(last)
+
+    def mark_durable(self, seq, pos):
+        """The frames handed out by ``take_pending`` are synced. Once a segment's worth has
+        become durable since the last commit point, write one (with the new head hint)."""
+        self._cache_off = -1
+        if seq > self.durable_seq:
+            self.durable_seq = seq
+            self.durable_pos = pos
+            self._durable_crc = self._inflight_crc
+            if pos - self._hint_pos >= self.segment_size:
+                self._persist_cursor(self.tail_pos, self.tail_seq, self.committed_seq, self.dropped)
+
+    # ---- acknowledgement and reclaim ------------------------------------------------
+
+    def commit(self, seq, next_pos=None):
+        """The ledger has acknowledged everything up to ``seq``: persist the commit point
+        (alternate slot, then sync) and reclaim the space. ``next_pos`` (the end of record
+        ``seq``, known to the reader) saves a scan."""
+        if seq < self.tail_seq:
+            if seq > self.committed_seq:
+                self.committed_seq = seq
+            return
+        if seq > self.durable_seq:
+            raise ValueError("cannot commit seq %d: only %d is durable" % (seq, self.durable_seq))
+        if next_pos is None:
+            next_pos = self._find_end(seq)
+        self._persist_cursor(next_pos, seq + 1, seq, self.dropped)
+
+    def _find_end(self, seq):
+        pos, s = self.tail_pos, self.tail_seq
+        walk = self._frames(pos, s, None)
+        while s <= seq:
+            kind, _, pos, s, _ = next(walk)
+            if kind == "end":
+                raise ValueError("seq %d is not in the journal (stopped at %d)" % (seq, s))
+        return pos
+
+    def _persist_cursor(self, tail_pos, tail_seq, committed_seq, dropped):
+        slot = 1 - self._slot
+        self.storage.write(SLOT_OFFSETS[slot], _cursor_bytes(
+            self._seed, self._gen + 1, tail_pos, tail_seq, committed_seq, dropped, self.last_hlc,
+            self.durable_pos, self.durable_seq + 1, self._durable_crc))
+        self.storage.sync()
+        self._gen += 1
+        self._slot = slot
+        self._hint_pos = self.durable_pos
+        self.tail_pos, self.tail_seq = tail_pos, tail_seq
+        self.committed_seq = max(self.committed_seq, committed_seq)
+        self.dropped = dropped
+
+    def _drop_telemetry(self, need):
+        """Give up the oldest records while they are telemetry, until ``need`` bytes are
+        free; the new tail is made durable before anything is overwritten."""
+        # Only durable records are walked: queued or in-flight frames are never dropped.
+        pos, seq, dropped = self.tail_pos, self.tail_seq, 0
+        slack = need + self.segment_size // 4  # amortise the cursor sync over many drops
+        walk = self._frames(pos, seq, None)
+        while self.data_size - (self.head_pos - pos) < slack and pos < self.durable_pos:
+            kind, item, next_pos, next_seq, _ = next(walk)
+            if kind == "end" or kind == "record" and item.cls != rec.TELEMETRY:
+                break
+            pos, seq = next_pos, next_seq
+            if kind == "record":
+                dropped += 1
+        if pos == self.tail_pos:
+            return False
+        self._persist_cursor(pos, seq, self.committed_seq, self.dropped + dropped)
+        return self.free_bytes() >= need
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def read(self, pos=None, seq=None, max_records=256, max_bytes=1 << 20):
+        """Durable records from (pos, seq), default the tail; returns (records, pos, seq)
+        to continue from. A position behind the tail restarts at the tail."""
+        if pos is None or seq is None or seq < self.tail_seq:
+            pos, seq = self.tail_pos, self.tail_seq
+        out, size, prev = [], 0, None
+        while seq <= self.durable_seq and len(out) < max_records and size < max_bytes:
+            # The common case first: whole records in the read window, in a tight loop.
+            pos, seq, prev, size = self._window_run(out, pos, seq, prev, max_records,
+                                                    max_bytes, size)
+            if seq > self.durable_seq or len(out) >= max_records or size >= max_bytes:
+                break
+            kind, item, pos, seq, prev = next(self._frames(pos, seq, prev))
+            if kind == "record":
+                out.append(item)
+                size += len(item.body)
+            elif kind == "corrupt":
+                self._note_damage(item, item)
+            elif kind == "end":
+                pos, seq = self._skip_damage(pos, seq)
+                prev = None
+        return out, pos, seq
+
+    def _window_run(self, out, pos, seq, prev, max_records, max_bytes, size):
+        """Append to ``out`` the records from ``pos`` on that lie whole in the read window
+        and that ``_walk`` would take as they are (records, in seq, each chained to the one
+        before, CRC right), up to the limits; stop at the first frame that is anything else
+        (a pad, the segment's or the window's end, damage), which ``_walk`` then decides.
+        Returns (pos, seq, prev, size) to go on from. A drain reads every record once: per
+        frame this is one unpack and one CRC, not the frame iterator's steps."""
+        cache = self._cache
+        if self._cache_off < 0:
+            return pos, seq, prev, size
+        delta = pos - (self._phys(pos) - self._cache_off)  # position minus window offset
+        # A frame must end within its segment, the ring and the window.
+        stop = min(pos - pos % self.segment_size + self.segment_size,
+                   self.tail_pos + self.data_size, delta + len(cache))
+        last_seq, seed, h_size = self.durable_seq, self._seed, rec.HEADER_SIZE
+        unpack, crc32, record = struct.unpack_from, binascii.crc32, rec.Record
+        while seq <= last_seq and len(out) < max_records and size < max_bytes:
+            start = pos - delta
+            if start < 0 or pos + h_size > stop:
+                break
+            (magic, version, ftype, cls, flags, _r, length, hseq, hlc, prev_crc,
+             crc) = unpack(rec.HEADER, cache, start)
+            end = pos + h_size + length
+            if (hseq != seq or ftype != rec.TYPE_RECORD or magic != rec.MAGIC
+                    or version != rec.FRAME_VERSION or cls > rec.TELEMETRY or end > stop
+                    or (prev is not None and prev_crc != prev)):
+                break
+            body = cache[start + h_size:end - delta]
+            if crc32(body, crc32(cache[start:start + 32], seed)) & 0xFFFFFFFF != crc:
+                break
+            out.append(record(seq, cls, hlc, flags, body, pos, end))
+            size += length
+            prev, pos, seq = crc, end, seq + 1
+        return pos, seq, prev, size
+
+    def _skip_damage(self, pos, seq):
+        """A frame that should be durable is unreadable and the next one does not chain to
+        it: look for the next segment that starts with a later record, count what was lost
+        and go on from there, so one damaged spot does not stall everything behind it.
+        Returns the (pos, seq) to continue from."""
+        p = pos - pos % self.segment_size + self.segment_size
+        while p < self.durable_pos:
+            raw = self._read(self._phys(p), rec.HEADER_SIZE, self.segment_size)
+            h = rec.FrameHeader(raw)
+            if h.plausible() and seq <= h.seq <= self.durable_seq + 1:
+                step = self._walk(p, h.seq, None, resync=False)
+                if step[0] in ("record", "pad"):
+                    self._note_damage(seq, h.seq - 1)
+                    return p, h.seq
+            p += self.segment_size
+        # Nothing readable up to the head: count the rest as lost rather than stall on it.
+        self._note_damage(seq, self.durable_seq)
+        return self.durable_pos, self.durable_seq + 1
+
+    def _note_damage(self, first, last):
+        """Count records lost to damage found while reading, once each however often the
+        same stretch is read again (a resend re-reads it), in whatever order found."""
+        fresh = [(first, last)]
+        for a, b in self.damaged:  # cut the already-counted ranges out of the new one
+            nxt = []
+            for lo, hi in fresh:
+                if hi < a or lo > b:
+                    nxt.append((lo, hi))
+                    continue
+                if lo < a:
+                    nxt.append((lo, a - 1))
+                if hi > b:
+                    nxt.append((b + 1, hi))
+            fresh = nxt
+        for lo, hi in fresh:
+            self.damaged.append((lo, hi))
+            self.lost_to_damage += hi - lo + 1
+        while len(self.damaged) > 64:  # bounded: the counter keeps the total
+            self.damaged.pop(0)
+
+    def records(self, from_seq=None):
+        """Iterate every durable unacknowledged record (from ``from_seq`` if given)."""
+        pos, seq = None, None
+        while True:
+            batch, pos, seq = self.read(pos, seq)
+            for r in batch:
+                if from_seq is None or r.seq >= from_seq:
+                    yield r
+            if not batch:
+                return
+
+    def tail(self):
+        """(pos, seq) of the oldest unacknowledged record: where a resend starts."""
+        return self.tail_pos, self.tail_seq
+
+    def durable(self):
+        """(pos, seq): the end of the durable records and the last durable seq."""
+        return self.durable_pos, self.durable_seq
+
+    def backlog(self):
+        """(records, bytes) durable but not yet acknowledged."""
+        return self.durable_seq - self.tail_seq + 1, self.durable_pos - self.tail_pos
+
+    def stats(self):
+        n, b = self.backlog()
+        return {"epoch": self.epoch, "next_seq": self.next_seq, "durable_seq": self.durable_seq,
+                "committed_seq": self.committed_seq, "tail_seq": self.tail_seq,
+                "backlog_records": n, "backlog_bytes": b, "free_bytes": self.free_bytes(),
+                "dropped": self.dropped, "refused": self.refused,
+                "lost_to_damage": self.lost_to_damage}
+
+    def close(self):
+        if self._pending:
+            self.flush()
+        self.storage.close()
+
+
+def _frame_crc(frame):
+    return struct.unpack_from("<I", frame, 32)[0]
+
+
+def _cursor_bytes(seed, gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos, hint_seq,
+                  hint_crc):
+    body = struct.pack(CURSOR, CURSOR_MAGIC, gen, tail_pos, tail_seq, committed_seq, dropped, hlc,
+                       hint_pos, hint_seq, hint_crc)
+    return body + struct.pack("<I", _crc(body, seed))
+
+
+def _parse_cursor(raw, seed):
+    if len(raw) < CURSOR_SIZE + 4:
+        return None
+    (magic, gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos,
+     hint_seq, hint_crc) = struct.unpack_from(CURSOR, raw, 0)
+    if magic != CURSOR_MAGIC or _crc(raw[:CURSOR_SIZE], seed) != struct.unpack_from(
+            "<I", raw, CURSOR_SIZE)[0]:
+        return None
+    return (gen, tail_pos, tail_seq, committed_seq, dropped, hlc, hint_pos, hint_seq, hint_crc)
