@@ -134,10 +134,10 @@ def _assert_installed(root: Path) -> None:
                            cwd=root / "opt/midshift")
     assert "/opt/midshift/.venv/lib/" in where.stdout, where.stdout
     venv = root / "opt/midshift/.venv"
-    for script in ("midshift-agent", "midshift", "midshift-sim", "midshift-bench"):
+    for script in ("midshift-agent", "midshift", "midshift-sim"):
         version = run(str(venv / "bin" / script), "--version", env=env)
         assert version.stdout.startswith("midshift 0."), version
-    boards = list(venv.glob("lib/python*/site-packages/board_configs/*.toml"))
+    boards = list(venv.glob("lib/python*/site-packages/midshift/board_configs/*.toml"))
     assert {"rpi4-eth-lte.toml", "cm4-dual-eth.toml", "sim.toml"} <= {b.name for b in boards}
 
 
