@@ -114,6 +114,17 @@ def peek_gateway(data):
         raise WireError("bad_gateway", "gateway id is not UTF-8")
 
 
+def peek_count(data):
+    """How many records a batch says it holds, unverified (0 when it is too short to
+    say): a hint for sizing work, never trusted for anything else."""
+    if len(data) < 7:
+        return 0
+    at = 7 + data[6] + 24  # magic, version, flags, len(gw), gw, then epoch, first, last
+    if len(data) < at + 2:
+        return 0
+    return struct.unpack_from("<H", data, at)[0]
+
+
 def decode_batch(data, signer, decompress=None, max_payload=16 << 20, max_int=None):
     """A verified Batch from bytes; raises WireError (reason: bad_magic, bad_version,
     truncated, bad_mac, too_large, bad_payload, compressed, out_of_range).
