@@ -367,8 +367,12 @@ class Forwarder:
             lane.pos, lane.seq = pos, seq
             if lane.name == LIVE:
                 self._waiting_since = None
-            recs = [r for r in records if not self._is_acked(r.seq)
-                    and not (self.txn_only and r.cls != TXN)]
+            if records and not self.txn_only and not self._any_acked(records[0].seq,
+                                                                    records[-1].seq):
+                recs = records  # the common case: no record-by-record look (a drain's)
+            else:
+                recs = [r for r in records if not self._is_acked(r.seq)
+                        and not (self.txn_only and r.cls != TXN)]
             if recs:
                 break
             if not records and seq == first:
@@ -382,7 +386,8 @@ class Forwarder:
         data = self._encode(bfirst, recs, now_ms)
         f = InFlight(lane.name, bfirst, last, start_pos, recs[-1].end_pos, len(recs), now_ms,
                      self.uplink)
-        f.all_txn = all(r.cls == TXN for r in recs)
+        if lane.name != BACKLOG:  # backlog batches are never hedged: no need to know
+            f.all_txn = all(r.cls == TXN for r in recs)
         if len(recs) != recs[-1].seq - recs[0].seq + 1:  # records skipped: ack runs only
             f.runs = _runs(recs)
             f.first = bfirst = recs[0].seq
@@ -395,6 +400,15 @@ class Forwarder:
         self.counters["sent"] += len(recs)
         self.counters["sent_bytes"] += len(data)
         return (lane.name, bfirst, last, data)
+
+    def _any_acked(self, first, last):
+        """Whether any seq in ``first..last`` is acknowledged already."""
+        if first <= self.commit_seq:
+            return True
+        for f, la, _ in self.acked:
+            if f <= last and first <= la:
+                return True
+        return False
 
     def _is_acked(self, seq):
         if seq <= self.commit_seq:
