@@ -107,3 +107,21 @@ def test_forwarder_on_a_metered_uplink_sends_txn_only_and_never_commits_past_tel
     for o in out:
         last = f.on_ack(o[1], o[2], "ok", 3)
     assert f.commit_seq == 10 and last[0] == 10
+
+
+def test_a_burst_caps_the_batches_per_poll_and_says_the_next_is_due_now():
+    # A drain that encoded a whole window before publishing any made the ledger wait for
+    # it, then the gateway wait for the ledger: with a burst each batch goes out at once.
+    j, signer, f = _fwd_setup(30, max_events=10, linger_ms=5, window=3, ack_timeout_ms=1000,
+                              burst=1)
+    f.set_uplink("eth", 0)
+    got = []
+    for now in (0, 1, 2):
+        out = f.poll(now)
+        assert len(out) == 1
+        got += [(a, b) for _, a, b, _ in out]
+        assert f.next_deadline_ms() == (now if now < 2 else 1000)  # window full at 3
+    assert got == [(1, 10), (11, 20), (21, 30)]
+    assert f.poll(3) == [] and f.next_deadline_ms() == 1000
+    f.on_ack(1, 10, "ok", 4)
+    assert f.poll(4) == [] and f.next_deadline_ms() == 1001  # nothing more: resend timers

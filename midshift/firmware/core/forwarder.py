@@ -28,6 +28,12 @@ Rules, each for a failure peers have shipped:
   dead uplink, and a copy would double the drain's work on both ends (it did: a third of
   the agent's drain CPU was hedged copies); a dead uplink still costs them only the
   keepalive's failover or their ack timeout.
+- Small bursts: ``burst`` caps the new batches one ``poll`` encodes (None: fill the
+  window). A poll that fills a 16-batch window encodes all 16 before the first is
+  published, so the ledger idles while the gateway encodes and the gateway idles while
+  the ledger stores (in a drain the two took turns); one batch per poll lets the runtime
+  publish each as soon as it is signed, and ``next_deadline_ms`` says "now" while more
+  are ready.
 """
 
 from midshift.firmware.core.percentile import percentile
@@ -93,7 +99,7 @@ class Forwarder:
     def __init__(self, journal, gateway, signer, compress=None, max_events=500,
                  max_bytes=256 * 1024, linger_ms=5, window=8, ack_timeout_ms=5000,
                  drain_rate=0, now_ms=0, hedge_floor_ms=HEDGE_FLOOR_MS,
-                 hedge_factor=HEDGE_FACTOR):
+                 hedge_factor=HEDGE_FACTOR, burst=None):
         self.journal = journal
         self.gateway = gateway
         self.signer = signer
@@ -102,6 +108,8 @@ class Forwarder:
         self.max_bytes = max_bytes
         self.linger_ms = linger_ms
         self.window = window
+        self.burst = burst
+        self._more_at = None  # a poll stopped at its burst: the next is due from then
         self.ack_timeout_ms = ack_timeout_ms
         self.bucket = TokenBucket(drain_rate, max(drain_rate, max_events), now_ms)
         self.inflight = []
@@ -261,12 +269,18 @@ class Forwarder:
                 f.attempts += 1
                 self.counters["resent"] += 1
                 out.append(("resend", f.first, f.last, data))
+        self._more_at = None
+        room = self.window if self.burst is None else self.burst
         for lane in list(self.lanes):
             while len(self.inflight) < self.window:
+                if room <= 0:
+                    self._more_at = now_ms  # more may be ready: come back at once
+                    break
                 b = self._next_batch(lane, now_ms)
                 if b is None:
                     break
                 out.append(b)
+                room -= 1
             if lane.done():
                 self.lanes.remove(lane)
         return out
@@ -323,8 +337,11 @@ class Forwarder:
         # A lingering batch is only due when the window has room for it; with a full
         # window its past deadline would spin the loop until an ack arrived (it did, at
         # more than a million polls per drain, starving the ledger in the same process).
-        if self._waiting_since is not None and len(self.inflight) < self.window:
-            times.append(self._waiting_since + self.linger_ms)
+        if len(self.inflight) < self.window:
+            if self._waiting_since is not None:
+                times.append(self._waiting_since + self.linger_ms)
+            if self._more_at is not None:
+                times.append(self._more_at)
         return min(times) if times else None
 
     def _next_batch(self, lane, now_ms):
@@ -350,8 +367,12 @@ class Forwarder:
             lane.pos, lane.seq = pos, seq
             if lane.name == LIVE:
                 self._waiting_since = None
-            recs = [r for r in records if not self._is_acked(r.seq)
-                    and not (self.txn_only and r.cls != TXN)]
+            if records and not self.txn_only and not self._any_acked(records[0].seq,
+                                                                    records[-1].seq):
+                recs = records  # the common case: no record-by-record look (a drain's)
+            else:
+                recs = [r for r in records if not self._is_acked(r.seq)
+                        and not (self.txn_only and r.cls != TXN)]
             if recs:
                 break
             if not records and seq == first:
@@ -365,7 +386,8 @@ class Forwarder:
         data = self._encode(bfirst, recs, now_ms)
         f = InFlight(lane.name, bfirst, last, start_pos, recs[-1].end_pos, len(recs), now_ms,
                      self.uplink)
-        f.all_txn = all(r.cls == TXN for r in recs)
+        if lane.name != BACKLOG:  # backlog batches are never hedged: no need to know
+            f.all_txn = all(r.cls == TXN for r in recs)
         if len(recs) != recs[-1].seq - recs[0].seq + 1:  # records skipped: ack runs only
             f.runs = _runs(recs)
             f.first = bfirst = recs[0].seq
@@ -378,6 +400,15 @@ class Forwarder:
         self.counters["sent"] += len(recs)
         self.counters["sent_bytes"] += len(data)
         return (lane.name, bfirst, last, data)
+
+    def _any_acked(self, first, last):
+        """Whether any seq in ``first..last`` is acknowledged already."""
+        if first <= self.commit_seq:
+            return True
+        for f, la, _ in self.acked:
+            if f <= last and first <= la:
+                return True
+        return False
 
     def _is_acked(self, seq):
         if seq <= self.commit_seq:

@@ -146,7 +146,8 @@ class LinkSession:
                  offset_alarm_ms=OFFSET_ALARM_MS, runtime="cpython", supports=(),
                  max_events=500, max_bytes=256 * 1024, linger_ms=5, window=8,
                  ack_timeout_ms=5000, no_ack_ms=NO_ACK_MS, version="", boot_id="",
-                 hedge=None, hedge_floor_ms=HEDGE_FLOOR_MS, hedge_factor=HEDGE_FACTOR):
+                 hedge=None, hedge_floor_ms=HEDGE_FLOOR_MS, hedge_factor=HEDGE_FACTOR,
+                 burst=None):
         """``journal``: the core Journal or anything with its read-only verbs (``read``,
         ``tail``, ``durable``, ``durable_seq``, ``backlog``, ``stats``, ``free_bytes``,
         ``data_size``, ``epoch``). ``uplinks``: names, preferred first. ``supports``: the
@@ -155,7 +156,8 @@ class LinkSession:
         ``boot_id``: random per start, so a reader tells a restart from a long silence.
         ``hedge``: {uplink: "all" | "txn" | "off"}, what hedged copies that uplink may
         carry (default: "txn" on a metered uplink, "all" on the others);
-        ``hedge_floor_ms`` 0: no hedging at all."""
+        ``hedge_floor_ms`` 0: no hedging at all. ``burst``: new batches per ``poll`` at
+        most (None: as many as the window takes; see ``core/forwarder.py``)."""
         self.journal = journal
         self.site = site
         self.gateway = gateway
@@ -165,7 +167,7 @@ class LinkSession:
                                    max_bytes=max_bytes, linger_ms=linger_ms, window=window,
                                    ack_timeout_ms=ack_timeout_ms, drain_rate=drain_rate,
                                    now_ms=now_ms, hedge_floor_ms=hedge_floor_ms,
-                                   hedge_factor=hedge_factor)
+                                   hedge_factor=hedge_factor, burst=burst)
         metered = set(metered)
         self.hedge = dict((n, HEDGE_TXN if n in metered else HEDGE_ALL) for n in self.uplinks)
         self.hedge.update(hedge or {})

@@ -60,7 +60,7 @@ from paho.mqtt.properties import Properties
 from midshift.firmware.core import topics
 from midshift.firmware.core.broker_url import parse_broker_url
 from midshift.firmware.core.signing import Signer
-from midshift.firmware.core.wire import Batch, WireError, encode_ack, encode_resend
+from midshift.firmware.core.wire import Batch, WireError, encode_ack, encode_resend, peek_count
 from midshift.firmware.edges.clock import SystemClock
 from midshift.host_tools.ledger.rejections import RejectionTally
 from midshift.host_tools.ledger.store import MAX_INT, LedgerStore
@@ -68,6 +68,12 @@ from midshift.host_tools.ledger.verify import verify_batch
 
 log = logging.getLogger(__name__)
 MAX_GROUP = 64  # batches stored in one transaction at most
+# Events in one transaction at most (by the batches' own counts): past a few thousand the
+# commit's sync is a small share of the work, and a bigger group only holds back its first
+# ack. A gateway draining a backlog keeps a window of batches in flight; one group of ten
+# 1,000-event batches kept its window shut for the 40 ms they took, then it had to encode
+# the next ten while the ledger idled.
+MAX_GROUP_EVENTS = 4000
 
 
 def load_keys(path: str | Path) -> dict[str, bytes]:
@@ -299,11 +305,13 @@ class LedgerService:
                 self._flush_rejections()
                 continue
             msgs = [first]
-            while len(msgs) < MAX_GROUP:
+            events = peek_count(first.payload)
+            while len(msgs) < MAX_GROUP and events < MAX_GROUP_EVENTS:
                 try:
                     msgs.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
+                events += peek_count(msgs[-1].payload)
             try:
                 self._process([(m.topic, m.payload) for m in msgs])
             except Exception:  # noqa: BLE001 - a bad group must not stop the worker

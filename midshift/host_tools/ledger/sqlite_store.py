@@ -99,8 +99,9 @@ class SqliteStore(LedgerStore):
                 held = {s for (s,) in cur.execute(
                     "SELECT seq FROM events WHERE gateway = ? AND epoch = ? AND seq BETWEEN "
                     "? AND ?", (gw, epoch, batch.first_seq, batch.last_seq))} if txns else ()
-                rows = [(gw, epoch, seq, cls, hlc, bytes(body).decode("utf-8", "replace"),
-                         sent, ledger_ms) for seq, cls, hlc, body in batch.records]
+                # str(body, ...) takes any buffer, bytes or memoryview, without a copy first.
+                rows = [(gw, epoch, seq, cls, hlc, str(body, "utf-8", "replace"), sent,
+                         ledger_ms) for seq, cls, hlc, body in batch.records]
                 before = self.db.total_changes
                 cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
                 booked += [(gw, epoch, seq, txns[seq]) for seq in sorted(txns)

@@ -55,7 +55,7 @@ def unstorable(batch: Batch) -> tuple[str, str] | None:
     """(reason, detail) when ``batch`` cannot be stored exactly as sent, else None. Seqs,
     HLCs and ``sent_ms`` are checked by ``decode_batch(max_int=MAX_INT)``; the bodies here,
     once per batch over all of them (C speed)."""
-    joined = b"".join([bytes(r[3]) for r in batch.records])
+    joined = b"".join([r[3] for r in batch.records])  # join takes any buffer as it is
     try:
         joined.decode("utf-8")
     except UnicodeDecodeError as exc:
