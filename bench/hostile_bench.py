@@ -421,7 +421,7 @@ def _ack_forger(lab: Any, key: bytes | None) -> int:
     """Answer every batch the lab's agent sends with acks signed by ``key`` (None: the
     forger's three forms: another key, unsigned, version 1); returns the records the
     agent reclaimed (its committed seq moved) meanwhile."""
-    from midshift.firmware.core.wire import encode_ack
+    from midshift.firmware.core.wire_ledger import encode_ack
 
     agent = lab.agent
     seen: list[tuple[int, int, int]] = []

@@ -162,18 +162,26 @@ class Broker:
 
 def import_node():
     """Import what the running node holds, build nothing (the ``heap_import_kib``
-    baseline): the node's ``main`` with everything it imports (littlefs storage, Wi-Fi and clock edges too, though this loop runs on
+    baseline): ``main`` and every module the node keeps after boot (the loop, the link
+    session, littlefs storage, Wi-Fi and clock edges too, though this loop runs on
     ``MemoryStorage`` and fakes), the scanner's edge, umqtt.simple as ``mip`` installs
-    it; not the config checker, which boot releases (``node_config.release``)."""
+    it; not the boot-only modules (``midshift/firmware/mpy/boot.py``'s ``BOOT_ONLY``: the config
+    checker, the journal's recovery), which boot releases."""
     import sys
 
     if "socket" not in sys.modules:  # no socket module in these ports: umqtt imports one
         sys.modules["socket"] = Sockets
     import umqtt.simple  # noqa: F401
 
-    from midshift.firmware.mpy import main
-
-    main.edge_class("scanner")
+    from midshift.firmware.mpy import (  # noqa: F401 - what boot.py imports and the node keeps
+        board_clock,
+        flash_storage,
+        main,
+        node,
+        uart_scanner,
+        umqtt_uplink,
+        wifi,
+    )
 
 
 def setup(leak_per_event=False, journal=None, status_period_ms=10000):
@@ -183,7 +191,7 @@ def setup(leak_per_event=False, journal=None, status_period_ms=10000):
     from midshift.firmware.core.journal import Journal, storage_size
     from midshift.firmware.core.signing import Signer
     from midshift.firmware.core.storage import MemoryStorage
-    from midshift.firmware.core.wire import encode_ack
+    from midshift.firmware.core.wire_ledger import encode_ack
     from midshift.firmware.mpy import node_config
     from midshift.firmware.mpy.node import Node
     from midshift.firmware.mpy.uart_scanner import UartScanner
@@ -217,7 +225,8 @@ def setup(leak_per_event=False, journal=None, status_period_ms=10000):
     clock = Clock()
     node = Node(cfg, journal, [scanner], uplink, None, clock, signer,
                 status_period_ms=status_period_ms)
-    node_config.release()  # as midshift/firmware/mpy/main.py's build does after boot
+    from midshift.firmware.mpy import boot
+    boot.release()  # as midshift/firmware/mpy/main.py's build does after boot
     state.update(node=node, uart=uart, clock=clock, broker=broker, leak=leak_per_event,
                  storage_heap=storage_heap)
 
@@ -239,9 +248,12 @@ def run(n, step_ms=10):
 
 
 def result():
+    import sys
+
     node = state["node"]
     b = state["broker"]
-    return {"journaled": node.counters["journaled"], "batches": b.batches,
+    return {"modules": sorted(m for m in sys.modules if m.startswith("firmware")),
+            "journaled": node.counters["journaled"], "batches": b.batches,
             "events_acked": node.journal.committed_seq, "sent_events": b.events,
             "loop_errors": node.counters["loop_errors"],
             "storage_heap": state["storage_heap"]}

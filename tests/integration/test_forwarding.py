@@ -362,7 +362,7 @@ def test_forged_acks_while_the_ledger_is_down_reclaim_nothing(rig: Lab) -> None:
     import paho.mqtt.publish as publish
 
     from midshift.firmware.core.signing import Signer
-    from midshift.firmware.core.wire import encode_ack
+    from midshift.firmware.core.wire_ledger import encode_ack
 
     agent = rig.start_agent()
     assert wait_for(lambda: agent.forwarding.active == "up0", 10)

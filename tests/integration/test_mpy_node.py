@@ -14,7 +14,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from midshift.firmware.core.signing import Signer
-from midshift.firmware.core.wire import FLAG_ZLIB, decode_batch
+from midshift.firmware.core.wire import FLAG_ZLIB
+from midshift.firmware.core.wire_ledger import decode_batch
 from midshift.simulator.lab import wait_for
 from tests.mpy_board.rig import GATEWAY, KEY, SITE, NodeRig, board_modules
 

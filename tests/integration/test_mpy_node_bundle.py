@@ -87,9 +87,9 @@ sys.path.insert(0, '/input')
 import json
 from midshift.firmware.mpy import node_config, node, umqtt_uplink, uart_scanner, uart_scale
 from midshift.firmware.mpy import flash_storage, wifi, board_clock
-from midshift.firmware.mpy import main  # what the boot file runs (importing it starts nothing)
-assert main.edge_class('scanner') is uart_scanner.UartScanner
-assert main.edge_class('scale') is uart_scale.UartScale
+from midshift.firmware.mpy import main, boot  # what the boot file runs (importing starts nothing)
+assert boot.edge_class('scanner') is uart_scanner.UartScanner
+assert boot.edge_class('scale') is uart_scale.UartScale
 with open('/input/node.json') as f:
     doc = json.loads(f.read())
 cfg = node_config.validate(doc)

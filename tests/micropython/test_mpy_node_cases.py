@@ -13,7 +13,7 @@ from midshift.firmware.core.errors import ConfigError
 from midshift.firmware.core.journal import Journal, storage_size
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.core.storage import MemoryStorage
-from midshift.firmware.core.wire import decode_batch, encode_ack
+from midshift.firmware.core.wire_ledger import decode_batch, encode_ack
 from midshift.firmware.mpy import node_config
 from midshift.firmware.mpy.node import Node
 from midshift.firmware.mpy.uart_scale import UartScale

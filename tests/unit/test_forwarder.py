@@ -3,7 +3,7 @@
 from midshift.firmware.core import record as rec
 from midshift.firmware.core.forwarder import Forwarder
 from midshift.firmware.core.signing import Signer
-from midshift.firmware.core.wire import decode_batch
+from midshift.firmware.core.wire_ledger import decode_batch
 from tests.unit.portable import body_for, fresh
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

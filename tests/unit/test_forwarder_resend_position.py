@@ -8,7 +8,7 @@ ledger acknowledged the range, and the gateway reclaimed records the ledger neve
 
 from midshift.firmware.core.forwarder import Forwarder
 from midshift.firmware.core.signing import Signer
-from midshift.firmware.core.wire import decode_batch
+from midshift.firmware.core.wire_ledger import decode_batch
 from tests.unit.portable import body_for, fresh
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

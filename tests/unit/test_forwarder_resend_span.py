@@ -8,7 +8,7 @@ until the next uplink change. A resend reads exactly the seqs its batch spans.""
 
 from midshift.firmware.core.forwarder import Forwarder
 from midshift.firmware.core.signing import Signer
-from midshift.firmware.core.wire import decode_batch
+from midshift.firmware.core.wire_ledger import decode_batch
 from tests.unit.portable import body_for, fresh
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

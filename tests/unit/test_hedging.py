@@ -8,7 +8,7 @@ from midshift.firmware.core import session as s
 from midshift.firmware.core.journal import Journal, storage_size
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.core.storage import MemoryStorage
-from midshift.firmware.core.wire import encode_ack
+from midshift.firmware.core.wire_ledger import encode_ack
 from tests.unit.test_session import ACK, GW, KEY, LEDGER, SITE, WALL, batches, of
 
 PORTABLE = True

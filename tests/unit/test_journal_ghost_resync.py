@@ -2,12 +2,13 @@
 journal opens so that no later recovery can take them for the log's continuation.
 
 The bug this guards (found by the deterministic simulation, seeds 101 and 112 on commit
-dae43cd and 503 later; fixed in midshift/firmware/core/journal.py, ``_ghosts`` and
-``take_pending``): a power cut left frames K, K+1, ... of a life past the end recovery
-found. A later life appended a new K at the same position and a power cut tore that
-header before its CRC field, leaving the old K's CRC there. Recovery's resync (meant for
-a bit flip mid-log) found the old K+1 chaining to that CRC and brought back old K+1,
-K+2, ...: records that were never durable, under seqs handed out again.
+dae43cd and 503 later; fixed in midshift/firmware/core/journal.py, ``_ghosts`` (now
+``journal_open.ghost_frames``) and ``take_pending``): a power cut left frames K, K+1,
+... of a life past the end recovery found. A later life appended a new K at the same
+position and a power cut tore that header before its CRC field, leaving the old K's CRC
+there. Recovery's resync (meant for a bit flip mid-log) found the old K+1 chaining to
+that CRC and brought back old K+1, K+2, ...: records that were never durable, under seqs
+handed out again.
 
 Now opening zeroes the headers of whole frames past the end that carry a seq the log has
 not reached (not the frame at the end itself), and a flush never writes further than the

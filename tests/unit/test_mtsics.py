@@ -162,7 +162,7 @@ def test_replies_set_the_state_and_count_per_kind():
 
 def test_scale_config_is_checked_with_the_runtimes_port_rule():
     from midshift.firmware.core.config_fields import field
-    from midshift.firmware.core.mtsics import check_config
+    from midshift.firmware.core.mtsics_config import check_config
 
     def port(table, path):
         return field(table, "port", path, str, choices=("uart0",))

@@ -188,7 +188,7 @@ def test_take_makes_a_scan_event_or_counts_a_rejection():
 def test_scanner_config_is_checked_with_the_runtimes_port_rule():
     from midshift.firmware.core.config_fields import field
     from midshift.firmware.core.errors import ConfigError
-    from midshift.firmware.core.scan_line import check_config
+    from midshift.firmware.core.scan_line_config import check_config
 
     def port(table, path):
         return field(table, "port", path, str)

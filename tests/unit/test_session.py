@@ -11,7 +11,7 @@ from midshift.firmware.core.commands import CommandGate, sign_command
 from midshift.firmware.core.journal import Journal, storage_size
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.core.storage import MemoryStorage
-from midshift.firmware.core.wire import decode_batch, encode_ack, encode_resend
+from midshift.firmware.core.wire_ledger import decode_batch, encode_ack, encode_resend
 
 KEY = b"k" * 32
 HOST = b"h" * 32

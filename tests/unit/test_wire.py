@@ -9,10 +9,9 @@ from midshift.firmware.core.wire import (
     Batch,
     WireError,
     decode_ack,
-    decode_batch,
-    encode_ack,
     encode_batch,
 )
+from midshift.firmware.core.wire_ledger import decode_batch, encode_ack
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
 

@@ -24,7 +24,7 @@ Reply kinds (``MtReply.kind``):
 
 Above the reader, the scale's session, the same on both runtimes (``ScaleSession``):
 when a request is due, what a reply means for the device's state and counters, and which
-readings become ``weight`` events; and its config check (``check_config``). The gateway's
+readings become ``weight`` events. Its config check is ``mtsics_config.py``. The gateway's
 ``midshift/firmware/edges/scale.py`` and the node's ``midshift/firmware/mpy/uart_scale.py`` only move bytes
 and keep the state.
 
@@ -33,7 +33,6 @@ Units accepted: ``UNITS``. Not modelled: level 2 and 3 replies with more fields 
 a value; those read as ``other`` or ``malformed`` and are counted, not guessed.
 """
 
-from midshift.firmware.core.errors import ConfigError
 from midshift.firmware.core.event import Event
 
 UNITS = ("g", "kg", "mg", "t", "lb", "oz", "ozt", "ct", "dwt", "GN")
@@ -189,39 +188,8 @@ class MtSicsReader:
 
 # -- the scale's session, shared by midshift/firmware/edges/scale.py and midshift/firmware/mpy/uart_scale.py
 
-DEFAULT_CLASS = "txn"  # a weighed item is a sale line or a goods-in: a transaction
-CONFIG_KEYS = ("port", "baudrate", "mode", "poll_command", "poll_ms", "timeout_ms",
-               "stable_only", "stale_s")
 ERROR_TEXT = {"ES": "syntax error", "ET": "transmission error", "EL": "logical error",
               "S L": "command not executable with these parameters"}
-
-
-def check_config(table, path, port):
-    """A scale's ``[devices.NAME]`` table, normalized; ``ConfigError`` names the key.
-    ``port(table, path)`` checks the ``port`` key the runtime's way."""
-    # Imported here: a node checks its config at boot only and then drops the checker
-    # from RAM (midshift/firmware/mpy/node_config.py's release), which a module-level import pins.
-    from midshift.firmware.core.config_fields import baudrate_field, field, no_unknown_keys
-
-    no_unknown_keys(table, path, CONFIG_KEYS)
-    cfg = {
-        "port": port(table, path),
-        "baudrate": baudrate_field(table, path),
-        "mode": field(table, "mode", path, str, default="poll", choices=("poll", "listen")),
-        "poll_command": field(table, "poll_command", path, str, default="SI",
-                              choices=("SI", "S")),
-        "poll_ms": field(table, "poll_ms", path, int, default=250,
-                         check=lambda v: 10 <= v <= 600000, allowed="10 to 600000 ms"),
-        "timeout_ms": field(table, "timeout_ms", path, int, default=1000,
-                            check=lambda v: 10 <= v <= 600000, allowed="10 to 600000 ms"),
-        "stable_only": field(table, "stable_only", path, bool, default=True),
-        "stale_s": field(table, "stale_s", path, float, default=5.0, check=lambda v: v > 0,
-                         allowed="a number of seconds above 0"),
-    }
-    if cfg["stale_s"] * 1000 <= cfg["timeout_ms"]:
-        raise ConfigError(path + ".stale_s", "%r is not longer than timeout_ms %d" % (
-            cfg["stale_s"], cfg["timeout_ms"]), "more than timeout_ms / 1000 seconds")
-    return cfg
 
 
 class DeviceState:

@@ -38,14 +38,13 @@ Terminator matching is exact: with ``CRLF`` a lone CR is a character of the line
 fails the charset); with ``CR`` a stray LF starts the next line. A scanner whose
 terminator differs from the config shows up as rejections, not as silently altered codes.
 
-The scanner's session, the same on both runtimes, lives here too: ``check_config`` (the
-``[devices.NAME]`` table, with the runtime's own port check), ``framer_for(settings)``
+The scanner's session, the same on both runtimes, lives here too: ``framer_for(settings)``
 and ``take(line, ...)``: a framed line becomes a ``scan`` event (data ``{"code": str,
 "symbology": "]E0" or None}``) or a counted rejection whose text names the reason and the
-length, never the bytes (a rejected line may hold a card number).
+length, never the bytes (a rejected line may hold a card number). The ``[devices.NAME]`` table is checked by
+``scan_line_config.py``, apart so that a node can drop it after boot.
 """
 
-from midshift.firmware.core.errors import ConfigError
 from midshift.firmware.core.event import Event
 
 TERMINATORS = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n"}
@@ -53,9 +52,6 @@ NAMED_CHARSETS = ("digits", "alphanumeric", "ascii_printable", "gs1")
 REASONS = ("overlong", "noise", "prefix", "suffix", "aim", "short", "charset", "empty",
            "partial")
 AIM_LENGTH = 3
-DEFAULT_CLASS = "txn"  # a scan is a sale line or a goods-in: a transaction
-CONFIG_KEYS = ("port", "baudrate", "terminator", "prefix", "suffix", "min_length",
-               "max_length", "charset", "aim_id", "inter_char_timeout_ms")
 
 
 class ScanLine:
@@ -258,56 +254,6 @@ class ScanLineFramer:
 
 
 # -- the scanner's session, shared by midshift/firmware/edges/scanner.py and midshift/firmware/mpy/uart_scanner.py
-
-def check_config(table, path, port, extra_keys=()):
-    """A scanner's ``[devices.NAME]`` table, normalized; ``ConfigError`` names the key.
-
-    ``port(table, path)`` checks the ``port`` key the runtime's way (a pyserial URL on a
-    gateway, a ``[uart.NAME]`` on a node); ``extra_keys`` are the runtime's own keys, left
-    for the caller to read."""
-    # Imported here: a node checks its config at boot only and then drops the checker
-    # from RAM (midshift/firmware/mpy/node_config.py's release), which a module-level import pins.
-    from midshift.firmware.core.config_fields import (
-        baudrate_field,
-        field,
-        latin1_field,
-        no_unknown_keys,
-    )
-
-    no_unknown_keys(table, path, CONFIG_KEYS + tuple(extra_keys))
-    cfg = {
-        "port": port(table, path),
-        "baudrate": baudrate_field(table, path),
-        "terminator": field(table, "terminator", path, str, default="CR",
-                            choices=("CR", "LF", "CRLF")),
-        "prefix": latin1_field(table, "prefix", path),
-        "suffix": latin1_field(table, "suffix", path),
-        "min_length": field(table, "min_length", path, int, default=1,
-                            check=lambda v: 1 <= v <= 4096, allowed="1 to 4096"),
-        "max_length": field(table, "max_length", path, int, default=64,
-                            check=lambda v: 1 <= v <= 4096, allowed="1 to 4096"),
-        "charset": field(table, "charset", path, str, default="ascii_printable",
-                         allowed=", ".join(NAMED_CHARSETS) + ", or chars:<characters>"),
-        "aim_id": field(table, "aim_id", path, bool, default=False),
-        "inter_char_timeout_ms": field(table, "inter_char_timeout_ms", path, int,
-                                       default=200, check=lambda v: 1 <= v <= 60000,
-                                       allowed="1 to 60000 ms"),
-    }
-    if cfg["min_length"] > cfg["max_length"]:
-        raise ConfigError(path + ".min_length", "%d is above max_length %d" % (
-            cfg["min_length"], cfg["max_length"]), "at most max_length")
-    try:
-        charset_table(cfg["charset"])
-    except ValueError as exc:
-        raise ConfigError(path + ".charset", str(exc),
-                          ", ".join(NAMED_CHARSETS) + ", or chars:<7-bit characters>")
-    term = TERMINATORS[cfg["terminator"]].decode()
-    for key in ("prefix", "suffix"):
-        if term in cfg[key]:
-            raise ConfigError(path + "." + key, "%r contains the terminator %s" % (
-                cfg[key], cfg["terminator"]), "characters other than the terminator")
-    return cfg
-
 
 def _latin1(text):
     return bytes(ord(c) for c in text)

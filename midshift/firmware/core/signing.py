@@ -9,12 +9,13 @@ import hashlib
 
 BLOCK = 64
 DIGEST_SIZE = 32
-_IPAD = bytes(x ^ 0x36 for x in range(256))
-_OPAD = bytes(x ^ 0x5C for x in range(256))
+_IPAD = 0x36
+_OPAD = 0x5C
 
 
-def _translate(key, table):
-    return bytes(table[b] for b in key)
+def _pad(key, byte):
+    # computed per key, not from a 256-byte table: a node keeps no table in RAM for this
+    return bytes(b ^ byte for b in key)
 
 
 class Signer:
@@ -26,8 +27,8 @@ class Signer:
         if len(key) > BLOCK:
             key = hashlib.sha256(key).digest()
         key = bytes(key) + bytes(BLOCK - len(key))
-        self._inner = _translate(key, _IPAD)
-        self._outer = _translate(key, _OPAD)
+        self._inner = _pad(key, _IPAD)
+        self._outer = _pad(key, _OPAD)
 
     def sign(self, *parts):
         h = hashlib.sha256(self._inner)

@@ -60,7 +60,7 @@ from typing import Any
 
 import serial
 
-from midshift.firmware.core import mtsics
+from midshift.firmware.core import mtsics, mtsics_config
 from midshift.firmware.core.event import Event
 from midshift.firmware.edges.driver import Clock, Driver, Emit
 from midshift.firmware.edges.serial_port import READ_SLICE_S, SerialLink, port_field
@@ -83,8 +83,8 @@ class ScaleDriver(Driver):
     @staticmethod
     def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
         """The ``[devices.NAME]`` table of a scale, normalized; ``ConfigError`` if wrong:
-        the core's check (``mtsics.check_config``) with a pyserial port."""
-        return mtsics.check_config(table, path, port_field)
+        the core's check (``mtsics_config.check_config``) with a pyserial port."""
+        return mtsics_config.check_config(table, path, port_field)
 
     # -- loop ----------------------------------------------------------------------
 
@@ -138,5 +138,5 @@ class ScaleDriver(Driver):
 
 
 TYPE = "scale"
-DEFAULT_CLASS = mtsics.DEFAULT_CLASS
+DEFAULT_CLASS = mtsics_config.DEFAULT_CLASS
 DRIVER = ScaleDriver

@@ -42,7 +42,7 @@ from typing import Any
 
 import serial
 
-from midshift.firmware.core import scan_line
+from midshift.firmware.core import scan_line, scan_line_config
 from midshift.firmware.core.scan_line import ScanLine
 from midshift.firmware.edges.driver import Clock, Driver, Emit
 from midshift.firmware.edges.serial_port import READ_SLICE_S, SerialLink, port_field, stale_field
@@ -63,8 +63,8 @@ class BarcodeScannerDriver(Driver):
     @staticmethod
     def validate_config(name: str, table: dict[str, Any], path: str) -> dict[str, Any]:
         """The ``[devices.NAME]`` table of a scanner, normalized; ``ConfigError`` if wrong:
-        the core's check (``scan_line.check_config``) with a pyserial port and ``stale_s``."""
-        cfg: dict[str, Any] = scan_line.check_config(table, path, port_field, ("stale_s",))
+        the core's check (``scan_line_config.check_config``) with a pyserial port and ``stale_s``."""
+        cfg: dict[str, Any] = scan_line_config.check_config(table, path, port_field, ("stale_s",))
         cfg["stale_s"] = stale_field(table, path, None)
         return cfg
 
@@ -124,5 +124,5 @@ class BarcodeScannerDriver(Driver):
 
 
 TYPE = "scanner"
-DEFAULT_CLASS = scan_line.DEFAULT_CLASS
+DEFAULT_CLASS = scan_line_config.DEFAULT_CLASS
 DRIVER = BarcodeScannerDriver

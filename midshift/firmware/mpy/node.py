@@ -56,7 +56,7 @@ class Node:
                  ack_timeout_ms=5000, idle_ms=20, status_period_ms=None, boot_id="",
                  commit_every_ms=COMMIT_EVERY_MS):
         # cfg is not kept: its class pins the boot-only config checker in RAM
-        # (node_config.release); what the loop needs is copied out here.
+        # (boot.release); what the loop needs is copied out here.
         self.journal = journal
         self.devices = devices
         self.uplink = uplink

@@ -11,13 +11,15 @@ by hand on the board is held to the same rules. Errors are ``ConfigError`` namin
 (a scanner or scale on a ``[uart.NAME]``, checked by the same core code as on a gateway;
 Modbus and OPC UA have no driver on the node), plus what only the node requires: at most
 one uplink, ``mqtt://`` (no TLS on the node yet), and ``[wifi]`` when there is an uplink.
+
+Boot-only on a node: ``boot.release`` drops this module and the core's config checker
+from RAM once the node is built (``boot.BOOT_ONLY``).
 """
 
 import binascii
 import json
-import sys
 
-from midshift.firmware.core import mtsics, scan_line
+from midshift.firmware.core import mtsics_config, scan_line_config
 from midshift.firmware.core.config_fields import field
 from midshift.firmware.core.errors import ConfigError
 from midshift.firmware.core.site_config import DeviceType
@@ -34,11 +36,12 @@ def device_types(doc):
         return field(table, "port", path, str, choices=sorted(uarts),
                      allowed="a UART named in the board file: " + names)
 
-    return {"scanner": DeviceType(scan_line.DEFAULT_CLASS,
-                                  lambda name, table, path: scan_line.check_config(table, path,
-                                                                                  port)),
-            "scale": DeviceType(mtsics.DEFAULT_CLASS,
-                                lambda name, table, path: mtsics.check_config(table, path, port))}
+    return {"scanner": DeviceType(scan_line_config.DEFAULT_CLASS,
+                                  lambda name, table, path: scan_line_config.check_config(
+                                      table, path, port)),
+            "scale": DeviceType(mtsics_config.DEFAULT_CLASS,
+                                lambda name, table, path: mtsics_config.check_config(
+                                    table, path, port))}
 
 
 def validate(doc):
@@ -67,29 +70,6 @@ def validate(doc):
         raise ConfigError("board.pin_factory", "%r is a Linux pin factory" % (
             cfg.board.get("pin_factory"),), "machine")
     return cfg
-
-
-# Needed only to check the config: about 30 KiB of bytecode a board keeps in RAM for as
-# long as anything refers to them (bench node). The scanner's and scale's sessions
-# (scan_line, mtsics) stay: the loop runs them; they import config_fields only to check.
-BOOT_ONLY = ("midshift.firmware.mpy.node_config", "midshift.firmware.core.site_config",
-             "midshift.firmware.core.config_fields", "midshift.firmware.core.broker_url",
-             "midshift.firmware.core.bind_address")
-
-
-def release():
-    """After boot, on MicroPython: forget the config checker (``BOOT_ONLY``) so the next
-    collection frees its bytecode. The caller must hold no ``SiteConfig`` (its class
-    refers to the checker) and no reference to this module. On CPython nothing is
-    dropped (a later import would make new classes beside the old)."""
-    if sys.implementation.name != "micropython":
-        return
-    for name in BOOT_ONLY:
-        sys.modules.pop(name, None)
-        parent, _, leaf = name.rpartition(".")
-        package = sys.modules.get(parent)
-        if package is not None and leaf in package.__dict__:
-            delattr(package, leaf)  # an imported submodule is an attribute of its package
 
 
 def load(path):

@@ -60,7 +60,8 @@ from paho.mqtt.properties import Properties
 from midshift.firmware.core import topics
 from midshift.firmware.core.broker_url import parse_broker_url
 from midshift.firmware.core.signing import Signer
-from midshift.firmware.core.wire import Batch, WireError, encode_ack, encode_resend, peek_count
+from midshift.firmware.core.wire import Batch, WireError
+from midshift.firmware.core.wire_ledger import encode_ack, encode_resend, peek_count
 from midshift.firmware.edges.clock import SystemClock
 from midshift.host_tools.ledger.rejections import RejectionTally
 from midshift.host_tools.ledger.store import MAX_INT, LedgerStore

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 
 from midshift.firmware.core import topics
 from midshift.firmware.core.signing import Signer
-from midshift.firmware.core.wire import Batch, WireError, decode_batch, peek_gateway
+from midshift.firmware.core.wire import Batch, WireError
+from midshift.firmware.core.wire_ledger import decode_batch, peek_gateway
 from midshift.host_tools.ledger.inflate import bounded_inflate
 from midshift.host_tools.ledger.store import MAX_INT, unstorable
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from midshift.firmware.core.signing import Signer
-from midshift.firmware.core.wire import Batch, WireError, encode_ack
+from midshift.firmware.core.wire import Batch, WireError
+from midshift.firmware.core.wire_ledger import encode_ack
 from midshift.host_tools.ledger.store import MAX_INT
 from midshift.host_tools.ledger.verify import verify_batch
 
