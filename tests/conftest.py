@@ -10,24 +10,23 @@ other's rows.
 A scenario's short run (``short_run(name)``) is played once per test run however many
 tests read it: each reader gets the process, a fresh copy of its JSON and the report
 directory, and only reads them (the scenario test and the report-in-Chromium test both
-judge bad-input's run, which costs half a minute).
+judge bad-input's run, which costs half a minute). The runs the selected tests read (their
+``scenario(name)`` marks) start in the background when collection ends, a few at a time
+(``tests/short_runs.py``), so the tests judge finished runs.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from midshift.simulator.postgres import ThrowawayPostgres
+from tests.short_runs import ShortRun, ShortRuns
 
 ROOT = Path(__file__).resolve().parents[1]
-ShortRun = tuple[subprocess.CompletedProcess, dict[str, Any], Path]
+_RUNS = pytest.StashKey[ShortRuns]()
 
 
 @pytest.fixture(scope="session")
@@ -37,20 +36,33 @@ def pg() -> Iterator[ThrowawayPostgres]:
         yield cluster
 
 
-@pytest.fixture(scope="session")
-def short_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], ShortRun]:
-    """``short_run(name)``: (process, JSON, report directory) of ``python -m midshift.simulator run
-    NAME --short --json --report DIR``, played on the first call for NAME."""
-    runs: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "scenario(name): the test reads NAME's short run "
+                            "(short_run fixture); the run starts in the background at the "
+                            "session's start")
 
-    def run(name: str) -> ShortRun:
-        if name not in runs:
-            report = tmp_path_factory.mktemp(f"short-{name}")
-            proc = subprocess.run([sys.executable, "-m", "midshift.simulator", "run", name, "--short",
-                                   "--json", "--report", str(report)], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=240)
-            runs[name] = (proc, report)
-        proc, report = runs[name]
-        assert proc.stdout.strip(), f"no JSON on stdout; stderr:\n{proc.stderr[-3000:]}"
-        return proc, json.loads(proc.stdout), report
-    return run
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the short runs the selected tests read, in the background."""
+    names = list(dict.fromkeys(m.args[0] for item in session.items
+                               for m in item.iter_markers("scenario")))
+    if names and not session.config.option.collectonly:
+        runs = ShortRuns()
+        session.config.stash[_RUNS] = runs
+        runs.start(names)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    runs = session.config.stash.get(_RUNS, None)
+    if runs is not None:
+        runs.close()
+
+
+@pytest.fixture(scope="session")
+def short_run(pytestconfig: pytest.Config) -> Callable[[str], ShortRun]:
+    """``short_run(name)``: (process, JSON, report directory) of ``python -m midshift.simulator run
+    NAME --short --json --report DIR``; a test marked ``scenario(NAME)`` finds it started."""
+    runs = pytestconfig.stash.get(_RUNS, None)
+    if runs is None:
+        runs = pytestconfig.stash[_RUNS] = ShortRuns()
+    return runs.result

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ShortRun
+from tests.short_runs import ShortRun
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -44,6 +44,7 @@ def _png_rows_vary(png: bytes) -> int:
     return len({raw[i + 1:i + stride] for i in range(0, len(raw), stride)})
 
 
+@pytest.mark.scenario("bad-input")
 def test_report_renders_in_headless_chromium(tmp_path: Path,
                                               short_run: Callable[[str], ShortRun]) -> None:
     proc, r, report = short_run("bad-input")  # the run test_scenario_runs judges too

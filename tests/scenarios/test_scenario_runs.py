@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from midshift.simulator.scenario import SCENARIO_DIR
-from tests.conftest import ShortRun
+from tests.short_runs import ShortRun
 
 CONTRACT = ("events", "lost", "duplicates", "corrupt", "recovery_s_max", "latency_p99_ms",
             "failovers", "alarms", "passed")
@@ -23,7 +23,8 @@ def test_every_scenario_the_issue_names_is_shipped() -> None:
                             "broker-restart", "clock-skew", "bad-input", "fleet"}
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.scenario(n))
+                                  for n in SHIPPED])
 def test_short_scenario_loses_and_duplicates_nothing(
         name: str, short_run: Callable[[str], ShortRun]) -> None:
     proc, r, report = short_run(name)  # bad-input's run is also read by the Chromium test
