@@ -11,6 +11,7 @@ processes, as it has when other runs share the machine.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -38,6 +39,11 @@ class ShortRuns:
         self._runs: dict[str, tuple[subprocess.CompletedProcess, Path]] = {}
         self._live: set[subprocess.Popen] = set()
         self._closed = False
+        # The environment as the session began: a run is spawned from a background thread
+        # while some test has changed os.environ (a NOTIFY_SOCKET of its own: the scenario's
+        # agents would feed that test's watchdog socket), so never the one of the moment.
+        self._env = {k: v for k, v in os.environ.items()
+                     if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
 
     def start(self, names: list[str]) -> None:
         for name in names:
@@ -75,7 +81,7 @@ class ShortRuns:
                 with self._lock:
                     if self._closed:
                         return
-                    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, env=self._env,
                                          stderr=subprocess.PIPE, text=True)
                     self._live.add(p)
                 try:
