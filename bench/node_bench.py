@@ -91,7 +91,8 @@ def stage(tmp: Path) -> tuple[Path, int]:
         out = tmp / rel
         compile_module(src, out)
         total += out.stat().st_size
-    compile_module(RUNNER / "node_loop.py", tmp / "node_loop.mpy")
+    for harness in ("node_loop", "node_build"):
+        compile_module(RUNNER / f"{harness}.py", tmp / f"{harness}.mpy")
     compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy")
     return tmp, total
 

@@ -25,6 +25,25 @@ NOT_HELD = BOOT_ONLY + ("midshift.firmware.core.mtsics",)
 EVENTS = 1500
 
 
+def test_the_fake_ledgers_ack_is_the_ledgers() -> None:
+    """The loop's fake ledger writes its acks itself (so ``wire_ledger`` is not counted
+    against the node): byte for byte what the ledger's ``encode_ack`` writes, and taken by
+    the node's ``decode_ack``."""
+    import json
+
+    from bench.node_flash import load_node_loop
+    from midshift.firmware.core.signing import Signer
+    from midshift.firmware.core.wire import decode_ack
+    from midshift.firmware.core.wire_ledger import encode_ack
+
+    loop = load_node_loop()
+    signer = Signer(loop.KEY)
+    ours = loop.ledger_ack(signer, 0x5EED, 7, 9)
+    assert ours == encode_ack(signer, 0x5EED, 7, 9, loop.T0)
+    assert decode_ack(ours, signer) == (0x5EED, 7, 9, loop.T0, "ok")
+    assert json.loads(ours)["dup"] == 0
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return stage(tmp_path_factory.mktemp("node-mpy"))[0]
