@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import node_flash
-from midshift.host_tools.mpy_bundle import compile_module, romfs_image, sources
+from midshift.host_tools.mpy_bundle import compile_module, module_name, romfs_image, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "bench" / "node_runner"
@@ -89,11 +89,13 @@ def stage(tmp: Path) -> tuple[Path, int]:
     total = 0
     for src, rel in sources():
         out = tmp / rel
-        compile_module(src, out)
+        compile_module(src, out, name=module_name(rel))
         total += out.stat().st_size
-    for harness in ("node_loop", "node_build"):
-        compile_module(RUNNER / f"{harness}.py", tmp / f"{harness}.mpy")
-    compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy")
+    for harness in ("node_loop", "node_build"):  # not the node's: compiled as mpy-cross's default
+        compile_module(RUNNER / f"{harness}.py", tmp / f"{harness}.mpy", opt=0)
+    # micropython-lib's build, as mip installs it: line numbers and asserts kept (umqtt's
+    # protocol checks are asserts)
+    compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy", opt=0)
     return tmp, total
 
 

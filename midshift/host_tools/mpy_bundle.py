@@ -110,9 +110,29 @@ def mpy_cross_version() -> str:
     return (proc.stdout or proc.stderr).strip()
 
 
-def compile_module(src: Path, out: Path) -> None:
+# mpy-cross -O3: no line numbers in the bytecode, which a board loading its modules from
+# the filesystem holds in RAM: 3.5 KiB less live heap for the node (bench node). A
+# traceback on the board's console then names the functions but not the lines (the
+# running node reports its loop errors as repr() in the status, with no line either way).
+# It also compiles out assert statements and ``if __debug__`` blocks: the core and the
+# node use neither (tests/micropython/test_mpy_node.py checks).
+MPY_OPT = 3
+
+
+def module_name(rel: str) -> str:
+    """``midshift/firmware/core/wire.mpy`` -> ``midshift.firmware.core.wire`` (a package's
+    ``__init__`` -> the package)."""
+    return rel.rsplit(".", 1)[0].removesuffix("/__init__").replace("/", ".")
+
+
+def compile_module(src: Path, out: Path, opt: int = MPY_OPT, name: str | None = None) -> None:
+    """``name``: the source name the ``.mpy`` carries for tracebacks (default: ``src`` as
+    given). The bundle passes the module's dotted name: MicroPython interns that name
+    anyway, so it costs no RAM, where a path is one more interned string per module
+    (about 1 KiB over the node's modules)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)],
+    proc = subprocess.run([sys.executable, "-m", "mpy_cross", f"-O{opt}", "-s",
+                           name or str(src), "-o", str(out), str(src)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise BundleError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
@@ -189,7 +209,7 @@ def build_mpy_bundle(gateway: str, board: str, out_dir: Path, *,
         raise BundleError(f"{out_dir} is not empty; refusing to mix bundles")
     out_dir.mkdir(parents=True, exist_ok=True)
     for src, rel in sources():
-        compile_module(src, out_dir / rel)
+        compile_module(src, out_dir / rel, name=module_name(rel))
     (out_dir / ROMFS_IMAGE).write_bytes(romfs_image(out_dir))
     (out_dir / "main.py").write_bytes((ROOT / "firmware" / "mpy" / "board_main.py").read_bytes())
     (out_dir / "node.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -203,6 +223,6 @@ def build_mpy_bundle(gateway: str, board: str, out_dir: Path, *,
         if p.is_file() and p.name != MANIFEST:
             files[p.relative_to(out_dir).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     manifest = {"version": 1, "gateway": gateway, "board": str(board),
-                "mpy_cross": mpy_cross_version(), "files": files}
+                "mpy_cross": mpy_cross_version(), "mpy_cross_opt": MPY_OPT, "files": files}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out_dir
