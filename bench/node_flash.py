@@ -117,7 +117,8 @@ class LfsOs:
 
 @contextlib.contextmanager
 def on_littlefs(fs: LittleFS) -> Iterator[Any]:
-    """flash_storage.py with its ``os`` and ``open`` pointed at ``fs`` (and no fsync)."""
+    """flash_storage.py with its ``os`` and ``open`` pointed at ``fs`` (and no fsync); its
+    first-boot part, ``flash_format.py``, goes through them too."""
     from midshift.firmware.mpy import flash_storage
     saved = (flash_storage.os, getattr(flash_storage, "open", None), flash_storage._fsync)
     flash_storage.os = LfsOs(fs)  # type: ignore[assignment]
@@ -161,9 +162,10 @@ def load_node_loop() -> Any:
 def open_journal(fs: LittleFS) -> Any:
     """What the node does at boot (``main.build``): open the journal, formatting it the
     first time."""
-    with on_littlefs(fs) as fst:
-        return fst.open_or_create_journal(JOURNAL_DIR, SEGMENT_SIZE, SEGMENT_COUNT,
-                                          "door3-scale", 0, MAX_BODY, epoch=0x5EED)
+    from midshift.firmware.mpy.flash_format import open_or_create_journal
+    with on_littlefs(fs):
+        return open_or_create_journal(JOURNAL_DIR, SEGMENT_SIZE, SEGMENT_COUNT,
+                                      "door3-scale", 0, MAX_BODY, epoch=0x5EED)
 
 
 class WearRun:
