@@ -194,9 +194,9 @@ def import_node():
     _build().import_node()
 
 
-def setup(leak_per_event=False, journal=None, status_period_ms=10000):
+def setup(leak_per_event=False, journal=None, status_period_ms=10000, flash_dir=None):
     """Import and build the node (``node_build.setup``)."""
-    _build().setup(state, leak_per_event, journal, status_period_ms)
+    _build().setup(state, leak_per_event, journal, status_period_ms, flash_dir)
 
 
 def run(n, step_ms=10):
@@ -204,12 +204,15 @@ def run(n, step_ms=10):
     node = state["node"]
     uart = state["uart"]
     clock = state["clock"]
+    files = getattr(node.journal.storage, "_open", None)  # FlashStorage's open files
     for _ in range(n):
         uart.feed()
         if state["leak"]:
             leak.append(bytes(uart.rx))  # the deliberate leak: one reference per event
         node.step()
         clock.mono += step_ms
+        if files is not None and len(files) > state.get("open_files_max", 0):
+            state["open_files_max"] = len(files)
     # Nothing is collected inside running code in the WebAssembly port, so this is the
     # live heap before the slice plus all the slice allocated: a bound on its peak.
     state["slice_alloc"] = _mem_alloc()
@@ -224,7 +227,8 @@ def result():
             "journaled": node.counters["journaled"], "batches": b.batches,
             "events_acked": node.journal.committed_seq, "sent_events": b.events,
             "loop_errors": node.counters["loop_errors"],
-            "storage_heap": state["storage_heap"]}
+            "storage_heap": state["storage_heap"],
+            "open_files_max": state.get("open_files_max", 0)}
 
 
 def drive(n, slice_steps, base, leak_per_event=False):

@@ -2,7 +2,7 @@
 // (npm @micropython/micropython-webassembly-pyscript) with a fixed heap, and measures the
 // live heap from the top level between slices of the loop.
 //
-//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [inner]
+//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [memory]
 //
 // TREE holds midshift/firmware/ (.py or .mpy) and node_loop.py; it is copied into the port's
 // in-memory filesystem and put on sys.path. Prints one JSON line.
@@ -48,7 +48,13 @@ try {
   result.heap_after_loop_module = live();
   py("import node_loop as _n\n_n.import_node()");
   result.heap_after_import = live();
-  py(`node_loop.setup(leak_per_event=${flags.includes("leak") ? "True" : "False"})`);
+  // The journal on the node's own FlashStorage, its files in the port's in-memory
+  // filesystem (outside the Python heap, as a board's flash is outside its RAM); with
+  // "memory", on the core's MemoryStorage (a bytearray in the heap, subtracted).
+  mp.FS.mkdirTree("/flash");
+  const flash = flags.includes("memory") ? "None" : '"/flash/journal"';
+  py(`node_loop.setup(leak_per_event=${flags.includes("leak") ? "True" : "False"}, ` +
+     `flash_dir=${flash})`);
   result.heap_after_setup = live();
   let loopNs = 0n;
   for (let done = 0; done < events; done += slice) {
