@@ -102,8 +102,8 @@ def stage(tmp: Path) -> tuple[Path, int]:
         out = tmp / rel
         compile_module(src, out, name=module_name(rel))
         total += out.stat().st_size
-    for harness in ("node_loop", "node_build"):  # not the node's: compiled as mpy-cross's default
-        compile_module(RUNNER / f"{harness}.py", tmp / f"{harness}.mpy", opt=0)
+    for harness in ("node_loop", "node_build"):  # counted in the heap, not on a board
+        compile_module(RUNNER / f"{harness}.py", tmp / f"{harness}.mpy")
     # micropython-lib's build, as mip installs it: line numbers and asserts kept (umqtt's
     # protocol checks are asserts)
     compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy", opt=0)
