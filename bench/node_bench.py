@@ -30,8 +30,10 @@ The baselines in the same run: ``heap_empty_kib`` (the interpreter alone) and
 ``heap_import_kib`` (the modules the running node holds imported, nothing built; the
 boot-only modules, ``midshift/firmware/mpy/boot.py``'s ``BOOT_ONLY``, are released after boot),
 ``heap_import_romfs_kib`` (the same from ROMFS); ``heap_harness_kib``, the loop's own
-module (fakes and setup), which every heap figure includes and a board does not hold
-(nor ``wire_ledger``, the fake ledger's ack encoder, also counted).
+module (fakes, setup apart in ``node_build.py`` and dropped after), which every heap
+figure includes and a board does not hold; ``heap_harness_own_kib``, what that module adds
+beyond the node's (imported after the node, so names both use count for the node), and
+``heap_peak_node_kib``, ``heap_peak_kib`` without it: the node's own peak.
 """
 
 from __future__ import annotations
@@ -112,15 +114,16 @@ def stage(tmp: Path) -> tuple[Path, int]:
 
 def run_micropython(tree: Path, events: int, slice_steps: int = SLICE, leak: bool = False,
                     heap_bytes: int = HEAP_BYTES, timeout_s: float = 900,
-                    memory_storage: bool = False) -> dict[str, Any]:
+                    memory_storage: bool = False, harness: bool = False) -> dict[str, Any]:
     """The loop under the WebAssembly port; ``memory_storage``: the journal on the core's
-    ``MemoryStorage`` instead of the node's ``FlashStorage`` over in-memory files."""
+    ``MemoryStorage`` instead of the node's ``FlashStorage`` over in-memory files.
+    ``harness``: no loop; the heap with the node imported, then with the harness too."""
     if shutil.which("node") is None or not (RUNNER / "node_modules").is_dir():
         raise RunnerMissing("the MicroPython WebAssembly runner is not installed: "
                             "apt-get install nodejs npm; npm ci --prefix bench/node_runner")
     args = ["node", str(RUNNER / "run.mjs"), str(tree), str(heap_bytes), str(events),
             str(slice_steps)] + (["leak"] if leak else []) + (
-                ["memory"] if memory_storage else [])
+                ["memory"] if memory_storage else []) + (["harness"] if harness else [])
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"run.mjs failed: {proc.stderr[-2000:]}")
@@ -226,10 +229,16 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
         # MemoryStorage), and with the node's own FlashStorage code over in-memory files
         speed = run_micropython(tree, events, THROUGHPUT_SLICE, memory_storage=True)
         speed_files = run_micropython(tree, events, THROUGHPUT_SLICE)
+        own = run_micropython(tree, 0, harness=True)
         t0 = time.perf_counter()
         rom = romfs_figures(run_romfs(tree, events, ROMFS_SLICE))
         say(f"ROMFS: {events} events in {time.perf_counter() - t0:.1f} s: {rom}")
     heap = heap_figures(out)
+    # What the harness's module adds beyond the node's (imported after the node, so the
+    # names both use count for the node): the peak without it is the node's own.
+    own_kib = (own["heap_with_harness"] - own["heap_node_only"]) / 1024
+    heap["heap_harness_own_kib"] = round(own_kib, 1)
+    heap["heap_peak_node_kib"] = round(heap["heap_peak_kib"] - own_kib, 1)
     loop = out["loop"]
     say(f"{events} events under MicroPython in {speed['loop_s']:.1f} s; "
         f"{loop['batches']} batches, {loop['events_acked']} acknowledged; heap {heap}")

@@ -4,10 +4,8 @@ frees its bytecode. A board holds none of this; what stays measured is what the 
 builds here. Nothing built here may refer back to this module (no function or class of
 it is handed to the node or kept in ``node_loop.state``)."""
 
-import node_loop as loop
 
-
-def import_node():
+def import_node(sockets):
     """Import what the running node holds, build nothing (the ``heap_import_kib``
     baseline): ``main`` and every module the node keeps after boot (the loop, the link
     session, littlefs storage, Wi-Fi and clock edges too, though this loop runs on
@@ -17,7 +15,7 @@ def import_node():
     import sys
 
     if "socket" not in sys.modules:  # no socket module in these ports: umqtt imports one
-        sys.modules["socket"] = loop.Sockets
+        sys.modules["socket"] = sockets
     import umqtt.simple  # noqa: F401
 
     from midshift.firmware.mpy import (  # noqa: F401 - what boot.py imports and the node keeps
@@ -40,6 +38,8 @@ def setup(state, leak_per_event, journal, status_period_ms, flash_dir=None):
     bytearray in the heap, measured and subtracted; its contents are scanned by the
     collector like any heap block, so journal bytes that look like pointers keep some
     garbage alive (about 11 KiB after 3,000 events): a board's flash does not."""
+    import node_loop as loop
+
     from midshift.firmware.core.signing import Signer
     from midshift.firmware.mpy import node_config
     from midshift.firmware.mpy.node import Node

@@ -191,7 +191,7 @@ def _build():
 
 def import_node():
     """Import what the running node holds, build nothing (``node_build.import_node``)."""
-    _build().import_node()
+    _build().import_node(Sockets)
 
 
 def setup(leak_per_event=False, journal=None, status_period_ms=10000, flash_dir=None):
