@@ -2,7 +2,11 @@
 // (npm @micropython/micropython-webassembly-pyscript) with a fixed heap, and measures the
 // live heap from the top level between slices of the loop.
 //
-//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [memory]
+//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [memory] [harness]
+//
+// leak: a reference kept per event; memory: the journal on MemoryStorage (default: the
+// node's FlashStorage over in-memory files); harness: no loop, only what the harness's
+// module adds to the heap beyond the node's.
 //
 // TREE holds midshift/firmware/ (.py or .mpy) and node_loop.py; it is copied into the port's
 // in-memory filesystem and put on sys.path. Prints one JSON line.
