@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,6 +156,9 @@ def load_node_loop() -> Any:
     spec = importlib.util.spec_from_file_location("node_loop", NODE_LOOP)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    # registered, so the harness's setup (node_build.py, which imports node_loop) gets
+    # this copy, as it does in MicroPython
+    sys.modules["node_loop"] = mod
     spec.loader.exec_module(mod)
     return mod
 
