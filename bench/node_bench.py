@@ -24,7 +24,8 @@ wear and power cuts over a real littlefs, and the compiled size of what goes on 
 - ``power_cut_trials``/``power_cut_losses``: power cut after every flash program or erase
   of a littlefs trace; a loss is a record that was durable and not yet acknowledged by the
   ledger missing (or changed) after the node reopens its journal.
-- ``mpy_bytes``: the compiled core and node (``midshift.host_tools.mpy_bundle.sources``).
+- ``mpy_bytes``: the compiled node and the core modules it imports, as the bundle ships
+  them (``midshift.host_tools.mpy_bundle.sources``).
 
 The baselines in the same run: ``heap_empty_kib`` (the interpreter alone) and
 ``heap_import_kib`` (the modules the running node holds imported, nothing built; the
@@ -106,6 +107,11 @@ def stage(tmp: Path) -> tuple[Path, int]:
         total += out.stat().st_size
     for harness in ("node_loop", "node_build"):  # counted in the heap, not on a board
         compile_module(RUNNER / f"{harness}.py", tmp / f"{harness}.mpy")
+    # the core's MemoryStorage, which the ROMFS run's journal uses (that sandbox has no
+    # writable filesystem); not in a node's bundle, nor in mpy_bytes
+    compile_module(ROOT / "midshift" / "firmware" / "core" / "storage.py",
+                   tmp / "midshift" / "firmware" / "core" / "storage.mpy",
+                   name="midshift.firmware.core.storage")
     # micropython-lib's build, as mip installs it: line numbers and asserts kept (umqtt's
     # protocol checks are asserts)
     compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy", opt=0)

@@ -28,6 +28,7 @@ mip install umqtt.simple`` (micropython-lib's current release).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -138,18 +139,45 @@ def compile_module(src: Path, out: Path, opt: int = MPY_OPT, name: str | None = 
         raise BundleError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
 
 
+def _imported(src: Path) -> set[str]:
+    """The ``midshift.*`` names ``src`` imports anywhere (inside functions too): modules,
+    and ``from PACKAGE import NAME`` as ``PACKAGE.NAME`` (a module or not)."""
+    out = set()
+    for n in ast.walk(ast.parse(src.read_text(encoding="utf-8"), str(src))):
+        if isinstance(n, ast.Import):
+            out.update(a.name for a in n.names)
+        elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+            out.add(n.module)
+            out.update(f"{n.module}.{a.name}" for a in n.names)
+    return {m for m in out if m.split(".")[0] == "midshift"}
+
+
 def sources() -> list[tuple[Path, str]]:
-    """(source, path in the bundle) for every module the node needs."""
-    out = [(ROOT / "__init__.py", "midshift/__init__.mpy"),
-           (ROOT / "firmware" / "__init__.py", "midshift/firmware/__init__.mpy")]
-    for sub in ("core", "mpy"):
-        for src in sorted((ROOT / "firmware" / sub).glob("*.py")):
-            if sub == "mpy" and src.name == "board_main.py":
-                continue  # the board's /main.py, kept as source
-            if sub == "core" and src.name == "crash_storage.py":
-                continue  # the power-cut fake is for tests
-            out.append((src, f"midshift/firmware/{sub}/{src.stem}.mpy"))
-    return out
+    """(source, path in the bundle) for every module the node can import: all of
+    ``midshift/firmware/mpy/`` (boot imports the device edges by name) and what they import,
+    lazily too, followed through the core, with the packages on the way. A core module
+    only the gateway or the ledger imports (till transactions, sell rules, the ledger's
+    side of the wire, ...) is not shipped: flash, and room in a ROM partition."""
+    base = ROOT.parent  # the directory holding the midshift package
+    todo = [p for p in sorted((ROOT / "firmware" / "mpy").glob("*.py"))
+            if p.name != "board_main.py"]  # the board's /main.py, kept as source
+    seen: set[Path] = set()
+    while todo:
+        src = todo.pop()
+        if src in seen:
+            continue
+        seen.add(src)
+        parts = src.relative_to(base).with_suffix("").parts
+        for i in range(1, len(parts)):  # the packages on the way
+            todo.append(base.joinpath(*parts[:i], "__init__.py"))
+        for name in _imported(src):
+            path = base.joinpath(*name.split("."))
+            if path.with_suffix(".py").is_file():
+                todo.append(path.with_suffix(".py"))
+            elif (path / "__init__.py").is_file():
+                todo.append(path / "__init__.py")
+    return sorted((src, src.relative_to(base).with_suffix(".mpy").as_posix())
+                  for src in seen)
 
 
 ROMFS_IMAGE = "firmware.romfs"
