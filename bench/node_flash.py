@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -117,7 +118,8 @@ class LfsOs:
 
 @contextlib.contextmanager
 def on_littlefs(fs: LittleFS) -> Iterator[Any]:
-    """flash_storage.py with its ``os`` and ``open`` pointed at ``fs`` (and no fsync)."""
+    """flash_storage.py with its ``os`` and ``open`` pointed at ``fs`` (and no fsync); its
+    first-boot part, ``flash_format.py``, goes through them too."""
     from midshift.firmware.mpy import flash_storage
     saved = (flash_storage.os, getattr(flash_storage, "open", None), flash_storage._fsync)
     flash_storage.os = LfsOs(fs)  # type: ignore[assignment]
@@ -154,6 +156,9 @@ def load_node_loop() -> Any:
     spec = importlib.util.spec_from_file_location("node_loop", NODE_LOOP)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    # registered, so the harness's setup (node_build.py, which imports node_loop) gets
+    # this copy, as it does in MicroPython
+    sys.modules["node_loop"] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -161,9 +166,10 @@ def load_node_loop() -> Any:
 def open_journal(fs: LittleFS) -> Any:
     """What the node does at boot (``main.build``): open the journal, formatting it the
     first time."""
-    with on_littlefs(fs) as fst:
-        return fst.open_or_create_journal(JOURNAL_DIR, SEGMENT_SIZE, SEGMENT_COUNT,
-                                          "door3-scale", 0, MAX_BODY, epoch=0x5EED)
+    from midshift.firmware.mpy.flash_format import open_or_create_journal
+    with on_littlefs(fs):
+        return open_or_create_journal(JOURNAL_DIR, SEGMENT_SIZE, SEGMENT_COUNT,
+                                      "door3-scale", 0, MAX_BODY, epoch=0x5EED)
 
 
 class WearRun:

@@ -4,7 +4,8 @@ umqtt uplink with a fake client), and a fake broker that acknowledges every batc
 way the ledger does (a signed ack on the node's ack topic, one step later).
 
 ``bench/node_runner/run.mjs`` imports this module from the top level of the WebAssembly
-port, calls ``setup()``, then ``run(n)`` in slices and measures the heap between them
+port, calls ``setup()`` (whose code is in ``node_build.py``, dropped after it ran: a
+board holds none of the harness's setup), then ``run(n)`` in slices and measures the heap between them
 (``gc.collect()`` then ``gc.mem_alloc()`` from the top level: nothing of a step is on the
 stack then, so what is allocated is what the node keeps).
 
@@ -103,10 +104,24 @@ class Sockets:
         return Sock(self.broker)
 
 
+def ledger_ack(signer, epoch, first, last):
+    """The ledger's signed "ok" for one batch, as ``core/wire_ledger.encode_ack`` writes
+    it, from the constants of ``core/wire`` (which the node holds anyway): importing
+    ``wire_ledger`` would count the ledger's side of the wire against the node. A wrong
+    ack here is refused by the node, and the bench then fails its acknowledged count."""
+    from binascii import hexlify
+
+    from midshift.firmware.core.wire import ACK_DOMAIN, ACK_SIG, ACK_VERSION
+
+    body = b'{"v":%d,"epoch":%d,"first":%d,"last":%d,"ledger_ms":%d,"status":"ok","dup":0}' % (
+        ACK_VERSION, epoch, first, last, T0)
+    return body[:-1] + ACK_SIG + hexlify(signer.sign(ACK_DOMAIN, body)) + b'"}'
+
+
 class Broker:
     """umqtt.simple's API with a ledger behind it that acknowledges every batch."""
 
-    def __init__(self, signer, ack_topic, encode_ack):
+    def __init__(self, signer, ack_topic):
         self.incoming = []
         self.pong = False
         self.socket = None
@@ -138,8 +153,8 @@ class Broker:
                     epoch, first, last, count = struct.unpack_from("<QQQH", msg, 7 + n)
                     broker.batches += 1
                     broker.events += count
-                    broker.incoming.append((ack_topic, encode_ack(
-                        signer, epoch, first, last, T0)))
+                    broker.incoming.append((ack_topic, ledger_ack(
+                        signer, epoch, first, last)))
 
             def check_msg(self):
                 # bytes read through the uplink's socket: how it knows the broker is alive
@@ -160,75 +175,28 @@ class Broker:
         self.MQTTClient = MQTTClient
 
 
-def import_node():
-    """Import what the running node holds, build nothing (the ``heap_import_kib``
-    baseline): ``main`` and every module the node keeps after boot (the loop, the link
-    session, littlefs storage, Wi-Fi and clock edges too, though this loop runs on
-    ``MemoryStorage`` and fakes), the scanner's edge, umqtt.simple as ``mip`` installs
-    it; not the boot-only modules (``midshift/firmware/mpy/boot.py``'s ``BOOT_ONLY``: the config
-    checker, the journal's recovery), which boot releases."""
+def _build():
+    """The harness's setup code (``node_build.py``), imported for one call and dropped:
+    a board holds none of it, so it is not left in the measured heap."""
     import sys
 
-    if "socket" not in sys.modules:  # no socket module in these ports: umqtt imports one
-        sys.modules["socket"] = Sockets
-    import umqtt.simple  # noqa: F401
+    here = __file__.rpartition("/")[0]
+    if here not in sys.path:  # CPython (bench/node_flash.py loads this file by path)
+        sys.path.append(here)
+    import node_build
 
-    from midshift.firmware.mpy import (  # noqa: F401 - what boot.py imports and the node keeps
-        board_clock,
-        flash_storage,
-        main,
-        node,
-        uart_scanner,
-        umqtt_uplink,
-        wifi,
-    )
+    del sys.modules["node_build"]
+    return node_build
 
 
-def setup(leak_per_event=False, journal=None, status_period_ms=10000):
-    """Import and build the node (the imports are part of what the board holds).
-    ``journal``: a journal on other storage (the flash-wear run passes one on littlefs,
-    under CPython); by default the core's ``MemoryStorage``."""
-    from midshift.firmware.core.journal import Journal, storage_size
-    from midshift.firmware.core.signing import Signer
-    from midshift.firmware.core.storage import MemoryStorage
-    from midshift.firmware.core.wire_ledger import encode_ack
-    from midshift.firmware.mpy import node_config
-    from midshift.firmware.mpy.node import Node
-    from midshift.firmware.mpy.uart_scanner import UartScanner
-    from midshift.firmware.mpy.umqtt_uplink import UmqttUplink
+def import_node():
+    """Import what the running node holds, build nothing (``node_build.import_node``)."""
+    _build().import_node(Sockets)
 
-    cfg = node_config.validate({
-        "board": {"name": "Raspberry Pi Pico W", "pin_factory": "machine"},
-        "uart": {"scanner": {"id": 0, "tx": 0, "rx": 1, "rxbuf": 2048}},
-        "journal": {"path": "journal", "segment_size": SEG, "segment_count": SEGMENTS,
-                    "max_body": 1024},
-        "gateway": {"id": "door3-scale", "site": "plant-2", "key_file": "gw.key"},
-        "wifi": {"ssid": "goods-in", "key_file": "wifi.key"},
-        "devices": {"scanner1": {"type": "scanner", "port": "scanner", "charset": "digits",
-                                 "min_length": 8}},
-        "uplinks": {"wifi": {"broker": "mqtt://192.168.10.5:1883"}},
-    })
-    storage_heap = 0
-    if journal is None:
-        before = _mem_alloc()
-        st = MemoryStorage(storage_size(SEG, SEGMENTS))
-        storage_heap = _mem_alloc() - before  # flash on a board: subtracted from samples
-        Journal.format(st, SEG, 0x5EED, cfg.gateway_id)
-        journal = Journal.open(st, max_body=cfg.journal.max_body, read_window=512)
-    signer = Signer(KEY)
-    ack_topic = "midshift/v1/%s/%s/ack" % (cfg.site, cfg.gateway_id)
-    broker = Broker(signer, ack_topic, encode_ack)
-    uplink = UmqttUplink("192.168.10.5", 1883, "door3-scale-wifi-0", [ack_topic],
-                         mqtt_module=broker, socket_module=Sockets(broker))
-    uart = Uart()
-    scanner = UartScanner("scanner1", uart, cfg.device("scanner1").settings)
-    clock = Clock()
-    node = Node(cfg, journal, [scanner], uplink, None, clock, signer,
-                status_period_ms=status_period_ms)
-    from midshift.firmware.mpy import boot
-    boot.release()  # as midshift/firmware/mpy/main.py's build does after boot
-    state.update(node=node, uart=uart, clock=clock, broker=broker, leak=leak_per_event,
-                 storage_heap=storage_heap)
+
+def setup(leak_per_event=False, journal=None, status_period_ms=10000, flash_dir=None):
+    """Import and build the node (``node_build.setup``)."""
+    _build().setup(state, leak_per_event, journal, status_period_ms, flash_dir)
 
 
 def run(n, step_ms=10):
@@ -236,12 +204,15 @@ def run(n, step_ms=10):
     node = state["node"]
     uart = state["uart"]
     clock = state["clock"]
+    files = getattr(node.journal.storage, "_open", None)  # FlashStorage's open files
     for _ in range(n):
         uart.feed()
         if state["leak"]:
             leak.append(bytes(uart.rx))  # the deliberate leak: one reference per event
         node.step()
         clock.mono += step_ms
+        if files is not None and len(files) > state.get("open_files_max", 0):
+            state["open_files_max"] = len(files)
     # Nothing is collected inside running code in the WebAssembly port, so this is the
     # live heap before the slice plus all the slice allocated: a bound on its peak.
     state["slice_alloc"] = _mem_alloc()
@@ -252,11 +223,12 @@ def result():
 
     node = state["node"]
     b = state["broker"]
-    return {"modules": sorted(m for m in sys.modules if m.startswith("firmware")),
+    return {"modules": sorted(m for m in sys.modules if m.startswith("midshift")),
             "journaled": node.counters["journaled"], "batches": b.batches,
             "events_acked": node.journal.committed_seq, "sent_events": b.events,
             "loop_errors": node.counters["loop_errors"],
-            "storage_heap": state["storage_heap"]}
+            "storage_heap": state["storage_heap"],
+            "open_files_max": state.get("open_files_max", 0)}
 
 
 def drive(n, slice_steps, base, leak_per_event=False):

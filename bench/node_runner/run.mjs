@@ -2,7 +2,11 @@
 // (npm @micropython/micropython-webassembly-pyscript) with a fixed heap, and measures the
 // live heap from the top level between slices of the loop.
 //
-//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [inner]
+//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [memory] [harness]
+//
+// leak: a reference kept per event; memory: the journal on MemoryStorage (default: the
+// node's FlashStorage over in-memory files); harness: no loop, only what the harness's
+// module adds to the heap beyond the node's.
 //
 // TREE holds midshift/firmware/ (.py or .mpy) and node_loop.py; it is copied into the port's
 // in-memory filesystem and put on sys.path. Prints one JSON line.
@@ -43,12 +47,31 @@ const live = () => { py("gc.collect()"); return value("gc.mem_alloc()"); };
 const result = { heapsize, events, slice, live: [], slice_alloc: [] };
 try {
   py("import gc, sys\nsys.path[:0] = ['/bench', '/bench/lib']");
+  if (flags.includes("harness")) {
+    // What the harness's own module adds to the heap beyond the node's: the node imported
+    // first (umqtt.simple looks its socket module up only at connect), then the harness,
+    // whose names the node already holds are then not counted against it.
+    py("import node_build\nnode_build.import_node(sys)\ndel sys.modules['node_build']\n" +
+       "del node_build");
+    result.heap_node_only = live();
+    py("import node_loop");
+    result.heap_with_harness = live();
+    result.ok = true;
+    console.log(JSON.stringify(result));
+    process.exit(0);
+  }
   result.heap_empty = live();
   py("import node_loop");
   result.heap_after_loop_module = live();
   py("import node_loop as _n\n_n.import_node()");
   result.heap_after_import = live();
-  py(`node_loop.setup(leak_per_event=${flags.includes("leak") ? "True" : "False"})`);
+  // The journal on the node's own FlashStorage, its files in the port's in-memory
+  // filesystem (outside the Python heap, as a board's flash is outside its RAM); with
+  // "memory", on the core's MemoryStorage (a bytearray in the heap, subtracted).
+  mp.FS.mkdirTree("/flash");
+  const flash = flags.includes("memory") ? "None" : '"/flash/journal"';
+  py(`node_loop.setup(leak_per_event=${flags.includes("leak") ? "True" : "False"}, ` +
+     `flash_dir=${flash})`);
   result.heap_after_setup = live();
   let loopNs = 0n;
   for (let done = 0; done < events; done += slice) {

@@ -28,6 +28,7 @@ mip install umqtt.simple`` (micropython-lib's current release).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -110,26 +111,73 @@ def mpy_cross_version() -> str:
     return (proc.stdout or proc.stderr).strip()
 
 
-def compile_module(src: Path, out: Path) -> None:
+# mpy-cross -O3: no line numbers in the bytecode, which a board loading its modules from
+# the filesystem holds in RAM: 3.5 KiB less live heap for the node (bench node). A
+# traceback on the board's console then names the functions but not the lines (the
+# running node reports its loop errors as repr() in the status, with no line either way).
+# It also compiles out assert statements and ``if __debug__`` blocks: the core and the
+# node use neither (tests/micropython/test_mpy_node.py checks).
+MPY_OPT = 3
+
+
+def module_name(rel: str) -> str:
+    """``midshift/firmware/core/wire.mpy`` -> ``midshift.firmware.core.wire`` (a package's
+    ``__init__`` -> the package)."""
+    return rel.rsplit(".", 1)[0].removesuffix("/__init__").replace("/", ".")
+
+
+def compile_module(src: Path, out: Path, opt: int = MPY_OPT, name: str | None = None) -> None:
+    """``name``: the source name the ``.mpy`` carries for tracebacks (default: ``src`` as
+    given). The bundle passes the module's dotted name: MicroPython interns that name
+    anyway, so it costs no RAM, where a path is one more interned string per module
+    (about 1 KiB over the node's modules)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "mpy_cross", "-o", str(out), str(src)],
+    proc = subprocess.run([sys.executable, "-m", "mpy_cross", f"-O{opt}", "-s",
+                           name or str(src), "-o", str(out), str(src)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise BundleError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
 
 
+def _imported(src: Path) -> set[str]:
+    """The ``midshift.*`` names ``src`` imports anywhere (inside functions too): modules,
+    and ``from PACKAGE import NAME`` as ``PACKAGE.NAME`` (a module or not)."""
+    out = set()
+    for n in ast.walk(ast.parse(src.read_text(encoding="utf-8"), str(src))):
+        if isinstance(n, ast.Import):
+            out.update(a.name for a in n.names)
+        elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+            out.add(n.module)
+            out.update(f"{n.module}.{a.name}" for a in n.names)
+    return {m for m in out if m.split(".")[0] == "midshift"}
+
+
 def sources() -> list[tuple[Path, str]]:
-    """(source, path in the bundle) for every module the node needs."""
-    out = [(ROOT / "__init__.py", "midshift/__init__.mpy"),
-           (ROOT / "firmware" / "__init__.py", "midshift/firmware/__init__.mpy")]
-    for sub in ("core", "mpy"):
-        for src in sorted((ROOT / "firmware" / sub).glob("*.py")):
-            if sub == "mpy" and src.name == "board_main.py":
-                continue  # the board's /main.py, kept as source
-            if sub == "core" and src.name == "crash_storage.py":
-                continue  # the power-cut fake is for tests
-            out.append((src, f"midshift/firmware/{sub}/{src.stem}.mpy"))
-    return out
+    """(source, path in the bundle) for every module the node can import: all of
+    ``midshift/firmware/mpy/`` (boot imports the device edges by name) and what they import,
+    lazily too, followed through the core, with the packages on the way. A core module
+    only the gateway or the ledger imports (till transactions, sell rules, the ledger's
+    side of the wire, ...) is not shipped: flash, and room in a ROM partition."""
+    base = ROOT.parent  # the directory holding the midshift package
+    todo = [p for p in sorted((ROOT / "firmware" / "mpy").glob("*.py"))
+            if p.name != "board_main.py"]  # the board's /main.py, kept as source
+    seen: set[Path] = set()
+    while todo:
+        src = todo.pop()
+        if src in seen:
+            continue
+        seen.add(src)
+        parts = src.relative_to(base).with_suffix("").parts
+        for i in range(1, len(parts)):  # the packages on the way
+            todo.append(base.joinpath(*parts[:i], "__init__.py"))
+        for name in _imported(src):
+            path = base.joinpath(*name.split("."))
+            if path.with_suffix(".py").is_file():
+                todo.append(path.with_suffix(".py"))
+            elif (path / "__init__.py").is_file():
+                todo.append(path / "__init__.py")
+    return sorted((src, src.relative_to(base).with_suffix(".mpy").as_posix())
+                  for src in seen)
 
 
 ROMFS_IMAGE = "firmware.romfs"
@@ -189,7 +237,7 @@ def build_mpy_bundle(gateway: str, board: str, out_dir: Path, *,
         raise BundleError(f"{out_dir} is not empty; refusing to mix bundles")
     out_dir.mkdir(parents=True, exist_ok=True)
     for src, rel in sources():
-        compile_module(src, out_dir / rel)
+        compile_module(src, out_dir / rel, name=module_name(rel))
     (out_dir / ROMFS_IMAGE).write_bytes(romfs_image(out_dir))
     (out_dir / "main.py").write_bytes((ROOT / "firmware" / "mpy" / "board_main.py").read_bytes())
     (out_dir / "node.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -203,6 +251,6 @@ def build_mpy_bundle(gateway: str, board: str, out_dir: Path, *,
         if p.is_file() and p.name != MANIFEST:
             files[p.relative_to(out_dir).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     manifest = {"version": 1, "gateway": gateway, "board": str(board),
-                "mpy_cross": mpy_cross_version(), "files": files}
+                "mpy_cross": mpy_cross_version(), "mpy_cross_opt": MPY_OPT, "files": files}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out_dir

@@ -285,3 +285,31 @@ def test_host_tools_bundle_for_a_provisioned_pico_w(tmp_path: Path) -> None:
     assert (out / "gw.key").stat().st_mode & 0o077 == 0
     assert "correct horse" not in done.stdout + done.stderr
     assert batch_key not in done.stdout + done.stderr
+
+
+def test_the_bundle_ships_what_the_node_imports_and_not_the_gateways_modules() -> None:
+    """``sources()`` follows the node's imports: every midshift module that importing the
+    shipped modules loads (Python's own import system, with the board stand-ins of
+    tests/mpy_board/) is shipped, lazily imported ones too (commands, MT-SICS), and
+    modules only the gateway or the ledger uses are not."""
+    from midshift.host_tools.mpy_bundle import sources
+
+    shipped = {rel.removesuffix(".mpy").removesuffix("/__init__").replace("/", ".")
+               for _, rel in sources()}
+    root = Path(__file__).resolve().parents[2]
+    code = ("import importlib, json, sys\n"
+            f"for m in {sorted(shipped)!r}:\n"
+            "    importlib.import_module(m)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('midshift'))))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(root / "tests" / "mpy_board"), str(root)]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=root, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert loaded <= shipped, sorted(loaded - shipped)
+    for lazy in ("midshift.firmware.core.commands", "midshift.firmware.core.mtsics",
+                 "midshift.firmware.mpy.uart_scale", "midshift.firmware.mpy.flash_format"):
+        assert lazy in shipped
+    for not_node in ("till_txn", "sell_rules", "wire_ledger", "crash_storage", "storage"):
+        assert f"midshift.firmware.core.{not_node}" not in shipped

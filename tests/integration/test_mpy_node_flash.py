@@ -12,7 +12,8 @@ import pytest
 
 from midshift.firmware.core.errors import StorageError
 from midshift.firmware.core.journal import Journal
-from midshift.firmware.mpy.flash_storage import FlashStorage, open_or_create_journal
+from midshift.firmware.mpy.flash_format import create, open_or_create_journal
+from midshift.firmware.mpy.flash_storage import FlashStorage
 
 SEG = 4096
 
@@ -49,7 +50,7 @@ def test_the_ring_wraps_over_segment_files_and_reopens_as_it_was(tmp_path: Path)
 def test_a_cut_between_creating_and_formatting_is_formatted_on_the_next_start(
         tmp_path: Path) -> None:
     d = tmp_path / "journal"
-    FlashStorage.create(str(d), SEG, 4).close()  # the files, but the power went before format
+    create(str(d), SEG, 4).close()  # the files, but the power went before format
     j = open_or_create_journal(str(d), SEG, 4, "node-1", epoch=0x77)
     assert j.epoch == 0x77 and j.next_seq == 1
     j.close()
@@ -62,13 +63,13 @@ def test_a_cut_between_creating_and_formatting_is_formatted_on_the_next_start(
 def test_missing_or_foreign_directories_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="no journal here"):
         FlashStorage(str(tmp_path / "nothing"))
-    FlashStorage.create(str(tmp_path / "j"), SEG, 2).close()
+    create(str(tmp_path / "j"), SEG, 2).close()
     with pytest.raises(StorageError, match="refusing to overwrite"):
-        FlashStorage.create(str(tmp_path / "j"), SEG, 2)
+        create(str(tmp_path / "j"), SEG, 2)
     (tmp_path / "j" / "seg-00001.dat").write_bytes(b"short")
     with pytest.raises(StorageError, match="fewer than two"):
         FlashStorage(str(tmp_path / "j"))
-    st = FlashStorage.create(str(tmp_path / "k"), SEG, 2)
+    st = create(str(tmp_path / "k"), SEG, 2)
     with pytest.raises(StorageError, match="crosses a segment end"):
         st.write(4096 + SEG - 2, b"abcd")
     st.close()

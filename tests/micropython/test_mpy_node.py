@@ -40,3 +40,20 @@ def test_mpy_cross_compiles_the_node_and_the_core(tmp_path: Path) -> None:
                               capture_output=True, text=True)
         assert proc.returncode == 0, f"{src.name}: {proc.stderr}"
         assert out.read_bytes()[:1] == b"M"  # the .mpy header
+
+
+def test_the_bundled_modules_use_no_assert_nor_debug() -> None:
+    """The bundle compiles with ``mpy-cross -O3`` (``mpy_bundle.MPY_OPT``), which drops
+    assert statements and ``if __debug__`` blocks: a check written either way would vanish
+    on the board."""
+    import ast
+
+    from midshift.host_tools.mpy_bundle import MPY_OPT, sources
+
+    assert MPY_OPT >= 1  # otherwise this rule is moot
+    found = []
+    for src, _ in sources():
+        for n in ast.walk(ast.parse(src.read_text(), str(src))):
+            if isinstance(n, ast.Assert) or (isinstance(n, ast.Name) and n.id == "__debug__"):
+                found.append(f"{src.name}:{n.lineno}")
+    assert not found, found

@@ -202,3 +202,42 @@ class CommandGate:
         self.last_id = cmd_id
         self.accepted += 1
         return cmd_id, cmd, args
+
+
+def carry_out(session, payload, now_ms):
+    """A command arrived for ``session`` (``core/session.LinkSession``, with a gate):
+    checked by its gate, then done; returns the session's actions. It lives here, not in
+    session.py, so a runtime without a command key (a MicroPython node without
+    ``cmd.key``) never loads it; it works on the session's own state, as its method did."""
+    from midshift.firmware.core.session import Note, Reload, SaveCommandId, SetLogLevel
+
+    try:
+        cmd_id, cmd, args = session.gate.check(payload)
+    except CommandRejected as exc:
+        session.counters["commands_rejected"] += 1
+        return [Note("command_rejected", {"reason": exc.reason})]
+    out = [SaveCommandId(cmd_id)]
+    result = "ok"
+    forwarder = session.forwarder
+    if cmd == "drain-now":
+        forwarder.drain_now()
+    elif cmd == "replay-from":
+        result = {"from_seq": forwarder.replay_from(args["seq"])}
+    elif cmd == "settle-rejected":
+        commit, settled = forwarder.settle_rejected(args["first"], args["last"])
+        result = {"settled": settled}
+        if commit is not None:
+            session._pending_commit = commit
+            out.extend(session._commit_if_due(now_ms, force=True))
+        if not forwarder.rejected:
+            out.extend(session.alarm("ledger_rejected", False))
+    elif cmd == "set-log-level" and cmd in session.supports:
+        out.append(SetLogLevel(args["level"]))
+    elif cmd == "reload-config" and cmd in session.supports:
+        out.append(Reload(cmd_id))
+    elif cmd != "ping":
+        result = "not supported here"
+    session.last_command = {"id": cmd_id, "cmd": cmd, "result": result}
+    out.append(Note("command", {"id": cmd_id, "cmd": cmd, "result": result}))
+    session._status_due = now_ms  # answer (ping included) with a fresh status at once
+    return out

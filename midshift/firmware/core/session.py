@@ -451,38 +451,11 @@ class LinkSession:
         if self.gate is None:
             self.counters["commands_rejected"] += 1
             return [Note("command_rejected", {"reason": "no_command_key"})]
-        # Imported here: a node without a command key never loads the command code.
-        from midshift.firmware.core.commands import CommandRejected
+        # Imported here: a node without a command key never loads the command code, nor
+        # what a command does (``commands.carry_out``: its bytecode is RAM on a board).
+        from midshift.firmware.core.commands import carry_out
 
-        try:
-            cmd_id, cmd, args = self.gate.check(payload)
-        except CommandRejected as exc:
-            self.counters["commands_rejected"] += 1
-            return [Note("command_rejected", {"reason": exc.reason})]
-        out = [SaveCommandId(cmd_id)]
-        result = "ok"
-        if cmd == "drain-now":
-            self.forwarder.drain_now()
-        elif cmd == "replay-from":
-            result = {"from_seq": self.forwarder.replay_from(args["seq"])}
-        elif cmd == "settle-rejected":
-            commit, settled = self.forwarder.settle_rejected(args["first"], args["last"])
-            result = {"settled": settled}
-            if commit is not None:
-                self._pending_commit = commit
-                out.extend(self._commit_if_due(now_ms, force=True))
-            if not self.forwarder.rejected:
-                out.extend(self.alarm("ledger_rejected", False))
-        elif cmd == "set-log-level" and cmd in self.supports:
-            out.append(SetLogLevel(args["level"]))
-        elif cmd == "reload-config" and cmd in self.supports:
-            out.append(Reload(cmd_id))
-        elif cmd != "ping":
-            result = "not supported here"
-        self.last_command = {"id": cmd_id, "cmd": cmd, "result": result}
-        out.append(Note("command", {"id": cmd_id, "cmd": cmd, "result": result}))
-        self._status_due = now_ms  # answer (ping included) with a fresh status at once
-        return out
+        return carry_out(self, payload, now_ms)
 
     def command_done(self, cmd_id, result):
         """The runtime carried out command ``cmd_id`` (a reload: the config was valid or

@@ -20,7 +20,7 @@ from midshift.firmware.core import session
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.mpy import node_config
 from midshift.firmware.mpy.board_clock import BoardClock
-from midshift.firmware.mpy.flash_storage import open_or_create_journal
+from midshift.firmware.mpy.flash_format import open_or_create_journal
 from midshift.firmware.mpy.node import Node
 from midshift.firmware.mpy.umqtt_uplink import UmqttUplink
 from midshift.firmware.mpy.wifi import WifiStation
@@ -35,11 +35,13 @@ EDGES = {"scanner": ("uart_scanner", "UartScanner"), "scale": ("uart_scale", "Ua
 # bytecode (bench node: about 40 KiB of RAM from a filesystem). The config checker
 # (node_config and what it imports; the node keeps no ``SiteConfig``, whose class would
 # pin it), the scanner's and scale's config checks (the sessions, scan_line and mtsics,
-# stay when a device needs them), the journal's opening and recovery, and this module.
+# stay when a device needs them), the journal's opening and recovery, the first-boot
+# format of its files (flash_format), and this module.
 BOOT_ONLY = ("midshift.firmware.mpy.boot", "midshift.firmware.mpy.node_config", "midshift.firmware.core.site_config",
              "midshift.firmware.core.config_fields", "midshift.firmware.core.broker_url",
              "midshift.firmware.core.bind_address", "midshift.firmware.core.scan_line_config",
-             "midshift.firmware.core.mtsics_config", "midshift.firmware.core.journal_open")
+             "midshift.firmware.core.mtsics_config", "midshift.firmware.core.journal_open",
+             "midshift.firmware.mpy.flash_format")
 
 
 def edge_class(kind):
