@@ -29,6 +29,11 @@ from midshift.firmware.core.journal import DATA_START, Journal
 log = logging.getLogger(__name__)
 
 HEAD_NAME = "journal.head"
+# The journal's read window on CPython (the core's default, 4 KiB, is for the node's
+# heap): a drain reads 1,000-record batches, and with 4 KiB each took some 35 reads and
+# as many frame-by-frame steps at the window's edge (each read gives the interpreter lock
+# away); 64 KiB is one read per segment. Measured on 120,000 records: 197 -> 158 ms.
+READ_WINDOW = 65536
 
 
 def _segment_name(i: int) -> str:
@@ -174,7 +179,7 @@ def open_or_create_journal(directory: str | Path, segment_size: int, segment_cou
                  segment_size, epoch)
     else:
         storage = FileStorage(d)
-    journal = Journal.open(storage, max_body=max_body)
+    journal = Journal.open(storage, max_body=max_body, read_window=READ_WINDOW)
     if (journal.segment_size, journal.segment_count) != (segment_size, segment_count):
         log.warning("journal %s keeps its geometry %d x %d bytes; the config asks for %d x %d "
                     "(reformat to change it)", d, journal.segment_count, journal.segment_size,
