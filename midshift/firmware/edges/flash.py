@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -62,7 +63,14 @@ class FileStorage:
         mode = os.O_RDONLY if read_only else os.O_RDWR
         self._paths = [head, *segs]
         self._fds = [os.open(p, mode) for p in self._paths]
+        # The group commit's flusher writes and syncs outside the journal lock while the
+        # commit point (the head file) is written and synced under it: each sync takes the
+        # files written so far, and syncs run one at a time, so a sync that returns has
+        # every write made before it on flash (a shared set cleared after a sync could
+        # drop a segment another thread had just written, unsynced but marked durable).
         self._dirty: set[int] = set()
+        self._dirty_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._size = DATA_START + self.segment_size * len(segs)
 
     @classmethod
@@ -146,12 +154,20 @@ class FileStorage:
         mv, done = memoryview(data), 0
         while done < len(data):
             done += os.pwrite(self._fds[f], mv[done:], off + done)
-        self._dirty.add(f)
+        with self._dirty_lock:
+            self._dirty.add(f)
 
     def sync(self) -> None:
-        for f in sorted(self._dirty):
-            os.fdatasync(self._fds[f])
-        self._dirty.clear()
+        with self._sync_lock:
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, set()
+            try:
+                for f in sorted(dirty):
+                    os.fdatasync(self._fds[f])
+            except BaseException:
+                with self._dirty_lock:  # not on flash: the next sync tries them again
+                    self._dirty |= dirty
+                raise
 
     def size(self) -> int:
         return self._size
