@@ -64,13 +64,14 @@ class FileStorage:
         self._paths = [head, *segs]
         self._fds = [os.open(p, mode) for p in self._paths]
         # The group commit's flusher writes and syncs outside the journal lock while the
-        # commit point (the head file) is written and synced under it: each sync takes the
-        # files written so far, and syncs run one at a time, so a sync that returns has
-        # every write made before it on flash (a shared set cleared after a sync could
-        # drop a segment another thread had just written, unsynced but marked durable).
-        self._dirty: set[int] = set()
+        # commit point (the head file) is written and synced under it. A file is clean
+        # again only when no write came after the one its sync began from, so a sync that
+        # returns has every write made before it on flash (a shared set cleared after a
+        # sync could drop a segment another thread had just written: unsynced, marked
+        # durable). Syncs need not wait for each other.
+        self._dirty: dict[int, int] = {}  # file -> number of its last write
+        self._writes = 0
         self._dirty_lock = threading.Lock()
-        self._sync_lock = threading.Lock()
         self._size = DATA_START + self.segment_size * len(segs)
 
     @classmethod
@@ -155,19 +156,17 @@ class FileStorage:
         while done < len(data):
             done += os.pwrite(self._fds[f], mv[done:], off + done)
         with self._dirty_lock:
-            self._dirty.add(f)
+            self._writes += 1
+            self._dirty[f] = self._writes
 
     def sync(self) -> None:
-        with self._sync_lock:
+        with self._dirty_lock:
+            todo = sorted(self._dirty.items())
+        for f, n in todo:  # a failure leaves them dirty: the next sync tries them again
+            os.fdatasync(self._fds[f])
             with self._dirty_lock:
-                dirty, self._dirty = self._dirty, set()
-            try:
-                for f in sorted(dirty):
-                    os.fdatasync(self._fds[f])
-            except BaseException:
-                with self._dirty_lock:  # not on flash: the next sync tries them again
-                    self._dirty |= dirty
-                raise
+                if self._dirty.get(f) == n:
+                    del self._dirty[f]
 
     def size(self) -> int:
         return self._size

@@ -73,7 +73,8 @@ class GroupCommitJournal:
         stamped now by the HLC (0 without one)."""
         with self.lock:
             seq = self._append_locked(body, cls, hlc)
-            self._queued.notify()
+            if not self._flushing:  # a flush in flight wakes the flusher when it ends
+                self._queued.notify()
             return seq
 
     def append_many(self, records: list[tuple[bytes, int]]) -> list[int | JournalFull]:
@@ -88,7 +89,8 @@ class GroupCommitJournal:
                     out.append(self._append_locked(body, cls, None))
                 except JournalFull as exc:
                     out.append(exc)
-            self._queued.notify()
+            if not self._flushing:
+                self._queued.notify()
         return out
 
     def _append_locked(self, body: bytes, cls: int, hlc: int | None) -> int:
