@@ -44,3 +44,28 @@ def test_a_failed_sync_keeps_its_files_for_the_next(tmp_path, monkeypatch):
     st.sync()
     assert synced == [st._fds[1]]  # segment 0 still dirty after the failure
     st.close()
+
+
+def test_the_commit_point_syncs_the_head_alone(tmp_path, monkeypatch):
+    # The flusher's segment write under way (outside the journal lock) is its own sync's
+    # business: the commit point, synced under the lock, does not wait for it.
+    from midshift.firmware.core.journal import Journal
+
+    st = FileStorage.create(tmp_path / "j", 4096, 4)
+    Journal.format(st, 4096, 7, "gw-1")
+    j = Journal.open(st)
+    for _ in range(3):
+        j.append(b'{"v":1}', 1, 0)
+    j.flush()
+    j.append(b'{"v":2}', 1, 0)
+    runs, seq, pos = j.take_pending()  # as the flusher: written, not yet synced
+    for offset, data in runs:
+        st.write(offset, data)
+    real, synced = os.fdatasync, []
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (synced.append(fd), real(fd)))
+    j.commit(2)
+    assert synced == [st._fds[0]]
+    st.sync()  # the flusher's sync still finds its segment to sync
+    assert synced == [st._fds[0], st._fds[1]]
+    j.mark_durable(seq, pos)
+    st.close()

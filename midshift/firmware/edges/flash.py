@@ -160,8 +160,16 @@ class FileStorage:
             self._dirty[f] = self._writes
 
     def sync(self) -> None:
+        self._sync(None)
+
+    def sync_head(self) -> None:
+        """Sync the head file alone (the commit point): the journal writes a cursor only
+        once everything it names is on flash."""
+        self._sync(0)
+
+    def _sync(self, only: int | None) -> None:
         with self._dirty_lock:
-            todo = sorted(self._dirty.items())
+            todo = sorted(i for i in self._dirty.items() if only is None or i[0] == only)
         for f, n in todo:  # a failure leaves them dirty: the next sync tries them again
             os.fdatasync(self._fds[f])
             with self._dirty_lock:
