@@ -14,7 +14,10 @@ the journal on this machine's disk (durable: every event fsynced before it is se
   by eight producers (a plant gateway polling many PLCs), ``rate_offered_10k`` beside it:
   1,000 polls a second of ``block_10k`` (10) values each, a poll's values handed over
   together (``agent.emit_many``, one sync for them, as the Modbus driver does with a
-  block) and each measured from its poll's scheduled time.
+  block) and each measured from its poll's scheduled time. Diagnostics beside them:
+  ``journal_sync_p99_ms_10k`` / ``journal_sync_max_ms_10k`` (without the suffix: the
+  1,000/s run), the agent's journal flushes (write and fsync) while events were offered:
+  this machine's disk is shared, and a slow fsync holds up every event behind it.
 - ``drain_s_120k`` / ``drain_events_per_s``: ``drain_events`` events journaled while both
   uplinks refuse connections, then the time from restoring them until the ledger (a
   process of its own, as deployed) holds every one.
@@ -63,6 +66,7 @@ def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]
         say(f"forward: {n} events at {rate}/s offered by {producers} producer(s), "
             f"{block} per poll")
         due_ms, handed = _offer(lab, n, rate, producers, block)
+        sync_ms = list(agent.journal.sync_ms)  # the flushes while it was offered
         wait_for(lambda: lab.ledger_count() >= n, 30 + duration_s * 3)
         committed = {}
         for first, last, ledger_ms in lab.store.query(
@@ -78,7 +82,9 @@ def _latency(tmp: Path, rate: int, duration_s: float, say: Callable[[str], None]
                 "rate_achieved_per_s": round(n / handed, 1), "producers": producers,
                 "block": block,
                 "duration_s": duration_s,
-                "broker_rtt_p99_ms": round(percentile(rtt, 0.99), 2)}
+                "broker_rtt_p99_ms": round(percentile(rtt, 0.99), 2),
+                "journal_sync_p99_ms": round(percentile(sync_ms, 0.99), 2) if sync_ms else None,
+                "journal_sync_max_ms": round(max(sync_ms), 2) if sync_ms else None}
     finally:
         ledger.terminate()
         ledger.wait(10)
@@ -214,7 +220,8 @@ def _ten_k(tmp: Path, duration_s: float, say: Callable[[str], None]) -> dict[str
     return {"latency_p99_ms_10k": r["latency_p99_ms"], "latency_p50_ms_10k": r["latency_p50_ms"],
             "achieved_rate_per_s_10k": r["rate_achieved_per_s"], "rate_offered_10k": 10_000,
             "latency_lost_10k": r["latency_lost"], "block_10k": BLOCK_10K,
-            "producers_10k": 8}
+            "producers_10k": 8, "journal_sync_p99_ms_10k": r["journal_sync_p99_ms"],
+            "journal_sync_max_ms_10k": r["journal_sync_max_ms"]}
 
 
 def _blackhole(tmp: Path, before_s: float, after_s: float, rate: int,

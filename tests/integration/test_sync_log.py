@@ -51,3 +51,18 @@ def test_sync_log_backups_is_checked(value: int, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError, match="status.sync_log_backups"):
             validate(doc, types)
+
+
+def test_a_reopened_log_counts_from_the_size_it_had(tmp_path: Path) -> None:
+    # The handler counts its file's size instead of asking the file per line: a log left
+    # by the last run must count as the size it has, or it would grow past max_bytes.
+    (tmp_path / "sync.log").write_text("x" * 3900 + "\n")
+    handler = open_sync_log(tmp_path / "sync.log", max_bytes=4096, backups=2)
+    try:
+        for i in range(5):
+            sync_event("acked", seq=i, uplink="eth")
+    finally:
+        close_sync_log(handler)
+    old = (tmp_path / "sync.log.1").read_text()
+    assert old.startswith("x" * 3900) and len(old.encode()) <= 4096
+    assert json.loads((tmp_path / "sync.log").read_text().splitlines()[-1])["seq"] == 4

@@ -125,3 +125,28 @@ def test_a_burst_caps_the_batches_per_poll_and_says_the_next_is_due_now():
     assert f.poll(3) == [] and f.next_deadline_ms() == 1000
     f.on_ack(1, 10, "ok", 4)
     assert f.poll(4) == [] and f.next_deadline_ms() == 1001  # nothing more: resend timers
+
+
+def test_small_live_batches_stretch_the_window_and_a_held_batch_has_lingered():
+    # At 10,000 events/s a live batch lingers 2 ms and holds a few records: a window of
+    # full batches' count shut after a few of them and held records back past a ledger
+    # stall. Small ones may go on while all in flight hold under max_events records.
+    j, signer, f = _fwd_setup(0, max_events=10, linger_ms=2, window=2, ack_timeout_ms=1000)
+    f.set_uplink("eth", 0)
+    sent = []
+    for t in range(0, 40, 2):  # three records every 2 ms, no ack meanwhile
+        for _ in range(3):
+            j.append(body_for(1, 40))
+        j.flush()
+        sent += f.poll(t)
+        sent += f.poll(t + 2)
+    # 2 windows' worth went as long as under 10 records were in flight: 3 + 3 + 3, then
+    # the 4th took the count to 12 (>= 10): held
+    assert [(a, b) for _, a, b, _ in sent] == [(1, 3), (4, 6), (7, 9), (10, 12)]
+    assert f.poll(100) == []
+    assert f.next_deadline_ms() == 1002  # only the first ack timeout: nothing lingers
+    assert f.on_ack(1, 3, "ok", 101) is not None  # 9 in flight: room, and the linger
+    out = f.poll(101)  # ran out while the batch was held, so it goes at once
+    assert [(a, b) for _, a, b, _ in out] == [(13, 22)]
+    # Full batches keep the plain window: 4 in flight (13..22 holds 10) shut it
+    assert f.poll(102) == []

@@ -391,7 +391,14 @@ class Journal:
         self.storage.write(SLOT_OFFSETS[slot], _cursor_bytes(
             self._seed, self._gen + 1, tail_pos, tail_seq, committed_seq, dropped, self.last_hlc,
             self.durable_pos, self.durable_seq + 1, self._durable_crc))
-        self.storage.sync()
+        # Everything a cursor names is on flash before it is written, so a storage that
+        # can sync the head alone (``sync_head``) does: the commit point's sync then does
+        # not wait for segment writes another thread has under way (the group commit's).
+        sync_head = getattr(self.storage, "sync_head", None)
+        if sync_head is not None:
+            sync_head()
+        else:
+            self.storage.sync()
         self._gen += 1
         self._slot = slot
         self._hint_pos = self.durable_pos

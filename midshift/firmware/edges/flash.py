@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,11 @@ from midshift.firmware.core.journal import DATA_START, Journal
 log = logging.getLogger(__name__)
 
 HEAD_NAME = "journal.head"
+# The journal's read window on CPython (the core's default, 4 KiB, is for the node's
+# heap): a drain reads 1,000-record batches, and with 4 KiB each took some 35 reads and
+# as many frame-by-frame steps at the window's edge (each read gives the interpreter lock
+# away); 64 KiB is one read per segment. Measured on 120,000 records: 197 -> 158 ms.
+READ_WINDOW = 65536
 
 
 def _segment_name(i: int) -> str:
@@ -57,7 +63,15 @@ class FileStorage:
         mode = os.O_RDONLY if read_only else os.O_RDWR
         self._paths = [head, *segs]
         self._fds = [os.open(p, mode) for p in self._paths]
-        self._dirty: set[int] = set()
+        # The group commit's flusher writes and syncs outside the journal lock while the
+        # commit point (the head file) is written and synced under it. A file is clean
+        # again only when no write came after the one its sync began from, so a sync that
+        # returns has every write made before it on flash (a shared set cleared after a
+        # sync could drop a segment another thread had just written: unsynced, marked
+        # durable). Syncs need not wait for each other.
+        self._dirty: dict[int, int] = {}  # file -> number of its last write
+        self._writes = 0
+        self._dirty_lock = threading.Lock()
         self._size = DATA_START + self.segment_size * len(segs)
 
     @classmethod
@@ -141,12 +155,26 @@ class FileStorage:
         mv, done = memoryview(data), 0
         while done < len(data):
             done += os.pwrite(self._fds[f], mv[done:], off + done)
-        self._dirty.add(f)
+        with self._dirty_lock:
+            self._writes += 1
+            self._dirty[f] = self._writes
 
     def sync(self) -> None:
-        for f in sorted(self._dirty):
+        self._sync(None)
+
+    def sync_head(self) -> None:
+        """Sync the head file alone (the commit point): the journal writes a cursor only
+        once everything it names is on flash."""
+        self._sync(0)
+
+    def _sync(self, only: int | None) -> None:
+        with self._dirty_lock:
+            todo = sorted(i for i in self._dirty.items() if only is None or i[0] == only)
+        for f, n in todo:  # a failure leaves them dirty: the next sync tries them again
             os.fdatasync(self._fds[f])
-        self._dirty.clear()
+            with self._dirty_lock:
+                if self._dirty.get(f) == n:
+                    del self._dirty[f]
 
     def size(self) -> int:
         return self._size
@@ -174,7 +202,7 @@ def open_or_create_journal(directory: str | Path, segment_size: int, segment_cou
                  segment_size, epoch)
     else:
         storage = FileStorage(d)
-    journal = Journal.open(storage, max_body=max_body)
+    journal = Journal.open(storage, max_body=max_body, read_window=READ_WINDOW)
     if (journal.segment_size, journal.segment_count) != (segment_size, segment_count):
         log.warning("journal %s keeps its geometry %d x %d bytes; the config asks for %d x %d "
                     "(reformat to change it)", d, journal.segment_count, journal.segment_size,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 from midshift.firmware.core.errors import JournalFull, StorageError
@@ -29,6 +30,7 @@ from midshift.firmware.core.journal import Journal
 from midshift.firmware.core.record import TXN
 
 RETRY_S = 1.0  # how often writes that hit a full filesystem are retried
+SYNC_SAMPLES = 4096  # flush times kept for ``sync_ms``
 
 
 class JournalNoSpace(StorageError):
@@ -63,6 +65,8 @@ class GroupCommitJournal:
         self._closing = False
         self._flushing = False
         self.syncs = 0
+        # The last flushes' write-and-sync times (ms): what the flash made producers wait.
+        self.sync_ms: deque[float] = deque(maxlen=SYNC_SAMPLES)
         self._thread = threading.Thread(target=self._run, name="journal-commit", daemon=True)
         self._thread.start()
 
@@ -73,7 +77,8 @@ class GroupCommitJournal:
         stamped now by the HLC (0 without one)."""
         with self.lock:
             seq = self._append_locked(body, cls, hlc)
-            self._queued.notify()
+            if not self._flushing:  # a flush in flight wakes the flusher when it ends
+                self._queued.notify()
             return seq
 
     def append_many(self, records: list[tuple[bytes, int]]) -> list[int | JournalFull]:
@@ -88,7 +93,8 @@ class GroupCommitJournal:
                     out.append(self._append_locked(body, cls, None))
                 except JournalFull as exc:
                     out.append(exc)
-            self._queued.notify()
+            if not self._flushing:
+                self._queued.notify()
         return out
 
     def _append_locked(self, body: bytes, cls: int, hlc: int | None) -> int:
@@ -153,6 +159,7 @@ class GroupCommitJournal:
             return
         self._flushing = True
         self.lock.release()
+        t0 = time.monotonic()
         try:
             # Write and sync without the lock, so producers keep appending and their
             # records share the next sync.
@@ -172,6 +179,7 @@ class GroupCommitJournal:
         except Exception as exc:  # storage died: every waiter must hear it
             self.lock.acquire()
             self._fail(exc)
+        self.sync_ms.append((time.monotonic() - t0) * 1000.0)
         self.lock.acquire()
         self._flushing = False
         self._retry, self._no_space = None, None

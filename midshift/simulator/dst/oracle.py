@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from midshift.firmware.core.forwarder import WINDOW_STRETCH
 from midshift.firmware.core.wire import WireError
 
 if TYPE_CHECKING:
@@ -105,12 +106,13 @@ class Oracle:
             self.committed[gid] = seq
 
     def check_memory(self, gid: str, forwarder: object, window: int, ring_records: int) -> None:
-        """In flight: at most the window. Acknowledged ranges past a gap are kept one per
-        batch (they merge only into the commit point), so their bound is what the ring
-        can hold, not a constant."""
+        """In flight: at most the window, stretched to ``WINDOW_STRETCH`` windows only by
+        small batches (``Forwarder._window_open``). Acknowledged ranges past a gap are
+        kept one per batch (they merge only into the commit point), so their bound is what
+        the ring can hold, not a constant."""
         inflight = len(forwarder.inflight)  # type: ignore[attr-defined]
         acked = len(forwarder.acked)  # type: ignore[attr-defined]
-        if inflight > window or acked > ring_records:
+        if inflight > window * WINDOW_STRETCH or acked > ring_records:
             self.fail("memory", f"{gid} holds {inflight} batches in flight (window {window}) "
                       f"and {acked} acknowledged ranges (the ring holds {ring_records} "
                       "records at most)")
