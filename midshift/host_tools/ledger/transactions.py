@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import namedtuple
 from typing import Any
 
@@ -85,9 +86,78 @@ def _body(body: bytes) -> Any:
     return {"v": 1, "k": ev["kind"], "t": ev["read_ms"], "d": ev["data"]}
 
 
+# A string without escapes, quotes or anything but printable ASCII: its JSON text is its
+# value, character for character. A JSON integer as ``json`` reads one.
+_S = r'"([ !#-\[\]-~]*)"'
+_NUM = r'(0|[1-9][0-9]*)'
+_I = r'(?:0|[1-9][0-9]*)'
+_LINE = (r'\{"sku":"[ !#-\[\]-~]*","qty_milli":' + _I + ',"unit_price":' + _I + ',"discount":'
+         + _I + r'\}')
+# The body as the till API writes it (``till_api._journal``: ``encode_body`` of the
+# validated transaction), whole: keys in that order, no whitespace. A body that matches
+# means exactly what ``json`` would read from it; any other goes the general way.
+_GATEWAY_BODY = re.compile(
+    r'\{"v":1,"src":"[ !#-\[\]-~]*","k":"txn","t":(-?' + _I + r'),"d":\{"key":' + _S
+    + ',"sha":' + _S + ',"store":' + _S + ',"tz":' + _S + ',"receipt":' + _S
+    + r',"offline":(true|false),"txn":\{"type":"(sale|refund|void)","till":' + _S
+    + ',"till_seq":' + _NUM + ',"business_day":' + _S + ',"cashier":' + _S + ',"currency":' + _S
+    + r'(?:,"till_time":' + _S + r')?,"lines":\[(' + _LINE + '(?:,' + _LINE + r')*)\]'
+    + r',"tenders":(\[[^\[\]]*\])'
+    + r'(?:,"original":("[ !#-\[\]-~]*"|\{"till":"[ !#-\[\]-~]*","till_seq":' + _I + r'\}))?'
+    + r'\}\}\}')
+_AMOUNTS = re.compile(r'"qty_milli":([0-9]+),"unit_price":([0-9]+),"discount":([0-9]+)')
+
+
+def _gateway_row(gateway: str, epoch: str, seq: int, text: str, ledger_ms: int) -> Row | None:
+    """The row of a body exactly as the till API writes it, read with one regular
+    expression instead of a JSON parse of the whole body (a drained outage is 90,000 of
+    them); None for any other body. Only the tenders are parsed, for the card flags."""
+    m = _GATEWAY_BODY.fullmatch(text) if text.isascii() else None
+    if m is None:
+        return None
+    (t, key, sha, store, tz, receipt, offline, kind, till, till_seq, day, cashier, currency,
+     till_time, lines, tenders_text, original) = m.groups()
+    try:
+        tenders, end = _scan(tenders_text, 0)
+    except (ValueError, StopIteration):
+        return None
+    if end != len(tenders_text):
+        return None
+    try:
+        cash = card = voucher = 0
+        for td in tenders:
+            k = td.get("kind")
+            if k == "cash":
+                cash += td["amount"]
+            elif k == "card":
+                card += td["amount"]
+            elif k == "voucher":
+                voucher += td["amount"]
+    except (KeyError, TypeError, AttributeError):
+        return None  # the general way names the error
+    total = 0
+    for qty, price, discount in _AMOUNTS.findall(lines):
+        total += (int(qty) * int(price) + 500) // 1000 - int(discount)
+    return _new_row(Row, (
+        gateway, epoch, seq, store, till, int(till_seq), day, kind, currency, key, sha,
+        receipt, 1 if offline == "true" else 0, int(t), ledger_ms, total, cash, card, voucher,
+        original, tz or "UTC", cashier, till_time, tenders))
+
+
 def row_of(gateway: str, epoch: str, seq: int, body: bytes, ledger_ms: int) -> Row | None:
     """The ``transactions`` row for a body, None when it is not a transaction event;
     ValueError saying why when it is one the ledger cannot read."""
+    try:
+        row = _gateway_row(gateway, epoch, seq, body.decode(), ledger_ms)
+    except UnicodeDecodeError:
+        row = None
+    if row is not None:
+        return row
+    return _row_of_doc(gateway, epoch, seq, body, ledger_ms)
+
+
+def _row_of_doc(gateway: str, epoch: str, seq: int, body: bytes, ledger_ms: int) -> Row | None:
+    """``row_of`` for any body: parsed as JSON whole."""
     doc = _body(body)
     if doc is None or doc.get("k") != "txn":
         return None
@@ -171,9 +241,13 @@ class Booker:
                 rows.append(row)
         if rows:
             held = _Held(self, rows)
-            for r in rows:
-                self._one(r, held, ledger_ms)
-                held.add(r)
+            if held.plain(rows):  # the common case, a drained outage: own flags only
+                for r in rows:
+                    self._own((r.gateway, r.epoch, r.seq), r, held, ledger_ms)
+            else:
+                for r in rows:
+                    self._one(r, held, ledger_ms)
+                    held.add(r)
             self.cur.executemany(
                 f"INSERT INTO transactions ({', '.join(COLUMNS)}) VALUES "
                 f"({', '.join([self.ph] * _N)})", [r[:_N] for r in rows])
@@ -205,6 +279,10 @@ class Booker:
                       f"{r.gateway} seq {r.seq} with {what}", now)
         if r.type != "sale":
             self._original(me, r, held, now)
+        self._own(me, r, held, now)
+
+    def _own(self, me: tuple[str, str, int], r: Row, held: _Held, now: int) -> None:
+        """The flags a row raises by itself: card authorizations, balance, late."""
         for t in r.tenders:
             auth = t.get("auth") if t.get("kind") == "card" else None
             if auth in ("declined", "offline_pending"):
@@ -253,10 +331,15 @@ class _Held:
         for r in rows:
             tills.setdefault((r.store, r.till), []).append(r.till_seq)
         for (store, till), seqs in tills.items():
-            for gw, ep, sq, key, sha, ts in b._in(
-                    "SELECT gateway, epoch, seq, idem_key, sha, till_seq FROM transactions "
-                    "WHERE store = ? AND till = ? AND till_seq IN", (store, till),
-                    sorted(set(seqs))):
+            lo, hi = min(seqs), max(seqs)
+            sql = ("SELECT gateway, epoch, seq, idem_key, sha, till_seq FROM transactions "
+                   "WHERE store = ? AND till = ? AND till_seq")
+            # A till's seqs in a drained backlog are a run: one range instead of a seek
+            # each (rows in the range that no row here claims are held but never asked for).
+            found = (b._q(f"{sql} BETWEEN ? AND ?", (store, till, lo, hi))
+                     if hi - lo < 2 * len(seqs) + b.CHUNK else
+                     b._in(f"{sql} IN", (store, till), sorted(set(seqs))))
+            for gw, ep, sq, key, sha, ts in found:
                 self.by_till.setdefault((store, till, ts), []).append((gw, ep, sq, key, sha))
         for gw, ep, sq, key, sha in b._in(
                 "SELECT gateway, epoch, seq, idem_key, sha FROM transactions WHERE idem_key IN",
@@ -265,6 +348,15 @@ class _Held:
         self.closed = {(s, d) for s, d in b._in(
             "SELECT store, business_day FROM closed_days WHERE store IN", (),
             sorted({r.store for r in rows}))}
+
+    def plain(self, rows: list[Row]) -> bool:
+        """True when no row can conflict with another or with what is held, and none
+        refers to an original: then each row raises only its own flags."""
+        if self.by_till or self.by_key:
+            return False
+        return (all(r.type == "sale" for r in rows)
+                and len({(r.store, r.till, r.till_seq) for r in rows}) == len(rows)
+                and len({r.idem_key for r in rows}) == len(rows))
 
     def add(self, r: Row) -> None:
         held = (r.gateway, r.epoch, r.seq, r.idem_key, r.sha)
