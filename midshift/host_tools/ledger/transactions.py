@@ -93,6 +93,8 @@ _NUM = r'(0|[1-9][0-9]*)'
 _I = r'(?:0|[1-9][0-9]*)'
 _LINE = (r'\{"sku":"[ !#-\[\]-~]*","qty_milli":' + _I + ',"unit_price":' + _I + ',"discount":'
          + _I + r'\}')
+_TENDER = (r'(?:\{"kind":"(?:cash|voucher)","amount":' + _I + r'\}|\{"kind":"card","amount":'
+           + _I + r',"pan":"[ !#-\[\]-~]*","scheme":"[ !#-\[\]-~]*","auth":"[a-z_]*"\})')
 # The body as the till API writes it (``till_api._journal``: ``encode_body`` of the
 # validated transaction), whole: keys in that order, no whitespace. A body that matches
 # means exactly what ``json`` would read from it; any other goes the general way.
@@ -102,9 +104,10 @@ _GATEWAY_BODY = re.compile(
     + r',"offline":(true|false),"txn":\{"type":"(sale|refund|void)","till":' + _S
     + ',"till_seq":' + _NUM + ',"business_day":' + _S + ',"cashier":' + _S + ',"currency":' + _S
     + r'(?:,"till_time":' + _S + r')?,"lines":\[(' + _LINE + '(?:,' + _LINE + r')*)\]'
-    + r',"tenders":(\[[^\[\]]*\])'
+    + r',"tenders":\[(' + _TENDER + '(?:,' + _TENDER + r')*)\]'
     + r'(?:,"original":("[ !#-\[\]-~]*"|\{"till":"[ !#-\[\]-~]*","till_seq":' + _I + r'\}))?'
     + r'\}\}\}')
+_TENDERS = re.compile(r'"kind":"([a-z]+)","amount":([0-9]+)')
 _AMOUNTS = re.compile(r'"qty_milli":([0-9]+),"unit_price":([0-9]+),"discount":([0-9]+)')
 
 
@@ -117,24 +120,17 @@ def _gateway_row(gateway: str, epoch: str, seq: int, text: str, ledger_ms: int) 
         return None
     (t, key, sha, store, tz, receipt, offline, kind, till, till_seq, day, cashier, currency,
      till_time, lines, tenders_text, original) = m.groups()
-    try:
-        tenders, end = _scan(tenders_text, 0)
-    except (ValueError, StopIteration):
-        return None
-    if end != len(tenders_text):
-        return None
-    try:
-        cash = card = voucher = 0
-        for td in tenders:
-            k = td.get("kind")
-            if k == "cash":
-                cash += td["amount"]
-            elif k == "card":
-                card += td["amount"]
-            elif k == "voucher":
-                voucher += td["amount"]
-    except (KeyError, TypeError, AttributeError):
-        return None  # the general way names the error
+    cash = card = voucher = 0
+    for k, amount in _TENDERS.findall(tenders_text):
+        if k == "cash":
+            cash += int(amount)
+        elif k == "card":
+            card += int(amount)
+        else:
+            voucher += int(amount)
+    # The tenders themselves only when a card flag reads them (strings here hold no '"').
+    tenders = (_scan(f"[{tenders_text}]", 0)[0] if '"auth":"declined"' in tenders_text
+               or '"auth":"offline_pending"' in tenders_text else ())
     total = 0
     for qty, price, discount in _AMOUNTS.findall(lines):
         total += (int(qty) * int(price) + 500) // 1000 - int(discount)
