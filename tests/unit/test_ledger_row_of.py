@@ -45,6 +45,7 @@ def test_a_till_api_body_reads_the_same_either_way(raw: bytes) -> None:
     slow = _row_of_doc("gw-a", "00ab", 3, raw, 99)
     assert fast is not None and slow is not None
     assert fast[:_N] == slow[:_N]
+    assert row_of("gw-a", "00ab", 3, raw.decode(), 99) == row_of("gw-a", "00ab", 3, raw, 99)
     # The tenders travel with the row only when a card flag reads them.
     flagged = [t for t in slow.tenders if t.get("auth") in ("declined", "offline_pending")]
     assert [t for t in fast.tenders if t.get("auth") in ("declined", "offline_pending")] \
@@ -73,6 +74,7 @@ def test_any_other_body_is_read_as_json(raw: bytes) -> None:
     assert _gateway_row("gw-a", "00ab", 3, raw.decode(), 99) is None
     slow = _row_of_doc("gw-a", "00ab", 3, raw, 99)
     assert slow is not None and row_of("gw-a", "00ab", 3, raw, 99) == slow
+    assert row_of("gw-a", "00ab", 3, raw.decode(), 99) == slow  # as the SQLite store gives it
 
 
 def test_a_body_the_ledger_cannot_read_still_says_why() -> None:
