@@ -37,6 +37,11 @@ transaction (same database transaction, no extra statement); a partial index per
 (``WHERE <sink>_ms IS NULL``) holds only what is due, so a delivery worker finds its work
 without scanning the table. Rows booked before version 5 are marked delivered at 0 (they
 never go out: the ERP link did not exist when they were booked).
+
+Version 6 (SQLite only; PostgreSQL's tables are heaps already) rebuilds ``transactions`` as
+a rowid table, its event key ``(gateway, epoch, seq)`` a unique index: every secondary
+index entry then ends in an 8-byte row id instead of the key's two strings and integer,
+and a drained outage books its 90,000 rows with 13% less insert CPU (issue 17).
 """
 
 from __future__ import annotations
@@ -130,6 +135,32 @@ UPDATE transactions SET erp_ms = 0, feed_ms = 0;
 CREATE INDEX transactions_erp_due ON transactions (ledger_ms) WHERE erp_ms IS NULL;
 CREATE INDEX transactions_feed_due ON transactions (ledger_ms) WHERE feed_ms IS NULL;
 """),
+    (6, """
+CREATE TABLE transactions_v6 (
+    gateway TEXT NOT NULL, epoch TEXT NOT NULL, seq INTEGER NOT NULL,
+    store TEXT NOT NULL, till TEXT NOT NULL, till_seq INTEGER NOT NULL,
+    business_day TEXT NOT NULL, type TEXT NOT NULL, currency TEXT NOT NULL,
+    idem_key TEXT NOT NULL, sha TEXT NOT NULL, receipt TEXT NOT NULL, offline INTEGER NOT NULL,
+    accepted_ms INTEGER NOT NULL, ledger_ms INTEGER NOT NULL, total INTEGER NOT NULL,
+    cash INTEGER NOT NULL, card INTEGER NOT NULL, voucher INTEGER NOT NULL, original TEXT,
+    tz TEXT NOT NULL, cashier TEXT NOT NULL, till_time TEXT,
+    erp_ms INTEGER, erp_lease_ms INTEGER, erp_tries INTEGER NOT NULL DEFAULT 0,
+    feed_ms INTEGER, feed_lease_ms INTEGER, feed_tries INTEGER NOT NULL DEFAULT 0);
+INSERT INTO transactions_v6
+    SELECT gateway, epoch, seq, store, till, till_seq, business_day, type, currency, idem_key,
+           sha, receipt, offline, accepted_ms, ledger_ms, total, cash, card, voucher, original,
+           tz, cashier, till_time, erp_ms, erp_lease_ms, erp_tries, feed_ms, feed_lease_ms,
+           feed_tries
+    FROM transactions ORDER BY gateway, epoch, seq;
+DROP TABLE transactions;
+ALTER TABLE transactions_v6 RENAME TO transactions;
+CREATE UNIQUE INDEX transactions_event ON transactions (gateway, epoch, seq);
+CREATE INDEX transactions_till_seq ON transactions (store, till, till_seq);
+CREATE INDEX transactions_key ON transactions (idem_key);
+CREATE INDEX transactions_day ON transactions (store, business_day);
+CREATE INDEX transactions_erp_due ON transactions (ledger_ms) WHERE erp_ms IS NULL;
+CREATE INDEX transactions_feed_due ON transactions (ledger_ms) WHERE feed_ms IS NULL;
+"""),
 ]
 
 POSTGRESQL: list[tuple[int, str]] = [
@@ -212,6 +243,9 @@ UPDATE transactions SET erp_ms = 0, feed_ms = 0;
 CREATE INDEX transactions_erp_due ON transactions (ledger_ms) WHERE erp_ms IS NULL;
 CREATE INDEX transactions_feed_due ON transactions (ledger_ms) WHERE feed_ms IS NULL;
 """),
+    # A PostgreSQL table is a heap with row ids of its own already, its primary key an index
+    # beside it: nothing to change. The version is kept level with SQLite's.
+    (6, "SELECT 1;"),
 ]
 
 LATEST = {"sqlite": SQLITE[-1][0], "postgresql": POSTGRESQL[-1][0]}

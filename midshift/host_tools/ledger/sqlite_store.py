@@ -28,7 +28,7 @@ from midshift.host_tools.ledger.store import (
     RejectionRow,
     sqlite_path,
 )
-from midshift.host_tools.ledger.transactions import Booker, Candidate, candidates
+from midshift.host_tools.ledger.transactions import Booker, Candidate, candidate_seqs
 
 
 class SqliteStore(LedgerStore):
@@ -95,7 +95,7 @@ class SqliteStore(LedgerStore):
                 # except for till transactions (``transactions.py``): only the newly stored
                 # ones are booked, so the batch's seqs already held are read first (this
                 # connection is the only writer, inside BEGIN IMMEDIATE).
-                txns = candidates(batch)
+                txns = candidate_seqs(batch)
                 held = {s for (s,) in cur.execute(
                     "SELECT seq FROM events WHERE gateway = ? AND epoch = ? AND seq BETWEEN "
                     "? AND ?", (gw, epoch, batch.first_seq, batch.last_seq))} if txns else ()
@@ -104,8 +104,10 @@ class SqliteStore(LedgerStore):
                          ledger_ms) for seq, cls, hlc, body in batch.records]
                 before = self.db.total_changes
                 cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
-                booked += [(gw, epoch, seq, txns[seq]) for seq in sorted(txns)
-                           if seq not in held]
+                if txns:  # booked from the text just stored (``unstorable``: exact UTF-8);
+                    # records come in ascending seq order (``decode_batch`` refuses others)
+                    booked += [(gw, epoch, r[2], r[5]) for r in rows
+                               if r[2] in txns and r[2] not in held]
                 new = self.db.total_changes - before
                 n = len(batch.records)
                 cur.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
