@@ -48,9 +48,14 @@ class TxnInvalid(ValueError):
 # ---- money -----------------------------------------------------------------------------
 
 
+def amount_of(qty_milli, unit_price, discount):
+    """Quantity (thousandths) times unit price, rounded half up to a minor unit, less the
+    discount: the one rule for a line's money (the ledger's fast body reader calls it too)."""
+    return (qty_milli * unit_price + 500) // 1000 - discount
+
+
 def line_amount(line):
-    """Quantity times unit price, rounded half up to a minor unit, less the discount."""
-    return (line["qty_milli"] * line["unit_price"] + 500) // 1000 - line.get("discount", 0)
+    return amount_of(line["qty_milli"], line["unit_price"], line.get("discount", 0))
 
 
 def lines_total(txn):

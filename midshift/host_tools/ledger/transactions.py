@@ -140,7 +140,7 @@ def _gateway_row(gateway: str, epoch: str, seq: int, text: str, ledger_ms: int) 
                or '"auth":"offline_pending"' in tenders_text else ())
     total = 0
     for qty, price, discount in _AMOUNTS.findall(lines):
-        total += (int(qty) * int(price) + 500) // 1000 - int(discount)
+        total += till_txn.amount_of(int(qty), int(price), int(discount))
     return _new_row(Row, (
         gateway, epoch, seq, store, till, int(till_seq), day, kind, currency, key, sha,
         receipt, 1 if offline == "true" else 0, int(t), ledger_ms, total, cash, card, voucher,
