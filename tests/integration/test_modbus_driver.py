@@ -312,7 +312,11 @@ def test_dropped_connections_and_a_restart_are_reconnected(plc: ModbusPLC,
     wait_until(lambda: drv.status.counter("reconnects") >= 2)
     before = len(sink.values("count"))
     wait_until(lambda: len(sink.values("count")) >= before + 2)
-    assert drv.status.counter("disconnects") >= 2
+    # The drop is always seen as a loss. The restart is seen as a loss, or, when the
+    # request went out on the old socket before the close reached the client (pymodbus
+    # then says "no response"), as a timeout: either way the connection was renewed.
+    assert drv.status.counter("disconnects") >= 1
+    assert drv.status.counter("disconnects") + drv.status.counter("timeouts") >= 2
     drv.stop()
     assert sink.values("count") == _served(plc, "count")
 
