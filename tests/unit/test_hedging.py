@@ -153,3 +153,17 @@ def test_an_ack_through_the_active_uplink_breaks_the_streak():
     ack(sess, "eth", 5, 6, 61)  # the active path answered this one first
     ack(sess, "lte", 7, 8, 62)
     assert sess.active == "eth" and sess.selector.demotions == 0
+
+
+def test_a_standby_that_wins_each_race_while_the_active_uplink_still_delivers_is_no_rescue():
+    """Both uplinks reach one broker, so each hears every ack: under load the standby's
+    copy may come first every time. The active uplink's own copy following it shows that
+    path alive, so no streak of hedges "won" that way demotes it (CI, stop 34)."""
+    sess = both_up(journal_of([rec.TXN] * 8))
+    sess.poll(0, WALL)
+    sess.poll(50, WALL + 50)  # all four hedged on lte
+    for first in (1, 3, 5, 7):
+        ack(sess, "lte", first, first + 1, 60 + first)
+        ack(sess, "eth", first, first + 1, 61 + first)  # a stale copy, but a live path
+    assert sess.active == "eth" and sess.selector.demotions == 0
+    assert sess.forwarder.counters["hedges_won"] == 4 and not sess.forwarder.inflight

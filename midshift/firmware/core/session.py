@@ -26,8 +26,8 @@ thin loops around it, so both runtimes obey the same rules.
 Hedged sends (``core/forwarder.py``): a batch unanswered past the hedge delay goes once more
 on the first healthy standby that carries it (``hedge`` per uplink: every class, ``txn``
 only, or none); its ack is taken from that standby. When the active uplink's batches keep
-being answered through their hedges (``DEMOTE_AFTER`` in a row), it is demoted before its
-keepalive notices: the traffic fails over, and it takes it back only after the fail-back
+being answered through their hedges (``DEMOTE_AFTER`` in a row, with nothing heard on it
+in between), it is demoted before its keepalive notices: the traffic fails over, and it takes it back only after the fail-back
 hold time.
 
 When the far end is gone: no healthy uplink means no publishes; records wait in the
@@ -253,7 +253,12 @@ class LinkSession:
         # A hedged batch's ack is taken from the standby its copy went on: with the active
         # uplink blackholed, it is the only way the answer comes back.
         leaf = self.own.get(topic)
-        if uplink != self.selector.active:
+        if uplink == self.selector.active:
+            # The active uplink still delivers: a hedge's answer that came first on the
+            # standby won a race between two live paths (every uplink hears every ack
+            # when they reach one broker), not a rescue; only a silent one is demoted.
+            self._hedge_streak = 0
+        else:
             if leaf == topics.ACK and self._answers_a_hedge(uplink, payload):
                 return self._on_ack(payload, now_ms, wall_ms, uplink)
             self.counters["ignored_inactive"] += 1
