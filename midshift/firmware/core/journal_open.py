@@ -33,6 +33,7 @@ from midshift.firmware.core.journal import (
     _cursor_bytes,
     storage_size,
 )
+from midshift.firmware.core.journal_damage import note_damage
 
 
 def format_storage(storage, segment_size, epoch, gateway_id="", created_ms=0):
@@ -118,7 +119,7 @@ def recover(j, repair):
             r.records += 1
         elif kind == "corrupt":
             r.corrupt_seqs.append(item)
-            j._note_damage(item, item)
+            note_damage(j, item, item)
         elif kind == "end":
             if item[1] is not None:
                 r.cut_pos, r.cut_bytes, r.cut_reason = pos, item[0], item[1]
