@@ -2,7 +2,8 @@
 split reads and the inter-character timeout. Properties over arbitrary bytes:
 test_scan_line_props.py (hypothesis)."""
 
-from midshift.firmware.core.scan_line import REASONS, TERMINATORS, ScanLineFramer, charset_table
+from midshift.firmware.core.scan_charset import charset_table
+from midshift.firmware.core.scan_line import REASONS, TERMINATORS, ScanLineFramer
 from tests.unit.portable import cases, raises
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too

@@ -14,7 +14,8 @@ from midshift.firmware.core.config_fields import (
     no_unknown_keys,
 )
 from midshift.firmware.core.errors import ConfigError
-from midshift.firmware.core.scan_line import NAMED_CHARSETS, TERMINATORS, charset_table
+from midshift.firmware.core.scan_charset import NAMED_CHARSETS, charset_table
+from midshift.firmware.core.scan_line import TERMINATORS
 
 DEFAULT_CLASS = "txn"  # a scan is a sale line or a goods-in: a transaction
 CONFIG_KEYS = ("port", "baudrate", "terminator", "prefix", "suffix", "min_length",

@@ -34,13 +34,14 @@ EDGES = {"scanner": ("uart_scanner", "UartScanner"), "scale": ("uart_scale", "Ua
 # Needed only while booting: forgotten by ``release``, so the next collection frees their
 # bytecode (bench node: about 40 KiB of RAM from a filesystem). The config checker
 # (node_config and what it imports; the node keeps no ``SiteConfig``, whose class would
-# pin it), the scanner's and scale's config checks (the sessions, scan_line and mtsics,
-# stay when a device needs them), the journal's opening and recovery and its damage
-# path (loaded again if reading meets damage), the first-boot format of its files
-# (flash_format), and this module.
-BOOT_ONLY = ("midshift.firmware.mpy.boot", "midshift.firmware.mpy.node_config", "midshift.firmware.core.site_config",
-             "midshift.firmware.core.config_fields", "midshift.firmware.core.broker_url",
-             "midshift.firmware.core.bind_address", "midshift.firmware.core.scan_line_config",
+# pin it), the scanner's and scale's config checks and the scanner's character-set
+# tables (the sessions, scan_line and mtsics, stay when a device needs them), the
+# journal's opening and recovery and its damage path (loaded again if reading meets
+# damage), the first-boot format of its files (flash_format), and this module.
+BOOT_ONLY = ("midshift.firmware.mpy.boot", "midshift.firmware.mpy.node_config",
+             "midshift.firmware.core.site_config", "midshift.firmware.core.config_fields",
+             "midshift.firmware.core.broker_url", "midshift.firmware.core.bind_address",
+             "midshift.firmware.core.scan_line_config", "midshift.firmware.core.scan_charset",
              "midshift.firmware.core.mtsics_config", "midshift.firmware.core.journal_open",
              "midshift.firmware.core.journal_damage", "midshift.firmware.mpy.flash_format")
 
