@@ -204,12 +204,27 @@ class CommandGate:
         return cmd_id, cmd, args
 
 
+class SetLogLevel:
+    """Set the runtime's log level (command ``set-log-level``)."""
+
+    def __init__(self, level):
+        self.level = level
+
+
+class Reload:
+    """The ledger asked for the configuration to be read again (command ``cmd_id``); the
+    runtime answers with ``command_done(session, cmd_id, result)``."""
+
+    def __init__(self, cmd_id=0):
+        self.cmd_id = cmd_id
+
+
 def carry_out(session, payload, now_ms):
     """A command arrived for ``session`` (``core/session.LinkSession``, with a gate):
     checked by its gate, then done; returns the session's actions. It lives here, not in
     session.py, so a runtime without a command key (a MicroPython node without
     ``cmd.key``) never loads it; it works on the session's own state, as its method did."""
-    from midshift.firmware.core.session import Note, Reload, SaveCommandId, SetLogLevel
+    from midshift.firmware.core.session import Note, SaveCommandId
 
     try:
         cmd_id, cmd, args = session.gate.check(payload)
@@ -241,3 +256,16 @@ def carry_out(session, payload, now_ms):
     out.append(Note("command", {"id": cmd_id, "cmd": cmd, "result": result}))
     session._status_due = now_ms  # answer (ping included) with a fresh status at once
     return out
+
+
+def command_done(session, cmd_id, result):
+    """The runtime carried out ``session``'s command ``cmd_id`` (a reload: the config
+    was valid or not): its result replaces the provisional one, said at once in the
+    status."""
+    from midshift.firmware.core.session import Note
+
+    if session.last_command is None or session.last_command["id"] != cmd_id:
+        return []
+    session.last_command = {"id": cmd_id, "cmd": session.last_command["cmd"], "result": result}
+    session._status_due = 0
+    return [Note("command", dict(session.last_command))]

@@ -18,8 +18,9 @@ and answers with actions for the runtime to carry out, in the shape of h11's Con
 - ``close(now_ms)``: the last commit before the journal closes.
 
 Actions are small classes: ``Publish``, ``Commit``, ``SaveCommandId``, ``Observe`` (the
-ledger's time for the HLC), ``SetLogLevel``, ``Reload``, ``Note`` (a sync-log line) and
-``StatusDue``, answered by publishing ``status_message(...)``. The CPython agent
+ledger's time for the HLC), ``Note`` (a sync-log line) and ``StatusDue``, answered by
+publishing ``status_message(...)``; a command adds those of ``core/commands.py``
+(``SetLogLevel``, ``Reload``), where what a command does lives. The CPython agent
 (``midshift/firmware/forwarding.py``) and the MicroPython node (``midshift/firmware/mpy/node.py``) are
 thin loops around it, so both runtimes obey the same rules.
 
@@ -84,19 +85,6 @@ class Observe:
 
     def __init__(self, hlc):
         self.hlc = hlc
-
-
-class SetLogLevel:
-    def __init__(self, level):
-        self.level = level
-
-
-class Reload:
-    """The ledger asked for the configuration to be read again (command ``cmd_id``); the
-    runtime answers with ``command_done(cmd_id, result)``."""
-
-    def __init__(self, cmd_id=0):
-        self.cmd_id = cmd_id
 
 
 class StatusDue:
@@ -461,15 +449,6 @@ class LinkSession:
         from midshift.firmware.core.commands import carry_out
 
         return carry_out(self, payload, now_ms)
-
-    def command_done(self, cmd_id, result):
-        """The runtime carried out command ``cmd_id`` (a reload: the config was valid or
-        not): its result replaces the provisional one, said at once in the status."""
-        if self.last_command is None or self.last_command["id"] != cmd_id:
-            return []
-        self.last_command = {"id": cmd_id, "cmd": self.last_command["cmd"], "result": result}
-        self._status_due = 0
-        return [Note("command", dict(self.last_command))]
 
     # ---- status ------------------------------------------------------------------------
 
