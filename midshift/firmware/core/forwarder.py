@@ -18,7 +18,7 @@ Rules, each for a failure peers have shipped:
 - Bounded memory: in flight are (seq range, positions) only; records are re-read from
   the journal for a resend. A two-hour outage costs flash, not RAM.
 - Hedged sends: a batch not acknowledged within the hedge delay goes once more on the
-  first healthy alternate uplink (``hedges``), without waiting for the active one to be
+  first healthy alternate uplink (``core/hedging.py``), without waiting for the active one to be
   declared dead; the ledger's unique key makes the copy harmless and the first ack wins.
   The delay follows the measured round trip (``HEDGE_FACTOR`` times the 90th percentile
   of recent first-attempt acks, never under the floor, never past the ack timeout), so a
@@ -318,35 +318,6 @@ class Forwarder:
             self._hedge_delay = int(min(self.ack_timeout_ms,
                                         max(self.hedge_floor_ms, self.hedge_factor * rtt)))
         return self._hedge_delay
-
-    def hedges(self, now_ms):
-        """Copies to publish now on an alternate uplink: [(uplink, first, last, bytes)].
-        Each batch in flight on the active uplink is hedged once, when its hedge delay has
-        passed, on the first alternate (``self.alternates``, preferred first) that carries
-        it; the copy is re-read from the journal, the original stays in flight."""
-        if not self.hedge_floor_ms or not self.alternates or self.uplink is None:
-            return []
-        delay = self.hedge_delay_ms()
-        out = []
-        for f in self.inflight:
-            if f.hedged_on is not None or f.uplink != self.uplink or f.lane == BACKLOG \
-                    or now_ms - f.sent_ms < delay:
-                continue
-            alt = None
-            for name, any_class in self.alternates:
-                if name != f.uplink and (any_class or f.all_txn):
-                    alt = name
-                    break
-            if alt is None:
-                continue
-            data = self._reencode(f, now_ms)
-            if data is None:
-                continue
-            f.hedged_on = alt
-            self.counters["hedged"] += 1
-            self.counters["hedge_bytes"] += len(data)
-            out.append((alt, f.first, f.last, data))
-        return out
 
     def next_deadline_ms(self):
         """The earliest time ``poll`` has something to do by the clock alone, or None.
