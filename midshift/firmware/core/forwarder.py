@@ -164,20 +164,6 @@ class Forwarder:
                           Lane(BACKLOG, start_pos, start_seq, durable_seq)]
         self._waiting_since = None
 
-    def replay_from(self, seq):
-        """The ledger lost what it acknowledged from ``seq`` on: forget those acks and
-        send everything unacknowledged again from the commit point (records before
-        ``seq`` that were never acked go too). Returns the first seq replayed."""
-        tail_pos, tail_seq = self.journal.tail()
-        durable_pos, durable_seq = self.journal.durable()
-        start = max(seq, tail_seq)
-        self.inflight = []
-        self.acked = [a for a in self.acked if a[1] < start]
-        self.rejected = [f for f in self.rejected if f.last < start]
-        self.lanes = [Lane(LIVE, durable_pos, durable_seq + 1),
-                      Lane(BACKLOG, tail_pos, tail_seq, durable_seq)]
-        return start
-
     def resend_now(self, now_ms):
         """The ledger says batches sent before it subscribed may have reached no one:
         what is in flight goes again at the next poll, not at its ack timeout."""
@@ -220,7 +206,7 @@ class Forwarder:
         if status != "ok":
             # The ledger's final word: sending it again gets the same answer. Its records
             # stay unreclaimed (the commit point stops before them) until an operator
-            # settles the range (``settle_rejected``); later batches go on.
+            # settles the range (``commands.settle_rejected``); later batches go on.
             self.counters["rejected"] += 1
             known = [f for f in self.rejected if f.first == first and f.last == last]
             if match.last > self.commit_seq and not known:  # a resend is refused again
@@ -232,19 +218,6 @@ class Forwarder:
         else:
             self.acked.append((first, last, match.end_pos))
         return self._advance_commit()
-
-    def settle_rejected(self, first, last):
-        """An operator has taken the rejected batches inside ``first..last`` off the
-        gateway (``host_tools journal export``) and lets their space go: (seq, pos) to
-        commit, or None. Returns the settled ranges too."""
-        settled = [f for f in self.rejected if first <= f.first and f.last <= last]
-        for f in settled:
-            self.rejected.remove(f)
-            if f.runs is not None:
-                self.acked.extend(f.runs)
-            else:
-                self.acked.append((f.first, f.last, f.end_pos))
-        return self._advance_commit(), [[f.first, f.last] for f in settled]
 
     def _advance_commit(self):
         self.acked.sort()
