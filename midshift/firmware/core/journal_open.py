@@ -16,7 +16,7 @@ segments of the end.
 import struct
 
 from midshift.firmware.core import record as rec
-from midshift.firmware.core.errors import JournalCorrupt, JournalUnformatted
+from midshift.firmware.core.errors import JournalError
 from midshift.firmware.core.journal import (
     CURSOR,
     CURSOR_MAGIC,
@@ -34,6 +34,18 @@ from midshift.firmware.core.journal import (
     storage_size,
 )
 from midshift.firmware.core.journal_damage import note_damage
+
+
+class JournalCorrupt(JournalError):
+    """The superblock is unreadable: refuse to guess."""
+
+    code = "journal_corrupt"
+
+
+class JournalUnformatted(JournalError):
+    """Blank storage: format it first."""
+
+    code = "journal_unformatted"
 
 
 def format_storage(storage, segment_size, epoch, gateway_id="", created_ms=0):

@@ -11,8 +11,9 @@ of ``bench/node_flash.py``) points this module at it too.
 
 import struct
 
-from midshift.firmware.core.errors import JournalUnformatted, StorageError
+from midshift.firmware.core.errors import StorageError
 from midshift.firmware.core.journal import DATA_START, Journal
+from midshift.firmware.core.journal_open import JournalUnformatted
 from midshift.firmware.mpy import flash_storage as fs
 
 _CHUNK = 512  # zero-fill in small writes: a board has little RAM
