@@ -38,18 +38,16 @@ Terminator matching is exact: with ``CRLF`` a lone CR is a character of the line
 fails the charset); with ``CR`` a stray LF starts the next line. A scanner whose
 terminator differs from the config shows up as rejections, not as silently altered codes.
 
-The scanner's session, the same on both runtimes, lives here too: ``framer_for(settings)``
-and ``take(line, ...)``: a framed line becomes a ``scan`` event (data ``{"code": str,
-"symbology": "]E0" or None}``) or a counted rejection whose text names the reason and the
-length, never the bytes (a rejected line may hold a card number). The ``[devices.NAME]`` table is checked by
-``scan_line_config.py``, and the character sets are made into tables by
-``scan_charset.py`` (when a framer is built), both apart so that a node can drop them
-after boot.
+The scanner's session, the same on both runtimes, lives here too: ``take(line, ...)``: a
+framed line becomes a ``scan`` event (data ``{"code": str, "symbology": "]E0" or None}``)
+or a counted rejection whose text names the reason and the length, never the bytes (a
+rejected line may hold a card number). The ``[devices.NAME]`` table is checked, and made
+into a framer (``framer_for``), by ``scan_line_config.py``; the character sets are made
+into tables by ``scan_charset.py``: both apart so that a node can drop them after boot.
 """
 
 from midshift.firmware.core.event import Event
 
-TERMINATORS = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n"}
 REASONS = ("overlong", "noise", "prefix", "suffix", "aim", "short", "charset", "empty",
            "partial")
 AIM_LENGTH = 3
@@ -226,19 +224,6 @@ class ScanLineFramer:
 
 
 # -- the scanner's session, shared by midshift/firmware/edges/scanner.py and midshift/firmware/mpy/uart_scanner.py
-
-def _latin1(text):
-    return bytes(ord(c) for c in text)
-
-
-def framer_for(settings):
-    """The ``ScanLineFramer`` for a scanner's checked settings."""
-    return ScanLineFramer(
-        terminator=TERMINATORS[settings["terminator"]], prefix=_latin1(settings["prefix"]),
-        suffix=_latin1(settings["suffix"]), min_length=settings["min_length"],
-        max_length=settings["max_length"], charset=settings["charset"],
-        aim_id=settings["aim_id"], inter_char_timeout_ms=settings["inter_char_timeout_ms"])
-
 
 def take(line, source, read_ms, count):
     """A good line's ``scan`` Event, or None for a rejection; ``count(name)`` is told
