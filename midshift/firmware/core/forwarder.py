@@ -18,8 +18,9 @@ Rules, each for a failure peers have shipped:
 - Bounded memory: in flight are (seq range, positions) only; records are re-read from
   the journal for a resend. A two-hour outage costs flash, not RAM.
 - Hedged sends: a batch not acknowledged within the hedge delay goes once more on the
-  first healthy alternate uplink (``core/hedging.py``), without waiting for the active one to be
-  declared dead; the ledger's unique key makes the copy harmless and the first ack wins.
+  first healthy alternate uplink (``core/hedging.py``), without waiting for the active
+  one to be declared dead; the ledger's unique key makes the copy harmless and the first
+  ack wins.
   The delay follows the measured round trip (``HEDGE_FACTOR`` times the 90th percentile
   of recent first-attempt acks, never under the floor, never past the ack timeout), so a
   slow but healthy uplink is not doubled. A metered alternate takes only batches of
