@@ -35,6 +35,9 @@ module (fakes, setup apart in ``node_build.py`` and dropped after), which every 
 figure includes and a board does not hold; ``heap_harness_own_kib``, what that module adds
 beyond the node's (imported after the node, so names both use count for the node), and
 ``heap_peak_node_kib``, ``heap_peak_kib`` without it: the node's own peak.
+``heap_import_modules_kib``: what each module the running node holds adds when imported
+one by one, leaf first (``import_order``), after the harness's module;
+``heap_import_module_names_kib``: of it, the growth of MicroPython's name (qstr) pool.
 """
 
 from __future__ import annotations
