@@ -35,10 +35,14 @@ module (fakes, setup apart in ``node_build.py`` and dropped after), which every 
 figure includes and a board does not hold; ``heap_harness_own_kib``, what that module adds
 beyond the node's (imported after the node, so names both use count for the node), and
 ``heap_peak_node_kib``, ``heap_peak_kib`` without it: the node's own peak.
+``heap_import_modules_kib``: what each module the running node holds adds when imported
+one by one, leaf first (``import_order``), after the harness's module;
+``heap_import_module_names_kib``: of it, the growth of MicroPython's name (qstr) pool.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -120,22 +124,60 @@ def stage(tmp: Path) -> tuple[Path, int]:
 
 def run_micropython(tree: Path, events: int, slice_steps: int = SLICE, leak: bool = False,
                     heap_bytes: int = HEAP_BYTES, timeout_s: float = 900,
-                    memory_storage: bool = False, harness: bool = False) -> dict[str, Any]:
+                    memory_storage: bool = False, harness: bool = False,
+                    modules: list[str] | None = None) -> dict[str, Any]:
     """The loop under the WebAssembly port; ``memory_storage``: the journal on the core's
     ``MemoryStorage`` instead of the node's ``FlashStorage`` over in-memory files.
-    ``harness``: no loop; the heap with the node imported, then with the harness too."""
+    ``harness``: no loop; the heap with the node imported, then with the harness too.
+    ``modules``: no loop; the heap each adds, imported one by one in that order."""
     if shutil.which("node") is None or not (RUNNER / "node_modules").is_dir():
         raise RunnerMissing("the MicroPython WebAssembly runner is not installed: "
                             "apt-get install nodejs npm; npm ci --prefix bench/node_runner")
     args = ["node", str(RUNNER / "run.mjs"), str(tree), str(heap_bytes), str(events),
             str(slice_steps)] + (["leak"] if leak else []) + (
-                ["memory"] if memory_storage else []) + (["harness"] if harness else [])
+                ["memory"] if memory_storage else []) + (["harness"] if harness else []) + (
+                ["modules", ",".join(modules)] if modules else [])
     proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s)
     if proc.returncode != 0:
         raise RuntimeError(f"run.mjs failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     if not out.get("ok"):
         raise RuntimeError(f"the node loop failed under MicroPython: {out.get('error')}")
+    return out
+
+
+def import_order(held: list[str]) -> list[str]:
+    """The modules ``held`` (dotted names) leaf first: each after its package and the
+    ``midshift`` modules it imports at its top level, so importing them one by one in
+    this order charges each module its own bytecode, objects and names only."""
+    base = ROOT  # the directory holding the midshift package
+    names = set(held)
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        parent = name.rpartition(".")[0]
+        if parent:
+            visit(parent)
+        path = base / (name.replace(".", "/") + ".py")
+        if not path.exists():
+            path = base / name.replace(".", "/") / "__init__.py"
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            deps: list[str] = []
+            if isinstance(node, ast.Import):
+                deps = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                deps = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for dep in deps:
+                if dep in names:
+                    visit(dep)
+        out.append(name)
+
+    for name in sorted(names):
+        visit(name)
     return out
 
 
@@ -236,6 +278,8 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
         speed = run_micropython(tree, events, THROUGHPUT_SLICE, memory_storage=True)
         speed_files = run_micropython(tree, events, THROUGHPUT_SLICE)
         own = run_micropython(tree, 0, harness=True)
+        by_module = run_micropython(tree, 0, modules=["umqtt.simple"] + import_order(
+            out["loop"]["modules"]))
         t0 = time.perf_counter()
         rom = romfs_figures(run_romfs(tree, events, ROMFS_SLICE))
         say(f"ROMFS: {events} events in {time.perf_counter() - t0:.1f} s: {rom}")
@@ -254,6 +298,11 @@ def run(quick: bool = False, progress: Callable[[str], None] | None = None) -> d
         "events": events, **heap, "heap_target_kib": HEAP_TARGET_KIB,
         "heap_method": HEAP_METHOD, **rom, "heap_method_romfs": HEAP_METHOD_ROMFS,
         "mpy_bytes": mpy_bytes,
+        # what each module the running node holds adds when imported (leaf first, after
+        # the harness's module): where heap_import_kib goes; of it, the growth of the name
+        # pool (the module whose names overflow a pool's table pays for the next table)
+        "heap_import_modules_kib": by_module["import_kib"],
+        "heap_import_module_names_kib": by_module["names_kib"],
         "loop_errors": loop["loop_errors"], "events_acked": loop["events_acked"]}
 
     wear_events = 600 if quick else 10_000

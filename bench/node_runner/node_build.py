@@ -42,7 +42,6 @@ def setup(state, leak_per_event, journal, status_period_ms, flash_dir=None):
 
     from midshift.firmware.core.signing import Signer
     from midshift.firmware.mpy import node_config
-    from midshift.firmware.mpy.node import Node
     from midshift.firmware.mpy.uart_scanner import UartScanner
     from midshift.firmware.mpy.umqtt_uplink import UmqttUplink
 
@@ -80,9 +79,9 @@ def setup(state, leak_per_event, journal, status_period_ms, flash_dir=None):
     uart = loop.Uart()
     scanner = UartScanner("scanner1", uart, cfg.device("scanner1").settings)
     clock = loop.Clock()
-    node = Node(cfg, journal, [scanner], uplink, None, clock, signer,
-                status_period_ms=status_period_ms)
     from midshift.firmware.mpy import boot
+    node = boot.new_node(cfg, journal, [scanner], uplink, None, clock, signer,
+                         status_period_ms=status_period_ms)
     boot.release()  # as midshift/firmware/mpy/main.py's build does after boot
     state.update(node=node, uart=uart, clock=clock, broker=broker, leak=leak_per_event,
                  storage_heap=storage_heap)

@@ -2,11 +2,12 @@
 // (npm @micropython/micropython-webassembly-pyscript) with a fixed heap, and measures the
 // live heap from the top level between slices of the loop.
 //
-//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [memory] [harness]
+//   node run.mjs TREE HEAP_BYTES EVENTS SLICE [leak] [memory] [harness] [modules A,B,...]
 //
 // leak: a reference kept per event; memory: the journal on MemoryStorage (default: the
 // node's FlashStorage over in-memory files); harness: no loop, only what the harness's
-// module adds to the heap beyond the node's.
+// module adds to the heap beyond the node's; modules: no loop, the heap each of the
+// named modules adds when imported one by one in that order.
 //
 // TREE holds midshift/firmware/ (.py or .mpy) and node_loop.py; it is copied into the port's
 // in-memory filesystem and put on sys.path. Prints one JSON line.
@@ -47,6 +48,34 @@ const live = () => { py("gc.collect()"); return value("gc.mem_alloc()"); };
 const result = { heapsize, events, slice, live: [], slice_alloc: [] };
 try {
   py("import gc, sys\nsys.path[:0] = ['/bench', '/bench/lib']");
+  if (flags.includes("modules")) {
+    // What each module the running node holds costs to import: one by one, in the order
+    // given (leaf first, so each is charged its own bytecode, objects and names only),
+    // after the harness's module (the names both use are charged to the harness).
+    // The names' part: the growth of MicroPython's name (qstr) pool, as qstr_info prints it.
+    const names = () => {
+      py("import micropython\nmicropython.qstr_info()");
+      return parseInt(/n_total_bytes=(\d+)/.exec(out[out.length - 1])[1], 10);
+    };
+    const kib = (n) => Math.round(n / 10.24) / 100;
+    py("import node_loop\nsys.modules['socket'] = node_loop.Sockets");
+    result.import_kib = {};
+    result.names_kib = {};
+    let before = live();
+    let namesBefore = names();
+    for (const name of flags[flags.indexOf("modules") + 1].split(",")) {
+      py("import " + name);
+      const now = live();
+      const namesNow = names();
+      result.import_kib[name] = kib(now - before);
+      result.names_kib[name] = kib(namesNow - namesBefore);
+      before = now;
+      namesBefore = namesNow;
+    }
+    result.ok = true;
+    console.log(JSON.stringify(result));
+    process.exit(0);
+  }
   if (flags.includes("harness")) {
     // What the harness's own module adds to the heap beyond the node's: the node imported
     // first (umqtt.simple looks its socket module up only at connect), then the harness,

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from midshift.firmware import __version__
+from midshift.firmware.core import commands
 from midshift.firmware.core import session as s
 from midshift.firmware.core.commands import CommandGate
 from midshift.firmware.core.forwarder import HEDGE_FLOOR_MS
@@ -228,10 +229,11 @@ class ForwardingLoop:
                                                      msg.retain)
             elif isinstance(a, s.SaveCommandId):
                 self._save_last_command_id(a.cmd_id)
-            elif isinstance(a, s.SetLogLevel):
+            elif isinstance(a, commands.SetLogLevel):
                 logging.getLogger("midshift.firmware").setLevel(a.level)
-            elif isinstance(a, s.Reload) and self.on_reload is not None:
-                self._carry_out(self.session.command_done(a.cmd_id, self.on_reload()))
+            elif isinstance(a, commands.Reload) and self.on_reload is not None:
+                self._carry_out(commands.command_done(self.session, a.cmd_id,
+                                                       self.on_reload()))
             elif isinstance(a, s.Incident) and self.on_incident is not None:
                 self.on_incident(a.kind, a.data)
 

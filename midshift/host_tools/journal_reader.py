@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from midshift.firmware.core import record as rec
-from midshift.firmware.core.errors import JournalCorrupt, JournalUnformatted, StorageError
+from midshift.firmware.core.errors import StorageError
 from midshift.firmware.core.event import decode_body
 from midshift.firmware.core.journal import Journal
+from midshift.firmware.core.journal_open import JournalCorrupt, JournalUnformatted
 from midshift.firmware.edges.flash import FileStorage
 
 

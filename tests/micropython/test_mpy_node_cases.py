@@ -14,8 +14,7 @@ from midshift.firmware.core.journal import Journal, storage_size
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.core.storage import MemoryStorage
 from midshift.firmware.core.wire_ledger import decode_batch, encode_ack
-from midshift.firmware.mpy import node_config
-from midshift.firmware.mpy.node import Node
+from midshift.firmware.mpy import boot, node_config
 from midshift.firmware.mpy.uart_scale import UartScale
 from midshift.firmware.mpy.uart_scanner import UartScanner
 from midshift.firmware.mpy.umqtt_uplink import UmqttUplink
@@ -197,7 +196,8 @@ def make_node(devices_with=("scanner1",)):
                          timeout_s=0.5, ping_ms=1000, max_retry_ms=1000, mqtt_module=broker,
                          socket_module=FakeSocketModule(broker))
     clock = FakeClock()
-    node = Node(cfg, journal, devices, uplink, None, clock, Signer(KEY), status_period_ms=60000)
+    node = boot.new_node(cfg, journal, devices, uplink, None, clock, Signer(KEY),
+                         status_period_ms=60000)
     return node, uarts, broker, clock
 
 

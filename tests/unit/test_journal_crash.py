@@ -15,9 +15,9 @@ import random
 import pytest
 
 from midshift.firmware.core import record as rec
-from midshift.firmware.core.crash_storage import CrashStorage
-from midshift.firmware.core.errors import JournalCorrupt, JournalUnformatted, PowerCut
+from midshift.firmware.core.crash_storage import CrashStorage, PowerCut
 from midshift.firmware.core.journal import DATA_START, SLOT_OFFSETS, SUPER_SIZE, Journal
+from midshift.firmware.core.journal_open import JournalCorrupt, JournalUnformatted
 from tests.unit.journal_workload import (
     SEG,
     History,

@@ -7,13 +7,9 @@ import random
 import pytest
 
 from midshift.firmware.core import record as rec
-from midshift.firmware.core.errors import (
-    JournalCorrupt,
-    JournalFull,
-    JournalUnformatted,
-    RecordTooLarge,
-)
+from midshift.firmware.core.errors import JournalFull, RecordTooLarge
 from midshift.firmware.core.journal import DATA_START, SUPER_SIZE, Journal, storage_size
+from midshift.firmware.core.journal_open import JournalCorrupt, JournalUnformatted
 from midshift.firmware.core.storage import MemoryStorage
 from tests.unit.journal_workload import EPOCH, GW, SEG, formatted, mem
 

@@ -2,7 +2,9 @@
 split reads and the inter-character timeout. Properties over arbitrary bytes:
 test_scan_line_props.py (hypothesis)."""
 
-from midshift.firmware.core.scan_line import REASONS, TERMINATORS, ScanLineFramer, charset_table
+from midshift.firmware.core.scan_charset import charset_table
+from midshift.firmware.core.scan_line import REASONS, ScanLineFramer
+from midshift.firmware.core.scan_line_config import TERMINATORS
 from tests.unit.portable import cases, raises
 
 PORTABLE = True  # tests/micropython runs these cases under MicroPython too
@@ -171,7 +173,8 @@ def test_scan_line_framing_and_rejections():
 # -- the scanner's session (shared by the gateway's driver and the MicroPython node) ------
 
 def test_take_makes_a_scan_event_or_counts_a_rejection():
-    from midshift.firmware.core.scan_line import framer_for, rejection_text, take
+    from midshift.firmware.core.scan_line import rejection_text, take
+    from midshift.firmware.core.scan_line_config import framer_for
     counts = []
     settings = {"terminator": "CR", "prefix": "\u0002", "suffix": "", "min_length": 1,
                 "max_length": 8, "charset": "digits", "aim_id": True,

@@ -6,7 +6,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from midshift.firmware.core.scan_line import REASONS, TERMINATORS, charset_table
+from midshift.firmware.core.scan_charset import charset_table
+from midshift.firmware.core.scan_line import REASONS
+from midshift.firmware.core.scan_line_config import TERMINATORS
 from tests.unit.test_scan_line import T, framer
 
 CONFIGS = st.fixed_dictionaries({

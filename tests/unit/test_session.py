@@ -4,9 +4,9 @@ asserts over the real core journal, so the same cases run under MicroPython."""
 
 import json
 
+from midshift.firmware.core import commands, topics
 from midshift.firmware.core import record as rec
 from midshift.firmware.core import session as s
-from midshift.firmware.core import topics
 from midshift.firmware.core.commands import CommandGate, sign_command
 from midshift.firmware.core.journal import Journal, storage_size
 from midshift.firmware.core.signing import Signer
@@ -188,7 +188,7 @@ def test_a_signed_command_is_obeyed_once_and_its_id_saved():
     out = sess.message("eth", CMD, sign_command(Signer(HOST), GW, 7, "set-log-level",
                                                 {"level": "DEBUG"}), 2, WALL + 2)
     assert [a.cmd_id for a in of(out, s.SaveCommandId)] == [7]
-    assert [a.level for a in of(out, s.SetLogLevel)] == ["DEBUG"]
+    assert [a.level for a in of(out, commands.SetLogLevel)] == ["DEBUG"]
     assert sess.last_command == {"id": 7, "cmd": "set-log-level", "result": "ok"}
     assert of(sess.poll(3, WALL + 3), s.StatusDue)  # answered with a fresh status
     replay = sess.message("eth", CMD, sign_command(Signer(HOST), GW, 7, "drain-now"), 4,
@@ -206,7 +206,7 @@ def test_a_command_this_runtime_cannot_carry_out_says_so():
     up(sess, 0)
     out = sess.message("eth", CMD, sign_command(Signer(HOST), GW, 1, "reload-config"), 1,
                        WALL)
-    assert of(out, s.Reload) == [] and of(out, s.SaveCommandId)
+    assert of(out, commands.Reload) == [] and of(out, s.SaveCommandId)
     assert sess.last_command["result"] == "not supported here"
 
 

@@ -24,6 +24,7 @@ import binascii
 import json
 
 from midshift.firmware.core.errors import MidshiftError
+from midshift.firmware.core.forwarder import BACKLOG, LIVE, Lane
 
 VERSION = 2
 DOMAIN = b"midshift-cmd-v2\n"
@@ -204,12 +205,27 @@ class CommandGate:
         return cmd_id, cmd, args
 
 
+class SetLogLevel:
+    """Set the runtime's log level (command ``set-log-level``)."""
+
+    def __init__(self, level):
+        self.level = level
+
+
+class Reload:
+    """The ledger asked for the configuration to be read again (command ``cmd_id``); the
+    runtime answers with ``command_done(session, cmd_id, result)``."""
+
+    def __init__(self, cmd_id=0):
+        self.cmd_id = cmd_id
+
+
 def carry_out(session, payload, now_ms):
     """A command arrived for ``session`` (``core/session.LinkSession``, with a gate):
     checked by its gate, then done; returns the session's actions. It lives here, not in
     session.py, so a runtime without a command key (a MicroPython node without
     ``cmd.key``) never loads it; it works on the session's own state, as its method did."""
-    from midshift.firmware.core.session import Note, Reload, SaveCommandId, SetLogLevel
+    from midshift.firmware.core.session import Note, SaveCommandId
 
     try:
         cmd_id, cmd, args = session.gate.check(payload)
@@ -222,9 +238,9 @@ def carry_out(session, payload, now_ms):
     if cmd == "drain-now":
         forwarder.drain_now()
     elif cmd == "replay-from":
-        result = {"from_seq": forwarder.replay_from(args["seq"])}
+        result = {"from_seq": replay_from(forwarder, args["seq"])}
     elif cmd == "settle-rejected":
-        commit, settled = forwarder.settle_rejected(args["first"], args["last"])
+        commit, settled = settle_rejected(forwarder, args["first"], args["last"])
         result = {"settled": settled}
         if commit is not None:
             session._pending_commit = commit
@@ -241,3 +257,46 @@ def carry_out(session, payload, now_ms):
     out.append(Note("command", {"id": cmd_id, "cmd": cmd, "result": result}))
     session._status_due = now_ms  # answer (ping included) with a fresh status at once
     return out
+
+
+def replay_from(forwarder, seq):
+    """Command ``replay-from`` on ``forwarder`` (``core/forwarder.py``): the ledger lost
+    what it acknowledged from ``seq`` on: forget those acks and send everything
+    unacknowledged again from the commit point (records before ``seq`` that were never
+    acked go too). Returns the first seq replayed."""
+    tail_pos, tail_seq = forwarder.journal.tail()
+    durable_pos, durable_seq = forwarder.journal.durable()
+    start = max(seq, tail_seq)
+    forwarder.inflight = []
+    forwarder.acked = [a for a in forwarder.acked if a[1] < start]
+    forwarder.rejected = [f for f in forwarder.rejected if f.last < start]
+    forwarder.lanes = [Lane(LIVE, durable_pos, durable_seq + 1),
+                       Lane(BACKLOG, tail_pos, tail_seq, durable_seq)]
+    return start
+
+
+def settle_rejected(forwarder, first, last):
+    """Command ``settle-rejected`` on ``forwarder``: an operator has taken the rejected
+    batches inside ``first..last`` off the gateway (``host_tools journal export``) and
+    lets their space go: (seq, pos) to commit, or None. Returns the settled ranges too."""
+    settled = [f for f in forwarder.rejected if first <= f.first and f.last <= last]
+    for f in settled:
+        forwarder.rejected.remove(f)
+        if f.runs is not None:
+            forwarder.acked.extend(f.runs)
+        else:
+            forwarder.acked.append((f.first, f.last, f.end_pos))
+    return forwarder._advance_commit(), [[f.first, f.last] for f in settled]
+
+
+def command_done(session, cmd_id, result):
+    """The runtime carried out ``session``'s command ``cmd_id`` (a reload: the config
+    was valid or not): its result replaces the provisional one, said at once in the
+    status."""
+    from midshift.firmware.core.session import Note
+
+    if session.last_command is None or session.last_command["id"] != cmd_id:
+        return []
+    session.last_command = {"id": cmd_id, "cmd": session.last_command["cmd"], "result": result}
+    session._status_due = 0
+    return [Note("command", dict(session.last_command))]

@@ -11,8 +11,14 @@ Not modelled: a sync that reports success without being durable (lying flash), a
 damage to bytes other than the ones being written (flash page-erase neighbours).
 """
 
-from midshift.firmware.core.errors import PowerCut
+from midshift.firmware.core.errors import StorageError
 from midshift.firmware.core.storage import MemoryStorage
+
+
+class PowerCut(StorageError):
+    """This storage's power was cut (``cut_after_bytes``)."""
+
+    code = "power_cut"
 
 
 class CrashStorage:

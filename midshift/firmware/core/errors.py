@@ -4,13 +4,17 @@
      +-- ConfigError          a configuration value is wrong (file, key, value, expectation)
      +-- JournalError         the journal cannot do what was asked
      |    +-- JournalFull     no committed space left for this record class
-     |    +-- JournalCorrupt  the superblock is unreadable: refuse to guess
-     |    +-- JournalUnformatted  blank storage: format it first
+     |    +-- JournalCorrupt  the superblock is unreadable: refuse to guess (journal_open.py)
+     |    +-- JournalUnformatted  blank storage: format it first (journal_open.py)
      |    +-- RecordTooLarge  a body exceeds the journal's maximum record size
      +-- StorageError         the storage under the journal failed (I/O error, power cut)
           +-- PowerCut        raised by the crash-simulating storage when its power is cut
+                              (crash_storage.py)
 
-Each carries a stable ``code`` for counters, the status message and the sync log.
+Each carries a stable ``code`` for counters, the status message and the sync log. The
+three marked with a module live there: only opening a journal raises the first two, only
+the crash-simulating storage the third, so a MicroPython node, which keeps this module
+loaded, never holds them after boot.
 """
 
 
@@ -66,21 +70,9 @@ class JournalFull(JournalError):
         self.free_bytes = free_bytes
 
 
-class JournalCorrupt(JournalError):
-    code = "journal_corrupt"
-
-
-class JournalUnformatted(JournalError):
-    code = "journal_unformatted"
-
-
 class RecordTooLarge(JournalError):
     code = "record_too_large"
 
 
 class StorageError(MidshiftError):
     code = "storage"
-
-
-class PowerCut(StorageError):
-    code = "power_cut"

@@ -18,8 +18,9 @@ Rules, each for a failure peers have shipped:
 - Bounded memory: in flight are (seq range, positions) only; records are re-read from
   the journal for a resend. A two-hour outage costs flash, not RAM.
 - Hedged sends: a batch not acknowledged within the hedge delay goes once more on the
-  first healthy alternate uplink (``hedges``), without waiting for the active one to be
-  declared dead; the ledger's unique key makes the copy harmless and the first ack wins.
+  first healthy alternate uplink (``core/hedging.py``), without waiting for the active
+  one to be declared dead; the ledger's unique key makes the copy harmless and the first
+  ack wins.
   The delay follows the measured round trip (``HEDGE_FACTOR`` times the 90th percentile
   of recent first-attempt acks, never under the floor, never past the ack timeout), so a
   slow but healthy uplink is not doubled. A metered alternate takes only batches of
@@ -164,20 +165,6 @@ class Forwarder:
                           Lane(BACKLOG, start_pos, start_seq, durable_seq)]
         self._waiting_since = None
 
-    def replay_from(self, seq):
-        """The ledger lost what it acknowledged from ``seq`` on: forget those acks and
-        send everything unacknowledged again from the commit point (records before
-        ``seq`` that were never acked go too). Returns the first seq replayed."""
-        tail_pos, tail_seq = self.journal.tail()
-        durable_pos, durable_seq = self.journal.durable()
-        start = max(seq, tail_seq)
-        self.inflight = []
-        self.acked = [a for a in self.acked if a[1] < start]
-        self.rejected = [f for f in self.rejected if f.last < start]
-        self.lanes = [Lane(LIVE, durable_pos, durable_seq + 1),
-                      Lane(BACKLOG, tail_pos, tail_seq, durable_seq)]
-        return start
-
     def resend_now(self, now_ms):
         """The ledger says batches sent before it subscribed may have reached no one:
         what is in flight goes again at the next poll, not at its ack timeout."""
@@ -220,7 +207,7 @@ class Forwarder:
         if status != "ok":
             # The ledger's final word: sending it again gets the same answer. Its records
             # stay unreclaimed (the commit point stops before them) until an operator
-            # settles the range (``settle_rejected``); later batches go on.
+            # settles the range (``commands.settle_rejected``); later batches go on.
             self.counters["rejected"] += 1
             known = [f for f in self.rejected if f.first == first and f.last == last]
             if match.last > self.commit_seq and not known:  # a resend is refused again
@@ -232,19 +219,6 @@ class Forwarder:
         else:
             self.acked.append((first, last, match.end_pos))
         return self._advance_commit()
-
-    def settle_rejected(self, first, last):
-        """An operator has taken the rejected batches inside ``first..last`` off the
-        gateway (``host_tools journal export``) and lets their space go: (seq, pos) to
-        commit, or None. Returns the settled ranges too."""
-        settled = [f for f in self.rejected if first <= f.first and f.last <= last]
-        for f in settled:
-            self.rejected.remove(f)
-            if f.runs is not None:
-                self.acked.extend(f.runs)
-            else:
-                self.acked.append((f.first, f.last, f.end_pos))
-        return self._advance_commit(), [[f.first, f.last] for f in settled]
 
     def _advance_commit(self):
         self.acked.sort()
@@ -318,35 +292,6 @@ class Forwarder:
             self._hedge_delay = int(min(self.ack_timeout_ms,
                                         max(self.hedge_floor_ms, self.hedge_factor * rtt)))
         return self._hedge_delay
-
-    def hedges(self, now_ms):
-        """Copies to publish now on an alternate uplink: [(uplink, first, last, bytes)].
-        Each batch in flight on the active uplink is hedged once, when its hedge delay has
-        passed, on the first alternate (``self.alternates``, preferred first) that carries
-        it; the copy is re-read from the journal, the original stays in flight."""
-        if not self.hedge_floor_ms or not self.alternates or self.uplink is None:
-            return []
-        delay = self.hedge_delay_ms()
-        out = []
-        for f in self.inflight:
-            if f.hedged_on is not None or f.uplink != self.uplink or f.lane == BACKLOG \
-                    or now_ms - f.sent_ms < delay:
-                continue
-            alt = None
-            for name, any_class in self.alternates:
-                if name != f.uplink and (any_class or f.all_txn):
-                    alt = name
-                    break
-            if alt is None:
-                continue
-            data = self._reencode(f, now_ms)
-            if data is None:
-                continue
-            f.hedged_on = alt
-            self.counters["hedged"] += 1
-            self.counters["hedge_bytes"] += len(data)
-            out.append((alt, f.first, f.last, data))
-        return out
 
     def next_deadline_ms(self):
         """The earliest time ``poll`` has something to do by the clock alone, or None.

@@ -22,7 +22,8 @@ Recovery scans from the tail, accepting only frames whose CRC holds, whose seq i
 next expected one and whose ``prev_crc`` chains to the frame before; it stops at the
 first frame that fails, which is the torn tail, and reports what it cut. Formatting,
 opening and recovery are in ``journal_open.py`` (``Journal.format`` and ``Journal.open``
-call it), which a MicroPython node drops from RAM after boot.
+call it), what reading does on damage (resync past a flipped bit, skip a lost stretch)
+in ``journal_damage.py``: a MicroPython node drops both from RAM after boot.
 
 Ghost frames: a power cut during a flush can leave whole frames past the end recovery
 finds (the write of an earlier frame was lost or torn, a later one survived). They are
@@ -212,60 +213,12 @@ class Journal:
         # Not a whole frame. Torn tail, or one frame damaged in place? If a later frame
         # is whole and chains to this one (to its stored CRC, or to the computed one when
         # the CRC field itself is hit), the log goes on past it: a flipped bit, not the end.
+        from midshift.firmware.core import journal_damage as damage
         if resync:
-            found = self._resync(pos, seq, room, h, computed)
+            found = damage.resync(self, pos, seq, room, h, computed)
             if found is not None:
                 return found
-        return self._cut(pos, seq, room, raw, h, computed)
-
-    def _cut(self, pos, seq, room, raw, h, computed):
-        """The end of the log at a frame that is not whole: how many bytes to clear, why."""
-        limit = self.tail_pos + self.data_size - pos  # never past the tail: that is live data
-        if h.magic != rec.MAGIC:
-            # Normally zeros or the middle of an older lap's frame (the clean end); but a
-            # frame that is whole once its magic is restored lost a bit there.
-            f = rec.FrameHeader(rec.MAGIC + bytes(raw[2:]))
-            if not f.plausible() or f.seq != seq or f.length > room - rec.HEADER_SIZE:
-                return ("end", 0, None)
-            body = self._read(self._phys(pos) + rec.HEADER_SIZE, f.length, room - rec.HEADER_SIZE)
-            if not f.crc_ok(self._seed, body):
-                return ("end", 0, None)
-            return ("end", min(rec.HEADER_SIZE + f.length, limit), "bad magic")
-        if computed is None:
-            return ("end", min(rec.HEADER_SIZE, room, limit), "bad header")
-        return ("end", min(rec.HEADER_SIZE + h.length, limit), "bad crc")
-
-    def _resync(self, pos, seq, room, h, computed):
-        """Find the whole frame that follows a damaged one at ``pos``: later in the same
-        segment (any byte offset, since the damaged length cannot be trusted) or at the
-        start of the next. It must chain to the damaged frame and carry ``seq + 1`` (the
-        damaged frame was record ``seq``) or ``seq`` at a segment start (it was a pad).
-        Returns ("corrupt", link, pos) or ("pad", link, pos), or None: the torn tail."""
-        links = (h.crc, computed) if computed is not None else (h.crc,)
-        span = bytes(self.storage.read(self._phys(pos), room))
-        i = span.find(rec.MAGIC, 1)
-        while 0 < i <= room - rec.HEADER_SIZE:
-            found = self._successor(pos + i, seq, links)
-            if found is not None:
-                return found
-            i = span.find(rec.MAGIC, i + 1)
-        nxt = pos + room
-        if nxt - self.tail_pos < self.data_size:
-            return self._successor(nxt, seq, links)
-        return None
-
-    def _successor(self, pos, seq, links):
-        room = self._seg_room(pos)
-        h = rec.FrameHeader(self.storage.read(self._phys(pos), rec.HEADER_SIZE))
-        if not h.plausible() or h.prev_crc not in links or h.length > room - rec.HEADER_SIZE:
-            return None
-        at_start = pos % self.segment_size == 0
-        if h.seq != seq + 1 and not (h.seq == seq and at_start):
-            return None
-        body = self.storage.read(self._phys(pos) + rec.HEADER_SIZE, h.length)
-        if not h.crc_ok(self._seed, body):
-            return None
-        return ("corrupt" if h.seq == seq + 1 else "pad", h.prev_crc, pos)
+        return damage.cut(self, pos, seq, room, raw, h, computed)
 
     # ---- append and group commit ----------------------------------------------------
 
@@ -444,9 +397,11 @@ class Journal:
                 out.append(item)
                 size += len(item.body)
             elif kind == "corrupt":
-                self._note_damage(item, item)
+                from midshift.firmware.core.journal_damage import note_damage
+                note_damage(self, item, item)
             elif kind == "end":
-                pos, seq = self._skip_damage(pos, seq)
+                from midshift.firmware.core.journal_damage import skip_damage
+                pos, seq = skip_damage(self, pos, seq)
                 prev = None
         return out, pos, seq
 
@@ -484,46 +439,6 @@ class Journal:
             size += length
             prev, pos, seq = crc, end, seq + 1
         return pos, seq, prev, size
-
-    def _skip_damage(self, pos, seq):
-        """A frame that should be durable is unreadable and the next one does not chain to
-        it: look for the next segment that starts with a later record, count what was lost
-        and go on from there, so one damaged spot does not stall everything behind it.
-        Returns the (pos, seq) to continue from."""
-        p = pos - pos % self.segment_size + self.segment_size
-        while p < self.durable_pos:
-            raw = self._read(self._phys(p), rec.HEADER_SIZE, self.segment_size)
-            h = rec.FrameHeader(raw)
-            if h.plausible() and seq <= h.seq <= self.durable_seq + 1:
-                step = self._walk(p, h.seq, None, resync=False)
-                if step[0] in ("record", "pad"):
-                    self._note_damage(seq, h.seq - 1)
-                    return p, h.seq
-            p += self.segment_size
-        # Nothing readable up to the head: count the rest as lost rather than stall on it.
-        self._note_damage(seq, self.durable_seq)
-        return self.durable_pos, self.durable_seq + 1
-
-    def _note_damage(self, first, last):
-        """Count records lost to damage found while reading, once each however often the
-        same stretch is read again (a resend re-reads it), in whatever order found."""
-        fresh = [(first, last)]
-        for a, b in self.damaged:  # cut the already-counted ranges out of the new one
-            nxt = []
-            for lo, hi in fresh:
-                if hi < a or lo > b:
-                    nxt.append((lo, hi))
-                    continue
-                if lo < a:
-                    nxt.append((lo, a - 1))
-                if hi > b:
-                    nxt.append((b + 1, hi))
-            fresh = nxt
-        for lo, hi in fresh:
-            self.damaged.append((lo, hi))
-            self.lost_to_damage += hi - lo + 1
-        while len(self.damaged) > 64:  # bounded: the counter keeps the total
-            self.damaged.pop(0)
 
     def records(self, from_seq=None):
         """Iterate every durable unacknowledged record (from ``from_seq`` if given)."""

@@ -16,7 +16,7 @@ segments of the end.
 import struct
 
 from midshift.firmware.core import record as rec
-from midshift.firmware.core.errors import JournalCorrupt, JournalUnformatted
+from midshift.firmware.core.errors import JournalError
 from midshift.firmware.core.journal import (
     CURSOR,
     CURSOR_MAGIC,
@@ -33,6 +33,19 @@ from midshift.firmware.core.journal import (
     _cursor_bytes,
     storage_size,
 )
+from midshift.firmware.core.journal_damage import note_damage
+
+
+class JournalCorrupt(JournalError):
+    """The superblock is unreadable: refuse to guess."""
+
+    code = "journal_corrupt"
+
+
+class JournalUnformatted(JournalError):
+    """Blank storage: format it first."""
+
+    code = "journal_unformatted"
 
 
 def format_storage(storage, segment_size, epoch, gateway_id="", created_ms=0):
@@ -118,7 +131,7 @@ def recover(j, repair):
             r.records += 1
         elif kind == "corrupt":
             r.corrupt_seqs.append(item)
-            j._note_damage(item, item)
+            note_damage(j, item, item)
         elif kind == "end":
             if item[1] is not None:
                 r.cut_pos, r.cut_bytes, r.cut_reason = pos, item[0], item[1]

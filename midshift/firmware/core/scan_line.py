@@ -38,17 +38,16 @@ Terminator matching is exact: with ``CRLF`` a lone CR is a character of the line
 fails the charset); with ``CR`` a stray LF starts the next line. A scanner whose
 terminator differs from the config shows up as rejections, not as silently altered codes.
 
-The scanner's session, the same on both runtimes, lives here too: ``framer_for(settings)``
-and ``take(line, ...)``: a framed line becomes a ``scan`` event (data ``{"code": str,
-"symbology": "]E0" or None}``) or a counted rejection whose text names the reason and the
-length, never the bytes (a rejected line may hold a card number). The ``[devices.NAME]`` table is checked by
-``scan_line_config.py``, apart so that a node can drop it after boot.
+The scanner's session, the same on both runtimes, lives here too: ``take(line, ...)``: a
+framed line becomes a ``scan`` event (data ``{"code": str, "symbology": "]E0" or None}``)
+or a counted rejection whose text names the reason and the length, never the bytes (a
+rejected line may hold a card number). The ``[devices.NAME]`` table is checked, and made
+into a framer (``framer_for``), by ``scan_line_config.py``; the character sets are made
+into tables by ``scan_charset.py``: both apart so that a node can drop them after boot.
 """
 
 from midshift.firmware.core.event import Event
 
-TERMINATORS = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n"}
-NAMED_CHARSETS = ("digits", "alphanumeric", "ascii_printable", "gs1")
 REASONS = ("overlong", "noise", "prefix", "suffix", "aim", "short", "charset", "empty",
            "partial")
 AIM_LENGTH = 3
@@ -73,36 +72,6 @@ class ScanLine:
         if self.reason is None:
             return "ScanLine(%r, %r)" % (self.code, self.symbology)
         return "ScanLine(rejected %s, %d bytes)" % (self.reason, self.length)
-
-
-def charset_table(spec):
-    """A 128-entry table of allowed byte values for ``spec``; ValueError names the problem."""
-    if not isinstance(spec, str):
-        raise ValueError("charset must be a string")
-    table = bytearray(128)
-    if spec == "digits":
-        for b in range(0x30, 0x3A):
-            table[b] = 1
-    elif spec == "alphanumeric":
-        for lo, hi in ((0x30, 0x3A), (0x41, 0x5B), (0x61, 0x7B)):
-            for b in range(lo, hi):
-                table[b] = 1
-    elif spec in ("ascii_printable", "gs1"):
-        for b in range(0x20, 0x7F):
-            table[b] = 1
-        if spec == "gs1":
-            table[0x1D] = 1
-    elif spec.startswith("chars:") and len(spec) > 6:
-        for ch in spec[6:]:
-            b = ord(ch)
-            if b == 0 or b >= 0x80 or ch in "\r\n":
-                raise ValueError("charset character %r is not 7-bit ASCII without NUL, CR, LF"
-                                 % ch)
-            table[b] = 1
-    else:
-        raise ValueError("charset %r is not one of %s, or chars:<characters>"
-                         % (spec, ", ".join(NAMED_CHARSETS)))
-    return bytes(table)
 
 
 def _is_letter(b):
@@ -138,6 +107,7 @@ class ScanLineFramer:
         self.min_length = min_length
         self.max_length = max_length
         self.aim_id = aim_id
+        from midshift.firmware.core.scan_charset import charset_table  # boot-only on a node
         self.allowed = charset_table(charset)
         self.inter_char_timeout_ms = inter_char_timeout_ms
         # Longest body (terminator excluded) that can still be a good line.
@@ -254,19 +224,6 @@ class ScanLineFramer:
 
 
 # -- the scanner's session, shared by midshift/firmware/edges/scanner.py and midshift/firmware/mpy/uart_scanner.py
-
-def _latin1(text):
-    return bytes(ord(c) for c in text)
-
-
-def framer_for(settings):
-    """The ``ScanLineFramer`` for a scanner's checked settings."""
-    return ScanLineFramer(
-        terminator=TERMINATORS[settings["terminator"]], prefix=_latin1(settings["prefix"]),
-        suffix=_latin1(settings["suffix"]), min_length=settings["min_length"],
-        max_length=settings["max_length"], charset=settings["charset"],
-        aim_id=settings["aim_id"], inter_char_timeout_ms=settings["inter_char_timeout_ms"])
-
 
 def take(line, source, read_ms, count):
     """A good line's ``scan`` Event, or None for a rejection; ``count(name)`` is told

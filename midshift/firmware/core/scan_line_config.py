@@ -1,6 +1,7 @@
-"""A barcode scanner's ``[devices.NAME]`` table, checked: the boot-time half of
-``scan_line.py``, shared by ``midshift/firmware/edges/scanner.py`` and the node's
-``midshift/firmware/mpy/node_config.py``.
+"""A barcode scanner's ``[devices.NAME]`` table, checked, and the framer made from it
+(``framer_for``): the boot-time half of ``scan_line.py``, shared by
+``midshift/firmware/edges/scanner.py`` and the node's ``node_config.py`` and
+``uart_scanner.py``.
 
 Apart from the framer so that a MicroPython node, which checks its config at boot only,
 can drop this module from RAM afterwards (``midshift/firmware/mpy/boot.py``'s ``release``); the
@@ -14,8 +15,10 @@ from midshift.firmware.core.config_fields import (
     no_unknown_keys,
 )
 from midshift.firmware.core.errors import ConfigError
-from midshift.firmware.core.scan_line import NAMED_CHARSETS, TERMINATORS, charset_table
+from midshift.firmware.core.scan_charset import NAMED_CHARSETS, charset_table
+from midshift.firmware.core.scan_line import ScanLineFramer
 
+TERMINATORS = {"CR": b"\r", "LF": b"\n", "CRLF": b"\r\n"}
 DEFAULT_CLASS = "txn"  # a scan is a sale line or a goods-in: a transaction
 CONFIG_KEYS = ("port", "baudrate", "terminator", "prefix", "suffix", "min_length",
                "max_length", "charset", "aim_id", "inter_char_timeout_ms")
@@ -60,3 +63,16 @@ def check_config(table, path, port, extra_keys=()):
             raise ConfigError(path + "." + key, "%r contains the terminator %s" % (
                 cfg[key], cfg["terminator"]), "characters other than the terminator")
     return cfg
+
+
+def _latin1(text):
+    return bytes(ord(c) for c in text)
+
+
+def framer_for(settings):
+    """The ``ScanLineFramer`` for a scanner's checked settings."""
+    return ScanLineFramer(
+        terminator=TERMINATORS[settings["terminator"]], prefix=_latin1(settings["prefix"]),
+        suffix=_latin1(settings["suffix"]), min_length=settings["min_length"],
+        max_length=settings["max_length"], charset=settings["charset"],
+        aim_id=settings["aim_id"], inter_char_timeout_ms=settings["inter_char_timeout_ms"])

@@ -18,17 +18,19 @@ and answers with actions for the runtime to carry out, in the shape of h11's Con
 - ``close(now_ms)``: the last commit before the journal closes.
 
 Actions are small classes: ``Publish``, ``Commit``, ``SaveCommandId``, ``Observe`` (the
-ledger's time for the HLC), ``SetLogLevel``, ``Reload``, ``Note`` (a sync-log line) and
-``StatusDue``, answered by publishing ``status_message(...)``. The CPython agent
+ledger's time for the HLC), ``Note`` (a sync-log line) and ``StatusDue``, answered by
+publishing ``status_message(...)``; a command adds those of ``core/commands.py``
+(``SetLogLevel``, ``Reload``), where what a command does lives. The CPython agent
 (``midshift/firmware/forwarding.py``) and the MicroPython node (``midshift/firmware/mpy/node.py``) are
 thin loops around it, so both runtimes obey the same rules.
 
-Hedged sends (``core/forwarder.py``): a batch unanswered past the hedge delay goes once more
-on the first healthy standby that carries it (``hedge`` per uplink: every class, ``txn``
-only, or none); its ack is taken from that standby. When the active uplink's batches keep
-being answered through their hedges (``DEMOTE_AFTER`` in a row, with nothing heard on it
-in between), it is demoted before its keepalive notices: the traffic fails over, and it takes it back only after the fail-back
-hold time.
+Hedged sends (``core/forwarder.py``; carried out by ``core/hedging.py``, loaded only with
+more than one uplink): a batch unanswered past the hedge delay goes once more on the first
+healthy standby that carries it (``hedge`` per uplink: every class, ``txn`` only, or none);
+its ack is taken from that standby. When the active uplink's batches keep being answered
+through their hedges (``DEMOTE_AFTER`` in a row, with nothing heard on it in between), it
+is demoted before its keepalive notices: the traffic fails over, and it takes it back only
+after the fail-back hold time.
 
 When the far end is gone: no healthy uplink means no publishes; records wait in the
 journal, in flight are only seq ranges, and everything unacknowledged goes again on the
@@ -49,7 +51,6 @@ STATUS_VERSION = 1
 OFFSET_ALARM_MS = 500
 COMMIT_EVERY_MS = 500
 NO_ACK_MS = 30000
-DEMOTE_AFTER = 3  # hedges in a row answered on their standby: the active uplink is failing
 HEDGE_ALL = "all"
 HEDGE_TXN = "txn"
 HEDGE_OFF = "off"
@@ -84,19 +85,6 @@ class Observe:
 
     def __init__(self, hlc):
         self.hlc = hlc
-
-
-class SetLogLevel:
-    def __init__(self, level):
-        self.level = level
-
-
-class Reload:
-    """The ledger asked for the configuration to be read again (command ``cmd_id``); the
-    runtime answers with ``command_done(cmd_id, result)``."""
-
-    def __init__(self, cmd_id=0):
-        self.cmd_id = cmd_id
 
 
 class StatusDue:
@@ -172,6 +160,12 @@ class LinkSession:
         self.hedge = dict((n, HEDGE_TXN if n in metered else HEDGE_ALL) for n in self.uplinks)
         self.hedge.update(hedge or {})
         self._hedge_streak = 0  # hedges in a row answered on their standby
+        # Hedged copies need a standby: a single uplink (a MicroPython node) never hedges,
+        # and never loads the code that would (its bytecode is RAM on a board).
+        self._hedging = None
+        if len(self.uplinks) > 1:
+            from midshift.firmware.core import hedging
+            self._hedging = hedging
         self.gate = gate
         self.drain_rates = drain_rates or {}
         self.default_drain_rate = drain_rate
@@ -259,7 +253,8 @@ class LinkSession:
             # when they reach one broker), not a rescue; only a silent one is demoted.
             self._hedge_streak = 0
         else:
-            if leaf == topics.ACK and self._answers_a_hedge(uplink, payload):
+            if leaf == topics.ACK and self._hedging is not None \
+                    and self._hedging.answers_a_hedge(self, uplink, payload):
                 return self._on_ack(payload, now_ms, wall_ms, uplink)
             self.counters["ignored_inactive"] += 1
             return []
@@ -285,14 +280,8 @@ class LinkSession:
             out.append(Note("resent" if lane == "resend" else "sent",
                             {"lane": lane, "first": first, "last": last, "bytes": len(data),
                              "uplink": active}))
-        self.forwarder.alternates = [
-            (n, self.hedge.get(n) == HEDGE_ALL) for n in self.uplinks
-            if n != active and self.connected.get(n) and self.selector.healthy(n)
-            and self.hedge.get(n) != HEDGE_OFF]
-        for uplink, first, last, data in self.forwarder.hedges(now_ms):
-            out.append(Publish(uplink, events, data))
-            out.append(Note("hedged", {"first": first, "last": last, "bytes": len(data),
-                                       "uplink": uplink, "from": active}))
+        if self._hedging is not None:
+            out.extend(self._hedging.poll(self, active, events, now_ms))
         if now_ms >= self._status_due:
             self._status_due = now_ms + self.status_period_ms
             out.append(StatusDue())
@@ -314,14 +303,6 @@ class LinkSession:
         self._hedge_streak = 0
         self._status_due = now_ms
         return out
-
-    def _answers_a_hedge(self, uplink, payload):
-        try:
-            epoch, first, last, _, _ = decode_ack(payload, self.forwarder.signer)
-        except WireError:
-            return False
-        f = self.forwarder.in_flight(first, last)
-        return epoch == self.journal.epoch and f is not None and f.hedged_on == uplink
 
     def next_deadline_ms(self, now_ms=0):
         now_times = [self.forwarder.next_deadline_ms(), self.selector.next_failback_ms(now_ms)]
@@ -384,7 +365,8 @@ class LinkSession:
         commit = self.forwarder.on_ack(first, last, status, now_ms, uplink)
         sent = self.forwarder.ack_sent_ms
         out = [Note("acked" if status == "ok" else "rejected", {"first": first, "last": last})]
-        out.extend(self._learn_from_hedge(now_ms))
+        if self._hedging is not None:
+            out.extend(self._hedging.learn(self, now_ms))
         if sent is not None:  # the ledger answered a batch of ours: it is there
             self._waiting_since = now_ms
             out.extend(self.alarm("no_ack", False))
@@ -399,23 +381,6 @@ class LinkSession:
             self._pending_commit = commit
             out.extend(self._commit_if_due(now_ms))
         return out
-
-    def _learn_from_hedge(self, now_ms):
-        """The active uplink's batches keep being answered through their hedges: demote
-        it now (a failover), rather than wait for its keepalive to notice."""
-        won = self.forwarder.ack_hedge_won
-        if won is None:
-            if self.forwarder.ack_sent_ms is not None:
-                self._hedge_streak = 0  # a batch answered without help
-            return []
-        self._hedge_streak = self._hedge_streak + 1 if won else 0
-        if self._hedge_streak < DEMOTE_AFTER:
-            return []
-        active, change = self.selector.demote(self.selector.active, now_ms)
-        if change is None:
-            return []
-        return [Note("demoted", {"uplink": change[1], "hedges_won": self._hedge_streak})] + \
-            self._switch(active, change, now_ms, now_ms)
 
     def _commit_if_due(self, now_ms, force=False):
         """The commit point moves at most every ``commit_every_ms`` (one sync each), sooner
@@ -461,15 +426,6 @@ class LinkSession:
         from midshift.firmware.core.commands import carry_out
 
         return carry_out(self, payload, now_ms)
-
-    def command_done(self, cmd_id, result):
-        """The runtime carried out command ``cmd_id`` (a reload: the config was valid or
-        not): its result replaces the provisional one, said at once in the status."""
-        if self.last_command is None or self.last_command["id"] != cmd_id:
-            return []
-        self.last_command = {"id": cmd_id, "cmd": self.last_command["cmd"], "result": result}
-        self._status_due = 0
-        return [Note("command", dict(self.last_command))]
 
     # ---- status ------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ class BarcodeScannerDriver(Driver):
 
     def __init__(self, name: str, cfg: dict[str, Any], emit: Emit, clock: Clock) -> None:
         super().__init__(name, cfg, emit, clock)
-        self.framer = scan_line.framer_for(cfg)
+        self.framer = scan_line_config.framer_for(cfg)
         slice_s = min(READ_SLICE_S, cfg["inter_char_timeout_ms"] / 2000)
         self.link = SerialLink(self, cfg["port"], cfg["baudrate"], slice_s)
         self._stale_ms = int(cfg["stale_s"] * 1000) if cfg["stale_s"] is not None else None

@@ -17,31 +17,41 @@ import sys
 
 from midshift.firmware import __version__
 from midshift.firmware.core import session
+from midshift.firmware.core.health import DeviceWatch
+from midshift.firmware.core.pipeline import Pipeline
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.mpy import node_config
 from midshift.firmware.mpy.board_clock import BoardClock
 from midshift.firmware.mpy.flash_format import open_or_create_journal
-from midshift.firmware.mpy.node import Node
+from midshift.firmware.mpy.node import UPLINK_NAME, Node
 from midshift.firmware.mpy.umqtt_uplink import UmqttUplink
 from midshift.firmware.mpy.wifi import WifiStation
 
+# The commit point (ring space reclaimed after acks) moves at most every 30 s, sooner when
+# the ring runs short: each move rewrites the journal head, a whole flash block on
+# littlefs, so at one event a second a move per ack doubled the node's erases (bench
+# node). A power cut costs at most a resend of 30 s of acknowledged records, which the
+# ledger drops as duplicates.
+COMMIT_EVERY_MS = 30000
 DEFAULTS = {"timeout_s": 1.0, "ping_ms": 2000, "keepalive_s": 10, "max_retry_ms": 4000,
             "ack_timeout_ms": 5000, "max_events": 50, "max_bytes": 8192, "window": 2,
-            "idle_ms": 20, "status_period_ms": None, "commit_every_ms": 30000}
+            "idle_ms": 20, "status_period_ms": None, "commit_every_ms": COMMIT_EVERY_MS}
 # Device type -> (module in midshift/firmware/mpy, class). Imported only for a type the config
 # has: a scanner-only node never loads the scale's MT-SICS code (about 8 KiB of RAM).
 EDGES = {"scanner": ("uart_scanner", "UartScanner"), "scale": ("uart_scale", "UartScale")}
 # Needed only while booting: forgotten by ``release``, so the next collection frees their
 # bytecode (bench node: about 40 KiB of RAM from a filesystem). The config checker
 # (node_config and what it imports; the node keeps no ``SiteConfig``, whose class would
-# pin it), the scanner's and scale's config checks (the sessions, scan_line and mtsics,
-# stay when a device needs them), the journal's opening and recovery, the first-boot
-# format of its files (flash_format), and this module.
-BOOT_ONLY = ("midshift.firmware.mpy.boot", "midshift.firmware.mpy.node_config", "midshift.firmware.core.site_config",
-             "midshift.firmware.core.config_fields", "midshift.firmware.core.broker_url",
-             "midshift.firmware.core.bind_address", "midshift.firmware.core.scan_line_config",
+# pin it), the scanner's and scale's config checks and the scanner's character-set
+# tables (the sessions, scan_line and mtsics, stay when a device needs them), the
+# journal's opening and recovery and its damage path (loaded again if reading meets
+# damage), the first-boot format of its files (flash_format), and this module.
+BOOT_ONLY = ("midshift.firmware.mpy.boot", "midshift.firmware.mpy.node_config",
+             "midshift.firmware.core.site_config", "midshift.firmware.core.config_fields",
+             "midshift.firmware.core.broker_url", "midshift.firmware.core.bind_address",
+             "midshift.firmware.core.scan_line_config", "midshift.firmware.core.scan_charset",
              "midshift.firmware.core.mtsics_config", "midshift.firmware.core.journal_open",
-             "midshift.firmware.mpy.flash_format")
+             "midshift.firmware.core.journal_damage", "midshift.firmware.mpy.flash_format")
 
 
 def edge_class(kind):
@@ -108,12 +118,40 @@ def build(base="", options=None, save_command_id=None):
             passphrase = node_config.read_text(base + cfg.wifi["key_file"], "wifi.key_file")
         wifi = WifiStation(cfg.wifi["ssid"], passphrase)
     signer = Signer(node_config.read_key(base + cfg.key_file, "gateway.key_file"))
-    return Node(cfg, journal, devices, uplink, wifi, clock, signer, command_gate=gate,
+    return new_node(cfg, journal, devices, uplink, wifi, clock, signer, command_gate=gate,
                 command_state=save_command_id if gate else None,
                 max_events=opts["max_events"], max_bytes=opts["max_bytes"],
                 window=opts["window"], ack_timeout_ms=opts["ack_timeout_ms"],
                 idle_ms=opts["idle_ms"], status_period_ms=opts["status_period_ms"],
                 boot_id=boot_id, commit_every_ms=opts["commit_every_ms"])
+
+
+def new_node(cfg, journal, devices, uplink, wifi, clock, signer, command_gate=None,
+             command_state=None, max_events=50, max_bytes=8192, window=2,
+             ack_timeout_ms=5000, idle_ms=20, status_period_ms=None, boot_id="",
+             commit_every_ms=COMMIT_EVERY_MS):
+    """The ``Node`` for a checked config, around its link session, pipeline and device
+    watch. ``cfg`` is not kept: its class pins the boot-only config checker in RAM
+    (``release``); what the loop needs is copied out here."""
+    now = clock.monotonic_ms()
+    sess = session.LinkSession(
+        journal, cfg.site, cfg.gateway_id, signer, [UPLINK_NAME], now, gate=command_gate,
+        status_period_ms=(int(cfg.status_period_s * 1000) if status_period_ms is None
+                          else status_period_ms),
+        runtime="micropython", max_events=max_events, max_bytes=max_bytes, linger_ms=0,
+        window=window, ack_timeout_ms=ack_timeout_ms, no_ack_ms=int(cfg.no_ack_s * 1000),
+        commit_every_ms=commit_every_ms,
+        version=__version__, boot_id=boot_id)
+    classes = {}
+    limits = {}
+    for d in cfg.devices:
+        classes[d.name] = d.cls
+        if d.settings.get("stale_s") is not None:
+            limits[d.name] = int(d.settings["stale_s"] * 1000)
+    pipeline = Pipeline(classes, journal.max_body)
+    watch = DeviceWatch(limits, int(cfg.device_down_s * 1000), now)
+    return Node(journal, devices, uplink, wifi, clock, sess, pipeline, watch,
+                command_state=command_state, idle_ms=idle_ms)
 
 
 def _nonce():

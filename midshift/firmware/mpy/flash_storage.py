@@ -70,13 +70,6 @@ def segment_name(i):
     return "seg-%05d.dat" % i
 
 
-def _size(path):
-    try:
-        return os.stat(path)[6]
-    except OSError:
-        return -1
-
-
 # Each open littlefs file holds its cache in the heap (1 KiB on a Pico W). Two suffice for
 # the loop (the head and the segment in use): with three, the same 3,000 events on
 # littlefs programmed and erased exactly as much (bench/node_flash.py); with one, 18% more.
@@ -89,20 +82,13 @@ class FlashStorage:
     def __init__(self, directory, max_open=MAX_OPEN):
         self.directory = directory
         self.max_open = max_open
-        if _size(self._path(0)) != DATA_START:
-            raise StorageError("%s: no journal here (missing %s)" % (directory, HEAD_NAME))
-        count = 0
-        self.segment_size = _size(self._path(1))
-        while _size(self._path(count + 1)) == self.segment_size and self.segment_size > 0:
-            count += 1
-        if count < 2:
-            raise StorageError("%s: journal has fewer than two equal segment files" % directory)
-        self.segment_count = count
-        self._size = DATA_START + self.segment_size * count
         self._open = []   # [(index, file)], most recently used last
         self._dirty = []  # indexes written since the last sync
         self._pending = []  # [(offset, bytes)] written since the last sync
-        self._log = self._read_log()  # [(offset, bytes)] committed in the log file
+        # Finding the files and reading the log run once, at boot: in flash_format.py,
+        # which the node drops from RAM after boot.
+        from midshift.firmware.mpy.flash_format import attach
+        attach(self)
 
     def _path(self, i):
         if i == 0:
@@ -212,25 +198,6 @@ class FlashStorage:
                 except OSError as exc:
                     raise StorageError("sync failed: %s" % exc)
         self._dirty = []
-
-    def _read_log(self):
-        path = self.directory + "/" + LOG_NAME
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError:
-            return []  # none yet (or a journal made before the log existed)
-        if len(raw) < 4 or _crc(raw[:-4]) != struct.unpack("<I", raw[-4:])[0]:
-            # littlefs commits the file whole; only a damaged flash gets here. What the
-            # log held reads as a torn tail, which the journal cuts at recovery.
-            return []
-        out, at = [], 0
-        while at < len(raw) - 4:
-            offset, n = struct.unpack_from(_ENTRY, raw, at)
-            at += _ENTRY_SIZE
-            out.append((offset, raw[at:at + n]))
-            at += n
-        return out
 
     def _write_log(self, entries):
         parts = []

@@ -31,53 +31,32 @@ refuses new transactions (``journal_full``, counted); nothing acknowledged is lo
 Counters are in ``status()``, published on the ``status`` topic.
 """
 
-from midshift.firmware import __version__
 from midshift.firmware.core import session as s
 from midshift.firmware.core.errors import JournalFull, MidshiftError
 from midshift.firmware.core.event import encode_body
-from midshift.firmware.core.health import DeviceWatch
 from midshift.firmware.core.hlc import HybridLogicalClock
-from midshift.firmware.core.pipeline import InvalidEvent, Pipeline
+from midshift.firmware.core.pipeline import InvalidEvent
 from midshift.firmware.core.record import TELEMETRY
 
 UPLINK_NAME = "wifi"
 NTP_RETRY_MS = 10000
-# The commit point (ring space reclaimed after acks) moves at most every 30 s, sooner when
-# the ring runs short: each move rewrites the journal head, a whole flash block on
-# littlefs, so at one event a second a move per ack doubled the node's erases (bench
-# node). A power cut costs at most a resend of 30 s of acknowledged records, which the
-# ledger drops as duplicates.
-COMMIT_EVERY_MS = 30000
 
 
 class Node:
-    def __init__(self, cfg, journal, devices, uplink, wifi, clock, signer, command_gate=None,
-                 command_state=None, max_events=50, max_bytes=8192, window=2,
-                 ack_timeout_ms=5000, idle_ms=20, status_period_ms=None, boot_id="",
-                 commit_every_ms=COMMIT_EVERY_MS):
-        # cfg is not kept: its class pins the boot-only config checker in RAM
-        # (boot.release); what the loop needs is copied out here.
+    def __init__(self, journal, devices, uplink, wifi, clock, session, pipeline, watch,
+                 command_state=None, idle_ms=20):
+        """Made by ``boot.new_node`` from the checked config: that translation runs once,
+        so it lives in boot's code, which the running node drops from RAM."""
         self.journal = journal
         self.devices = devices
         self.uplink = uplink
         self.wifi = wifi
         self.clock = clock
-        self.pipeline = Pipeline(_classes(cfg), journal.max_body)
+        self.session = session
+        self.pipeline = pipeline
+        self.watch = watch
         self.hlc = HybridLogicalClock(clock.now_ms, journal.last_hlc)
         now = clock.monotonic_ms()
-        self.session = s.LinkSession(
-            journal, cfg.site, cfg.gateway_id, signer, [UPLINK_NAME], now, gate=command_gate,
-            status_period_ms=(int(cfg.status_period_s * 1000) if status_period_ms is None
-                              else status_period_ms),
-            runtime="micropython", max_events=max_events, max_bytes=max_bytes, linger_ms=0,
-            window=window, ack_timeout_ms=ack_timeout_ms, no_ack_ms=int(cfg.no_ack_s * 1000),
-            commit_every_ms=commit_every_ms,
-            version=__version__, boot_id=boot_id)
-        limits = {}
-        for d in cfg.devices:
-            if d.settings.get("stale_s") is not None:
-                limits[d.name] = int(d.settings["stale_s"] * 1000)
-        self.watch = DeviceWatch(limits, int(cfg.device_down_s * 1000), now)
         self.command_state = command_state
         self.idle_ms = idle_ms
         self.counters = {"steps": 0, "journaled": 0, "journal_full": 0, "storage_errors": 0,
@@ -282,10 +261,3 @@ class Node:
             dev.close()
         self.uplink.close()
         self.journal.close()
-
-
-def _classes(cfg):
-    out = {}
-    for d in cfg.devices:
-        out[d.name] = d.cls
-    return out

@@ -1,8 +1,8 @@
 """A serial barcode scanner on a ``machine.UART``: lines become ``scan`` events.
 
 The MicroPython counterpart of ``midshift/firmware/edges/scanner.py``, with the same framing,
-rejection rules and event (the core's ``midshift/firmware/core/scan_line.py``: ``framer_for``,
-``take``): kind ``scan``, data ``{"code": str, "symbology": "]E0" or None}``, ``read_ms``
+rejection rules and event (the core's ``scan_line_config.framer_for``, at boot, and
+``scan_line.take``): kind ``scan``, data ``{"code": str, "symbology": "]E0" or None}``, ``read_ms``
 the wall time of the read that brought the line's terminator.
 
 ``poll(mono_ms, wall_ms)`` never blocks: it takes what the UART holds (``any()``, then
@@ -32,7 +32,9 @@ class UartScanner:
     def __init__(self, name, uart, settings):
         self.name = name
         self.uart = uart
-        self.framer = scan_line.framer_for(settings)
+        # imported here: scan_line_config is boot-only on a node (boot.release drops it)
+        from midshift.firmware.core.scan_line_config import framer_for
+        self.framer = framer_for(settings)
         self.counters = {"bytes": 0, "scans": 0, "rejected": 0}
         self.last_error = None
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from midshift.firmware.core import record as rec
 from midshift.firmware.core import session as s
-from midshift.firmware.core.errors import JournalFull, PowerCut
+from midshift.firmware.core.crash_storage import PowerCut
+from midshift.firmware.core.errors import JournalFull
 from midshift.firmware.core.event import Event
 from midshift.firmware.core.hlc import HybridLogicalClock
 from midshift.firmware.core.journal import Journal, storage_size
