@@ -1,0 +1,88 @@
+"""The commit point's sync runs outside the lock producers append under: while the ledger's
+ack is being made durable (a slow sync of the head), records are still appended and made
+durable, and the space the ack frees is reclaimed only once its cursor is on flash."""
+
+import threading
+
+from midshift.firmware.core.journal import Journal
+from midshift.firmware.edges.group_commit import GroupCommitJournal
+from tests.unit.portable import body_for, fresh
+
+
+class GatedHead:
+    """A storage whose ``sync_head`` (the commit point's sync) waits for ``gate``."""
+
+    def __init__(self, storage) -> None:
+        self.storage = storage
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.head_syncs = 0
+
+    def read(self, offset, n):
+        return self.storage.read(offset, n)
+
+    def write(self, offset, data):
+        self.storage.write(offset, data)
+
+    def sync(self):
+        self.storage.sync()
+
+    def sync_head(self):
+        self.entered.set()
+        assert self.gate.wait(10)
+        self.head_syncs += 1
+
+    def size(self):
+        return self.storage.size()
+
+    def close(self):
+        pass
+
+
+def test_appends_become_durable_while_a_commit_point_syncs() -> None:
+    st, j = fresh(8)
+    gated = GatedHead(st)
+    j.storage = gated
+    gc = GroupCommitJournal(j)
+    try:
+        assert [gc.append_durable(body_for(i, 40), timeout_s=5) for i in (1, 2, 3)] == [1, 2, 3]
+        gated.gate.clear()
+        committer = threading.Thread(target=gc.commit, args=(2,))
+        committer.start()
+        assert gated.entered.wait(5)  # the commit point is being synced, not yet durable
+        assert gc.append_durable(body_for(4, 40), timeout_s=5) == 4  # not held up by it
+        assert gc.durable_seq == 4
+        assert committer.is_alive() and j.tail_seq == 1  # nothing reclaimed before the sync
+        gated.gate.set()
+        committer.join(5)
+        assert not committer.is_alive()
+        assert j.tail_seq == 3 and j.committed_seq == 2 and gated.head_syncs == 1
+    finally:
+        gated.gate.set()
+        gc.close()
+    reopened = Journal.open(st)  # the cursor written off the lock is the one recovery finds
+    assert reopened.tail_seq == 3
+    assert [r.seq for r in reopened.read(None, None, 10)[0]] == [3, 4]
+
+
+def test_a_failed_commit_point_sync_moves_nothing() -> None:
+    st, j = fresh(8)
+
+    class FailingHead(GatedHead):
+        def sync_head(self):
+            raise OSError(5, "I/O error")
+
+    j.storage = FailingHead(st)
+    gc = GroupCommitJournal(j)
+    try:
+        for i in (1, 2):
+            gc.append_durable(body_for(i, 40), timeout_s=5)
+        try:
+            gc.commit(2)
+            raise AssertionError("the failed sync was not reported")
+        except OSError:
+            pass
+        assert j.tail_seq == 1 and j.committed_seq == 0
+        assert gc.append_durable(body_for(3, 40), timeout_s=5) == 3  # appends go on
+    finally:
+        gc.close()
