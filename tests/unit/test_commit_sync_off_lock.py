@@ -17,6 +17,7 @@ class GatedHead:
         self.entered = threading.Event()
         self.gate = threading.Event()
         self.head_syncs = 0
+        self.entries = 0  # syncs of the head begun
 
     def read(self, offset, n):
         return self.storage.read(offset, n)
@@ -28,6 +29,7 @@ class GatedHead:
         self.storage.sync()
 
     def sync_head(self):
+        self.entries += 1
         self.entered.set()
         assert self.gate.wait(10)
         self.head_syncs += 1
@@ -86,3 +88,40 @@ def test_a_failed_commit_point_sync_moves_nothing() -> None:
         assert gc.append_durable(body_for(3, 40), timeout_s=5) == 3  # appends go on
     finally:
         gc.close()
+
+
+def test_an_append_that_drops_telemetry_waits_for_the_commit_point_in_flight() -> None:
+    """Dropping telemetry for room writes a cursor of its own: it waits for the commit
+    point being synced (they alternate slots), then both are on flash in order."""
+    from midshift.firmware.core import record as rec
+    st, j = fresh(4)
+    gated = GatedHead(st)
+    gated.gate.set()
+    j.storage = gated
+    gc = GroupCommitJournal(j)
+    try:
+        seqs = []
+        while j.free_bytes() > 400:  # the ring filled with telemetry
+            seqs.append(gc.append(bytes([len(seqs) % 256]) * 300, rec.TELEMETRY))
+        assert gc.wait_durable(seqs[-1])
+        gated.gate.clear()
+        gated.entered.clear()
+        gated.entries = 0
+        committer = threading.Thread(target=gc.commit, args=(seqs[0],))
+        committer.start()
+        assert gated.entered.wait(5)
+        dropper = threading.Thread(target=gc.append_durable, args=(b"y" * 1000, rec.TELEMETRY))
+        dropper.start()
+        dropper.join(0.2)
+        # Waiting, not writing a second cursor into the slot the commit point is using.
+        assert dropper.is_alive() and j.dropped == 0 and gated.entries == 1
+        gated.gate.set()
+        committer.join(5)
+        dropper.join(5)
+        assert not committer.is_alive() and not dropper.is_alive()
+        assert j.dropped > 0 and j.tail_seq > seqs[0] + 1
+        tail = j.tail_seq
+    finally:
+        gated.gate.set()
+        gc.close()
+    assert Journal.open(st).tail_seq == tail  # the newest cursor is the drop's, intact

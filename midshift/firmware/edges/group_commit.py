@@ -34,7 +34,7 @@ from collections.abc import Callable
 from midshift.firmware.core.errors import JournalFull, StorageError
 from midshift.firmware.core.hlc import HybridLogicalClock
 from midshift.firmware.core.journal import Journal
-from midshift.firmware.core.record import TXN
+from midshift.firmware.core.record import HEADER_SIZE, TXN
 
 RETRY_S = 1.0  # how often writes that hit a full filesystem are retried
 SYNC_SAMPLES = 4096  # flush times kept for ``sync_ms``
@@ -84,7 +84,7 @@ class GroupCommitJournal:
         """Queue a record; durable once ``wait_durable(seq)`` returns True. ``hlc`` None:
         stamped now by the HLC (0 without one)."""
         with self.lock:
-            self._wait_cursor_if_short()
+            self._wait_cursor_if_short(len(body))
             seq = self._append_locked(body, cls, hlc)
             if not self._flushing:  # a flush in flight wakes the flusher when it ends
                 self._queued.notify()
@@ -97,7 +97,7 @@ class GroupCommitJournal:
         that refused it (the others still go in); any other storage error refuses all."""
         out: list[int | JournalFull] = []
         with self.lock:
-            self._wait_cursor_if_short()
+            self._wait_cursor_if_short(sum(len(body) + HEADER_SIZE for body, _ in records))
             for body, cls in records:
                 try:
                     out.append(self._append_locked(body, cls, None))
@@ -107,10 +107,12 @@ class GroupCommitJournal:
                 self._queued.notify()
         return out
 
-    def _wait_cursor_if_short(self) -> None:
-        """An append may drop telemetry for room only when less than two segments are
-        free, and a drop writes a cursor of its own: not while another is in flight."""
-        while self._cursor_busy and self.journal.free_bytes() < 2 * self.journal.segment_size:
+    def _wait_cursor_if_short(self, size: int) -> None:
+        """Appending ``size`` bytes may drop telemetry for room only when less than that
+        and two segments (the padding and a record at most) are free, and a drop writes a
+        cursor of its own: not while another is in flight."""
+        need = size + 2 * self.journal.segment_size
+        while self._cursor_busy and self.journal.free_bytes() < need:
             self._changed.wait()
 
     def _append_locked(self, body: bytes, cls: int, hlc: int | None) -> int:
