@@ -172,9 +172,6 @@ class Broker:
             f"log_dest file {self.log_path}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
             "max_queued_messages 100000",
-            # As the provisioned broker (provision/acl.py): without it mosquitto's Nagle
-            # holds a batch for the ledger until the ledger's delayed ACK (40 ms).
-            "set_tcp_nodelay true",
         ]
         if self.persistence and self.autosave_changes > 0:
             lines += ["autosave_on_changes true", f"autosave_interval {self.autosave_changes}"]

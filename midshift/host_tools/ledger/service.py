@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import ssl
 import threading
 import time
@@ -76,16 +75,6 @@ MAX_GROUP = 64  # batches stored in one transaction at most
 # 1,000-event batches kept its window shut for the 40 ms they took, then it had to encode
 # the next ten while the ledger idled.
 MAX_GROUP_EVENTS = 4000
-
-
-def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """TCP_NODELAY on the broker connection: the PUBACKs and acks are small writes, and
-    Nagle's algorithm holds one back until the broker has ACKed the last, which a broker
-    may delay 40 ms (Linux's delayed ACK); the gateways' uplinks do the same."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass  # TLS-wrapped or not TCP: nothing to set
 
 
 def load_keys(path: str | Path) -> dict[str, bytes]:
@@ -193,7 +182,6 @@ class LedgerService:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self.client.on_socket_open = _no_delay
         self._refused: Any = None  # the broker's CONNACK reason when it refused MQTT 5
         self._nudge_due = False  # a SUBACK on a session the broker had not kept is due
         self.persistent = bool(client_id)
