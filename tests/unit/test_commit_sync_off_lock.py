@@ -125,3 +125,45 @@ def test_an_append_that_drops_telemetry_waits_for_the_commit_point_in_flight() -
         gated.gate.set()
         gc.close()
     assert Journal.open(st).tail_seq == tail  # the newest cursor is the drop's, intact
+
+
+def test_the_head_hint_is_written_by_the_flusher_and_a_failing_one_is_not_spun_on() -> None:
+    st, j = fresh(8)
+
+    class CountingHead(GatedHead):
+        fail = False
+
+        def sync_head(self):
+            self.entries += 1
+            if self.fail:
+                raise OSError(5, "I/O error")
+
+    head = CountingHead(st)
+    j.storage = head
+    gc = GroupCommitJournal(j)
+    try:
+        seq = 0
+        while j.durable_pos < 2 * j.segment_size:  # two segments' worth: hints due
+            seq = gc.append_durable(body_for(seq + 1, 200), timeout_s=5)
+        gc.wait_for_durable_after(seq - 1, 1)
+        assert wait_until(lambda: head.entries >= 1)  # the flusher wrote a head hint
+        head.fail, head.entries = True, 0
+        while j.durable_pos < 4 * j.segment_size:
+            seq = gc.append_durable(body_for(seq + 1, 200), timeout_s=5)  # appends go on
+        assert wait_until(lambda: head.entries >= 1)  # the next hint was tried, and failed
+        tried = head.entries
+        threading.Event().wait(0.3)
+        assert head.entries == tried  # not again until the next flush: no spinning on it
+        seq = gc.append_durable(body_for(seq + 1, 200), timeout_s=5)
+        assert wait_until(lambda: head.entries == tried + 1)  # that flush: one more try
+    finally:
+        gc.close()
+
+
+def wait_until(cond, timeout_s: float = 5.0) -> bool:
+    done = threading.Event()
+    for _ in range(int(timeout_s / 0.01)):
+        if cond():
+            return True
+        done.wait(0.01)
+    return cond()

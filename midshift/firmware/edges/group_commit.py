@@ -72,6 +72,7 @@ class GroupCommitJournal:
         self._closing = False
         self._flushing = False
         self._cursor_busy = False  # a commit point is being written outside the lock
+        self._hint_failed_seq = -1  # the durable seq at which a hint last failed to write
         self.syncs = 0
         # The last flushes' write-and-sync times (ms): what the flash made producers wait.
         self.sync_ms: deque[float] = deque(maxlen=SYNC_SAMPLES)
@@ -250,7 +251,8 @@ class GroupCommitJournal:
 
     def _hint_ready(self) -> bool:
         return (not self._cursor_busy and self._error is None and self._no_space is None
-                and self.journal.hint_due())
+                and self.journal.hint_due()
+                and self._hint_failed_seq != self.journal.durable_seq)  # once per flush
 
     def _write_hint_locked(self) -> None:
         """The head hint a segment's worth of durable records calls for, synced without
@@ -268,6 +270,8 @@ class GroupCommitJournal:
         self._cursor_busy = False
         if written:
             self.journal.apply_cursor(cursor)
+        else:  # not again before the next flush: a failing flash is not spun on
+            self._hint_failed_seq = self.journal.durable_seq
         self._changed.notify_all()
 
     # consumers -----------------------------------------------------------------------
