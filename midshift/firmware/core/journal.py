@@ -303,16 +303,22 @@ class Journal:
         self._inflight_crc = _frame_crc(last)
         return runs, struct.unpack_from("<Q", last, 12)[0], pos + len(last)
 
-    def mark_durable(self, seq, pos):
+    def mark_durable(self, seq, pos, hint=True):
         """The frames handed out by ``take_pending`` are synced. Once a segment's worth has
-        become durable since the last commit point, write one (with the new head hint)."""
+        become durable since the last commit point, write one (with the new head hint);
+        ``hint`` False leaves that to the caller (``hint_due``, ``prepare_hint``), which
+        syncs it outside its lock."""
         self._cache_off = -1
         if seq > self.durable_seq:
             self.durable_seq = seq
             self.durable_pos = pos
             self._durable_crc = self._inflight_crc
-            if pos - self._hint_pos >= self.segment_size:
+            if hint and self.hint_due():
                 self._persist_cursor(self.tail_pos, self.tail_seq, self.committed_seq, self.dropped)
+
+    def hint_due(self):
+        """A segment's worth has become durable since the last commit point."""
+        return self.durable_pos - self._hint_pos >= self.segment_size
 
     # ---- acknowledgement and reclaim ------------------------------------------------
 
@@ -330,6 +336,59 @@ class Journal:
             next_pos = self._find_end(seq)
         self._persist_cursor(next_pos, seq + 1, seq, self.dropped)
 
+    # A caller with threads (the gateway's group commit) writes a commit point in three
+    # steps, so the sync runs outside the lock its producers append under: ``prepare_*``
+    # and ``apply_cursor`` under that lock, ``write_cursor`` (storage I/O) without it. One
+    # cursor at a time (it alternates slots), and nothing may persist a cursor in between
+    # (``_drop_telemetry``: the caller keeps appends that could need it waiting).
+
+    def prepare_commit(self, seq, next_pos=None):
+        """``commit``'s cursor, to write and apply; None when there is nothing to write."""
+        if seq < self.tail_seq:
+            if seq > self.committed_seq:
+                self.committed_seq = seq
+            return None
+        if seq > self.durable_seq:
+            raise ValueError("cannot commit seq %d: only %d is durable" % (seq, self.durable_seq))
+        if next_pos is None:
+            next_pos = self._find_end(seq)
+        return self._prepare_cursor(next_pos, seq + 1, seq, self.dropped)
+
+    def prepare_hint(self):
+        """The cursor ``mark_durable(hint=False)`` left due (the new head hint)."""
+        return self._prepare_cursor(self.tail_pos, self.tail_seq, self.committed_seq,
+                                    self.dropped)
+
+    def _prepare_cursor(self, tail_pos, tail_seq, committed_seq, dropped):
+        slot = 1 - self._slot
+        data = _cursor_bytes(self._seed, self._gen + 1, tail_pos, tail_seq, committed_seq,
+                             dropped, self.last_hlc, self.durable_pos, self.durable_seq + 1,
+                             self._durable_crc)
+        return (SLOT_OFFSETS[slot], data,
+                (slot, self.durable_pos, tail_pos, tail_seq, committed_seq, dropped))
+
+    def write_cursor(self, cursor):
+        """Write a prepared cursor and sync it (no journal state read or changed)."""
+        self.storage.write(cursor[0], cursor[1])
+        # Everything a cursor names is on flash before it is written, so a storage that
+        # can sync the head alone (``sync_head``) does: the commit point's sync then does
+        # not wait for segment writes another thread has under way (the group commit's).
+        sync_head = getattr(self.storage, "sync_head", None)
+        if sync_head is not None:
+            sync_head()
+        else:
+            self.storage.sync()
+
+    def apply_cursor(self, cursor):
+        """The prepared cursor is on flash: move the tail (reclaim) and the hint."""
+        slot, hint_pos, tail_pos, tail_seq, committed_seq, dropped = cursor[2]
+        self._gen += 1
+        self._slot = slot
+        self._hint_pos = hint_pos
+        self.tail_pos, self.tail_seq = tail_pos, tail_seq
+        self.committed_seq = max(self.committed_seq, committed_seq)
+        self.dropped = dropped
+
     def _find_end(self, seq):
         pos, s = self.tail_pos, self.tail_seq
         walk = self._frames(pos, s, None)
@@ -340,24 +399,9 @@ class Journal:
         return pos
 
     def _persist_cursor(self, tail_pos, tail_seq, committed_seq, dropped):
-        slot = 1 - self._slot
-        self.storage.write(SLOT_OFFSETS[slot], _cursor_bytes(
-            self._seed, self._gen + 1, tail_pos, tail_seq, committed_seq, dropped, self.last_hlc,
-            self.durable_pos, self.durable_seq + 1, self._durable_crc))
-        # Everything a cursor names is on flash before it is written, so a storage that
-        # can sync the head alone (``sync_head``) does: the commit point's sync then does
-        # not wait for segment writes another thread has under way (the group commit's).
-        sync_head = getattr(self.storage, "sync_head", None)
-        if sync_head is not None:
-            sync_head()
-        else:
-            self.storage.sync()
-        self._gen += 1
-        self._slot = slot
-        self._hint_pos = self.durable_pos
-        self.tail_pos, self.tail_seq = tail_pos, tail_seq
-        self.committed_seq = max(self.committed_seq, committed_seq)
-        self.dropped = dropped
+        cursor = self._prepare_cursor(tail_pos, tail_seq, committed_seq, dropped)
+        self.write_cursor(cursor)
+        self.apply_cursor(cursor)
 
     def _drop_telemetry(self, need):
         """Give up the oldest records while they are telemetry, until ``need`` bytes are
