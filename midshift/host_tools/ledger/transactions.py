@@ -108,6 +108,13 @@ _LINE = (r'\{"sku":"[ !#-\[\]-~]*","qty_milli":' + _I + ',"unit_price":' + _I + 
          + _I + r'\}')
 _TENDER = (r'(?:\{"kind":"(?:cash|voucher)","amount":' + _I + r'\}|\{"kind":"card","amount":'
            + _I + r',"pan":"[ !#-\[\]-~]*","scheme":"[ !#-\[\]-~]*","auth":"[a-z_]*"\})')
+# The first line and the first tender with their figures captured (the rest, if any, are
+# read by ``_AMOUNTS`` and ``_TENDERS``): most transactions pay with one tender.
+_FIRST_LINE = (r'\{"sku":"[ !#-\[\]-~]*","qty_milli":' + _NUM + ',"unit_price":' + _NUM
+               + ',"discount":' + _NUM + r'\}')
+_FIRST_TENDER = (r'(?:\{"kind":"(cash|voucher)","amount":' + _NUM + r'\}|\{"kind":"card",'
+                 r'"amount":' + _NUM + r',"pan":"[ !#-\[\]-~]*","scheme":"[ !#-\[\]-~]*",'
+                 r'"auth":"[a-z_]*"\})')
 # The body as the till API writes it (``till_api._journal``: ``encode_body`` of the
 # validated transaction), whole: keys in that order, no whitespace. A body that matches
 # means exactly what ``json`` would read from it; any other goes the general way.
@@ -116,8 +123,8 @@ _GATEWAY_BODY = re.compile(
     + ',"sha":' + _S + ',"store":' + _S + ',"tz":' + _S + ',"receipt":' + _S
     + r',"offline":(true|false),"txn":\{"type":"(sale|refund|void)","till":' + _S
     + ',"till_seq":' + _NUM + ',"business_day":' + _S + ',"cashier":' + _S + ',"currency":' + _S
-    + r'(?:,"till_time":' + _S + r')?,"lines":\[(' + _LINE + '(?:,' + _LINE + r')*)\]'
-    + r',"tenders":\[(' + _TENDER + '(?:,' + _TENDER + r')*)\]'
+    + r'(?:,"till_time":' + _S + r')?,"lines":\[' + _FIRST_LINE + '((?:,' + _LINE + r')*)\]'
+    + r',"tenders":\[(' + _FIRST_TENDER + '((?:,' + _TENDER + r')*))\]'
     + r'(?:,"original":("[ !#-\[\]-~]*"|\{"till":"[ !#-\[\]-~]*","till_seq":' + _I + r'\}))?'
     + r'\}\}\}')
 _TENDERS = re.compile(r'"kind":"([a-z]+)","amount":([0-9]+)')
@@ -128,25 +135,34 @@ def _gateway_row(gateway: str, epoch: str, seq: int, text: str, ledger_ms: int) 
     """The row of a body exactly as the till API writes it, read with one regular
     expression instead of a JSON parse of the whole body (a drained outage is 90,000 of
     them); None for any other body. Only the tenders are parsed, for the card flags."""
-    m = _GATEWAY_BODY.fullmatch(text) if text.isascii() else None
+    m = _GATEWAY_BODY.fullmatch(text)  # only ASCII matches: every class in it is ASCII
     if m is None:
         return None
     (t, key, sha, store, tz, receipt, offline, kind, till, till_seq, day, cashier, currency,
-     till_time, lines, tenders_text, original) = m.groups()
+     till_time, qty, price, discount, more_lines, tenders_text, first, amount, card_amount,
+     more_tenders, original) = m.groups()
     cash = card = voucher = 0
-    for k, amount in _TENDERS.findall(tenders_text):
-        if k == "cash":
-            cash += int(amount)
-        elif k == "card":
-            card += int(amount)
-        else:
-            voucher += int(amount)
+    if first is None:
+        card = int(card_amount)
+    elif first == "cash":
+        cash = int(amount)
+    else:
+        voucher = int(amount)
+    if more_tenders:
+        for k, amount in _TENDERS.findall(more_tenders):
+            if k == "cash":
+                cash += int(amount)
+            elif k == "card":
+                card += int(amount)
+            else:
+                voucher += int(amount)
     # The tenders themselves only when a card flag reads them (strings here hold no '"').
     tenders = (_scan(f"[{tenders_text}]", 0)[0] if '"auth":"declined"' in tenders_text
                or '"auth":"offline_pending"' in tenders_text else ())
-    total = 0
-    for qty, price, discount in _AMOUNTS.findall(lines):
-        total += till_txn.amount_of(int(qty), int(price), int(discount))
+    total = till_txn.amount_of(int(qty), int(price), int(discount))
+    if more_lines:
+        for qty, price, discount in _AMOUNTS.findall(more_lines):
+            total += till_txn.amount_of(int(qty), int(price), int(discount))
     return _new_row(Row, (
         gateway, epoch, seq, store, till, int(till_seq), day, kind, currency, key, sha,
         receipt, 1 if offline == "true" else 0, int(t), ledger_ms, total, cash, card, voucher,
