@@ -24,6 +24,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from itertools import repeat
 from typing import Any
 
 from midshift.firmware.core.wire import Batch
@@ -121,15 +122,21 @@ class SqliteStore(LedgerStore):
                 held = {s for (s,) in cur.execute(
                     "SELECT seq FROM events WHERE gateway = ? AND epoch = ? AND seq BETWEEN "
                     "? AND ?", (gw, epoch, batch.first_seq, batch.last_seq))} if txns else ()
+                seqs, classes, hlcs, bodies = zip(*batch.records, strict=True) \
+                    if batch.records else ((), (), (), ())
                 # str(body, ...) takes any buffer, bytes or memoryview, without a copy first.
-                rows = [(gw, epoch, seq, cls, hlc, str(body, "utf-8", "replace"), sent,
-                         ledger_ms) for seq, cls, hlc, body in batch.records]
+                texts = [str(body, "utf-8", "replace") for body in bodies]
                 before = self.db.total_changes
-                cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)", rows)
-                if txns:  # booked from the text just stored (``unstorable``: exact UTF-8);
-                    # records come in ascending seq order (``decode_batch`` refuses others)
-                    booked += [(gw, epoch, r[2], r[5]) for r in rows
-                               if r[2] in txns and r[2] not in held]
+                cur.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?)",
+                                zip(repeat(gw), repeat(epoch), seqs, classes, hlcs, texts,
+                                    repeat(sent), repeat(ledger_ms)))
+                # Booked from the text just stored (``unstorable``: exact UTF-8); records
+                # come in ascending seq order (``decode_batch`` refuses others).
+                if len(txns) == len(seqs) and not held:  # a batch of new transactions
+                    booked += zip(repeat(gw), repeat(epoch), seqs, texts)
+                elif txns:
+                    booked += [(gw, epoch, seq, text) for seq, text in zip(seqs, texts, strict=True)
+                               if seq in txns and seq not in held]
                 new = self.db.total_changes - before
                 n = len(batch.records)
                 cur.execute("INSERT INTO receipts VALUES (?,?,?,?,?,?,?,?)",
