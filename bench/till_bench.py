@@ -24,6 +24,9 @@ threads with stdlib ``http.client``, the journal on this machine's disk.
 - ``offline_drain_ledger_cpu_s`` / ``offline_drain_agent_cpu_s``: CPU seconds each process
   spent during that drain (user + system, from /proc): on a shared 2-core machine the wall
   time moves with the neighbours' load, the CPU a process needs much less.
+- ``offline_drain_first_s``: from restoring the uplink until the ledger holds the first
+  transaction (the agent's reconnect and its first batches): the part of the drain that no
+  ledger speed shortens.
 """
 
 from __future__ import annotations
@@ -234,17 +237,25 @@ def _drain(tmp: Path, count: int, say: Callable[[str], None]) -> dict[str, Any]:
                 pass
             return int(counted[1])
         say("till: uplink back, draining")
+        first: list[float] = []
+
+        def drained() -> bool:
+            n = in_ledger()
+            if n and not first:
+                first.append(time.perf_counter() - t0)
+            return n >= accepted
         cpu0 = [_cpu_s(p.pid) for p in procs]  # the ledger, then the agent
         t0 = time.perf_counter()
         proxy.set_mode("pass")
-        ok = wait_for(lambda: in_ledger() >= accepted, 300, 0.01)
+        ok = wait_for(drained, 300, 0.01)
         took = time.perf_counter() - t0
         cpu = [round(_cpu_s(p.pid) - c, 2) for p, c in zip(procs, cpu0, strict=True)]
         ledger.close()
         return {"offline_drain_s": round(took, 2) if ok else None, "drain_txns": accepted,
                 "drain_complete": ok, "offline_fill_txn_per_s": round(accepted / fill_s),
                 "offline_drain_txn_per_s": round(accepted / took) if ok else 0,
-                "offline_drain_ledger_cpu_s": cpu[0], "offline_drain_agent_cpu_s": cpu[1]}
+                "offline_drain_ledger_cpu_s": cpu[0], "offline_drain_agent_cpu_s": cpu[1],
+                "offline_drain_first_s": round(first[0], 2) if first else None}
     finally:
         for p in procs:
             p.terminate()

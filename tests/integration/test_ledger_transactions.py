@@ -144,6 +144,27 @@ def test_unreadable_transaction_is_kept_and_flagged(store: LedgerStore) -> None:
     assert [f["kind"] for f in store.flags()] == ["invalid"]
 
 
+def test_rows_with_and_without_original_or_till_time_keep_their_values_and_order(
+        store: LedgerStore) -> None:
+    # Rows whose original and till_time are both NULL are inserted by a statement of their
+    # own (``Booker._insert``): runs of each kind, mixed in one batch, keep every value and
+    # the batch's order (row ids, which the outbox follows on SQLite).
+    when = "2026-03-29T09:30:00+02:00"
+    kinds = [(None, None), (None, None), ({"till": "till-1", "till_seq": 1}, None),
+             (None, when), ("k1", when), (None, None), (None, when), (None, None)]
+    bodies = [body(sale(till_seq=i + 1, type="sale" if o is None else "refund", original=o,
+                        **({"till_time": t} if t else {})), f"k{i + 1}", T0)
+              for i, (o, t) in enumerate(kinds)]
+    assert store.store_many([batch("gw-a", 1, bodies)], T0) == [(8, 0)]
+    rows = store.transactions()
+    assert [(r["original"], r["till_time"]) for r in rows] == kinds
+    assert all(r["total"] == 1234 == r["cash"] for r in rows)
+    if store.backend == "sqlite":
+        assert [s for (s,) in store.query("SELECT seq FROM transactions ORDER BY rowid")] \
+            == list(range(1, 9))
+    assert store.flags() == []
+
+
 def test_pg_resend_path_books_only_the_new(pg: ThrowawayPostgres) -> None:
     """PostgreSQL's slow path (a group with events stored before) books only new rows."""
     with open_store(pg.create_database(f"txn_slow_{time.time_ns() % 10**9}"),
