@@ -34,7 +34,6 @@ from typing import Any
 from midshift.firmware import __version__
 from midshift.firmware.core import commands
 from midshift.firmware.core import session as s
-from midshift.firmware.core.commands import CommandGate
 from midshift.firmware.core.forwarder import HEDGE_FLOOR_MS
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.core.site_config import SiteConfig
@@ -95,7 +94,7 @@ class ForwardingLoop:
             last = 0
             if self.command_state.exists():
                 last = int(self.command_state.read_text().strip() or 0)
-            gate = CommandGate(Signer(command_key), cfg.gateway_id, last)
+            gate = commands.CommandGate(Signer(command_key), cfg.gateway_id, last)
         # A fresh suffix per start: another gateway cannot guess the client id to take it
         # over; it is the boot id too, so a reader tells a restart from a long silence.
         self.boot_id = boot_id or os.urandom(4).hex()

@@ -314,7 +314,7 @@ class Journal:
             self.durable_pos = pos
             self._durable_crc = self._inflight_crc
             if hint and self.hint_due():
-                self._persist_cursor(self.tail_pos, self.tail_seq, self.committed_seq, self.dropped)
+                self._persist(self.prepare_hint())
 
     def hint_due(self):
         """A segment's worth has become durable since the last commit point."""
@@ -326,15 +326,9 @@ class Journal:
         """The ledger has acknowledged everything up to ``seq``: persist the commit point
         (alternate slot, then sync) and reclaim the space. ``next_pos`` (the end of record
         ``seq``, known to the reader) saves a scan."""
-        if seq < self.tail_seq:
-            if seq > self.committed_seq:
-                self.committed_seq = seq
-            return
-        if seq > self.durable_seq:
-            raise ValueError("cannot commit seq %d: only %d is durable" % (seq, self.durable_seq))
-        if next_pos is None:
-            next_pos = self._find_end(seq)
-        self._persist_cursor(next_pos, seq + 1, seq, self.dropped)
+        cursor = self.prepare_commit(seq, next_pos)
+        if cursor is not None:
+            self._persist(cursor)
 
     # A caller with threads (the gateway's group commit) writes a commit point in three
     # steps, so the sync runs outside the lock its producers append under: ``prepare_*``
@@ -399,7 +393,9 @@ class Journal:
         return pos
 
     def _persist_cursor(self, tail_pos, tail_seq, committed_seq, dropped):
-        cursor = self._prepare_cursor(tail_pos, tail_seq, committed_seq, dropped)
+        self._persist(self._prepare_cursor(tail_pos, tail_seq, committed_seq, dropped))
+
+    def _persist(self, cursor):
         self.write_cursor(cursor)
         self.apply_cursor(cursor)
 

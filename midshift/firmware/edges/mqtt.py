@@ -111,7 +111,7 @@ class MqttUplink:
         # Jittered per client, so a fleet that lost the same broker does not return in step.
         jitter = random.uniform(0.8, 1.25)
         if max_retry_s is None:
-            max_retry_s = RETRY_METERED_S if getattr(cfg, "metered", False) else RETRY_S
+            max_retry_s = RETRY_METERED_S if cfg.metered else RETRY_S
         self.client.reconnect_delay_set(min_delay=RETRY_S * jitter,
                                         max_delay=max_retry_s * jitter)
         # Unacked QoS 1 publishes are not kept across a reconnect by us: the forwarder

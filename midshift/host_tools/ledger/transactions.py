@@ -279,12 +279,9 @@ class Booker:
         if rows:
             held = _Held(self, rows)
             if held.plain(rows):  # the common case, a drained outage: own flags only
-                own, closed = self._own, held.closed
+                own = self._own
                 for r in rows:
-                    # Only a row with card tenders to judge, a closed day or tenders that
-                    # do not add up raises a flag of its own (``_own``).
-                    if r[-1] or closed or r[16] + r[17] + r[18] != r[15]:
-                        own((r[0], r[1], r[2]), r, held, ledger_ms)
+                    own((r[0], r[1], r[2]), r, held, ledger_ms)
             else:
                 for r in rows:
                     self._one(r, held, ledger_ms)
