@@ -263,6 +263,24 @@ class Broker:
             p.kill()
             p.wait(timeout=10)
 
+    def wait_saved(self, *needles: bytes, timeout_s: float = 5.0) -> bool:
+        """True once the saved database holds every needle (a client id, a topic, a
+        payload); False after ``timeout_s``. mosquitto saves just after it acknowledges,
+        so a crash straight after a SUBACK or PUBACK may lose that change: a test of
+        "back from its saved state" waits here first. mosquitto writes the file aside
+        and renames it, so a read never sees half a save."""
+        deadline = time.monotonic() + timeout_s
+        while True:  # bounded by the deadline
+            try:
+                saved = self.db_path.read_bytes()
+            except FileNotFoundError:
+                saved = b""
+            if all(n in saved for n in needles):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
     def log_tail(self, lines: int = 20) -> str:
         out = []
         for path in (self.directory / "stderr.log", self.log_path):

@@ -108,6 +108,9 @@ def test_a_batch_sent_while_ledger_and_broker_were_down_waits_at_the_broker(
     try:
         ledger.send_signal(signal.SIGKILL)
         ledger.wait(10)
+        # the case here is a broker back *from its saved state*: the session must be in
+        # it first (a crash before mosquitto saves it is the next test's case)
+        assert broker.wait_saved(b"midshift-ledger", topics.every(topics.EVENTS).encode())
         broker.restart(crash=broker_restart == "crash")
         gw = OneShotGateway(broker)
         try:

@@ -13,7 +13,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,15 +93,6 @@ class Client:
         self.c.loop_stop()
 
 
-def _wait_until(pred: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:  # bounded: a condition polled, not a guessed delay
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
-
-
 def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
@@ -141,9 +131,7 @@ def test_sigkill_and_restart_keeps_messages_only_with_persistence(tmp_path: Path
         port = broker.port
         _leave_queued_and_retained(port)
         if persistence:  # mosquitto saves just after it acks: wait for the bytes on disk
-            assert _wait_until(lambda: broker.db_path.exists() and all(
-                m in broker.db_path.read_bytes()
-                for m in (b"queued-for-ledger", b"retained-status")), 5)
+            assert broker.wait_saved(b"queued-for-ledger", b"retained-status")
         pid = broker.pid
         assert pid is not None
         broker.crash()
