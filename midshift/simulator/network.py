@@ -10,7 +10,8 @@ Modes, set with ``set_mode(name, **params)`` or a JSON line on the control socke
   hop, a dead LTE bearer). New connections are accepted too, but the upstream is not even
   dialled until traffic flows again; an upstream that hangs up meanwhile is not passed on.
 - ``refuse``: close the listening socket, so a connect gets ECONNREFUSED, and reset (RST)
-  the open connections, as a broker whose port went away would.
+  the open connections, as a broker whose port went away would. The port stays held by a
+  bound socket that never listens, so nothing else takes it before the proxy listens again.
 - ``reset``: an action, not a state: RST every open connection now (SO_LINGER 0, then
   close) and stay in the current mode.
 - ``latency``: delay each chunk by ``ms`` +/- ``jitter_ms`` (uniform), keeping byte order.
@@ -167,6 +168,7 @@ class FaultProxy:
         self._stopping: asyncio.Event | None = None
         self._flowing: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
+        self._port_hold: socket.socket | None = None  # bound, never listening: see _refuse
         self._control_server: asyncio.Server | None = None
         self._mode_task: asyncio.Task | None = None
         self._next_free_s = {"up": 0.0, "down": 0.0}
@@ -274,6 +276,7 @@ class FaultProxy:
         # asyncio.run cancels and awaits whatever handler tasks remain.
 
     async def _close_servers(self) -> None:
+        self._release_port()
         for srv in (self._server, self._control_server):
             if srv is not None:
                 srv.close()
@@ -285,6 +288,7 @@ class FaultProxy:
 
     async def _listen(self) -> None:
         port = self.port or self.listen_addr[1]
+        self._release_port()
         self._server = await asyncio.start_server(self._accept, self.listen_addr[0], port,
                                                   reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -307,6 +311,33 @@ class FaultProxy:
             self._mode_task = asyncio.ensure_future(self._flap_loop(params))
         log.info("fault proxy %s: mode %s %s", self.name, mode, params or "")
 
+    def _hold_port(self) -> None:
+        """Keep the port while refusing: a socket bound to it but not listening, so a
+        connect is still refused (RST) but no other socket can take the port meanwhile.
+        Without it the proxy lost its port now and then: the kernel hands free ports in
+        the ephemeral range to outgoing connects, including the agent's own retries to
+        that very port (a TCP self-connect), and listening again failed "address in use".
+        Any socket bound by bind(), even with SO_REUSEADDR, keeps connects off the port."""
+        for reuse in (0, 1):  # plain first: then no other bind() may share the port;
+            hold = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:  # SO_REUSEADDR only where our own closed links left TIME_WAITs on it
+                hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuse)
+                hold.bind((self.listen_addr[0], self.port))
+                break
+            except OSError as exc:
+                hold.close()
+                error = exc
+        else:  # connects are refused all the same; only the port may be lost
+            log.warning("fault proxy %s: cannot hold port %d while refusing: %s", self.name,
+                        self.port, error)
+            return
+        self._port_hold = hold
+
+    def _release_port(self) -> None:
+        if self._port_hold is not None:
+            self._port_hold.close()
+            self._port_hold = None
+
     def _reset_links(self) -> None:
         for link in list(self._links):
             link.reset()
@@ -319,6 +350,7 @@ class FaultProxy:
             if self._server is not None:
                 self._server.close()
                 self._server = None
+                self._hold_port()
             self._reset_links()
         elif self._server is None:
             await self._listen()

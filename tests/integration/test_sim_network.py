@@ -142,6 +142,23 @@ def test_refuse_rejects_new_connections_and_resets_open_ones(proxy: FaultProxy) 
     probe.client.loop_stop()
 
 
+def test_a_refusing_proxy_keeps_its_port(proxy: FaultProxy) -> None:
+    """While refusing, no other socket can take the port (a free loopback port in the
+    ephemeral range is handed to outgoing connects, the agent's own retries included), so
+    listening again cannot fail "address already in use"."""
+    port = proxy.address[1]
+    for _ in range(3):  # bounded: three refuse/pass rounds on one port
+        proxy.set_mode("refuse")
+        with socket.socket() as squatter:
+            with pytest.raises(OSError, match="in use"):
+                squatter.bind(("127.0.0.1", port))
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(proxy.address, timeout=5).close()
+        proxy.set_mode("pass")
+        assert proxy.address[1] == port
+        _probe(proxy, "back").close()
+
+
 def test_reset_sends_rst_and_keeps_the_mode(proxy: FaultProxy) -> None:
     proxy.set_mode("latency", ms=10)
     raw = socket.create_connection(proxy.address, timeout=5)  # mosquitto waits for CONNECT
