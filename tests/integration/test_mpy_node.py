@@ -5,6 +5,7 @@ scanner and scale emulators on ptys. What the node promises, each against real p
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -75,6 +76,8 @@ def test_scans_reach_the_ledger_once_in_the_wire_format(rig: NodeRig) -> None:
     spy, batches = _capture_batches(rig.broker.port)
     node = rig.start()
     assert wait_for(lambda: node.uplink.connected, WAIT_S), _state(rig)
+    # umqtt writes a publish in pieces: without TCP_NODELAY each waits on a delayed ACK
+    assert node.uplink.sockets.last._s._s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     for _ in range(5):
         rig.scanner.burst(6)
     want = rig.expected_scans()

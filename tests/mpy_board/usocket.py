@@ -37,6 +37,9 @@ class socket:  # noqa: N801 - MicroPython's name
     def setblocking(self, flag):
         self._s.setblocking(flag)
 
+    def setsockopt(self, level, opt, value):
+        self._s.setsockopt(level, opt, value)
+
     def connect(self, addr):
         import network
         if not network.WLAN.link_up:

@@ -37,6 +37,7 @@ address); SO_BINDTODEVICE would need root on the gateway.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import queue
@@ -49,6 +50,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from midshift.firmware.core.site_config import UplinkConfig
+from midshift.firmware.edges.tcp_nodelay import set_nodelay
 
 log = logging.getLogger(__name__)
 SIOCGIFADDR = 0x8915
@@ -199,11 +201,9 @@ class MqttUplink:
         client._keepalive = self.standby_keepalive_s  # noqa: SLF001 - what CONNECT announces
 
     def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, self.user_timeout_ms)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):
-            pass  # TLS-wrapped or not a TCP socket: the ping still guards the link
+        if set_nodelay(sock):  # else not a TCP socket: the ping still guards the link
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, TCP_USER_TIMEOUT, self.user_timeout_ms)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any,
                     props: Any = None) -> None:

@@ -62,6 +62,7 @@ from midshift.firmware.core.broker_url import parse_broker_url
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.core.wire import Batch, WireError
 from midshift.firmware.core.wire_ledger import encode_ack, encode_resend, peek_count
+from midshift.firmware.edges import tcp_nodelay
 from midshift.firmware.edges.clock import SystemClock
 from midshift.host_tools.ledger.rejections import RejectionTally
 from midshift.host_tools.ledger.store import MAX_INT, LedgerStore
@@ -179,6 +180,7 @@ class LedgerService:
             ctx = ssl.create_default_context(cafile=ca)
             ctx.load_cert_chain(cert, key)
             self.client.tls_set_context(ctx)
+        self.client.on_socket_open = tcp_nodelay.on_socket_open  # acks out without 40 ms
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe

@@ -89,6 +89,8 @@ def render_broker_conf(site_dir: Path, server_cert: Path, server_key: Path,
              "per_listener_settings false",
              f"acl_file {acl}",
              f"allow_anonymous {'true' if anonymous_port else 'false'}",
+             "# Small packets (PUBACKs, acks) leave at once, not after a 40 ms delayed ACK.",
+             "set_tcp_nodelay true",
              "# Gateways: mutual TLS; the certificate's CN (the gateway id) is the username"
              + (" and the client id." if bind_client_ids else "."),
              f"listener {tls_port}", *tls,
