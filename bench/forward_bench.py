@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from midshift.firmware.core.percentile import percentile
+from midshift.firmware.edges import paho_client
 from midshift.simulator.lab import KEY, Lab, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,10 +179,8 @@ def _offer(lab: Lab, n: int, rate: int, producers: int,
 
 
 def _broker_rtt(lab: Lab, n: int = 300) -> list[float]:
-    import paho.mqtt.client as mqtt
-
     got = threading.Event()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    c = paho_client.new_client()
     c.on_message = lambda *a: got.set()
     c.connect("127.0.0.1", lab.broker.port)
     c.subscribe("bench/rtt", qos=1)

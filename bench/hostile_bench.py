@@ -58,6 +58,7 @@ from midshift.firmware.core.wire import (
     decode_ack,
     encode_batch,
 )
+from midshift.firmware.edges import paho_client
 from midshift.simulator.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,8 +174,7 @@ class Gateways:
         self.bad_acks = 0
         self._lock = threading.Lock()
         ready = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=f"bench-gw-{time.monotonic_ns()}")
+        self.client = paho_client.new_client(client_id=f"bench-gw-{time.monotonic_ns()}")
         self.client.max_inflight_messages_set(0)
         self.client.on_connect = lambda c, *a: c.subscribe(
             [(topics.topic(SITE, n, topics.ACK), 1) for n in names])
@@ -425,7 +425,7 @@ def _ack_forger(lab: Any, key: bytes | None) -> int:
 
     agent = lab.agent
     seen: list[tuple[int, int, int]] = []
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ackforger-{time.monotonic_ns()}")
+    c = paho_client.new_client(client_id=f"ackforger-{time.monotonic_ns()}")
     ready = threading.Event()
     c.on_connect = lambda cl, *a: cl.subscribe(topics.topic("lab", "gw-t", topics.EVENTS), 1)
     c.on_subscribe = lambda *a: ready.set()

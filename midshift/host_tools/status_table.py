@@ -26,6 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from midshift.firmware.core.broker_url import parse_broker_url
+from midshift.firmware.edges import paho_client
 from midshift.host_tools.status_judge import status_age_s
 
 COLUMNS = ("GATEWAY", "SITE", "STATE", "UPLINK", "BACKLOG", "IN-FLIGHT", "DEV-ERR",
@@ -121,7 +122,7 @@ class StatusSubscriber:
         self.topic = topic
         self.connected = threading.Event()
         self.refused: str | None = None
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client = paho_client.new_client(protocol=mqtt.MQTTv311)
         if tls:
             ctx = ssl.create_default_context(cafile=ca)
             if cert:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from midshift.firmware.core import topics
+from midshift.firmware.edges import paho_client
 from midshift.simulator.devices.till import SKUS
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,7 @@ class BothWays:
         if self.erp is None:
             return
         if self.erp_spec["feed"]:
-            import paho.mqtt.client as mqtt
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sim-feed-reader")
+            c = paho_client.new_client(client_id="sim-feed-reader")
             c.on_connect = lambda cl, *_: cl.subscribe(topics.ledger_feed(), qos=1)
             c.on_message = lambda _c, _u, m: self.feed.append(bytes(m.payload))
             c.connect("127.0.0.1", broker_port)

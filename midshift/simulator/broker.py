@@ -172,7 +172,7 @@ class Broker:
             f"log_dest file {self.log_path}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
             "max_queued_messages 100000",
-            "set_tcp_nodelay true",  # as provision broker's config: see edges/tcp_nodelay.py
+            "set_tcp_nodelay true",  # as provision broker's config: see edges/paho_client.py
         ]
         if self.persistence and self.autosave_changes > 0:
             lines += ["autosave_on_changes true", f"autosave_interval {self.autosave_changes}"]

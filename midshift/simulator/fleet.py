@@ -36,6 +36,7 @@ from midshift.firmware.core import topics
 from midshift.firmware.core.broker_url import parse_broker_url
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.core.wire import Batch, WireError, decode_ack, encode_batch
+from midshift.firmware.edges import paho_client
 
 
 @dataclass
@@ -172,8 +173,8 @@ class Fleet:
         clients = []
         for i in range(self.connections):
             mine = self.gateways[i::self.connections]
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"fleet-{self.site}-{i}",
-                            protocol=mqtt.MQTTv311, clean_session=True)
+            c = paho_client.new_client(client_id=f"fleet-{self.site}-{i}",
+                                       protocol=mqtt.MQTTv311, clean_session=True)
             c.max_inflight_messages_set(0)  # 0: unlimited; the per-gateway window caps it
             c.max_queued_messages_set(0)
             c.user_data_set(mine)

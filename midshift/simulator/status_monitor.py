@@ -19,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from midshift.firmware.core import topics
+from midshift.firmware.edges import paho_client
 
 TOPIC = topics.every(topics.STATUS)
 
@@ -27,8 +28,7 @@ class StatusMonitor:
     def __init__(self, host: str, port: int) -> None:
         self.samples: list[tuple[int, str, dict[str, Any]]] = []  # (ms, gateway, doc)
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="",
-                                  protocol=mqtt.MQTTv311)
+        self.client = paho_client.new_client(client_id="", protocol=mqtt.MQTTv311)
         self.client.on_connect = lambda c, *a: c.subscribe(TOPIC, qos=1)
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)

@@ -137,7 +137,7 @@ def test_a_broker_back_without_its_state_is_subscribed_again(broker: Broker,
         ledger = LedgerService(store, {GW: KEY}, broker.url, client_id="ledger-t").start()
         try:
             assert ledger.session_present is False  # a first connect: nothing to resume
-            # its acks and PUBACKs leave at once (edges/tcp_nodelay.py: Nagle held them)
+            # its acks and PUBACKs leave at once (edges/paho_client.py: Nagle held them)
             assert ledger.client.socket().getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
             gw = OneShotGateway(broker)
             gw.publish(1)

@@ -50,7 +50,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from midshift.firmware.core.site_config import UplinkConfig
-from midshift.firmware.edges.tcp_nodelay import set_nodelay
+from midshift.firmware.edges.paho_client import set_nodelay
 
 log = logging.getLogger(__name__)
 SIOCGIFADDR = 0x8915

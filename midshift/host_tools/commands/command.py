@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from midshift.firmware.core.commands import COMMANDS, LOG_LEVELS
+from midshift.firmware.edges import paho_client
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -88,7 +89,6 @@ def _args_of(args: argparse.Namespace) -> dict[str, object]:
 
 
 def send_command(args: argparse.Namespace) -> int:
-    import paho.mqtt.client as mqtt
 
     from midshift.firmware.core import topics
     from midshift.firmware.core.broker_url import parse_broker_url
@@ -117,7 +117,7 @@ def send_command(args: argparse.Namespace) -> int:
     status_topic = topics.topic(site.name, args.gateway, topics.STATUS)
     answers: queue.Queue[Any] = queue.Queue()
     subscribed = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client = paho_client.new_client()
     ctx = ssl.create_default_context(cafile=str(files[0]))
     ctx.load_cert_chain(str(files[1]), str(files[2]))
     client.tls_set_context(ctx)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from midshift.firmware.core.refdata import DATASETS
+from midshift.firmware.edges import paho_client
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -99,9 +100,8 @@ def send(host: str, port: int, tls_files: tuple[Path, Path, Path] | None,
          msgs: list[tuple[str, bytes]], timeout_s: float = 30.0) -> str | None:
     """Publish every message retained, QoS 1, in order; None once the broker has them all,
     else why not."""
-    import paho.mqtt.client as mqtt
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    client = paho_client.new_client()
     if tls_files is not None:
         ctx = ssl.create_default_context(cafile=str(tls_files[0]))
         ctx.load_cert_chain(str(tls_files[1]), str(tls_files[2]))

@@ -62,7 +62,7 @@ from midshift.firmware.core.broker_url import parse_broker_url
 from midshift.firmware.core.signing import Signer
 from midshift.firmware.core.wire import Batch, WireError
 from midshift.firmware.core.wire_ledger import encode_ack, encode_resend, peek_count
-from midshift.firmware.edges import tcp_nodelay
+from midshift.firmware.edges import paho_client
 from midshift.firmware.edges.clock import SystemClock
 from midshift.host_tools.ledger.rejections import RejectionTally
 from midshift.host_tools.ledger.store import MAX_INT, LedgerStore
@@ -120,7 +120,7 @@ def check_mqtt5(broker: str, tls_files: tuple[str, str, str] | None = None,
         result.append(reason)
         answered.set()
 
-    probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    probe = paho_client.new_client(protocol=mqtt.MQTTv5)
     if tls_files is not None:
         ctx = ssl.create_default_context(cafile=str(tls_files[0]))
         ctx.load_cert_chain(str(tls_files[1]), str(tls_files[2]))
@@ -172,15 +172,14 @@ class LedgerService:
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._writer, name="ledger-writer", daemon=True)
         protocol = mqtt.MQTTv5 if shared_group else mqtt.MQTTv311
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=protocol, manual_ack=True,
-                                  **({} if shared_group else {"clean_session": not client_id}))
+        self.client = paho_client.new_client(
+            client_id=client_id, protocol=protocol, manual_ack=True,
+            **({} if shared_group else {"clean_session": not client_id}))
         if tls_files is not None:
             ca, cert, key = (str(f) for f in tls_files)
             ctx = ssl.create_default_context(cafile=ca)
             ctx.load_cert_chain(cert, key)
             self.client.tls_set_context(ctx)
-        self.client.on_socket_open = tcp_nodelay.on_socket_open  # acks out without 40 ms
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
