@@ -14,6 +14,8 @@ import weakref
 
 AF_INET = _s.AF_INET
 SOCK_STREAM = _s.SOCK_STREAM
+IPPROTO_TCP = _s.IPPROTO_TCP  # as ports built with lwIP's TCP options have them
+TCP_NODELAY = _s.TCP_NODELAY
 _live: "weakref.WeakSet[socket]" = weakref.WeakSet()
 
 

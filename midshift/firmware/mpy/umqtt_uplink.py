@@ -50,16 +50,17 @@ class MessageTooLarge(OSError):
 class BoundedSocket:
     """A socket whose every blocking operation gives up after ``timeout_s``."""
 
-    def __init__(self, sock, timeout_s, max_read=MAX_READ):
+    def __init__(self, sock, timeout_s, max_read=MAX_READ, nodelay=None):
         self._s = sock
         self.timeout_s = timeout_s
         self.max_read = max_read
         self.rx_bytes = 0
         sock.settimeout(timeout_s)
-        try:  # TCP_NODELAY: umqtt writes a publish in four pieces, and under Nagle each
-            sock.setsockopt(6, 1, 1)  # piece after the first waited for the broker's
-        except (OSError, AttributeError):  # delayed ACK: 44 ms per QoS 1 publish
-            pass
+        if nodelay is not None:  # umqtt writes a publish in four pieces; under Nagle each
+            try:  # after the first waited for the broker's delayed ACK: 44 ms a publish
+                sock.setsockopt(6, nodelay, 1)  # IPPROTO_TCP is 6 in lwIP and Linux
+            except OSError:
+                pass
 
     def connect(self, addr):
         self._s.connect(addr)
@@ -100,7 +101,9 @@ class BoundedSockets:
         return self.module.getaddrinfo(*args)
 
     def socket(self, *args):
-        self.last = BoundedSocket(self.module.socket(*args), self.timeout_s)
+        # TCP_NODELAY where the port's socket module has it (others may refuse or warn)
+        self.last = BoundedSocket(self.module.socket(*args), self.timeout_s,
+                                  nodelay=getattr(self.module, "TCP_NODELAY", None))
         return self.last
 
 
