@@ -168,7 +168,7 @@ class FaultProxy:
         self._stopping: asyncio.Event | None = None
         self._flowing: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
-        self._port_hold: socket.socket | None = None  # bound, never listening: see _refuse
+        self._port_hold: socket.socket | None = None  # bound, never listening: see _hold_port
         self._control_server: asyncio.Server | None = None
         self._mode_task: asyncio.Task | None = None
         self._next_free_s = {"up": 0.0, "down": 0.0}
