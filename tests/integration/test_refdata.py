@@ -240,12 +240,13 @@ def test_first_start_far_behind_takes_the_snapshot_in_chunks(
     rig.start()
     assert wait_for(lambda: rig.version("prices") == 6, 10)
     assert rig.agent is not None
-    assert rig.agent.refdata.counters["snapshots_installed"] == 1
+    # the counter moves just after the store's version (another thread): wait for it too
+    assert wait_for(lambda: rig.agent.refdata.counters["snapshots_installed"] == 1, 5)
     assert rig.get("/v1/prices/SKU0149")[1]["price"] == 6149
     assert rig.agent.refdata.store.checksum_now("prices") == checksum_of(prices(150, 6000))
     assert rig.publish("prices", prices(150, base=7000)) == 0     # then deltas again
     assert wait_for(lambda: rig.version("prices") == 7, 10)
-    assert rig.agent.refdata.counters["deltas_applied"] == 1
+    assert wait_for(lambda: rig.agent.refdata.counters["deltas_applied"] == 1, 5)
 
 
 def test_a_snapshot_resumes_from_the_chunks_already_stored(tmp_path: Path) -> None:
@@ -284,7 +285,7 @@ def test_reconnect_catches_up_in_order_and_ignores_the_old(tmp_path: Path,
             proxy.set_mode("pass")
             assert wait_for(lambda: rig.version("prices") == 5, 15)
             assert rig.get("/v1/prices/SKU0003")[1]["price"] == 503
-            assert rig.agent.refdata.counters["deltas_applied"] == 5
+            assert wait_for(lambda: rig.agent.refdata.counters["deltas_applied"] == 5, 5)
             assert wait_for(lambda: rig.get("/v1/prices/SKU0003")[1]["age_s"] == 0.0, 10)
             # The same file again: nothing new, every kept delta left on the broker again;
             # each one arrives and is ignored as not newer.
