@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from midshift.firmware.core import topics
+from midshift.host_tools.provision.acl import PROMPT_PACKETS
 from midshift.simulator.children import spawn
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class Broker:
             f"log_dest file {self.log_path}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
             "max_queued_messages 100000",
-            "set_tcp_nodelay true",  # as provision broker's config: see edges/paho_client.py
+            PROMPT_PACKETS,  # as provision broker's config
         ]
         if self.persistence and self.autosave_changes > 0:
             lines += ["autosave_on_changes true", f"autosave_interval {self.autosave_changes}"]
